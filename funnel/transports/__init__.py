@@ -1,0 +1,1 @@
+"""Transports deliver rendered emails: outbox (.eml files), sendgrid, memory (tests)."""
