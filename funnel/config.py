@@ -1,0 +1,478 @@
+"""`sequences.yaml`: pydantic models, and loading that names the line of every mistake.
+
+The YAML is read with ruamel.yaml so that every mapping and list keeps the
+line it came from; pydantic validates the plain data, and each validation
+error is turned back into `sequences.yaml:LINE: what is wrong and what to
+write`. Cross-references (an `enroll` naming an unknown sequence, a missing
+template, duplicate step ids, ...) are checked afterwards with the same
+line lookup. All problems are reported together, not one per attempt.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from datetime import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError
+
+from funnel.errors import ConfigError
+from funnel.timeutil import Duration, parse_clock, parse_duration, zone
+
+DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+#: fields a source may map that mean something to funnel; any other field goes to contact.fields
+KNOWN_FIELDS = ("email", "first_name", "last_name", "webinar_start", "timezone", "discreet")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Practice(_Model):
+    """Who sends the mail; `postal_address` is required by CAN-SPAM."""
+
+    name: str
+    from_email: str
+    from_name: str | None = None
+    reply_to: str | None = None
+    postal_address: str
+    timezone: str = "UTC"
+    base_url: str = "http://127.0.0.1:8025"
+    discreet_from_name: str | None = None
+    discreet_subject: str = "A note for you"
+    #: extension: named URLs the templates use, e.g. practice.links.consultation
+    links: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        zone(value)
+        return value.strip()
+
+    @field_validator("postal_address")
+    @classmethod
+    def _address_present(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError(
+                "postal_address is empty: write the practice's mailing address "
+                "(CAN-SPAM requires it in every email)"
+            )
+        return value.strip()
+
+    @field_validator("from_email", "reply_to")
+    @classmethod
+    def _looks_like_address(cls, value: str | None) -> str | None:
+        if value is not None and "@" not in value:
+            raise ValueError(f"{value!r} is not an email address")
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+
+class SendWindow(_Model):
+    """Local hours in which non-transactional mail may go out; may wrap past midnight."""
+
+    start: time
+    end: time
+
+    def __str__(self) -> str:
+        return f"{self.start:%H:%M}-{self.end:%H:%M}"
+
+
+class Delivery(_Model):
+    """How and when mail leaves."""
+
+    transport: Literal["outbox", "sendgrid"] = "outbox"
+    outbox_dir: str = "outbox"
+    send_window: SendWindow = SendWindow(start=time(8), end=time(20))
+    send_days: tuple[str, ...] = DAY_NAMES
+    min_gap: Duration = Duration(minutes=20 * 60)
+    max_late: Duration = Duration(days=2)
+    concurrency: int = Field(default=8, ge=1, le=64)
+    sandbox: bool = False
+    #: extension: seconds before a SendGrid request is abandoned (the client has no default)
+    request_timeout: float = Field(default=30.0, gt=0, le=300)
+    #: extension: attempts per email within one run for 429/5xx/timeouts
+    max_attempts: int = Field(default=4, ge=1, le=10)
+
+    @field_validator("send_window", mode="before")
+    @classmethod
+    def _parse_window(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            parts = value.split("-")
+            if len(parts) != 2:
+                raise ValueError(f"{value!r} is not a window: write two times like \"08:00-20:00\"")
+            start, end = (parse_clock(p) for p in parts)
+            if start == end:
+                raise ValueError(f"{value!r} is an empty window: the two times must differ")
+            return {"start": start, "end": end}
+        return value
+
+    @field_validator("send_days", mode="before")
+    @classmethod
+    def _parse_days(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list | tuple) or not value:
+            raise ValueError("send_days needs a list of days like [mon, tue, wed, thu, fri]")
+        days = []
+        for item in value:
+            day = str(item).strip().lower()[:3]
+            if day not in DAY_NAMES:
+                raise ValueError(f"{item!r} is not a day: use mon, tue, wed, thu, fri, sat or sun")
+            days.append(day)
+        return tuple(days)
+
+    @field_validator("min_gap", "max_late", mode="before")
+    @classmethod
+    def _parse_span(cls, value: Any) -> Any:
+        return value if isinstance(value, Duration) else parse_duration(value)
+
+
+class Tracking(_Model):
+    """Open and click tracking are off unless the practice asks for them."""
+
+    opens: bool = False
+    clicks: bool = False
+    webhook_unsigned: bool = False
+
+
+class Webinar(_Model):
+    """A webinar contacts register for; the start comes from each signup."""
+
+    title: str
+    join_url: str | None = None
+    replay_url: str | None = None
+
+
+class Source(_Model):
+    """A place signups come from, and what happens to each row."""
+
+    format: Literal["csv", "jsonl", "form"]
+    path: str | None = None
+    columns: dict[str, str]
+    where: dict[str, str] = Field(default_factory=dict)
+    create: bool = True
+    tags: tuple[str, ...] = ()
+    enroll: str | None = None
+    webinar: str | None = None
+    thank_you_url: str | None = None
+
+    @field_validator("columns")
+    @classmethod
+    def _email_mapped(cls, value: dict[str, str]) -> dict[str, str]:
+        if "email" not in value:
+            raise ValueError("columns must map `email`: write email: <the header of the address column>")
+        return value
+
+    @field_validator("where", mode="before")
+    @classmethod
+    def _values_as_text(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {str(k): ("yes" if v is True else "no" if v is False else str(v)) for k, v in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _path_for_files(self) -> Source:
+        if self.format in ("csv", "jsonl") and not self.path:
+            raise ValueError(f"a {self.format} source needs `path:` naming the file to read")
+        if self.format == "form" and self.path:
+            raise ValueError("a form source has no `path:`: its rows arrive through `funnel serve`")
+        return self
+
+
+class Step(_Model):
+    """One email of a sequence. `id` is its stable key across edits."""
+
+    id: str
+    wait: Duration | None = None
+    webinar: Duration | None = None
+    at: time | None = None
+    transactional: bool = False
+    subject: str
+    discreet_subject: str | None = None
+    template: str
+    if_tags: tuple[str, ...] = ()
+    unless_tags: tuple[str, ...] = ()
+
+    @field_validator("wait", mode="before")
+    @classmethod
+    def _parse_wait(cls, value: Any) -> Any:
+        return value if value is None or isinstance(value, Duration) else parse_duration(value)
+
+    @field_validator("webinar", mode="before")
+    @classmethod
+    def _parse_offset(cls, value: Any) -> Any:
+        if value is None or isinstance(value, Duration):
+            return value
+        return parse_duration(value, signed=True)
+
+    @field_validator("at", mode="before")
+    @classmethod
+    def _parse_at(cls, value: Any) -> Any:
+        return value if value is None or isinstance(value, time) else parse_clock(value)
+
+    @field_validator("subject")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        if "\n" in value.strip() or "\r" in value:
+            raise ValueError("a subject must fit on one line: remove the line break")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _one_timing(self) -> Step:
+        if self.wait is not None and self.webinar is not None:
+            raise ValueError(
+                f"step {self.id!r} has both `wait:` and `webinar:`: keep one "
+                "(wait counts from the previous step, webinar from the webinar start)"
+            )
+        if self.wait is None and self.webinar is None:
+            raise ValueError(f"step {self.id!r} needs `wait:` (e.g. wait: 0m) or `webinar:` (e.g. webinar: -1d)")
+        return self
+
+
+class Sequence(_Model):
+    """An ordered series of emails."""
+
+    name: str | None = None
+    exit_on_tags: tuple[str, ...] = ()
+    next: str | None = None
+    steps: tuple[Step, ...] = Field(min_length=1)
+
+    def step(self, step_id: str) -> Step | None:
+        return next((s for s in self.steps if s.id == step_id), None)
+
+
+class Config(_Model):
+    """The whole of sequences.yaml, plus where it was read from."""
+
+    practice: Practice
+    delivery: Delivery = Delivery()
+    tracking: Tracking = Tracking()
+    webinars: dict[str, Webinar] = Field(default_factory=dict)
+    sources: dict[str, Source] = Field(default_factory=dict)
+    sequences: dict[str, Sequence] = Field(default_factory=dict)
+    templates_dir: str = "email_templates"
+
+    # set by `load_config`, not by the YAML
+    path: Path = Field(default=Path("sequences.yaml"), exclude=True)
+    fingerprint: str = Field(default="", exclude=True)
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    def resolve(self, relative: str) -> Path:
+        """A path from the YAML, relative to the YAML file's own folder."""
+        candidate = Path(relative).expanduser()
+        return candidate if candidate.is_absolute() else self.folder / candidate
+
+    @property
+    def templates_path(self) -> Path:
+        return self.resolve(self.templates_dir)
+
+    def sequence(self, sequence_id: str) -> Sequence:
+        return self.sequences[sequence_id]
+
+    def timing_snapshot(self) -> dict[str, Any]:
+        """What the schedule depends on, as JSON-able data (kept per run for `plan --changes`)."""
+        return json.loads(
+            json.dumps(
+                {
+                    sid: [s.model_dump(include={"id", "wait", "webinar", "at", "transactional"}) for s in seq.steps]
+                    for sid, seq in self.sequences.items()
+                },
+                default=str,
+            )
+        )
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def config_path(explicit: str | os.PathLike[str] | None) -> Path:
+    """`--config`, else FUNNEL_CONFIG, else sequences.yaml in the current folder."""
+    chosen = explicit or os.environ.get("FUNNEL_CONFIG") or "sequences.yaml"
+    return Path(chosen).expanduser().resolve()
+
+
+def load_config(explicit: str | os.PathLike[str] | None = None, *, check_files: bool = True) -> Config:
+    """Read and validate sequences.yaml; raise ConfigError listing every problem with its line."""
+    path = config_path(explicit)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path.name}: not found in {path.parent}: run funnel in the folder that holds "
+            "sequences.yaml, or pass --config PATH"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc}): save it as UTF-8 text") from None
+    lines = _LineMap()
+    data = _parse_yaml(text, path, lines)
+    problems: list[str] = []
+    config: Config | None = None
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(f"{path.name}:{lines.line_for(err['loc'])}: {_describe(err)}" for err in exc.errors())
+    if config is not None:
+        config = config.model_copy(
+            update={"path": path, "fingerprint": hashlib.sha256(text.encode()).hexdigest()}
+        )
+        problems.extend(f"{path.name}:{line}: {msg}" for line, msg in _cross_check(config, lines, check_files))
+    if problems:
+        raise ConfigError(problems[0], problems)
+    assert config is not None
+    return config
+
+
+def _parse_yaml(text: str, path: Path, lines: _LineMap) -> Any:
+    yaml = YAML(typ="rt")
+    try:
+        node = yaml.load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 1
+        what = (exc.problem or "this is not valid YAML").strip()
+        raise ConfigError(
+            f"{path.name}:{line}: {what}: check the indentation and quoting on this line "
+            "(text with a colon needs quotes)"
+        ) from None
+    if not isinstance(node, dict):
+        raise ConfigError(f"{path.name}:1: the file must be a mapping starting with `practice:`")
+    return lines.record(node, ())
+
+
+class _LineMap:
+    """Remembers the line of every key and list item, by its path in the data."""
+
+    def __init__(self) -> None:
+        self._lines: dict[tuple[Any, ...], int] = {}
+
+    def record(self, node: Any, where: tuple[Any, ...]) -> Any:
+        if isinstance(node, CommentedMap):
+            self._lines.setdefault(where, node.lc.line + 1)
+            out = {}
+            for key, value in node.items():
+                key_line = node.lc.key(key)[0] + 1
+                self._lines[(*where, str(key))] = key_line
+                out[str(key)] = self.record(value, (*where, str(key)))
+            return out
+        if isinstance(node, CommentedSeq):
+            self._lines.setdefault(where, node.lc.line + 1)
+            items = []
+            for index, value in enumerate(node):
+                self._lines[(*where, index)] = node.lc.item(index)[0] + 1
+                items.append(self.record(value, (*where, index)))
+            return items
+        return node
+
+    def line_for(self, loc: tuple[Any, ...]) -> int:
+        """The line of `loc`, or of its nearest ancestor that has one."""
+        path = tuple(loc)
+        while path:
+            if path in self._lines:
+                return self._lines[path]
+            path = path[:-1]
+        return self._lines.get((), 1)
+
+
+def _describe(err: Any) -> str:
+    """One sentence for one pydantic error, with what to write instead."""
+    loc = [str(p) for p in err["loc"]]
+    where = ".".join(loc)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        key = loc[-1]
+        allowed = _allowed_keys(err["loc"][:-1])
+        hint = difflib.get_close_matches(key, allowed, n=1)
+        fix = f"did you mean `{hint[0]}`?" if hint else f"allowed here: {', '.join(sorted(allowed))}"
+        return f"unknown key `{key}`: {fix}"
+    if kind == "missing":
+        parent = ".".join(loc[:-1]) or "the top level"
+        extra = " (CAN-SPAM requires a postal address in every email)" if loc[-1] == "postal_address" else ""
+        return f"`{loc[-1]}` is missing under {parent}: add it{extra}"
+    if kind == "literal_error":
+        return f"{where}: {err['msg'].replace('Input should be', 'should be')}, not {err['input']!r}"
+    message = str(err["msg"]).removeprefix("Value error, ")
+    return f"{where}: {message}"
+
+
+_MODELS_BY_KEY: dict[str, type[BaseModel]] = {
+    "practice": Practice,
+    "delivery": Delivery,
+    "tracking": Tracking,
+    "webinars": Webinar,
+    "sources": Source,
+    "sequences": Sequence,
+    "steps": Step,
+}
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The field names allowed at `loc` (for 'did you mean')."""
+    model: type[BaseModel] = Config
+    for part in loc:
+        if isinstance(part, str) and part in _MODELS_BY_KEY:
+            model = _MODELS_BY_KEY[part]
+    return [name for name, field in model.model_fields.items() if not field.exclude]
+
+
+def _cross_check(config: Config, lines: _LineMap, check_files: bool) -> Iterator[tuple[int, str]]:
+    """References between sections, duplicate ids and template files."""
+    sequences = sorted(config.sequences)
+    for name, source in config.sources.items():
+        base = ("sources", name)
+        if source.enroll and source.enroll not in config.sequences:
+            yield lines.line_for((*base, "enroll")), _unknown("sequence", source.enroll, sequences, f"sources.{name}.enroll")
+        if source.webinar and source.webinar not in config.webinars:
+            yield lines.line_for((*base, "webinar")), _unknown(
+                "webinar", source.webinar, sorted(config.webinars), f"sources.{name}.webinar"
+            )
+        if source.webinar and "webinar_start" not in source.columns:
+            yield lines.line_for((*base, "columns")), (
+                f"sources.{name} names a webinar but maps no `webinar_start` column: "
+                "add webinar_start: <the header of the start time column>"
+            )
+    for sid, seq in config.sequences.items():
+        base = ("sequences", sid)
+        if seq.next and seq.next not in config.sequences:
+            yield lines.line_for((*base, "next")), _unknown("sequence", seq.next, sequences, f"sequences.{sid}.next")
+        if seq.next == sid:
+            yield lines.line_for((*base, "next")), f"sequences.{sid}.next names the sequence itself: remove it"
+        seen: dict[str, int] = {}
+        for index, step in enumerate(seq.steps):
+            step_line = lines.line_for((*base, "steps", index, "id"))
+            if step.id in seen:
+                yield step_line, (
+                    f"step id {step.id!r} is used twice in sequences.{sid} (first on line {seen[step.id]}): "
+                    "give each step its own id"
+                )
+            seen.setdefault(step.id, step_line)
+            if check_files and not (config.templates_path / step.template).is_file():
+                yield lines.line_for((*base, "steps", index, "template")), (
+                    f"template {step.template!r} not found in {config.templates_dir}/: "
+                    "create it or fix the path"
+                )
+    if check_files and not (config.templates_path / "layout.html").is_file():
+        yield lines.line_for(("templates_dir",)), (
+            f"{config.templates_dir}/layout.html not found: every email is rendered inside it"
+        )
+
+
+def _unknown(kind: str, name: str, known: list[str], where: str) -> str:
+    hint = difflib.get_close_matches(name, known, n=1)
+    fix = f"did you mean {hint[0]!r}?" if hint else f"known: {', '.join(known) or 'none'}"
+    return f"{where}: unknown {kind} {name!r}: {fix}"

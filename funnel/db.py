@@ -1,0 +1,110 @@
+"""Engine, sessions and the run lock.
+
+SQLite is the embedded default (a file beside sequences.yaml, WAL mode, a
+busy timeout so a concurrent `funnel serve` does not fail a run). PostgreSQL
+works through the same code; the run lock is then an advisory lock held by a
+connection, so it also vanishes when a killed run's connection drops.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+from sqlalchemy import event, text
+from sqlalchemy.engine import Engine, make_url
+from sqlmodel import Session, SQLModel, create_engine
+
+from funnel import models  # noqa: F401  (registers the tables)
+from funnel.errors import ConfigError, LockedError
+
+#: advisory-lock key for PostgreSQL: crc32("funnel run")
+_PG_LOCK_KEY = 0x2F5A_7C31
+
+
+def database_url(config_folder: Path) -> str:
+    """FUNNEL_DATABASE_URL, else `sqlite:///funnel.db` beside the config file."""
+    url = os.environ.get("FUNNEL_DATABASE_URL")
+    if url:
+        return url
+    return f"sqlite:///{config_folder / 'funnel.db'}"
+
+
+def make_engine(url: str) -> Engine:
+    """Create the engine and the tables (idempotent)."""
+    try:
+        parsed = make_url(url)
+    except Exception:
+        raise ConfigError(
+            f"FUNNEL_DATABASE_URL {url!r} is not a database URL: "
+            "write sqlite:///path/to/funnel.db or postgresql+psycopg://user@host/db"
+        ) from None
+    kwargs: dict[str, Any] = {}
+    if parsed.get_backend_name() == "sqlite":
+        kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    elif parsed.drivername == "postgresql":
+        url = str(parsed.set(drivername="postgresql+psycopg"))
+    engine = create_engine(url, **kwargs)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    try:
+        SQLModel.metadata.create_all(engine)
+    except Exception as exc:
+        raise ConfigError(
+            f"cannot open the database {parsed.render_as_string(hide_password=True)} ({exc.__class__.__name__}): "
+            "check FUNNEL_DATABASE_URL and that the server is running"
+        ) from exc
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+@contextmanager
+def session_scope(engine: Engine) -> Iterator[Session]:
+    """A session that is closed afterwards; the caller commits."""
+    with Session(engine, expire_on_commit=False) as session:
+        yield session
+
+
+@contextmanager
+def run_lock(engine: Engine) -> Iterator[None]:
+    """Hold the run lock, or raise LockedError at once (exit 75).
+
+    SQLite: an OS file lock beside the database; PostgreSQL: a session
+    advisory lock. Both are released by the OS/server when the holder dies,
+    so a killed run never blocks the next one.
+    """
+    if engine.dialect.name == "sqlite":
+        database = engine.url.database or "funnel.db"
+        lock = FileLock(f"{database}.lock", timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise LockedError("another `funnel run` is still running on this database; try again later") from None
+        try:
+            yield
+        finally:
+            lock.release()
+        return
+    with engine.connect() as conn:
+        got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _PG_LOCK_KEY}).scalar()
+        if not got:
+            raise LockedError("another `funnel run` is still running on this database; try again later")
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_LOCK_KEY})
+            conn.commit()

@@ -1,0 +1,183 @@
+"""Database tables (SQLModel). Internals, free to change; the spec fixes only behaviour.
+
+Design notes:
+- A contact's identity is `email_hash` (sha256 of the normalised address), so
+  `forget` can erase the address and every personal field while keeping what
+  stops mail to that address: an old CSV row hashes to the same key and finds
+  an erased, suppressed contact instead of creating a new one.
+- `step_runs` holds one row per (enrollment, step) that a run acted on; the
+  unique constraint makes "each step is sent at most once per enrollment" a
+  database fact. Steps with no row are pending; their due times are derived
+  from the config, the enrollment time and the webinar start.
+- `enrollments.next_due_at` is the earliest moment anything may happen to an
+  enrollment; runs query it through an index, so work grows with what is due.
+- All timestamps are stored as naive UTC and read back as aware UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Index, TypeDecorator, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores aware datetimes as naive UTC; returns aware UTC (SQLite keeps no zone)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _when(nullable: bool = True, index: bool = False) -> Any:
+    return Field(default=None, sa_type=UTCDateTime, nullable=nullable, index=index)
+
+
+class Contact(SQLModel, table=True):
+    __tablename__ = "contacts"
+
+    id: int | None = Field(default=None, primary_key=True)
+    email_hash: str = Field(unique=True, index=True)
+    email: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    timezone: str | None = None
+    discreet: bool = False
+    fields: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    updated_at: datetime = Field(sa_type=UTCDateTime)
+    #: consent record: which source first brought them in (GDPR: who, when, how)
+    first_source: str | None = None
+    unsubscribed_at: datetime | None = _when()
+    unsubscribed_via: str | None = None
+    #: why no mail goes to them besides an unsubscribe: bounce, spamreport, invalid, erased, ...
+    suppressed_reason: str | None = None
+    suppressed_at: datetime | None = _when()
+    #: when the last non-transactional email went to them (for delivery.min_gap)
+    last_marketing_at: datetime | None = _when()
+    erased_at: datetime | None = _when()
+
+    @property
+    def suppression(self) -> str | None:
+        """Why nothing may be sent to this contact, or None."""
+        if self.erased_at is not None:
+            return "erased"
+        if self.unsubscribed_at is not None:
+            return "unsubscribed"
+        return self.suppressed_reason
+
+
+class Tag(SQLModel, table=True):
+    __tablename__ = "tags"
+    __table_args__ = (UniqueConstraint("contact_id", "tag"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    contact_id: int = Field(foreign_key="contacts.id", index=True)
+    tag: str
+    source: str | None = None
+    added_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class Enrollment(SQLModel, table=True):
+    __tablename__ = "enrollments"
+    # one enrollment per contact and sequence, ever: signing up again after
+    # finishing does not start the sequence over
+    __table_args__ = (
+        UniqueConstraint("contact_id", "sequence"),
+        Index("ix_enrollments_due", "status", "next_due_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    contact_id: int = Field(foreign_key="contacts.id", index=True)
+    sequence: str
+    status: str = "active"  # active | finished | exited
+    enrolled_at: datetime = Field(sa_type=UTCDateTime)
+    source: str | None = None
+    webinar: str | None = None
+    webinar_start: datetime | None = _when()
+    next_due_at: datetime | None = _when()
+    ended_at: datetime | None = _when()
+    end_reason: str | None = None
+
+
+class StepRun(SQLModel, table=True):
+    """What happened to one step of one enrollment.
+
+    status: sending (claimed, request under way), sent, skipped, failed,
+    unknown (a run died mid-request: never re-sent blindly).
+    """
+
+    __tablename__ = "step_runs"
+    __table_args__ = (
+        UniqueConstraint("enrollment_id", "step_id"),
+        Index("ix_step_runs_status", "status"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    enrollment_id: int = Field(foreign_key="enrollments.id", index=True)
+    sequence: str
+    step_id: str
+    status: str
+    reason: str | None = None
+    retryable: bool = False
+    transactional: bool = False
+    send_id: str | None = Field(default=None, unique=True)
+    run_id: int | None = None
+    attempts: int = 0
+    due_at: datetime | None = _when()
+    decided_at: datetime = Field(sa_type=UTCDateTime)
+    sent_at: datetime | None = _when()
+    message_id: str | None = None
+    transport: str | None = None
+
+
+class SourceFile(SQLModel, table=True):
+    """What was last read from a file source, so an unchanged file costs one hash."""
+
+    __tablename__ = "source_files"
+
+    source: str = Field(primary_key=True)
+    path: str
+    size: int
+    sha256: str
+    lines: int
+    read_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class Run(SQLModel, table=True):
+    """One `funnel run`: who ran it, whether it is still alive, what it did."""
+
+    __tablename__ = "runs"
+
+    id: int | None = Field(default=None, primary_key=True)
+    started_at: datetime = Field(sa_type=UTCDateTime)
+    heartbeat_at: datetime = Field(sa_type=UTCDateTime)
+    finished_at: datetime | None = _when()
+    clock: datetime = Field(sa_type=UTCDateTime)  # the run's `now` (maybe simulated)
+    host: str
+    pid: int
+    config_fingerprint: str = ""
+    config_timing: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    summary: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+
+
+class Setting(SQLModel, table=True):
+    """Small key/value state: the generated secret key, the config last used."""
+
+    __tablename__ = "settings"
+
+    key: str = Field(primary_key=True)
+    value: str

@@ -1,0 +1,315 @@
+"""The schedule: pure decisions from (state, config, now). No I/O, no clock.
+
+Every rule of the spec's section 3.1 lives here:
+
+- a step's *due time* is fixed at enrollment: `wait` counts from the
+  previous step's due time (the enrollment time for the first), `webinar:`
+  from the contact's webinar start, and `at:` then moves it to the next such
+  local time; days are calendar days on the contact's wall clock;
+- a step due before the enrollment does not apply ("before enrollment");
+- non-transactional mail waits for `send_window`/`send_days` in the contact's
+  timezone and for `min_gap` since their last non-transactional email;
+- lateness counts from the step's *opening* (its due time moved into the
+  window and past the gap), and a step later than `max_late` is skipped;
+- `if_tags`/`unless_tags` and `exit_on_tags` are evaluated when the step is
+  about to be sent; an unsubscribed or suppressed contact leaves the sequence.
+
+`evaluate` returns what to do now for one enrollment and when to look again;
+the caller turns that into claims, sends and rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from funnel.config import DAY_NAMES, Delivery, Sequence, Step
+from funnel.timeutil import add_duration, describe_delay, local_wall
+
+#: statuses of a recorded step that end it for scheduling purposes
+TERMINAL = frozenset({"sent", "skipped", "unknown", "sending"})
+
+
+@dataclass(frozen=True)
+class ContactState:
+    """What the schedule needs to know about a person."""
+
+    tz: ZoneInfo
+    tags: frozenset[str] = frozenset()
+    #: why nothing may be sent (unsubscribed, bounce, erased, ...), or None
+    suppressed: str | None = None
+    last_marketing_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A step's row, as far as scheduling cares."""
+
+    status: str
+    retryable: bool = False
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class EnrollmentState:
+    enrolled_at: datetime
+    webinar_start: datetime | None = None
+    recorded: Mapping[str, Recorded] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Send:
+    step: Step
+    due_at: datetime
+
+
+@dataclass(frozen=True)
+class Skip:
+    step: Step
+    due_at: datetime | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What to do for one enrollment now.
+
+    `exit_reason` set means the contact leaves the sequence (nothing more is
+    sent); `finished` means every step has an outcome once `sends` go out;
+    `wake_at` is when to look again (None when nothing is left).
+    """
+
+    sends: tuple[Send, ...] = ()
+    skips: tuple[Skip, ...] = ()
+    exit_reason: str | None = None
+    finished: bool = False
+    wake_at: datetime | None = None
+    contact: ContactState | None = None
+
+
+# --------------------------------------------------------------------------- due times
+
+
+def due_times(
+    sequence: Sequence, enrolled_at: datetime, webinar_start: datetime | None, tz: ZoneInfo
+) -> dict[str, datetime | None]:
+    """Each step's due time (UTC), or None for a webinar step without a webinar date."""
+    result: dict[str, datetime | None] = {}
+    anchor = enrolled_at
+    for step in sequence.steps:
+        due: datetime | None
+        if step.webinar is not None:
+            due = add_duration(webinar_start, step.webinar, tz) if webinar_start else None
+        else:
+            assert step.wait is not None
+            due = add_duration(anchor, step.wait, tz)
+        if due is not None and step.at is not None:
+            due = snap_to_clock(due, step.at, tz)
+        if due is not None:
+            anchor = due
+        result[step.id] = due
+    return result
+
+
+def snap_to_clock(instant: datetime, clock: time, tz: ZoneInfo) -> datetime:
+    """The first moment at or after `instant` whose local time is `clock`."""
+    local = instant.astimezone(tz)
+    candidate = local_wall(local, clock, tz)
+    if candidate < instant:
+        candidate = local_wall(local + timedelta(days=1), clock, tz)
+    return candidate
+
+
+# --------------------------------------------------------------------------- windows
+
+
+def _intervals(day: date, delivery: Delivery, tz: ZoneInfo) -> list[tuple[datetime, datetime]]:
+    """The window's UTC intervals that fall on local date `day` (two when it wraps midnight)."""
+    start, end = delivery.send_window.start, delivery.send_window.end
+    day_start = datetime.combine(day, time(0))
+    midnight_next = local_wall(day_start + timedelta(days=1), time(0), tz)
+    if start < end:
+        return [(local_wall(day_start, start, tz), local_wall(day_start, end, tz))]
+    return [
+        (local_wall(day_start, time(0), tz), local_wall(day_start, end, tz)),
+        (local_wall(day_start, start, tz), midnight_next),
+    ]
+
+
+def next_opening(instant: datetime, delivery: Delivery, tz: ZoneInfo) -> datetime:
+    """The first moment at or after `instant` inside the send window on a send day."""
+    allowed = set(delivery.send_days)
+    first_day = instant.astimezone(tz).date()
+    for offset in range(0, 9):
+        day = first_day + timedelta(days=offset)
+        if DAY_NAMES[day.weekday()] not in allowed:
+            continue
+        for begin, end in _intervals(day, delivery, tz):
+            if instant < end and begin < end:
+                return max(instant, begin)
+    raise AssertionError("send_days is never empty, so an opening exists within 8 days")
+
+
+def in_window(instant: datetime, delivery: Delivery, tz: ZoneInfo) -> bool:
+    return next_opening(instant, delivery, tz) == instant
+
+
+def opening(step: Step, due: datetime, contact: ContactState, delivery: Delivery) -> datetime:
+    """The first moment `step` could go out: due, then window and gap (non-transactional)."""
+    if step.transactional:
+        return due
+    earliest = due
+    if contact.last_marketing_at is not None and delivery.min_gap.approx > timedelta(0):
+        earliest = max(earliest, contact.last_marketing_at + delivery.min_gap.approx)
+    return next_opening(earliest, delivery, contact.tz)
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+def _tag_condition(step: Step, tags: frozenset[str]) -> str | None:
+    """Why the step's tag condition rules it out now, or None when it applies."""
+    if step.if_tags and not tags.intersection(step.if_tags):
+        return "without tag " + " or ".join(step.if_tags)
+    hit = sorted(tags.intersection(step.unless_tags))
+    if hit:
+        return "tag " + hit[0]
+    return None
+
+
+def evaluate(
+    sequence: Sequence,
+    enrollment: EnrollmentState,
+    contact: ContactState,
+    now: datetime,
+    delivery: Delivery,
+) -> Evaluation:
+    """Decide, for one enrollment at `now`, which steps to send or skip and when to look again.
+
+    The returned `contact` carries `last_marketing_at` as it will be once
+    the sends go out, so the caller can evaluate the person's next
+    enrollment with it (min_gap holds across sequences).
+    """
+    dues = due_times(sequence, enrollment.enrolled_at, enrollment.webinar_start, contact.tz)
+    order = {step.id: index for index, step in enumerate(sequence.steps)}
+    open_steps = [
+        step
+        for step in sequence.steps
+        if step.id not in enrollment.recorded
+        or (enrollment.recorded[step.id].status == "failed" and enrollment.recorded[step.id].retryable)
+    ]
+    sends: list[Send] = []
+    skips: list[Skip] = []
+    waits: list[datetime] = []
+
+    def timing_key(step: Step) -> tuple[datetime, int]:
+        due = dues[step.id]
+        return (due or enrollment.enrolled_at, order[step.id])
+
+    for step in sorted(open_steps, key=timing_key):
+        due = dues[step.id]
+        if due is None:
+            skips.append(Skip(step, None, "no webinar date"))
+            continue
+        if due < enrollment.enrolled_at:
+            skips.append(Skip(step, due, "before enrollment"))
+            continue
+        start = opening(step, due, contact, delivery)
+        if now < start:
+            waits.append(start)
+            continue
+        # the step's time has come: conditions are evaluated now, not at enrollment
+        if contact.suppressed:
+            return _exit(contact.suppressed, step, due, skips, contact)
+        exit_hit = sorted(contact.tags.intersection(sequence.exit_on_tags))
+        if exit_hit:
+            return _exit(f"tag {exit_hit[0]}", step, due, skips, contact)
+        late = now - start
+        if late > delivery.max_late.approx:
+            skips.append(Skip(step, due, f"late by {describe_delay(late)}"))
+            continue
+        ruled_out = _tag_condition(step, contact.tags)
+        if ruled_out:
+            skips.append(Skip(step, due, ruled_out))
+            continue
+        if not step.transactional:
+            if not in_window(now, delivery, contact.tz):
+                waits.append(next_opening(now, delivery, contact.tz))
+                continue
+            if contact.last_marketing_at is not None and now < contact.last_marketing_at + delivery.min_gap.approx:
+                # another email of this run took the gap
+                waits.append(opening(step, due, contact, delivery))
+                continue
+            contact = replace(contact, last_marketing_at=now)
+        sends.append(Send(step, due))
+
+    finished = not waits
+    return Evaluation(
+        sends=tuple(sends),
+        skips=tuple(skips),
+        finished=finished,
+        wake_at=min(waits) if waits else None,
+        contact=contact,
+    )
+
+
+def _exit(reason: str, step: Step, due: datetime, skips: list[Skip], contact: ContactState) -> Evaluation:
+    skips.append(Skip(step, due, "unsubscribed" if reason == "unsubscribed" else reason))
+    return Evaluation(skips=tuple(skips), exit_reason=reason, contact=contact)
+
+
+# --------------------------------------------------------------------------- projection
+
+
+@dataclass(frozen=True)
+class Planned:
+    sequence: str
+    step: str
+    at: datetime
+
+
+def project(
+    sequences: Mapping[str, tuple[Sequence, EnrollmentState]],
+    contact: ContactState,
+    now: datetime,
+    until: datetime,
+    delivery: Delivery,
+) -> list[Planned]:
+    """Simulate one person's coming sends from `now` to `until` with today's tags.
+
+    Used by `funnel plan`: it replays `evaluate` at each moment something
+    becomes possible, so the plan follows exactly the rules a run follows
+    (windows, gaps across sequences, lateness, tags). It does not follow
+    `next` into sequences the person is not in yet.
+    """
+    planned: list[Planned] = []
+    states = dict(sequences)
+    clock = now
+    for _ in range(1000):  # bounded: every iteration records or moves time forward
+        wakes: list[datetime] = []
+        progressed = False
+        for sid, (sequence, state) in sorted(states.items()):
+            evaluation = evaluate(sequence, state, contact, clock, delivery)
+            if evaluation.contact is not None:
+                contact = evaluation.contact
+            recorded = dict(state.recorded)
+            for send in evaluation.sends:
+                planned.append(Planned(sid, send.step.id, clock))
+                recorded[send.step.id] = Recorded("sent")
+                progressed = True
+            for skip in evaluation.skips:
+                recorded[skip.step.id] = Recorded("skipped", reason=skip.reason)
+                progressed = True
+            if evaluation.exit_reason or evaluation.finished:
+                recorded.update({s.id: Recorded("skipped") for s in sequence.steps if s.id not in recorded})
+            states[sid] = (sequence, replace(state, recorded=recorded))
+            if evaluation.wake_at is not None and not evaluation.exit_reason:
+                wakes.append(evaluation.wake_at)
+        if progressed:
+            continue
+        if not wakes or min(wakes) > until:
+            break
+        clock = max(min(wakes), clock)
+    return planned

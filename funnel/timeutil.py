@@ -1,0 +1,149 @@
+"""Durations, clock times and local-time arithmetic: small pure helpers.
+
+Why days are calendar days: "1d before a 7 pm webinar" means 7 pm the day
+before *on the contact's wall clock*, also across a DST change; `m` and `h`
+are exact elapsed time. So `Duration` keeps days and minutes apart and
+`add_duration` applies days in the contact's timezone, minutes in UTC.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+_DURATION = re.compile(r"^\s*([+-])?\s*(\d+)\s*([mhdw])\s*$")
+_CLOCK = re.compile(r"^\s*([01]?\d|2[0-3]):([0-5]\d)\s*$")
+
+DURATION_HELP = "write a number and a unit: 30m, 2h, 3d or 1w"
+
+
+@dataclass(frozen=True, order=True)
+class Duration:
+    """A signed span: whole calendar days plus exact minutes."""
+
+    days: int = 0
+    minutes: int = 0
+
+    @property
+    def approx(self) -> timedelta:
+        """The span as elapsed time (days as 24 h), for comparisons and display."""
+        return timedelta(days=self.days, minutes=self.minutes)
+
+    def __str__(self) -> str:
+        if self.days and self.days % 7 == 0 and not self.minutes:
+            return f"{self.days // 7}w"
+        if self.days:
+            return f"{self.days}d"
+        if self.minutes and self.minutes % 60 == 0:
+            return f"{self.minutes // 60}h"
+        return f"{self.minutes}m"
+
+
+def parse_duration(text: object, *, signed: bool = False) -> Duration:
+    """Parse `30m`, `2h`, `3d`, `1w` (and `-1d`, `+3h` when `signed`).
+
+    Raises ValueError with a message a person can act on.
+    """
+    match = _DURATION.match(str(text))
+    if not match:
+        raise ValueError(f"{text!r} is not a duration: {DURATION_HELP}")
+    sign, amount, unit = match.groups()
+    if sign and not signed:
+        raise ValueError(f"{text!r}: a wait cannot be negative or signed: {DURATION_HELP}")
+    value = int(amount) * (-1 if sign == "-" else 1)
+    if unit == "m":
+        return Duration(minutes=value)
+    if unit == "h":
+        return Duration(minutes=value * 60)
+    if unit == "d":
+        return Duration(days=value)
+    return Duration(days=value * 7)
+
+
+def parse_clock(text: object) -> time:
+    """Parse a local time of day `HH:MM` (24-hour clock)."""
+    match = _CLOCK.match(str(text))
+    if not match:
+        raise ValueError(f"{text!r} is not a time of day: write HH:MM on a 24-hour clock, e.g. 09:00")
+    return time(int(match.group(1)), int(match.group(2)))
+
+
+def zone(name: str) -> ZoneInfo:
+    """Look up an IANA timezone, raising ValueError with a hint when unknown."""
+    try:
+        return ZoneInfo(name.strip())
+    except (ZoneInfoNotFoundError, ValueError, IsADirectoryError):
+        raise ValueError(
+            f"{name!r} is not a known timezone: use an IANA name such as America/Denver"
+        ) from None
+
+
+def local_wall(date_part: datetime, clock: time, tz: ZoneInfo) -> datetime:
+    """The UTC instant of `clock` on the local date of `date_part`.
+
+    A wall time skipped by a DST jump is moved forward by the jump (02:30 on
+    the spring-forward night becomes 03:30); an ambiguous one takes the first.
+    """
+    naive = datetime.combine(date_part.date(), clock)
+    return naive.replace(tzinfo=tz).astimezone(UTC)
+
+
+def add_duration(instant: datetime, span: Duration, tz: ZoneInfo) -> datetime:
+    """Add `span` to a UTC instant: days on the wall clock of `tz`, minutes exactly."""
+    result = instant
+    if span.days:
+        local = instant.astimezone(tz)
+        shifted = (local.replace(tzinfo=None) + timedelta(days=span.days)).replace(tzinfo=tz)
+        result = shifted.astimezone(UTC)
+    if span.minutes:
+        result = result + timedelta(minutes=span.minutes)
+    return result.astimezone(UTC)
+
+
+def utc(value: datetime) -> datetime:
+    """Make a datetime aware in UTC (naive values are taken as UTC, as stored by SQLite)."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def parse_instant(text: str, default_tz: ZoneInfo | None = None) -> datetime:
+    """Parse ISO 8601 (`Z` allowed) or `YYYY-MM-DD HH:MM` read in `default_tz`.
+
+    Raises ValueError naming the accepted forms.
+    """
+    raw = text.strip()
+    if raw.endswith(("Z", "z")):
+        raw = raw[:-1] + "+00:00"
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a date and time: write 2026-12-08T19:00:00-07:00 "
+            "or 2026-12-08 19:00 (read in the contact's timezone)"
+        ) from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=default_tz or UTC)
+    return value.astimezone(UTC)
+
+
+def describe_delay(delta: timedelta) -> str:
+    """`late by 4 days`-style wording: the largest whole unit, rounded down."""
+    seconds = int(delta.total_seconds())
+    if seconds >= 2 * 86400:
+        return f"{seconds // 86400} days"
+    if seconds >= 86400:
+        return "1 day"
+    if seconds >= 7200:
+        return f"{seconds // 3600} hours"
+    if seconds >= 3600:
+        return "1 hour"
+    minutes = max(seconds // 60, 0)
+    return f"{minutes} minute" + ("" if minutes == 1 else "s")
+
+
+def isoformat_z(value: datetime) -> str:
+    """ISO 8601 in UTC with a `Z`, the form `plan --json` prints."""
+    return utc(value).replace(microsecond=0).isoformat().replace("+00:00", "Z")
