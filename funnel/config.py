@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import json
 import os
 from collections.abc import Iterator
 from datetime import time
@@ -287,15 +286,19 @@ class Config(_Model):
 
     def timing_snapshot(self) -> dict[str, Any]:
         """What the schedule depends on, as JSON-able data (kept per run for `plan --changes`)."""
-        return json.loads(
-            json.dumps(
+        return {
+            sid: [
                 {
-                    sid: [s.model_dump(include={"id", "wait", "webinar", "at", "transactional"}) for s in seq.steps]
-                    for sid, seq in self.sequences.items()
-                },
-                default=str,
-            )
-        )
+                    "id": s.id,
+                    "wait": str(s.wait) if s.wait is not None else None,
+                    "webinar": str(s.webinar) if s.webinar is not None else None,
+                    "at": s.at.strftime("%H:%M") if s.at else None,
+                    "transactional": s.transactional,
+                }
+                for s in seq.steps
+            ]
+            for sid, seq in self.sequences.items()
+        }
 
 
 # --------------------------------------------------------------------------- loading

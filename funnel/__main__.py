@@ -1,0 +1,5 @@
+"""`python -m funnel` runs the same CLI as the `funnel` command."""
+
+from funnel.cli import main
+
+main()

@@ -1,0 +1,97 @@
+"""`funnel plan --changes`: what an edit of sequences.yaml does to people mid-sequence.
+
+The last run keeps the timing of every step (wait, webinar offset, at,
+transactional). Comparing it with the file as it is now gives, per step,
+added / removed / retimed, and for each active enrollment whether the person
+would get a new email, lose one, or have one move. Steps are matched by id,
+exactly as runs match them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from funnel.config import Config, Sequence, Step
+from funnel.models import Contact, Enrollment, Run, StepRun
+from funnel.schedule import due_times
+from funnel.timeutil import isoformat_z, zone
+
+
+def _old_sequence(steps: list[dict[str, Any]]) -> Sequence:
+    return Sequence(
+        steps=tuple(
+            Step.model_validate({**{k: v for k, v in s.items() if v is not None}, "subject": "-", "template": "-"})
+            for s in steps
+        )
+    )
+
+
+def plan_changes(config: Config, engine: Engine, now: datetime) -> dict[str, Any]:
+    with Session(engine) as session:
+        last = session.scalars(
+            select(Run).where(Run.finished_at.is_not(None)).order_by(Run.id.desc()).limit(1)  # type: ignore[union-attr]
+        ).first()
+        if last is None:
+            return {"since_run": None, "steps": []}
+        before: dict[str, list[dict[str, Any]]] = last.config_timing or {}
+        after = config.timing_snapshot()
+        changes: list[dict[str, Any]] = []
+        for sid in sorted(set(before) | set(after)):
+            old_steps = {s["id"]: s for s in before.get(sid, [])}
+            new_steps = {s["id"]: s for s in after.get(sid, [])}
+            kinds: dict[str, str] = {}
+            for step_id in new_steps:
+                if step_id not in old_steps:
+                    kinds[step_id] = "added"
+                elif new_steps[step_id] != old_steps[step_id]:
+                    kinds[step_id] = "retimed"
+            for step_id in old_steps:
+                if step_id not in new_steps:
+                    kinds[step_id] = "removed"
+            if not kinds:
+                continue
+            people = _effects(session, config, sid, before.get(sid, []), kinds, now)
+            for step_id, kind in kinds.items():
+                changes.append(
+                    {"sequence": sid, "step": step_id, "change": kind, "people": people.get(step_id, [])}
+                )
+    return {"since_run": isoformat_z(last.started_at), "steps": changes}
+
+
+def _effects(
+    session: Session, config: Config, sid: str, old: list[dict[str, Any]], kinds: dict[str, str], now: datetime
+) -> dict[str, list[dict[str, str]]]:
+    old_seq = _old_sequence(old) if old else None
+    new_seq = config.sequences.get(sid)
+    effects: dict[str, list[dict[str, str]]] = {}
+    query = (
+        select(Enrollment, Contact.email, Contact.timezone)
+        .join(Contact, Contact.id == Enrollment.contact_id)  # type: ignore[arg-type]
+        .where(Enrollment.sequence == sid, Enrollment.status == "active")
+    )
+    for enrollment, email, tz_name in session.execute(query):
+        done = set(session.scalars(select(StepRun.step_id).where(StepRun.enrollment_id == enrollment.id)))
+        tz = zone(tz_name or config.practice.timezone)
+        old_due = due_times(old_seq, enrollment.enrolled_at, enrollment.webinar_start, tz) if old_seq else {}
+        new_due = due_times(new_seq, enrollment.enrolled_at, enrollment.webinar_start, tz) if new_seq else {}
+        for step_id, kind in kinds.items():
+            if step_id in done:
+                continue  # already sent or decided: an edit never sends a step twice
+            before, after = old_due.get(step_id), new_due.get(step_id)
+            effect = None
+            if kind == "added" and after and after >= enrollment.enrolled_at:
+                effect = f"would get it at {isoformat_z(after)}"
+            elif kind == "removed" and before and before >= enrollment.enrolled_at:
+                effect = f"would no longer get it (was due {isoformat_z(before)})"
+            elif kind == "retimed" and before != after and after:
+                effect = f"moves from {isoformat_z(before) if before else 'never'} to {isoformat_z(after)}"
+                if after < enrollment.enrolled_at:
+                    effect = f"would no longer get it (now due before they enrolled, {isoformat_z(after)})"
+            if effect:
+                effects.setdefault(step_id, []).append({"email": email or "(erased)", "effect": effect})
+    return effects

@@ -1,0 +1,582 @@
+"""The `funnel` command line: parse options, call one service, map errors to exit codes.
+
+Exit codes: 0 success; 1 the command ran but something failed (a send, a
+check); 2 bad configuration or usage, nothing done; 75 another `funnel run`
+holds the lock. Errors are one sentence on stderr; `--debug` shows the
+traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from funnel.config import Config, load_config
+from funnel.errors import ConfigError, FunnelError, UsageError
+from funnel.timeutil import parse_instant
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED = 0, 1, 2, 75
+
+
+def _stdout() -> Console:
+    # off a terminal rich would cut tables at 80 columns; pipes and files get whole lines
+    return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+
+
+def _stderr() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+# --------------------------------------------------------------------------- shared options
+
+
+def config_option(func: F) -> F:
+    return click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="sequences.yaml to use (default: ./sequences.yaml or $FUNNEL_CONFIG).",
+    )(func)
+
+
+def _parse_now(_ctx: click.Context, _param: click.Parameter, value: str | None) -> datetime:
+    if value is None:
+        return datetime.now(UTC).replace(microsecond=0)
+    try:
+        return parse_instant(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not ISO 8601: write e.g. 2026-12-08T00:10:00Z") from None
+
+
+def now_option(func: F) -> F:
+    return click.option(
+        "--now",
+        callback=_parse_now,
+        metavar="ISO8601",
+        help="Pretend it is this moment (UTC unless an offset is given); default: the real clock.",
+    )(func)
+
+
+def json_option(func: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON value for machines.")(func)
+
+
+def debug_option(func: F) -> F:
+    return click.option("--debug", is_flag=True, help="Show tracebacks for errors.")(func)
+
+
+def _print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+
+
+def _config(path: Path | None) -> Config:
+    return load_config(path)
+
+
+def _engine(config: Config) -> Any:
+    from funnel.services import open_engine
+
+    return open_engine(config)
+
+
+def handle_errors(func: F) -> F:
+    """Turn FunnelError into one sentence and its exit code (traceback with --debug)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug = bool(kwargs.get("debug"))
+        try:
+            return func(*args, **kwargs)
+        except FunnelError as exc:
+            if debug:
+                raise
+            problems = getattr(exc, "problems", None) or [str(exc)]
+            for problem in problems:
+                click.echo(f"funnel: {problem}", err=True)
+            sys.exit(exc.exit_code)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
+            raise
+        except Exception as exc:
+            if debug:
+                raise
+            click.echo(
+                f"funnel: unexpected {exc.__class__.__name__}: {exc} (run again with --debug for details)",
+                err=True,
+            )
+            sys.exit(EXIT_FAILED)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def common(func: F) -> F:
+    return config_option(debug_option(handle_errors(func)))
+
+
+# --------------------------------------------------------------------------- the group
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="funnel")
+def cli() -> None:
+    """Email nurture and webinar-funnel automation for a small therapy practice.
+
+    Run `funnel COMMAND --help` for each command. The usual cycle:
+    `funnel check`, `funnel plan`, then `funnel run` from cron.
+    """
+
+
+@cli.command()
+@common
+@now_option
+def check(config_path: Path | None, debug: bool, now: datetime) -> None:
+    """Validate sequences.yaml and render every step for a sample contact.
+
+    Prints each problem as `file:line: message`; exits 0 when all is well, 1 otherwise.
+
+    Example: funnel check
+    """
+    from funnel.preview import check as check_templates
+
+    try:
+        config = _config(config_path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(problem, err=True)
+        sys.exit(EXIT_FAILED)
+    problems = check_templates(config, now)
+    for problem in problems:
+        click.echo(problem, err=True)
+    if problems:
+        sys.exit(EXIT_FAILED)
+    steps = sum(len(s.steps) for s in config.sequences.values())
+    click.echo(f"{config.path.name}: OK ({len(config.sequences)} sequences, {steps} steps, {len(config.sources)} sources)")
+
+
+@cli.command()
+@common
+@now_option
+@json_option
+@click.option("--dry-run", is_flag=True, help="Show what would happen; send and store nothing.")
+@click.option("--verbose", "-v", is_flag=True, help="Print the summary even when not on a terminal.")
+def run(config_path: Path | None, debug: bool, now: datetime, as_json: bool, dry_run: bool, verbose: bool) -> None:
+    """The scheduled job: read every file source, enroll, send what is due.
+
+    Safe to run late, twice or concurrently (a second run exits 75 while the
+    first holds the lock). Quiet under cron unless something needs attention.
+
+    Example (crontab): */15 * * * * cd /srv/funnel && .venv/bin/funnel run
+    """
+    from funnel.db import run_lock
+    from funnel.runner import Runner
+    from funnel.transports import make_transport
+
+    config = _config(config_path)
+    transport = make_transport(config)  # a missing API key stops us before anything is read
+    engine = _engine(config)
+    interactive = sys.stderr.isatty() and not as_json
+    if dry_run:
+        summary = Runner(config, engine, transport, now, dry_run=True).run()
+    else:
+        with run_lock(engine):
+            summary = _run_with_progress(config, engine, transport, now, interactive)
+    if as_json:
+        _print_json(summary.as_dict())
+    else:
+        _print_summary(summary, interactive or verbose or dry_run)
+    if summary.stopped:
+        click.echo(f"funnel: {summary.stopped}", err=True)
+    sys.exit(EXIT_OK if summary.ok and summary.unknown == 0 else EXIT_FAILED)
+
+
+def _run_with_progress(config: Config, engine: Any, transport: Any, now: datetime, interactive: bool) -> Any:
+    from funnel.runner import Runner
+
+    if not interactive:
+        return Runner(config, engine, transport, now).run()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("due"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=_stderr(), transient=True
+    ) as bar:
+        task = bar.add_task("due", total=None)
+
+        def advance(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        return Runner(config, engine, transport, now, progress=advance).run()
+
+
+def _print_summary(summary: Any, loud: bool) -> None:
+    err = _stderr()
+    for problem in summary.problems:
+        err.print(f"[yellow]{problem}[/]", markup=True) if loud else click.echo(problem, err=True)
+    for warning in summary.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if not loud and summary.failed == 0:
+        return
+    out = _stdout()
+    prefix = "dry run: would have " if summary.dry_run else ""
+    out.print(
+        f"{prefix}imported {summary.imported}, rejected {summary.rejected}, enrolled {summary.enrolled}, "
+        f"sent {summary.sent}, skipped {summary.skipped}, failed {summary.failed}"
+        + (f", unknown {summary.unknown}" if summary.unknown else "")
+        + f" ({summary.seconds:.2f}s)"
+    )
+    if summary.steps:
+        table = Table(show_header=True, header_style="bold", box=None)
+        for column in ("sequence / step", "sent", "skipped", "failed"):
+            table.add_column(column, justify="left" if column.startswith("seq") else "right")
+        for key in sorted(summary.steps):
+            counts = summary.steps[key]
+            table.add_row(key, *(str(counts.get(c, 0)) for c in ("sent", "skipped", "failed")))
+        out.print(table)
+
+
+@cli.command()
+@common
+@now_option
+@json_option
+@click.option("--days", type=click.IntRange(1, 3650), default=14, show_default=True, help="How far ahead.")
+@click.option("--changes", is_flag=True, help="Compare sequences.yaml with the one the last run used.")
+def plan(config_path: Path | None, debug: bool, now: datetime, as_json: bool, days: int, changes: bool) -> None:
+    """What would be sent to whom and when in the next N days; writes nothing.
+
+    Example: funnel plan --days 7
+    """
+    from funnel import services
+
+    config = _config(config_path)
+    engine = _engine(config)
+    if changes:
+        from funnel.changes import plan_changes
+
+        result = plan_changes(config, engine, now)
+        if as_json:
+            _print_json(result)
+        else:
+            _print_changes(result)
+        return
+    items = services.plan(config, engine, now, days)
+    if as_json:
+        _print_json(items)
+        return
+    if not items:
+        click.echo(f"nothing to send in the next {days} days")
+        return
+    table = Table(show_header=True, header_style="bold", box=None)
+    for column in ("when (UTC)", "email", "sequence", "step"):
+        table.add_column(column)
+    for item in items:
+        table.add_row(item["at"], item["email"] or "", item["sequence"], item["step"])
+    _stdout().print(table)
+
+
+def _print_changes(result: dict[str, Any]) -> None:
+    if not result["steps"]:
+        click.echo("no changes to step timing since the last run")
+        return
+    for change in result["steps"]:
+        click.echo(f"{change['sequence']}/{change['step']}: {change['change']}")
+        for effect in change.get("people", [])[:50]:
+            click.echo(f"  {effect['email']}: {effect['effect']}")
+        more = len(change.get("people", [])) - 50
+        if more > 0:
+            click.echo(f"  ... and {more} more")
+
+
+@cli.command()
+@common
+@now_option
+@click.argument("sequence")
+@click.argument("step")
+@click.option("--email", "address", help="Render for this real contact instead of the sample one.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("preview"), show_default=True)
+def preview(
+    config_path: Path | None, debug: bool, now: datetime, sequence: str, step: str, address: str | None, out_dir: Path
+) -> None:
+    """Render one step (subject, HTML, text) into --out and print the subject.
+
+    Example: funnel preview webinar-relationship-911 registered
+    """
+    from funnel import services
+
+    config = _config(config_path)
+    engine = _engine(config) if address else None
+    rendered = services.preview(config, engine, sequence, step, now, address)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"{sequence}--{step}"
+    (out_dir / f"{stem}.txt").write_text(rendered.text, encoding="utf-8")
+    written = [out_dir / f"{stem}.txt"]
+    if rendered.html is not None:
+        (out_dir / f"{stem}.html").write_text(rendered.html, encoding="utf-8")
+        written.insert(0, out_dir / f"{stem}.html")
+    click.echo(f"Subject: {rendered.subject}")
+    for path in written:
+        click.echo(f"wrote {path}")
+
+
+@cli.command("send-test")
+@common
+@now_option
+@click.argument("sequence")
+@click.argument("step")
+@click.option("--to", "to", required=True, help="Your own address.")
+def send_test(config_path: Path | None, debug: bool, now: datetime, sequence: str, step: str, to: str) -> None:
+    """Send one step, rendered for the sample contact, to yourself through the configured transport.
+
+    Example: funnel send-test consultation received --to me@example.com
+    """
+    from funnel import services
+
+    config = _config(config_path)
+    message_id = services.send_test(config, sequence, step, to, now)
+    click.echo(f"sent {sequence}/{step} to {to}" + (f" (message id {message_id})" if message_id else ""))
+
+
+@cli.command("import")
+@common
+@now_option
+@json_option
+@click.argument("source")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def import_(config_path: Path | None, debug: bool, now: datetime, as_json: bool, source: str, file: Path) -> None:
+    """Read one file through a source's column mapping now.
+
+    Bad rows are reported with their line and skipped; the rest are stored.
+
+    Example: funnel import webinar-registrations ~/Downloads/registrants.csv
+    """
+    from funnel import services
+
+    config = _config(config_path)
+    engine = _engine(config)
+    read, result = services.import_file(config, engine, source, file, now)
+    rejected = [p for p in read.problems if not p.warning]
+    summary = {
+        "imported": result.imported,
+        "created": result.created,
+        "rejected": len(rejected),
+        "enrolled": result.enrolled,
+        "rescheduled": result.rescheduled,
+        "not_contacts": result.unknown,
+        "filtered": read.filtered,
+        "problems": [f"{file.name}:{p.line}: {p.message}" for p in read.problems],
+    }
+    if as_json:
+        _print_json(summary)
+    else:
+        for line in summary["problems"]:
+            click.echo(line, err=True)
+        click.echo(
+            f"imported {result.imported} ({result.created} new), rejected {len(rejected)}, enrolled {result.enrolled}"
+        )
+
+
+# --------------------------------------------------------------------------- contacts
+
+
+@cli.group()
+def contacts() -> None:
+    """Look up, unsubscribe, resubscribe, export or erase one person."""
+
+
+def _with_contact(config_path: Path | None, address: str, action: Callable[..., Any]) -> Any:
+    from sqlmodel import Session
+
+    from funnel.contacts import find_contact
+
+    config = _config(config_path)
+    engine = _engine(config)
+    with Session(engine, expire_on_commit=False) as session:
+        contact = find_contact(session, address)
+        result = action(session, config, contact)
+        session.commit()
+        return result
+
+
+@contacts.command("show")
+@common
+@json_option
+@click.argument("email")
+def contacts_show(config_path: Path | None, debug: bool, as_json: bool, email: str) -> None:
+    """A contact: fields, tags, enrollments and step states, unsubscribe state.
+
+    Example: funnel contacts show ana@example.com --json
+    """
+    from funnel.contacts import describe
+
+    data = _with_contact(config_path, email, lambda s, c, contact: describe(s, c, contact))
+    if as_json:
+        _print_json(data)
+        return
+    out = _stdout()
+    name = " ".join(p for p in (data["first_name"], data["last_name"]) if p)
+    out.print(f"[bold]{data['email']}[/] {name}".rstrip())
+    state = "unsubscribed" if data["unsubscribed"] else (f"suppressed: {data['suppressed_reason']}" if data["suppressed"] else "receiving mail")
+    out.print(f"status: {state}; timezone {data['timezone']}; tags: {', '.join(data['tags']) or 'none'}")
+    for enrollment in data["enrollments"]:
+        reason = f" ({enrollment['reason']})" if enrollment["reason"] else ""
+        out.print(f"\n[bold]{enrollment['sequence']}[/]: {enrollment['status']}{reason}, enrolled {enrollment['enrolled_at']}")
+        for step in enrollment["steps"]:
+            when = step.get("sent_at") or step.get("due_at") or ""
+            why = f" - {step['reason']}" if step.get("reason") else ""
+            out.print(f"  {step['id']:<24} {step['status']:<8} {when}{why}")
+
+
+@contacts.command("unsubscribe")
+@common
+@now_option
+@click.argument("email")
+def contacts_unsubscribe(config_path: Path | None, debug: bool, now: datetime, email: str) -> None:
+    """Stop all mail to a person at once, for good (until resubscribed).
+
+    Example: funnel contacts unsubscribe ana@example.com
+    """
+    from funnel.contacts import unsubscribe
+
+    changed = _with_contact(config_path, email, lambda s, c, contact: unsubscribe(s, contact, now))
+    click.echo(f"{email}: unsubscribed" if changed else f"{email}: was already unsubscribed")
+
+
+@contacts.command("resubscribe")
+@common
+@now_option
+@click.argument("email")
+def contacts_resubscribe(config_path: Path | None, debug: bool, now: datetime, email: str) -> None:
+    """Undo an unsubscribe, when the person asked for it.
+
+    Example: funnel contacts resubscribe ana@example.com
+    """
+    from funnel.contacts import resubscribe
+
+    changed = _with_contact(config_path, email, lambda s, c, contact: resubscribe(s, contact, now))
+    click.echo(f"{email}: resubscribed" if changed else f"{email}: was not unsubscribed")
+
+
+@contacts.command("export")
+@common
+@click.argument("email")
+def contacts_export(config_path: Path | None, debug: bool, email: str) -> None:
+    """Everything held about a person, as JSON (a data access request).
+
+    Example: funnel contacts export ana@example.com > ana.json
+    """
+    from funnel.contacts import export
+
+    _print_json(_with_contact(config_path, email, lambda s, c, contact: export(s, c, contact)))
+
+
+@contacts.command("forget")
+@common
+@now_option
+@click.argument("email")
+def contacts_forget(config_path: Path | None, debug: bool, now: datetime, email: str) -> None:
+    """Erase a person's data; keep only what stops mail to the address.
+
+    Example: funnel contacts forget ana@example.com
+    """
+    from funnel.contacts import forget
+
+    _with_contact(config_path, email, lambda s, c, contact: forget(s, contact, now))
+    click.echo(f"{email}: erased; no mail will go to this address again")
+
+
+# --------------------------------------------------------------------------- report, suppressions
+
+
+@cli.command()
+@common
+@json_option
+@click.option("--since", "since", default=None, metavar="DATE", help="Only what happened since DATE (ISO 8601).")
+def report(config_path: Path | None, debug: bool, as_json: bool, since: str | None) -> None:
+    """Per sequence and step: sent, failed, skipped, unknown, and what came back.
+
+    Example: funnel report --since 2026-12-01
+    """
+    from funnel import services
+
+    config = _config(config_path)
+    try:
+        since_at = parse_instant(since) if since else None
+    except ValueError as exc:
+        raise UsageError(f"--since: {exc}") from None
+    data = services.report(config, _engine(config), since_at)
+    if as_json:
+        _print_json(data)
+        return
+    out = _stdout()
+    for sequence in data["sequences"]:
+        out.print(
+            f"[bold]{sequence['name']}[/] ({sequence['id']}): enrolled {sequence['enrolled']}, "
+            f"active {sequence['active']}, finished {sequence['finished']}, exited {sequence['exited']}"
+        )
+        table = Table(show_header=True, header_style="bold", box=None)
+        columns = ("sent", "failed", "skipped", "unknown")
+        table.add_column("step")
+        for column in columns:
+            table.add_column(column, justify="right")
+        for step in sequence["steps"]:
+            table.add_row(step["id"], *(str(step[c]) for c in columns))
+        out.print(table)
+    if data["unknown"]:
+        out.print(
+            f"[yellow]{data['unknown']} email(s) have an unknown outcome (a run stopped mid-send); "
+            "they were not sent again.[/]"
+        )
+
+
+@cli.group()
+def suppressions() -> None:
+    """SendGrid's suppression lists."""
+
+
+@suppressions.command("sync")
+@common
+@now_option
+@json_option
+def suppressions_sync(config_path: Path | None, debug: bool, now: datetime, as_json: bool) -> None:
+    """Pull SendGrid's unsubscribes, bounces, spam reports and invalid emails; stop mail to them.
+
+    Example: funnel suppressions sync
+    """
+    from funnel import services
+
+    config = _config(config_path)
+    counts = services.suppressions_sync(config, _engine(config), now)
+    if as_json:
+        _print_json(counts)
+    else:
+        click.echo(", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        cli.main(prog_name="funnel", standalone_mode=False)
+    except click.exceptions.NoSuchOption as exc:
+        exc.show()
+        sys.exit(EXIT_CONFIG)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_CONFIG)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(EXIT_FAILED)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""One person: show, unsubscribe, resubscribe, export, forget.
+
+`forget` erases every personal field (address, names, extra fields, tags)
+but keeps the row keyed by the address hash, marked erased: it stops all
+mail to that address for good, and an old CSV row hashes to the same key,
+so nobody comes back by re-import. Step rows stay (they hold no personal
+data) so the practice's figures do not change.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlmodel import Session
+
+from funnel.config import Config
+from funnel.errors import NotFoundError, UsageError
+from funnel.models import Contact, Enrollment, StepRun, Tag
+from funnel.schedule import due_times
+from funnel.sources import email_hash, normalize_email
+from funnel.timeutil import isoformat_z, zone
+
+
+def find_contact(session: Session, address: str) -> Contact:
+    """The contact for an address (any case), or NotFoundError (exit 1)."""
+    try:
+        normalized = normalize_email(address)
+    except ValueError as exc:
+        raise UsageError(f"{address!r} is not a valid email address ({exc})") from None
+    contact = session.scalars(select(Contact).where(Contact.email_hash == email_hash(normalized))).first()
+    if contact is None or contact.erased_at is not None:
+        raise NotFoundError(f"no contact with the address {address}")
+    return contact
+
+
+def unsubscribe(session: Session, contact: Contact, now: datetime, via: str = "by hand") -> bool:
+    """Stop all mail at once; returns False when they already were unsubscribed."""
+    if contact.unsubscribed_at is not None:
+        return False
+    contact.unsubscribed_at, contact.unsubscribed_via, contact.updated_at = now, via, now
+    session.add(contact)
+    return True
+
+
+def resubscribe(session: Session, contact: Contact, now: datetime) -> bool:
+    """Undo an unsubscribe (by hand, or a new form post). Bounces and spam reports stay."""
+    if contact.unsubscribed_at is None:
+        return False
+    contact.unsubscribed_at, contact.unsubscribed_via, contact.updated_at = None, None, now
+    session.add(contact)
+    return True
+
+
+def forget(session: Session, contact: Contact, now: datetime) -> None:
+    """Erase personal data; keep only the hash that stops mail to the address."""
+    contact_id = contact.id
+    session.execute(delete(Tag).where(Tag.contact_id == contact_id))
+    session.execute(
+        update(Enrollment)
+        .where(Enrollment.contact_id == contact_id, Enrollment.status == "active")
+        .values(status="exited", end_reason="erased", ended_at=now, next_due_at=None)
+    )
+    session.execute(update(Enrollment).where(Enrollment.contact_id == contact_id).values(webinar_start=None))
+    contact.email = contact.first_name = contact.last_name = contact.timezone = None
+    contact.fields = {}
+    contact.discreet = False
+    contact.first_source = None
+    contact.erased_at = contact.suppressed_at = contact.updated_at = now
+    contact.suppressed_reason = "erased"
+    session.add(contact)
+
+
+def describe(session: Session, config: Config, contact: Contact) -> dict[str, Any]:
+    """Everything `contacts show --json` prints (and `export` adds to)."""
+    tags = session.execute(select(Tag.tag, Tag.source, Tag.added_at).where(Tag.contact_id == contact.id)).all()
+    enrollments = list(
+        session.scalars(select(Enrollment).where(Enrollment.contact_id == contact.id).order_by(Enrollment.id))  # type: ignore[arg-type]
+    )
+    rows: dict[int, dict[str, StepRun]] = {}
+    if enrollments:
+        for row in session.scalars(
+            select(StepRun).where(StepRun.enrollment_id.in_([e.id for e in enrollments]))  # type: ignore[attr-defined]
+        ):
+            rows.setdefault(row.enrollment_id, {})[row.step_id] = row
+    tz_name = contact.timezone or config.practice.timezone
+    return {
+        "email": contact.email,
+        "first_name": contact.first_name,
+        "last_name": contact.last_name,
+        "timezone": tz_name,
+        "discreet": contact.discreet,
+        "fields": contact.fields or {},
+        "tags": sorted(t.tag for t in tags),
+        "unsubscribed": contact.unsubscribed_at is not None,
+        "unsubscribed_at": _iso(contact.unsubscribed_at),
+        "suppressed": contact.suppression is not None,
+        "suppressed_reason": contact.suppression,
+        "created_at": _iso(contact.created_at),
+        "first_source": contact.first_source,
+        "enrollments": [_enrollment(config, e, rows.get(e.id or 0, {}), tz_name) for e in enrollments],
+    }
+
+
+def _enrollment(config: Config, enrollment: Enrollment, rows: dict[str, StepRun], tz_name: str) -> dict[str, Any]:
+    sequence = config.sequences.get(enrollment.sequence)
+    steps: list[dict[str, Any]] = []
+    dues: dict[str, datetime | None] = {}
+    if sequence is not None:
+        dues = due_times(sequence, enrollment.enrolled_at, enrollment.webinar_start, zone(tz_name))
+        for step in sequence.steps:
+            steps.append(_step(step.id, rows.get(step.id), dues.get(step.id), enrollment))
+    # steps that were acted on but are no longer in sequences.yaml
+    known = {s["id"] for s in steps}
+    steps.extend(_step(sid, row, row.due_at, enrollment) for sid, row in rows.items() if sid not in known)
+    return {
+        "sequence": enrollment.sequence,
+        "status": enrollment.status,
+        "reason": enrollment.end_reason,
+        "enrolled_at": _iso(enrollment.enrolled_at),
+        "webinar": enrollment.webinar,
+        "webinar_start": _iso(enrollment.webinar_start),
+        "next_due_at": _iso(enrollment.next_due_at),
+        "steps": steps,
+    }
+
+
+def _step(step_id: str, row: StepRun | None, due: datetime | None, enrollment: Enrollment) -> dict[str, Any]:
+    if row is None:
+        if enrollment.status == "active":
+            return {"id": step_id, "status": "pending", "due_at": _iso(due)}
+        return {"id": step_id, "status": "skipped", "reason": enrollment.end_reason or "sequence ended", "due_at": _iso(due)}
+    status = row.status
+    reason = row.reason
+    if status == "sending":
+        status, reason = "unknown", "being sent right now"
+    shown: dict[str, Any] = {"id": step_id, "status": status, "due_at": _iso(row.due_at or due)}
+    if reason:
+        shown["reason"] = reason
+    if row.sent_at:
+        shown["sent_at"] = _iso(row.sent_at)
+    if row.message_id:
+        shown["message_id"] = row.message_id
+    return shown
+
+
+def export(session: Session, config: Config, contact: Contact) -> dict[str, Any]:
+    """Everything held about a person (GDPR access request), as JSON-able data."""
+    data = describe(session, config, contact)
+    tags = session.execute(select(Tag.tag, Tag.source, Tag.added_at).where(Tag.contact_id == contact.id)).all()
+    data["tag_details"] = [{"tag": t.tag, "source": t.source, "added_at": _iso(t.added_at)} for t in tags]
+    data["consent"] = {"source": contact.first_source, "first_seen_at": _iso(contact.created_at)}
+    data["unsubscribed_via"] = contact.unsubscribed_via
+    return data
+
+
+def _iso(value: datetime | None) -> str | None:
+    return isoformat_z(value) if value else None

@@ -1,0 +1,176 @@
+"""Sending claimed emails in parallel, with retries, while the main thread goes on.
+
+The main thread claims, renders and records; a small thread pool only calls
+`transport.send`. Each job retries 429/5xx/timeouts with exponential backoff
+and jitter (tenacity), honouring the provider's Retry-After, a bounded number
+of times; a 429 also pauses every worker until the hinted moment so the whole
+run slows down instead of hammering the API. A fatal error (bad API key)
+stops the dispatcher: jobs not yet started are released untouched.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any
+
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from funnel.errors import TransportError
+from funnel.transports.base import OutgoingEmail, SendResult, Transport
+
+#: longest Retry-After a run waits for; longer hints leave the email for the next run
+RETRY_AFTER_CAP = 30.0
+
+
+@dataclass(frozen=True)
+class Job:
+    """One claimed email: the row to record into and what to send."""
+
+    step_run_id: int
+    enrollment_id: int
+    email: OutgoingEmail
+
+
+@dataclass(frozen=True)
+class Outcome:
+    job: Job
+    #: sent | failed | released (never attempted: the run stopped first)
+    status: str
+    result: SendResult | None = None
+    error: TransportError | None = None
+    attempts: int = 0
+
+
+class Dispatcher:
+    """A bounded pipeline of sends; `collect` hands back finished outcomes."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        max_attempts: int = 4,
+        backoff_initial: float = 0.25,
+        backoff_max: float = 8.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.transport = transport
+        self.limit = max(1, transport.concurrency) * 4
+        self._pool = ThreadPoolExecutor(max_workers=max(1, transport.concurrency), thread_name_prefix="send")
+        self._futures: set[Future[Outcome]] = set()
+        self._stop = threading.Event()
+        self._pause_lock = threading.Lock()
+        self._pause_until = 0.0
+        self._sleep = sleep
+        self.fatal: TransportError | None = None
+        self._max_attempts = max_attempts
+        self._backoff = wait_exponential_jitter(initial=backoff_initial, max=backoff_max)
+
+    # ----------------------------------------------------------------- main thread
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def submit(self, job: Job) -> list[Outcome]:
+        """Queue a job; when the pipeline is full, wait for some and return them."""
+        done: list[Outcome] = []
+        while len(self._futures) >= self.limit:
+            done.extend(self._take(block=True))
+        self._futures.add(self._pool.submit(self._run, job))
+        return done
+
+    def collect(self) -> list[Outcome]:
+        """Outcomes finished so far, without waiting."""
+        return self._take(block=False)
+
+    def finish(self) -> list[Outcome]:
+        """Wait for everything in flight."""
+        outcomes: list[Outcome] = []
+        while self._futures:
+            outcomes.extend(self._take(block=True))
+        return outcomes
+
+    def close(self) -> None:
+        self._stop.set()
+        self._pool.shutdown(wait=True, cancel_futures=False)
+
+    def _take(self, *, block: bool) -> list[Outcome]:
+        if not self._futures:
+            return []
+        done, _ = wait(self._futures, timeout=None if block else 0, return_when=FIRST_COMPLETED)
+        self._futures.difference_update(done)
+        return [future.result() for future in done]
+
+    # ----------------------------------------------------------------- workers
+
+    def _run(self, job: Job) -> Outcome:
+        if self._stop.is_set():
+            return Outcome(job, "released")
+        attempts = 0
+
+        def attempt() -> SendResult:
+            nonlocal attempts
+            self._wait_for_pause()
+            if self._stop.is_set():
+                raise _Released()
+            attempts += 1
+            return self.transport.send(job.email)
+
+        retrying = Retrying(
+            stop=stop_after_attempt(self._max_attempts),
+            wait=self._wait_strategy,
+            retry=retry_if_exception(_worth_retrying),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        try:
+            result = retrying(attempt)
+        except _Released:
+            return Outcome(job, "released", attempts=attempts)
+        except TransportError as error:
+            if error.fatal:
+                self.fatal = self.fatal or error
+                self._stop.set()
+                return Outcome(job, "released", error=error, attempts=attempts)
+            return Outcome(job, "failed", error=error, attempts=attempts)
+        except Exception as error:  # a bug in a transport must not lose the record
+            wrapped = TransportError(f"unexpected {error.__class__.__name__}: {error}", retryable=True)
+            return Outcome(job, "failed", error=wrapped, attempts=attempts)
+        return Outcome(job, "sent", result=result, attempts=attempts)
+
+    def _wait_strategy(self, state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, TransportError) and error.retry_after is not None:
+            delay = min(error.retry_after, RETRY_AFTER_CAP)
+            with self._pause_lock:
+                self._pause_until = max(self._pause_until, time.monotonic() + delay)
+            return delay
+        return float(self._backoff(state))
+
+    def _wait_for_pause(self) -> None:
+        with self._pause_lock:
+            remaining = self._pause_until - time.monotonic()
+        if remaining > 0:
+            self._sleep(remaining)
+
+
+class _Released(Exception):
+    """The run stopped before this job's request went out."""
+
+
+def _worth_retrying(error: BaseException) -> bool:
+    if not isinstance(error, TransportError) or not error.retryable or error.fatal:
+        return False
+    # a hint longer than we are willing to wait: leave it for the next run
+    return error.retry_after is None or error.retry_after <= RETRY_AFTER_CAP
+
+
+def describe(error: TransportError | None) -> str:
+    return str(error) if error else "not sent"
+
+
+__all__: list[Any] = ["Dispatcher", "Job", "Outcome", "describe"]

@@ -1,0 +1,282 @@
+"""Storing signups: contacts, tags and enrollments, in bulk.
+
+Rows are applied in batches with a handful of set-based statements (look up
+existing contacts by hash, insert the new ones, add tags and enrollments with
+"insert or ignore"), so a 100,000-row first import is a few seconds and an
+append of ten rows costs ten rows.
+
+Rules kept here:
+- one contact per address, whatever its case (the key is the address hash);
+- an erased address is never re-created, and a file never resubscribes anyone;
+- a contact is in a sequence at most once, ever; signing up again for a
+  *later* webinar start reschedules the enrollment, the same start changes nothing;
+- suppressed contacts are not enrolled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Table, and_, delete, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlmodel import Session
+
+from funnel.config import Config, Source
+from funnel.models import Contact, Enrollment, StepRun, Tag
+from funnel.sources import SignupRow, email_hash
+
+_BATCH = 500
+
+
+@dataclass
+class IngestResult:
+    imported: int = 0
+    created: int = 0
+    enrolled: int = 0
+    rescheduled: int = 0
+    #: rows for people who are not contacts while the source has `create: false`
+    unknown: int = 0
+    #: rows for erased addresses (kept out for good)
+    erased: int = 0
+    sequences: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: IngestResult) -> None:
+        for name in ("imported", "created", "enrolled", "rescheduled", "unknown", "erased"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+def insert_ignore(session: Session, table: Table, rows: list[dict[str, Any]], keys: Sequence[str]) -> int:
+    """INSERT ... ON CONFLICT DO NOTHING, for SQLite and PostgreSQL; returns rows inserted."""
+    if not rows:
+        return 0
+    dialect = session.get_bind().dialect.name
+    builder = pg_insert if dialect == "postgresql" else sqlite_insert
+    statement = builder(table).values(rows).on_conflict_do_nothing(index_elements=list(keys))
+    return int(session.execute(statement).rowcount)  # type: ignore[attr-defined]
+
+
+def _table(model: Any) -> Table:
+    return model.__table__  # type: ignore[no-any-return]
+
+
+def apply_rows(
+    session: Session, config: Config, source_name: str, source: Source, rows: Iterable[SignupRow], now: datetime
+) -> IngestResult:
+    """Apply accepted rows of one source; the caller commits."""
+    result = IngestResult()
+    batch: list[SignupRow] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= _BATCH:
+            result.add(_apply_batch(session, config, source_name, source, batch, now))
+            batch = []
+    if batch:
+        result.add(_apply_batch(session, config, source_name, source, batch, now))
+    return result
+
+
+def _apply_batch(
+    session: Session, config: Config, source_name: str, source: Source, rows: list[SignupRow], now: datetime
+) -> IngestResult:
+    result = IngestResult()
+    # the last row for an address wins (dedupe within the batch, keeping order)
+    latest: dict[str, SignupRow] = {}
+    for row in rows:
+        key = email_hash(row.email)
+        previous = latest.get(key)
+        latest[key] = _merge(previous, row) if previous else row
+    contacts = _existing(session, list(latest))
+    new_rows = []
+    for key, row in latest.items():
+        if key in contacts:
+            continue
+        if not source.create:
+            result.unknown += 1
+            continue
+        new_rows.append(_new_contact(key, row, source_name, now))
+    if new_rows:
+        session.execute(_table(Contact).insert(), new_rows)
+        result.created = len(new_rows)
+        contacts.update(_existing(session, [r["email_hash"] for r in new_rows]))
+    updates = []
+    for key, row in latest.items():
+        found = contacts.get(key)
+        if found is None:
+            continue
+        if found["erased_at"] is not None:
+            result.erased += 1
+            continue
+        result.imported += 1
+        change = _changes(found, row)
+        if change:
+            updates.append({"id": found["id"], "updated_at": now, **change})
+    if updates:
+        session.execute(update(Contact), updates)
+    live = {k: c for k, c in contacts.items() if c["erased_at"] is None and k in latest}
+    tag_rows = [
+        {"contact_id": c["id"], "tag": tag, "source": source_name, "added_at": now}
+        for c in live.values()
+        for tag in source.tags
+    ]
+    for start in range(0, len(tag_rows), _BATCH):
+        insert_ignore(session, _table(Tag), tag_rows[start : start + _BATCH], ("contact_id", "tag"))
+    if source.enroll:
+        _enroll(session, config, source_name, source, source.enroll, live, latest, now, result)
+    return result
+
+
+def _merge(older: SignupRow, newer: SignupRow) -> SignupRow:
+    """Two rows for one address in one batch: newer values win, blanks do not erase."""
+    return SignupRow(
+        line=newer.line,
+        email=newer.email,
+        first_name=newer.first_name or older.first_name,
+        last_name=newer.last_name or older.last_name,
+        timezone=newer.timezone or older.timezone,
+        webinar_start=max(filter(None, (older.webinar_start, newer.webinar_start)), default=None),
+        discreet=newer.discreet if newer.discreet is not None else older.discreet,
+        fields={**older.fields, **newer.fields},
+    )
+
+
+def _existing(session: Session, hashes: list[str]) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    columns = (
+        Contact.id,
+        Contact.email_hash,
+        Contact.email,
+        Contact.first_name,
+        Contact.last_name,
+        Contact.timezone,
+        Contact.discreet,
+        Contact.fields,
+        Contact.erased_at,
+        Contact.unsubscribed_at,
+        Contact.suppressed_reason,
+    )
+    for start in range(0, len(hashes), _BATCH):
+        chunk = hashes[start : start + _BATCH]
+        for record in session.execute(select(*columns).where(Contact.email_hash.in_(chunk))):  # type: ignore[attr-defined]
+            found[record.email_hash] = dict(record._mapping)
+    return found
+
+
+def _new_contact(key: str, row: SignupRow, source_name: str, now: datetime) -> dict[str, Any]:
+    return {
+        "email_hash": key,
+        "email": row.email,
+        "first_name": row.first_name,
+        "last_name": row.last_name,
+        "timezone": row.timezone,
+        "discreet": bool(row.discreet),
+        "fields": row.fields,
+        "created_at": now,
+        "updated_at": now,
+        "first_source": source_name,
+    }
+
+
+def _changes(found: dict[str, Any], row: SignupRow) -> dict[str, Any]:
+    """What a new row changes on a known contact: given values replace, blanks keep."""
+    change: dict[str, Any] = {}
+    if found["email"] is None:  # known only as a suppressed address until now
+        change["email"] = row.email
+    for name in ("first_name", "last_name", "timezone"):
+        value = getattr(row, name)
+        if value and value != found[name]:
+            change[name] = value
+    if row.discreet is not None and row.discreet != found["discreet"]:
+        change["discreet"] = row.discreet
+    if row.fields:
+        merged = {**(found["fields"] or {}), **row.fields}
+        if merged != found["fields"]:
+            change["fields"] = merged
+    return change
+
+
+def _enroll(
+    session: Session,
+    config: Config,
+    source_name: str,
+    source: Source,
+    sequence: str,
+    live: dict[str, dict[str, Any]],
+    latest: dict[str, SignupRow],
+    now: datetime,
+    result: IngestResult,
+) -> None:
+    eligible = {
+        c["id"]: latest[key]
+        for key, c in live.items()
+        if c["unsubscribed_at"] is None and c["suppressed_reason"] is None
+    }
+    if not eligible:
+        return
+    ids = list(eligible)
+    existing: dict[int, tuple[int, str, datetime | None]] = {}
+    for start in range(0, len(ids), _BATCH):
+        chunk = ids[start : start + _BATCH]
+        query = select(Enrollment.contact_id, Enrollment.id, Enrollment.status, Enrollment.webinar_start).where(
+            and_(Enrollment.sequence == sequence, Enrollment.contact_id.in_(chunk))  # type: ignore[attr-defined]
+        )
+        for contact_id, enrollment_id, status, start_at in session.execute(query):
+            existing[contact_id] = (enrollment_id, status, start_at)
+    new = [
+        {
+            "contact_id": contact_id,
+            "sequence": sequence,
+            "status": "active",
+            "enrolled_at": now,
+            "source": source_name,
+            "webinar": source.webinar,
+            "webinar_start": row.webinar_start,
+            "next_due_at": now,
+        }
+        for contact_id, row in eligible.items()
+        if contact_id not in existing
+    ]
+    for start in range(0, len(new), _BATCH):
+        insert_ignore(session, _table(Enrollment), new[start : start + _BATCH], ("contact_id", "sequence"))
+    result.enrolled += len(new)
+    if new:
+        result.sequences[sequence] = result.sequences.get(sequence, 0) + len(new)
+    for contact_id, (enrollment_id, status, current) in existing.items():
+        start_at = eligible[contact_id].webinar_start
+        if status == "active" and start_at is not None and (current is None or start_at > current):
+            reschedule(session, config, enrollment_id, sequence, source.webinar, start_at, now)
+            result.rescheduled += 1
+
+
+def reschedule(
+    session: Session,
+    config: Config,
+    enrollment_id: int,
+    sequence: str,
+    webinar: str | None,
+    start: datetime,
+    now: datetime,
+) -> None:
+    """Move an active enrollment to a later webinar start.
+
+    Steps already sent stay sent (at most once, whatever happens); webinar
+    steps skipped only because of the old date are looked at again.
+    """
+    values: dict[str, Any] = {"webinar_start": start, "next_due_at": now}
+    if webinar:
+        values["webinar"] = webinar
+    session.execute(update(Enrollment).where(Enrollment.id == enrollment_id).values(**values))
+    webinar_steps = [s.id for s in config.sequences[sequence].steps if s.webinar is not None] if sequence in config.sequences else []
+    if webinar_steps:
+        session.execute(
+            delete(StepRun).where(
+                and_(
+                    StepRun.enrollment_id == enrollment_id,
+                    StepRun.status == "skipped",
+                    StepRun.step_id.in_(webinar_steps),  # type: ignore[attr-defined]
+                )
+            )
+        )

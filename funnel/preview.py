@@ -1,0 +1,107 @@
+"""`funnel check` and `funnel preview`: render every step for a sample contact.
+
+The sample contact has every field any source maps (so templates that use
+`contact.fields.message` can be checked), a webinar a week ahead at 7 pm in
+the practice's timezone, and a real-looking unsubscribe URL. Each step is
+rendered twice, as a normal and as a discreet (text-only) email, and every
+rendered part must contain the unsubscribe URL and the postal address.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, time, timedelta
+from html import escape
+
+from funnel.config import KNOWN_FIELDS, Config, ConfigError
+from funnel.errors import TemplateError
+from funnel.render import Rendered, Renderer, TemplateContact, TemplateWebinar
+from funnel.timeutil import local_wall, zone
+
+SAMPLE_TOKEN = "sample-token"
+
+
+def sample_contact(config: Config, email: str = "sample@example.test") -> TemplateContact:
+    fields = {
+        name: f"(sample {name.replace('_', ' ')})"
+        for source in config.sources.values()
+        for name in source.columns
+        if name not in KNOWN_FIELDS
+    }
+    return TemplateContact(email=email, first_name="Sam", last_name="Sample", fields=fields)
+
+
+def sample_webinar(config: Config, sequence_id: str, now: datetime) -> TemplateWebinar | None:
+    """The webinar a contact of this sequence would have, starting a week from `now`."""
+    webinar_ids = [s.webinar for s in config.sources.values() if s.webinar and s.enroll == sequence_id]
+    webinar_id = webinar_ids[0] if webinar_ids else next(iter(config.webinars), None)
+    if webinar_id is None:
+        return None
+    tz = zone(config.practice.timezone)
+    start = local_wall(now.astimezone(tz) + timedelta(days=7), time(19), tz).astimezone(tz)
+    info = config.webinars[webinar_id]
+    return TemplateWebinar(webinar_id, info.title, info.join_url, info.replay_url, start)
+
+
+def sample_unsubscribe_url(config: Config) -> str:
+    return f"{config.practice.base_url}/u/{SAMPLE_TOKEN}"
+
+
+def footer_problems(config: Config, rendered: Rendered, where: str) -> list[str]:
+    """Every part must carry the unsubscribe link and the postal address (CAN-SPAM, RFC 8058)."""
+    problems = []
+    url = sample_unsubscribe_url(config)
+    address = config.practice.postal_address
+    parts = [("plain-text part", rendered.text, address)]
+    if rendered.html is not None:
+        parts.append(("HTML part", rendered.html, escape(address, quote=False)))
+    for label, body, shown_address in parts:
+        if url not in body:
+            problems.append(
+                f"{where}: the {label} has no unsubscribe link: put {{{{ unsubscribe_url }}}} in the layout"
+            )
+        if shown_address not in body and address not in body:
+            problems.append(
+                f"{where}: the {label} has no postal address: put {{{{ practice.postal_address }}}} in the layout"
+            )
+    return problems
+
+
+def check(config: Config, now: datetime) -> list[str]:
+    """All problems with templates, as `file:line: message` (empty when all is well)."""
+    try:
+        renderer = Renderer(config)
+    except TemplateError as exc:
+        return [p.strip() for p in str(exc).split("; ")]
+    contact = sample_contact(config)
+    problems: list[str] = []
+    url = sample_unsubscribe_url(config)
+    for sid, sequence in config.sequences.items():
+        webinar = sample_webinar(config, sid, now)
+        for step in sequence.steps:
+            for discreet in (False, True):
+                try:
+                    rendered = renderer.render(sid, sequence, step, contact, webinar, url, discreet=discreet)
+                except TemplateError as exc:
+                    problems.append(str(exc))
+                    break
+                layout = "layout.txt" if discreet else "layout.html"
+                where = f"{config.templates_dir}/{layout} (step {sid}/{step.id})"
+                for problem in footer_problems(config, rendered, where):
+                    if problem not in problems:
+                        problems.append(problem)
+    return problems
+
+
+def render_sample(config: Config, sequence_id: str, step_id: str, now: datetime) -> Rendered:
+    sequence = config.sequences.get(sequence_id)
+    if sequence is None:
+        raise ConfigError(f"no sequence {sequence_id!r} in {config.path.name}: known: {', '.join(config.sequences)}")
+    step = sequence.step(step_id)
+    if step is None:
+        known = ", ".join(s.id for s in sequence.steps)
+        raise ConfigError(f"sequence {sequence_id!r} has no step {step_id!r}: known: {known}")
+    renderer = Renderer(config)
+    return renderer.render(
+        sequence_id, sequence, step, sample_contact(config), sample_webinar(config, sequence_id, now),
+        sample_unsubscribe_url(config),
+    )

@@ -1,0 +1,625 @@
+"""`funnel run`: read sources, enroll, send what is due, record every outcome.
+
+The order of one run, and why:
+
+1. Rows left in `sending` by a run that died are marked `unknown`: SendGrid
+   has no idempotency key, so an email whose fate is unknown is reported,
+   never sent again blindly.
+2. File sources are read (unchanged files cost one hash).
+3. If sequences.yaml changed since the last run, every active enrollment is
+   looked at once (new or retimed steps); otherwise only those whose stored
+   `next_due_at` has come, through an index: work grows with what is due.
+4. Due enrollments are taken page by page. For each person the pure
+   schedule decides; skips and exits are recorded, sends are *claimed*
+   (a `sending` row, unique per enrollment and step) and committed before
+   any request goes out; then they are rendered and handed to the
+   dispatcher, whose threads send while the next page is prepared.
+5. Outcomes are recorded in batches; finished enrollments move on to their
+   `next` sequence.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import and_, func, select, update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from funnel import schedule
+from funnel.config import Config, Sequence, Step
+from funnel.deliver import Dispatcher, Job, Outcome
+from funnel.errors import SourceError, TemplateError, TransportError
+from funnel.ingest import IngestResult, apply_rows, insert_ignore
+from funnel.models import Contact, Enrollment, Run, Setting, SourceFile, StepRun, Tag
+from funnel.render import Renderer, TemplateContact, TemplateWebinar
+from funnel.sources import Fingerprint, read_source_file
+from funnel.timeutil import zone
+from funnel.transports.base import Address, OutgoingEmail, Transport
+from funnel.unsubscribe import Tokens, secret_key, unsubscribe_headers, unsubscribe_url
+
+PAGE = 400
+UNKNOWN_REASON = "the run sending it stopped mid-request: not sent again (check whether it arrived)"
+
+
+@dataclass
+class RunSummary:
+    """What one run did; `--json` prints it."""
+
+    imported: int = 0
+    rejected: int = 0
+    enrolled: int = 0
+    sent: int = 0
+    skipped: int = 0
+    failed: int = 0
+    unknown: int = 0
+    exited: int = 0
+    finished: int = 0
+    dry_run: bool = False
+    now: str = ""
+    seconds: float = 0.0
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    steps: dict[str, dict[str, int]] = field(default_factory=dict)
+    stopped: str | None = None
+
+    def count_step(self, sequence: str, step: str, outcome: str) -> None:
+        key = f"{sequence}/{step}"
+        self.steps.setdefault(key, {})
+        self.steps[key][outcome] = self.steps[key].get(outcome, 0) + 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0 and self.stopped is None
+
+
+class _NullTransport:
+    """Stands in for the real transport in `--dry-run`: sends nothing."""
+
+    name = "dry-run"
+    concurrency = 1
+
+    def send(self, email: OutgoingEmail) -> Any:
+        from funnel.transports.base import SendResult
+
+        return SendResult(message_id=None)
+
+    def close(self) -> None:
+        return None
+
+
+@dataclass
+class _Pending:
+    """Bookkeeping for an enrollment whose sends are in flight."""
+
+    enrollment: Enrollment
+    sequence_id: str
+    outstanding: int
+    finished_if_sent: bool
+    retry_later: bool = False
+
+
+class Runner:
+    """One run over one database; build, then call `run()`."""
+
+    def __init__(
+        self,
+        config: Config,
+        engine: Engine,
+        transport: Transport,
+        now: datetime,
+        *,
+        dry_run: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+        sources: bool = True,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.transport: Transport = _NullTransport() if dry_run else transport
+        self.now = now
+        self.dry_run = dry_run
+        self.progress = progress
+        self.read_sources = sources
+        self.summary = RunSummary(dry_run=dry_run, now=now.isoformat())
+        self.session = Session(engine, expire_on_commit=False)
+        self.renderer = Renderer(config)
+        self.tokens = Tokens(secret_key(self.session))
+        self.run_row: Run | None = None
+        self._pending: dict[int, _Pending] = {}
+        self._job_steps: dict[int, tuple[str, str, bool]] = {}
+
+    # ----------------------------------------------------------------- helpers
+
+    def checkpoint(self) -> None:
+        """Make what was done durable (a dry run only flushes, and rolls back at the end)."""
+        if self.dry_run:
+            self.session.flush()
+        else:
+            self.session.commit()
+
+    # ----------------------------------------------------------------- the run
+
+    def run(self) -> RunSummary:
+        started = time.monotonic()
+        try:
+            self._start()
+            if not self.dry_run:
+                self._recover_unknown()
+            if self.read_sources:
+                self._ingest_sources()
+            self._wake_all_if_config_changed()
+            self._send_due()
+            self._finish_run()
+        finally:
+            if self.dry_run:
+                self.session.rollback()
+            self.session.close()
+            self.transport.close()
+        self.summary.seconds = round(time.monotonic() - started, 3)
+        return self.summary
+
+    def _start(self) -> None:
+        wall = datetime.now(UTC)
+        self.run_row = Run(
+            started_at=wall,
+            heartbeat_at=wall,
+            clock=self.now,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            config_fingerprint=self.config.fingerprint,
+        )
+        self.session.add(self.run_row)
+        self.checkpoint()
+
+    def _recover_unknown(self) -> None:
+        """Claims left by a dead run: their request may or may not have gone out."""
+        assert self.run_row is not None
+        stale = self.session.execute(
+            select(StepRun.id, StepRun.sequence, StepRun.step_id).where(
+                and_(StepRun.status == "sending", StepRun.run_id != self.run_row.id)
+            )
+        ).all()
+        if not stale:
+            return
+        self.session.execute(
+            update(StepRun)
+            .where(StepRun.id.in_([row.id for row in stale]))  # type: ignore[union-attr]
+            .values(status="unknown", reason=UNKNOWN_REASON, retryable=False)
+        )
+        for row in stale:
+            self.summary.count_step(row.sequence, row.step_id, "unknown")
+        self.summary.unknown += len(stale)
+        self.summary.warnings.append(
+            f"{len(stale)} email(s) were being sent when an earlier run stopped; "
+            "they are marked unknown and will not be sent again (see `funnel report`)"
+        )
+        self.checkpoint()
+
+    # ----------------------------------------------------------------- sources
+
+    def _ingest_sources(self) -> None:
+        practice_tz = zone(self.config.practice.timezone)
+        for name, source in self.config.sources.items():
+            if source.format == "form" or not source.path:
+                continue
+            path = self.config.resolve(source.path)
+            stored = self.session.get(SourceFile, name)
+            previous = None
+            if stored is not None and stored.path == str(path):
+                previous = Fingerprint(stored.size, stored.sha256, stored.lines)
+            report: dict[str, Any] = {"path": source.path}
+            self.summary.sources[name] = report
+            if not path.exists():
+                report["status"] = "missing"
+                continue
+            try:
+                read = read_source_file(name, source, path, practice_tz, previous)
+            except SourceError as exc:
+                report["status"] = "error"
+                self.summary.problems.append(str(exc))
+                continue
+            if read.unchanged:
+                report["status"] = "unchanged"
+                continue
+            result = apply_rows(self.session, self.config, name, source, read.rows, self.now)
+            self._note_source(name, source.path, report, read.problems, read.filtered, result)
+            assert read.fingerprint is not None
+            fp = read.fingerprint
+            if stored is None:
+                stored = SourceFile(source=name, path=str(path), size=0, sha256="", lines=0, read_at=self.now)
+                self.session.add(stored)
+            stored.path, stored.size, stored.sha256, stored.lines, stored.read_at = (
+                str(path), fp.size, fp.sha256, fp.lines, self.now,
+            )
+            self.checkpoint()
+
+    def _note_source(
+        self, name: str, path: str, report: dict[str, Any], problems: Iterable[Any], filtered: int, result: IngestResult
+    ) -> None:
+        rejected = 0
+        for problem in problems:
+            line = f"{path}:{problem.line}: {problem.message}"
+            if problem.warning:
+                self.summary.warnings.append(line)
+            else:
+                rejected += 1
+                self.summary.problems.append(line + " (row skipped)")
+        report.update(
+            status="read",
+            imported=result.imported,
+            created=result.created,
+            rejected=rejected,
+            enrolled=result.enrolled,
+            rescheduled=result.rescheduled,
+            not_contacts=result.unknown,
+            erased=result.erased,
+            filtered=filtered,
+        )
+        self.summary.imported += result.imported
+        self.summary.rejected += rejected
+        self.summary.enrolled += result.enrolled
+
+    def _wake_all_if_config_changed(self) -> None:
+        stored = self.session.get(Setting, "config_fingerprint")
+        if stored is not None and stored.value == self.config.fingerprint:
+            return
+        self.session.execute(
+            update(Enrollment).where(Enrollment.status == "active").values(next_due_at=self.now)
+        )
+        self.checkpoint()
+
+    # ----------------------------------------------------------------- due work
+
+    def _send_due(self) -> None:
+        dispatcher = Dispatcher(self.transport, max_attempts=self.config.delivery.max_attempts)
+        total = self.session.execute(
+            select(func.count()).where(and_(Enrollment.status == "active", Enrollment.next_due_at <= self.now))
+        ).scalar_one()
+        done = 0
+        last_id = 0
+        try:
+            while not dispatcher.stopped:
+                page = list(
+                    self.session.scalars(
+                        select(Enrollment)
+                        .where(
+                            and_(
+                                Enrollment.status == "active",
+                                Enrollment.next_due_at <= self.now,
+                                Enrollment.id > last_id,  # type: ignore[operator]
+                            )
+                        )
+                        .order_by(Enrollment.id)  # type: ignore[arg-type]
+                        .limit(PAGE)
+                    )
+                )
+                if not page:
+                    break
+                last_id = page[-1].id or last_id
+                jobs = self._decide_page(page)
+                self.checkpoint()  # claims are durable before any request goes out
+                for job in jobs:
+                    if dispatcher.stopped:
+                        break
+                    self._record(dispatcher.submit(job))
+                self._record(dispatcher.collect())
+                done += len(page)
+                if self.progress:
+                    self.progress(done, max(total, done))
+            self._record(dispatcher.finish())
+        finally:
+            dispatcher.close()
+            self._record(dispatcher.finish())
+        if dispatcher.fatal is not None:
+            self.summary.stopped = str(dispatcher.fatal)
+
+    def _decide_page(self, page: list[Enrollment]) -> list[Job]:
+        contact_ids = sorted({e.contact_id for e in page})
+        contacts = {
+            c.id: c
+            for c in self.session.scalars(select(Contact).where(Contact.id.in_(contact_ids)))  # type: ignore[union-attr]
+        }
+        tags: dict[int, set[str]] = defaultdict(set)
+        for contact_id, tag in self.session.execute(
+            select(Tag.contact_id, Tag.tag).where(Tag.contact_id.in_(contact_ids))  # type: ignore[attr-defined]
+        ):
+            tags[contact_id].add(tag)
+        recorded: dict[int, dict[str, StepRun]] = defaultdict(dict)
+        for row in self.session.scalars(
+            select(StepRun).where(StepRun.enrollment_id.in_([e.id for e in page]))  # type: ignore[attr-defined]
+        ):
+            recorded[row.enrollment_id][row.step_id] = row
+        by_contact: dict[int, list[Enrollment]] = defaultdict(list)
+        for enrollment in page:
+            by_contact[enrollment.contact_id].append(enrollment)
+        jobs: list[Job] = []
+        for contact_id, enrollments in by_contact.items():
+            contact = contacts[contact_id]
+            state = schedule.ContactState(
+                tz=self._zone(contact),
+                tags=frozenset(tags.get(contact_id, ())),
+                suppressed=contact.suppression,
+                last_marketing_at=contact.last_marketing_at,
+            )
+            for enrollment in enrollments:
+                state = self._decide(contact, enrollment, state, recorded[enrollment.id or 0], jobs)
+            if state.last_marketing_at != contact.last_marketing_at:
+                contact.last_marketing_at = state.last_marketing_at
+        return jobs
+
+    def _zone(self, contact: Contact) -> ZoneInfo:
+        try:
+            return zone(contact.timezone or self.config.practice.timezone)
+        except ValueError:
+            return zone(self.config.practice.timezone)
+
+    def _decide(
+        self,
+        contact: Contact,
+        enrollment: Enrollment,
+        state: schedule.ContactState,
+        rows: dict[str, StepRun],
+        jobs: list[Job],
+    ) -> schedule.ContactState:
+        sequence = self.config.sequences.get(enrollment.sequence)
+        if sequence is None:
+            # the sequence was removed from sequences.yaml: nothing of it is sent
+            self._end(enrollment, "exited", "sequence removed from sequences.yaml")
+            return state
+        evaluation = schedule.evaluate(
+            sequence,
+            schedule.EnrollmentState(
+                enrolled_at=enrollment.enrolled_at,
+                webinar_start=enrollment.webinar_start,
+                recorded={k: schedule.Recorded(r.status, r.retryable, r.reason) for k, r in rows.items()},
+            ),
+            state,
+            self.now,
+            self.config.delivery,
+        )
+        for skip in evaluation.skips:
+            self._record_skip(enrollment, skip, rows)
+        if evaluation.exit_reason:
+            self._end(enrollment, "exited", evaluation.exit_reason)
+            self.summary.exited += 1
+            return evaluation.contact or state
+        claimed = 0
+        for send in evaluation.sends:
+            job = self._claim(contact, enrollment, sequence, send, rows)
+            if job is not None:
+                jobs.append(job)
+                claimed += 1
+        enrollment.next_due_at = evaluation.wake_at
+        if claimed:
+            self._pending[enrollment.id or 0] = _Pending(enrollment, enrollment.sequence, claimed, evaluation.finished)
+        elif evaluation.finished:
+            self._complete(enrollment, sequence, rows)
+        return evaluation.contact or state
+
+    def _record_skip(self, enrollment: Enrollment, skip: schedule.Skip, rows: dict[str, StepRun]) -> None:
+        row = rows.get(skip.step.id)
+        reason = skip.reason
+        if row is None:
+            row = StepRun(
+                enrollment_id=enrollment.id or 0,
+                sequence=enrollment.sequence,
+                step_id=skip.step.id,
+                status="skipped",
+                transactional=skip.step.transactional,
+                due_at=skip.due_at,
+                decided_at=self.now,
+            )
+            self.session.add(row)
+            rows[skip.step.id] = row
+        elif row.reason:  # a failed step that is now too late: keep why it failed
+            reason = f"{reason} (last attempt: {row.reason})"
+        row.status, row.reason, row.retryable, row.decided_at = "skipped", reason, False, self.now
+        self.summary.skipped += 1
+        self.summary.count_step(enrollment.sequence, skip.step.id, "skipped")
+
+    def _claim(
+        self, contact: Contact, enrollment: Enrollment, sequence: Sequence, send: schedule.Send, rows: dict[str, StepRun]
+    ) -> Job | None:
+        """Take the step for this run; a unique row means no other run can take it too."""
+        assert self.run_row is not None
+        row = rows.get(send.step.id)
+        send_id = uuid.uuid4().hex
+        if row is None:
+            values = {
+                "enrollment_id": enrollment.id,
+                "sequence": enrollment.sequence,
+                "step_id": send.step.id,
+                "status": "sending",
+                "transactional": send.step.transactional,
+                "send_id": send_id,
+                "run_id": self.run_row.id,
+                "attempts": 0,
+                "due_at": send.due_at,
+                "decided_at": self.now,
+                "transport": self.transport.name,
+                "retryable": False,
+            }
+            if not insert_ignore(self.session, StepRun.__table__, [values], ("enrollment_id", "step_id")):  # type: ignore[attr-defined]
+                return None  # another worker claimed it first
+            row = self.session.scalars(select(StepRun).where(StepRun.send_id == send_id)).one()
+            rows[send.step.id] = row
+        else:
+            claimed = self.session.execute(
+                update(StepRun)
+                .where(and_(StepRun.id == row.id, StepRun.status == "failed", StepRun.retryable.is_(True)))  # type: ignore[attr-defined]
+                .values(status="sending", run_id=self.run_row.id, send_id=send_id, decided_at=self.now)
+            )
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+            self.session.refresh(row)
+        try:
+            email = self._compose(contact, enrollment, sequence, send.step, row)
+        except TemplateError as exc:
+            row.status, row.reason, row.retryable = "failed", f"template error: {exc}", False
+            self.summary.failed += 1
+            self.summary.problems.append(str(exc))
+            self.summary.count_step(enrollment.sequence, send.step.id, "failed")
+            return None
+        self._job_steps[row.id or 0] = (enrollment.sequence, send.step.id, send.step.transactional)
+        return Job(step_run_id=row.id or 0, enrollment_id=enrollment.id or 0, email=email)
+
+    def _compose(self, contact: Contact, enrollment: Enrollment, sequence: Sequence, step: Step, row: StepRun) -> OutgoingEmail:
+        """Render one claimed step into the frozen email a transport gets."""
+        assert contact.email is not None and contact.id is not None
+        practice = self.config.practice
+        url = unsubscribe_url(os.environ.get("FUNNEL_BASE_URL") or practice.base_url, self.tokens.make(contact.id, row.id))
+        webinar = self._webinar(enrollment, self._zone(contact))
+        rendered = self.renderer.render(
+            enrollment.sequence,
+            sequence,
+            step,
+            TemplateContact(contact.email, contact.first_name, contact.last_name, dict(contact.fields or {})),
+            webinar,
+            url,
+            discreet=contact.discreet,
+        )
+        return compose_email(self.config, contact, enrollment.sequence, step.id, rendered, row.send_id or "", url, self.now)
+
+    def _webinar(self, enrollment: Enrollment, tz: ZoneInfo) -> TemplateWebinar | None:
+        if not enrollment.webinar or enrollment.webinar not in self.config.webinars:
+            return None
+        info = self.config.webinars[enrollment.webinar]
+        start = enrollment.webinar_start.astimezone(tz) if enrollment.webinar_start else None
+        return TemplateWebinar(enrollment.webinar, info.title, info.join_url, info.replay_url, start)
+
+    # ----------------------------------------------------------------- outcomes
+
+    def _record(self, outcomes: list[Outcome]) -> None:
+        if not outcomes:
+            return
+        for outcome in outcomes:
+            row = self.session.get(StepRun, outcome.job.step_run_id)
+            assert row is not None
+            sequence_id, step_id, _ = self._job_steps.pop(outcome.job.step_run_id, (row.sequence, row.step_id, False))
+            pending = self._pending.get(outcome.job.enrollment_id)
+            row.attempts += outcome.attempts
+            if outcome.status == "sent":
+                row.status, row.sent_at, row.reason, row.retryable = "sent", self.now, None, False
+                row.message_id = outcome.result.message_id if outcome.result else None
+                self.summary.sent += 1
+                self.summary.count_step(sequence_id, step_id, "sent")
+            elif outcome.status == "failed":
+                error = outcome.error
+                row.status, row.reason = "failed", str(error) if error else "failed"
+                row.retryable = bool(error and error.retryable)
+                self.summary.failed += 1
+                self.summary.count_step(sequence_id, step_id, "failed")
+                if pending and row.retryable:
+                    pending.retry_later = True
+            else:
+                # never attempted, or refused as a whole (bad API key): not sent, still pending
+                self.session.delete(row)
+                if pending:
+                    pending.retry_later = True
+            if pending:
+                pending.outstanding -= 1
+                if pending.outstanding == 0:
+                    self._settle(pending)
+        self.checkpoint()
+
+    def _settle(self, pending: _Pending) -> None:
+        enrollment = pending.enrollment
+        self._pending.pop(enrollment.id or 0, None)
+        if pending.retry_later:
+            enrollment.next_due_at = self.now  # the next run tries again (within max_late)
+            return
+        if pending.finished_if_sent:
+            sequence = self.config.sequences.get(pending.sequence_id)
+            if sequence is not None:
+                self._complete(enrollment, sequence, None)
+
+    def _complete(self, enrollment: Enrollment, sequence: Sequence, rows: dict[str, StepRun] | None) -> None:
+        """Every step has an outcome: finish, and start the `next` sequence."""
+        self._end(enrollment, "finished", None)
+        self.summary.finished += 1
+        if not sequence.next or sequence.next not in self.config.sequences:
+            return
+        insert_ignore(
+            self.session,
+            Enrollment.__table__,  # type: ignore[attr-defined]
+            [
+                {
+                    "contact_id": enrollment.contact_id,
+                    "sequence": sequence.next,
+                    "status": "active",
+                    "enrolled_at": self.now,
+                    "source": f"after {enrollment.sequence}",
+                    "webinar": enrollment.webinar,
+                    "webinar_start": enrollment.webinar_start,
+                    "next_due_at": self.now,
+                }
+            ],
+            ("contact_id", "sequence"),
+        )
+
+    def _end(self, enrollment: Enrollment, status: str, reason: str | None) -> None:
+        enrollment.status, enrollment.end_reason = status, reason
+        enrollment.ended_at, enrollment.next_due_at = self.now, None
+
+    def _finish_run(self) -> None:
+        assert self.run_row is not None
+        counts = Counter({k: v for k, v in self.summary.as_dict().items() if isinstance(v, int)})
+        self.run_row.finished_at = datetime.now(UTC)
+        self.run_row.summary = dict(counts)
+        self.run_row.config_timing = self.config.timing_snapshot()
+        for key, value in (("config_fingerprint", self.config.fingerprint),):
+            setting = self.session.get(Setting, key)
+            if setting is None:
+                self.session.add(Setting(key=key, value=value))
+            else:
+                setting.value = value
+        self.checkpoint()
+
+
+def compose_email(
+    config: Config,
+    contact: Contact,
+    sequence_id: str,
+    step_id: str,
+    rendered: Any,
+    send_id: str,
+    url: str,
+    now: datetime,
+) -> OutgoingEmail:
+    """The frozen email for a transport: addresses, headers, custom args, tracking."""
+    practice = config.practice
+    sender_name = practice.from_name or practice.name
+    if contact.discreet and practice.discreet_from_name:
+        sender_name = practice.discreet_from_name
+    assert contact.email is not None
+    display = " ".join(p for p in (contact.first_name, contact.last_name) if p) or None
+    return OutgoingEmail(
+        send_id=send_id,
+        sender=Address(practice.from_email, sender_name),
+        to=Address(contact.email, display),
+        reply_to=Address(practice.reply_to) if practice.reply_to else None,
+        subject=rendered.subject,
+        text=rendered.text,
+        html=rendered.html,
+        headers=unsubscribe_headers(url),
+        custom_args=(("funnel_send_id", send_id), ("funnel_sequence", sequence_id), ("funnel_step", step_id)),
+        categories=(sequence_id,),
+        tracking_opens=config.tracking.opens and not contact.discreet,
+        tracking_clicks=config.tracking.clicks and not contact.discreet,
+        date=now,
+        sequence=sequence_id,
+        step=step_id,
+    )

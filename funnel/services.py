@@ -1,0 +1,281 @@
+"""Orchestration shared by the CLI (and later the web app): one function per command.
+
+Each function takes the loaded config, an engine and `now`, and returns
+plain data; printing and exit codes belong to `funnel.cli`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import and_, func, select
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from funnel import schedule
+from funnel.config import Config
+from funnel.contacts import find_contact
+from funnel.db import database_url, make_engine
+from funnel.errors import ConfigError, NotFoundError, TransportError
+from funnel.ingest import IngestResult, apply_rows
+from funnel.models import Contact, Enrollment, Run, StepRun, Tag
+from funnel.preview import render_sample, sample_unsubscribe_url
+from funnel.render import Rendered, Renderer, TemplateContact, TemplateWebinar
+from funnel.runner import compose_email
+from funnel.sources import FileRead, read_source_file
+from funnel.timeutil import isoformat_z, zone
+from funnel.transports import make_transport
+from funnel.transports.base import Address
+from funnel.unsubscribe import Tokens, secret_key, unsubscribe_url
+
+
+def open_engine(config: Config) -> Engine:
+    return make_engine(database_url(config.folder))
+
+
+# --------------------------------------------------------------------------- import
+
+
+def import_file(config: Config, engine: Engine, source_name: str, path: Path, now: datetime) -> tuple[FileRead, IngestResult]:
+    """Read one file through a source's mapping now (whatever its fingerprint)."""
+    source = config.sources.get(source_name)
+    if source is None:
+        raise ConfigError(f"no source {source_name!r} in {config.path.name}: known: {', '.join(config.sources)}")
+    if source.format == "form":
+        raise ConfigError(f"source {source_name!r} is a form: its rows arrive through `funnel serve`")
+    read = read_source_file(source_name, source, path, zone(config.practice.timezone), None)
+    with Session(engine, expire_on_commit=False) as session:
+        result = apply_rows(session, config, source_name, source, read.rows, now)
+        session.commit()
+    return read, result
+
+
+# --------------------------------------------------------------------------- preview
+
+
+def _step(config: Config, sequence_id: str, step_id: str) -> Any:
+    sequence = config.sequences.get(sequence_id)
+    if sequence is None:
+        raise ConfigError(f"no sequence {sequence_id!r} in {config.path.name}: known: {', '.join(config.sequences)}")
+    step = sequence.step(step_id)
+    if step is None:
+        raise ConfigError(
+            f"sequence {sequence_id!r} has no step {step_id!r}: known: {', '.join(s.id for s in sequence.steps)}"
+        )
+    return sequence, step
+
+
+def preview(config: Config, engine: Engine | None, sequence_id: str, step_id: str, now: datetime, address: str | None) -> Rendered:
+    """Render one step for the sample contact, or for a real one (`--email`)."""
+    sequence, step = _step(config, sequence_id, step_id)
+    if address is None:
+        return render_sample(config, sequence_id, step_id, now)
+    assert engine is not None
+    with Session(engine) as session:
+        contact = find_contact(session, address)
+        enrollment = session.scalars(
+            select(Enrollment).where(Enrollment.contact_id == contact.id, Enrollment.sequence == sequence_id)
+        ).first()
+        tz = zone(contact.timezone or config.practice.timezone)
+        webinar = None
+        if enrollment is not None and enrollment.webinar in config.webinars:
+            info = config.webinars[enrollment.webinar]
+            start = enrollment.webinar_start.astimezone(tz) if enrollment.webinar_start else None
+            webinar = TemplateWebinar(enrollment.webinar, info.title, info.join_url, info.replay_url, start)
+        url = unsubscribe_url(config.practice.base_url, Tokens(secret_key(session)).make(contact.id or 0))
+        return Renderer(config).render(
+            sequence_id,
+            sequence,
+            step,
+            TemplateContact(contact.email or "", contact.first_name, contact.last_name, dict(contact.fields or {})),
+            webinar,
+            url,
+            discreet=contact.discreet,
+        )
+
+
+def send_test(config: Config, sequence_id: str, step_id: str, to: str, now: datetime) -> str | None:
+    """Send one sample-rendered step to `to` through the configured transport."""
+    from funnel.sources import normalize_email
+
+    try:
+        address = normalize_email(to)
+    except ValueError as exc:
+        raise ConfigError(f"--to {to!r} is not a valid email address ({exc})") from None
+    transport = make_transport(config)
+    rendered = render_sample(config, sequence_id, step_id, now)
+    rendered = Rendered(subject=f"[Test] {rendered.subject}", text=rendered.text, html=rendered.html)
+    contact = Contact(email_hash="", email=address, first_name="Sam", created_at=now, updated_at=now)
+    email = compose_email(config, contact, sequence_id, step_id, rendered, f"test-{uuid.uuid4().hex}", sample_unsubscribe_url(config), now)
+    email = type(email)(**{**email.__dict__, "to": Address(address)})
+    try:
+        result = transport.send(email)
+    finally:
+        transport.close()
+    return result.message_id
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def plan(config: Config, engine: Engine, now: datetime, days: int) -> list[dict[str, Any]]:
+    """What would be sent to whom and when in the next `days` days (writes nothing)."""
+    until = now + timedelta(days=days)
+    out: list[dict[str, Any]] = []
+    with Session(engine) as session:
+        last_id = 0
+        while True:
+            contacts = list(
+                session.scalars(
+                    select(Contact)
+                    .where(Contact.id > last_id, Contact.id.in_(select(Enrollment.contact_id).where(Enrollment.status == "active")))  # type: ignore[operator,union-attr]
+                    .order_by(Contact.id)  # type: ignore[arg-type]
+                    .limit(500)
+                )
+            )
+            if not contacts:
+                break
+            last_id = contacts[-1].id or last_id
+            out.extend(_plan_page(session, config, contacts, now, until))
+    out.sort(key=lambda item: (item["at"], item["email"] or "", item["sequence"], item["step"]))
+    return out
+
+
+def _plan_page(session: Session, config: Config, contacts: list[Contact], now: datetime, until: datetime) -> list[dict[str, Any]]:
+    ids = [c.id for c in contacts]
+    tags: dict[int, set[str]] = defaultdict(set)
+    for contact_id, tag in session.execute(select(Tag.contact_id, Tag.tag).where(Tag.contact_id.in_(ids))):  # type: ignore[attr-defined]
+        tags[contact_id].add(tag)
+    enrollments: dict[int, list[Enrollment]] = defaultdict(list)
+    for enrollment in session.scalars(
+        select(Enrollment).where(and_(Enrollment.contact_id.in_(ids), Enrollment.status == "active"))  # type: ignore[attr-defined]
+    ):
+        enrollments[enrollment.contact_id].append(enrollment)
+    rows: dict[int, dict[str, schedule.Recorded]] = defaultdict(dict)
+    all_ids = [e.id for group in enrollments.values() for e in group]
+    for row in session.scalars(select(StepRun).where(StepRun.enrollment_id.in_(all_ids))):  # type: ignore[attr-defined]
+        rows[row.enrollment_id][row.step_id] = schedule.Recorded(row.status, row.retryable, row.reason)
+    out = []
+    for contact in contacts:
+        if contact.suppression:
+            continue
+        tz_name = contact.timezone or config.practice.timezone
+        state = schedule.ContactState(
+            tz=zone(tz_name), tags=frozenset(tags[contact.id or 0]), last_marketing_at=contact.last_marketing_at
+        )
+        sequences = {
+            e.sequence: (
+                config.sequences[e.sequence],
+                schedule.EnrollmentState(e.enrolled_at, e.webinar_start, rows.get(e.id or 0, {})),
+            )
+            for e in enrollments[contact.id or 0]
+            if e.sequence in config.sequences
+        }
+        for item in schedule.project(sequences, state, now, until, config.delivery):
+            if item.at <= until:
+                out.append({"email": contact.email, "sequence": item.sequence, "step": item.step, "at": isoformat_z(item.at)})
+    return out
+
+
+# --------------------------------------------------------------------------- report
+
+
+STEP_COUNTS = ("sent", "delivered", "opened", "clicked", "bounced", "unsubscribed", "failed", "skipped", "unknown")
+
+
+def report(config: Config, engine: Engine, since: datetime | None) -> dict[str, Any]:
+    """Per sequence and step: what happened (events arrive with the webhook issue)."""
+    with Session(engine) as session:
+        enrollment_counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        query = select(Enrollment.sequence, Enrollment.status, func.count()).group_by(Enrollment.sequence, Enrollment.status)
+        if since:
+            query = query.where(Enrollment.enrolled_at >= since)
+        for sequence, status, count in session.execute(query):
+            enrollment_counts[sequence][status] += count
+        step_counts: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        query2 = select(StepRun.sequence, StepRun.step_id, StepRun.status, func.count()).group_by(
+            StepRun.sequence, StepRun.step_id, StepRun.status
+        )
+        if since:
+            query2 = query2.where(StepRun.decided_at >= since)
+        for sequence, step_id, status, count in session.execute(query2):
+            key = "unknown" if status == "sending" else status
+            step_counts[(sequence, step_id)][key] += count
+        last_run = session.scalars(select(Run).order_by(Run.id.desc()).limit(1)).first()  # type: ignore[union-attr]
+    sequences = []
+    for sid, sequence in config.sequences.items():
+        counts = enrollment_counts.get(sid, {})
+        steps = []
+        for step in sequence.steps:
+            got = step_counts.get((sid, step.id), {})
+            steps.append({"id": step.id, **{name: got.get(name, 0) for name in STEP_COUNTS}})
+        sequences.append(
+            {
+                "id": sid,
+                "name": sequence.name or sid,
+                "enrolled": sum(counts.values()),
+                "active": counts.get("active", 0),
+                "finished": counts.get("finished", 0),
+                "exited": counts.get("exited", 0),
+                "steps": steps,
+            }
+        )
+    return {
+        "since": isoformat_z(since) if since else None,
+        "last_run": isoformat_z(last_run.started_at) if last_run else None,
+        "sequences": sequences,
+        "unknown": sum(s["unknown"] for seq in sequences for s in seq["steps"]),
+    }
+
+
+# --------------------------------------------------------------------------- suppressions
+
+
+def suppressions_sync(config: Config, engine: Engine, now: datetime) -> dict[str, int]:
+    """Pull SendGrid's suppression lists and stop mail to those addresses."""
+    from funnel.sources import email_hash, normalize_email
+    from funnel.transports import sendgrid_settings
+    from funnel.transports.sendgrid import fetch_suppressions
+
+    key, host = sendgrid_settings()
+    entries = fetch_suppressions(key, host, config.delivery.request_timeout)
+    counts: dict[str, int] = defaultdict(int)
+    with Session(engine, expire_on_commit=False) as session:
+        for address, kind, _created in entries:
+            try:
+                normalized = normalize_email(address)
+            except ValueError:
+                counts["unreadable"] += 1
+                continue
+            digest = email_hash(normalized)
+            contact = session.scalars(select(Contact).where(Contact.email_hash == digest)).first()
+            if contact is None:
+                # keep only the hash: enough to refuse a later import, nothing personal
+                session.add(Contact(email_hash=digest, created_at=now, updated_at=now, suppressed_reason=kind, suppressed_at=now))
+                counts[kind] += 1
+            elif kind == "unsubscribe" and contact.unsubscribed_at is None:
+                contact.unsubscribed_at, contact.unsubscribed_via = now, "sendgrid"
+                counts[kind] += 1
+            elif kind != "unsubscribe" and contact.suppressed_reason is None:
+                contact.suppressed_reason, contact.suppressed_at = kind, now
+                counts[kind] += 1
+        session.commit()
+    counts["fetched"] = len(entries)
+    return dict(counts)
+
+
+__all__ = [
+    "NotFoundError",
+    "TransportError",
+    "import_file",
+    "open_engine",
+    "plan",
+    "preview",
+    "report",
+    "send_test",
+    "suppressions_sync",
+]

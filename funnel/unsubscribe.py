@@ -1,0 +1,64 @@
+"""Signed, opaque unsubscribe tokens and the RFC 8058 headers.
+
+A token carries the contact id and the step run that sent the email (so a
+report can say which email people left from), signed with the practice's
+secret key. It holds no address: link scanners and forwarded emails reveal
+nothing, and a forged or edited token fails the signature.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+from itsdangerous import BadSignature, URLSafeSerializer
+from sqlmodel import Session
+
+from funnel.models import Setting
+
+_SALT = "funnel-unsubscribe-v1"
+
+
+def secret_key(session: Session) -> str:
+    """FUNNEL_SECRET_KEY, else a key generated once and kept in the database."""
+    from_env = os.environ.get("FUNNEL_SECRET_KEY")
+    if from_env:
+        return from_env
+    stored = session.get(Setting, "secret_key")
+    if stored is None:
+        stored = Setting(key="secret_key", value=secrets.token_urlsafe(32))
+        session.add(stored)
+        session.commit()
+    return stored.value
+
+
+class Tokens:
+    """Makes and reads unsubscribe tokens with one key."""
+
+    def __init__(self, key: str) -> None:
+        self._serializer = URLSafeSerializer(key, salt=_SALT)
+
+    def make(self, contact_id: int, step_run_id: int | None = None) -> str:
+        return str(self._serializer.dumps([contact_id, step_run_id or 0]))
+
+    def read(self, token: str) -> tuple[int, int | None] | None:
+        """(contact id, step run id) or None for a bad or forged token."""
+        try:
+            value = self._serializer.loads(token)
+        except BadSignature:
+            return None
+        if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value)):
+            return None
+        return value[0], (value[1] or None)
+
+
+def unsubscribe_url(base_url: str, token: str) -> str:
+    return f"{base_url.rstrip('/')}/u/{token}"
+
+
+def unsubscribe_headers(url: str) -> tuple[tuple[str, str], ...]:
+    """RFC 8058 one-click: the https URL and the POST marker, on every email."""
+    return (
+        ("List-Unsubscribe", f"<{url}>"),
+        ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
+    )
