@@ -67,7 +67,7 @@ class Dispatcher:
         self._sleep = sleep
         self.fatal: TransportError | None = None
         self._max_attempts = max_attempts
-        self._backoff = wait_exponential_jitter(initial=backoff_initial, max=backoff_max)
+        self._backoff = wait_exponential_jitter(multiplier=backoff_initial, max=backoff_max)
 
     # ----------------------------------------------------------------- main thread
 
