@@ -329,7 +329,12 @@ def load_config(explicit: str | os.PathLike[str] | None = None, *, check_files: 
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        problems.extend(f"{path.name}:{lines.line_for(err['loc'])}: {_describe(err)}" for err in exc.errors())
+        errors = exc.errors()
+        # pydantic drops invalid items before checking min_length, so a list whose only
+        # item is wrong also reports "too short": the item's own error says it all
+        inner = [tuple(err["loc"]) for err in errors]
+        errors = [e for e in errors if not (e["type"] == "too_short" and _has_inner(e, inner))]
+        problems.extend(f"{path.name}:{lines.line_for(err['loc'])}: {_describe(err)}" for err in errors)
     if config is not None:
         config = config.model_copy(
             update={"path": path, "fingerprint": hashlib.sha256(text.encode()).hexdigest()}
@@ -339,6 +344,12 @@ def load_config(explicit: str | os.PathLike[str] | None = None, *, check_files: 
         raise ConfigError(problems[0], problems)
     assert config is not None
     return config
+
+
+def _has_inner(err: Any, locs: list[tuple[Any, ...]]) -> bool:
+    """Whether another error lies inside `err`'s location (e.g. an item of that list)."""
+    loc = tuple(err["loc"])
+    return any(len(other) > len(loc) and other[: len(loc)] == loc for other in locs)
 
 
 def _parse_yaml(text: str, path: Path, lines: _LineMap) -> Any:

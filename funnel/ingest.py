@@ -99,8 +99,8 @@ def _apply_batch(
             continue
         new_rows.append(_new_contact(key, row, source_name, now))
     if new_rows:
-        session.execute(_table(Contact).insert(), new_rows)
-        result.created = len(new_rows)
+        # insert-or-ignore: a concurrent worker may be creating the same people
+        result.created = insert_ignore(session, _table(Contact), new_rows, ("email_hash",))
         contacts.update(_existing(session, [r["email_hash"] for r in new_rows]))
     updates = []
     for key, row in latest.items():

@@ -30,6 +30,7 @@ from jinja2 import (
     TemplateError as JinjaTemplateError,
     TemplateNotFound,
     TemplateSyntaxError,
+    UndefinedError,
 )
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
@@ -39,6 +40,7 @@ from funnel.config import Config, Sequence, Step
 from funnel.errors import TemplateError
 
 _MD_PUNCT = re.compile(r"([\\`*_{}\[\]()#+\-.!<>|~])")
+_MD_UNESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!<>|~])")
 
 
 def markdown_escape(value: Any) -> Any:
@@ -192,7 +194,7 @@ class Renderer:
         context["subject"] = subject
         if kind == "md":
             source = self._run(body, context, step.template)
-            tokens = self._markdown.parse(source)
+            tokens = _fix_autolinks(self._markdown.parse(source), self._markdown)
             html_body = Markup(self._markdown.renderer.render(tokens, self._markdown.options, {}))
             text_body = tokens_to_text(tokens)
         else:
@@ -221,10 +223,25 @@ class Renderer:
             where = f"{self.config.templates_dir}/{name}" if not name.startswith("subject") else name
             hint = (
                 "define it, or guard it with {% if ... is defined %}"
-                if "undefined" in str(exc).lower()
+                if isinstance(exc, UndefinedError)
                 else "fix the expression"
             )
             raise TemplateError(f"{where}:{line}: {exc.message or exc}: {hint}") from None
+
+
+def _fix_autolinks(tokens: list[Token], md: MarkdownIt) -> list[Token]:
+    """Undo the value escaping inside `<...>` autolinks, where Markdown keeps backslashes."""
+    for token in tokens:
+        children = token.children or []
+        for index, child in enumerate(children[:-2]):
+            if child.type != "link_open" or child.markup != "autolink":
+                continue
+            text = children[index + 1]
+            url = _MD_UNESCAPE.sub(r"\1", text.content)
+            if url != text.content and md.validateLink(md.normalizeLink(url)):
+                child.attrSet("href", md.normalizeLink(url))
+                text.content = md.normalizeLinkText(url)
+    return tokens
 
 
 def _syntax_message(folder: str, name: str, exc: TemplateSyntaxError) -> str:

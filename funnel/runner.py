@@ -239,8 +239,14 @@ class Runner:
             assert read.fingerprint is not None
             fp = read.fingerprint
             if stored is None:
-                stored = SourceFile(source=name, path=str(path), size=0, sha256="", lines=0, read_at=self.now)
-                self.session.add(stored)
+                insert_ignore(
+                    self.session,
+                    SourceFile.__table__,  # type: ignore[attr-defined]
+                    [{"source": name, "path": str(path), "size": 0, "sha256": "", "lines": 0, "read_at": self.now}],
+                    ("source",),
+                )
+                stored = self.session.get(SourceFile, name)
+                assert stored is not None
             stored.path, stored.size, stored.sha256, stored.lines, stored.read_at = (
                 str(path), fp.size, fp.sha256, fp.lines, self.now,
             )
@@ -311,8 +317,10 @@ class Runner:
                 last_id = page[-1].id or last_id
                 jobs = self._decide_page(page)
                 self.checkpoint()  # claims are durable before any request goes out
-                for job in jobs:
+                for index, job in enumerate(jobs):
                     if dispatcher.stopped:
+                        # claimed but never sent: give the steps back untouched
+                        self._record([Outcome(j, "released") for j in jobs[index:]])
                         break
                     self._record(dispatcher.submit(job))
                 self._record(dispatcher.collect())
@@ -406,27 +414,35 @@ class Runner:
         if claimed:
             self._pending[enrollment.id or 0] = _Pending(enrollment, enrollment.sequence, claimed, evaluation.finished)
         elif evaluation.finished:
-            self._complete(enrollment, sequence, rows)
+            self._complete(enrollment, sequence)
         return evaluation.contact or state
 
     def _record_skip(self, enrollment: Enrollment, skip: schedule.Skip, rows: dict[str, StepRun]) -> None:
         row = rows.get(skip.step.id)
-        reason = skip.reason
         if row is None:
-            row = StepRun(
-                enrollment_id=enrollment.id or 0,
-                sequence=enrollment.sequence,
-                step_id=skip.step.id,
-                status="skipped",
-                transactional=skip.step.transactional,
-                due_at=skip.due_at,
-                decided_at=self.now,
+            # insert-or-ignore: a concurrent worker may have decided the same step
+            insert_ignore(
+                self.session,
+                StepRun.__table__,  # type: ignore[attr-defined]
+                [
+                    {
+                        "enrollment_id": enrollment.id,
+                        "sequence": enrollment.sequence,
+                        "step_id": skip.step.id,
+                        "status": "skipped",
+                        "reason": skip.reason,
+                        "retryable": False,
+                        "transactional": skip.step.transactional,
+                        "attempts": 0,
+                        "due_at": skip.due_at,
+                        "decided_at": self.now,
+                    }
+                ],
+                ("enrollment_id", "step_id"),
             )
-            self.session.add(row)
-            rows[skip.step.id] = row
-        elif row.reason:  # a failed step that is now too late: keep why it failed
-            reason = f"{reason} (last attempt: {row.reason})"
-        row.status, row.reason, row.retryable, row.decided_at = "skipped", reason, False, self.now
+        else:  # a failed step that is now too late, say: keep why it failed
+            reason = f"{skip.reason} (last attempt: {row.reason})" if row.reason else skip.reason
+            row.status, row.reason, row.retryable, row.decided_at = "skipped", reason, False, self.now
         self.summary.skipped += 1
         self.summary.count_step(enrollment.sequence, skip.step.id, "skipped")
 
@@ -544,9 +560,9 @@ class Runner:
         if pending.finished_if_sent:
             sequence = self.config.sequences.get(pending.sequence_id)
             if sequence is not None:
-                self._complete(enrollment, sequence, None)
+                self._complete(enrollment, sequence)
 
-    def _complete(self, enrollment: Enrollment, sequence: Sequence, rows: dict[str, StepRun] | None) -> None:
+    def _complete(self, enrollment: Enrollment, sequence: Sequence) -> None:
         """Every step has an outcome: finish, and start the `next` sequence."""
         self._end(enrollment, "finished", None)
         self.summary.finished += 1

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from funnel.config import DAY_NAMES, Delivery, Sequence, Step
@@ -118,7 +118,9 @@ def snap_to_clock(instant: datetime, clock: time, tz: ZoneInfo) -> datetime:
     local = instant.astimezone(tz)
     candidate = local_wall(local, clock, tz)
     if candidate < instant:
-        candidate = local_wall(local + timedelta(days=1), clock, tz)
+        # on a fall-back night the wall time comes round a second time, an hour later
+        repeat = datetime.combine(local.date(), clock, tzinfo=tz).replace(fold=1).astimezone(UTC)
+        candidate = repeat if repeat >= instant else local_wall(local + timedelta(days=1), clock, tz)
     return candidate
 
 

@@ -8,6 +8,7 @@ export that appends) is parsed from where the last read stopped.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import io
@@ -116,7 +117,9 @@ def read_source_file(
         text = data.decode("utf-8-sig")
         head = data[:start].decode("utf-8-sig") if start else ""
     except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
+        # utf-8-sig counts positions after the BOM
+        offset = exc.start + (len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0)
+        line = data[:offset].count(b"\n") + 1
         raise SourceError(
             f"{path}:{line}: the file is not UTF-8 text: export it again as CSV UTF-8"
         ) from None
@@ -158,11 +161,13 @@ def _csv_rows(path: Path, whole: str, tail: str, first_line: int) -> Iterator[tu
         if len(values) > len(header):
             yield start, f"{len(values)} values but the header has {len(header)} columns: quote values with commas"
             continue
-        yield start, {h: v for h, v in zip(header, values, strict=False)}
+        # a short row (trailing empty columns left out) still has every header
+        yield start, {h: (values[i] if i < len(values) else "") for i, h in enumerate(header)}
 
 
 def _jsonl_rows(tail: str, first_line: int) -> Iterator[tuple[int, dict[str, str] | str]]:
-    for offset, line in enumerate(tail.splitlines()):
+    # split on "\n" only: str.splitlines() also breaks on U+2028 etc., legal inside JSON strings
+    for offset, line in enumerate(tail.split("\n")):
         number = first_line + offset
         if not line.strip():
             continue
@@ -196,15 +201,16 @@ def _map_rows(
     practice_tz: ZoneInfo,
     result: FileRead,
 ) -> None:
-    lookup: dict[str, str] | None = None
+    # columns seen: a csv's header (every row has it); for jsonl, the keys of any object,
+    # since one object may leave a key out while the others have it
+    lookup: dict[str, str] = {}
     where = {k.strip().lower(): v.strip().lower() for k, v in source.where.items()}
     for line, row in raw:
         if isinstance(row, str):
             result.problems.append(RowProblem(line, row))
             continue
-        if lookup is None:
-            lookup = {k.strip().lower(): k for k in row}
-            _require_columns(name, source, path, lookup, where)
+        if not lookup or source.format == "jsonl":
+            lookup.update((k.strip().lower(), k) for k in row)
         lowered = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k is not None}
         if any(lowered.get(column, "").lower() != wanted for column, wanted in where.items()):
             result.filtered += 1
@@ -214,6 +220,8 @@ def _map_rows(
             result.rows.append(_to_signup(line, values, practice_tz, result))
         except ValueError as exc:
             result.problems.append(RowProblem(line, str(exc)))
+    if lookup:
+        _require_columns(name, source, path, lookup, where)
 
 
 def _require_columns(name: str, source: Source, path: Path, lookup: dict[str, str], where: dict[str, str]) -> None:

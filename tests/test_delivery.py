@@ -1,0 +1,318 @@
+"""Delivery through SendGrid: the real `funnel run`, the official client and a fake SendGrid on 127.0.0.1.
+
+Every test drives `funnel` (in-process or as a real process) with
+FUNNEL_TRANSPORT=sendgrid and FUNNEL_SENDGRID_HOST pointing at the fake, and
+checks what the fake received and what the database says afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+
+import pytest
+from conftest import Project
+from fake_sendgrid import FakeSendGrid
+
+from funnel.config import load_config
+from funnel.db import make_engine
+from funnel.runner import Runner
+from funnel.timeutil import parse_instant
+from funnel.transports.sendgrid import SendGridTransport
+
+NOW = "2027-01-10T16:00:00Z"
+HEADER = "Email,First Name,Last Name,Webinar Start,Time Zone,Discreet\n"
+
+
+def registrations(project: Project, count: int, *, start: int = 0) -> list[str]:
+    addresses = [f"person{i:05d}@example.test" for i in range(start, start + count)]
+    rows = "".join(f"{a},P{i},,2027-01-14 19:00,America/Denver,\n" for i, a in enumerate(addresses))
+    project.write("signups/webinar-registrations.csv", HEADER + rows)
+    return addresses
+
+
+def sendgrid_env(fake: FakeSendGrid, key: str = "SG.test-key") -> dict[str, str]:
+    return {"FUNNEL_TRANSPORT": "sendgrid", "SENDGRID_API_KEY": key, "FUNNEL_SENDGRID_HOST": fake.url}
+
+
+def set_delivery(project: Project, **values: object) -> None:
+    """Set keys under `delivery:` in the project's sequences.yaml (replacing the shipped ones)."""
+    path = project.root / "sequences.yaml"
+    text = path.read_text()
+    for key in values:
+        text = re.sub(rf"^  {key}: .*\n", "", text, flags=re.MULTILINE)
+    lines = "".join(f"  {k}: {v}\n" for k, v in values.items())
+    path.write_text(text.replace("delivery:\n", "delivery:\n" + lines, 1))
+
+
+@pytest.fixture
+def fake(fake_sendgrid: FakeSendGrid) -> FakeSendGrid:
+    return fake_sendgrid
+
+
+def test_each_due_email_is_one_request_with_our_headers_and_no_personal_data(project: Project, funnel, fake) -> None:
+    addresses = registrations(project, 12)
+    result = funnel("run", "--now", NOW, "--json", env=sendgrid_env(fake))
+    assert result.code == 0, result.err
+    assert result.json()["sent"] == 12
+    assert sorted(fake.sent_to(a) for a in addresses) == [1] * 12
+    body = fake.accepted[0]["body"]
+    personalization = body["personalizations"][0]
+    assert personalization["to"][0]["email"] in addresses
+    assert body["from"]["email"] == "care@healinglightcounseling.test"
+    assert body["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert body["headers"]["List-Unsubscribe"].startswith("<https://mail.healinglightcounseling.test/u/")
+    assert [c["type"] for c in body["content"]] == ["text/plain", "text/html"]
+    args = body["custom_args"]
+    assert set(args) == {"funnel_send_id", "funnel_sequence", "funnel_step"}
+    assert all(isinstance(v, str) for v in args.values())
+    assert not any("@" in v or "person" in v.lower() for v in args.values())
+    assert body["categories"] == ["webinar-relationship-911"]
+    assert body["tracking_settings"]["open_tracking"] == {"enable": False}
+    assert body["tracking_settings"]["subscription_tracking"] == {"enable": False}
+    assert body["mail_settings"]["sandbox_mode"] == {"enable": False}
+    shown = funnel("contacts", "show", addresses[0], "--json").json()
+    registered = shown["enrollments"][0]["steps"][0]
+    assert registered["status"] == "sent"
+    assert registered["message_id"]
+
+
+def test_sandbox_mode_answers_200_and_counts_as_sent(project: Project, funnel, fake) -> None:
+    registrations(project, 3)
+    set_delivery(project, sandbox="true")
+    result = funnel("run", "--now", NOW, "--json", env=sendgrid_env(fake))
+    assert result.code == 0, result.err
+    assert result.json()["sent"] == 3
+    assert all(r["status"] == 200 for r in fake.requests)
+    assert fake.accepted[0]["body"]["mail_settings"]["sandbox_mode"] == {"enable": True}
+
+
+def test_missing_api_key_is_a_configuration_error_before_anything_is_read(project: Project, funnel_process) -> None:
+    registrations(project, 2)
+    result = funnel_process("run", "--now", NOW, env={"FUNNEL_TRANSPORT": "sendgrid"})
+    assert result.returncode == 2
+    assert "SENDGRID_API_KEY" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (project.root / "funnel.db").exists()
+
+
+def test_rate_limit_waits_for_retry_after_and_sends_each_once(project: Project, funnel, fake) -> None:
+    addresses = registrations(project, 10)
+    fake.fail_next(3, status=429, retry_after="1")
+    started = time.monotonic()
+    result = funnel("run", "--now", NOW, "--json", env=sendgrid_env(fake))
+    assert result.code == 0, result.err
+    assert result.json()["sent"] == 10 and result.json()["failed"] == 0
+    assert time.monotonic() - started >= 1.0  # Retry-After was honoured
+    assert [fake.sent_to(a) for a in addresses] == [1] * 10
+
+
+def test_server_errors_and_dropped_connections_are_retried(project: Project, funnel, fake) -> None:
+    addresses = registrations(project, 6)
+    fake.fail_next(2, status=500)
+    fake.drop_next(2)
+    result = funnel("run", "--now", NOW, "--json", env=sendgrid_env(fake))
+    assert result.code == 0, result.err
+    assert result.json()["sent"] == 6
+    assert [fake.sent_to(a) for a in addresses] == [1] * 6
+
+
+def test_an_outage_leaves_mail_failed_retryable_for_the_next_run(project: Project, funnel, fake) -> None:
+    addresses = registrations(project, 4)
+    set_delivery(project, max_attempts=2)
+    fake.set_status_for_all(503)
+    first = funnel("run", "--now", NOW, "--json", env=sendgrid_env(fake))
+    assert first.code == 1
+    assert first.json()["failed"] == 4 and first.json()["sent"] == 0
+    step = funnel("contacts", "show", addresses[0], "--json").json()["enrollments"][0]["steps"][0]
+    assert step["status"] == "failed" and step["reason"].startswith("SendGrid 503")
+    fake.set_status_for_all(None)
+    second = funnel("run", "--now", "2027-01-10T17:00:00Z", "--json", env=sendgrid_env(fake))
+    assert second.code == 0, second.err
+    assert second.json()["sent"] == 4
+    assert [fake.sent_to(a) for a in addresses] == [1] * 4
+
+
+def test_a_failure_past_max_late_is_skipped_not_sent_late(project: Project, funnel, fake) -> None:
+    addresses = registrations(project, 1)
+    set_delivery(project, max_attempts=1)
+    fake.set_status_for_all(500)
+    assert funnel("run", "--now", NOW, env=sendgrid_env(fake)).code == 1
+    fake.set_status_for_all(None)
+    late = funnel("run", "--now", "2027-01-14T02:00:00Z", "--json", env=sendgrid_env(fake))
+    assert late.json()["sent"] == 1  # the day-before reminder, on time
+    step = funnel("contacts", "show", addresses[0], "--json").json()["enrollments"][0]["steps"][0]
+    assert step["status"] == "skipped"
+    assert step["reason"].startswith("late by 3 days (last attempt: SendGrid 500")
+    assert fake.sent_to(addresses[0]) == 1
+
+
+def test_a_rejected_address_fails_alone_with_sendgrids_message(project: Project, funnel, fake) -> None:
+    addresses = registrations(project, 5)
+    fake.reject_address(addresses[2], status=400, message="Does not contain a valid address.")
+    result = funnel("run", "--now", NOW, "--json", env=sendgrid_env(fake))
+    assert result.code == 1
+    assert result.json()["sent"] == 4 and result.json()["failed"] == 1
+    step = funnel("contacts", "show", addresses[2], "--json").json()["enrollments"][0]["steps"][0]
+    assert step == {**step, "status": "failed", "reason": "SendGrid 400: Does not contain a valid address."}
+    # not retryable: the next run does not try again
+    again = funnel("run", "--now", "2027-01-10T17:00:00Z", "--json", env=sendgrid_env(fake))
+    assert again.json()["sent"] == 0 and again.json()["failed"] == 0
+
+
+def test_a_bad_api_key_stops_the_run_at_once_and_records_nothing_as_sent(project: Project, funnel_process, fake) -> None:
+    addresses = registrations(project, 20)
+    result = funnel_process("run", "--now", NOW, "--json", env=sendgrid_env(fake, key="SG.wrong"))
+    assert result.returncode == 1
+    assert "SENDGRID_API_KEY" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(fake.requests) <= 8  # stopped at once: at most the requests already in flight
+    assert fake.accepted == []
+    fixed = funnel_process("run", "--now", "2027-01-10T16:05:00Z", "--json", env=sendgrid_env(fake))
+    assert fixed.returncode == 0, fixed.stderr
+    assert [fake.sent_to(a) for a in addresses] == [1] * 20
+
+
+def test_slow_responses_time_out_and_are_retried(project: Project, funnel, fake) -> None:
+    addresses = registrations(project, 2)
+    set_delivery(project, request_timeout=0.3, max_attempts=2)
+    fake.delay(1.0)
+    result = funnel("run", "--now", NOW, "--json", env=sendgrid_env(fake))
+    assert result.code == 1
+    shown = funnel("contacts", "show", addresses[0], "--json").json()
+    step = shown["enrollments"][0]["steps"][0]
+    assert step["status"] == "failed" and "did not answer" in step["reason"]
+    fake.delay(0)
+    assert funnel("run", "--now", "2027-01-10T16:30:00Z", env=sendgrid_env(fake)).code == 0
+
+
+def test_two_runs_at_once_send_each_email_exactly_once(project: Project, fake) -> None:
+    addresses = registrations(project, 40)
+    fake.delay(0.05)
+    env = {**os.environ, **sendgrid_env(fake)}
+    command = [sys.executable, "-m", "funnel", "run", "--now", NOW, "--json"]
+    procs = [subprocess.Popen(command, cwd=project.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    codes = sorted(p.wait(timeout=120) for p in procs)
+    for p in procs:
+        p.stdout.close()  # type: ignore[union-attr]
+        p.stderr.close()  # type: ignore[union-attr]
+    assert codes in ([0, 0], [0, 75])
+    assert [fake.sent_to(a) for a in addresses] == [1] * 40
+
+
+def test_the_database_alone_prevents_double_sends_without_the_lock(project: Project, fake) -> None:
+    """Two runners on one database, no run lock: the unique claim still sends each email once."""
+    addresses = registrations(project, 60)
+    fake.delay(0.01)
+    config = load_config(project.root / "sequences.yaml")
+    engine = make_engine(f"sqlite:///{project.root / 'funnel.db'}")
+    now = parse_instant(NOW)
+    # both import first, so both see the same due work
+    Runner(config, engine, SendGridTransport("SG.test-key", host=fake.url), now, sources=True).run()
+    fake_total_after_first = len(fake.accepted)
+    more = registrations(project, 60, start=100)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            Runner(config, engine, SendGridTransport("SG.test-key", host=fake.url, concurrency=4), now).run()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    assert fake_total_after_first == 60
+    counts = Counter(r["body"]["personalizations"][0]["to"][0]["email"] for r in fake.accepted)
+    assert all(n == 1 for n in counts.values())
+    assert all(counts[a] == 1 for a in addresses + more)
+    engine.dispose()
+
+
+def test_a_run_killed_mid_send_never_resends_and_the_next_run_finishes(project: Project, funnel, fake) -> None:
+    addresses = registrations(project, 30)
+    set_delivery(project, concurrency=2)
+    fake.delay(0.3)
+    env = {**os.environ, **sendgrid_env(fake)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "funnel", "run", "--now", NOW],
+        cwd=project.root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while len(fake.requests) < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    fake.delay(0)
+    received_before = {a for a in addresses if fake.sent_to(a)}
+    assert 0 < len(received_before) < 30
+    result = funnel("run", "--now", "2027-01-10T16:01:00Z", "--json", env=sendgrid_env(fake))
+    assert result.code == 1  # unknown outcomes need a look
+    summary = result.json()
+    assert summary["unknown"] >= 1
+    # nobody received the step twice, and everyone got it or is recorded as unknown
+    assert all(fake.sent_to(a) <= 1 for a in addresses)
+    unknown = set()
+    for address in addresses:
+        step = funnel("contacts", "show", address, "--json").json()["enrollments"][0]["steps"][0]
+        assert step["status"] in ("sent", "unknown"), step
+        if step["status"] == "unknown":
+            unknown.add(address)
+            assert "not sent again" in step["reason"]
+        else:
+            assert fake.sent_to(address) == 1
+    assert len(unknown) == summary["unknown"]
+    report = funnel("report", "--json").json()
+    registered = report["sequences"][0]["steps"][0]
+    assert registered["unknown"] == len(unknown)
+    assert registered["sent"] == 30 - len(unknown)
+    # and the run after that is quiet
+    quiet = funnel("run", "--now", "2027-01-10T16:02:00Z", "--json", env=sendgrid_env(fake))
+    assert quiet.json()["sent"] == 0 and quiet.json()["unknown"] == 0 and quiet.code == 0
+
+
+def test_suppressions_sync_stops_mail_and_keeps_them_out(project: Project, funnel, fake) -> None:
+    addresses = registrations(project, 3)
+    funnel("run", "--now", NOW, env=sendgrid_env(fake))
+    fake.add_suppression("bounces", addresses[0], 1_700_000_000)
+    fake.add_suppression("unsubscribes", addresses[1], 1_700_000_000)
+    fake.add_suppression("spam_reports", "stranger@example.test", 1_700_000_000)
+    result = funnel("suppressions", "sync", "--now", NOW, "--json", env=sendgrid_env(fake))
+    assert result.code == 0, result.err
+    first = funnel("contacts", "show", addresses[0], "--json").json()
+    assert first["suppressed"] is True and first["unsubscribed"] is False
+    second = funnel("contacts", "show", addresses[1], "--json").json()
+    assert second["unsubscribed"] is True
+    # a stranger on SendGrid's list signing up later gets nothing
+    project.append("signups/webinar-registrations.csv", "stranger@example.test,S,,2027-01-14 19:00,America/Denver,\n")
+    later = funnel("run", "--now", "2027-01-14T02:00:00Z", "--json", env=sendgrid_env(fake))
+    assert fake.sent_to("stranger@example.test") == 0
+    assert fake.sent_to(addresses[0]) == 1  # no day-before for the bounced address
+    assert later.json()["sent"] == 1  # only the third person's day-before
+
+
+def test_send_test_goes_through_the_configured_transport(project: Project, funnel, fake) -> None:
+    result = funnel("send-test", "consultation", "received", "--to", "me@example.test", env=sendgrid_env(fake))
+    assert result.code == 0, result.err
+    assert fake.sent_to("me@example.test") == 1
+    assert fake.accepted[0]["body"]["subject"].startswith("[Test] ")
+
+
+@pytest.mark.skipif(not os.environ.get("LIVE_SENDGRID_API_KEY"), reason="set LIVE_SENDGRID_API_KEY to test against SendGrid's sandbox")
+def test_live_sandbox_send(project: Project, funnel) -> None:  # pragma: no cover - needs a real key
+    key = os.environ["LIVE_SENDGRID_API_KEY"]
+    set_delivery(project, sandbox="true")
+    registrations(project, 1)
+    result = funnel("run", "--now", NOW, "--json", env={"FUNNEL_TRANSPORT": "sendgrid", "SENDGRID_API_KEY": key})
+    assert result.code == 0, result.err
+    assert result.json()["sent"] == 1
+

@@ -1,0 +1,556 @@
+"""`Renderer`: Markdown + Jinja in the layout, CSS inlined, a text part, strict variables."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import jinja2
+import pytest
+
+from funnel.config import Config, load_config
+from funnel.errors import TemplateError
+from funnel.preview import check, sample_unsubscribe_url
+from funnel.render import Rendered, Renderer, TemplateContact, TemplateWebinar
+
+REPO = Path(__file__).resolve().parent.parent
+NOW = datetime(2027, 1, 4, 17, 0, tzinfo=UTC)
+UNSUB = "https://mail.practice.test/u/tok-123"
+ADDRESS = "1 Main St, Suite 2, Town, CO 80000"
+
+YAML = """\
+practice:
+  name: Test Practice
+  from_email: care@practice.test
+  postal_address: "1 Main St, Suite 2, Town, CO 80000"
+  timezone: America/Denver
+  base_url: https://mail.practice.test
+  discreet_subject: "A quiet note"
+
+webinars:
+  intro:
+    title: "Intro Webinar"
+    join_url: https://practice.test/join
+
+sources:
+  registrations:
+    format: csv
+    path: signups/registrations.csv
+    columns: {email: Email, first_name: First Name, webinar_start: Start, city: City}
+    webinar: intro
+    enroll: welcome
+
+sequences:
+  welcome:
+    name: Welcome letters
+    steps:
+      - id: hello
+        wait: 0m
+        subject: "Hello {{ contact.first_name or 'friend' }}"
+        discreet_subject: "Your confirmation"
+        template: hello.md
+      - id: reminder
+        webinar: -1d
+        subject: "Tomorrow at {{ webinar.start|format_time }}"
+        template: reminder.md
+      - id: page
+        wait: 1d
+        subject: "A page"
+        template: page.html
+"""
+
+LAYOUT_HTML = """\
+<!DOCTYPE html>
+<html>
+<head><title>{{ subject }}</title><style>p { color: #333 }</style></head>
+<body>
+<div class="content">
+{{ content }}
+</div>
+<p>{{ practice.name }}<br>{{ practice.postal_address }}</p>
+<p><a href="{{ unsubscribe_url }}">Unsubscribe</a></p>
+</body>
+</html>
+"""
+
+LAYOUT_TXT = """\
+{{ content }}
+
+--
+{{ practice.name }}
+{{ practice.postal_address }}
+Unsubscribe: {{ unsubscribe_url }}
+"""
+
+HELLO_MD = """\
+Hi {{ contact.first_name or 'there' }},
+
+Read [our guide](https://practice.test/guide) first.
+
+- one thing
+- another thing
+
+1. first
+2. second
+
+**Bold** words from {{ practice.name }}.
+"""
+
+REMINDER_MD = """\
+See you at {{ webinar.title }}.
+
+On {{ webinar.start|format_date }} at {{ webinar.start|format_time }}.
+
+[Join]({{ webinar.join_url }})
+"""
+
+PAGE_HTML = """\
+<h1>Hello {{ contact.first_name }}</h1>
+<p>Visit <a href="https://practice.test/page">our page</a>.</p>
+<ul><li>alpha</li><li>beta</li></ul>
+"""
+
+
+def write_project(
+    root: Path, *, yaml: str = YAML, templates: dict[str, str | None] | None = None
+) -> Path:
+    """A minimal valid project; `templates` overrides files (None deletes one)."""
+    files: dict[str, str | None] = {
+        "layout.html": LAYOUT_HTML,
+        "layout.txt": LAYOUT_TXT,
+        "hello.md": HELLO_MD,
+        "reminder.md": REMINDER_MD,
+        "page.html": PAGE_HTML,
+        **(templates or {}),
+    }
+    folder = root / "email_templates"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        if text is not None:
+            (folder / name).write_text(text, encoding="utf-8")
+    path = root / "sequences.yaml"
+    path.write_text(yaml, encoding="utf-8")
+    return path
+
+
+def project(root: Path, **kwargs: object) -> Config:
+    return load_config(write_project(root, **kwargs))  # type: ignore[arg-type]
+
+
+def webinar() -> TemplateWebinar:
+    start = datetime(2027, 1, 14, 19, 0, tzinfo=ZoneInfo("America/Denver"))
+    return TemplateWebinar("intro", "Intro Webinar", "https://practice.test/join", None, start)
+
+
+def render(
+    config: Config,
+    step_id: str = "hello",
+    *,
+    contact: TemplateContact | None = None,
+    discreet: bool = False,
+    renderer: Renderer | None = None,
+) -> Rendered:
+    renderer = renderer or Renderer(config)
+    sequence = config.sequences["welcome"]
+    step = sequence.step(step_id)
+    assert step is not None
+    contact = contact or TemplateContact(email="ann@example.test", first_name="Ann")
+    return renderer.render("welcome", sequence, step, contact, webinar(), UNSUB, discreet=discreet)
+
+
+# --------------------------------------------------------------------------- HTML part
+
+
+def test_markdown_becomes_html_inside_the_layout(tmp_path: Path) -> None:
+    out = render(project(tmp_path))
+    assert out.html is not None
+    assert out.html.lstrip().lower().startswith("<!doctype html>")
+    assert '<div class="content">' in out.html
+    assert "<strong>Bold</strong>" in out.html
+    assert '<a href="https://practice.test/guide">our guide</a>' in out.html
+    assert "<li>one thing</li>" in out.html
+    assert "<ol>" in out.html
+    assert "Hi Ann," in out.html
+    assert f'href="{UNSUB}"' in out.html
+    assert ADDRESS in out.html
+    assert "<title>Hello Ann</title>" in out.html
+
+
+def test_layout_css_is_inlined(tmp_path: Path) -> None:
+    out = render(project(tmp_path))
+    assert out.html is not None
+    assert '<p style="color: #333;">Hi Ann,</p>' in out.html
+    # the footer paragraph of the layout too
+    assert '<p style="color: #333;">Test Practice<br>' in out.html
+
+
+def test_html_autoescapes_contact_values(tmp_path: Path) -> None:
+    contact = TemplateContact(email="x@example.test", first_name="<script>alert(1)</script>")
+    out = render(project(tmp_path), contact=contact)
+    assert out.html is not None
+    assert "<script>" not in out.html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in out.html
+    # in the layout's <title> as well (the subject is plain text, the layout escapes it)
+    assert "<title>Hello &lt;script&gt;" in out.html
+    assert "Hi <script>alert(1)</script>," in out.text  # plain text shows it as written
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["[click](http://evil.test)", "<http://evil.test>", "![x](http://evil.test/p.png)"],
+)
+def test_contact_values_cannot_inject_markdown_links(tmp_path: Path, name: str) -> None:
+    contact = TemplateContact(email="x@example.test", first_name=name)
+    out = render(project(tmp_path), contact=contact)
+    assert out.html is not None
+    assert "evil.test" in out.html  # shown as text
+    assert 'href="http://evil.test' not in out.html
+    assert 'src="http://evil.test' not in out.html
+    assert "(http://evil.test)" not in out.text.replace(name, "")
+
+
+def test_contact_values_cannot_inject_markdown_emphasis_or_headings(tmp_path: Path) -> None:
+    config = project(
+        tmp_path, templates={"hello.md": "{{ contact.first_name }}\n\nHi {{ contact.last_name }}\n"}
+    )
+    contact = TemplateContact(email="x@example.test", first_name="# Big", last_name="**loud** _x_")
+    out = render(config, contact=contact)
+    assert out.html is not None
+    assert "<h1>" not in out.html
+    assert "<strong>" not in out.html and "<em>" not in out.html
+    assert "# Big" in out.html
+    assert "**loud** _x_" in out.html
+    assert "# Big" in out.text and "**loud** _x_" in out.text
+
+
+def test_template_values_in_link_targets_keep_working(tmp_path: Path) -> None:
+    config = project(tmp_path)
+    out = render(config, "reminder")
+    assert out.html is not None
+    assert '<a href="https://practice.test/join">Join</a>' in out.html
+    assert "Join (https://practice.test/join)" in out.text
+
+
+def test_template_values_in_autolinks_keep_working(tmp_path: Path) -> None:
+    config = project(
+        tmp_path,
+        templates={"reminder.md": "Join: <{{ webinar.join_url }}>\n\nOr <{{ unsubscribe_url }}>\n"},
+    )
+    out = render(config, "reminder")
+    assert out.html is not None
+    assert '<a href="https://practice.test/join">https://practice.test/join</a>' in out.html
+    assert f'<a href="{UNSUB}">{UNSUB}</a>' in out.html
+    assert "\\" not in out.html and "%5C" not in out.html
+    assert "Join: https://practice.test/join\n" in out.text
+
+
+def test_raw_html_in_markdown_templates_is_not_passed_through(tmp_path: Path) -> None:
+    config = project(tmp_path, templates={"hello.md": "Hi <b onclick='x()'>there</b>\n"})
+    out = render(config)
+    assert out.html is not None
+    assert "<b onclick" not in out.html
+    assert "&lt;b onclick" in out.html
+
+
+def test_format_date_and_time_filters(tmp_path: Path) -> None:
+    out = render(project(tmp_path), "reminder")
+    assert "On Thursday, January 14 at 7:00 PM MST." in out.text
+    assert out.subject == "Tomorrow at 7:00 PM MST"
+
+
+# --------------------------------------------------------------------------- text part
+
+
+def test_plain_text_part_from_the_same_markdown(tmp_path: Path) -> None:
+    out = render(project(tmp_path))
+    assert out.text == (
+        "Hi Ann,\n"
+        "\n"
+        "Read our guide (https://practice.test/guide) first.\n"
+        "\n"
+        "- one thing\n"
+        "- another thing\n"
+        "\n"
+        "1. first\n"
+        "2. second\n"
+        "\n"
+        "Bold words from Test Practice.\n"
+        "\n"
+        "--\n"
+        "Test Practice\n"
+        f"{ADDRESS}\n"
+        f"Unsubscribe: {UNSUB}\n"
+    )
+    assert "<" not in out.text
+
+
+def test_text_link_whose_label_is_the_url_is_not_repeated(tmp_path: Path) -> None:
+    config = project(
+        tmp_path, templates={"hello.md": "[https://practice.test/x](https://practice.test/x)\n"}
+    )
+    out = render(config)
+    assert out.text.startswith("https://practice.test/x\n")
+
+
+def test_without_layout_txt_the_text_part_still_has_the_footer(tmp_path: Path) -> None:
+    config = project(tmp_path, templates={"layout.txt": None})
+    out = render(config)
+    assert "Read our guide (https://practice.test/guide) first." in out.text
+    assert ADDRESS in out.text
+    assert UNSUB in out.text
+
+
+def test_html_step_templates_get_a_text_part_via_inscriptis(tmp_path: Path) -> None:
+    contact = TemplateContact(email="x@example.test", first_name="<b>Zed</b>")
+    out = render(project(tmp_path), "page", contact=contact)
+    assert out.html is not None
+    assert "<h1>Hello &lt;b&gt;Zed&lt;/b&gt;</h1>" in out.html  # .html templates autoescape too
+    assert "Hello <b>Zed</b>" in out.text
+    assert "our page" in out.text and "https://practice.test/page" in out.text
+    assert "alpha" in out.text and "beta" in out.text
+    assert "<h1>" not in out.text and "<ul>" not in out.text
+    assert ADDRESS in out.text and UNSUB in out.text
+
+
+# --------------------------------------------------------------------------- subjects
+
+
+def test_subject_renders_with_jinja(tmp_path: Path) -> None:
+    config = project(tmp_path)
+    assert render(config).subject == "Hello Ann"
+    nameless = TemplateContact(email="x@example.test")
+    assert render(config, contact=nameless).subject == "Hello friend"
+
+
+def test_subject_has_no_line_breaks(tmp_path: Path) -> None:
+    contact = TemplateContact(email="x@example.test", first_name="Ann\r\nBcc: evil@example.test\n")
+    subject = render(project(tmp_path), contact=contact).subject
+    assert "\n" not in subject and "\r" not in subject
+    assert subject == "Hello Ann Bcc: evil@example.test"
+
+
+def test_subject_is_not_html_escaped(tmp_path: Path) -> None:
+    contact = TemplateContact(email="x@example.test", first_name="Tom & Jerry")
+    assert render(project(tmp_path), contact=contact).subject == "Hello Tom & Jerry"
+
+
+def test_subject_syntax_error_is_reported_at_construction(tmp_path: Path) -> None:
+    config = project(tmp_path, yaml=YAML.replace('subject: "A page"', 'subject: "A {{ page"'))
+    with pytest.raises(TemplateError) as info:
+        Renderer(config)
+    assert "sequences.yaml" in str(info.value)
+    assert "'page'" in str(info.value)
+
+
+# --------------------------------------------------------------------------- discreet
+
+
+def test_discreet_rendering_is_text_only_with_the_discreet_subject(tmp_path: Path) -> None:
+    config = project(tmp_path)
+    out = render(config, discreet=True)
+    assert out.html is None
+    assert out.subject == "Your confirmation"  # the step's discreet_subject
+    assert "Read our guide (https://practice.test/guide) first." in out.text
+    assert ADDRESS in out.text and UNSUB in out.text
+
+
+def test_discreet_subject_falls_back_to_the_practice_one(tmp_path: Path) -> None:
+    out = render(project(tmp_path), "reminder", discreet=True)
+    assert out.html is None
+    assert out.subject == "A quiet note"
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_undefined_variable_names_the_template_file_and_line(tmp_path: Path) -> None:
+    config = project(
+        tmp_path, templates={"reminder.md": "Line one.\n\nHi {{ contact.nickname }}!\n"}
+    )
+    renderer = Renderer(config)  # compiles fine: the mistake shows when rendering
+    with pytest.raises(TemplateError) as info:
+        render(config, "reminder", renderer=renderer)
+    message = str(info.value)
+    assert message.startswith("email_templates/reminder.md:3: ")
+    assert "nickname" in message
+    assert "define it" in message
+
+
+def test_undefined_top_level_variable(tmp_path: Path) -> None:
+    config = project(
+        tmp_path, templates={"reminder.md": "{{ practice.name }}\n{{ coupon_code }}\n"}
+    )
+    with pytest.raises(TemplateError) as info:
+        render(config, "reminder")
+    assert str(info.value).startswith("email_templates/reminder.md:2: ")
+    assert "'coupon_code' is undefined" in str(info.value)
+
+
+def test_undefined_contact_field(tmp_path: Path) -> None:
+    config = project(tmp_path, templates={"reminder.md": "From {{ contact.fields.city }}\n"})
+    contact = TemplateContact(email="x@example.test", fields={"city": "Boulder"})
+    assert render(config, "reminder", contact=contact).text.startswith("From Boulder\n")
+    with pytest.raises(TemplateError) as info:
+        render(config, "reminder", contact=TemplateContact(email="x@example.test"))
+    assert str(info.value).startswith("email_templates/reminder.md:1: ")
+    assert "city" in str(info.value)
+
+
+def test_undefined_variable_in_the_layout(tmp_path: Path) -> None:
+    config = project(
+        tmp_path, templates={"layout.html": "<p>\n{{ content }}\n{{ practice.phone }}</p>\n"}
+    )
+    with pytest.raises(TemplateError) as info:
+        render(config)
+    assert str(info.value).startswith("email_templates/layout.html:3: ")
+    assert "phone" in str(info.value)
+
+
+def test_undefined_variable_in_a_subject(tmp_path: Path) -> None:
+    config = project(
+        tmp_path, yaml=YAML.replace('subject: "A page"', 'subject: "A {{ contact.nick }}"')
+    )
+    with pytest.raises(TemplateError) as info:
+        render(config, "page")
+    assert "subject" in str(info.value)
+    assert "nick" in str(info.value)
+
+
+def test_jinja_syntax_error_is_reported_with_file_and_line_at_construction(tmp_path: Path) -> None:
+    config = project(
+        tmp_path, templates={"reminder.md": "One.\n\n{% if contact.first_name %}\nHi\n"}
+    )
+    with pytest.raises(TemplateError) as info:
+        Renderer(config)
+    message = str(info.value)
+    assert message.startswith("email_templates/reminder.md:")
+    assert "endif" in message
+
+
+def test_jinja_syntax_error_line(tmp_path: Path) -> None:
+    config = project(
+        tmp_path, templates={"reminder.md": "One.\n\nTwo.\n\n{{ contact.first_name + }}\n"}
+    )
+    with pytest.raises(TemplateError) as info:
+        Renderer(config)
+    assert str(info.value).startswith("email_templates/reminder.md:5: ")
+
+
+def test_syntax_errors_in_several_templates_are_all_reported(tmp_path: Path) -> None:
+    config = project(tmp_path, templates={"hello.md": "{{ x +}}\n", "reminder.md": "\n{% for %}\n"})
+    with pytest.raises(TemplateError) as info:
+        Renderer(config)
+    assert "email_templates/hello.md:1: " in str(info.value)
+    assert "email_templates/reminder.md:2: " in str(info.value)
+
+
+def test_layout_syntax_error(tmp_path: Path) -> None:
+    config = project(tmp_path, templates={"layout.html": "<p>\n{{ content }}\n{% for %}</p>\n"})
+    with pytest.raises(TemplateError) as info:
+        Renderer(config)
+    assert str(info.value).startswith("email_templates/layout.html:3: ")
+
+
+# --------------------------------------------------------------------------- compiled once
+
+
+def test_templates_are_compiled_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = project(tmp_path)
+    calls: list[str] = []
+    original = jinja2.Environment.get_template
+
+    def counting(
+        self: jinja2.Environment, name: str, *args: object, **kwargs: object
+    ) -> jinja2.Template:
+        calls.append(name)
+        return original(self, name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(jinja2.Environment, "get_template", counting)
+    renderer = Renderer(config)
+    loaded = len(calls)
+    assert sorted(calls) == sorted(
+        ["layout.html", "layout.txt", "hello.md", "reminder.md", "page.html"]
+    )
+    for n in range(30):
+        contact = TemplateContact(email=f"p{n}@example.test", first_name=f"P{n}")
+        for step in ("hello", "reminder", "page"):
+            render(config, step, contact=contact, renderer=renderer, discreet=n % 2 == 1)
+    assert len(calls) == loaded
+
+
+def test_rendering_does_not_reread_template_files(tmp_path: Path) -> None:
+    config = project(tmp_path)
+    renderer = Renderer(config)
+    before = render(config, renderer=renderer)
+    folder = tmp_path / "email_templates"
+    (folder / "hello.md").write_text("Changed body {{ unsubscribe_url }}\n", encoding="utf-8")
+    (folder / "layout.html").write_text(
+        "<div>changed layout {{ content }}</div>\n", encoding="utf-8"
+    )
+    (folder / "layout.txt").write_text("changed text {{ content }}\n", encoding="utf-8")
+    after = render(config, renderer=renderer)
+    assert after == before
+    assert "Changed body" not in after.text
+    # a new Renderer sees the new files
+    fresh = render(config, renderer=Renderer(config))
+    assert fresh.html is not None and "changed layout" in fresh.html
+
+
+# --------------------------------------------------------------------------- funnel check
+
+
+def test_check_passes_for_the_shipped_project() -> None:
+    config = load_config(REPO / "sequences.yaml")
+    assert check(config, NOW) == []
+
+
+def test_check_passes_for_the_minimal_project(tmp_path: Path) -> None:
+    assert check(project(tmp_path), NOW) == []
+
+
+def test_check_reports_a_layout_without_unsubscribe_url(tmp_path: Path) -> None:
+    layout = LAYOUT_HTML.replace('<p><a href="{{ unsubscribe_url }}">Unsubscribe</a></p>\n', "")
+    config = project(tmp_path, templates={"layout.html": layout})
+    problems = check(config, NOW)
+    assert problems
+    assert all(p.startswith("email_templates/layout.html") for p in problems), problems
+    assert all("no unsubscribe link" in p and "{{ unsubscribe_url }}" in p for p in problems)
+    assert all("HTML part" in p for p in problems)
+    assert any("welcome/hello" in p for p in problems)
+
+
+def test_check_reports_a_text_layout_without_the_postal_address(tmp_path: Path) -> None:
+    config = project(
+        tmp_path,
+        templates={"layout.txt": LAYOUT_TXT.replace("{{ practice.postal_address }}\n", "")},
+    )
+    problems = check(config, NOW)
+    assert problems
+    assert any(
+        "plain-text part has no postal address" in p and "{{ practice.postal_address }}" in p
+        for p in problems
+    ), problems
+    assert not any("unsubscribe" in p for p in problems)
+    assert any(p.startswith("email_templates/layout.txt") for p in problems)
+
+
+def test_check_reports_undefined_variables_with_file_and_line(tmp_path: Path) -> None:
+    config = project(tmp_path, templates={"reminder.md": "Hi.\n\n{{ webinar.zoom_link }}\n"})
+    problems = check(config, NOW)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("email_templates/reminder.md:3: ")
+
+
+def test_check_reports_syntax_errors(tmp_path: Path) -> None:
+    config = project(tmp_path, templates={"hello.md": "{{ x +}}\n", "reminder.md": "\n{% for %}\n"})
+    problems = check(config, NOW)
+    assert len(problems) == 2, problems
+    assert problems[0].startswith("email_templates/hello.md:1: ")
+    assert problems[1].startswith("email_templates/reminder.md:2: ")
+
+
+def test_check_uses_fields_the_sources_map(tmp_path: Path) -> None:
+    config = project(tmp_path, templates={"reminder.md": "From {{ contact.fields.city }}.\n"})
+    assert check(config, NOW) == []
+    assert sample_unsubscribe_url(config) == "https://mail.practice.test/u/sample-token"
