@@ -55,10 +55,11 @@ class Dispatcher:
         max_attempts: int = 4,
         backoff_initial: float = 0.25,
         backoff_max: float = 8.0,
+        in_flight: int = 0,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.transport = transport
-        self.limit = max(1, transport.concurrency) * 4
+        self.limit = max(max(1, transport.concurrency) * 4, in_flight)
         self._pool = ThreadPoolExecutor(max_workers=max(1, transport.concurrency), thread_name_prefix="send")
         self._futures: set[Future[Outcome]] = set()
         self._stop = threading.Event()

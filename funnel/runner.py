@@ -102,6 +102,18 @@ class _NullTransport:
 
 
 @dataclass
+class _Claim:
+    """A step the schedule says to send now, before this run has taken it."""
+
+    contact: Contact
+    enrollment: Enrollment
+    sequence: Sequence
+    send: schedule.Send
+    row: StepRun | None
+    rows: dict[str, StepRun] = field(default_factory=dict)
+
+
+@dataclass
 class _Pending:
     """Bookkeeping for an enrollment whose sends are in flight."""
 
@@ -290,7 +302,8 @@ class Runner:
     # ----------------------------------------------------------------- due work
 
     def _send_due(self) -> None:
-        dispatcher = Dispatcher(self.transport, max_attempts=self.config.delivery.max_attempts)
+        # room for two pages in flight: the next page is prepared while this one sends
+        dispatcher = Dispatcher(self.transport, max_attempts=self.config.delivery.max_attempts, in_flight=2 * PAGE)
         total = self.session.execute(
             select(func.count()).where(and_(Enrollment.status == "active", Enrollment.next_due_at <= self.now))
         ).scalar_one()
@@ -353,7 +366,7 @@ class Runner:
         by_contact: dict[int, list[Enrollment]] = defaultdict(list)
         for enrollment in page:
             by_contact[enrollment.contact_id].append(enrollment)
-        jobs: list[Job] = []
+        claims: list[_Claim] = []
         for contact_id, enrollments in by_contact.items():
             contact = contacts[contact_id]
             state = schedule.ContactState(
@@ -363,10 +376,10 @@ class Runner:
                 last_marketing_at=contact.last_marketing_at,
             )
             for enrollment in enrollments:
-                state = self._decide(contact, enrollment, state, recorded[enrollment.id or 0], jobs)
+                state = self._decide(contact, enrollment, state, recorded[enrollment.id or 0], claims)
             if state.last_marketing_at != contact.last_marketing_at:
                 contact.last_marketing_at = state.last_marketing_at
-        return jobs
+        return self._claim_all(claims)
 
     def _zone(self, contact: Contact) -> ZoneInfo:
         try:
@@ -380,7 +393,7 @@ class Runner:
         enrollment: Enrollment,
         state: schedule.ContactState,
         rows: dict[str, StepRun],
-        jobs: list[Job],
+        claims: list[_Claim],
     ) -> schedule.ContactState:
         sequence = self.config.sequences.get(enrollment.sequence)
         if sequence is None:
@@ -404,15 +417,10 @@ class Runner:
             self._end(enrollment, "exited", evaluation.exit_reason)
             self.summary.exited += 1
             return evaluation.contact or state
-        claimed = 0
-        for send in evaluation.sends:
-            job = self._claim(contact, enrollment, sequence, send, rows)
-            if job is not None:
-                jobs.append(job)
-                claimed += 1
         enrollment.next_due_at = evaluation.wake_at
-        if claimed:
-            self._pending[enrollment.id or 0] = _Pending(enrollment, enrollment.sequence, claimed, evaluation.finished)
+        if evaluation.sends:
+            self._pending[enrollment.id or 0] = _Pending(enrollment, enrollment.sequence, 0, evaluation.finished)
+            claims.extend(_Claim(contact, enrollment, sequence, send, rows.get(send.step.id), rows) for send in evaluation.sends)
         elif evaluation.finished:
             self._complete(enrollment, sequence)
         return evaluation.contact or state
@@ -446,50 +454,82 @@ class Runner:
         self.summary.skipped += 1
         self.summary.count_step(enrollment.sequence, skip.step.id, "skipped")
 
-    def _claim(
-        self, contact: Contact, enrollment: Enrollment, sequence: Sequence, send: schedule.Send, rows: dict[str, StepRun]
-    ) -> Job | None:
-        """Take the step for this run; a unique row means no other run can take it too."""
+    def _claim_all(self, claims: list[_Claim]) -> list[Job]:
+        """Take the page's steps for this run in a few statements; render the ones we got.
+
+        A unique (enrollment, step) row means no other run can take a step
+        too: an insert that is ignored, or a conditional update that changes
+        nothing, tells us someone else has it.
+        """
         assert self.run_row is not None
-        row = rows.get(send.step.id)
-        send_id = uuid.uuid4().hex
-        if row is None:
-            values = {
-                "enrollment_id": enrollment.id,
-                "sequence": enrollment.sequence,
-                "step_id": send.step.id,
+        fresh = [c for c in claims if c.row is None]
+        send_ids = {id(c): uuid.uuid4().hex for c in fresh}
+        values = [
+            {
+                "enrollment_id": c.enrollment.id,
+                "sequence": c.enrollment.sequence,
+                "step_id": c.send.step.id,
                 "status": "sending",
-                "transactional": send.step.transactional,
-                "send_id": send_id,
+                "transactional": c.send.step.transactional,
+                "send_id": send_ids[id(c)],
                 "run_id": self.run_row.id,
                 "attempts": 0,
-                "due_at": send.due_at,
+                "due_at": c.send.due_at,
                 "decided_at": self.now,
                 "transport": self.transport.name,
                 "retryable": False,
             }
-            if not insert_ignore(self.session, StepRun.__table__, [values], ("enrollment_id", "step_id")):  # type: ignore[attr-defined]
-                return None  # another worker claimed it first
-            row = self.session.scalars(select(StepRun).where(StepRun.send_id == send_id)).one()
-            rows[send.step.id] = row
-        else:
-            claimed = self.session.execute(
-                update(StepRun)
-                .where(and_(StepRun.id == row.id, StepRun.status == "failed", StepRun.retryable.is_(True)))  # type: ignore[attr-defined]
-                .values(status="sending", run_id=self.run_row.id, send_id=send_id, decided_at=self.now)
-            )
-            if claimed.rowcount != 1:  # type: ignore[attr-defined]
-                return None
-            self.session.refresh(row)
+            for c in fresh
+        ]
+        table = StepRun.__table__  # type: ignore[attr-defined]
+        for start in range(0, len(values), 200):
+            insert_ignore(self.session, table, values[start : start + 200], ("enrollment_id", "step_id"))
+        taken: dict[str, StepRun] = {}
+        wanted = list(send_ids.values())
+        for start in range(0, len(wanted), 500):
+            for row in self.session.scalars(select(StepRun).where(StepRun.send_id.in_(wanted[start : start + 500]))):  # type: ignore[union-attr]
+                taken[row.send_id or ""] = row
+        jobs: list[Job] = []
+        for claim in claims:
+            row = taken.get(send_ids[id(claim)]) if claim.row is None else self._retake(claim.row)
+            if row is not None:
+                claim.rows[claim.send.step.id] = row
+                job = self._job(claim, row)
+                if job is not None:
+                    jobs.append(job)
+        for pending in [p for p in self._pending.values() if p.outstanding == 0]:
+            self._settle(pending)  # every claim went elsewhere or failed to render
+        return jobs
+
+    def _retake(self, row: StepRun) -> StepRun | None:
+        """Claim a step whose last attempt failed in a way worth retrying."""
+        assert self.run_row is not None
+        claimed = self.session.execute(
+            update(StepRun)
+            .where(and_(StepRun.id == row.id, StepRun.status == "failed", StepRun.retryable.is_(True)))  # type: ignore[attr-defined]
+            .values(status="sending", run_id=self.run_row.id, send_id=uuid.uuid4().hex, decided_at=self.now)
+        )
+        if claimed.rowcount != 1:  # type: ignore[attr-defined]
+            return None
+        self.session.refresh(row)
+        return row
+
+    def _job(self, claim: _Claim, row: StepRun) -> Job | None:
+        """Render a claimed step; a template error fails that one email, not the run."""
+        enrollment, step = claim.enrollment, claim.send.step
         try:
-            email = self._compose(contact, enrollment, sequence, send.step, row)
+            email = self._compose(claim.contact, enrollment, claim.sequence, step, row)
         except TemplateError as exc:
             row.status, row.reason, row.retryable = "failed", f"template error: {exc}", False
             self.summary.failed += 1
-            self.summary.problems.append(str(exc))
-            self.summary.count_step(enrollment.sequence, send.step.id, "failed")
+            if str(exc) not in self.summary.problems:
+                self.summary.problems.append(str(exc))
+            self.summary.count_step(enrollment.sequence, step.id, "failed")
             return None
-        self._job_steps[row.id or 0] = (enrollment.sequence, send.step.id, send.step.transactional)
+        pending = self._pending.get(enrollment.id or 0)
+        if pending is not None:
+            pending.outstanding += 1
+        self._job_steps[row.id or 0] = (enrollment.sequence, step.id, step.transactional)
         return Job(step_run_id=row.id or 0, enrollment_id=enrollment.id or 0, email=email)
 
     def _compose(self, contact: Contact, enrollment: Enrollment, sequence: Sequence, step: Step, row: StepRun) -> OutgoingEmail:

@@ -120,7 +120,8 @@ def snap_to_clock(instant: datetime, clock: time, tz: ZoneInfo) -> datetime:
     if candidate < instant:
         # on a fall-back night the wall time comes round a second time, an hour later
         repeat = datetime.combine(local.date(), clock, tzinfo=tz).replace(fold=1).astimezone(UTC)
-        candidate = repeat if repeat >= instant else local_wall(local + timedelta(days=1), clock, tz)
+        tomorrow = local + timedelta(days=1)
+        candidate = repeat if repeat >= instant else local_wall(tomorrow, clock, tz)
     return candidate
 
 

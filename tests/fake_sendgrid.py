@@ -379,3 +379,24 @@ class FakeSendGrid:
                 and (end is None or item["created"] <= end)
             ]
         return json.dumps(items[offset : offset + limit]).encode()
+
+
+def main() -> None:
+    """Serve a fake SendGrid from its own process (for benchmarks): prints the URL, stops on EOF.
+
+    Usage: python tests/fake_sendgrid.py [DELAY_SECONDS]; writing anything to
+    stdin prints the count of accepted requests; closing stdin stops it.
+    """
+    import sys
+
+    fake = FakeSendGrid(api_key="SG.bench-key")
+    fake.delay(float(sys.argv[1]) if len(sys.argv) > 1 else 0.0)
+    fake.start()
+    print(fake.url, flush=True)
+    for _line in sys.stdin:
+        print(len(fake.accepted), flush=True)
+    fake.stop()
+
+
+if __name__ == "__main__":
+    main()

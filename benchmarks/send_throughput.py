@@ -1,0 +1,179 @@
+"""Benchmark: `funnel run` sending N emails to a fake SendGrid vs a bare loop of the official client.
+
+Both sides send to the same fake SendGrid, running in its own process on
+127.0.0.1 with a fixed per-request latency (real SendGrid answers in
+100-300 ms; the default here, 50 ms, is harsher on our overhead), with the
+same concurrency. The bare loop sends N pre-built request bodies with one
+official client per thread, doing nothing else; `funnel run` claims,
+renders, sends and records each email.
+
+Usage: .venv/bin/python benchmarks/send_throughput.py [--n 5000] [--latency 0.05] [--concurrency 8]
+Prints both times and their ratio (target: funnel within 1.3x at N = 5,000).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+KEY = "SG.bench-key"
+
+SEQUENCES = """\
+practice:
+  name: Bench Counseling
+  from_email: care@bench.test
+  from_name: Dr. Bench
+  postal_address: "1 Bench St, Boulder, CO 80302"
+  timezone: America/Denver
+  base_url: https://mail.bench.test
+delivery:
+  transport: sendgrid
+  concurrency: {concurrency}
+  max_late: 2d
+sources:
+  signups:
+    format: csv
+    path: signups.csv
+    columns: {{email: Email, first_name: First Name}}
+    enroll: welcome
+sequences:
+  welcome:
+    steps:
+      - id: hello
+        wait: 1h
+        transactional: true
+        subject: "Welcome, {{{{ contact.first_name or 'friend' }}}}"
+        template: welcome.md
+"""
+
+TEMPLATE = """Hi {{ contact.first_name or 'there' }},
+
+Thank you for signing up. This letter is about as long as a real one: a few
+paragraphs, [a link]({{ practice.base_url }}), and a signature.
+
+- one point
+- another point
+
+Warmly,
+{{ practice.from_name }}
+"""
+
+
+class FakeServer:
+    """The test suite's fake SendGrid, in a child process."""
+
+    def __init__(self, latency: float) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(REPO / "tests" / "fake_sendgrid.py"), str(latency)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        assert self.proc.stdout is not None
+        self.url = self.proc.stdout.readline().strip()
+
+    def accepted(self) -> int:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("count\n")
+        self.proc.stdin.flush()
+        return int(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+def make_project(folder: Path, n: int, concurrency: int) -> None:
+    (folder / "email_templates").mkdir(parents=True)
+    shutil.copy(REPO / "email_templates" / "layout.html", folder / "email_templates" / "layout.html")
+    shutil.copy(REPO / "email_templates" / "layout.txt", folder / "email_templates" / "layout.txt")
+    (folder / "email_templates" / "welcome.md").write_text(TEMPLATE)
+    (folder / "sequences.yaml").write_text(SEQUENCES.format(concurrency=concurrency))
+    rows = "".join(f"person{i:06d}@example.test,P{i}\n" for i in range(n))
+    (folder / "signups.csv").write_text("Email,First Name\n" + rows)
+
+
+def time_funnel(n: int, latency: float, concurrency: int) -> tuple[float, int]:
+    fake = FakeServer(latency)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        make_project(folder, n, concurrency)
+        env = {**os.environ, "SENDGRID_API_KEY": KEY, "FUNNEL_SENDGRID_HOST": fake.url, "NO_PROXY": "127.0.0.1"}
+        funnel = [sys.executable, "-m", "funnel"]
+        # enroll everyone first (nothing is due yet): the timed run only sends
+        subprocess.run([*funnel, "run", "--now", "2027-01-10T16:00:00Z"], cwd=folder, env=env, check=True)
+        started = time.perf_counter()
+        subprocess.run([*funnel, "run", "--now", "2027-01-10T17:00:00Z"], cwd=folder, env=env, check=True)
+        elapsed = time.perf_counter() - started
+    count = fake.accepted()
+    fake.close()
+    return elapsed, count
+
+
+def time_bare_client(n: int, latency: float, concurrency: int) -> tuple[float, int]:
+    import sendgrid
+
+    from funnel.transports.base import Address, OutgoingEmail
+    from funnel.transports.sendgrid import sendgrid_payload
+
+    html = "<html><body>" + "<p>A paragraph of a real-sized letter.</p>" * 20 + "</body></html>"
+    bodies = [
+        sendgrid_payload(
+            OutgoingEmail(
+                send_id=f"{i:032x}",
+                sender=Address("care@bench.test", "Dr. Bench"),
+                to=Address(f"person{i:06d}@example.test"),
+                subject=f"Welcome, P{i}",
+                text="Hi,\n\nThank you for signing up.\n" * 10,
+                html=html,
+                headers=(("List-Unsubscribe", "<https://mail.bench.test/u/x>"),),
+                custom_args=(("funnel_send_id", f"{i:032x}"),),
+            ),
+            sandbox=False,
+        )
+        for i in range(n)
+    ]
+    fake = FakeServer(latency)
+    local = threading.local()
+
+    def send(body: dict) -> None:
+        client = getattr(local, "client", None)
+        if client is None:
+            client = local.client = sendgrid.SendGridAPIClient(api_key=KEY, host=fake.url)
+            client.client.timeout = 30
+        client.client.mail.send.post(request_body=body)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(send, bodies))
+    elapsed = time.perf_counter() - started
+    count = fake.accepted()
+    fake.close()
+    return elapsed, count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=5000)
+    parser.add_argument("--latency", type=float, default=0.05, help="fake SendGrid's answer time, seconds")
+    parser.add_argument("--concurrency", type=int, default=8)
+    args = parser.parse_args()
+    os.environ["NO_PROXY"] = "127.0.0.1,localhost"
+    bare, bare_count = time_bare_client(args.n, args.latency, args.concurrency)
+    ours, our_count = time_funnel(args.n, args.latency, args.concurrency)
+    print(f"N = {args.n}, latency {args.latency * 1000:.0f} ms, concurrency {args.concurrency}, {os.cpu_count()} cores")
+    print(f"bare official client: {bare:8.2f} s  ({bare_count} accepted, {args.n / bare:7.1f} emails/s)")
+    print(f"funnel run:           {ours:8.2f} s  ({our_count} accepted, {args.n / ours:7.1f} emails/s)")
+    print(f"ratio funnel / bare:  {ours / bare:8.2f}x  (target <= 1.30x)")
+
+
+if __name__ == "__main__":
+    main()
