@@ -74,7 +74,9 @@ class FakeServer:
     def __init__(self, latency: float) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, str(REPO / "tests" / "fake_sendgrid.py"), str(latency)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert self.proc.stdout is not None
         self.url = self.proc.stdout.readline().strip()

@@ -57,9 +57,7 @@ def plan_changes(config: Config, engine: Engine, now: datetime) -> dict[str, Any
                 continue
             people = _effects(session, config, sid, before.get(sid, []), kinds, now)
             for step_id, kind in kinds.items():
-                changes.append(
-                    {"sequence": sid, "step": step_id, "change": kind, "people": people.get(step_id, [])}
-                )
+                changes.append({"sequence": sid, "step": step_id, "change": kind, "people": people.get(step_id, [])})
     return {"since_run": isoformat_z(last.started_at), "steps": changes}
 
 

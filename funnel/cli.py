@@ -161,7 +161,9 @@ def check(config_path: Path | None, debug: bool, now: datetime) -> None:
     if problems:
         sys.exit(EXIT_FAILED)
     steps = sum(len(s.steps) for s in config.sequences.values())
-    click.echo(f"{config.path.name}: OK ({len(config.sequences)} sequences, {steps} steps, {len(config.sources)} sources)")
+    click.echo(
+        f"{config.path.name}: OK ({len(config.sequences)} sequences, {steps} steps, {len(config.sources)} sources)"
+    )
 
 
 @cli.command()
@@ -302,7 +304,9 @@ def _print_changes(result: dict[str, Any]) -> None:
 @click.argument("sequence")
 @click.argument("step")
 @click.option("--email", "address", help="Render for this real contact instead of the sample one.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("preview"), show_default=True)
+@click.option(
+    "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("preview"), show_default=True
+)
 def preview(
     config_path: Path | None, debug: bool, now: datetime, sequence: str, step: str, address: str | None, out_dir: Path
 ) -> None:
@@ -424,11 +428,17 @@ def contacts_show(config_path: Path | None, debug: bool, as_json: bool, email: s
     out = _stdout()
     name = " ".join(p for p in (data["first_name"], data["last_name"]) if p)
     out.print(f"[bold]{data['email']}[/] {name}".rstrip())
-    state = "unsubscribed" if data["unsubscribed"] else (f"suppressed: {data['suppressed_reason']}" if data["suppressed"] else "receiving mail")
+    state = (
+        "unsubscribed"
+        if data["unsubscribed"]
+        else (f"suppressed: {data['suppressed_reason']}" if data["suppressed"] else "receiving mail")
+    )
     out.print(f"status: {state}; timezone {data['timezone']}; tags: {', '.join(data['tags']) or 'none'}")
     for enrollment in data["enrollments"]:
         reason = f" ({enrollment['reason']})" if enrollment["reason"] else ""
-        out.print(f"\n[bold]{enrollment['sequence']}[/]: {enrollment['status']}{reason}, enrolled {enrollment['enrolled_at']}")
+        out.print(
+            f"\n[bold]{enrollment['sequence']}[/]: {enrollment['status']}{reason}, enrolled {enrollment['enrolled_at']}"
+        )
         for step in enrollment["steps"]:
             when = step.get("sent_at") or step.get("due_at") or ""
             why = f" - {step['reason']}" if step.get("reason") else ""
@@ -489,7 +499,10 @@ def contacts_forget(config_path: Path | None, debug: bool, now: datetime, email:
     """
     from funnel.contacts import forget
 
+    from funnel.db import flush_to_disk
+
     _with_contact(config_path, email, lambda s, c, contact: forget(s, contact, now))
+    flush_to_disk(_engine(_config(config_path)))
     click.echo(f"{email}: erased; no mail will go to this address again")
 
 

@@ -61,8 +61,7 @@ class Practice(_Model):
     def _address_present(cls, value: str) -> str:
         if not value.strip():
             raise ValueError(
-                "postal_address is empty: write the practice's mailing address "
-                "(CAN-SPAM requires it in every email)"
+                "postal_address is empty: write the practice's mailing address (CAN-SPAM requires it in every email)"
             )
         return value.strip()
 
@@ -111,7 +110,7 @@ class Delivery(_Model):
         if isinstance(value, str):
             parts = value.split("-")
             if len(parts) != 2:
-                raise ValueError(f"{value!r} is not a window: write two times like \"08:00-20:00\"")
+                raise ValueError(f'{value!r} is not a window: write two times like "08:00-20:00"')
             start, end = (parse_clock(p) for p in parts)
             if start == end:
                 raise ValueError(f"{value!r} is an empty window: the two times must differ")
@@ -336,9 +335,7 @@ def load_config(explicit: str | os.PathLike[str] | None = None, *, check_files: 
         errors = [e for e in errors if not (e["type"] == "too_short" and _has_inner(e, inner))]
         problems.extend(f"{path.name}:{lines.line_for(err['loc'])}: {_describe(err)}" for err in errors)
     if config is not None:
-        config = config.model_copy(
-            update={"path": path, "fingerprint": hashlib.sha256(text.encode()).hexdigest()}
-        )
+        config = config.model_copy(update={"path": path, "fingerprint": hashlib.sha256(text.encode()).hexdigest()})
         problems.extend(f"{path.name}:{line}: {msg}" for line, msg in _cross_check(config, lines, check_files))
     if problems:
         raise ConfigError(problems[0], problems)
@@ -450,15 +447,22 @@ def _cross_check(config: Config, lines: _LineMap, check_files: bool) -> Iterator
     for name, source in config.sources.items():
         base = ("sources", name)
         if source.enroll and source.enroll not in config.sequences:
-            yield lines.line_for((*base, "enroll")), _unknown("sequence", source.enroll, sequences, f"sources.{name}.enroll")
+            yield (
+                lines.line_for((*base, "enroll")),
+                _unknown("sequence", source.enroll, sequences, f"sources.{name}.enroll"),
+            )
         if source.webinar and source.webinar not in config.webinars:
-            yield lines.line_for((*base, "webinar")), _unknown(
-                "webinar", source.webinar, sorted(config.webinars), f"sources.{name}.webinar"
+            yield (
+                lines.line_for((*base, "webinar")),
+                _unknown("webinar", source.webinar, sorted(config.webinars), f"sources.{name}.webinar"),
             )
         if source.webinar and "webinar_start" not in source.columns:
-            yield lines.line_for((*base, "columns")), (
-                f"sources.{name} names a webinar but maps no `webinar_start` column: "
-                "add webinar_start: <the header of the start time column>"
+            yield (
+                lines.line_for((*base, "columns")),
+                (
+                    f"sources.{name} names a webinar but maps no `webinar_start` column: "
+                    "add webinar_start: <the header of the start time column>"
+                ),
             )
     for sid, seq in config.sequences.items():
         base = ("sequences", sid)
@@ -470,19 +474,23 @@ def _cross_check(config: Config, lines: _LineMap, check_files: bool) -> Iterator
         for index, step in enumerate(seq.steps):
             step_line = lines.line_for((*base, "steps", index, "id"))
             if step.id in seen:
-                yield step_line, (
-                    f"step id {step.id!r} is used twice in sequences.{sid} (first on line {seen[step.id]}): "
-                    "give each step its own id"
+                yield (
+                    step_line,
+                    (
+                        f"step id {step.id!r} is used twice in sequences.{sid} (first on line {seen[step.id]}): "
+                        "give each step its own id"
+                    ),
                 )
             seen.setdefault(step.id, step_line)
             if check_files and not (config.templates_path / step.template).is_file():
-                yield lines.line_for((*base, "steps", index, "template")), (
-                    f"template {step.template!r} not found in {config.templates_dir}/: "
-                    "create it or fix the path"
+                yield (
+                    lines.line_for((*base, "steps", index, "template")),
+                    (f"template {step.template!r} not found in {config.templates_dir}/: create it or fix the path"),
                 )
     if check_files and not (config.templates_path / "layout.html").is_file():
-        yield lines.line_for(("templates_dir",)), (
-            f"{config.templates_dir}/layout.html not found: every email is rendered inside it"
+        yield (
+            lines.line_for(("templates_dir",)),
+            (f"{config.templates_dir}/layout.html not found: every email is rendered inside it"),
         )
 
 

@@ -130,7 +130,12 @@ def _step(step_id: str, row: StepRun | None, due: datetime | None, enrollment: E
     if row is None:
         if enrollment.status == "active":
             return {"id": step_id, "status": "pending", "due_at": _iso(due)}
-        return {"id": step_id, "status": "skipped", "reason": enrollment.end_reason or "sequence ended", "due_at": _iso(due)}
+        return {
+            "id": step_id,
+            "status": "skipped",
+            "reason": enrollment.end_reason or "sequence ended",
+            "due_at": _iso(due),
+        }
     status = row.status
     reason = row.reason
     if status == "sending":

@@ -69,6 +69,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
+    # erased people must really be gone from the file, not left in free pages
+    cursor.execute("PRAGMA secure_delete=ON")
     cursor.close()
 
 
@@ -77,6 +79,14 @@ def session_scope(engine: Engine) -> Iterator[Session]:
     """A session that is closed afterwards; the caller commits."""
     with Session(engine, expire_on_commit=False) as session:
         yield session
+
+
+def flush_to_disk(engine: Engine) -> None:
+    """After an erasure: fold the write-ahead log into the database file and empty it,
+    so no old copy of a page with personal data stays behind (SQLite only)."""
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 @contextmanager

@@ -10,10 +10,11 @@ stops the dispatcher: jobs not yet started are released untouched.
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,7 +62,8 @@ class Dispatcher:
         self.transport = transport
         self.limit = max(max(1, transport.concurrency) * 4, in_flight)
         self._pool = ThreadPoolExecutor(max_workers=max(1, transport.concurrency), thread_name_prefix="send")
-        self._futures: set[Future[Outcome]] = set()
+        self._done: queue.SimpleQueue[Future[Outcome]] = queue.SimpleQueue()
+        self._in_flight = 0
         self._stop = threading.Event()
         self._pause_lock = threading.Lock()
         self._pause_until = 0.0
@@ -79,9 +81,11 @@ class Dispatcher:
     def submit(self, job: Job) -> list[Outcome]:
         """Queue a job; when the pipeline is full, wait for some and return them."""
         done: list[Outcome] = []
-        while len(self._futures) >= self.limit:
+        while self._in_flight >= self.limit:
             done.extend(self._take(block=True))
-        self._futures.add(self._pool.submit(self._run, job))
+        future = self._pool.submit(self._run, job)
+        self._in_flight += 1
+        future.add_done_callback(self._done.put)
         return done
 
     def collect(self) -> list[Outcome]:
@@ -91,20 +95,26 @@ class Dispatcher:
     def finish(self) -> list[Outcome]:
         """Wait for everything in flight."""
         outcomes: list[Outcome] = []
-        while self._futures:
+        while self._in_flight:
             outcomes.extend(self._take(block=True))
         return outcomes
+
+    def _take(self, *, block: bool) -> list[Outcome]:
+        """Finished outcomes from the completion queue (O(1) each, whatever is in flight)."""
+        finished: list[Future[Outcome]] = []
+        if block and self._in_flight:
+            finished.append(self._done.get())
+        while True:
+            try:
+                finished.append(self._done.get_nowait())
+            except queue.Empty:
+                break
+        self._in_flight -= len(finished)
+        return [future.result() for future in finished]
 
     def close(self) -> None:
         self._stop.set()
         self._pool.shutdown(wait=True, cancel_futures=False)
-
-    def _take(self, *, block: bool) -> list[Outcome]:
-        if not self._futures:
-            return []
-        done, _ = wait(self._futures, timeout=None if block else 0, return_when=FIRST_COMPLETED)
-        self._futures.difference_update(done)
-        return [future.result() for future in done]
 
     # ----------------------------------------------------------------- workers
 

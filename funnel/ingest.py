@@ -49,14 +49,17 @@ class IngestResult:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-def insert_ignore(session: Session, table: Table, rows: list[dict[str, Any]], keys: Sequence[str]) -> int:
-    """INSERT ... ON CONFLICT DO NOTHING, for SQLite and PostgreSQL; returns rows inserted."""
+def insert_ignore(session: Session, table: Table, rows: list[dict[str, Any]], keys: Sequence[str]) -> None:
+    """INSERT ... ON CONFLICT DO NOTHING for many rows (SQLite and PostgreSQL).
+
+    One statement executed for all rows (SQLAlchemy batches it), rather than
+    one giant VALUES list compiled anew for every batch size.
+    """
     if not rows:
-        return 0
+        return
     dialect = session.get_bind().dialect.name
     builder = pg_insert if dialect == "postgresql" else sqlite_insert
-    statement = builder(table).values(rows).on_conflict_do_nothing(index_elements=list(keys))
-    return int(session.execute(statement).rowcount)  # type: ignore[attr-defined]
+    session.execute(builder(table).on_conflict_do_nothing(index_elements=list(keys)), rows)
 
 
 def _table(model: Any) -> Table:
@@ -100,8 +103,10 @@ def _apply_batch(
         new_rows.append(_new_contact(key, row, source_name, now))
     if new_rows:
         # insert-or-ignore: a concurrent worker may be creating the same people
-        result.created = insert_ignore(session, _table(Contact), new_rows, ("email_hash",))
-        contacts.update(_existing(session, [r["email_hash"] for r in new_rows]))
+        insert_ignore(session, _table(Contact), new_rows, ("email_hash",))
+        created = _existing(session, [r["email_hash"] for r in new_rows])
+        result.created = len(created)
+        contacts.update(created)
     updates = []
     for key, row in latest.items():
         found = contacts.get(key)
@@ -122,8 +127,7 @@ def _apply_batch(
         for c in live.values()
         for tag in source.tags
     ]
-    for start in range(0, len(tag_rows), _BATCH):
-        insert_ignore(session, _table(Tag), tag_rows[start : start + _BATCH], ("contact_id", "tag"))
+    insert_ignore(session, _table(Tag), tag_rows, ("contact_id", "tag"))
     if source.enroll:
         _enroll(session, config, source_name, source, source.enroll, live, latest, now, result)
     return result
@@ -269,7 +273,11 @@ def reschedule(
     if webinar:
         values["webinar"] = webinar
     session.execute(update(Enrollment).where(Enrollment.id == enrollment_id).values(**values))
-    webinar_steps = [s.id for s in config.sequences[sequence].steps if s.webinar is not None] if sequence in config.sequences else []
+    webinar_steps = (
+        [s.id for s in config.sequences[sequence].steps if s.webinar is not None]
+        if sequence in config.sequences
+        else []
+    )
     if webinar_steps:
         session.execute(
             delete(StepRun).where(

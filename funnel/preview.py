@@ -102,6 +102,10 @@ def render_sample(config: Config, sequence_id: str, step_id: str, now: datetime)
         raise ConfigError(f"sequence {sequence_id!r} has no step {step_id!r}: known: {known}")
     renderer = Renderer(config)
     return renderer.render(
-        sequence_id, sequence, step, sample_contact(config), sample_webinar(config, sequence_id, now),
+        sequence_id,
+        sequence,
+        step,
+        sample_contact(config),
+        sample_webinar(config, sequence_id, now),
         sample_unsubscribe_url(config),
     )

@@ -27,10 +27,12 @@ from jinja2 import (
     FileSystemLoader,
     StrictUndefined,
     Template,
-    TemplateError as JinjaTemplateError,
     TemplateNotFound,
     TemplateSyntaxError,
     UndefinedError,
+)
+from jinja2 import (
+    TemplateError as JinjaTemplateError,
 )
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
@@ -136,9 +138,7 @@ class Renderer:
         try:
             return env.get_template(name)
         except TemplateNotFound:
-            raise TemplateError(
-                f"{self.config.templates_dir}/{name}: not found: create it (see the README)"
-            ) from None
+            raise TemplateError(f"{self.config.templates_dir}/{name}: not found: create it (see the README)") from None
         except TemplateSyntaxError as exc:
             raise TemplateError(_syntax_message(self.config.templates_dir, name, exc)) from None
 

@@ -38,7 +38,7 @@ from sqlmodel import Session
 from funnel import schedule
 from funnel.config import Config, Sequence, Step
 from funnel.deliver import Dispatcher, Job, Outcome
-from funnel.errors import SourceError, TemplateError, TransportError
+from funnel.errors import SourceError, TemplateError
 from funnel.ingest import IngestResult, apply_rows, insert_ignore
 from funnel.models import Contact, Enrollment, Run, Setting, SourceFile, StepRun, Tag
 from funnel.render import Renderer, TemplateContact, TemplateWebinar
@@ -151,7 +151,10 @@ class Runner:
         self.tokens = Tokens(secret_key(self.session))
         self.run_row: Run | None = None
         self._pending: dict[int, _Pending] = {}
-        self._job_steps: dict[int, tuple[str, str, bool]] = {}
+        #: rows of claimed steps in flight, held here (the session's identity map is weak)
+        self._in_flight: dict[int, StepRun] = {}
+        self._unsaved = 0
+        self._saved_at = time.monotonic()
 
     # ----------------------------------------------------------------- helpers
 
@@ -260,7 +263,11 @@ class Runner:
                 stored = self.session.get(SourceFile, name)
                 assert stored is not None
             stored.path, stored.size, stored.sha256, stored.lines, stored.read_at = (
-                str(path), fp.size, fp.sha256, fp.lines, self.now,
+                str(path),
+                fp.size,
+                fp.sha256,
+                fp.lines,
+                self.now,
             )
             self.checkpoint()
 
@@ -294,9 +301,7 @@ class Runner:
         stored = self.session.get(Setting, "config_fingerprint")
         if stored is not None and stored.value == self.config.fingerprint:
             return
-        self.session.execute(
-            update(Enrollment).where(Enrollment.status == "active").values(next_due_at=self.now)
-        )
+        self.session.execute(update(Enrollment).where(Enrollment.status == "active").values(next_due_at=self.now))
         self.checkpoint()
 
     # ----------------------------------------------------------------- due work
@@ -340,10 +345,10 @@ class Runner:
                 done += len(page)
                 if self.progress:
                     self.progress(done, max(total, done))
-            self._record(dispatcher.finish())
+            self._record(dispatcher.finish(), save=True)
         finally:
             dispatcher.close()
-            self._record(dispatcher.finish())
+            self._record(dispatcher.finish(), save=True)
         if dispatcher.fatal is not None:
             self.summary.stopped = str(dispatcher.fatal)
 
@@ -420,7 +425,9 @@ class Runner:
         enrollment.next_due_at = evaluation.wake_at
         if evaluation.sends:
             self._pending[enrollment.id or 0] = _Pending(enrollment, enrollment.sequence, 0, evaluation.finished)
-            claims.extend(_Claim(contact, enrollment, sequence, send, rows.get(send.step.id), rows) for send in evaluation.sends)
+            claims.extend(
+                _Claim(contact, enrollment, sequence, send, rows.get(send.step.id), rows) for send in evaluation.sends
+            )
         elif evaluation.finished:
             self._complete(enrollment, sequence)
         return evaluation.contact or state
@@ -529,14 +536,18 @@ class Runner:
         pending = self._pending.get(enrollment.id or 0)
         if pending is not None:
             pending.outstanding += 1
-        self._job_steps[row.id or 0] = (enrollment.sequence, step.id, step.transactional)
+        self._in_flight[row.id or 0] = row
         return Job(step_run_id=row.id or 0, enrollment_id=enrollment.id or 0, email=email)
 
-    def _compose(self, contact: Contact, enrollment: Enrollment, sequence: Sequence, step: Step, row: StepRun) -> OutgoingEmail:
+    def _compose(
+        self, contact: Contact, enrollment: Enrollment, sequence: Sequence, step: Step, row: StepRun
+    ) -> OutgoingEmail:
         """Render one claimed step into the frozen email a transport gets."""
         assert contact.email is not None and contact.id is not None
         practice = self.config.practice
-        url = unsubscribe_url(os.environ.get("FUNNEL_BASE_URL") or practice.base_url, self.tokens.make(contact.id, row.id))
+        url = unsubscribe_url(
+            os.environ.get("FUNNEL_BASE_URL") or practice.base_url, self.tokens.make(contact.id, row.id)
+        )
         webinar = self._webinar(enrollment, self._zone(contact))
         rendered = self.renderer.render(
             enrollment.sequence,
@@ -547,7 +558,9 @@ class Runner:
             url,
             discreet=contact.discreet,
         )
-        return compose_email(self.config, contact, enrollment.sequence, step.id, rendered, row.send_id or "", url, self.now)
+        return compose_email(
+            self.config, contact, enrollment.sequence, step.id, rendered, row.send_id or "", url, self.now
+        )
 
     def _webinar(self, enrollment: Enrollment, tz: ZoneInfo) -> TemplateWebinar | None:
         if not enrollment.webinar or enrollment.webinar not in self.config.webinars:
@@ -558,13 +571,15 @@ class Runner:
 
     # ----------------------------------------------------------------- outcomes
 
-    def _record(self, outcomes: list[Outcome]) -> None:
-        if not outcomes:
-            return
+    def _record(self, outcomes: list[Outcome], *, save: bool = False) -> None:
+        """Record outcomes; commit every 200 or each second (and when `save`).
+
+        Between a send and its commit a crash leaves the row `sending`, which
+        the next run reports as unknown: batching costs honesty nothing.
+        """
         for outcome in outcomes:
-            row = self.session.get(StepRun, outcome.job.step_run_id)
-            assert row is not None
-            sequence_id, step_id, _ = self._job_steps.pop(outcome.job.step_run_id, (row.sequence, row.step_id, False))
+            row = self._in_flight.pop(outcome.job.step_run_id)
+            sequence_id, step_id = row.sequence, row.step_id
             pending = self._pending.get(outcome.job.enrollment_id)
             row.attempts += outcome.attempts
             if outcome.status == "sent":
@@ -589,7 +604,10 @@ class Runner:
                 pending.outstanding -= 1
                 if pending.outstanding == 0:
                     self._settle(pending)
-        self.checkpoint()
+        self._unsaved += len(outcomes)
+        if self._unsaved and (save or self._unsaved >= 200 or time.monotonic() - self._saved_at > 1.0):
+            self.checkpoint()
+            self._unsaved, self._saved_at = 0, time.monotonic()
 
     def _settle(self, pending: _Pending) -> None:
         enrollment = pending.enrollment

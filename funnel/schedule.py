@@ -219,23 +219,28 @@ def evaluate(
         if due < enrollment.enrolled_at:
             skips.append(Skip(step, due, "before enrollment"))
             continue
+        window_start = opening(step, due, replace(contact, last_marketing_at=None), delivery)
         start = opening(step, due, contact, delivery)
-        if now < start:
+        if now < window_start:
             waits.append(start)
             continue
-        # the step's time has come: conditions are evaluated now, not at enrollment
+        # the step's time has come: conditions are evaluated now, not at enrollment,
+        # and before min_gap, so a step that does not apply is settled at its own time
         if contact.suppressed:
             return _exit(contact.suppressed, step, due, skips, contact)
         exit_hit = sorted(contact.tags.intersection(sequence.exit_on_tags))
         if exit_hit:
             return _exit(f"tag {exit_hit[0]}", step, due, skips, contact)
-        late = now - start
-        if late > delivery.max_late.approx:
-            skips.append(Skip(step, due, f"late by {describe_delay(late)}"))
-            continue
         ruled_out = _tag_condition(step, contact.tags)
         if ruled_out:
             skips.append(Skip(step, due, ruled_out))
+            continue
+        if now < start:  # waiting for min_gap since the last email
+            waits.append(start)
+            continue
+        late = now - start
+        if late > delivery.max_late.approx:
+            skips.append(Skip(step, due, f"late by {describe_delay(late)}"))
             continue
         if not step.transactional:
             if not in_window(now, delivery, contact.tz):

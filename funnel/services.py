@@ -40,7 +40,9 @@ def open_engine(config: Config) -> Engine:
 # --------------------------------------------------------------------------- import
 
 
-def import_file(config: Config, engine: Engine, source_name: str, path: Path, now: datetime) -> tuple[FileRead, IngestResult]:
+def import_file(
+    config: Config, engine: Engine, source_name: str, path: Path, now: datetime
+) -> tuple[FileRead, IngestResult]:
     """Read one file through a source's mapping now (whatever its fingerprint)."""
     source = config.sources.get(source_name)
     if source is None:
@@ -69,7 +71,9 @@ def _step(config: Config, sequence_id: str, step_id: str) -> Any:
     return sequence, step
 
 
-def preview(config: Config, engine: Engine | None, sequence_id: str, step_id: str, now: datetime, address: str | None) -> Rendered:
+def preview(
+    config: Config, engine: Engine | None, sequence_id: str, step_id: str, now: datetime, address: str | None
+) -> Rendered:
     """Render one step for the sample contact, or for a real one (`--email`)."""
     sequence, step = _step(config, sequence_id, step_id)
     if address is None:
@@ -110,7 +114,9 @@ def send_test(config: Config, sequence_id: str, step_id: str, to: str, now: date
     rendered = render_sample(config, sequence_id, step_id, now)
     rendered = Rendered(subject=f"[Test] {rendered.subject}", text=rendered.text, html=rendered.html)
     contact = Contact(email_hash="", email=address, first_name="Sam", created_at=now, updated_at=now)
-    email = compose_email(config, contact, sequence_id, step_id, rendered, f"test-{uuid.uuid4().hex}", sample_unsubscribe_url(config), now)
+    email = compose_email(
+        config, contact, sequence_id, step_id, rendered, f"test-{uuid.uuid4().hex}", sample_unsubscribe_url(config), now
+    )
     email = type(email)(**{**email.__dict__, "to": Address(address)})
     try:
         result = transport.send(email)
@@ -132,7 +138,10 @@ def plan(config: Config, engine: Engine, now: datetime, days: int) -> list[dict[
             contacts = list(
                 session.scalars(
                     select(Contact)
-                    .where(Contact.id > last_id, Contact.id.in_(select(Enrollment.contact_id).where(Enrollment.status == "active")))  # type: ignore[operator,union-attr]
+                    .where(
+                        Contact.id > last_id,
+                        Contact.id.in_(select(Enrollment.contact_id).where(Enrollment.status == "active")),
+                    )  # type: ignore[operator,union-attr]
                     .order_by(Contact.id)  # type: ignore[arg-type]
                     .limit(500)
                 )
@@ -145,7 +154,9 @@ def plan(config: Config, engine: Engine, now: datetime, days: int) -> list[dict[
     return out
 
 
-def _plan_page(session: Session, config: Config, contacts: list[Contact], now: datetime, until: datetime) -> list[dict[str, Any]]:
+def _plan_page(
+    session: Session, config: Config, contacts: list[Contact], now: datetime, until: datetime
+) -> list[dict[str, Any]]:
     ids = [c.id for c in contacts]
     tags: dict[int, set[str]] = defaultdict(set)
     for contact_id, tag in session.execute(select(Tag.contact_id, Tag.tag).where(Tag.contact_id.in_(ids))):  # type: ignore[attr-defined]
@@ -177,7 +188,9 @@ def _plan_page(session: Session, config: Config, contacts: list[Contact], now: d
         }
         for item in schedule.project(sequences, state, now, until, config.delivery):
             if item.at <= until:
-                out.append({"email": contact.email, "sequence": item.sequence, "step": item.step, "at": isoformat_z(item.at)})
+                out.append(
+                    {"email": contact.email, "sequence": item.sequence, "step": item.step, "at": isoformat_z(item.at)}
+                )
     return out
 
 
@@ -191,7 +204,9 @@ def report(config: Config, engine: Engine, since: datetime | None) -> dict[str, 
     """Per sequence and step: what happened (events arrive with the webhook issue)."""
     with Session(engine) as session:
         enrollment_counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        query = select(Enrollment.sequence, Enrollment.status, func.count()).group_by(Enrollment.sequence, Enrollment.status)
+        query = select(Enrollment.sequence, Enrollment.status, func.count()).group_by(
+            Enrollment.sequence, Enrollment.status
+        )
         if since:
             query = query.where(Enrollment.enrolled_at >= since)
         for sequence, status, count in session.execute(query):
@@ -255,7 +270,11 @@ def suppressions_sync(config: Config, engine: Engine, now: datetime) -> dict[str
             contact = session.scalars(select(Contact).where(Contact.email_hash == digest)).first()
             if contact is None:
                 # keep only the hash: enough to refuse a later import, nothing personal
-                session.add(Contact(email_hash=digest, created_at=now, updated_at=now, suppressed_reason=kind, suppressed_at=now))
+                session.add(
+                    Contact(
+                        email_hash=digest, created_at=now, updated_at=now, suppressed_reason=kind, suppressed_at=now
+                    )
+                )
                 counts[kind] += 1
             elif kind == "unsubscribe" and contact.unsubscribed_at is None:
                 contact.unsubscribed_at, contact.unsubscribed_via = now, "sendgrid"

@@ -120,9 +120,7 @@ def read_source_file(
         # utf-8-sig counts positions after the BOM
         offset = exc.start + (len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0)
         line = data[:offset].count(b"\n") + 1
-        raise SourceError(
-            f"{path}:{line}: the file is not UTF-8 text: export it again as CSV UTF-8"
-        ) from None
+        raise SourceError(f"{path}:{line}: the file is not UTF-8 text: export it again as CSV UTF-8") from None
     tail = text[len(head) :]
     result = FileRead()
     raw = _csv_rows(path, text, tail, first_line) if source.format == "csv" else _jsonl_rows(tail, first_line)
@@ -177,7 +175,7 @@ def _jsonl_rows(tail: str, first_line: int) -> Iterator[tuple[int, dict[str, str
             yield number, f"not valid JSON ({exc.msg}): each line must be one JSON object"
             continue
         if not isinstance(value, dict):
-            yield number, "not a JSON object: each line must look like {\"email\": ...}"
+            yield number, 'not a JSON object: each line must look like {"email": ...}'
             continue
         yield number, {str(k).strip(): _text(v) for k, v in value.items()}
 

@@ -75,9 +75,7 @@ def zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name.strip())
     except (ZoneInfoNotFoundError, ValueError, IsADirectoryError):
-        raise ValueError(
-            f"{name!r} is not a known timezone: use an IANA name such as America/Denver"
-        ) from None
+        raise ValueError(f"{name!r} is not a known timezone: use an IANA name such as America/Denver") from None
 
 
 def local_wall(date_part: datetime, clock: time, tz: ZoneInfo) -> datetime:

@@ -125,9 +125,7 @@ class FakeSendGrid:
         self._status_for_all: int | None = None
         self._delay = 0.0
         self._requests: list[dict[str, Any]] = []
-        self._suppressions: dict[str, list[dict[str, Any]]] = {
-            name: [] for name in SUPPRESSION_ENDPOINTS
-        }
+        self._suppressions: dict[str, list[dict[str, Any]]] = {name: [] for name in SUPPRESSION_ENDPOINTS}
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -210,9 +208,7 @@ class FakeSendGrid:
         with self._lock:
             self._faults.extend(_Fault(None, {}, "") for _ in range(n))
 
-    def reject_address(
-        self, addr: str, status: int = 400, message: str = "Does not contain a valid address."
-    ) -> None:
+    def reject_address(self, addr: str, status: int = 400, message: str = "Does not contain a valid address.") -> None:
         """Refuse every mail/send to `addr` (any case) with `status`, every time."""
         with self._lock:
             self._rejects[addr.lower()] = (status, message)
@@ -227,9 +223,7 @@ class FakeSendGrid:
         with self._lock:
             self._delay = max(0.0, float(seconds))
 
-    def add_suppression(
-        self, kind: str, email: str, created: int, reason: str = "", status: str = ""
-    ) -> None:
+    def add_suppression(self, kind: str, email: str, created: int, reason: str = "", status: str = "") -> None:
         """Put `email` on a suppression list (`bounces` or our kind name `bounce`, ...)."""
         name = _KIND_ALIASES.get(kind, kind)
         if name not in self._suppressions:
@@ -298,9 +292,7 @@ class FakeSendGrid:
         if delay:
             self._stopping.wait(delay)
 
-        status, headers, payload = self._answer(
-            handler, parts.path, record, body, fault, status_for_all, rejects
-        )
+        status, headers, payload = self._answer(handler, parts.path, record, body, fault, status_for_all, rejects)
         record["status"] = status
         with self._lock:
             self._requests.append(record)
@@ -353,9 +345,7 @@ class FakeSendGrid:
                     return status, json_headers, _error_body(message, field)
             message_id = secrets.token_urlsafe(16)
             record["message_id"] = message_id
-            sandbox = bool(
-                ((body.get("mail_settings") or {}).get("sandbox_mode") or {}).get("enable")
-            )
+            sandbox = bool(((body.get("mail_settings") or {}).get("sandbox_mode") or {}).get("enable"))
             return (200 if sandbox else 202), {"X-Message-Id": message_id}, b""
 
         prefix = "/v3/suppression/"
@@ -375,8 +365,7 @@ class FakeSendGrid:
             items = [
                 item
                 for item in self._suppressions[name]
-                if (start is None or item["created"] >= start)
-                and (end is None or item["created"] <= end)
+                if (start is None or item["created"] >= start) and (end is None or item["created"] <= end)
             ]
         return json.dumps(items[offset : offset + limit]).encode()
 

@@ -62,9 +62,7 @@ LAYOUT_HTML = (
     "<html><body>{{ content }}<p>{{ practice.postal_address }}</p>"
     '<a href="{{ unsubscribe_url }}">Unsubscribe</a></body></html>\n'
 )
-LAYOUT_TXT = (
-    "{{ content }}\n\n--\n{{ practice.postal_address }}\nUnsubscribe: {{ unsubscribe_url }}\n"
-)
+LAYOUT_TXT = "{{ content }}\n\n--\n{{ practice.postal_address }}\nUnsubscribe: {{ unsubscribe_url }}\n"
 
 
 def write_project(
@@ -161,9 +159,7 @@ def test_unknown_top_level_key(tmp_path: Path) -> None:
 
 
 def test_unknown_key_in_practice(tmp_path: Path) -> None:
-    path = write_project(
-        tmp_path, replace={"  timezone: America/Denver": "  time_zone: America/Denver"}
-    )
+    path = write_project(tmp_path, replace={"  timezone: America/Denver": "  time_zone: America/Denver"})
     problem = only_problem(path)
     assert problem.startswith(f"sequences.yaml:{line_of(path, 'time_zone:')}: ")
     assert "did you mean `timezone`?" in problem
@@ -268,9 +264,7 @@ def test_missing_layout(tmp_path: Path) -> None:
 
 
 def test_missing_postal_address_mentions_can_spam(tmp_path: Path) -> None:
-    path = write_project(
-        tmp_path, replace={'  postal_address: "1 Main St, Suite 2, Town, CO 80000"\n': ""}
-    )
+    path = write_project(tmp_path, replace={'  postal_address: "1 Main St, Suite 2, Town, CO 80000"\n': ""})
     problem = only_problem(path)
     assert problem.startswith(f"sequences.yaml:{line_of(path, 'practice:')}: ")
     assert "postal_address" in problem
@@ -297,18 +291,14 @@ def test_empty_postal_address_mentions_can_spam(tmp_path: Path) -> None:
     ],
 )
 def test_bad_send_window(tmp_path: Path, window: str, expected: str) -> None:
-    path = write_project(
-        tmp_path, replace={'send_window: "08:00-20:00"': f'send_window: "{window}"'}
-    )
+    path = write_project(tmp_path, replace={'send_window: "08:00-20:00"': f'send_window: "{window}"'})
     problem = only_problem(path)
     assert problem.startswith(f"sequences.yaml:{line_of(path, 'send_window:')}: ")
     assert expected in problem
 
 
 def test_send_window_may_wrap_past_midnight(tmp_path: Path) -> None:
-    path = write_project(
-        tmp_path, replace={'send_window: "08:00-20:00"': 'send_window: "22:00-06:00"'}
-    )
+    path = write_project(tmp_path, replace={'send_window: "08:00-20:00"': 'send_window: "22:00-06:00"'})
     window = load_config(path).delivery.send_window
     assert (window.start, window.end) == (time(22), time(6))
     assert str(window) == "22:00-06:00"
@@ -343,9 +333,7 @@ def test_invalid_yaml_syntax_names_the_line(tmp_path: Path) -> None:
 
 
 def test_invalid_yaml_indentation_names_the_line(tmp_path: Path) -> None:
-    path = write_project(
-        tmp_path, replace={"      - id: only\n": "      - id: only\n     - id: stray\n"}
-    )
+    path = write_project(tmp_path, replace={"      - id: only\n": "      - id: only\n     - id: stray\n"})
     problem = only_problem(path)
     assert problem.startswith(f"sequences.yaml:{line_of(path, '- id: stray')}: ")
     assert "indentation" in problem
@@ -406,9 +394,7 @@ def test_several_reference_problems_are_reported_together(tmp_path: Path) -> Non
 
 
 def test_every_problem_has_file_line_message_form(tmp_path: Path) -> None:
-    path = write_project(
-        tmp_path, replace={"format: csv": "format: excel", "wait: 0m": "wait: now"}
-    )
+    path = write_project(tmp_path, replace={"format: csv": "format: excel", "wait: 0m": "wait: now"})
     for problem in problems_of(path):
         name, line, message = problem.split(":", 2)
         assert name == "sequences.yaml"
@@ -424,9 +410,7 @@ def test_missing_config_file(tmp_path: Path) -> None:
     assert "--config" in str(info.value)
 
 
-def test_relative_paths_resolve_against_the_config_folder(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     project = tmp_path / "project"
     project.mkdir()
     elsewhere = tmp_path / "elsewhere"
@@ -444,9 +428,7 @@ def test_relative_paths_resolve_against_the_config_folder(
     assert config.resolve(str(absolute)) == absolute
 
 
-def test_templates_dir_is_relative_to_the_config_folder(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_templates_dir_is_relative_to_the_config_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write_project(tmp_path, yaml=BASE_YAML + "templates_dir: mail\n")
     (tmp_path / "email_templates").rename(tmp_path / "mail")
     monkeypatch.chdir(tmp_path.parent)
@@ -463,20 +445,14 @@ def test_funnel_config_env_var_is_honoured(tmp_path: Path, monkeypatch: pytest.M
     assert config.path == path.resolve()
 
 
-def test_explicit_path_wins_over_funnel_config(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_explicit_path_wins_over_funnel_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     env_path = write_project(tmp_path / "env", replace={"name: Test Practice": "name: From Env"})
-    explicit = write_project(
-        tmp_path / "explicit", replace={"name: Test Practice": "name: Explicit"}
-    )
+    explicit = write_project(tmp_path / "explicit", replace={"name: Test Practice": "name: Explicit"})
     monkeypatch.setenv("FUNNEL_CONFIG", str(env_path))
     assert load_config(explicit).practice.name == "Explicit"
 
 
-def test_default_is_sequences_yaml_in_the_current_folder(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_default_is_sequences_yaml_in_the_current_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_project(tmp_path, replace={"name: Test Practice": "name: Current Folder"})
     monkeypatch.delenv("FUNNEL_CONFIG", raising=False)
     monkeypatch.chdir(tmp_path)

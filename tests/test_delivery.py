@@ -166,7 +166,9 @@ def test_a_rejected_address_fails_alone_with_sendgrids_message(project: Project,
     assert again.json()["sent"] == 0 and again.json()["failed"] == 0
 
 
-def test_a_bad_api_key_stops_the_run_at_once_and_records_nothing_as_sent(project: Project, funnel_process, fake) -> None:
+def test_a_bad_api_key_stops_the_run_at_once_and_records_nothing_as_sent(
+    project: Project, funnel_process, fake
+) -> None:
     addresses = registrations(project, 20)
     result = funnel_process("run", "--now", NOW, "--json", env=sendgrid_env(fake, key="SG.wrong"))
     assert result.returncode == 1
@@ -197,7 +199,10 @@ def test_two_runs_at_once_send_each_email_exactly_once(project: Project, fake) -
     fake.delay(0.05)
     env = {**os.environ, **sendgrid_env(fake)}
     command = [sys.executable, "-m", "funnel", "run", "--now", NOW, "--json"]
-    procs = [subprocess.Popen(command, cwd=project.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(command, cwd=project.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     codes = sorted(p.wait(timeout=120) for p in procs)
     for p in procs:
         p.stdout.close()  # type: ignore[union-attr]
@@ -245,7 +250,10 @@ def test_a_run_killed_mid_send_never_resends_and_the_next_run_finishes(project: 
     env = {**os.environ, **sendgrid_env(fake)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "funnel", "run", "--now", NOW],
-        cwd=project.root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=project.root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 60
     while len(fake.requests) < 5 and time.monotonic() < deadline:
@@ -307,7 +315,9 @@ def test_send_test_goes_through_the_configured_transport(project: Project, funne
     assert fake.accepted[0]["body"]["subject"].startswith("[Test] ")
 
 
-@pytest.mark.skipif(not os.environ.get("LIVE_SENDGRID_API_KEY"), reason="set LIVE_SENDGRID_API_KEY to test against SendGrid's sandbox")
+@pytest.mark.skipif(
+    not os.environ.get("LIVE_SENDGRID_API_KEY"), reason="set LIVE_SENDGRID_API_KEY to test against SendGrid's sandbox"
+)
 def test_live_sandbox_send(project: Project, funnel) -> None:  # pragma: no cover - needs a real key
     key = os.environ["LIVE_SENDGRID_API_KEY"]
     set_delivery(project, sandbox="true")
@@ -315,4 +325,3 @@ def test_live_sandbox_send(project: Project, funnel) -> None:  # pragma: no cove
     result = funnel("run", "--now", NOW, "--json", env={"FUNNEL_TRANSPORT": "sendgrid", "SENDGRID_API_KEY": key})
     assert result.code == 0, result.err
     assert result.json()["sent"] == 1
-

@@ -112,9 +112,7 @@ PAGE_HTML = """\
 """
 
 
-def write_project(
-    root: Path, *, yaml: str = YAML, templates: dict[str, str | None] | None = None
-) -> Path:
+def write_project(root: Path, *, yaml: str = YAML, templates: dict[str, str | None] | None = None) -> Path:
     """A minimal valid project; `templates` overrides files (None deletes one)."""
     files: dict[str, str | None] = {
         "layout.html": LAYOUT_HTML,
@@ -211,9 +209,7 @@ def test_contact_values_cannot_inject_markdown_links(tmp_path: Path, name: str) 
 
 
 def test_contact_values_cannot_inject_markdown_emphasis_or_headings(tmp_path: Path) -> None:
-    config = project(
-        tmp_path, templates={"hello.md": "{{ contact.first_name }}\n\nHi {{ contact.last_name }}\n"}
-    )
+    config = project(tmp_path, templates={"hello.md": "{{ contact.first_name }}\n\nHi {{ contact.last_name }}\n"})
     contact = TemplateContact(email="x@example.test", first_name="# Big", last_name="**loud** _x_")
     out = render(config, contact=contact)
     assert out.html is not None
@@ -286,9 +282,7 @@ def test_plain_text_part_from_the_same_markdown(tmp_path: Path) -> None:
 
 
 def test_text_link_whose_label_is_the_url_is_not_repeated(tmp_path: Path) -> None:
-    config = project(
-        tmp_path, templates={"hello.md": "[https://practice.test/x](https://practice.test/x)\n"}
-    )
+    config = project(tmp_path, templates={"hello.md": "[https://practice.test/x](https://practice.test/x)\n"})
     out = render(config)
     assert out.text.startswith("https://practice.test/x\n")
 
@@ -365,9 +359,7 @@ def test_discreet_subject_falls_back_to_the_practice_one(tmp_path: Path) -> None
 
 
 def test_undefined_variable_names_the_template_file_and_line(tmp_path: Path) -> None:
-    config = project(
-        tmp_path, templates={"reminder.md": "Line one.\n\nHi {{ contact.nickname }}!\n"}
-    )
+    config = project(tmp_path, templates={"reminder.md": "Line one.\n\nHi {{ contact.nickname }}!\n"})
     renderer = Renderer(config)  # compiles fine: the mistake shows when rendering
     with pytest.raises(TemplateError) as info:
         render(config, "reminder", renderer=renderer)
@@ -378,9 +370,7 @@ def test_undefined_variable_names_the_template_file_and_line(tmp_path: Path) -> 
 
 
 def test_undefined_top_level_variable(tmp_path: Path) -> None:
-    config = project(
-        tmp_path, templates={"reminder.md": "{{ practice.name }}\n{{ coupon_code }}\n"}
-    )
+    config = project(tmp_path, templates={"reminder.md": "{{ practice.name }}\n{{ coupon_code }}\n"})
     with pytest.raises(TemplateError) as info:
         render(config, "reminder")
     assert str(info.value).startswith("email_templates/reminder.md:2: ")
@@ -398,9 +388,7 @@ def test_undefined_contact_field(tmp_path: Path) -> None:
 
 
 def test_undefined_variable_in_the_layout(tmp_path: Path) -> None:
-    config = project(
-        tmp_path, templates={"layout.html": "<p>\n{{ content }}\n{{ practice.phone }}</p>\n"}
-    )
+    config = project(tmp_path, templates={"layout.html": "<p>\n{{ content }}\n{{ practice.phone }}</p>\n"})
     with pytest.raises(TemplateError) as info:
         render(config)
     assert str(info.value).startswith("email_templates/layout.html:3: ")
@@ -408,9 +396,7 @@ def test_undefined_variable_in_the_layout(tmp_path: Path) -> None:
 
 
 def test_undefined_variable_in_a_subject(tmp_path: Path) -> None:
-    config = project(
-        tmp_path, yaml=YAML.replace('subject: "A page"', 'subject: "A {{ contact.nick }}"')
-    )
+    config = project(tmp_path, yaml=YAML.replace('subject: "A page"', 'subject: "A {{ contact.nick }}"'))
     with pytest.raises(TemplateError) as info:
         render(config, "page")
     assert "subject" in str(info.value)
@@ -418,9 +404,7 @@ def test_undefined_variable_in_a_subject(tmp_path: Path) -> None:
 
 
 def test_jinja_syntax_error_is_reported_with_file_and_line_at_construction(tmp_path: Path) -> None:
-    config = project(
-        tmp_path, templates={"reminder.md": "One.\n\n{% if contact.first_name %}\nHi\n"}
-    )
+    config = project(tmp_path, templates={"reminder.md": "One.\n\n{% if contact.first_name %}\nHi\n"})
     with pytest.raises(TemplateError) as info:
         Renderer(config)
     message = str(info.value)
@@ -429,9 +413,7 @@ def test_jinja_syntax_error_is_reported_with_file_and_line_at_construction(tmp_p
 
 
 def test_jinja_syntax_error_line(tmp_path: Path) -> None:
-    config = project(
-        tmp_path, templates={"reminder.md": "One.\n\nTwo.\n\n{{ contact.first_name + }}\n"}
-    )
+    config = project(tmp_path, templates={"reminder.md": "One.\n\nTwo.\n\n{{ contact.first_name + }}\n"})
     with pytest.raises(TemplateError) as info:
         Renderer(config)
     assert str(info.value).startswith("email_templates/reminder.md:5: ")
@@ -460,18 +442,14 @@ def test_templates_are_compiled_once(tmp_path: Path, monkeypatch: pytest.MonkeyP
     calls: list[str] = []
     original = jinja2.Environment.get_template
 
-    def counting(
-        self: jinja2.Environment, name: str, *args: object, **kwargs: object
-    ) -> jinja2.Template:
+    def counting(self: jinja2.Environment, name: str, *args: object, **kwargs: object) -> jinja2.Template:
         calls.append(name)
         return original(self, name, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(jinja2.Environment, "get_template", counting)
     renderer = Renderer(config)
     loaded = len(calls)
-    assert sorted(calls) == sorted(
-        ["layout.html", "layout.txt", "hello.md", "reminder.md", "page.html"]
-    )
+    assert sorted(calls) == sorted(["layout.html", "layout.txt", "hello.md", "reminder.md", "page.html"])
     for n in range(30):
         contact = TemplateContact(email=f"p{n}@example.test", first_name=f"P{n}")
         for step in ("hello", "reminder", "page"):
@@ -485,9 +463,7 @@ def test_rendering_does_not_reread_template_files(tmp_path: Path) -> None:
     before = render(config, renderer=renderer)
     folder = tmp_path / "email_templates"
     (folder / "hello.md").write_text("Changed body {{ unsubscribe_url }}\n", encoding="utf-8")
-    (folder / "layout.html").write_text(
-        "<div>changed layout {{ content }}</div>\n", encoding="utf-8"
-    )
+    (folder / "layout.html").write_text("<div>changed layout {{ content }}</div>\n", encoding="utf-8")
     (folder / "layout.txt").write_text("changed text {{ content }}\n", encoding="utf-8")
     after = render(config, renderer=renderer)
     assert after == before
@@ -528,8 +504,7 @@ def test_check_reports_a_text_layout_without_the_postal_address(tmp_path: Path) 
     problems = check(config, NOW)
     assert problems
     assert any(
-        "plain-text part has no postal address" in p and "{{ practice.postal_address }}" in p
-        for p in problems
+        "plain-text part has no postal address" in p and "{{ practice.postal_address }}" in p for p in problems
     ), problems
     assert not any("unsubscribe" in p for p in problems)
     assert any(p.startswith("email_templates/layout.txt") for p in problems)

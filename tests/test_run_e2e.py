@@ -27,7 +27,9 @@ def clock(start: datetime, end: datetime, step: timedelta) -> list[datetime]:
     return times
 
 
-def test_first_run_sends_what_is_due_and_a_second_run_at_the_same_time_sends_nothing(example_project: Project, funnel) -> None:
+def test_first_run_sends_what_is_due_and_a_second_run_at_the_same_time_sends_nothing(
+    example_project: Project, funnel
+) -> None:
     first = funnel("run", "--now", "2026-12-01T16:00:00Z", "--json")
     assert first.code == 0, first.err
     summary = first.json()
@@ -106,18 +108,39 @@ def test_weeks_of_cron_runs_follow_every_rule(project: Project, funnel) -> None:
     def steps(address: str, sequence: str) -> list[str]:
         return [step for to, seq, step in sent if to == address and seq == sequence]
 
-    recovery = ["what-you-feel", "steadier-ground", "your-lines", "hard-conversations", "womens-group", "ways-to-work", "door-open"]
+    recovery = [
+        "what-you-feel",
+        "steadier-ground",
+        "your-lines",
+        "hard-conversations",
+        "womens-group",
+        "ways-to-work",
+        "door-open",
+    ]
     assert steps("ana@example.test", "webinar-relationship-911") == [
-        "registered", "day-before", "hour-before", "thank-you", "consultation-invite",
+        "registered",
+        "day-before",
+        "hour-before",
+        "thank-you",
+        "consultation-invite",
     ]
     assert steps("ana@example.test", "betrayal-recovery") == recovery
     assert steps("carla@example.test", "webinar-relationship-911") == [
-        "registered", "day-before", "hour-before", "thank-you", "consultation-invite",
+        "registered",
+        "day-before",
+        "hour-before",
+        "thank-you",
+        "consultation-invite",
     ]
     # Lia registered at the last moment: the reminders' times had passed
     assert steps("lia@example.test", "webinar-relationship-911") == ["registered", "replay", "consultation-invite"]
     # Dana missed it, got the replay, then unsubscribed: nothing more from any sequence
-    assert steps("dana@example.test", "webinar-relationship-911") == ["registered", "day-before", "hour-before", "replay"]
+    assert steps("dana@example.test", "webinar-relationship-911") == [
+        "registered",
+        "day-before",
+        "hour-before",
+        "replay",
+    ]
     assert steps("dana@example.test", "betrayal-recovery") == []
     # Grace's reminders follow her new webinar date
     assert steps("grace@example.test", "webinar-relationship-911")[:3] == ["registered", "day-before", "hour-before"]
@@ -133,9 +156,13 @@ def test_weeks_of_cron_runs_follow_every_rule(project: Project, funnel) -> None:
             assert sent_at == datetime(2027, 1, 28, 0, 0, tzinfo=UTC)
 
     # non-transactional mail only goes out inside 08:00-20:00 in the reader's timezone
-    zones = {"ana@example.test": "America/Denver", "dana@example.test": "America/Chicago",
-             "carla@example.test": "America/Los_Angeles", "grace@example.test": "America/New_York",
-             "lia@example.test": "America/Denver"}
+    zones = {
+        "ana@example.test": "America/Denver",
+        "dana@example.test": "America/Chicago",
+        "carla@example.test": "America/Los_Angeles",
+        "grace@example.test": "America/New_York",
+        "lia@example.test": "America/Denver",
+    }
     transactional = {"registered", "day-before", "hour-before"}
     for path in sorted(project.outbox.glob("*.eml")):
         _stamp, _sequence, step, _id = path.stem.split("_")
@@ -183,7 +210,9 @@ def test_an_outage_skips_stale_mail_instead_of_flooding(project: Project, funnel
 def test_goal_reached_leaves_the_sequence(project: Project, funnel) -> None:
     project.write("signups/webinar-registrations.csv", HEADER + f"ana@example.test,Ana,,{WEBINAR_A},America/Denver,\n")
     funnel("run", "--now", "2027-01-10T16:00:00Z")
-    project.write("signups/consultation-requests.jsonl", '{"email": "ANA@example.test", "name": "Ana", "message": "hi"}\n')
+    project.write(
+        "signups/consultation-requests.jsonl", '{"email": "ANA@example.test", "name": "Ana", "message": "hi"}\n'
+    )
     funnel("run", "--now", "2027-01-11T16:00:00Z")
     funnel("run", "--now", "2027-01-14T02:00:00Z")
     shown = funnel("contacts", "show", "ana@example.test", "--json").json()
@@ -230,7 +259,7 @@ def test_plan_changes_shows_who_gains_loses_or_moves(project: Project, funnel) -
     config = config.replace(
         "      - id: replay\n",
         "      - id: two-days-before\n        webinar: -2d\n        transactional: true\n"
-        "        subject: \"Soon\"\n        template: webinar/day-before.md\n      - id: replay\n",
+        '        subject: "Soon"\n        template: webinar/day-before.md\n      - id: replay\n',
     )
     (project.root / "sequences.yaml").write_text(config)
     result = funnel("plan", "--changes", "--now", "2027-01-10T17:00:00Z", "--json")

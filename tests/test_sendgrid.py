@@ -111,9 +111,7 @@ def test_payload_text_only_discreet_email_exact() -> None:
 
 @pytest.mark.parametrize(("opens", "clicks"), [(False, False), (True, False), (False, True)])
 def test_payload_tracking_follows_the_email(opens: bool, clicks: bool) -> None:
-    payload = sendgrid_payload(
-        make_email(tracking_opens=opens, tracking_clicks=clicks), sandbox=False
-    )
+    payload = sendgrid_payload(make_email(tracking_opens=opens, tracking_clicks=clicks), sandbox=False)
     assert payload["tracking_settings"] == {
         "click_tracking": {"enable": clicks, "enable_text": False},
         "open_tracking": {"enable": opens},
@@ -126,9 +124,7 @@ def test_payload_sandbox_on() -> None:
     payload = sendgrid_payload(make_email(), sandbox=True)
     assert payload["mail_settings"] == {"sandbox_mode": {"enable": True}}
     assert (
-        sendgrid_payload(make_email(), sandbox=False)
-        | {"mail_settings": {"sandbox_mode": {"enable": True}}}
-        == payload
+        sendgrid_payload(make_email(), sandbox=False) | {"mail_settings": {"sandbox_mode": {"enable": True}}} == payload
     )
 
 

@@ -242,9 +242,7 @@ def test_where_on_a_missing_column_is_an_error(tmp_path: Path) -> None:
 def test_short_first_row_does_not_hide_columns(tmp_path: Path) -> None:
     # an export that leaves trailing empty columns out of a row
     path = write(tmp_path, "First Name,Email,Attended\nAnn\nBob,bob@example.test,Yes\n")
-    source = csv_source(
-        columns={"email": "Email", "first_name": "First Name"}, where={"Attended": "Yes"}
-    )
+    source = csv_source(columns={"email": "Email", "first_name": "First Name"}, where={"Attended": "Yes"})
     result = read(path, source)
     assert emails(result) == ["bob@example.test"]
     assert lines(result) == [3]
@@ -257,11 +255,7 @@ def test_short_first_row_does_not_hide_columns(tmp_path: Path) -> None:
 def test_bad_email_row_is_reported_with_its_line_and_skipped(tmp_path: Path) -> None:
     path = write(
         tmp_path,
-        "Email,First Name\n"
-        "ann@example.test,Ann\n"
-        "ann(at)example.test,Bad\n"
-        ",Nobody\n"
-        "bob@example.test,Bob\n",
+        "Email,First Name\nann@example.test,Ann\nann(at)example.test,Bad\n,Nobody\nbob@example.test,Bob\n",
     )
     result = read(path, csv_source(columns={"email": "Email", "first_name": "First Name"}))
     assert emails(result) == ["ann@example.test", "bob@example.test"]
@@ -275,10 +269,7 @@ def test_bad_email_row_is_reported_with_its_line_and_skipped(tmp_path: Path) -> 
 def test_row_with_too_many_values(tmp_path: Path) -> None:
     path = write(
         tmp_path,
-        "Email,First Name\n"
-        "ann@example.test,Ann\n"
-        "bob@example.test,Bob,Smith, Jr\n"
-        "cat@example.test,Cat\n",
+        "Email,First Name\nann@example.test,Ann\nbob@example.test,Bob,Smith, Jr\ncat@example.test,Cat\n",
     )
     result = read(path, csv_source(columns={"email": "Email", "first_name": "First Name"}))
     assert emails(result) == ["ann@example.test", "cat@example.test"]
@@ -306,9 +297,7 @@ def test_unknown_timezone_is_a_warning_and_falls_back(tmp_path: Path) -> None:
         tmp_path,
         "Email,Webinar Start,Time Zone\nann@example.test,2027-01-14 19:00,Mountain Standard\n",
     )
-    source = csv_source(
-        columns={"email": "Email", "webinar_start": "Webinar Start", "timezone": "Time Zone"}
-    )
+    source = csv_source(columns={"email": "Email", "webinar_start": "Webinar Start", "timezone": "Time Zone"})
     result = read(path, source)
     assert emails(result) == ["ann@example.test"]
     row = result.rows[0]
@@ -332,9 +321,7 @@ def test_local_start_is_read_in_the_contacts_timezone(tmp_path: Path) -> None:
         "zulu@example.test,2027-01-15T00:00:00Z,\n"
         "summer@example.test,2027-07-14 19:00,\n",
     )
-    source = csv_source(
-        columns={"email": "Email", "webinar_start": "Webinar Start", "timezone": "Time Zone"}
-    )
+    source = csv_source(columns={"email": "Email", "webinar_start": "Webinar Start", "timezone": "Time Zone"})
     result = read(path, source)
     assert result.problems == []
     starts = {row.email.split("@")[0]: row.webinar_start for row in result.rows}
@@ -373,9 +360,7 @@ def test_discreet_truthy_values(tmp_path: Path, value: str, expected: bool) -> N
 def test_extra_mapped_columns_go_to_fields(tmp_path: Path) -> None:
     path = write(
         tmp_path,
-        "Email,City,How Did You Hear,Ignored\n"
-        "ann@example.test, Boulder ,A friend,x\n"
-        "bob@example.test,,Podcast,y\n",
+        "Email,City,How Did You Hear,Ignored\nann@example.test, Boulder ,A friend,x\nbob@example.test,,Podcast,y\n",
     )
     source = csv_source(columns={"email": "Email", "city": "City", "referral": "How did you hear"})
     result = read(path, source)
@@ -496,9 +481,7 @@ def test_jsonl_object_without_the_email_key_is_a_row_problem(tmp_path: Path) -> 
 
 
 def test_jsonl_without_any_email_key_raises(tmp_path: Path) -> None:
-    path = write(
-        tmp_path, '{"mail": "ann@example.test"}\n{"mail": "bob@example.test"}\n', name="file.jsonl"
-    )
+    path = write(tmp_path, '{"mail": "ann@example.test"}\n{"mail": "bob@example.test"}\n', name="file.jsonl")
     with pytest.raises(SourceError) as info:
         read(path, jsonl_source())
     assert "file.jsonl" in str(info.value) and "'email'" in str(info.value)
@@ -507,9 +490,7 @@ def test_jsonl_without_any_email_key_raises(tmp_path: Path) -> None:
 def test_jsonl_line_separator_inside_a_string_does_not_split_the_line(tmp_path: Path) -> None:
     path = write(
         tmp_path,
-        '{"email": "ann@example.test", "message": "one\u2028two\u0085three"}\n'
-        "{broken\n"
-        '{"email": "bob@example.test"}\n',
+        '{"email": "ann@example.test", "message": "one\u2028two\u0085three"}\n{broken\n{"email": "bob@example.test"}\n',
         name="file.jsonl",
     )
     result = read(path, jsonl_source())
@@ -544,9 +525,7 @@ def test_grown_file_is_parsed_from_where_it_stopped(tmp_path: Path) -> None:
     assert emails(first) == ["ann@example.test", "bob@example.test"]
     assert first.fingerprint is not None and first.fingerprint.lines == 4
     with path.open("a", encoding="utf-8") as handle:
-        handle.write(
-            'cat@example.test,Cat\nbad-address,Bad\ndee@example.test,"Dee,\nDunn"\neve@example.test,Eve\n'
-        )
+        handle.write('cat@example.test,Cat\nbad-address,Bad\ndee@example.test,"Dee,\nDunn"\neve@example.test,Eve\n')
     second = read(path, source, previous=first.fingerprint)
     assert not second.unchanged
     assert emails(second) == ["cat@example.test", "dee@example.test", "eve@example.test"]
@@ -585,9 +564,7 @@ def test_grown_header_only_file(tmp_path: Path) -> None:
 
 
 def test_grown_jsonl_file_is_parsed_from_where_it_stopped(tmp_path: Path) -> None:
-    path = write(
-        tmp_path, '{"email": "ann@example.test"}\n{"email": "bob@example.test"}\n', name="f.jsonl"
-    )
+    path = write(tmp_path, '{"email": "ann@example.test"}\n{"email": "bob@example.test"}\n', name="f.jsonl")
     first = read(path, jsonl_source())
     assert lines(first) == [1, 2]
     with path.open("a", encoding="utf-8") as handle:

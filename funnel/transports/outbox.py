@@ -17,7 +17,6 @@ from pathlib import Path
 from funnel.errors import TransportError
 from funnel.transports.base import Address, OutgoingEmail, SendResult
 
-
 #: RFC 5322 allows 998 characters a line; folding the long unsubscribe URL at 78
 #: would turn it into an encoded word that mail clients cannot use for RFC 8058
 _POLICY = SMTP.clone(max_line_length=998)

@@ -98,14 +98,11 @@ def sendgrid_payload(email: OutgoingEmail, *, sandbox: bool) -> dict[str, Any]:
     400 (too many or too long categories, oversized custom args).
     """
     if len(email.categories) > MAX_CATEGORIES:
-        raise ValueError(
-            f"SendGrid accepts at most {MAX_CATEGORIES} categories, got {len(email.categories)}"
-        )
+        raise ValueError(f"SendGrid accepts at most {MAX_CATEGORIES} categories, got {len(email.categories)}")
     for category in email.categories:
         if len(category) > MAX_CATEGORY_LENGTH:
             raise ValueError(
-                f"SendGrid categories are at most {MAX_CATEGORY_LENGTH} characters, "
-                f"got one of {len(category)}"
+                f"SendGrid categories are at most {MAX_CATEGORY_LENGTH} characters, got one of {len(category)}"
             )
 
     # SendGrid answers an int with an unexplained 400: make every value a string.
@@ -265,18 +262,12 @@ def _translate(
     if isinstance(exc, TimeoutError) or (
         isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, TimeoutError)
     ):
-        return TransportError(
-            f"SendGrid did not answer (timeout after {timeout:g} s)", retryable=True
-        )
+        return TransportError(f"SendGrid did not answer (timeout after {timeout:g} s)", retryable=True)
     if isinstance(exc, urllib.error.URLError):
         reason = _scrub(str(exc.reason), secrets)
-        return TransportError(
-            f"SendGrid did not answer (connection failed: {reason})", retryable=True
-        )
+        return TransportError(f"SendGrid did not answer (connection failed: {reason})", retryable=True)
     if isinstance(exc, http.client.RemoteDisconnected):
-        return TransportError(
-            "SendGrid did not answer (connection closed without a response)", retryable=True
-        )
+        return TransportError("SendGrid did not answer (connection closed without a response)", retryable=True)
     if isinstance(exc, OSError | http.client.HTTPException):
         kind = type(exc).__name__
         return TransportError(f"SendGrid did not answer (connection error: {kind})", retryable=True)

@@ -1,0 +1,207 @@
+"""The command line as users see it: exit codes, messages, help, contacts, preview, import."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import click
+from conftest import REPO, Project
+from filelock import FileLock
+
+from funnel.cli import cli
+
+NOW = "2027-01-10T16:00:00Z"
+HEADER = "Email,First Name,Last Name,Webinar Start,Time Zone,Discreet\n"
+
+
+def _commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:
+    found = []
+    for name, command in group.commands.items():
+        full = f"{prefix}{name}"
+        if isinstance(command, click.Group):
+            found.extend(_commands(command, full + " "))
+        else:
+            found.append((full, command))
+    return found
+
+
+def test_every_command_has_help_and_is_in_the_readme() -> None:
+    readme = (REPO / "README.md").read_text()
+    for name, command in _commands(cli):
+        assert command.help and len(command.help.strip()) > 20, name
+        assert f"funnel {name}" in readme, f"`funnel {name}` is not explained in README.md"
+
+
+def test_readme_states_the_two_commands_and_ci_runs_the_same_test_command() -> None:
+    readme = (REPO / "README.md").read_text()
+    assert "./scripts/setup-and-run" in readme
+    assert "./scripts/test" in readme
+    assert "./scripts/test" in (REPO / ".ci" / "run").read_text()
+
+
+def test_a_config_mistake_exits_2_with_file_and_line_and_no_traceback(project: Project, funnel_process) -> None:
+    path = project.root / "sequences.yaml"
+    text = path.read_text().replace("        wait: 0m\n", "        wait: soon\n", 1)
+    path.write_text(text)
+    line = text.splitlines().index("        wait: soon") + 1
+    result = funnel_process("run", "--now", NOW)
+    assert result.returncode == 2
+    assert f"sequences.yaml:{line}:" in result.stderr
+    assert "30m, 2h, 3d or 1w" in result.stderr
+    assert "Traceback" not in result.stderr
+    checked = funnel_process("check")
+    assert checked.returncode == 1
+    assert f"sequences.yaml:{line}:" in checked.stderr
+    debug = funnel_process("run", "--now", NOW, "--debug")
+    assert "Traceback" in debug.stderr
+
+
+def test_check_passes_on_the_shipped_funnel_and_fails_without_an_unsubscribe_link(project: Project, funnel) -> None:
+    ok = funnel("check")
+    assert ok.code == 0, ok.err
+    layout = project.root / "email_templates" / "layout.html"
+    layout.write_text(layout.read_text().replace("{{ unsubscribe_url }}", "https://example.test/"))
+    bad = funnel("check")
+    assert bad.code == 1
+    assert "layout.html" in bad.err and "unsubscribe" in bad.err
+
+
+def test_usage_mistakes_exit_2(project: Project, funnel_process) -> None:
+    assert funnel_process("run", "--now", "yesterday").returncode == 2
+    assert funnel_process("run", "--bogus").returncode == 2
+    assert funnel_process("preview", "no-such-sequence", "x").returncode == 2
+
+
+def test_a_second_run_while_one_holds_the_lock_exits_75(project: Project, funnel_process) -> None:
+    project.write("signups/webinar-registrations.csv", HEADER)
+    assert funnel_process("run", "--now", NOW).returncode == 0
+    with FileLock(str(project.root / "funnel.db.lock"), timeout=0):
+        result = funnel_process("run", "--now", NOW)
+    assert result.returncode == 75
+    assert "another `funnel run`" in result.stderr
+    assert funnel_process("run", "--now", NOW).returncode == 0
+
+
+def test_python_dash_m_funnel_is_the_same_program(project: Project, funnel_process) -> None:
+    result = funnel_process("--help")
+    assert result.returncode == 0
+    assert "run" in result.stdout and "contacts" in result.stdout
+
+
+def test_preview_writes_html_and_text_and_prints_the_subject(project: Project, funnel) -> None:
+    result = funnel("preview", "webinar-relationship-911", "registered", "--now", NOW, "--out", "pv")
+    assert result.code == 0, result.err
+    assert result.out.startswith("Subject: Your seat is saved, Sam")
+    html = (project.root / "pv" / "webinar-relationship-911--registered.html").read_text()
+    text = (project.root / "pv" / "webinar-relationship-911--registered.txt").read_text()
+    assert "style=" in html  # CSS inlined
+    assert "/u/sample-token" in html and "/u/sample-token" in text
+
+
+def test_preview_for_a_real_contact(project: Project, funnel) -> None:
+    project.write(
+        "signups/webinar-registrations.csv", HEADER + "ana@example.test,Ana,,2027-01-14 19:00,America/New_York,\n"
+    )
+    funnel("run", "--now", NOW)
+    result = funnel("preview", "webinar-relationship-911", "day-before", "--email", "ana@example.test", "--out", "pv")
+    assert result.code == 0, result.err
+    assert "Subject: Tomorrow at 7:00 PM EST" in result.out
+    text = (project.root / "pv" / "webinar-relationship-911--day-before.txt").read_text()
+    assert "Ana" in text
+
+
+def test_import_reports_bad_rows_with_lines_and_keeps_the_rest(project: Project, funnel, tmp_path) -> None:
+    export = tmp_path / "registrants.csv"
+    export.write_text(
+        HEADER + "ok@example.test,Ok,,2027-01-14 19:00,,\nnope,No,,2027-01-14 19:00,,\n"
+        "late@example.test,L,,not a date,,\n"
+    )
+    result = funnel("import", "webinar-registrations", str(export), "--now", NOW, "--json")
+    assert result.code == 0, result.err
+    data = result.json()
+    assert data["imported"] == 1 and data["rejected"] == 2 and data["enrolled"] == 1
+    assert any(p.startswith("registrants.csv:3: 'nope'") for p in data["problems"])
+    assert any(p.startswith("registrants.csv:4: ") and "not a date" in p for p in data["problems"])
+
+
+def test_contacts_show_has_the_spec_fields_and_unknown_address_exits_1(project: Project, funnel) -> None:
+    project.write(
+        "signups/webinar-registrations.csv", HEADER + "ana@example.test,Ana,R,2027-01-14 19:00,America/Denver,\n"
+    )
+    funnel("run", "--now", NOW)
+    data = funnel("contacts", "show", "ana@example.test", "--json").json()
+    for key in ("email", "first_name", "tags", "unsubscribed", "suppressed", "enrollments"):
+        assert key in data
+    enrollment = data["enrollments"][0]
+    assert enrollment["sequence"] == "webinar-relationship-911" and enrollment["status"] == "active"
+    assert [s["id"] for s in enrollment["steps"]][:2] == ["registered", "day-before"]
+    assert enrollment["steps"][0]["status"] == "sent" and enrollment["steps"][1]["status"] == "pending"
+    missing = funnel("contacts", "show", "nobody@example.test")
+    assert missing.code == 1
+    assert "no contact" in missing.err
+    plain = funnel("contacts", "show", "ana@example.test")
+    assert "webinar-relationship-911" in plain.out
+
+
+def test_unsubscribe_and_resubscribe_by_hand(project: Project, funnel) -> None:
+    project.write(
+        "signups/webinar-registrations.csv", HEADER + "ana@example.test,Ana,,2027-01-14 19:00,America/Denver,\n"
+    )
+    funnel("run", "--now", NOW)
+    assert funnel("contacts", "unsubscribe", "ana@example.test", "--now", NOW).code == 0
+    assert funnel("contacts", "show", "ana@example.test", "--json").json()["unsubscribed"] is True
+    funnel("run", "--now", "2027-01-14T02:00:00Z")
+    assert ("ana@example.test", "webinar-relationship-911", "day-before") not in project.sent()
+    assert funnel("contacts", "resubscribe", "ana@example.test").code == 0
+    data = funnel("contacts", "show", "ana@example.test", "--json").json()
+    assert data["unsubscribed"] is False and data["suppressed"] is False
+
+
+def test_export_and_forget(project: Project, funnel) -> None:
+    csv_text = HEADER + "ana@example.test,Ana,Reyes,2027-01-14 19:00,America/Denver,\n"
+    project.write("signups/webinar-registrations.csv", csv_text)
+    funnel("run", "--now", NOW)
+    exported = funnel("contacts", "export", "ana@example.test")
+    assert exported.code == 0
+    data = json.loads(exported.out)
+    assert data["email"] == "ana@example.test" and data["consent"]["source"] == "webinar-registrations"
+    assert data["tag_details"][0]["tag"] == "webinar-registered"
+    assert funnel("contacts", "forget", "ana@example.test", "--now", NOW).code == 0
+    for stored in project.root.glob("funnel.db*"):  # the database, its WAL, its lock file
+        data = stored.read_bytes()
+        assert b"ana@example.test" not in data and b"Reyes" not in data, stored.name
+    assert funnel("contacts", "show", "ana@example.test").code == 1
+    # an old CSV row cannot bring her back: the file changes, she is read again, and stays out
+    project.write("signups/webinar-registrations.csv", csv_text + "\n")
+    result = funnel("run", "--now", "2027-01-14T02:00:00Z", "--json")
+    assert result.json()["sent"] == 0 and result.json()["enrolled"] == 0
+    assert funnel("contacts", "show", "ana@example.test").code == 1
+    report = funnel("report", "--json").json()
+    assert report["sequences"][0]["steps"][0]["sent"] == 1  # the figures stay
+
+
+def test_report_json_shape(project: Project, funnel) -> None:
+    project.write(
+        "signups/webinar-registrations.csv", HEADER + "ana@example.test,Ana,,2027-01-14 19:00,America/Denver,\n"
+    )
+    funnel("run", "--now", NOW)
+    data = funnel("report", "--json").json()
+    sequence = data["sequences"][0]
+    for key in ("id", "enrolled", "active", "finished", "exited", "steps"):
+        assert key in sequence
+    for key in ("id", "sent", "delivered", "opened", "clicked", "bounced", "unsubscribed", "failed", "skipped"):
+        assert key in sequence["steps"][0]
+    text = funnel("report")
+    assert text.code == 0 and "registered" in text.out
+
+
+def test_cron_run_is_quiet_when_all_is_well(project: Project, funnel_process) -> None:
+    project.write(
+        "signups/webinar-registrations.csv", HEADER + "ana@example.test,Ana,,2027-01-14 19:00,America/Denver,\n"
+    )
+    result = funnel_process("run", "--now", NOW)
+    assert result.returncode == 0
+    assert result.stdout == "" and result.stderr == ""
+    verbose = funnel_process("run", "--now", NOW, "--verbose")
+    assert re.search(r"sent 0", verbose.stdout)
