@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from funnel.config import Config, Sequence, Step
 from funnel.models import Contact, Enrollment, Run, StepRun
@@ -34,7 +34,7 @@ def _old_sequence(steps: list[dict[str, Any]]) -> Sequence:
 def plan_changes(config: Config, engine: Engine, now: datetime) -> dict[str, Any]:
     with Session(engine) as session:
         last = session.scalars(
-            select(Run).where(Run.finished_at.is_not(None)).order_by(Run.id.desc()).limit(1)  # type: ignore[union-attr]
+            select(Run).where(col(Run.finished_at).is_not(None)).order_by(col(Run.id).desc()).limit(1)
         ).first()
         if last is None:
             return {"since_run": None, "steps": []}
@@ -68,12 +68,12 @@ def _effects(
     new_seq = config.sequences.get(sid)
     effects: dict[str, list[dict[str, str]]] = {}
     query = (
-        select(Enrollment, Contact.email, Contact.timezone)
-        .join(Contact, Contact.id == Enrollment.contact_id)  # type: ignore[arg-type]
-        .where(Enrollment.sequence == sid, Enrollment.status == "active")
+        select(Enrollment, col(Contact.email), col(Contact.timezone))
+        .join(Contact, col(Contact.id) == col(Enrollment.contact_id))
+        .where(col(Enrollment.sequence) == sid, col(Enrollment.status) == "active")
     )
     for enrollment, email, tz_name in session.execute(query):
-        done = set(session.scalars(select(StepRun.step_id).where(StepRun.enrollment_id == enrollment.id)))
+        done = set(session.scalars(select(col(StepRun.step_id)).where(col(StepRun.enrollment_id) == enrollment.id)))
         tz = zone(tz_name or config.practice.timezone)
         old_due = due_times(old_seq, enrollment.enrolled_at, enrollment.webinar_start, tz) if old_seq else {}
         new_due = due_times(new_seq, enrollment.enrolled_at, enrollment.webinar_start, tz) if new_seq else {}

@@ -368,7 +368,7 @@ def import_(config_path: Path | None, debug: bool, now: datetime, as_json: bool,
     engine = _engine(config)
     read, result = services.import_file(config, engine, source, file, now)
     rejected = [p for p in read.problems if not p.warning]
-    summary = {
+    summary: dict[str, Any] = {
         "imported": result.imported,
         "created": result.created,
         "rejected": len(rejected),
@@ -498,7 +498,6 @@ def contacts_forget(config_path: Path | None, debug: bool, now: datetime, email:
     Example: funnel contacts forget ana@example.com
     """
     from funnel.contacts import forget
-
     from funnel.db import flush_to_disk
 
     _with_contact(config_path, email, lambda s, c, contact: forget(s, contact, now))

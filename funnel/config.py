@@ -266,6 +266,12 @@ class Config(_Model):
     # set by `load_config`, not by the YAML
     path: Path = Field(default=Path("sequences.yaml"), exclude=True)
     fingerprint: str = Field(default="", exclude=True)
+    #: line of each key and list item of the YAML, by path (for errors found later, e.g. in subjects)
+    source_lines: dict[str, int] = Field(default_factory=dict, exclude=True)
+
+    def line_of(self, *path: Any) -> int | None:
+        """The YAML line of `path` (e.g. "sequences", "consultation", "steps", 0, "subject")."""
+        return self.source_lines.get("/".join(str(p) for p in path))
 
     @property
     def folder(self) -> Path:
@@ -335,7 +341,13 @@ def load_config(explicit: str | os.PathLike[str] | None = None, *, check_files: 
         errors = [e for e in errors if not (e["type"] == "too_short" and _has_inner(e, inner))]
         problems.extend(f"{path.name}:{lines.line_for(err['loc'])}: {_describe(err)}" for err in errors)
     if config is not None:
-        config = config.model_copy(update={"path": path, "fingerprint": hashlib.sha256(text.encode()).hexdigest()})
+        config = config.model_copy(
+            update={
+                "path": path,
+                "fingerprint": hashlib.sha256(text.encode()).hexdigest(),
+                "source_lines": lines.flat(),
+            }
+        )
         problems.extend(f"{path.name}:{line}: {msg}" for line, msg in _cross_check(config, lines, check_files))
     if problems:
         raise ConfigError(problems[0], problems)
@@ -389,6 +401,9 @@ class _LineMap:
                 items.append(self.record(value, (*where, index)))
             return items
         return node
+
+    def flat(self) -> dict[str, int]:
+        return {"/".join(str(p) for p in path): line for path, line in self._lines.items() if path}
 
     def line_for(self, loc: tuple[Any, ...]) -> int:
         """The line of `loc`, or of its nearest ancestor that has one."""

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, select, update
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from funnel.config import Config
 from funnel.errors import NotFoundError, UsageError
@@ -29,7 +29,7 @@ def find_contact(session: Session, address: str) -> Contact:
         normalized = normalize_email(address)
     except ValueError as exc:
         raise UsageError(f"{address!r} is not a valid email address ({exc})") from None
-    contact = session.scalars(select(Contact).where(Contact.email_hash == email_hash(normalized))).first()
+    contact = session.scalars(select(Contact).where(col(Contact.email_hash) == email_hash(normalized))).first()
     if contact is None or contact.erased_at is not None:
         raise NotFoundError(f"no contact with the address {address}")
     return contact
@@ -56,13 +56,13 @@ def resubscribe(session: Session, contact: Contact, now: datetime) -> bool:
 def forget(session: Session, contact: Contact, now: datetime) -> None:
     """Erase personal data; keep only the hash that stops mail to the address."""
     contact_id = contact.id
-    session.execute(delete(Tag).where(Tag.contact_id == contact_id))
+    session.execute(delete(Tag).where(col(Tag.contact_id) == contact_id))
     session.execute(
         update(Enrollment)
-        .where(Enrollment.contact_id == contact_id, Enrollment.status == "active")
+        .where(col(Enrollment.contact_id) == contact_id, col(Enrollment.status) == "active")
         .values(status="exited", end_reason="erased", ended_at=now, next_due_at=None)
     )
-    session.execute(update(Enrollment).where(Enrollment.contact_id == contact_id).values(webinar_start=None))
+    session.execute(update(Enrollment).where(col(Enrollment.contact_id) == contact_id).values(webinar_start=None))
     contact.email = contact.first_name = contact.last_name = contact.timezone = None
     contact.fields = {}
     contact.discreet = False
@@ -74,15 +74,15 @@ def forget(session: Session, contact: Contact, now: datetime) -> None:
 
 def describe(session: Session, config: Config, contact: Contact) -> dict[str, Any]:
     """Everything `contacts show --json` prints (and `export` adds to)."""
-    tags = session.execute(select(Tag.tag, Tag.source, Tag.added_at).where(Tag.contact_id == contact.id)).all()
+    tags = session.execute(
+        select(col(Tag.tag), col(Tag.source), col(Tag.added_at)).where(col(Tag.contact_id) == contact.id)
+    ).all()
     enrollments = list(
-        session.scalars(select(Enrollment).where(Enrollment.contact_id == contact.id).order_by(Enrollment.id))  # type: ignore[arg-type]
+        session.scalars(select(Enrollment).where(col(Enrollment.contact_id) == contact.id).order_by(col(Enrollment.id)))
     )
     rows: dict[int, dict[str, StepRun]] = {}
     if enrollments:
-        for row in session.scalars(
-            select(StepRun).where(StepRun.enrollment_id.in_([e.id for e in enrollments]))  # type: ignore[attr-defined]
-        ):
+        for row in session.scalars(select(StepRun).where(col(StepRun.enrollment_id).in_([e.id for e in enrollments]))):
             rows.setdefault(row.enrollment_id, {})[row.step_id] = row
     tz_name = contact.timezone or config.practice.timezone
     return {
@@ -153,7 +153,9 @@ def _step(step_id: str, row: StepRun | None, due: datetime | None, enrollment: E
 def export(session: Session, config: Config, contact: Contact) -> dict[str, Any]:
     """Everything held about a person (GDPR access request), as JSON-able data."""
     data = describe(session, config, contact)
-    tags = session.execute(select(Tag.tag, Tag.source, Tag.added_at).where(Tag.contact_id == contact.id)).all()
+    tags = session.execute(
+        select(col(Tag.tag), col(Tag.source), col(Tag.added_at)).where(col(Tag.contact_id) == contact.id)
+    ).all()
     data["tag_details"] = [{"tag": t.tag, "source": t.source, "added_at": _iso(t.added_at)} for t in tags]
     data["consent"] = {"source": contact.first_source, "first_seen_at": _iso(contact.created_at)}
     data["unsubscribed_via"] = contact.unsubscribed_via

@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import Table, and_, delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from funnel.config import Config, Source
 from funnel.models import Contact, Enrollment, StepRun, Tag
@@ -150,21 +150,21 @@ def _merge(older: SignupRow, newer: SignupRow) -> SignupRow:
 def _existing(session: Session, hashes: list[str]) -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
     columns = (
-        Contact.id,
-        Contact.email_hash,
-        Contact.email,
-        Contact.first_name,
-        Contact.last_name,
-        Contact.timezone,
-        Contact.discreet,
-        Contact.fields,
-        Contact.erased_at,
-        Contact.unsubscribed_at,
-        Contact.suppressed_reason,
+        col(Contact.id),
+        col(Contact.email_hash),
+        col(Contact.email),
+        col(Contact.first_name),
+        col(Contact.last_name),
+        col(Contact.timezone),
+        col(Contact.discreet),
+        col(Contact.fields),
+        col(Contact.erased_at),
+        col(Contact.unsubscribed_at),
+        col(Contact.suppressed_reason),
     )
     for start in range(0, len(hashes), _BATCH):
         chunk = hashes[start : start + _BATCH]
-        for record in session.execute(select(*columns).where(Contact.email_hash.in_(chunk))):  # type: ignore[attr-defined]
+        for record in session.execute(select(*columns).where(col(Contact.email_hash).in_(chunk))):
             found[record.email_hash] = dict(record._mapping)
     return found
 
@@ -224,9 +224,9 @@ def _enroll(
     existing: dict[int, tuple[int, str, datetime | None]] = {}
     for start in range(0, len(ids), _BATCH):
         chunk = ids[start : start + _BATCH]
-        query = select(Enrollment.contact_id, Enrollment.id, Enrollment.status, Enrollment.webinar_start).where(
-            and_(Enrollment.sequence == sequence, Enrollment.contact_id.in_(chunk))  # type: ignore[attr-defined]
-        )
+        query = select(
+            col(Enrollment.contact_id), col(Enrollment.id), col(Enrollment.status), col(Enrollment.webinar_start)
+        ).where(and_(col(Enrollment.sequence) == sequence, col(Enrollment.contact_id).in_(chunk)))
         for contact_id, enrollment_id, status, start_at in session.execute(query):
             existing[contact_id] = (enrollment_id, status, start_at)
     new = [
@@ -272,7 +272,7 @@ def reschedule(
     values: dict[str, Any] = {"webinar_start": start, "next_due_at": now}
     if webinar:
         values["webinar"] = webinar
-    session.execute(update(Enrollment).where(Enrollment.id == enrollment_id).values(**values))
+    session.execute(update(Enrollment).where(col(Enrollment.id) == enrollment_id).values(**values))
     webinar_steps = (
         [s.id for s in config.sequences[sequence].steps if s.webinar is not None]
         if sequence in config.sequences
@@ -282,9 +282,9 @@ def reschedule(
         session.execute(
             delete(StepRun).where(
                 and_(
-                    StepRun.enrollment_id == enrollment_id,
-                    StepRun.status == "skipped",
-                    StepRun.step_id.in_(webinar_steps),  # type: ignore[attr-defined]
+                    col(StepRun.enrollment_id) == enrollment_id,
+                    col(StepRun.status) == "skipped",
+                    col(StepRun.step_id).in_(webinar_steps),
                 )
             )
         )

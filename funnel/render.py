@@ -157,9 +157,18 @@ class Renderer:
                 self._subjects[(sid, step.id, discreet)] = self._text_env.from_string(source)
             except TemplateSyntaxError as exc:
                 raise TemplateError(
-                    f"{self.config.path.name}: subject of step {step.id!r} in {sid}: {exc.message}: "
-                    "check the {{ }} braces"
+                    f"{self._subject_where(sid, step, discreet)}: {exc.message}: check the {{{{ }}}} braces"
                 ) from None
+
+    def _subject_where(self, sid: str, step: Step, discreet: bool) -> str:
+        """`sequences.yaml:LINE: subject of step X in Y`, for errors in a subject."""
+        sequence = self.config.sequences[sid]
+        index = next(i for i, s in enumerate(sequence.steps) if s.id == step.id)
+        key = "discreet_subject" if discreet and step.discreet_subject else "subject"
+        line = self.config.line_of("sequences", sid, "steps", index, key)
+        if discreet and not step.discreet_subject:
+            line, key = self.config.line_of("practice", "discreet_subject"), "practice.discreet_subject"
+        return f"{self.config.path.name}:{line or 1}: {key} of step {step.id!r} in {sid}"
 
     def subject_source(self, step: Step, discreet: bool) -> str:
         if discreet:
@@ -190,7 +199,9 @@ class Renderer:
         }
         kind, body = self._bodies[(sequence_id, step.id)]
         subject_template = self._subjects[(sequence_id, step.id, discreet)]
-        subject = " ".join(self._run(subject_template, context, f"subject of {step.id}").split())
+        subject = " ".join(
+            self._run(subject_template, context, self._subject_where(sequence_id, step, discreet)).split()
+        )
         context["subject"] = subject
         if kind == "md":
             source = self._run(body, context, step.template)
@@ -219,14 +230,15 @@ class Renderer:
         try:
             return template.render(context)
         except JinjaTemplateError as exc:
-            line = _template_line(exc, template)
-            where = f"{self.config.templates_dir}/{name}" if not name.startswith("subject") else name
             hint = (
                 "define it, or guard it with {% if ... is defined %}"
                 if isinstance(exc, UndefinedError)
                 else "fix the expression"
             )
-            raise TemplateError(f"{where}:{line}: {exc.message or exc}: {hint}") from None
+            if template.name is None:  # a subject: `name` already says file, line and step
+                raise TemplateError(f"{name}: {exc.message or exc}: {hint}") from None
+            line = _template_line(exc, template)
+            raise TemplateError(f"{self.config.templates_dir}/{name}:{line}: {exc.message or exc}: {hint}") from None
 
 
 def _fix_autolinks(tokens: list[Token], md: MarkdownIt) -> list[Token]:

@@ -33,7 +33,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import and_, func, select, update
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from funnel import schedule
 from funnel.config import Config, Sequence, Step
@@ -203,15 +203,15 @@ class Runner:
         """Claims left by a dead run: their request may or may not have gone out."""
         assert self.run_row is not None
         stale = self.session.execute(
-            select(StepRun.id, StepRun.sequence, StepRun.step_id).where(
-                and_(StepRun.status == "sending", StepRun.run_id != self.run_row.id)
+            select(col(StepRun.id), col(StepRun.sequence), col(StepRun.step_id)).where(
+                and_(col(StepRun.status) == "sending", col(StepRun.run_id) != self.run_row.id)
             )
         ).all()
         if not stale:
             return
         self.session.execute(
             update(StepRun)
-            .where(StepRun.id.in_([row.id for row in stale]))  # type: ignore[union-attr]
+            .where(col(StepRun.id).in_([row.id for row in stale]))
             .values(status="unknown", reason=UNKNOWN_REASON, retryable=False)
         )
         for row in stale:
@@ -256,7 +256,7 @@ class Runner:
             if stored is None:
                 insert_ignore(
                     self.session,
-                    SourceFile.__table__,  # type: ignore[attr-defined]
+                    SourceFile.__table__,  # type: ignore[attr-defined]  # SQLModel does not declare __table__ for mypy
                     [{"source": name, "path": str(path), "size": 0, "sha256": "", "lines": 0, "read_at": self.now}],
                     ("source",),
                 )
@@ -301,7 +301,7 @@ class Runner:
         stored = self.session.get(Setting, "config_fingerprint")
         if stored is not None and stored.value == self.config.fingerprint:
             return
-        self.session.execute(update(Enrollment).where(Enrollment.status == "active").values(next_due_at=self.now))
+        self.session.execute(update(Enrollment).where(col(Enrollment.status) == "active").values(next_due_at=self.now))
         self.checkpoint()
 
     # ----------------------------------------------------------------- due work
@@ -310,7 +310,9 @@ class Runner:
         # room for two pages in flight: the next page is prepared while this one sends
         dispatcher = Dispatcher(self.transport, max_attempts=self.config.delivery.max_attempts, in_flight=2 * PAGE)
         total = self.session.execute(
-            select(func.count()).where(and_(Enrollment.status == "active", Enrollment.next_due_at <= self.now))
+            select(func.count()).where(
+                and_(col(Enrollment.status) == "active", col(Enrollment.next_due_at) <= self.now)
+            )
         ).scalar_one()
         done = 0
         last_id = 0
@@ -321,12 +323,12 @@ class Runner:
                         select(Enrollment)
                         .where(
                             and_(
-                                Enrollment.status == "active",
-                                Enrollment.next_due_at <= self.now,
-                                Enrollment.id > last_id,  # type: ignore[operator]
+                                col(Enrollment.status) == "active",
+                                col(Enrollment.next_due_at) <= self.now,
+                                col(Enrollment.id) > last_id,
                             )
                         )
-                        .order_by(Enrollment.id)  # type: ignore[arg-type]
+                        .order_by(col(Enrollment.id))
                         .limit(PAGE)
                     )
                 )
@@ -354,19 +356,14 @@ class Runner:
 
     def _decide_page(self, page: list[Enrollment]) -> list[Job]:
         contact_ids = sorted({e.contact_id for e in page})
-        contacts = {
-            c.id: c
-            for c in self.session.scalars(select(Contact).where(Contact.id.in_(contact_ids)))  # type: ignore[union-attr]
-        }
+        contacts = {c.id: c for c in self.session.scalars(select(Contact).where(col(Contact.id).in_(contact_ids)))}
         tags: dict[int, set[str]] = defaultdict(set)
         for contact_id, tag in self.session.execute(
-            select(Tag.contact_id, Tag.tag).where(Tag.contact_id.in_(contact_ids))  # type: ignore[attr-defined]
+            select(col(Tag.contact_id), col(Tag.tag)).where(col(Tag.contact_id).in_(contact_ids))
         ):
             tags[contact_id].add(tag)
         recorded: dict[int, dict[str, StepRun]] = defaultdict(dict)
-        for row in self.session.scalars(
-            select(StepRun).where(StepRun.enrollment_id.in_([e.id for e in page]))  # type: ignore[attr-defined]
-        ):
+        for row in self.session.scalars(select(StepRun).where(col(StepRun.enrollment_id).in_([e.id for e in page]))):
             recorded[row.enrollment_id][row.step_id] = row
         by_contact: dict[int, list[Enrollment]] = defaultdict(list)
         for enrollment in page:
@@ -438,7 +435,7 @@ class Runner:
             # insert-or-ignore: a concurrent worker may have decided the same step
             insert_ignore(
                 self.session,
-                StepRun.__table__,  # type: ignore[attr-defined]
+                StepRun.__table__,  # type: ignore[attr-defined]  # SQLModel does not declare __table__ for mypy
                 [
                     {
                         "enrollment_id": enrollment.id,
@@ -488,14 +485,16 @@ class Runner:
             }
             for c in fresh
         ]
-        table = StepRun.__table__  # type: ignore[attr-defined]
+        table = StepRun.__table__  # type: ignore[attr-defined]  # SQLModel does not declare __table__ for mypy
         for start in range(0, len(values), 200):
             insert_ignore(self.session, table, values[start : start + 200], ("enrollment_id", "step_id"))
         taken: dict[str, StepRun] = {}
         wanted = list(send_ids.values())
         for start in range(0, len(wanted), 500):
-            for row in self.session.scalars(select(StepRun).where(StepRun.send_id.in_(wanted[start : start + 500]))):  # type: ignore[union-attr]
-                taken[row.send_id or ""] = row
+            for found in self.session.scalars(
+                select(StepRun).where(col(StepRun.send_id).in_(wanted[start : start + 500]))
+            ):
+                taken[found.send_id or ""] = found
         jobs: list[Job] = []
         for claim in claims:
             row = taken.get(send_ids[id(claim)]) if claim.row is None else self._retake(claim.row)
@@ -513,10 +512,10 @@ class Runner:
         assert self.run_row is not None
         claimed = self.session.execute(
             update(StepRun)
-            .where(and_(StepRun.id == row.id, StepRun.status == "failed", StepRun.retryable.is_(True)))  # type: ignore[attr-defined]
+            .where(and_(col(StepRun.id) == row.id, col(StepRun.status) == "failed", col(StepRun.retryable).is_(True)))
             .values(status="sending", run_id=self.run_row.id, send_id=uuid.uuid4().hex, decided_at=self.now)
         )
-        if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        if claimed.rowcount != 1:  # type: ignore[attr-defined]  # execute() is typed Result; an UPDATE gives CursorResult
             return None
         self.session.refresh(row)
         return row
@@ -628,7 +627,7 @@ class Runner:
             return
         insert_ignore(
             self.session,
-            Enrollment.__table__,  # type: ignore[attr-defined]
+            Enrollment.__table__,  # type: ignore[attr-defined]  # SQLModel does not declare __table__ for mypy
             [
                 {
                     "contact_id": enrollment.contact_id,

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import and_, func, select
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from funnel import schedule
 from funnel.config import Config
@@ -82,7 +82,7 @@ def preview(
     with Session(engine) as session:
         contact = find_contact(session, address)
         enrollment = session.scalars(
-            select(Enrollment).where(Enrollment.contact_id == contact.id, Enrollment.sequence == sequence_id)
+            select(Enrollment).where(col(Enrollment.contact_id) == contact.id, col(Enrollment.sequence) == sequence_id)
         ).first()
         tz = zone(contact.timezone or config.practice.timezone)
         webinar = None
@@ -139,10 +139,12 @@ def plan(config: Config, engine: Engine, now: datetime, days: int) -> list[dict[
                 session.scalars(
                     select(Contact)
                     .where(
-                        Contact.id > last_id,
-                        Contact.id.in_(select(Enrollment.contact_id).where(Enrollment.status == "active")),
-                    )  # type: ignore[operator,union-attr]
-                    .order_by(Contact.id)  # type: ignore[arg-type]
+                        col(Contact.id) > last_id,
+                        col(Contact.id).in_(
+                            select(col(Enrollment.contact_id)).where(col(Enrollment.status) == "active")
+                        ),
+                    )
+                    .order_by(col(Contact.id))
                     .limit(500)
                 )
             )
@@ -159,16 +161,18 @@ def _plan_page(
 ) -> list[dict[str, Any]]:
     ids = [c.id for c in contacts]
     tags: dict[int, set[str]] = defaultdict(set)
-    for contact_id, tag in session.execute(select(Tag.contact_id, Tag.tag).where(Tag.contact_id.in_(ids))):  # type: ignore[attr-defined]
+    for contact_id, tag in session.execute(
+        select(col(Tag.contact_id), col(Tag.tag)).where(col(Tag.contact_id).in_(ids))
+    ):
         tags[contact_id].add(tag)
     enrollments: dict[int, list[Enrollment]] = defaultdict(list)
     for enrollment in session.scalars(
-        select(Enrollment).where(and_(Enrollment.contact_id.in_(ids), Enrollment.status == "active"))  # type: ignore[attr-defined]
+        select(Enrollment).where(and_(col(Enrollment.contact_id).in_(ids), col(Enrollment.status) == "active"))
     ):
         enrollments[enrollment.contact_id].append(enrollment)
     rows: dict[int, dict[str, schedule.Recorded]] = defaultdict(dict)
     all_ids = [e.id for group in enrollments.values() for e in group]
-    for row in session.scalars(select(StepRun).where(StepRun.enrollment_id.in_(all_ids))):  # type: ignore[attr-defined]
+    for row in session.scalars(select(StepRun).where(col(StepRun.enrollment_id).in_(all_ids))):
         rows[row.enrollment_id][row.step_id] = schedule.Recorded(row.status, row.retryable, row.reason)
     out = []
     for contact in contacts:
@@ -204,24 +208,24 @@ def report(config: Config, engine: Engine, since: datetime | None) -> dict[str, 
     """Per sequence and step: what happened (events arrive with the webhook issue)."""
     with Session(engine) as session:
         enrollment_counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        query = select(Enrollment.sequence, Enrollment.status, func.count()).group_by(
-            Enrollment.sequence, Enrollment.status
+        query = select(col(Enrollment.sequence), col(Enrollment.status), func.count()).group_by(
+            col(Enrollment.sequence), col(Enrollment.status)
         )
         if since:
-            query = query.where(Enrollment.enrolled_at >= since)
+            query = query.where(col(Enrollment.enrolled_at) >= since)
         for sequence, status, count in session.execute(query):
             enrollment_counts[sequence][status] += count
         step_counts: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        query2 = select(StepRun.sequence, StepRun.step_id, StepRun.status, func.count()).group_by(
-            StepRun.sequence, StepRun.step_id, StepRun.status
+        query2 = select(col(StepRun.sequence), col(StepRun.step_id), col(StepRun.status), func.count()).group_by(
+            col(StepRun.sequence), col(StepRun.step_id), col(StepRun.status)
         )
         if since:
-            query2 = query2.where(StepRun.decided_at >= since)
+            query2 = query2.where(col(StepRun.decided_at) >= since)
         for sequence, step_id, status, count in session.execute(query2):
             key = "unknown" if status == "sending" else status
             step_counts[(sequence, step_id)][key] += count
-        last_run = session.scalars(select(Run).order_by(Run.id.desc()).limit(1)).first()  # type: ignore[union-attr]
-    sequences = []
+        last_run = session.scalars(select(Run).order_by(col(Run.id).desc()).limit(1)).first()
+    sequences: list[dict[str, Any]] = []
     for sid, sequence in config.sequences.items():
         counts = enrollment_counts.get(sid, {})
         steps = []
@@ -267,7 +271,7 @@ def suppressions_sync(config: Config, engine: Engine, now: datetime) -> dict[str
                 counts["unreadable"] += 1
                 continue
             digest = email_hash(normalized)
-            contact = session.scalars(select(Contact).where(Contact.email_hash == digest)).first()
+            contact = session.scalars(select(Contact).where(col(Contact.email_hash) == digest)).first()
             if contact is None:
                 # keep only the hash: enough to refuse a later import, nothing personal
                 session.add(

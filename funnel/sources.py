@@ -123,6 +123,14 @@ def read_source_file(
         raise SourceError(f"{path}:{line}: the file is not UTF-8 text: export it again as CSV UTF-8") from None
     tail = text[len(head) :]
     result = FileRead()
+    if source.format == "csv":  # a csv's header is known up front, even with no rows yet
+        try:
+            header = next(csv.reader(io.StringIO(text)), [])
+        except csv.Error:
+            header = []  # reported with its line by _csv_rows below
+        if any(h.strip() for h in header):
+            where = {k.strip().lower(): v for k, v in source.where.items()}
+            _require_columns(name, source, path, {h.strip().lower(): h for h in header}, where)
     raw = _csv_rows(path, text, tail, first_line) if source.format == "csv" else _jsonl_rows(tail, first_line)
     _map_rows(name, source, path, raw, practice_tz, result)
     result.fingerprint = Fingerprint(current.size, current.sha256, text.count("\n") + (0 if text.endswith("\n") else 1))

@@ -325,3 +325,61 @@ def test_live_sandbox_send(project: Project, funnel) -> None:  # pragma: no cove
     result = funnel("run", "--now", NOW, "--json", env={"FUNNEL_TRANSPORT": "sendgrid", "SENDGRID_API_KEY": key})
     assert result.code == 0, result.err
     assert result.json()["sent"] == 1
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+def test_two_runs_at_once_on_postgresql_send_each_email_once(project: Project, fake, postgres_url: str) -> None:
+    addresses = registrations(project, 40)
+    fake.delay(0.05)
+    env = {**os.environ, **sendgrid_env(fake), "FUNNEL_DATABASE_URL": postgres_url}
+    command = [sys.executable, "-m", "funnel", "run", "--now", NOW, "--json"]
+    procs = [
+        subprocess.Popen(command, cwd=project.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes in ([0, 0], [0, 75]), outputs
+    assert [fake.sent_to(a) for a in addresses] == [1] * 40
+
+
+def test_the_database_alone_prevents_double_sends_on_postgresql(project: Project, fake, postgres_url: str) -> None:
+    addresses = registrations(project, 80)
+    fake.delay(0.01)
+    config = load_config(project.root / "sequences.yaml")
+    engine = make_engine(postgres_url)
+    now = parse_instant(NOW)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            Runner(config, engine, SendGridTransport("SG.test-key", host=fake.url, concurrency=4), now).run()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    engine.dispose()
+    assert not errors, errors
+    assert [fake.sent_to(a) for a in addresses] == [1] * 80
+
+
+def test_the_run_lock_on_postgresql_is_an_advisory_lock(project: Project, funnel_process, postgres_url: str) -> None:
+    import psycopg
+
+    from funnel.db import _PG_LOCK_KEY
+
+    registrations(project, 1)
+    env = {"FUNNEL_DATABASE_URL": postgres_url}
+    assert funnel_process("run", "--now", NOW, env=env).returncode == 0
+    plain_url = postgres_url.replace("+psycopg", "")
+    with psycopg.connect(plain_url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (_PG_LOCK_KEY,))
+        locked = funnel_process("run", "--now", NOW, env=env)
+    assert locked.returncode == 75
+    assert funnel_process("run", "--now", NOW, env=env).returncode == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -529,3 +530,24 @@ def test_check_uses_fields_the_sources_map(tmp_path: Path) -> None:
     config = project(tmp_path, templates={"reminder.md": "From {{ contact.fields.city }}.\n"})
     assert check(config, NOW) == []
     assert sample_unsubscribe_url(config) == "https://mail.practice.test/u/sample-token"
+
+
+def test_a_mistake_in_a_subject_names_the_yaml_line(tmp_path: Path) -> None:
+    from funnel.config import load_config
+    from funnel.errors import TemplateError
+    from funnel.render import Renderer
+
+    shutil.copytree(REPO / "email_templates", tmp_path / "email_templates")
+    text = (REPO / "sequences.yaml").read_text()
+    text = text.replace('subject: "We received your message"', 'subject: "We received {{ contact.nickname }}"')
+    (tmp_path / "sequences.yaml").write_text(text)
+    line = next(i for i, row in enumerate(text.splitlines(), 1) if "contact.nickname" in row)
+    config = load_config(tmp_path / "sequences.yaml")
+    from funnel.preview import check
+
+    problems = check(config, datetime(2027, 1, 1, tzinfo=UTC))
+    assert any(p.startswith(f"sequences.yaml:{line}: subject of step 'received'") for p in problems), problems
+    broken = text.replace("{{ contact.nickname }}", "{{ contact.first_name")
+    (tmp_path / "sequences.yaml").write_text(broken)
+    with pytest.raises(TemplateError, match=rf"^sequences.yaml:{line}: subject of step 'received'"):
+        Renderer(load_config(tmp_path / "sequences.yaml"))

@@ -607,3 +607,15 @@ def test_file_without_final_newline_is_reread_when_it_grows(tmp_path: Path) -> N
     second = read(path, source, previous=first.fingerprint)
     assert emails(second) == ["ann@example.test", "bob@example.test"]
     assert second.rows[0].first_name == "Ann"
+
+
+def test_a_header_only_csv_without_the_email_column_is_reported(tmp_path: Path) -> None:
+    from funnel.config import Source
+    from funnel.errors import SourceError
+    from funnel.sources import read_source_file
+
+    path = tmp_path / "export.csv"
+    path.write_text("Mail,Name\n")
+    source = Source(format="csv", path="export.csv", columns={"email": "Email"})
+    with pytest.raises(SourceError, match=r"no column 'Email' .*columns found: Mail, Name"):
+        read_source_file("signups", source, path, ZoneInfo("UTC"), None)
