@@ -24,6 +24,8 @@ from funnel.errors import ConfigError, LockedError
 
 #: advisory-lock key for PostgreSQL: crc32("funnel run")
 _PG_LOCK_KEY = 0x2F5A_7C31
+#: advisory-lock key held while creating the schema
+_PG_SCHEMA_LOCK_KEY = 0x2F5A_7C32
 
 
 def database_url(config_folder: Path) -> str:
@@ -54,7 +56,13 @@ def make_engine(url: str) -> Engine:
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     try:
-        SQLModel.metadata.create_all(engine)
+        if engine.dialect.name == "postgresql":
+            # several workers starting at once on a new database must not race to create tables
+            with engine.begin() as conn:
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_SCHEMA_LOCK_KEY})
+                SQLModel.metadata.create_all(conn)
+        else:
+            SQLModel.metadata.create_all(engine)
     except Exception as exc:
         raise ConfigError(
             f"cannot open the database {parsed.render_as_string(hide_password=True)} ({exc.__class__.__name__}): "
@@ -72,6 +80,29 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # erased people must really be gone from the file, not left in free pages
     cursor.execute("PRAGMA secure_delete=ON")
     cursor.close()
+
+
+def put_setting(session: Session, key: str, value: str) -> None:
+    """Insert or replace one setting; safe when several runs write it at once."""
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    builder = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    statement = builder(models.Setting).values(key=key, value=value)
+    session.execute(statement.on_conflict_do_update(index_elements=["key"], set_={"value": value}))
+
+
+def get_or_put_setting(session: Session, key: str, value: str) -> str:
+    """The stored value of `key`, storing `value` first if there is none (first writer wins)."""
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    builder = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    session.execute(builder(models.Setting).values(key=key, value=value).on_conflict_do_nothing(index_elements=["key"]))
+    session.commit()
+    stored = session.get(models.Setting, key)
+    assert stored is not None
+    return stored.value
 
 
 @contextmanager

@@ -37,6 +37,7 @@ from sqlmodel import Session, col
 
 from funnel import schedule
 from funnel.config import Config, Sequence, Step
+from funnel.db import put_setting
 from funnel.deliver import Dispatcher, Job, Outcome
 from funnel.errors import SourceError, TemplateError
 from funnel.ingest import IngestResult, apply_rows, insert_ignore
@@ -653,12 +654,7 @@ class Runner:
         self.run_row.finished_at = datetime.now(UTC)
         self.run_row.summary = dict(counts)
         self.run_row.config_timing = self.config.timing_snapshot()
-        for key, value in (("config_fingerprint", self.config.fingerprint),):
-            setting = self.session.get(Setting, key)
-            if setting is None:
-                self.session.add(Setting(key=key, value=value))
-            else:
-                setting.value = value
+        put_setting(self.session, "config_fingerprint", self.config.fingerprint)
         self.checkpoint()
 
 

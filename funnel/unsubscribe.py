@@ -14,7 +14,7 @@ import secrets
 from itsdangerous import BadSignature, URLSafeSerializer
 from sqlmodel import Session
 
-from funnel.models import Setting
+from funnel.db import get_or_put_setting
 
 _SALT = "funnel-unsubscribe-v1"
 
@@ -24,12 +24,7 @@ def secret_key(session: Session) -> str:
     from_env = os.environ.get("FUNNEL_SECRET_KEY")
     if from_env:
         return from_env
-    stored = session.get(Setting, "secret_key")
-    if stored is None:
-        stored = Setting(key="secret_key", value=secrets.token_urlsafe(32))
-        session.add(stored)
-        session.commit()
-    return stored.value
+    return get_or_put_setting(session, "secret_key", secrets.token_urlsafe(32))
 
 
 class Tokens:
