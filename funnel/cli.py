@@ -226,6 +226,10 @@ def _print_summary(summary: Any, loud: bool) -> None:
         err.print(f"[yellow]{problem}[/]", markup=True) if loud else click.echo(problem, err=True)
     for warning in summary.warnings:
         click.echo(f"warning: {warning}", err=True)
+    if loud:  # under cron a source that has not arrived yet is no news
+        for name, source in summary.sources.items():
+            if source.get("status") == "missing":
+                click.echo(f"note: {source['path']} not found yet (source {name}); skipped", err=True)
     if not loud and summary.failed == 0:
         return
     out = _stdout()

@@ -352,6 +352,10 @@ def load_config(explicit: str | os.PathLike[str] | None = None, *, check_files: 
     if problems:
         raise ConfigError(problems[0], problems)
     assert config is not None
+    base_url = os.environ.get("FUNNEL_BASE_URL", "").strip()
+    if base_url:  # the environment wins over the YAML (where `funnel serve` is reachable)
+        practice = config.practice.model_copy(update={"base_url": base_url.rstrip("/")})
+        config = config.model_copy(update={"practice": practice})
     return config
 
 

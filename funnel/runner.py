@@ -544,10 +544,7 @@ class Runner:
     ) -> OutgoingEmail:
         """Render one claimed step into the frozen email a transport gets."""
         assert contact.email is not None and contact.id is not None
-        practice = self.config.practice
-        url = unsubscribe_url(
-            os.environ.get("FUNNEL_BASE_URL") or practice.base_url, self.tokens.make(contact.id, row.id)
-        )
+        url = unsubscribe_url(self.config.practice.base_url, self.tokens.make(contact.id, row.id))
         webinar = self._webinar(enrollment, self._zone(contact))
         rendered = self.renderer.render(
             enrollment.sequence,

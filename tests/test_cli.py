@@ -205,3 +205,14 @@ def test_cron_run_is_quiet_when_all_is_well(project: Project, funnel_process) ->
     assert result.stdout == "" and result.stderr == ""
     verbose = funnel_process("run", "--now", NOW, "--verbose")
     assert re.search(r"sent 0", verbose.stdout)
+
+
+def test_funnel_base_url_overrides_the_yaml_in_every_link(project: Project, funnel) -> None:
+    project.write("signups/webinar-registrations.csv", HEADER + "ana@example.test,Ana,,2027-01-14 19:00,America/Denver,\n")
+    env = {"FUNNEL_BASE_URL": "https://links.example.test/"}
+    assert funnel("run", "--now", NOW, env=env).code == 0
+    message = project.messages()[0]
+    assert message["List-Unsubscribe"].startswith("<https://links.example.test/u/")
+    preview = funnel("preview", "consultation", "received", "--out", "pv", env=env)
+    assert "https://links.example.test/u/" in (project.root / "pv" / "consultation--received.txt").read_text()
+    assert preview.code == 0
