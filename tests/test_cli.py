@@ -208,7 +208,9 @@ def test_cron_run_is_quiet_when_all_is_well(project: Project, funnel_process) ->
 
 
 def test_funnel_base_url_overrides_the_yaml_in_every_link(project: Project, funnel) -> None:
-    project.write("signups/webinar-registrations.csv", HEADER + "ana@example.test,Ana,,2027-01-14 19:00,America/Denver,\n")
+    project.write(
+        "signups/webinar-registrations.csv", HEADER + "ana@example.test,Ana,,2027-01-14 19:00,America/Denver,\n"
+    )
     env = {"FUNNEL_BASE_URL": "https://links.example.test/"}
     assert funnel("run", "--now", NOW, env=env).code == 0
     message = project.messages()[0]

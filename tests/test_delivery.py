@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from typing import Any
 
 import pytest
 from conftest import Project
@@ -49,6 +50,24 @@ def set_delivery(project: Project, **values: object) -> None:
         text = re.sub(rf"^  {key}: .*\n", "", text, flags=re.MULTILINE)
     lines = "".join(f"  {k}: {v}\n" for k, v in values.items())
     path.write_text(text.replace("delivery:\n", "delivery:\n" + lines, 1))
+
+
+def run_side_by_side(config: Any, engine: Any, fake: FakeSendGrid, now: Any, workers: int) -> list[BaseException]:
+    """Run `workers` runners at once on one database, without the run lock; return their errors."""
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            Runner(config, engine, SendGridTransport("SG.test-key", host=fake.url, concurrency=4), now).run()
+        except BaseException as exc:  # reported by the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return errors
 
 
 @pytest.fixture
@@ -222,19 +241,7 @@ def test_the_database_alone_prevents_double_sends_without_the_lock(project: Proj
     Runner(config, engine, SendGridTransport("SG.test-key", host=fake.url), now, sources=True).run()
     fake_total_after_first = len(fake.accepted)
     more = registrations(project, 60, start=100)
-    errors: list[BaseException] = []
-
-    def work() -> None:
-        try:
-            Runner(config, engine, SendGridTransport("SG.test-key", host=fake.url, concurrency=4), now).run()
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
+    errors = run_side_by_side(config, engine, fake, now, workers=2)
     assert not errors, errors
     assert fake_total_after_first == 60
     counts = Counter(r["body"]["personalizations"][0]["to"][0]["email"] for r in fake.accepted)
@@ -351,19 +358,7 @@ def test_the_database_alone_prevents_double_sends_on_postgresql(project: Project
     config = load_config(project.root / "sequences.yaml")
     engine = make_engine(postgres_url)
     now = parse_instant(NOW)
-    errors: list[BaseException] = []
-
-    def work() -> None:
-        try:
-            Runner(config, engine, SendGridTransport("SG.test-key", host=fake.url, concurrency=4), now).run()
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
+    errors = run_side_by_side(config, engine, fake, now, workers=3)
     engine.dispose()
     assert not errors, errors
     assert [fake.sent_to(a) for a in addresses] == [1] * 80
