@@ -286,8 +286,17 @@ class Config(_Model):
     def templates_path(self) -> Path:
         return self.resolve(self.templates_dir)
 
-    def sequence(self, sequence_id: str) -> Sequence:
-        return self.sequences[sequence_id]
+    def find_step(self, sequence_id: str, step_id: str) -> tuple[Sequence, Step]:
+        """A sequence and one of its steps, named on the command line (ConfigError when unknown)."""
+        sequence = self.sequences.get(sequence_id)
+        if sequence is None:
+            known = ", ".join(self.sequences)
+            raise ConfigError(f"no sequence {sequence_id!r} in {self.path.name}: known: {known}")
+        step = sequence.step(step_id)
+        if step is None:
+            known = ", ".join(s.id for s in sequence.steps)
+            raise ConfigError(f"sequence {sequence_id!r} has no step {step_id!r}: known: {known}")
+        return sequence, step
 
     def timing_snapshot(self) -> dict[str, Any]:
         """What the schedule depends on, as JSON-able data (kept per run for `plan --changes`)."""

@@ -105,13 +105,6 @@ def get_or_put_setting(session: Session, key: str, value: str) -> str:
     return stored.value
 
 
-@contextmanager
-def session_scope(engine: Engine) -> Iterator[Session]:
-    """A session that is closed afterwards; the caller commits."""
-    with Session(engine, expire_on_commit=False) as session:
-        yield session
-
-
 def flush_to_disk(engine: Engine) -> None:
     """After an erasure: fold the write-ahead log into the database file and empty it,
     so no old copy of a page with personal data stays behind (SQLite only)."""

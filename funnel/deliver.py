@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
@@ -178,10 +177,3 @@ def _worth_retrying(error: BaseException) -> bool:
         return False
     # a hint longer than we are willing to wait: leave it for the next run
     return error.retry_after is None or error.retry_after <= RETRY_AFTER_CAP
-
-
-def describe(error: TransportError | None) -> str:
-    return str(error) if error else "not sent"
-
-
-__all__: list[Any] = ["Dispatcher", "Job", "Outcome", "describe"]

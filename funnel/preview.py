@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime, time, timedelta
 from html import escape
 
-from funnel.config import KNOWN_FIELDS, Config, ConfigError
+from funnel.config import KNOWN_FIELDS, Config
 from funnel.errors import TemplateError
 from funnel.render import Rendered, Renderer, TemplateContact, TemplateWebinar
 from funnel.timeutil import local_wall, zone
@@ -93,13 +93,7 @@ def check(config: Config, now: datetime) -> list[str]:
 
 
 def render_sample(config: Config, sequence_id: str, step_id: str, now: datetime) -> Rendered:
-    sequence = config.sequences.get(sequence_id)
-    if sequence is None:
-        raise ConfigError(f"no sequence {sequence_id!r} in {config.path.name}: known: {', '.join(config.sequences)}")
-    step = sequence.step(step_id)
-    if step is None:
-        known = ", ".join(s.id for s in sequence.steps)
-        raise ConfigError(f"sequence {sequence_id!r} has no step {step_id!r}: known: {known}")
+    sequence, step = config.find_step(sequence_id, step_id)
     renderer = Renderer(config)
     return renderer.render(
         sequence_id,

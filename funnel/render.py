@@ -36,7 +36,7 @@ from jinja2 import (
 )
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
-from markupsafe import Markup, escape
+from markupsafe import Markup
 
 from funnel.config import Config, Sequence, Step
 from funnel.errors import TemplateError
@@ -338,7 +338,3 @@ def _inline_text(children: list[Token]) -> str:
         elif kind == "image":
             parts.append(child.content)
     return "".join(parts)
-
-
-def html_escape(value: str) -> str:
-    return str(escape(value))

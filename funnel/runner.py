@@ -45,7 +45,7 @@ from funnel.models import Contact, Enrollment, Run, Setting, SourceFile, StepRun
 from funnel.render import Renderer, TemplateContact, TemplateWebinar
 from funnel.sources import Fingerprint, read_source_file
 from funnel.timeutil import zone
-from funnel.transports.base import Address, OutgoingEmail, Transport
+from funnel.transports.base import Address, OutgoingEmail, SendResult, Transport
 from funnel.unsubscribe import Tokens, secret_key, unsubscribe_headers, unsubscribe_url
 
 PAGE = 400
@@ -93,9 +93,7 @@ class _NullTransport:
     name = "dry-run"
     concurrency = 1
 
-    def send(self, email: OutgoingEmail) -> Any:
-        from funnel.transports.base import SendResult
-
+    def send(self, email: OutgoingEmail) -> SendResult:
         return SendResult(message_id=None)
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from funnel import schedule
 from funnel.config import Config
 from funnel.contacts import find_contact
 from funnel.db import database_url, make_engine
-from funnel.errors import ConfigError, NotFoundError, TransportError
+from funnel.errors import ConfigError
 from funnel.ingest import IngestResult, apply_rows
 from funnel.models import Contact, Enrollment, Run, StepRun, Tag
 from funnel.preview import render_sample, sample_unsubscribe_url
@@ -59,23 +60,11 @@ def import_file(
 # --------------------------------------------------------------------------- preview
 
 
-def _step(config: Config, sequence_id: str, step_id: str) -> Any:
-    sequence = config.sequences.get(sequence_id)
-    if sequence is None:
-        raise ConfigError(f"no sequence {sequence_id!r} in {config.path.name}: known: {', '.join(config.sequences)}")
-    step = sequence.step(step_id)
-    if step is None:
-        raise ConfigError(
-            f"sequence {sequence_id!r} has no step {step_id!r}: known: {', '.join(s.id for s in sequence.steps)}"
-        )
-    return sequence, step
-
-
 def preview(
     config: Config, engine: Engine | None, sequence_id: str, step_id: str, now: datetime, address: str | None
 ) -> Rendered:
     """Render one step for the sample contact, or for a real one (`--email`)."""
-    sequence, step = _step(config, sequence_id, step_id)
+    sequence, step = config.find_step(sequence_id, step_id)
     if address is None:
         return render_sample(config, sequence_id, step_id, now)
     assert engine is not None
@@ -117,7 +106,7 @@ def send_test(config: Config, sequence_id: str, step_id: str, to: str, now: date
     email = compose_email(
         config, contact, sequence_id, step_id, rendered, f"test-{uuid.uuid4().hex}", sample_unsubscribe_url(config), now
     )
-    email = type(email)(**{**email.__dict__, "to": Address(address)})
+    email = replace(email, to=Address(address))
     try:
         result = transport.send(email)
     finally:
@@ -289,16 +278,3 @@ def suppressions_sync(config: Config, engine: Engine, now: datetime) -> dict[str
         session.commit()
     counts["fetched"] = len(entries)
     return dict(counts)
-
-
-__all__ = [
-    "NotFoundError",
-    "TransportError",
-    "import_file",
-    "open_engine",
-    "plan",
-    "preview",
-    "report",
-    "send_test",
-    "suppressions_sync",
-]
