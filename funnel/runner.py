@@ -39,7 +39,7 @@ from funnel import schedule
 from funnel.config import Config, Sequence, Step
 from funnel.db import put_setting
 from funnel.deliver import Dispatcher, Job, Outcome
-from funnel.errors import SourceError, TemplateError
+from funnel.errors import ConfigError, SourceError, TemplateError
 from funnel.ingest import IngestResult, apply_rows, insert_ignore
 from funnel.models import Contact, Enrollment, Run, Setting, SourceFile, StepRun, Tag
 from funnel.render import Renderer, TemplateContact, TemplateWebinar
@@ -146,7 +146,10 @@ class Runner:
         self.read_sources = sources
         self.summary = RunSummary(dry_run=dry_run, now=now.isoformat())
         self.session = Session(engine, expire_on_commit=False)
-        self.renderer = Renderer(config)
+        try:
+            self.renderer = Renderer(config)
+        except TemplateError as exc:  # a broken template is bad configuration: nothing is done
+            raise ConfigError(str(exc)) from exc
         self.tokens = Tokens(secret_key(self.session))
         self.run_row: Run | None = None
         self._pending: dict[int, _Pending] = {}

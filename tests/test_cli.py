@@ -218,3 +218,14 @@ def test_funnel_base_url_overrides_the_yaml_in_every_link(project: Project, funn
     preview = funnel("preview", "consultation", "received", "--out", "pv", env=env)
     assert "https://links.example.test/u/" in (project.root / "pv" / "consultation--received.txt").read_text()
     assert preview.code == 0
+
+
+def test_a_broken_template_stops_the_run_before_anything_is_done(project: Project, funnel_process) -> None:
+    project.write("signups/webinar-registrations.csv", HEADER + "ana@example.test,Ana,,2027-01-14 19:00,,\n")
+    template = project.root / "email_templates" / "webinar" / "replay.md"
+    template.write_text("Hello {% if contact.first_name %}\n")
+    result = funnel_process("run", "--now", NOW)
+    assert result.returncode == 2
+    assert "email_templates/webinar/replay.md:" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not project.outbox.exists()
