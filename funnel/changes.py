@@ -1,4 +1,4 @@
-"""`funnel plan --changes`: what an edit of sequences.yaml does to people mid-sequence.
+"""Edits of sequences.yaml: when each step appeared, and `funnel plan --changes`.
 
 The last run keeps the timing of every step (wait, webinar offset, at,
 transactional). Comparing it with the file as it is now gives, per step,
@@ -17,9 +17,37 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from funnel.config import Config, Sequence, Step
-from funnel.models import Contact, Enrollment, Run, StepRun
+from funnel.models import Contact, Enrollment, KnownStep, Run, StepRun
 from funnel.schedule import due_times
 from funnel.timeutil import isoformat_z, zone
+
+
+def introduced_steps(session: Session, config: Config, now: datetime, *, write: bool) -> dict[str, dict[str, datetime]]:
+    """When each step of the config first appeared, per sequence and step id.
+
+    Steps never seen before are stamped `now` (stored when `write`; a read-only
+    caller such as `plan` only assumes it). A step added later thus reaches
+    only those whose due time for it has not passed.
+    """
+    known: dict[str, dict[str, datetime]] = {}
+    for row in session.scalars(select(KnownStep)):
+        known.setdefault(row.sequence, {})[row.step_id] = row.first_seen_at
+    new = [
+        (sid, step.id)
+        for sid, sequence in config.sequences.items()
+        for step in sequence.steps
+        if step.id not in known.get(sid, {})
+    ]
+    if new and write:
+        from funnel.ingest import insert_ignore
+
+        rows = [{"sequence": sid, "step_id": step_id, "first_seen_at": now} for sid, step_id in new]
+        insert_ignore(session, KnownStep.__table__, rows, ("sequence", "step_id"))  # type: ignore[attr-defined]
+        session.flush()
+        return introduced_steps(session, config, now, write=False)
+    for sid, step_id in new:
+        known.setdefault(sid, {})[step_id] = now
+    return known
 
 
 def _old_sequence(steps: list[dict[str, Any]]) -> Sequence:
@@ -82,7 +110,7 @@ def _effects(
                 continue  # already sent or decided: an edit never sends a step twice
             before, after = old_due.get(step_id), new_due.get(step_id)
             effect = None
-            if kind == "added" and after and after >= enrollment.enrolled_at:
+            if kind == "added" and after and after >= max(enrollment.enrolled_at, now):
                 effect = f"would get it at {isoformat_z(after)}"
             elif kind == "removed" and before and before >= enrollment.enrolled_at:
                 effect = f"would no longer get it (was due {isoformat_z(before)})"

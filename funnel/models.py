@@ -144,6 +144,19 @@ class StepRun(SQLModel, table=True):
     transport: str | None = None
 
 
+class KnownStep(SQLModel, table=True):
+    """When a step id first appeared in sequences.yaml, as seen by a run.
+
+    A step added later reaches only those who have not yet passed its due time.
+    """
+
+    __tablename__ = "known_steps"
+
+    sequence: str = Field(primary_key=True)
+    step_id: str = Field(primary_key=True)
+    first_seen_at: datetime = Field(sa_type=UTCDateTime)
+
+
 class SourceFile(SQLModel, table=True):
     """What was last read from a file source, so an unchanged file costs one hash."""
 

@@ -36,6 +36,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from funnel import schedule
+from funnel.changes import introduced_steps
 from funnel.config import Config, Sequence, Step
 from funnel.db import put_setting
 from funnel.deliver import Dispatcher, Job, Outcome
@@ -152,6 +153,7 @@ class Runner:
             raise ConfigError(str(exc)) from exc
         self.tokens = Tokens(secret_key(self.session))
         self.run_row: Run | None = None
+        self.introduced: dict[str, dict[str, datetime]] = {}
         self._pending: dict[int, _Pending] = {}
         #: rows of claimed steps in flight, held here (the session's identity map is weak)
         self._in_flight: dict[int, StepRun] = {}
@@ -199,6 +201,7 @@ class Runner:
             config_fingerprint=self.config.fingerprint,
         )
         self.session.add(self.run_row)
+        self.introduced = introduced_steps(self.session, self.config, self.now, write=True)
         self.checkpoint()
 
     def _recover_unknown(self) -> None:
@@ -410,6 +413,7 @@ class Runner:
                 enrolled_at=enrollment.enrolled_at,
                 webinar_start=enrollment.webinar_start,
                 recorded={k: schedule.Recorded(r.status, r.retryable, r.reason) for k, r in rows.items()},
+                introduced=self.introduced.get(enrollment.sequence, {}),
             ),
             state,
             self.now,

@@ -6,7 +6,9 @@ Every rule of the spec's section 3.1 lives here:
   previous step's due time (the enrollment time for the first), `webinar:`
   from the contact's webinar start, and `at:` then moves it to the next such
   local time; days are calendar days on the contact's wall clock;
-- a step due before the enrollment does not apply ("before enrollment");
+- a step due before the enrollment does not apply ("before enrollment"), and a
+  step added to sequences.yaml after its due time had passed for someone does
+  not apply to them ("added after its time");
 - non-transactional mail waits for `send_window`/`send_days` in the contact's
   timezone and for `min_gap` since their last non-transactional email;
 - lateness counts from the step's *opening* (its due time moved into the
@@ -57,6 +59,9 @@ class EnrollmentState:
     enrolled_at: datetime
     webinar_start: datetime | None = None
     recorded: Mapping[str, Recorded] = field(default_factory=dict)
+    #: when each step first appeared in sequences.yaml (a step added later reaches
+    #: only those who have not passed its due time); missing ids: there from the start
+    introduced: Mapping[str, datetime] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -218,6 +223,10 @@ def evaluate(
             continue
         if due < enrollment.enrolled_at:
             skips.append(Skip(step, due, "before enrollment"))
+            continue
+        introduced = enrollment.introduced.get(step.id)
+        if introduced is not None and due < introduced:
+            skips.append(Skip(step, due, "added after its time"))
             continue
         window_start = opening(step, due, replace(contact, last_marketing_at=None), delivery)
         start = opening(step, due, contact, delivery)

@@ -18,6 +18,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from funnel import schedule
+from funnel.changes import introduced_steps
 from funnel.config import Config
 from funnel.contacts import find_contact
 from funnel.db import database_url, make_engine
@@ -122,6 +123,7 @@ def plan(config: Config, engine: Engine, now: datetime, days: int) -> list[dict[
     until = now + timedelta(days=days)
     out: list[dict[str, Any]] = []
     with Session(engine) as session:
+        introduced = introduced_steps(session, config, now, write=False)
         last_id = 0
         while True:
             contacts = list(
@@ -140,13 +142,18 @@ def plan(config: Config, engine: Engine, now: datetime, days: int) -> list[dict[
             if not contacts:
                 break
             last_id = contacts[-1].id or last_id
-            out.extend(_plan_page(session, config, contacts, now, until))
+            out.extend(_plan_page(session, config, contacts, introduced, now, until))
     out.sort(key=lambda item: (item["at"], item["email"] or "", item["sequence"], item["step"]))
     return out
 
 
 def _plan_page(
-    session: Session, config: Config, contacts: list[Contact], now: datetime, until: datetime
+    session: Session,
+    config: Config,
+    contacts: list[Contact],
+    introduced: dict[str, dict[str, datetime]],
+    now: datetime,
+    until: datetime,
 ) -> list[dict[str, Any]]:
     ids = [c.id for c in contacts]
     tags: dict[int, set[str]] = defaultdict(set)
@@ -174,7 +181,9 @@ def _plan_page(
         sequences = {
             e.sequence: (
                 config.sequences[e.sequence],
-                schedule.EnrollmentState(e.enrolled_at, e.webinar_start, rows.get(e.id or 0, {})),
+                schedule.EnrollmentState(
+                    e.enrolled_at, e.webinar_start, rows.get(e.id or 0, {}), introduced.get(e.sequence, {})
+                ),
             )
             for e in enrollments[contact.id or 0]
             if e.sequence in config.sequences

@@ -271,3 +271,61 @@ def test_plan_changes_shows_who_gains_loses_or_moves(project: Project, funnel) -
     assert "2027-01-15T01:00:00Z" in moved["effect"] and "2027-01-15T00:00:00Z" in moved["effect"]
     added = changes[("two-days-before", "added")]["people"][0]
     assert added["effect"] == "would get it at 2027-01-13T02:00:00Z"
+
+
+def test_editing_steps_by_id_never_resends_and_new_steps_reach_only_those_not_past_them(
+    project: Project, funnel
+) -> None:
+    requests = "signups/consultation-requests.jsonl"
+    project.write(requests, '{"email": "early@example.test", "name": "Early"}\n')
+    start = datetime(2027, 1, 1, 16, tzinfo=UTC)
+    for day in range(4):
+        assert funnel("run", "--now", iso(start + timedelta(days=day))).code == 0
+    assert [s for to, _, s in project.sent()] == ["received", "what-to-expect"]
+    # mid-sequence, the therapist adds a note due with what-to-expect (already past for
+    # Early) and rewords an existing subject; follow-up keeps its id and its time
+    config = project.root / "sequences.yaml"
+    text = config.read_text()
+    text = text.replace(
+        "        template: consultation/what-to-expect.md\n",
+        "        template: consultation/what-to-expect.md\n"
+        '      - id: gentle-note\n        wait: 0m\n        subject: "A gentle note"\n'
+        "        template: consultation/follow-up.md\n",
+        1,
+    )
+    text = text.replace('subject: "What our first conversation is like"', 'subject: "What a first talk is like"')
+    config.write_text(text)
+    project.append(requests, '{"email": "late@example.test", "name": "Late"}\n')
+    later = start + timedelta(days=4)
+    for day in range(12):
+        assert funnel("run", "--now", iso(later + timedelta(days=day))).code == 0
+    sent = project.sent()
+    assert all(n == 1 for n in Counter(sent).values())
+    assert [s for to, _, s in sent if to == "early@example.test"] == ["received", "what-to-expect", "follow-up"]
+    assert [s for to, _, s in sent if to == "late@example.test"] == [
+        "received",
+        "what-to-expect",
+        "gentle-note",
+        "follow-up",
+    ]
+    early = funnel("contacts", "show", "early@example.test", "--json").json()
+    steps = {s["id"]: s for s in early["enrollments"][0]["steps"]}
+    assert steps["gentle-note"] == {**steps["gentle-note"], "status": "skipped", "reason": "added after its time"}
+
+
+def test_a_removed_step_is_never_sent(project: Project, funnel) -> None:
+    project.write("signups/consultation-requests.jsonl", '{"email": "ana@example.test", "name": "Ana"}\n')
+    start = datetime(2027, 1, 1, 16, tzinfo=UTC)
+    funnel("run", "--now", iso(start))
+    config = project.root / "sequences.yaml"
+    text = config.read_text()
+    cut_from = text.index("      - id: follow-up\n")
+    cut_to = text.index("template: consultation/follow-up.md\n", cut_from) + len(
+        "template: consultation/follow-up.md\n"
+    )
+    config.write_text(text[:cut_from] + text[cut_to:])
+    for day in range(1, 12):
+        assert funnel("run", "--now", iso(start + timedelta(days=day))).code == 0
+    assert [s for _, _, s in project.sent()] == ["received", "what-to-expect"]
+    shown = funnel("contacts", "show", "ana@example.test", "--json").json()
+    assert shown["enrollments"][0]["status"] == "finished"

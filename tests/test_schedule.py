@@ -1057,3 +1057,29 @@ def test_property_durations_and_clock(tz: ZoneInfo, base: datetime, minutes: int
     assert exact - instant == timedelta(hours=abs(days))
 
     _check_snap(instant, clock, tz)
+
+
+# ======================================== edits: steps added later
+
+
+@pytest.mark.parametrize(
+    ("introduced", "expected"),
+    [
+        # the step appeared in sequences.yaml after its due time had passed for this person
+        (L(DENVER, 2026, 3, 12, 9), "skip: added after its time"),
+        # it appeared before its due time: it applies like any other step
+        (L(DENVER, 2026, 3, 10, 9), "send"),
+        (L(DENVER, 2026, 3, 11, 9), "send"),  # exactly at its due time
+    ],
+)
+def test_a_step_added_later_reaches_only_those_not_past_it(introduced: datetime, expected: str) -> None:
+    sequence = seq(step("a", wait="1d", transactional=True))
+    enrolled = L(DENVER, 2026, 3, 10, 9)
+    evaluation = evaluate(
+        sequence,
+        EnrollmentState(enrolled, None, {}, {"a": introduced}),
+        ContactState(DENVER),
+        L(DENVER, 2026, 3, 12, 10),
+        delivery(),
+    )
+    assert outcome(evaluation) == expected
