@@ -112,6 +112,8 @@ def _effects(
             effect = None
             if kind == "added" and after and after >= max(enrollment.enrolled_at, now):
                 effect = f"would get it at {isoformat_z(after)}"
+            elif kind == "added" and after and after >= enrollment.enrolled_at:
+                effect = f"would not get it: its time ({isoformat_z(after)}) has passed for them"
             elif kind == "removed" and before and before >= enrollment.enrolled_at:
                 effect = f"would no longer get it (was due {isoformat_z(before)})"
             elif kind == "retimed" and before != after and after:
