@@ -1,4 +1,4 @@
-"""Engine, sessions and the run lock.
+"""Engine, schema migrations, settings and the run lock.
 
 SQLite is the embedded default (a file beside sequences.yaml, WAL mode, a
 busy timeout so a concurrent `funnel serve` does not fail a run). PostgreSQL
@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
-from sqlalchemy import event, text
+from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Engine, make_url
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import Session, create_engine
 
 from funnel import models  # noqa: F401  (registers the tables)
 from funnel.errors import ConfigError, LockedError
+from funnel.migrations import HEAD
 
 #: advisory-lock key for PostgreSQL: crc32("funnel run")
 _PG_LOCK_KEY = 0x2F5A_7C31
@@ -56,19 +57,45 @@ def make_engine(url: str) -> Engine:
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     try:
-        if engine.dialect.name == "postgresql":
-            # several workers starting at once on a new database must not race to create tables
-            with engine.begin() as conn:
-                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_SCHEMA_LOCK_KEY})
-                SQLModel.metadata.create_all(conn)
-        else:
-            SQLModel.metadata.create_all(engine)
+        migrate(engine)
     except Exception as exc:
         raise ConfigError(
             f"cannot open the database {parsed.render_as_string(hide_password=True)} ({exc.__class__.__name__}): "
             "check FUNNEL_DATABASE_URL and that the server is running"
         ) from exc
     return engine
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The schema revision the database is at (None: new, or made before migrations)."""
+    with engine.connect() as conn:
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema up to `migrations.HEAD` with alembic, under a lock.
+
+    The usual case, a database already at HEAD, costs one query and does not
+    load alembic. Several workers starting at once on PostgreSQL take turns
+    through an advisory lock; SQLite serialises writers by itself.
+    """
+    if current_revision(engine) == HEAD:
+        return
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    settings = AlembicConfig()
+    settings.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_SCHEMA_LOCK_KEY})
+        settings.attributes["connection"] = conn
+        tables = inspect(conn)
+        if tables.has_table("contacts") and not tables.has_table("alembic_version"):
+            command.stamp(settings, "0001")  # made by the first versions, before migrations existed
+        command.upgrade(settings, "head")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
