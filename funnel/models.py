@@ -171,13 +171,12 @@ class SourceFile(SQLModel, table=True):
 
 
 class Run(SQLModel, table=True):
-    """One `funnel run`: who ran it, whether it is still alive, what it did."""
+    """One `funnel run`: who ran it, when, with which config, and what it did."""
 
     __tablename__ = "runs"
 
     id: int | None = Field(default=None, primary_key=True)
     started_at: datetime = Field(sa_type=UTCDateTime)
-    heartbeat_at: datetime = Field(sa_type=UTCDateTime)
     finished_at: datetime | None = _when()
     clock: datetime = Field(sa_type=UTCDateTime)  # the run's `now` (maybe simulated)
     host: str

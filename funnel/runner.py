@@ -194,7 +194,6 @@ class Runner:
         wall = datetime.now(UTC)
         self.run_row = Run(
             started_at=wall,
-            heartbeat_at=wall,
             clock=self.now,
             host=socket.gethostname(),
             pid=os.getpid(),

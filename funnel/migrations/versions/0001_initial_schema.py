@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-27 01:27:35.571239
+Create Date: 2026-11-27 01:29:47.395939
 """
 
 from __future__ import annotations
@@ -58,7 +58,6 @@ def upgrade() -> None:
         "runs",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("started_at", funnel.models.UTCDateTime(), nullable=False),
-        sa.Column("heartbeat_at", funnel.models.UTCDateTime(), nullable=False),
         sa.Column("finished_at", funnel.models.UTCDateTime(), nullable=True),
         sa.Column("clock", funnel.models.UTCDateTime(), nullable=False),
         sa.Column("host", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
