@@ -8,10 +8,13 @@ traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -191,8 +194,8 @@ def run(config_path: Path | None, debug: bool, now: datetime, as_json: bool, dry
     if dry_run:
         summary = Runner(config, engine, transport, now, dry_run=True).run()
     else:
-        with run_lock(engine):
-            summary = _run_with_progress(config, engine, transport, now, interactive)
+        with run_lock(engine), _stop_gently_on_sigterm() as stop:
+            summary = _run_with_progress(config, engine, transport, now, interactive, stop)
     if as_json:
         _print_json(summary.as_dict())
     else:
@@ -202,11 +205,34 @@ def run(config_path: Path | None, debug: bool, now: datetime, as_json: bool, dry
     sys.exit(EXIT_OK if summary.ok and summary.unknown == 0 else EXIT_FAILED)
 
 
-def _run_with_progress(config: Config, engine: Any, transport: Any, now: datetime, interactive: bool) -> Any:
+@contextlib.contextmanager
+def _stop_gently_on_sigterm() -> Iterator[threading.Event]:
+    """Turn SIGTERM (a service manager, `kill`) into a clean stop at the next safe point.
+
+    The run then hands nothing new to the transport, lets the requests under
+    way finish, records them and gives back the steps it claimed but had not
+    sent; without this, those sends would be reported as unknown by the next
+    run. SIGKILL cannot be caught: that case is what the unknown state is for.
+    """
+    stop = threading.Event()
+    try:
+        previous = signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
+    except ValueError:  # not the main thread (tests calling the CLI in a thread)
+        yield stop
+        return
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_with_progress(
+    config: Config, engine: Any, transport: Any, now: datetime, interactive: bool, stop: threading.Event
+) -> Any:
     from funnel.runner import Runner
 
     if not interactive:
-        return Runner(config, engine, transport, now).run()
+        return Runner(config, engine, transport, now, stop=stop).run()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(
@@ -217,7 +243,7 @@ def _run_with_progress(config: Config, engine: Any, transport: Any, now: datetim
         def advance(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        return Runner(config, engine, transport, now, progress=advance).run()
+        return Runner(config, engine, transport, now, progress=advance, stop=stop).run()
 
 
 def _print_summary(summary: Any, loud: bool) -> None:

@@ -4,8 +4,9 @@ The main thread claims, renders and records; a small thread pool only calls
 `transport.send`. Each job retries 429/5xx/timeouts with exponential backoff
 and jitter (tenacity), honouring the provider's Retry-After, a bounded number
 of times; a 429 also pauses every worker until the hinted moment so the whole
-run slows down instead of hammering the API. A fatal error (bad API key)
-stops the dispatcher: jobs not yet started are released untouched.
+run slows down instead of hammering the API. A fatal error (bad API key) or
+a stop request (SIGTERM) stops the dispatcher: jobs not yet started are
+released untouched, requests under way finish and are recorded.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class Dispatcher:
         backoff_initial: float = 0.25,
         backoff_max: float = 8.0,
         in_flight: int = 0,
+        stop: threading.Event | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.transport = transport
@@ -63,7 +65,8 @@ class Dispatcher:
         self._pool = ThreadPoolExecutor(max_workers=max(1, transport.concurrency), thread_name_prefix="send")
         self._done: queue.SimpleQueue[Future[Outcome]] = queue.SimpleQueue()
         self._in_flight = 0
-        self._stop = threading.Event()
+        self._halt = threading.Event()  # set by a fatal error or by close()
+        self._requested = stop or threading.Event()  # set from outside (SIGTERM)
         self._pause_lock = threading.Lock()
         self._pause_until = 0.0
         self._sleep = sleep
@@ -75,7 +78,7 @@ class Dispatcher:
 
     @property
     def stopped(self) -> bool:
-        return self._stop.is_set()
+        return self._halt.is_set() or self._requested.is_set()
 
     def submit(self, job: Job) -> list[Outcome]:
         """Queue a job; when the pipeline is full, wait for some and return them."""
@@ -112,20 +115,20 @@ class Dispatcher:
         return [future.result() for future in finished]
 
     def close(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self._pool.shutdown(wait=True, cancel_futures=False)
 
     # ----------------------------------------------------------------- workers
 
     def _run(self, job: Job) -> Outcome:
-        if self._stop.is_set():
+        if self.stopped:
             return Outcome(job, "released")
         attempts = 0
 
         def attempt() -> SendResult:
             nonlocal attempts
             self._wait_for_pause()
-            if self._stop.is_set():
+            if self.stopped:
                 raise _Released()
             attempts += 1
             return self.transport.send(job.email)
@@ -144,7 +147,7 @@ class Dispatcher:
         except TransportError as error:
             if error.fatal:
                 self.fatal = self.fatal or error
-                self._stop.set()
+                self._halt.set()
                 return Outcome(job, "released", error=error, attempts=attempts)
             return Outcome(job, "failed", error=error, attempts=attempts)
         except Exception as error:  # a bug in a transport must not lose the record

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -137,6 +138,7 @@ class Runner:
         dry_run: bool = False,
         progress: Callable[[int, int], None] | None = None,
         sources: bool = True,
+        stop: threading.Event | None = None,
     ) -> None:
         self.config = config
         self.engine = engine
@@ -145,6 +147,9 @@ class Runner:
         self.dry_run = dry_run
         self.progress = progress
         self.read_sources = sources
+        #: set from outside (SIGTERM) to stop at the next safe point: nothing new is
+        #: handed to the transport, requests under way finish and are recorded
+        self.stop = stop or threading.Event()
         self.summary = RunSummary(dry_run=dry_run, now=now.isoformat())
         self.session = Session(engine, expire_on_commit=False)
         try:
@@ -312,7 +317,9 @@ class Runner:
 
     def _send_due(self) -> None:
         # room for two pages in flight: the next page is prepared while this one sends
-        dispatcher = Dispatcher(self.transport, max_attempts=self.config.delivery.max_attempts, in_flight=2 * PAGE)
+        dispatcher = Dispatcher(
+            self.transport, max_attempts=self.config.delivery.max_attempts, in_flight=2 * PAGE, stop=self.stop
+        )
         total = self.session.execute(
             select(func.count()).where(
                 and_(col(Enrollment.status) == "active", col(Enrollment.next_due_at) <= self.now)
@@ -320,6 +327,7 @@ class Runner:
         ).scalar_one()
         done = 0
         last_id = 0
+        waiting: deque[Job] = deque()
         try:
             while not dispatcher.stopped:
                 page = list(
@@ -339,24 +347,28 @@ class Runner:
                 if not page:
                     break
                 last_id = page[-1].id or last_id
-                jobs = self._decide_page(page)
+                waiting = deque(self._decide_page(page))
                 self.checkpoint()  # claims are durable before any request goes out
-                for index, job in enumerate(jobs):
-                    if dispatcher.stopped:
-                        # claimed but never sent: give the steps back untouched
-                        self._record([Outcome(j, "released") for j in jobs[index:]])
-                        break
-                    self._record(dispatcher.submit(job))
+                while waiting and not dispatcher.stopped:
+                    self._record(dispatcher.submit(waiting[0]))
+                    waiting.popleft()
                 self._record(dispatcher.collect())
                 done += len(page)
                 if self.progress:
                     self.progress(done, max(total, done))
             self._record(dispatcher.finish(), save=True)
         finally:
+            # stopped early (bad API key, SIGTERM, a bug): steps claimed but never
+            # handed over go back untouched; requests under way finish and are recorded
+            self._record([Outcome(job, "released") for job in waiting])
             dispatcher.close()
             self._record(dispatcher.finish(), save=True)
         if dispatcher.fatal is not None:
             self.summary.stopped = str(dispatcher.fatal)
+        elif self.stop.is_set():
+            self.summary.stopped = (
+                "stopped on request (SIGTERM); emails under way were recorded, the rest go out next run"
+            )
 
     def _decide_page(self, page: list[Enrollment]) -> list[Job]:
         contact_ids = sorted({e.contact_id for e in page})

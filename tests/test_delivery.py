@@ -378,3 +378,32 @@ def test_the_run_lock_on_postgresql_is_an_advisory_lock(project: Project, funnel
         locked = funnel_process("run", "--now", NOW, env=env)
     assert locked.returncode == 75
     assert funnel_process("run", "--now", NOW, env=env).returncode == 0
+
+
+def test_sigterm_stops_cleanly_leaving_nothing_unknown(project: Project, funnel, fake) -> None:
+    addresses = registrations(project, 30)
+    set_delivery(project, concurrency=2)
+    fake.delay(0.3)
+    env = {**os.environ, **sendgrid_env(fake)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "funnel", "run", "--now", NOW],
+        cwd=project.root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while len(fake.requests) < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in err
+    fake.delay(0)
+    got_before = {a for a in addresses if fake.sent_to(a)}
+    assert 0 < len(got_before) < 30
+    result = funnel("run", "--now", "2027-01-10T16:01:00Z", "--json", env=sendgrid_env(fake))
+    assert result.code == 0, result.err
+    assert result.json()["unknown"] == 0  # every request under way was recorded before stopping
+    assert result.json()["sent"] == 30 - len(got_before)
+    assert [fake.sent_to(a) for a in addresses] == [1] * 30
