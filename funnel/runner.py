@@ -44,7 +44,7 @@ from funnel.deliver import Dispatcher, Job, Outcome
 from funnel.errors import ConfigError, SourceError, TemplateError
 from funnel.ingest import IngestResult, apply_rows, insert_ignore
 from funnel.models import Contact, Enrollment, Run, Setting, SourceFile, StepRun, Tag
-from funnel.render import Renderer, TemplateContact, TemplateWebinar
+from funnel.render import Rendered, Renderer, TemplateContact, TemplateWebinar
 from funnel.sources import Fingerprint, read_source_file
 from funnel.timeutil import zone
 from funnel.transports.base import Address, OutgoingEmail, SendResult, Transport
@@ -388,7 +388,7 @@ class Runner:
         for contact_id, enrollments in by_contact.items():
             contact = contacts[contact_id]
             state = schedule.ContactState(
-                tz=self._zone(contact),
+                tz=contact_zone(self.config, contact),
                 tags=frozenset(tags.get(contact_id, ())),
                 suppressed=contact.suppression,
                 last_marketing_at=contact.last_marketing_at,
@@ -398,12 +398,6 @@ class Runner:
             if state.last_marketing_at != contact.last_marketing_at:
                 contact.last_marketing_at = state.last_marketing_at
         return self._claim_all(claims)
-
-    def _zone(self, contact: Contact) -> ZoneInfo:
-        try:
-            return zone(contact.timezone or self.config.practice.timezone)
-        except ValueError:
-            return zone(self.config.practice.timezone)
 
     def _decide(
         self,
@@ -559,28 +553,12 @@ class Runner:
         self, contact: Contact, enrollment: Enrollment, sequence: Sequence, step: Step, row: StepRun
     ) -> OutgoingEmail:
         """Render one claimed step into the frozen email a transport gets."""
-        assert contact.email is not None and contact.id is not None
+        assert contact.id is not None
         url = unsubscribe_url(self.config.practice.base_url, self.tokens.make(contact.id, row.id))
-        webinar = self._webinar(enrollment, self._zone(contact))
-        rendered = self.renderer.render(
-            enrollment.sequence,
-            sequence,
-            step,
-            TemplateContact(contact.email, contact.first_name, contact.last_name, dict(contact.fields or {})),
-            webinar,
-            url,
-            discreet=contact.discreet,
-        )
+        rendered = render_for(self.renderer, self.config, contact, enrollment, enrollment.sequence, step, url)
         return compose_email(
             self.config, contact, enrollment.sequence, step.id, rendered, row.send_id or "", url, self.now
         )
-
-    def _webinar(self, enrollment: Enrollment, tz: ZoneInfo) -> TemplateWebinar | None:
-        if not enrollment.webinar or enrollment.webinar not in self.config.webinars:
-            return None
-        info = self.config.webinars[enrollment.webinar]
-        start = enrollment.webinar_start.astimezone(tz) if enrollment.webinar_start else None
-        return TemplateWebinar(enrollment.webinar, info.title, info.join_url, info.replay_url, start)
 
     # ----------------------------------------------------------------- outcomes
 
@@ -669,6 +647,41 @@ class Runner:
         self.run_row.config_timing = self.config.timing_snapshot()
         put_setting(self.session, "config_fingerprint", self.config.fingerprint)
         self.checkpoint()
+
+
+def contact_zone(config: Config, contact: Contact) -> ZoneInfo:
+    """The contact's timezone, or the practice's when they have none (or an unknown one)."""
+    try:
+        return zone(contact.timezone or config.practice.timezone)
+    except ValueError:
+        return zone(config.practice.timezone)
+
+
+def render_for(
+    renderer: Renderer,
+    config: Config,
+    contact: Contact,
+    enrollment: Enrollment | None,
+    sequence_id: str,
+    step: Step,
+    url: str,
+) -> Rendered:
+    """Render one step for a real contact, with the webinar of their enrollment (used by runs and preview)."""
+    assert contact.email is not None
+    webinar = None
+    if enrollment is not None and enrollment.webinar in config.webinars:
+        info = config.webinars[enrollment.webinar]
+        start = enrollment.webinar_start.astimezone(contact_zone(config, contact)) if enrollment.webinar_start else None
+        webinar = TemplateWebinar(enrollment.webinar, info.title, info.join_url, info.replay_url, start)
+    return renderer.render(
+        sequence_id,
+        config.sequences[sequence_id],
+        step,
+        TemplateContact(contact.email, contact.first_name, contact.last_name, dict(contact.fields or {})),
+        webinar,
+        url,
+        discreet=contact.discreet,
+    )
 
 
 def compose_email(

@@ -26,8 +26,8 @@ from funnel.errors import ConfigError
 from funnel.ingest import IngestResult, apply_rows
 from funnel.models import Contact, Enrollment, Run, StepRun, Tag
 from funnel.preview import render_sample, sample_unsubscribe_url
-from funnel.render import Rendered, Renderer, TemplateContact, TemplateWebinar
-from funnel.runner import compose_email
+from funnel.render import Rendered, Renderer
+from funnel.runner import compose_email, render_for
 from funnel.sources import FileRead, read_source_file
 from funnel.timeutil import isoformat_z, zone
 from funnel.transports import make_transport
@@ -65,7 +65,7 @@ def preview(
     config: Config, engine: Engine | None, sequence_id: str, step_id: str, now: datetime, address: str | None
 ) -> Rendered:
     """Render one step for the sample contact, or for a real one (`--email`)."""
-    sequence, step = config.find_step(sequence_id, step_id)
+    _sequence, step = config.find_step(sequence_id, step_id)
     if address is None:
         return render_sample(config, sequence_id, step_id, now)
     assert engine is not None
@@ -74,22 +74,8 @@ def preview(
         enrollment = session.scalars(
             select(Enrollment).where(col(Enrollment.contact_id) == contact.id, col(Enrollment.sequence) == sequence_id)
         ).first()
-        tz = zone(contact.timezone or config.practice.timezone)
-        webinar = None
-        if enrollment is not None and enrollment.webinar in config.webinars:
-            info = config.webinars[enrollment.webinar]
-            start = enrollment.webinar_start.astimezone(tz) if enrollment.webinar_start else None
-            webinar = TemplateWebinar(enrollment.webinar, info.title, info.join_url, info.replay_url, start)
         url = unsubscribe_url(config.practice.base_url, Tokens(secret_key(session)).make(contact.id or 0))
-        return Renderer(config).render(
-            sequence_id,
-            sequence,
-            step,
-            TemplateContact(contact.email or "", contact.first_name, contact.last_name, dict(contact.fields or {})),
-            webinar,
-            url,
-            discreet=contact.discreet,
-        )
+        return render_for(Renderer(config), config, contact, enrollment, sequence_id, step, url)
 
 
 def send_test(config: Config, sequence_id: str, step_id: str, to: str, now: datetime) -> str | None:

@@ -70,6 +70,22 @@ def run_side_by_side(config: Any, engine: Any, fake: FakeSendGrid, now: Any, wor
     return errors
 
 
+def start_run_and_wait_for_requests(project: Project, fake: FakeSendGrid, count: int) -> subprocess.Popen[str]:
+    """Start `funnel run` as a real process and return once the fake has seen `count` requests."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "funnel", "run", "--now", NOW],
+        cwd=project.root,
+        env={**os.environ, **sendgrid_env(fake)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while len(fake.requests) < count and time.monotonic() < deadline:
+        time.sleep(0.05)  # waiting for another process's progress, not for a schedule
+    return proc
+
+
 @pytest.fixture
 def fake(fake_sendgrid: FakeSendGrid) -> FakeSendGrid:
     return fake_sendgrid
@@ -254,19 +270,9 @@ def test_a_run_killed_mid_send_never_resends_and_the_next_run_finishes(project: 
     addresses = registrations(project, 30)
     set_delivery(project, concurrency=2)
     fake.delay(0.3)
-    env = {**os.environ, **sendgrid_env(fake)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "funnel", "run", "--now", NOW],
-        cwd=project.root,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 60
-    while len(fake.requests) < 5 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    proc = start_run_and_wait_for_requests(project, fake, 5)
     proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    proc.communicate(timeout=30)
     fake.delay(0)
     received_before = {a for a in addresses if fake.sent_to(a)}
     assert 0 < len(received_before) < 30
@@ -384,18 +390,7 @@ def test_sigterm_stops_cleanly_leaving_nothing_unknown(project: Project, funnel,
     addresses = registrations(project, 30)
     set_delivery(project, concurrency=2)
     fake.delay(0.3)
-    env = {**os.environ, **sendgrid_env(fake)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "funnel", "run", "--now", NOW],
-        cwd=project.root,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    while len(fake.requests) < 5 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    proc = start_run_and_wait_for_requests(project, fake, 5)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1 and "Traceback" not in err
