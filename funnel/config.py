@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
+import re
 from collections.abc import Iterator
 from datetime import time
 from pathlib import Path
@@ -27,6 +28,8 @@ from funnel.errors import ConfigError
 from funnel.timeutil import Duration, parse_clock, parse_duration, zone
 
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+#: step and sequence ids name files (`preview`), links and report rows: letters, digits, - and _
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 #: fields a source may map that mean something to funnel; any other field goes to contact.fields
 KNOWN_FIELDS = ("email", "first_name", "last_name", "webinar_start", "timezone", "discreet")
 
@@ -124,18 +127,40 @@ class Delivery(_Model):
             value = [value]
         if not isinstance(value, list | tuple) or not value:
             raise ValueError("send_days needs a list of days like [mon, tue, wed, thu, fri]")
-        days = []
+        days: set[str] = set()
         for item in value:
-            day = str(item).strip().lower()[:3]
-            if day not in DAY_NAMES:
-                raise ValueError(f"{item!r} is not a day: use mon, tue, wed, thu, fri, sat or sun")
-            days.append(day)
-        return tuple(days)
+            days.update(_day_or_range(item))
+        return tuple(day for day in DAY_NAMES if day in days)
 
     @field_validator("min_gap", "max_late", mode="before")
     @classmethod
     def _parse_span(cls, value: Any) -> Any:
         return value if isinstance(value, Duration) else parse_duration(value)
+
+
+_FULL_DAY_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+def _day(text: str, item: Any) -> str:
+    """`mon`, `Monday`, `tues`, `THU` ... as the three-letter name; anything else is refused."""
+    word = text.strip().lower()
+    for short, full in zip(DAY_NAMES, _FULL_DAY_NAMES, strict=True):
+        if len(word) >= 3 and full.startswith(word):
+            return short
+    raise ValueError(f"{item!r} is not a day: use mon, tue, wed, thu, fri, sat or sun, or a range like mon-fri")
+
+
+def _day_or_range(item: Any) -> list[str]:
+    """One day, or every day of a range such as `mon-fri` (`fri-mon` wraps over the weekend)."""
+    text = str(item)
+    if "-" not in text:
+        return [_day(text, item)]
+    parts = text.split("-")
+    if len(parts) != 2:
+        raise ValueError(f"{item!r} is not a range of days: write two days like mon-fri")
+    first, last = (DAY_NAMES.index(_day(part, item)) for part in parts)
+    count = (last - first) % 7 + 1
+    return [DAY_NAMES[(first + offset) % 7] for offset in range(count)]
 
 
 class Tracking(_Model):
@@ -204,6 +229,11 @@ class Step(_Model):
     if_tags: tuple[str, ...] = ()
     unless_tags: tuple[str, ...] = ()
 
+    @field_validator("id")
+    @classmethod
+    def _safe_id(cls, value: str) -> str:
+        return _check_id("step id", value)
+
     @field_validator("wait", mode="before")
     @classmethod
     def _parse_wait(cls, value: Any) -> Any:
@@ -238,6 +268,17 @@ class Step(_Model):
         if self.wait is None and self.webinar is None:
             raise ValueError(f"step {self.id!r} needs `wait:` (e.g. wait: 0m) or `webinar:` (e.g. webinar: -1d)")
         return self
+
+
+def _check_id(kind: str, value: str) -> str:
+    """Refuse an id with characters unsafe in file names and URLs, suggesting a safe one."""
+    if SAFE_ID.match(value):
+        return value
+    suggestion = re.sub(r"[^A-Za-z0-9_-]+", "-", value).strip("-_")[:64] or "welcome"
+    raise ValueError(
+        f"{kind} {value!r} may hold only letters, digits, - and _ (at most 64; it names files and links): "
+        f"write e.g. {suggestion!r}"
+    )
 
 
 class Sequence(_Model):
@@ -494,6 +535,10 @@ def _cross_check(config: Config, lines: _LineMap, check_files: bool) -> Iterator
             )
     for sid, seq in config.sequences.items():
         base = ("sequences", sid)
+        try:
+            _check_id("sequence id", sid)
+        except ValueError as exc:
+            yield lines.line_for(base), f"sequences.{sid}: {exc}"
         if seq.next and seq.next not in config.sequences:
             yield lines.line_for((*base, "next")), _unknown("sequence", seq.next, sequences, f"sequences.{sid}.next")
         if seq.next == sid:

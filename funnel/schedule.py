@@ -14,7 +14,13 @@ Every rule of the spec's section 3.1 lives here:
 - lateness counts from the step's *opening* (its due time moved into the
   window and past the gap), and a step later than `max_late` is skipped;
 - `if_tags`/`unless_tags` and `exit_on_tags` are evaluated when the step is
-  about to be sent; an unsubscribed or suppressed contact leaves the sequence.
+  about to be sent; an unsubscribed or suppressed contact leaves the sequence;
+- a step about a webinar still to come (timed `webinar: -...`, due before the
+  start, or a confirmation placed before the sequence's first webinar step) is
+  never sent at or after the webinar's start: it is skipped, "the webinar had
+  already begun";
+- a due time that date arithmetic cannot hold (beyond `LATEST`) is skipped
+  with a reason instead of crashing the run.
 
 `evaluate` returns what to do now for one enrollment and when to look again;
 the caller turns that into claims, sends and rows.
@@ -32,6 +38,13 @@ from funnel.timeutil import add_duration, describe_delay, local_wall
 
 #: statuses of a recorded step that end it for scheduling purposes
 TERMINAL = frozenset({"sent", "skipped", "unknown", "sending"})
+#: the latest due time the schedule works with: later ones (a webinar start in year
+#: 9999 plus an offset) are skipped, so window and gap arithmetic can never overflow
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+#: why a step about a webinar still to come is not sent once it has started
+WEBINAR_BEGUN = "the webinar had already begun"
+NO_WEBINAR_DATE = "no webinar date"
+OUT_OF_RANGE = "due time out of range"
 
 
 @dataclass(frozen=True)
@@ -100,22 +113,52 @@ class Evaluation:
 def due_times(
     sequence: Sequence, enrolled_at: datetime, webinar_start: datetime | None, tz: ZoneInfo
 ) -> dict[str, datetime | None]:
-    """Each step's due time (UTC), or None for a webinar step without a webinar date."""
+    """Each step's due time (UTC), or None for a webinar step without a webinar date
+    and for a due time out of range (see `LATEST`; `skip_reason_without_due` tells which)."""
     result: dict[str, datetime | None] = {}
     anchor = enrolled_at
     for step in sequence.steps:
-        due: datetime | None
-        if step.webinar is not None:
-            due = add_duration(webinar_start, step.webinar, tz) if webinar_start else None
-        else:
-            assert step.wait is not None
-            due = add_duration(anchor, step.wait, tz)
-        if due is not None and step.at is not None:
-            due = snap_to_clock(due, step.at, tz)
+        due: datetime | None = None
+        try:
+            if step.webinar is not None:
+                due = add_duration(webinar_start, step.webinar, tz) if webinar_start else None
+            else:
+                assert step.wait is not None
+                due = add_duration(anchor, step.wait, tz)
+            if due is not None and step.at is not None:
+                due = snap_to_clock(due, step.at, tz)
+        except (OverflowError, ValueError):
+            due = None
+        if due is not None and due >= LATEST:
+            due = None
         if due is not None:
             anchor = due
         result[step.id] = due
     return result
+
+
+def skip_reason_without_due(step: Step, webinar_start: datetime | None) -> str:
+    """Why a step has no due time: no webinar date, or a date arithmetic cannot hold."""
+    return NO_WEBINAR_DATE if step.webinar is not None and webinar_start is None else OUT_OF_RANGE
+
+
+def about_coming_webinar(sequence: Sequence, step: Step, due: datetime, webinar_start: datetime | None) -> bool:
+    """Whether `step` speaks of a webinar still to come, so that it makes no sense once it began.
+
+    That is a step timed before the start (`webinar: -1d`), any step due before
+    the start, and a confirmation: a `wait:` step placed before the sequence's
+    first webinar-timed step ("You're registered"). Steps after the webinar
+    (replay, thank-you, an offer two days later) are not.
+    """
+    if webinar_start is None:
+        return False
+    if step.webinar is not None:
+        return step.webinar.approx < timedelta(0) or due < webinar_start
+    if due < webinar_start:
+        return True
+    ids = [s.id for s in sequence.steps]
+    first_webinar = next((i for i, s in enumerate(sequence.steps) if s.webinar is not None), None)
+    return first_webinar is not None and ids.index(step.id) < first_webinar
 
 
 def snap_to_clock(instant: datetime, clock: time, tz: ZoneInfo) -> datetime:
@@ -219,7 +262,7 @@ def evaluate(
     for step in sorted(open_steps, key=timing_key):
         due = dues[step.id]
         if due is None:
-            skips.append(Skip(step, None, "no webinar date"))
+            skips.append(Skip(step, None, skip_reason_without_due(step, enrollment.webinar_start)))
             continue
         if due < enrollment.enrolled_at:
             skips.append(Skip(step, due, "before enrollment"))
@@ -227,6 +270,10 @@ def evaluate(
         introduced = enrollment.introduced.get(step.id)
         if introduced is not None and due < introduced:
             skips.append(Skip(step, due, "added after its time"))
+            continue
+        begun = enrollment.webinar_start
+        if begun is not None and now >= begun and about_coming_webinar(sequence, step, due, begun):
+            skips.append(Skip(step, due, WEBINAR_BEGUN))
             continue
         window_start = opening(step, due, replace(contact, last_marketing_at=None), delivery)
         start = opening(step, due, contact, delivery)

@@ -13,10 +13,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-_DURATION = re.compile(r"^\s*([+-])?\s*(\d+)\s*([mhdw])\s*$")
+_DURATION = re.compile(r"^\s*([+-])?\s*(\d{1,12})\s*([mhdw])\s*$")
 _CLOCK = re.compile(r"^\s*([01]?\d|2[0-3]):([0-5]\d)\s*$")
 
 DURATION_HELP = "write a number and a unit: 30m, 2h, 3d or 1w"
+#: the longest wait or offset: 5 years. Anything longer is a typo, and would push
+#: due times past what a date can hold (year 9999) and crash every run.
+MAX_DURATION_DAYS = 5 * 365 + 1
 
 
 @dataclass(frozen=True, order=True)
@@ -53,6 +56,11 @@ def parse_duration(text: object, *, signed: bool = False) -> Duration:
     if sign and not signed:
         raise ValueError(f"{text!r}: a wait cannot be negative or signed: {DURATION_HELP}")
     value = int(amount) * (-1 if sign == "-" else 1)
+    minutes = abs(value) * {"m": 1, "h": 60, "d": 1440, "w": 7 * 1440}[unit]
+    if minutes > MAX_DURATION_DAYS * 1440:
+        raise ValueError(
+            f"{text!r} is longer than 5 years, the longest wait or offset: write at most 260w, 1826d or 43824h"
+        )
     if unit == "m":
         return Duration(minutes=value)
     if unit == "h":

@@ -463,3 +463,61 @@ def test_utf8_bom_in_config_is_accepted(tmp_path: Path) -> None:
     path = write_project(tmp_path)
     path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
     assert load_config(path).practice.name == "Test Practice"
+
+
+# ---------------------------------------------------------------- issue 6: silent misreadings, bad ids and spans
+
+
+@pytest.mark.parametrize(
+    ("days", "expected"),
+    [
+        ("[mon-fri]", ("mon", "tue", "wed", "thu", "fri")),
+        ("[sat-sun]", ("sat", "sun")),
+        ("[fri-mon]", ("mon", "fri", "sat", "sun")),  # a range may wrap over the weekend
+        ("mon-wed", ("mon", "tue", "wed")),
+        ("[Monday-Friday, sun]", ("mon", "tue", "wed", "thu", "fri", "sun")),
+        ("[thurs, tues]", ("tue", "thu")),
+    ],
+)
+def test_send_days_accept_ranges(tmp_path: Path, days: str, expected: tuple[str, ...]) -> None:
+    """Issue 6 item 11: `[mon-fri]` used to mean Mondays only."""
+    path = write_project(tmp_path, replace={"[mon, tue, wed, thu, fri]": days})
+    assert load_config(path).delivery.send_days == expected
+
+
+@pytest.mark.parametrize("days", ["[mon-fri-sun]", "[mon-someday]", "[monkey]", "[mo]"])
+def test_send_days_that_are_not_days_or_ranges_are_refused_with_the_line(tmp_path: Path, days: str) -> None:
+    path = write_project(tmp_path, replace={"[mon, tue, wed, thu, fri]": days})
+    problem = only_problem(path)
+    assert problem.startswith(f"sequences.yaml:{line_of(path, 'send_days:')}: ")
+    assert "mon-fri" in problem
+
+
+@pytest.mark.parametrize("step_id", ["a/b", "../up", "hello world", "naïve", "-lead", "x" * 65, "a?b"])
+def test_step_ids_unsafe_in_file_names_and_links_are_refused(tmp_path: Path, step_id: str) -> None:
+    """Issue 6 item 14: a step id with `/` made `preview` write outside its folder."""
+    path = write_project(tmp_path, replace={"- id: reminder": f"- id: {step_id!r}"})
+    problem = only_problem(path)
+    assert problem.startswith(f"sequences.yaml:{line_of(path, 'webinar: -1d') - 1}: ")
+    assert "letters, digits, - and _" in problem
+
+
+def test_sequence_ids_unsafe_in_file_names_are_refused(tmp_path: Path) -> None:
+    path = write_project(tmp_path, replace={"  later:\n": "  later/x:\n", "next: later": "next: later/x"})
+    problem = only_problem(path)
+    assert problem.startswith(f"sequences.yaml:{line_of(path, 'later/x:')}: ")
+    assert "letters, digits, - and _" in problem and "'later-x'" in problem
+
+
+@pytest.mark.parametrize("span", ["wait: 500000w", "wait: 261w", "wait: 99999999d"])
+def test_waits_longer_than_five_years_are_refused_with_the_line(tmp_path: Path, span: str) -> None:
+    """Issue 6 item 4: `wait: 500000w` passed check and then crashed every run."""
+    path = write_project(tmp_path, replace={"wait: 1d": span})
+    problem = only_problem(path)
+    assert problem.startswith(f"sequences.yaml:{line_of(path, span)}: ")
+    assert "longer than 5 years" in problem
+
+
+def test_webinar_offsets_longer_than_five_years_are_refused(tmp_path: Path) -> None:
+    path = write_project(tmp_path, replace={"webinar: -1d": "webinar: -300w"})
+    assert "longer than 5 years" in only_problem(path)

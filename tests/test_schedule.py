@@ -264,6 +264,14 @@ def test_parse_duration(text: str, days: int, minutes: int) -> None:
     assert (span.days, span.minutes) == (days, minutes)
 
 
+@pytest.mark.parametrize("text", ["500000w", "261w", "1827d", "43825h", "-1827d", "9999999999999w", "1" * 40 + "m"])
+def test_durations_longer_than_five_years_are_refused(text: str) -> None:
+    """Issue 6 item 4: `wait: 500000w` used to pass check and crash every run."""
+    with pytest.raises(ValueError, match="5 years|not a duration"):
+        parse_duration(text, signed=True)
+    assert parse_duration("260w").days == 1820 and parse_duration("-1826d", signed=True).days == -1826
+
+
 def test_signed_offsets_only_for_webinar() -> None:
     assert parse_duration("-1d", signed=True).days == -1
     assert parse_duration("+3h", signed=True).minutes == 180
@@ -591,12 +599,97 @@ def test_before_enrollment(minutes_before: int, day_before: str, hour_before: st
 
 
 def test_signup_after_the_webinar_started() -> None:
+    """Issue 6 item 7: no confirmation for a webinar that has already begun; the replay still comes."""
     webinar = L(KOLKATA, 2026, 3, 12, 19)
     enrolled = webinar + timedelta(minutes=10)
     evaluation = run(WEBINAR, enrolled, enrolled, KOLKATA, webinar_start=webinar)
-    assert [s.step.id for s in evaluation.sends] == ["registered"]
+    assert evaluation.sends == ()
+    assert outcome(evaluation, "registered") == "skip: the webinar had already begun"
     assert outcome(evaluation, "day-before") == "skip: before enrollment"
     assert outcome(evaluation, "replay") == "wait"
+
+
+# The shipped webinar sequence's shape: a confirmation, two reminders, then after it.
+REMINDERS = seq(
+    step("registered", wait="0m", transactional=True),
+    step("day-before", webinar="-1d", transactional=True),
+    step("hour-before", webinar="-1h", transactional=True),
+    step("between", wait="30m", transactional=True),  # due 30 minutes before the start
+    step("replay", webinar="+3h", unless_tags=("webinar-attended",)),
+    step("thank-you", webinar="+3h", if_tags=("webinar-attended",)),
+    step("offer", wait="2d", at="09:00"),
+)
+BEGUN = "skip: the webinar had already begun"
+
+
+@pytest.mark.parametrize(
+    ("enrolled_before", "now_after", "recorded", "expected"),
+    [
+        # cron down from before the day-before reminder until after the start
+        ("3d", "+0m", ("registered",), {"day-before": BEGUN, "hour-before": BEGUN, "between": BEGUN}),
+        ("3d", "+30m", ("registered",), {"day-before": BEGUN, "hour-before": BEGUN, "between": BEGUN}),
+        # down until just before the start: the reminders still make sense and go
+        ("3d", "-10m", ("registered",), {"day-before": "send", "hour-before": "send", "between": "send"}),
+        # the run is reached by nothing before the webinar: not even the confirmation
+        ("3d", "+10m", (), {"registered": BEGUN, "day-before": BEGUN, "hour-before": BEGUN}),
+        # after the webinar, its own steps are not touched
+        ("3d", "+3h", (), {"registered": BEGUN, "replay": "send", "thank-you": "skip: without tag webinar-attended"}),
+    ],
+)
+def test_nothing_about_a_coming_webinar_after_it_began(
+    enrolled_before: str, now_after: str, recorded: tuple[str, ...], expected: dict[str, str]
+) -> None:
+    """Issue 6 item 7: a step timed before the webinar is never sent at or after its start."""
+    webinar = L(DENVER, 2026, 3, 12, 12)
+    enrolled = webinar - parse_duration(enrolled_before).approx
+    now = webinar + parse_duration(now_after, signed=True).approx
+    evaluation = run(REMINDERS, enrolled, now, webinar_start=webinar, recorded={r: Recorded("sent") for r in recorded})
+    assert {step_id: outcome(evaluation, step_id) for step_id in expected} == expected
+
+
+def test_a_reminder_waiting_for_the_window_past_the_start_is_skipped() -> None:
+    """A marketing reminder due before the start whose window opens after it never goes."""
+    webinar = L(DENVER, 2026, 3, 12, 8, 30)
+    sequence = seq(step("early", webinar="-2h"))  # due 06:30, window opens 08:00
+    first = run(sequence, webinar - timedelta(days=3), webinar - timedelta(hours=2), webinar_start=webinar)
+    assert outcome(first, "early") == "wait" and first.wake_at == L(DENVER, 2026, 3, 12, 8)
+    at_eight = run(sequence, webinar - timedelta(days=3), L(DENVER, 2026, 3, 12, 8), webinar_start=webinar)
+    assert outcome(at_eight, "early") == "send"
+    after = run(sequence, webinar - timedelta(days=3), webinar, webinar_start=webinar)
+    assert outcome(after, "early") == BEGUN
+
+
+def test_a_sequence_without_webinar_steps_is_not_held_to_the_webinar() -> None:
+    """`next:` carries the webinar over; the follow-up sequence's steps are not about it."""
+    webinar = L(DENVER, 2026, 3, 12, 12)
+    enrolled = webinar + timedelta(days=3)
+    evaluation = run(seq(step("a", transactional=True)), enrolled, enrolled, webinar_start=webinar)
+    assert outcome(evaluation, "a") == "send"
+
+
+@pytest.mark.parametrize("start_year", [9999, 8999])
+def test_a_due_time_out_of_range_is_skipped_not_a_crash(start_year: int) -> None:
+    """Issue 6 item 4: date arithmetic near year 9999 never stops the run."""
+    webinar = datetime(start_year, 12, 30, 10, tzinfo=UTC)
+    enrolled = Z(2026, 3, 1, 12)
+    sequence = seq(
+        step("registered", transactional=True),
+        step("day-before", webinar="-1d", transactional=True),
+        step("replay", webinar="+260w"),
+    )
+    evaluation = run(sequence, enrolled, enrolled, AUCKLAND, webinar_start=webinar)
+    assert outcome(evaluation, "registered") == "send"
+    assert outcome(evaluation, "replay") == "skip: due time out of range"
+    expected = "skip: due time out of range" if start_year == 9999 else "wait"
+    assert outcome(evaluation, "day-before") == expected
+    plan = project(
+        {"w": (sequence, EnrollmentState(enrolled, webinar))},
+        ContactState(AUCKLAND),
+        enrolled,
+        enrolled + timedelta(days=30),
+        delivery(),
+    )
+    assert [p.step for p in plan] == ["registered"]
 
 
 # ======================================== evaluate: tags, exit, suppression
@@ -921,6 +1014,9 @@ def _check_sends(sent: list[Sent], enrollments: list[Enrollment], contact: Conta
         assert item.at >= item.due, f"{item.step.id} sent before its due time"
         assert item.at >= enrollment.enrolled_at
         assert item.due >= enrollment.enrolled_at, f"{item.step.id} was due before enrollment"
+        start = enrollment.webinar_start
+        if start is not None and (item.due < start or (item.step.webinar and item.step.webinar.approx < timedelta(0))):
+            assert item.at < start, f"{item.step.id}, timed before the webinar, was sent after its start"
         if item.step.if_tags:
             assert contact.tags.intersection(item.step.if_tags)
         assert not contact.tags.intersection(item.step.unless_tags)
