@@ -5,16 +5,24 @@ The sample contact has every field any source maps (so templates that use
 the practice's timezone, and a real-looking unsubscribe URL. Each step is
 rendered twice, as a normal and as a discreet (text-only) email, and every
 rendered part must contain the unsubscribe URL and the postal address.
+
+Then each step is rendered once more for a contact with every optional value
+empty (no first or last name, every mapped field blank, no webinar start
+unless the step is timed by the webinar), so that a bare
+`{{ contact.fields.message }}` is reported with its file and line before a
+real person meets it. A step that needs the webinar start is fine there: a
+run skips it, with a reason, for someone who has none.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, time, timedelta
 from html import escape
 
-from funnel.config import KNOWN_FIELDS, Config
+from funnel.config import KNOWN_FIELDS, Config, Step
 from funnel.errors import TemplateError
-from funnel.render import Rendered, Renderer, TemplateContact, TemplateWebinar
+from funnel.render import MissingData, Rendered, Renderer, TemplateContact, TemplateWebinar
 from funnel.timeutil import local_wall, zone
 
 SAMPLE_TOKEN = "sample-token"
@@ -78,18 +86,41 @@ def check(config: Config, now: datetime) -> list[str]:
     for sid, sequence in config.sequences.items():
         webinar = sample_webinar(config, sid, now)
         for step in sequence.steps:
+            broken = False
             for discreet in (False, True):
                 try:
                     rendered = renderer.render(sid, sequence, step, contact, webinar, url, discreet=discreet)
                 except TemplateError as exc:
                     problems.append(str(exc))
+                    broken = True
                     break
                 layout = "layout.txt" if discreet else "layout.html"
                 where = f"{config.templates_dir}/{layout} (step {sid}/{step.id})"
                 for problem in footer_problems(config, rendered, where):
                     if problem not in problems:
                         problems.append(problem)
+            problem = None if broken else _empty_contact_problem(renderer, sid, step, webinar, url)
+            if problem and problem not in problems:
+                problems.append(problem)
     return problems
+
+
+def _empty_contact_problem(
+    renderer: Renderer, sid: str, step: Step, webinar: TemplateWebinar | None, url: str
+) -> str | None:
+    """Render `step` for a contact with every optional value empty; the problem, if any."""
+    empty = TemplateContact(email="sample@example.test")
+    if webinar is not None and step.webinar is None:
+        webinar = replace(webinar, start=None)
+    sequence = renderer.config.sequences[sid]
+    for discreet in (False, True):
+        try:
+            renderer.render(sid, sequence, step, empty, webinar, url, discreet=discreet)
+        except MissingData:
+            return None  # a run skips this step, with the reason, for someone without a webinar start
+        except TemplateError as exc:
+            return f"{exc} (checked for a contact with no name and every optional field empty)"
+    return None
 
 
 def render_sample(config: Config, sequence_id: str, step_id: str, now: datetime) -> Rendered:

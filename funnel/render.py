@@ -6,14 +6,23 @@ parsing. Markdown steps are rendered once: Jinja writes Markdown in which
 every `{{ value }}` is backslash-escaped (a first name cannot inject a link
 or emphasis), markdown-it parses it, and both the HTML and the plain-text
 part come from the same token stream. Undefined variables are errors
-(StrictUndefined), never blank text in a sent email.
+(StrictUndefined), never blank text in a sent email; so is printing an empty
+value (`None`: a contact without a first name or a message), which
+`funnel check` finds by rendering for a contact with every optional field
+empty. A webinar start the contact does not have is not an error of the
+template: `MissingData` says the email cannot be written for this person,
+and the run skips it with that reason.
+
+Templates run in Jinja's SandboxedEnvironment: a template is data a person
+edits, and must not reach Python internals (`cycler.__init__.__globals__.os
+.environ` would otherwise print the SendGrid key into an email).
 """
 
 from __future__ import annotations
 
 import re
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,10 +33,12 @@ from inscriptis.css_profiles import CSS_PROFILES
 from inscriptis.model.config import ParserConfig
 from jinja2 import (
     Environment,
+    Undefined,
     FileSystemLoader,
     StrictUndefined,
     Template,
     TemplateNotFound,
+    TemplateRuntimeError,
     TemplateSyntaxError,
     UndefinedError,
 )
@@ -36,19 +47,75 @@ from jinja2 import (
 )
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
+from jinja2.sandbox import SandboxedEnvironment, SecurityError
 from markupsafe import Markup
 
-from funnel.config import Config, Sequence, Step
+from funnel.config import KNOWN_FIELDS, Config, Sequence, Step
 from funnel.errors import TemplateError
 
 _MD_PUNCT = re.compile(r"([\\`*_{}\[\]()#+\-.!<>|~])")
 _MD_UNESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!<>|~])")
 
 
+class EmptyValueError(TemplateRuntimeError):
+    """A template printed an empty value (None): it would leave a blank in someone's email."""
+
+
+class MissingData(TemplateError):
+    """The email cannot be written for this person (no webinar start): skip it with `reason`."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+#: the reason a step is skipped for someone without a webinar start
+NO_WEBINAR_START = "no webinar date"
+
+
+class _NoWebinarStart(StrictUndefined):
+    """`webinar.start` of a contact without one: any use of it raises MissingData."""
+
+    __slots__ = ()
+
+    def _fail_with_undefined_error(self, *args: Any, **kwargs: Any) -> Any:
+        raise MissingData(NO_WEBINAR_START)
+
+    # StrictUndefined routes these through the method above, except formatting
+    def __format__(self, spec: str) -> str:
+        raise MissingData(NO_WEBINAR_START)
+
+
+class _Empty(Undefined):
+    """A contact value that is blank for this person (`contact.first_name`, a mapped field).
+
+    False in `{% if %}` and `or`, so `{{ contact.first_name or 'there' }}` works;
+    printing it bare is an error naming it, never a blank in an email.
+    """
+
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        raise EmptyValueError(f"{self._undefined_name} is empty for some people")
+
+    def __format__(self, spec: str) -> str:
+        return str(self)
+
+
+def _blank(name: str) -> Any:
+    return _Empty(name=name)
+
+
+def refuse_empty(value: Any) -> Any:
+    """`finalize` for every environment: printing None is an error, never a blank."""
+    if value is None:
+        raise EmptyValueError("this prints an empty value (None)")
+    return value
+
+
 def markdown_escape(value: Any) -> Any:
     """Backslash-escape Markdown syntax in a value printed into a Markdown template."""
-    if value is None:
-        return ""
+    refuse_empty(value)
     if isinstance(value, Markup):
         return value
     return _MD_PUNCT.sub(r"\\\1", str(value))
@@ -57,14 +124,14 @@ def markdown_escape(value: Any) -> Any:
 def format_date(value: datetime | None) -> str:
     """`Thursday, January 14` (the datetime is already in the contact's timezone)."""
     if value is None:
-        return ""
+        raise EmptyValueError("format_date got no date: guard it with {% if ... %}")
     return f"{value:%A, %B} {value.day}"
 
 
 def format_time(value: datetime | None) -> str:
     """`7:00 PM MST`."""
     if value is None:
-        return ""
+        raise EmptyValueError("format_time got no time: guard it with {% if ... %}")
     hour = value.hour % 12 or 12
     return f"{hour}:{value:%M %p} {value.tzname() or ''}".strip()
 
@@ -94,12 +161,12 @@ class Rendered:
 
 
 def _environment(folder: Path, *, autoescape: bool, markdown: bool = False) -> Environment:
-    env = Environment(
+    env = SandboxedEnvironment(
         loader=FileSystemLoader(str(folder)),
         undefined=StrictUndefined,
         autoescape=autoescape,
         keep_trailing_newline=True,
-        finalize=markdown_escape if markdown else None,
+        finalize=markdown_escape if markdown else refuse_empty,
     )
     env.filters["format_date"] = format_date
     env.filters["format_time"] = format_time
@@ -120,6 +187,9 @@ class Renderer:
         self._text_config = ParserConfig(css=CSS_PROFILES["strict"], display_links=True)
         self.layout_html = self._load(self._html_env, "layout.html")
         self.layout_text = self._load_optional(self._text_env, "layout.txt")
+        self._mapped_fields = {
+            name for source in config.sources.values() for name in source.columns if name not in KNOWN_FIELDS
+        }
         self._bodies: dict[tuple[str, str], tuple[str, Template]] = {}
         self._subjects: dict[tuple[str, str, bool], Template] = {}
         problems: list[str] = []
@@ -189,6 +259,9 @@ class Renderer:
         discreet: bool = False,
     ) -> Rendered:
         """Render one email; raises TemplateError naming the template file and line."""
+        if webinar is not None and webinar.start is None:
+            webinar = replace(webinar, start=_NoWebinarStart(name="webinar.start"))  # type: ignore[arg-type]
+        contact = self._with_blanks(contact)
         context: dict[str, Any] = {
             "contact": contact,
             "practice": self.config.practice,
@@ -217,6 +290,19 @@ class Renderer:
             html = self._inliner.inline(self._run(self.layout_html, {**context, "content": html_body}, "layout.html"))
         return Rendered(subject=subject, text=text, html=html)
 
+    def _with_blanks(self, contact: TemplateContact) -> TemplateContact:
+        """Blank values (and mapped fields a row left empty) as `_Empty`: falsy, refused when printed bare."""
+        fields = {name: _blank(f"contact.fields.{name}") for name in self._mapped_fields}
+        fields.update(
+            {k: (_blank(f"contact.fields.{k}") if v is None or v == "" else v) for k, v in contact.fields.items()}
+        )
+        return replace(
+            contact,
+            first_name=contact.first_name or _blank("contact.first_name"),
+            last_name=contact.last_name or _blank("contact.last_name"),
+            fields=fields,
+        )
+
     def _wrap_text(self, body: str, context: dict[str, Any]) -> str:
         if self.layout_text is None:
             practice = self.config.practice
@@ -230,15 +316,25 @@ class Renderer:
         try:
             return template.render(context)
         except JinjaTemplateError as exc:
-            hint = (
-                "define it, or guard it with {% if ... is defined %}"
-                if isinstance(exc, UndefinedError)
-                else "fix the expression"
-            )
+            hint = _hint(exc)
             if template.name is None:  # a subject: `name` already says file, line and step
                 raise TemplateError(f"{name}: {exc.message or exc}: {hint}") from None
             line = _template_line(exc, template)
             raise TemplateError(f"{self.config.templates_dir}/{name}:{line}: {exc.message or exc}: {hint}") from None
+
+
+def _hint(exc: JinjaTemplateError) -> str:
+    """What to do about a render error, in the words of the template's author."""
+    if isinstance(exc, SecurityError):
+        return "templates may not reach into Python internals: remove it"
+    if isinstance(exc, EmptyValueError):
+        return (
+            "give it a fallback, e.g. {{ contact.fields.message or '' }} or {{ contact.first_name or 'there' }}, "
+            "or wrap it in {% if ... %}...{% endif %}"
+        )
+    if isinstance(exc, UndefinedError):
+        return "define it, or guard it with {% if ... is defined %}"
+    return "fix the expression"
 
 
 def _fix_autolinks(tokens: list[Token], md: MarkdownIt) -> list[Token]:

@@ -44,7 +44,7 @@ from funnel.deliver import Dispatcher, Job, Outcome
 from funnel.errors import ConfigError, SourceError, TemplateError
 from funnel.ingest import IngestResult, apply_rows, insert_ignore
 from funnel.models import Contact, Enrollment, Run, Setting, SourceFile, StepRun, Tag
-from funnel.render import Rendered, Renderer, TemplateContact, TemplateWebinar
+from funnel.render import MissingData, Rendered, Renderer, TemplateContact, TemplateWebinar
 from funnel.sources import Fingerprint, read_source_file
 from funnel.timeutil import zone
 from funnel.transports.base import Address, OutgoingEmail, SendResult, Transport
@@ -536,6 +536,11 @@ class Runner:
         enrollment, step = claim.enrollment, claim.send.step
         try:
             email = self._compose(claim.contact, enrollment, claim.sequence, step, row)
+        except MissingData as exc:  # e.g. no webinar start: this email cannot be written for her
+            row.status, row.reason, row.retryable = "skipped", exc.reason, False
+            self.summary.skipped += 1
+            self.summary.count_step(enrollment.sequence, step.id, "skipped")
+            return None
         except TemplateError as exc:
             row.status, row.reason, row.retryable = "failed", f"template error: {exc}", False
             self.summary.failed += 1

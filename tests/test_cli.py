@@ -229,3 +229,41 @@ def test_a_broken_template_stops_the_run_before_anything_is_done(project: Projec
     assert "email_templates/webinar/replay.md:" in result.stderr
     assert "Traceback" not in result.stderr
     assert not project.outbox.exists()
+
+
+# --------------------------------------------------------------------------- issue 6: blanks and the sandbox in runs
+
+
+def test_a_registration_without_a_webinar_start_gets_no_email_with_blanks(project: Project, funnel) -> None:
+    """Issue 6 item 11: a blank start used to send "at" with no date; now the steps are skipped with a reason."""
+    project.write(
+        "signups/webinar-registrations.csv",
+        HEADER + "ana@example.test,Ana,,,America/Denver,\nbea@example.test,Bea,,2027-01-14 19:00,,\n",
+    )
+    result = funnel("run", "--now", NOW, "--json")
+    assert result.code == 0, result.err
+    assert project.sent() == [("bea@example.test", "webinar-relationship-911", "registered")]
+    shown = funnel("contacts", "show", "ana@example.test", "--json").json()
+    steps = {s["id"]: s for s in shown["enrollments"][0]["steps"]}
+    assert (steps["registered"]["status"], steps["registered"]["reason"]) == ("skipped", "no webinar date")
+    assert (steps["day-before"]["status"], steps["day-before"]["reason"]) == ("skipped", "no webinar date")
+
+
+def test_a_template_reaching_for_the_api_key_never_sends_it(project: Project, funnel) -> None:
+    """Issue 6 item 12: the sandbox refuses it in check and at run time; the key goes nowhere."""
+    key = "SG.very-secret-key-123"
+    project.write("signups/webinar-registrations.csv", HEADER + "ana@example.test,Ana,,2027-01-14 19:00,,\n")
+    template = project.root / "email_templates" / "webinar" / "registered.md"
+    template.write_text(template.read_text() + "\n{{ cycler.__init__.__globals__.os.environ.SENDGRID_API_KEY }}\n")
+    checked = funnel("check", env={"SENDGRID_API_KEY": key})
+    assert checked.code == 1
+    assert "email_templates/webinar/registered.md:" in checked.err and "Python internals" in checked.err
+    assert key not in checked.out + checked.err
+    run = funnel("run", "--now", NOW, "--json", env={"SENDGRID_API_KEY": key})
+    assert run.code == 1
+    assert run.json()["sent"] == 0 and run.json()["failed"] == 1
+    assert key not in run.out + run.err
+    assert not any(key in p.read_text() for p in project.outbox.glob("*")) if project.outbox.exists() else True
+    shown = funnel("contacts", "show", "ana@example.test", "--json").json()
+    registered = shown["enrollments"][0]["steps"][0]
+    assert registered["status"] == "failed" and "Python internals" in registered["reason"]

@@ -107,7 +107,7 @@ On {{ webinar.start|format_date }} at {{ webinar.start|format_time }}.
 """
 
 PAGE_HTML = """\
-<h1>Hello {{ contact.first_name }}</h1>
+<h1>Hello {{ contact.first_name or 'there' }}</h1>
 <p>Visit <a href="https://practice.test/page">our page</a>.</p>
 <ul><li>alpha</li><li>beta</li></ul>
 """
@@ -527,7 +527,7 @@ def test_check_reports_syntax_errors(tmp_path: Path) -> None:
 
 
 def test_check_uses_fields_the_sources_map(tmp_path: Path) -> None:
-    config = project(tmp_path, templates={"reminder.md": "From {{ contact.fields.city }}.\n"})
+    config = project(tmp_path, templates={"reminder.md": "From {{ contact.fields.city or 'afar' }}.\n"})
     assert check(config, NOW) == []
     assert sample_unsubscribe_url(config) == "https://mail.practice.test/u/sample-token"
 
@@ -551,3 +551,120 @@ def test_a_mistake_in_a_subject_names_the_yaml_line(tmp_path: Path) -> None:
     (tmp_path / "sequences.yaml").write_text(broken)
     with pytest.raises(TemplateError, match=rf"^sequences.yaml:{line}: subject of step 'received'"):
         Renderer(load_config(tmp_path / "sequences.yaml"))
+
+
+# --------------------------------------------------------------------------- issue 6: sandbox, blanks
+
+
+ESCAPES = [
+    "{{ cycler.__init__.__globals__.os.environ.SENDGRID_API_KEY }}",
+    "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+    "{{ contact.__class__.__init__.__globals__ }}",
+    "{{ practice.__class__.__module__ }}",
+]
+
+
+@pytest.mark.parametrize("expression", ESCAPES)
+def test_templates_cannot_reach_python_internals(
+    tmp_path: Path, expression: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 6 item 12: the sandbox refuses; `check` names the file and line; nothing is rendered."""
+    monkeypatch.setenv("SENDGRID_API_KEY", "SG.the-real-key")
+    config = project(tmp_path, templates={"hello.md": f"Hi.\n\n{expression}\n"})
+    with pytest.raises(TemplateError) as info:
+        render(config)
+    assert "SG.the-real-key" not in str(info.value)
+    problems = check(config, NOW)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("email_templates/hello.md:3: ")
+    assert "Python internals" in problems[0]
+
+
+@pytest.mark.parametrize("expression", ESCAPES[:2])
+def test_subjects_cannot_reach_python_internals(
+    tmp_path: Path, expression: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SENDGRID_API_KEY", "SG.the-real-key")
+    yaml = YAML.replace('subject: "A page"', f'subject: "Key {expression}"')
+    config = project(tmp_path, yaml=yaml)
+    with pytest.raises(TemplateError, match="Python internals"):
+        render(config, "page")
+    problems = check(config, NOW)
+    line = next(i for i, row in enumerate(yaml.splitlines(), 1) if 'subject: "Key' in row)
+    assert [p.split(": subject")[0] for p in problems] == [f"sequences.yaml:{line}"], problems
+
+
+@pytest.mark.parametrize(
+    ("template", "name", "line"),
+    [
+        ("Hi.\n\nYou wrote: {{ contact.fields.city }}\n", "contact.fields.city", 3),
+        ("Dear {{ contact.first_name }},\n", "contact.first_name", 1),
+        ("{{ contact.first_name|upper }}\n", "contact.first_name", 1),
+        ("{{ contact.last_name }}\n", "contact.last_name", 1),
+        ("Reply to {{ practice.reply_to }}\n", None, 1),
+    ],
+)
+def test_check_catches_a_value_that_is_blank_for_some_people(
+    tmp_path: Path, template: str, name: str | None, line: int
+) -> None:
+    """Issue 6 item 11: a bare optional value is reported before a real person meets a blank."""
+    config = project(tmp_path, templates={"reminder.md": template})
+    problems = check(config, NOW)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"email_templates/reminder.md:{line}: ")
+    assert name is None or f"{name} is empty" in problems[0]
+    assert "or ''" in problems[0] and "{% if" in problems[0]
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "You wrote: {{ contact.fields.city or '' }}\n",
+        "{% if contact.fields.city %}You wrote: {{ contact.fields.city }}{% endif %}\n",
+        "Dear {{ contact.first_name or 'friend' }} {{ contact.last_name or '' }},\n",
+        "{% if contact.first_name %}{{ contact.first_name|upper }}{% endif %}\n",
+    ],
+)
+def test_guarded_optional_values_pass_check(tmp_path: Path, template: str) -> None:
+    config = project(tmp_path, templates={"reminder.md": template})
+    assert check(config, NOW) == []
+
+
+def test_a_field_left_blank_in_a_row_renders_its_fallback(tmp_path: Path) -> None:
+    config = project(tmp_path, templates={"reminder.md": "[{{ contact.fields.city or 'nowhere' }}]\n"})
+    for fields in ({}, {"city": None}, {"city": ""}):
+        contact = TemplateContact(email="x@example.test", fields=fields)
+        assert render(config, "reminder", contact=contact).text.startswith("[nowhere]")
+
+
+def test_without_a_webinar_start_the_email_is_not_written(tmp_path: Path) -> None:
+    """Issue 6 item 11: "at" with no date never goes out; the run skips it with a reason."""
+    from funnel.render import MissingData
+
+    page = "<p>{% if webinar.start is defined %}On {{ webinar.start|format_date }}. {% endif %}Soon.</p>"
+    config = project(tmp_path, templates={"hello.md": "On {{ webinar.start|format_date }}.\n", "page.html": page})
+    renderer = Renderer(config)
+    sequence = config.sequences["welcome"]
+    no_start = TemplateWebinar("intro", "Intro Webinar", "https://practice.test/join", None, None)
+    contact = TemplateContact(email="ann@example.test", first_name="Ann")
+    for step_id in ("hello", "reminder"):  # the body, and the subject ("Tomorrow at {{ ...|format_time }}")
+        step = sequence.step(step_id)
+        assert step is not None
+        with pytest.raises(MissingData) as info:
+            renderer.render("welcome", sequence, step, contact, no_start, UNSUB)
+        assert info.value.reason == "no webinar date"
+    guarded = sequence.step("page")
+    assert guarded is not None
+    text = renderer.render("welcome", sequence, guarded, contact, no_start, UNSUB).text
+    assert text.startswith("Soon.")
+    # and `check` accepts a confirmation that uses the start: a run skips it for someone without one
+    assert check(config, NOW) == []
+
+
+def test_format_filters_refuse_no_date() -> None:
+    from funnel.render import EmptyValueError, format_date, format_time
+
+    with pytest.raises(EmptyValueError):
+        format_date(None)
+    with pytest.raises(EmptyValueError):
+        format_time(None)

@@ -1179,3 +1179,47 @@ def test_a_step_added_later_reaches_only_those_not_past_it(introduced: datetime,
         delivery(),
     )
     assert outcome(evaluation) == expected
+
+
+# ======================================== end to end: cron down across a webinar
+
+E2E_HEADER = "Email,First Name,Last Name,Webinar Start,Time Zone,Discreet\n"
+
+
+def test_cron_down_across_the_webinar_sends_no_reminder_after_it_began(project, funnel) -> None:
+    """Issue 6 item 7, with the real command: "Tomorrow" and "in an hour" never go after the start.
+
+    The webinar is 2027-01-14 19:00 Denver (02:00Z on the 15th). Ana registered days
+    before; cron is down from before the day-before reminder until 30 minutes after
+    the start. Bea registers while it is running: no confirmation for it at all.
+    """
+    project.write(
+        "signups/webinar-registrations.csv",
+        E2E_HEADER + "ana@example.test,Ana,Reyes,2027-01-14 19:00,America/Denver,no\n",
+    )
+    project.write("signups/webinar-attendance.csv", "Email,Attended\n")
+    first = funnel("run", "--now", "2027-01-10T16:00:00Z", "--json")
+    assert first.code == 0, first.err
+    assert project.sent() == [("ana@example.test", "webinar-relationship-911", "registered")]
+
+    project.append("signups/webinar-registrations.csv", "bea@example.test,Bea,Lind,2027-01-14 19:00,America/Denver,\n")
+    late = funnel("run", "--now", "2027-01-15T02:30:00Z", "--json")
+    assert late.code == 0, late.err
+    assert late.json()["sent"] == 0
+    assert len(project.sent()) == 1
+
+    steps = {
+        s["id"]: s for s in funnel("contacts", "show", "ana@example.test", "--json").json()["enrollments"][0]["steps"]
+    }
+    for step_id in ("day-before", "hour-before"):
+        assert (steps[step_id]["status"], steps[step_id]["reason"]) == ("skipped", "the webinar had already begun")
+    bea = {
+        s["id"]: s for s in funnel("contacts", "show", "bea@example.test", "--json").json()["enrollments"][0]["steps"]
+    }
+    assert (bea["registered"]["status"], bea["registered"]["reason"]) == ("skipped", "the webinar had already begun")
+    shown = funnel("contacts", "show", "bea@example.test")
+    assert "the webinar had already begun" in shown.out
+
+    # after the webinar its own steps still go (the replay, in the morning window)
+    funnel("run", "--now", "2027-01-15T16:00:00Z")
+    assert sorted(s for _to, _seq, s in project.sent()) == ["registered", "replay", "replay"]
