@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import re
 import signal
 import sys
 import threading
@@ -21,6 +22,7 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape as rich_escape
 from rich.table import Table
 
 from funnel.config import Config, load_config
@@ -30,6 +32,26 @@ from funnel.timeutil import parse_instant
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED = 0, 1, 2, 75
+#: years `--now` may name (a simulation far outside them is a typo)
+EARLIEST_NOW, LATEST_NOW = 2000, 2199
+#: C0 and C1 control characters and DEL: never printed raw (a name could move the
+#: cursor, hide text or retitle the terminal); shown as \x1b-style escapes instead
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def safe(value: object) -> str:
+    """Text for the terminal: control characters escaped (tab and newline kept)."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(value))
+
+
+def safe_json(text: str) -> str:
+    """JSON text with the control characters json.dumps leaves raw written as \\u escapes."""
+    return _CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def safe_markup(value: object) -> str:
+    """`safe`, and rich markup escaped, for data printed inside a rich markup string or table."""
+    return rich_escape(safe(value))
 
 
 def _stdout() -> Console:
@@ -58,9 +80,15 @@ def _parse_now(_ctx: click.Context, _param: click.Parameter, value: str | None) 
     if value is None:
         return datetime.now(UTC).replace(microsecond=0)
     try:
-        return parse_instant(value)
-    except ValueError:
+        moment = parse_instant(value)
+    except (ValueError, OverflowError):
         raise click.BadParameter(f"{value!r} is not ISO 8601: write e.g. 2026-12-08T00:10:00Z") from None
+    if not EARLIEST_NOW <= moment.year <= LATEST_NOW:
+        # the schedule adds up to years to it: year 9999 would overflow in the middle of a run
+        raise click.BadParameter(
+            f"{value!r} is out of range: give a moment between {EARLIEST_NOW} and {LATEST_NOW}, e.g. 2026-12-08T00:10:00Z"
+        )
+    return moment
 
 
 def now_option(func: F) -> F:
@@ -81,7 +109,8 @@ def debug_option(func: F) -> F:
 
 
 def _print_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+    # json escapes C0 controls itself; DEL, C1 and bidi overrides are escaped here (valid JSON either way)
+    click.echo(safe_json(json.dumps(value, indent=2, ensure_ascii=False, default=str)))
 
 
 def _config(path: Path | None) -> Config:
@@ -107,20 +136,42 @@ def handle_errors(func: F) -> F:
                 raise
             problems = getattr(exc, "problems", None) or [str(exc)]
             for problem in problems:
-                click.echo(f"funnel: {problem}", err=True)
+                click.echo(f"funnel: {safe(problem)}", err=True)
             sys.exit(exc.exit_code)
         except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
             raise
         except Exception as exc:
             if debug:
                 raise
+            database = _database_problem(exc)
+            if database:
+                click.echo(f"funnel: {database}", err=True)
+                sys.exit(EXIT_CONFIG)
             click.echo(
-                f"funnel: unexpected {exc.__class__.__name__}: {exc} (run again with --debug for details)",
+                f"funnel: unexpected {exc.__class__.__name__}: {safe(exc)} (run again with --debug for details)",
                 err=True,
             )
             sys.exit(EXIT_FAILED)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _database_problem(exc: BaseException) -> str | None:
+    """One sentence for a database that refuses a write, without the SQL; None for anything else."""
+    from sqlalchemy.exc import OperationalError
+
+    if not isinstance(exc, OperationalError):
+        return None
+    reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else "refused"
+    if "readonly" in reason or "read-only" in reason:
+        return (
+            f"the database is read-only ({reason}): make the database file and its folder writable, "
+            "or point FUNNEL_DATABASE_URL at a writable one"
+        )
+    return (
+        f"the database refused the command ({reason}): check FUNNEL_DATABASE_URL, the disk and the "
+        "file's permissions, then run again"
+    )
 
 
 def common(func: F) -> F:
@@ -249,9 +300,9 @@ def _run_with_progress(
 def _print_summary(summary: Any, loud: bool) -> None:
     err = _stderr()
     for problem in summary.problems:
-        err.print(f"[yellow]{problem}[/]", markup=True) if loud else click.echo(problem, err=True)
+        err.print(f"[yellow]{safe_markup(problem)}[/]", markup=True) if loud else click.echo(safe(problem), err=True)
     for warning in summary.warnings:
-        click.echo(f"warning: {warning}", err=True)
+        click.echo(f"warning: {safe(warning)}", err=True)
     if loud:  # under cron a source that has not arrived yet is no news
         for name, source in summary.sources.items():
             if source.get("status") == "missing":
@@ -311,7 +362,7 @@ def plan(config_path: Path | None, debug: bool, now: datetime, as_json: bool, da
     for column in ("when (UTC)", "email", "sequence", "step"):
         table.add_column(column)
     for item in items:
-        table.add_row(item["at"], item["email"] or "", item["sequence"], item["step"])
+        table.add_row(item["at"], safe_markup(item["email"] or ""), item["sequence"], item["step"])
     _stdout().print(table)
 
 
@@ -322,7 +373,7 @@ def _print_changes(result: dict[str, Any]) -> None:
     for change in result["steps"]:
         click.echo(f"{change['sequence']}/{change['step']}: {change['change']}")
         for effect in change.get("people", [])[:50]:
-            click.echo(f"  {effect['email']}: {effect['effect']}")
+            click.echo(f"  {safe(effect['email'])}: {safe(effect['effect'])}")
         more = len(change.get("people", [])) - 50
         if more > 0:
             click.echo(f"  ... and {more} more")
@@ -349,14 +400,21 @@ def preview(
     config = _config(config_path)
     engine = _engine(config) if address else None
     rendered = services.preview(config, engine, sequence, step, now, address)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{sequence}--{step}"
-    (out_dir / f"{stem}.txt").write_text(rendered.text, encoding="utf-8")
-    written = [out_dir / f"{stem}.txt"]
-    if rendered.html is not None:
-        (out_dir / f"{stem}.html").write_text(rendered.html, encoding="utf-8")
-        written.insert(0, out_dir / f"{stem}.html")
-    click.echo(f"Subject: {rendered.subject}")
+    stem = f"{sequence}--{step}"  # ids are letters, digits, - and _ (config.SAFE_ID): no path tricks
+    written = []
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / f"{stem}.txt").write_text(rendered.text, encoding="utf-8")
+        written.append(out_dir / f"{stem}.txt")
+        if rendered.html is not None:
+            (out_dir / f"{stem}.html").write_text(rendered.html, encoding="utf-8")
+            written.insert(0, out_dir / f"{stem}.html")
+    except OSError as exc:
+        raise UsageError(
+            f"--out {out_dir}: cannot write there ({exc.strerror or exc.__class__.__name__}): "
+            "give a folder you can write to, e.g. --out preview"
+        ) from None
+    click.echo(f"Subject: {safe(rendered.subject)}")
     for path in written:
         click.echo(f"wrote {path}")
 
@@ -376,7 +434,7 @@ def send_test(config_path: Path | None, debug: bool, now: datetime, sequence: st
 
     config = _config(config_path)
     message_id = services.send_test(config, sequence, step, to, now)
-    click.echo(f"sent {sequence}/{step} to {to}" + (f" (message id {message_id})" if message_id else ""))
+    click.echo(safe(f"sent {sequence}/{step} to {to}" + (f" (message id {message_id})" if message_id else "")))
 
 
 @cli.command("import")
@@ -412,7 +470,7 @@ def import_(config_path: Path | None, debug: bool, now: datetime, as_json: bool,
         _print_json(summary)
     else:
         for line in summary["problems"]:
-            click.echo(line, err=True)
+            click.echo(safe(line), err=True)
         click.echo(
             f"imported {result.imported} ({result.created} new), rejected {len(rejected)}, enrolled {result.enrolled}"
         )
@@ -457,21 +515,22 @@ def contacts_show(config_path: Path | None, debug: bool, as_json: bool, email: s
         return
     out = _stdout()
     name = " ".join(p for p in (data["first_name"], data["last_name"]) if p)
-    out.print(f"[bold]{data['email']}[/] {name}".rstrip())
+    out.print(f"[bold]{safe_markup(data['email'])}[/] {safe_markup(name)}".rstrip())
     state = (
         "unsubscribed"
         if data["unsubscribed"]
         else (f"suppressed: {data['suppressed_reason']}" if data["suppressed"] else "receiving mail")
     )
-    out.print(f"status: {state}; timezone {data['timezone']}; tags: {', '.join(data['tags']) or 'none'}")
+    tags = safe_markup(", ".join(data["tags"]) or "none")
+    out.print(f"status: {safe_markup(state)}; timezone {safe_markup(data['timezone'])}; tags: {tags}")
     for enrollment in data["enrollments"]:
-        reason = f" ({enrollment['reason']})" if enrollment["reason"] else ""
+        reason = f" ({safe_markup(enrollment['reason'])})" if enrollment["reason"] else ""
         out.print(
             f"\n[bold]{enrollment['sequence']}[/]: {enrollment['status']}{reason}, enrolled {enrollment['enrolled_at']}"
         )
         for step in enrollment["steps"]:
             when = step.get("sent_at") or step.get("due_at") or ""
-            why = f" - {step['reason']}" if step.get("reason") else ""
+            why = f" - {safe_markup(step['reason'])}" if step.get("reason") else ""
             out.print(f"  {step['id']:<24} {step['status']:<8} {when}{why}")
 
 
@@ -487,7 +546,7 @@ def contacts_unsubscribe(config_path: Path | None, debug: bool, now: datetime, e
     from funnel.contacts import unsubscribe
 
     changed = _with_contact(config_path, email, lambda s, c, contact: unsubscribe(s, contact, now))
-    click.echo(f"{email}: unsubscribed" if changed else f"{email}: was already unsubscribed")
+    click.echo(safe(f"{email}: unsubscribed" if changed else f"{email}: was already unsubscribed"))
 
 
 @contacts.command("resubscribe")
@@ -502,7 +561,7 @@ def contacts_resubscribe(config_path: Path | None, debug: bool, now: datetime, e
     from funnel.contacts import resubscribe
 
     changed = _with_contact(config_path, email, lambda s, c, contact: resubscribe(s, contact, now))
-    click.echo(f"{email}: resubscribed" if changed else f"{email}: was not unsubscribed")
+    click.echo(safe(f"{email}: resubscribed" if changed else f"{email}: was not unsubscribed"))
 
 
 @contacts.command("export")
@@ -532,7 +591,7 @@ def contacts_forget(config_path: Path | None, debug: bool, now: datetime, email:
 
     _with_contact(config_path, email, lambda s, c, contact: forget(s, contact, now))
     flush_to_disk(_engine(_config(config_path)))
-    click.echo(f"{email}: erased; no mail will go to this address again")
+    click.echo(f"{safe(email)}: erased; no mail will go to this address again")
 
 
 # --------------------------------------------------------------------------- report, suppressions
@@ -552,8 +611,13 @@ def report(config_path: Path | None, debug: bool, as_json: bool, since: str | No
     config = _config(config_path)
     try:
         since_at = parse_instant(since) if since else None
-    except ValueError as exc:
-        raise UsageError(f"--since: {exc}") from None
+    except (ValueError, OverflowError):
+        since_at = None
+        problem = "is not a date"
+    else:
+        problem = "is out of range" if since_at and not EARLIEST_NOW <= since_at.year <= LATEST_NOW else ""
+    if since and (since_at is None or problem):
+        raise UsageError(f"--since {safe(since)!r} {problem}: write a date like 2026-12-01 or 2026-12-01T00:00:00Z")
     data = services.report(config, _engine(config), since_at)
     if as_json:
         _print_json(data)

@@ -50,10 +50,16 @@ def make_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            _check_sqlite_file(Path(parsed.database))
     elif parsed.drivername == "postgresql":
         url = str(parsed.set(drivername="postgresql+psycopg"))
-    engine = create_engine(url, **kwargs)
+    try:
+        engine = create_engine(url, **kwargs)
+    except Exception as exc:  # NoSuchModuleError, ArgumentError, a driver that is not installed
+        raise ConfigError(
+            f"FUNNEL_DATABASE_URL names an unknown database kind {parsed.drivername!r} "
+            f"({exc.__class__.__name__}): write sqlite:///path/to/funnel.db or postgresql://user@host/db"
+        ) from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     try:
@@ -64,6 +70,37 @@ def make_engine(url: str) -> Engine:
             "check FUNNEL_DATABASE_URL and that the server is running"
         ) from exc
     return engine
+
+
+def _check_sqlite_file(path: Path) -> None:
+    """Refuse, in one sentence, a SQLite path that cannot work: a typo'd folder, a read-only file.
+
+    Creating the missing folders would turn a mistyped FUNNEL_DATABASE_URL into a
+    new, empty database and a funnel that silently starts over.
+    """
+    folder = path.parent
+    if not folder.is_dir():
+        raise ConfigError(
+            f"FUNNEL_DATABASE_URL: the folder {folder} does not exist: check the path "
+            "(sqlite:/// then the path; four slashes for an absolute one), or create the folder"
+        )
+    if path.is_dir():
+        raise ConfigError(f"FUNNEL_DATABASE_URL: {path} is a folder: name a file in it, e.g. {path / 'funnel.db'}")
+    if path.exists() and not _writable(path):
+        raise ConfigError(
+            f"the database file {path} is read-only: make it writable (chmod u+w {path}) "
+            "or point FUNNEL_DATABASE_URL at a writable copy"
+        )
+    if not _writable(folder):
+        raise ConfigError(
+            f"the database folder {folder} is read-only (SQLite writes its journal beside the file): "
+            f"make it writable (chmod u+w {folder}) or move the database"
+        )
+
+
+def _writable(path: Path) -> bool:
+    """Writable by us, and not marked read-only (root may write anywhere; a 0444 file is still a mistake)."""
+    return os.access(path, os.W_OK) and bool(path.stat().st_mode & 0o222)
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -33,21 +33,21 @@ from inscriptis.css_profiles import CSS_PROFILES
 from inscriptis.model.config import ParserConfig
 from jinja2 import (
     Environment,
-    Undefined,
     FileSystemLoader,
     StrictUndefined,
     Template,
     TemplateNotFound,
     TemplateRuntimeError,
     TemplateSyntaxError,
+    Undefined,
     UndefinedError,
 )
 from jinja2 import (
     TemplateError as JinjaTemplateError,
 )
+from jinja2.sandbox import SandboxedEnvironment, SecurityError
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
-from jinja2.sandbox import SandboxedEnvironment, SecurityError
 from markupsafe import Markup
 
 from funnel.config import KNOWN_FIELDS, Config, Sequence, Step

@@ -267,3 +267,100 @@ def test_a_template_reaching_for_the_api_key_never_sends_it(project: Project, fu
     shown = funnel("contacts", "show", "ana@example.test", "--json").json()
     registered = shown["enrollments"][0]["steps"][0]
     assert registered["status"] == "failed" and "Python internals" in registered["reason"]
+
+
+# --------------------------------------------------------------------------- issue 6 item 14: errors people can act on
+
+
+def _one_sentence(result, *needles: str) -> None:  # type: ignore[no-untyped-def]
+    """Exit 2, the needles in stderr, and no traceback or SQL."""
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    for needle in needles:
+        assert needle in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "SELECT" not in result.stderr and "INSERT" not in result.stderr and "UPDATE" not in result.stderr
+
+
+def test_a_read_only_database_file_is_one_sentence(project: Project, funnel_process) -> None:
+    assert funnel_process("run", "--now", NOW).returncode == 0
+    database = project.root / "funnel.db"
+    database.chmod(0o444)
+    try:
+        for args in (("run", "--now", NOW), ("contacts", "show", "ana@example.test"), ("plan", "--now", NOW)):
+            _one_sentence(funnel_process(*args), "funnel.db is read-only", "chmod u+w")
+    finally:
+        database.chmod(0o644)
+
+
+def test_a_read_only_database_folder_is_one_sentence(project: Project, funnel_process, tmp_path) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    env = {"FUNNEL_DATABASE_URL": f"sqlite:///{folder / 'funnel.db'}"}
+    assert funnel_process("run", "--now", NOW, env=env).returncode == 0
+    folder.chmod(0o555)
+    try:
+        _one_sentence(funnel_process("run", "--now", NOW, env=env), "folder", "read-only")
+    finally:
+        folder.chmod(0o755)
+
+
+def test_a_mistyped_database_url_creates_nothing(project: Project, funnel_process, tmp_path) -> None:
+    missing = tmp_path / "no-such-folder" / "funnel.db"
+    result = funnel_process("run", "--now", NOW, env={"FUNNEL_DATABASE_URL": f"sqlite:///{missing}"})
+    _one_sentence(result, "FUNNEL_DATABASE_URL", "does not exist")
+    assert not missing.parent.exists()
+    for url in ("postgress://postgres@127.0.0.1/funnel", "sqlite+nodriver:///funnel.db", "mysqlx://a@b/c"):
+        _one_sentence(funnel_process("run", "--now", NOW, env={"FUNNEL_DATABASE_URL": url}), "FUNNEL_DATABASE_URL")
+    _one_sentence(
+        funnel_process("run", "--now", NOW, env={"FUNNEL_DATABASE_URL": f"sqlite:///{tmp_path}"}), "is a folder"
+    )
+
+
+def test_now_out_of_range_or_garbage_exits_2(project: Project, funnel_process) -> None:
+    for value in ("9999-12-31T00:00:00Z", "0001-01-01T00:00:00Z", "1850-01-01"):
+        _one_sentence(funnel_process("run", "--now", value), "out of range")
+    for value in ("garbage", "2026-13-45", "9999-12-31T23:59:59-05:00"):
+        _one_sentence(funnel_process("plan", "--now", value), "--now")
+    assert not (project.root / "funnel.db").exists()
+
+
+def test_preview_to_a_folder_that_cannot_be_written_exits_2(project: Project, funnel_process) -> None:
+    result = funnel_process("preview", "consultation", "received", "--out", "sequences.yaml/pv")
+    _one_sentence(result, "--out sequences.yaml/pv: cannot write there")
+
+
+def test_a_step_id_with_a_slash_is_refused_with_its_line(project: Project, funnel_process) -> None:
+    path = project.root / "sequences.yaml"
+    text = path.read_text().replace("- id: received", "- id: received/../../x", 1)
+    path.write_text(text)
+    line = next(i for i, row in enumerate(text.splitlines(), 1) if "received/../../x" in row)
+    _one_sentence(
+        funnel_process("preview", "consultation", "received/../../x"), f"sequences.yaml:{line}:", "'received-x'"
+    )
+    checked = funnel_process("check")
+    assert checked.returncode == 1 and f"sequences.yaml:{line}:" in checked.stderr
+
+
+def test_report_since_garbage_exits_2(project: Project, funnel_process) -> None:
+    for value in ("garbage", "9999-12-31T23:59:59-05:00", "0005-01-01"):
+        _one_sentence(funnel_process("report", "--since", value), "--since", "2026-12-01")
+
+
+def test_control_characters_in_contact_data_never_reach_the_terminal_raw(project: Project, funnel) -> None:
+    """However a name got into the database, printing it cannot drive the terminal."""
+    import sqlite3
+
+    project.write("signups/webinar-registrations.csv", HEADER + "ana@example.test,Ana,,2027-01-14 19:00,,\n")
+    assert funnel("run", "--now", NOW).code == 0
+    hostile = "Ana\x1b]0;owned\x07\x1b[2J\x9b31m\u202e[bold]x[/]"
+    with sqlite3.connect(project.root / "funnel.db") as db:
+        db.execute("UPDATE contacts SET first_name = ?, last_name = ?", (hostile, "\r\x08Reyes"))
+    shown = funnel("contacts", "show", "ana@example.test")
+    assert shown.code == 0
+    for raw in ("\x1b", "\x07", "\x9b", "\u202e", "\r", "\x08"):
+        assert raw not in shown.out + shown.err
+    assert "\\x1b]0;owned\\x07" in shown.out and "[bold]x[/]" in shown.out
+    as_json = funnel("contacts", "show", "ana@example.test", "--json")
+    for raw in ("\x1b", "\x07", "\x9b", "\u202e"):
+        assert raw not in as_json.out
+    assert json.loads(as_json.out)["first_name"] == hostile
