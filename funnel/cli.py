@@ -86,7 +86,8 @@ def _parse_now(_ctx: click.Context, _param: click.Parameter, value: str | None) 
     if not EARLIEST_NOW <= moment.year <= LATEST_NOW:
         # the schedule adds up to years to it: year 9999 would overflow in the middle of a run
         raise click.BadParameter(
-            f"{value!r} is out of range: give a moment between {EARLIEST_NOW} and {LATEST_NOW}, e.g. 2026-12-08T00:10:00Z"
+            f"{value!r} is out of range: give a moment between {EARLIEST_NOW} and {LATEST_NOW}, "
+            "e.g. 2026-12-08T00:10:00Z"
         )
     return moment
 
