@@ -99,9 +99,9 @@ def check(config: Config, now: datetime) -> list[str]:
                 for problem in footer_problems(config, rendered, where):
                     if problem not in problems:
                         problems.append(problem)
-            problem = None if broken else _empty_contact_problem(renderer, sid, step, webinar, url)
-            if problem and problem not in problems:
-                problems.append(problem)
+            blank = None if broken else _empty_contact_problem(renderer, sid, step, webinar, url)
+            if blank and blank not in problems:
+                problems.append(blank)
     return problems
 
 

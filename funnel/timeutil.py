@@ -82,7 +82,7 @@ def zone(name: str) -> ZoneInfo:
     """Look up an IANA timezone, raising ValueError with a hint when unknown."""
     try:
         return ZoneInfo(name.strip())
-    except (ZoneInfoNotFoundError, ValueError, IsADirectoryError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a file name
         raise ValueError(f"{name!r} is not a known timezone: use an IANA name such as America/Denver") from None
 
 
