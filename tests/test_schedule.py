@@ -1223,3 +1223,27 @@ def test_cron_down_across_the_webinar_sends_no_reminder_after_it_began(project, 
     # after the webinar its own steps still go (the replay, in the morning window)
     funnel("run", "--now", "2027-01-15T16:00:00Z")
     assert sorted(s for _to, _seq, s in project.sent()) == ["registered", "replay", "replay"]
+
+
+@PROPERTY
+@given(
+    scenario=scenarios(),
+    after_start=st.integers(0, 10 * 1440),
+    sent=st.sets(st.integers(0, 4)),
+)
+def test_property_nothing_timed_before_the_webinar_goes_at_or_after_its_start(
+    scenario: tuple[ZoneInfo, Delivery, list[Enrollment], frozenset[str]], after_start: int, sent: set[int]
+) -> None:
+    """Issue 6 item 7: whatever the sequence, the delivery settings and what was sent before."""
+    tz, dl, enrollments, tags = scenario
+    for enrollment in enrollments:
+        start = enrollment.webinar_start
+        if start is None:
+            continue
+        now = max(start, enrollment.enrolled_at) + timedelta(minutes=after_start)
+        recorded = {s.id: Recorded("sent") for i, s in enumerate(enrollment.sequence.steps) if i in sent}
+        state = EnrollmentState(enrollment.enrolled_at, start, recorded)
+        evaluation = evaluate(enrollment.sequence, state, ContactState(tz, tags), now, dl)
+        for send in evaluation.sends:
+            assert not (send.step.webinar and send.step.webinar.approx < timedelta(0)), send.step
+            assert send.due_at >= start, send.step
