@@ -271,10 +271,6 @@ def evaluate(
         if introduced is not None and due < introduced:
             skips.append(Skip(step, due, "added after its time"))
             continue
-        begun = enrollment.webinar_start
-        if begun is not None and now >= begun and about_coming_webinar(sequence, step, due, begun):
-            skips.append(Skip(step, due, WEBINAR_BEGUN))
-            continue
         window_start = opening(step, due, replace(contact, last_marketing_at=None), delivery)
         start = opening(step, due, contact, delivery)
         if now < window_start:
@@ -297,6 +293,11 @@ def evaluate(
         late = now - start
         if late > delivery.max_late.approx:
             skips.append(Skip(step, due, f"late by {describe_delay(late)}"))
+            continue
+        begun = enrollment.webinar_start
+        if begun is not None and now >= begun and about_coming_webinar(sequence, step, due, begun):
+            # after lateness, so a long outage still reads "late by 6 days"
+            skips.append(Skip(step, due, WEBINAR_BEGUN))
             continue
         if not step.transactional:
             if not in_window(now, delivery, contact.tz):

@@ -71,6 +71,9 @@ def test_weeks_of_cron_runs_follow_every_rule(project: Project, funnel) -> None:
     times = clock(start, datetime(2027, 1, 13, 4, tzinfo=UTC), timedelta(hours=12))
     times += clock(datetime(2027, 1, 13, 16, tzinfo=UTC), datetime(2027, 1, 30, tzinfo=UTC), timedelta(hours=1))
     times += clock(datetime(2027, 1, 30, 16, tzinfo=UTC), datetime(2027, 4, 1, tzinfo=UTC), timedelta(hours=12))
+    # a run between Lia's late registration and the start: seen only at the start, she
+    # would get no confirmation at all (nothing about a webinar that has begun, issue 6)
+    times = sorted([*times, datetime(2027, 1, 15, 1, 30, tzinfo=UTC)])
     events = {
         # Grace moves to a later webinar before her first one: rescheduled, not re-enrolled
         datetime(2027, 1, 10, 0, tzinfo=UTC): lambda: project.append(

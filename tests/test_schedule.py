@@ -631,9 +631,11 @@ BEGUN = "skip: the webinar had already begun"
         # down until just before the start: the reminders still make sense and go
         ("3d", "-10m", ("registered",), {"day-before": "send", "hour-before": "send", "between": "send"}),
         # the run is reached by nothing before the webinar: not even the confirmation
-        ("3d", "+10m", (), {"registered": BEGUN, "day-before": BEGUN, "hour-before": BEGUN}),
+        ("1d", "+10m", (), {"registered": BEGUN, "day-before": BEGUN, "hour-before": BEGUN}),
+        # later than max_late (2d) too: that reason comes first, as for any long outage
+        ("3d", "+10m", (), {"registered": "skip: late by 3 days", "hour-before": BEGUN}),
         # after the webinar, its own steps are not touched
-        ("3d", "+3h", (), {"registered": BEGUN, "replay": "send", "thank-you": "skip: without tag webinar-attended"}),
+        ("1d", "+3h", (), {"registered": BEGUN, "replay": "send", "thank-you": "skip: without tag webinar-attended"}),
     ],
 )
 def test_nothing_about_a_coming_webinar_after_it_began(
