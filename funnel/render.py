@@ -1,13 +1,9 @@
 """Templates: Markdown + Jinja2 (or .html) inside the layout, CSS inlined, plus a text part.
 
 One `Renderer` is built per run and compiles every template and subject up
-front, so a problem surfaces before anything is sent and no email pays for
-parsing. Markdown steps are rendered once: Jinja writes Markdown in which
-every `{{ value }}` is backslash-escaped (a first name cannot inject a link
-or emphasis), markdown-it parses it, and both the HTML and the plain-text
-part come from the same token stream. Undefined variables are errors
-(StrictUndefined), never blank text in a sent email; so is printing an empty
-value (`None`: a contact without a first name or a message), which
+front, so a problem surfaces before anything is sent. Undefined variables are
+errors (StrictUndefined), never blank text in a sent email; so is printing an
+empty value (`None`: a contact without a first name or a message), which
 `funnel check` finds by rendering for a contact with every optional field
 empty. A webinar start the contact does not have is not an error of the
 template: `MissingData` says the email cannot be written for this person,
@@ -16,12 +12,40 @@ and the run skips it with that reason.
 Templates run in Jinja's SandboxedEnvironment: a template is data a person
 edits, and must not reach Python internals (`cycler.__init__.__globals__.os
 .environ` would otherwise print the SendGrid key into an email).
+
+Compile once, fill per person. What is expensive (parsing Markdown, turning
+it into HTML and text, inlining the layout's CSS) does not depend on the
+recipient, so it is done once per *shape* of an email and cached:
+
+1. Jinja runs per email (cheap), but every value that belongs to the
+   recipient (`_Personal`: her name, fields, address, unsubscribe link,
+   subject) is printed as an opaque slot token (`fnl<nonce><n>z`) and
+   remembered. The output with tokens is the shape; people who take the same
+   `{% if %}` branches share it.
+2. A new shape is parsed and rendered once (Markdown to HTML and text, the
+   layout wrapped around it, CSS inlined) and cached.
+3. Per email, the tokens are replaced by the recipient's values, escaped for
+   HTML (`& < > " '`), raw in the text part. A value can never become
+   markup, a link or Markdown: it is never parsed at all.
+
+Values in link targets are normalised and checked exactly as markdown-it
+would (a `javascript:` link from a contact field is never made a link); a
+shape the token trick cannot represent faithfully (an autolink `<{{ url }}>`)
+and any value in a link target that is not a plain safe URL take the direct
+path: Jinja writes Markdown in which every value is backslash-escaped and
+markdown-it parses it, as before. Values that are not the recipient's own
+(practice details, a formatted webinar date) are printed into the shape,
+backslash-escaped, so they are safe as well.
 """
 
 from __future__ import annotations
 
 import re
+import secrets
+import threading
 import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -47,6 +71,7 @@ from jinja2 import (
 )
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 from markdown_it import MarkdownIt
+from markdown_it.common.utils import escapeHtml
 from markdown_it.token import Token
 from markupsafe import Markup
 
@@ -121,6 +146,36 @@ def markdown_escape(value: Any) -> Any:
     return _MD_PUNCT.sub(r"\\\1", str(value))
 
 
+class _Personal(str):
+    """A value of the recipient's own: printed as a slot token while a shape is compiled."""
+
+    __slots__ = ()
+
+
+def _personal(value: Any) -> Any:
+    """Mark a non-empty text value as the recipient's own; leave anything else as it is."""
+    return _Personal(value) if isinstance(value, str) and value and not isinstance(value, Markup) else value
+
+
+#: per-thread list of the values behind the slot tokens of the email being rendered
+_slots = threading.local()
+#: a value that is safe to put in a link target as it is (no spaces, quotes, brackets or controls)
+_PLAIN_URL = re.compile(r"[A-Za-z0-9._~:/?#@!$&*+,;=%-]+\Z")
+
+
+def _slot_or(fallback: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Jinja `finalize`: a recipient's value becomes a slot token while compiling, else `fallback`."""
+
+    def finalize(value: Any) -> Any:
+        values: list[str] | None = getattr(_slots, "values", None)
+        if values is not None and isinstance(value, _Personal):
+            values.append(str(value))
+            return f"{_slots.prefix}{len(values) - 1}z"
+        return fallback(value)
+
+    return finalize
+
+
 def format_date(value: datetime | None) -> str:
     """`Thursday, January 14` (the datetime is already in the contact's timezone)."""
     if value is None:
@@ -160,13 +215,30 @@ class Rendered:
     html: str | None
 
 
-def _environment(folder: Path, *, autoescape: bool, markdown: bool = False) -> Environment:
+@dataclass(frozen=True)
+class _Body:
+    """One compiled shape of a step's body: HTML and text with slot tokens."""
+
+    html: str
+    text: str
+    #: slots printed in a link target: normalised and checked as markdown-it does
+    url_slots: frozenset[int]
+    #: the shape cannot be compiled faithfully (e.g. an autolink around a slot): render directly
+    direct: bool = False
+
+
+#: how many shapes one step (or the layout) keeps; past it, new shapes are rendered without caching
+_MAX_SHAPES = 512
+
+
+def _environment(folder: Path, *, autoescape: bool, markdown: bool = False, slots: bool = False) -> Environment:
+    finalize = markdown_escape if markdown else refuse_empty
     env = SandboxedEnvironment(
         loader=FileSystemLoader(str(folder)),
         undefined=StrictUndefined,
         autoescape=autoescape,
         keep_trailing_newline=True,
-        finalize=markdown_escape if markdown else refuse_empty,
+        finalize=_slot_or(finalize) if slots else finalize,
     )
     env.filters["format_date"] = format_date
     env.filters["format_time"] = format_time
@@ -179,9 +251,13 @@ class Renderer:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.folder = config.templates_path
-        self._md_env = _environment(self.folder, autoescape=False, markdown=True)
-        self._html_env = _environment(self.folder, autoescape=True)
+        self._md_env = _environment(self.folder, autoescape=False, markdown=True, slots=True)
+        self._html_env = _environment(self.folder, autoescape=True, slots=True)
         self._text_env = _environment(self.folder, autoescape=False)
+        self._prefix = f"fnl{secrets.token_hex(4)}x"
+        self._token = re.compile(re.escape(self._prefix) + r"(\d+)z")
+        self._shapes: dict[tuple[str, str, str], _Body] = {}
+        self._pages: dict[str, str] = {}
         self._markdown = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
         self._inliner = css_inline.CSSInliner(keep_style_tags=True, load_remote_stylesheets=False)
         self._text_config = ParserConfig(css=CSS_PROFILES["strict"], display_links=True)
@@ -258,24 +334,56 @@ class Renderer:
         *,
         discreet: bool = False,
     ) -> Rendered:
-        """Render one email; raises TemplateError naming the template file and line."""
-        if webinar is not None and webinar.start is None:
-            webinar = replace(webinar, start=_NoWebinarStart(name="webinar.start"))  # type: ignore[arg-type]
-        contact = self._with_blanks(contact)
-        context: dict[str, Any] = {
-            "contact": contact,
-            "practice": self.config.practice,
-            "webinar": webinar,
-            "unsubscribe_url": unsubscribe_url,
-            "sequence": {"id": sequence_id, "name": sequence.name or sequence_id},
-            "step": {"id": step.id},
-        }
-        kind, body = self._bodies[(sequence_id, step.id)]
-        subject_template = self._subjects[(sequence_id, step.id, discreet)]
-        subject = " ".join(
-            self._run(subject_template, context, self._subject_where(sequence_id, step, discreet)).split()
-        )
+        """Render one email; raises TemplateError naming the template file and line.
+
+        The expensive parts come from the per-shape cache (see the module
+        docstring); only the recipient's values are filled in here.
+        """
+        context = self._context(sequence_id, sequence, step, contact, webinar, unsubscribe_url)
+        subject = self._subject(sequence_id, step, context, discreet)
+        context["subject"] = _Personal(subject) if subject else subject
+        values: list[str] = []
+        kind, template = self._bodies[(sequence_id, step.id)]
+        with self._slotting(values):
+            shape_source = self._run(template, context, step.template)
+        body = self._shape(sequence_id, step.id, kind, shape_source)
+        fill = self._filler(body, values)
+        if fill is None:
+            return self._render_direct(
+                sequence_id, sequence, step, contact, webinar, unsubscribe_url, discreet=discreet
+            )
+        text = self._wrap_text(self._token.sub(lambda m: fill(m, False), body.text), context)
+        html = None
+        if not discreet:
+            with self._slotting(values):
+                page_source = self._run(self.layout_html, {**context, "content": Markup(body.html)}, "layout.html")
+            page = self._pages.get(page_source)
+            if page is None:
+                page = self._inliner.inline(page_source)
+                if len(self._pages) < _MAX_SHAPES:
+                    self._pages[page_source] = page
+            html = self._token.sub(lambda m: fill(m, True), page)
+        return Rendered(subject=subject, text=text, html=html)
+
+    def _render_direct(
+        self,
+        sequence_id: str,
+        sequence: Sequence,
+        step: Step,
+        contact: TemplateContact,
+        webinar: TemplateWebinar | None,
+        unsubscribe_url: str,
+        *,
+        discreet: bool = False,
+    ) -> Rendered:
+        """Render one email without the shape cache: values escaped into the Markdown, parsed per email.
+
+        The path for what slots cannot represent; also the reference the fast path is tested against.
+        """
+        context = self._context(sequence_id, sequence, step, contact, webinar, unsubscribe_url)
+        subject = self._subject(sequence_id, step, context, discreet)
         context["subject"] = subject
+        kind, body = self._bodies[(sequence_id, step.id)]
         if kind == "md":
             source = self._run(body, context, step.template)
             tokens = _fix_autolinks(self._markdown.parse(source), self._markdown)
@@ -289,6 +397,103 @@ class Renderer:
         if not discreet:
             html = self._inliner.inline(self._run(self.layout_html, {**context, "content": html_body}, "layout.html"))
         return Rendered(subject=subject, text=text, html=html)
+
+    def _context(
+        self,
+        sequence_id: str,
+        sequence: Sequence,
+        step: Step,
+        contact: TemplateContact,
+        webinar: TemplateWebinar | None,
+        unsubscribe_url: str,
+    ) -> dict[str, Any]:
+        """The template variables, with the recipient's own values marked as `_Personal`.
+
+        Blank values become `_Empty` (falsy; an error when printed bare) and a
+        missing webinar start `_NoWebinarStart` (using it skips the email).
+        """
+        if webinar is not None and webinar.start is None:
+            webinar = replace(webinar, start=_NoWebinarStart(name="webinar.start"))  # type: ignore[arg-type]
+        contact = self._with_blanks(contact)
+        personal = TemplateContact(
+            email=_personal(contact.email),
+            first_name=_personal(contact.first_name),
+            last_name=_personal(contact.last_name),
+            fields={key: _personal(value) for key, value in (contact.fields or {}).items()},
+        )
+        return {
+            "contact": personal,
+            "practice": self.config.practice,
+            "webinar": webinar,
+            "unsubscribe_url": _personal(unsubscribe_url),
+            "sequence": {"id": sequence_id, "name": sequence.name or sequence_id},
+            "step": {"id": step.id},
+        }
+
+    def _subject(self, sequence_id: str, step: Step, context: dict[str, Any], discreet: bool) -> str:
+        template = self._subjects[(sequence_id, step.id, discreet)]
+        return " ".join(self._run(template, context, self._subject_where(sequence_id, step, discreet)).split())
+
+    @contextmanager
+    def _slotting(self, values: list[str]) -> Iterator[None]:
+        """While inside, the recipient's values print as slot tokens appended to `values`."""
+        _slots.values, _slots.prefix = values, self._prefix
+        try:
+            yield
+        finally:
+            _slots.values = None
+
+    def _shape(self, sequence_id: str, step_id: str, kind: str, source: str) -> _Body:
+        """The compiled body for one shape of a step, from the cache or compiled now."""
+        key = (sequence_id, step_id, source)
+        body = self._shapes.get(key)
+        if body is None:
+            body = self._compile_shape(kind, source)
+            if len(self._shapes) < _MAX_SHAPES * max(1, len(self._bodies)):
+                self._shapes[key] = body
+        return body
+
+    def _compile_shape(self, kind: str, source: str) -> _Body:
+        if kind != "md":
+            return _Body(html=source, text=get_text(source, self._text_config).strip(), url_slots=frozenset())
+        if re.search(r"<[^<>\s]*" + re.escape(self._prefix), source):
+            return _Body(html="", text="", url_slots=frozenset(), direct=True)  # an autolink around a value
+        tokens = self._markdown.parse(source)
+        url_slots: set[int] = set()
+        for token in tokens:
+            for child in token.children or []:
+                for name in ("href", "src"):
+                    target = child.attrGet(name)
+                    if target is not None:
+                        url_slots.update(int(m.group(1)) for m in self._token.finditer(str(target)))
+        html = self._markdown.renderer.render(tokens, self._markdown.options, {})
+        return _Body(html=html, text=tokens_to_text(tokens), url_slots=frozenset(url_slots))
+
+    def _filler(self, body: _Body, values: list[str]) -> Callable[[re.Match[str], bool], str] | None:
+        """The function that fills slot tokens with `values`, or None when this email must render directly."""
+        if body.direct:
+            return None
+        urls: dict[int, str] = {}
+        for index in body.url_slots:
+            if index >= len(values) or not _PLAIN_URL.match(values[index]):
+                return None
+            url = self._markdown.normalizeLink(values[index])
+            if not self._markdown.validateLink(url):
+                return None
+            urls[index] = url
+
+        def fill(match: re.Match[str], html: bool) -> str:
+            # `values` is read when filling: the layout adds its own slots after the body's
+            index = int(match.group(1))
+            if index >= len(values):  # a token-like string that is not ours: leave it as written
+                return match.group(0)
+            value = urls.get(index, values[index])
+            if not html:
+                return value
+            # as the HTML serialiser writes text, plus quotes so a value is safe in an attribute too
+            return escapeHtml(value).replace("'", "&#39;").replace("\xa0", "&nbsp;")
+
+        return fill
 
     def _with_blanks(self, contact: TemplateContact) -> TemplateContact:
         """Blank values (and mapped fields a row left empty) as `_Empty`: falsy, refused when printed bare."""

@@ -9,6 +9,8 @@ from zoneinfo import ZoneInfo
 
 import jinja2
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from funnel.config import Config, load_config
 from funnel.errors import TemplateError
@@ -668,3 +670,124 @@ def test_format_filters_refuse_no_date() -> None:
         format_date(None)
     with pytest.raises(EmptyValueError):
         format_time(None)
+
+# --------------------------------------------------------------------------- compiled once per shape
+
+
+def test_markdown_is_parsed_and_css_inlined_once_per_shape(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thousand readers of one step cost one Markdown parse and one CSS inlining, not a thousand."""
+    config = project(tmp_path)
+    renderer = Renderer(config)
+    parses: list[int] = []
+    inlines: list[int] = []
+    original_parse = renderer._markdown.parse
+    original_inline = renderer._inliner.inline
+    monkeypatch.setattr(renderer._markdown, "parse", lambda src, env=None: parses.append(1) or original_parse(src, env))
+    monkeypatch.setattr(
+        renderer, "_inliner", type("I", (), {"inline": lambda _s, h: inlines.append(1) or original_inline(h)})()
+    )
+    outs = [
+        render(config, contact=TemplateContact(email=f"p{n}@example.test", first_name=f"Reader {n}"), renderer=renderer)
+        for n in range(200)
+    ]
+    assert len(parses) == 1 and len(inlines) == 1
+    assert (
+        outs[7].html is not None and "Hi Reader 7," in outs[7].html and "<title>Hello Reader 7</title>" in outs[7].html
+    )
+    assert "Hi Reader 199," in outs[199].text
+    # someone without a first name takes the other branch of `or 'there'`: a second shape
+    render(config, contact=TemplateContact(email="x@example.test"), renderer=renderer)
+    assert len(parses) == 2
+
+
+_BENIGN = st.text(
+    alphabet=st.characters(whitelist_categories=("Lu", "Ll", "Nd", "Zs"), whitelist_characters="-.,@!?"),
+    min_size=1,
+    max_size=30,
+).filter(lambda s: s.strip() == s and "  " not in s)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(first=_BENIGN, last=_BENIGN, city=_BENIGN)
+def test_compiled_rendering_equals_direct_rendering_for_ordinary_values(
+    tmp_path: Path, first: str, last: str, city: str
+) -> None:
+    """The per-shape path fills in exactly what the direct path (values parsed into the Markdown) writes."""
+    templates = {
+        "hello.md": HELLO_MD + "\n{{ contact.last_name }} from {{ contact.fields.city }}, {{ contact.email }}\n"
+    }
+    config = project(tmp_path, templates=templates)
+    renderer = _RENDERERS.setdefault(str(tmp_path), Renderer(config))
+    sequence = config.sequences["welcome"]
+    contact = TemplateContact(email="ann@example.test", first_name=first, last_name=last, fields={"city": city})
+    for step_id in ("hello", "reminder", "page"):
+        step = sequence.step(step_id)
+        assert step is not None
+        for discreet in (False, True):
+            fast = renderer.render("welcome", sequence, step, contact, webinar(), UNSUB, discreet=discreet)
+            direct = renderer._render_direct("welcome", sequence, step, contact, webinar(), UNSUB, discreet=discreet)
+            assert fast == direct
+
+
+_RENDERERS: dict[str, Renderer] = {}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "javascript:alert(1)",
+        "JAVASCRIPT:alert(1)",
+        'https://ok.test/" onmouseover="x()',
+        "https://ok.test/a b",
+        "data:text/html;base64,PHNjcmlwdD4=",
+        "<script>alert(1)</script>",
+    ],
+)
+def test_a_readers_value_in_a_link_target_is_checked_like_markdown_does(tmp_path: Path, value: str) -> None:
+    config = project(tmp_path, templates={"hello.md": "[your page]({{ contact.fields.site }})\n"})
+    renderer = Renderer(config)
+    sequence = config.sequences["welcome"]
+    step = sequence.step("hello")
+    assert step is not None
+    contact = TemplateContact(email="x@example.test", first_name="X", fields={"site": value})
+    out = renderer.render("welcome", sequence, step, contact, webinar(), UNSUB)
+    assert out == renderer._render_direct("welcome", sequence, step, contact, webinar(), UNSUB)
+    assert out.html is not None
+    assert 'href="javascript' not in out.html.lower() and 'href="data:' not in out.html
+    assert not {"onmouseover", "onclick"} & _attribute_names(out.html)
+    assert "<script>" not in out.html
+
+
+def _attribute_names(html: str) -> set[str]:
+    """Every attribute name in an HTML document, as a browser's parser reads it."""
+    from html.parser import HTMLParser
+
+    names: set[str] = set()
+
+    class Collect(HTMLParser):
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            names.update(name for name, _ in attrs)
+
+    Collect().feed(html)
+    return names
+
+
+def test_a_readers_plain_url_in_a_link_target_is_filled_in(tmp_path: Path) -> None:
+    config = project(tmp_path, templates={"hello.md": "[your page]({{ contact.fields.site }})\n"})
+    renderer = Renderer(config)
+    sequence = config.sequences["welcome"]
+    step = sequence.step("hello")
+    assert step is not None
+    for site in ("https://a.test/x?y=1&z=2", "https://b.test/"):
+        contact = TemplateContact(email="x@example.test", fields={"site": site})
+        out = renderer.render("welcome", sequence, step, contact, webinar(), UNSUB)
+        assert out == renderer._render_direct("welcome", sequence, step, contact, webinar(), UNSUB)
+        assert out.html is not None and f'href="{site.replace("&", "&amp;")}"' in out.html
+
+
+def test_a_value_that_looks_like_a_slot_token_stays_text(tmp_path: Path) -> None:
+    config = project(tmp_path)
+    renderer = Renderer(config)
+    fake_token = f"{renderer._prefix}0z"
+    out = render(config, contact=TemplateContact(email="x@example.test", first_name=fake_token), renderer=renderer)
+    assert f"Hi {fake_token}," in out.text
