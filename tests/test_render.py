@@ -671,6 +671,7 @@ def test_format_filters_refuse_no_date() -> None:
     with pytest.raises(EmptyValueError):
         format_time(None)
 
+
 # --------------------------------------------------------------------------- compiled once per shape
 
 
