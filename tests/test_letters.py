@@ -250,3 +250,22 @@ def test_the_crisis_offers_reach_a_registrant_in_the_first_week_after_the_webina
     assert after, "no email in the first week after the webinar names the 3-hour intensives"
     assert any(links["individual"] in t and links["couples"] in t for t in after)
     assert any("3-hour intensive" in t for t in after)
+
+
+def test_a_reader_who_asks_for_discreet_emails_can_be_marked_through_the_shipped_source(
+    project: Project, funnel
+) -> None:
+    """The footer offers discreet emails; `discreet-requests` is how the practice honors a reply asking for them."""
+    project.write(
+        "signups/webinar-registrations.csv",
+        "Email,First Name,Last Name,Webinar Start,Time Zone,Discreet\n"
+        "ana@example.test,Ana,,2027-01-14 19:00,America/Denver,\n",
+    )
+    assert funnel("run", "--now", "2027-01-10T16:00:00Z").code == 0
+    project.write("signups/discreet-requests.csv", "Email,Discreet\nANA@example.test,yes\nnobody@example.test,yes\n")
+    assert funnel("run", "--now", "2027-01-14T02:00:00Z").code == 0
+    first, reminder = project.messages()
+    assert first.get_content_type() == "multipart/alternative"
+    assert reminder.get_content_type() == "text/plain"
+    assert reminder["Subject"] == "A reminder for tomorrow"
+    assert funnel("contacts", "show", "nobody@example.test").code == 1  # nobody new is created
