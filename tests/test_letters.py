@@ -202,7 +202,19 @@ def test_one_voice_no_we_for_the_practice() -> None:
         assert "we'll help you" not in text and "We received" not in text, key
 
 
-LOUD = ["betray", "affair", "trauma", "infidel", "intima", "sex", "partner", "couple", "crisis", "hard conversation", "anger"]
+LOUD = [
+    "betray",
+    "affair",
+    "trauma",
+    "infidel",
+    "intima",
+    "sex",
+    "partner",
+    "couple",
+    "crisis",
+    "hard conversation",
+    "anger",
+]
 
 
 def test_subjects_and_preheaders_stay_quiet_in_a_shared_inbox() -> None:
