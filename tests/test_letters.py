@@ -169,7 +169,7 @@ def test_the_signature_falls_back_to_the_practice_name() -> None:
 def test_the_registration_confirmation_says_letters_follow_and_stop_with_one_click() -> None:
     text = words(render_all(shipped())[("webinar-relationship-911", "registered")])
     assert "After the webinar, I'll send you a series of short letters" in text
-    assert "stops them with one click" in text
+    assert "stops them all with one click" in text
 
 
 # --------------------------------------------------------------------------- consistency
