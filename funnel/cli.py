@@ -210,6 +210,10 @@ def check(config_path: Path | None, debug: bool, now: datetime) -> None:
         for problem in exc.problems:
             click.echo(problem, err=True)
         sys.exit(EXIT_FAILED)
+    from funnel.preview import example_warnings
+
+    for warning in example_warnings(config):  # warnings only: the exit code stays 0
+        click.echo(warning, err=True)
     problems = check_templates(config, now)
     for problem in problems:
         click.echo(problem, err=True)

@@ -52,6 +52,16 @@ class Practice(_Model):
     discreet_subject: str = "A note for you"
     #: extension: named URLs the templates use, e.g. practice.links.consultation
     links: dict[str, str] = Field(default_factory=dict)
+    # extension: optional facts only the practice can state. The letters show each one only when it
+    # is filled in, and read well without it, so nothing is promised that the practice has not said.
+    #: where the therapist may practice, one sentence shown in the invitations to book
+    licensure: str | None = None
+    #: how soon a consultation request is answered, e.g. "within two business days"
+    response_time: str | None = None
+    #: how the free consultation takes place, one sentence, e.g. "It takes about twenty minutes, by phone or video."
+    consultation_details: str | None = None
+    #: who reads replies, one sentence, e.g. "I read every reply myself."
+    reply_note: str | None = None
 
     @field_validator("timezone")
     @classmethod
@@ -225,6 +235,8 @@ class Step(_Model):
     transactional: bool = False
     subject: str
     discreet_subject: str | None = None
+    preheader: str | None = None
+    discreet_preheader: str | None = None
     template: str
     if_tags: tuple[str, ...] = ()
     unless_tags: tuple[str, ...] = ()

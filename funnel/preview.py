@@ -16,9 +16,12 @@ run skips it, with a reason, for someone who has none.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime, time, timedelta
 from html import escape
+from typing import Any
+from urllib.parse import urlsplit
 
 from funnel.config import KNOWN_FIELDS, Config, Step
 from funnel.errors import TemplateError
@@ -26,6 +29,10 @@ from funnel.render import MissingData, Rendered, Renderer, TemplateContact, Temp
 from funnel.timeutil import local_wall, zone
 
 SAMPLE_TOKEN = "sample-token"
+
+#: the shipped example practice's postal address and domain: `funnel check` warns while either is still in place
+EXAMPLE_POSTAL_ADDRESS = "820 Aspen Grove Lane, Suite 4, Fort Collins, CO 80521"
+EXAMPLE_DOMAIN = "healinglightcounseling.test"
 
 
 def sample_contact(config: Config, email: str = "sample@example.test") -> TemplateContact:
@@ -134,3 +141,68 @@ def render_sample(config: Config, sequence_id: str, step_id: str, now: datetime)
         sample_webinar(config, sequence_id, now),
         sample_unsubscribe_url(config),
     )
+
+
+def _addresses(config: Config) -> Iterator[tuple[tuple[Any, ...], str]]:
+    """Every email address and URL of the config, with its YAML path."""
+    practice = config.practice
+    for key in ("from_email", "reply_to", "base_url"):
+        value = getattr(practice, key)
+        if value:
+            yield ("practice", key), value
+    for name, url in practice.links.items():
+        yield ("practice", "links", name), url
+    for wid, webinar in config.webinars.items():
+        for key in ("join_url", "replay_url"):
+            value = getattr(webinar, key)
+            if value:
+                yield ("webinars", wid, key), value
+    for sid, source in config.sources.items():
+        if source.thank_you_url:
+            yield ("sources", sid, "thank_you_url"), source.thank_you_url
+
+
+def _host(value: str) -> str:
+    """The domain of an address or URL, lower-cased ("" when there is none)."""
+    if "://" not in value and "@" in value:
+        return value.rsplit("@", 1)[1].strip().lower()
+    return (urlsplit(value).hostname or "").lower()
+
+
+def example_warnings(config: Config) -> list[str]:
+    """Warnings while the shipped example's postal address or domain are still in the config.
+
+    They are only warnings (`funnel check` still exits 0): the shipped funnel must
+    check cleanly, yet a practice must not send mail signed with an invented address.
+    """
+    name = config.path.name
+    warnings: list[tuple[int, str]] = []
+    address = " ".join(config.practice.postal_address.split()).lower()
+    if address == EXAMPLE_POSTAL_ADDRESS.lower():
+        line = config.line_of("practice", "postal_address") or 1
+        warnings.append(
+            (
+                line,
+                f"{name}:{line}: warning: practice.postal_address is still the example address in Fort Collins: "
+                "write the practice's own mailing address",
+            )
+        )
+    found = [
+        (path, config.line_of(*path))
+        for path, value in _addresses(config)
+        if _host(value) == EXAMPLE_DOMAIN or _host(value).endswith("." + EXAMPLE_DOMAIN)
+    ]
+    if found:
+        lines = [line for _path, line in found if line]
+        keys = ", ".join(".".join(str(part) for part in path) for path, _line in found[:3])
+        if len(found) > 3:
+            keys += f" and {len(found) - 3} more settings"
+        line = min(lines) if lines else 1
+        warnings.append(
+            (
+                line,
+                f"{name}:{line}: warning: {keys} still use the example domain {EXAMPLE_DOMAIN}: "
+                "write the practice's own addresses and links",
+            )
+        )
+    return [message for _line, message in sorted(warnings)]

@@ -92,7 +92,7 @@ def test_python_dash_m_funnel_is_the_same_program(project: Project, funnel_proce
 def test_preview_writes_html_and_text_and_prints_the_subject(project: Project, funnel) -> None:
     result = funnel("preview", "webinar-relationship-911", "registered", "--now", NOW, "--out", "pv")
     assert result.code == 0, result.err
-    assert result.out.startswith("Subject: Your seat is saved, Sam")
+    assert result.out.startswith("Subject: Your place is saved, Sam")
     html = (project.root / "pv" / "webinar-relationship-911--registered.html").read_text()
     text = (project.root / "pv" / "webinar-relationship-911--registered.txt").read_text()
     assert "style=" in html  # CSS inlined

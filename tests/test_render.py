@@ -541,7 +541,7 @@ def test_a_mistake_in_a_subject_names_the_yaml_line(tmp_path: Path) -> None:
 
     shutil.copytree(REPO / "email_templates", tmp_path / "email_templates")
     text = (REPO / "sequences.yaml").read_text()
-    text = text.replace('subject: "We received your message"', 'subject: "We received {{ contact.nickname }}"')
+    text = text.replace('subject: "Your message arrived safely"', 'subject: "Arrived {{ contact.nickname }}"')
     (tmp_path / "sequences.yaml").write_text(text)
     line = next(i for i, row in enumerate(text.splitlines(), 1) if "contact.nickname" in row)
     config = load_config(tmp_path / "sequences.yaml")

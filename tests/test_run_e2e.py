@@ -114,8 +114,10 @@ def test_weeks_of_cron_runs_follow_every_rule(project: Project, funnel) -> None:
     recovery = [
         "what-you-feel",
         "steadier-ground",
+        "anger",
         "your-lines",
         "hard-conversations",
+        "closeness",
         "womens-group",
         "ways-to-work",
         "door-open",
