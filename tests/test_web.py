@@ -1,7 +1,7 @@
 """`funnel serve` through real HTTP: a real subprocess on a free loopback port.
 
 Each test starts the shipped project's server (`funnel_server` fixture) and
-talks to it with httpx; state is checked with the real CLI (`funnel_process`)
+talks to it with httpx; state is checked with the real CLI (`funnel`)
 and, for what the CLI does not show, the SQLite file itself.
 """
 
@@ -27,24 +27,24 @@ ANA = {"email": "Ana@Example.test", "name": "Ana", "message": "Could we talk?\r\
 Run = Callable[..., Any]
 
 
-def show(funnel_process: Run, address: str) -> dict[str, Any]:
-    result = funnel_process("contacts", "show", address, "--json")
-    assert result.returncode == 0, result.stderr
-    import json
-
-    return json.loads(result.stdout)  # type: ignore[no-any-return]
+# state is checked with the real CLI, in-process (the `funnel` fixture) for speed; runs that
+# make the emails are real subprocesses where the test is end to end (the browser test)
 
 
-def export(funnel_process: Run, address: str) -> dict[str, Any]:
-    import json
-
-    result = funnel_process("contacts", "export", address)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)  # type: ignore[no-any-return]
+def show(funnel: Run, address: str) -> dict[str, Any]:
+    result = funnel("contacts", "show", address, "--json")
+    assert result.code == 0, result.err
+    return result.json()  # type: ignore[no-any-return]
 
 
-def unknown(funnel_process: Run, address: str) -> bool:
-    return bool(funnel_process("contacts", "show", address, "--json").returncode == 1)
+def export(funnel: Run, address: str) -> dict[str, Any]:
+    result = funnel("contacts", "export", address)
+    assert result.code == 0, result.err
+    return result.json()  # type: ignore[no-any-return]
+
+
+def unknown(funnel: Run, address: str) -> bool:
+    return bool(funnel("contacts", "show", address, "--json").code == 1)
 
 
 @pytest.fixture
@@ -58,12 +58,12 @@ def http(server: Any) -> Iterator[httpx.Client]:
         yield client
 
 
-def unsubscribe_link(project: Project, funnel_process: Run, server: Any, http: httpx.Client, who: str) -> str:
+def unsubscribe_link(project: Project, funnel: Run, server: Any, http: httpx.Client, who: str) -> str:
     """Post the form for `who`, run the job (base URL: this server), and return the path of the
     List-Unsubscribe link in the email that the run wrote to the outbox."""
     assert http.post(FORM, data={**ANA, "email": who}).status_code == 303
-    run = funnel_process("run", "--now", NOW, env={"FUNNEL_BASE_URL": server.url})
-    assert run.returncode == 0, run.stderr
+    run = funnel("run", "--now", NOW, env={"FUNNEL_BASE_URL": server.url})
+    assert run.code == 0, run.err
     for path in sorted(project.outbox.glob("*.eml")):
         message = message_from_bytes(path.read_bytes(), policy=email.policy.default)
         if message["To"].addresses[0].addr_spec == who.lower():
@@ -108,18 +108,18 @@ def test_serve_refuses_a_busy_port_in_one_sentence(server: Any, funnel_process: 
 
 
 def test_a_form_post_stores_the_person_with_consent_and_the_next_run_sends(
-    project: Project, funnel_process: Run, http: httpx.Client
+    project: Project, funnel: Run, http: httpx.Client
 ) -> None:
     answer = http.post(FORM, data=ANA, headers={"User-Agent": "TestBrowser/1.0"})
     assert answer.status_code == 303
     assert answer.headers["location"] == THANKS
     assert not project.outbox.exists() or not list(project.outbox.iterdir())  # serve never sends
-    ana = show(funnel_process, "ana@example.test")
+    ana = show(funnel, "ana@example.test")
     assert ana["first_name"] == "Ana"
     assert "consultation-requested" in ana["tags"]
     assert [e["sequence"] for e in ana["enrollments"]] == ["consultation"]
     assert ana["fields"]["message"] == "Could we talk?\nThank you."
-    consents = export(funnel_process, "ana@example.test")["consents"]
+    consents = export(funnel, "ana@example.test")["consents"]
     assert consents == [
         {
             "source": "consultation-form",
@@ -128,16 +128,16 @@ def test_a_form_post_stores_the_person_with_consent_and_the_next_run_sends(
             "user_agent": "TestBrowser/1.0",
         }
     ]
-    run = funnel_process("run", "--now", NOW, "--json")
-    assert run.returncode == 0, run.stderr
+    run = funnel("run", "--now", NOW, "--json")
+    assert run.code == 0, run.err
     assert project.sent() == [("ana@example.test", "consultation", "received")]
 
 
-def test_a_json_post_gets_a_json_answer(funnel_process: Run, http: httpx.Client) -> None:
+def test_a_json_post_gets_a_json_answer(funnel: Run, http: httpx.Client) -> None:
     answer = http.post(FORM, json={"email": "bea@example.test", "name": "Bea", "discreet": True})
     assert answer.status_code == 200
     assert answer.json() == {"ok": True, "thank_you_url": THANKS}
-    bea = show(funnel_process, "bea@example.test")
+    bea = show(funnel, "bea@example.test")
     assert bea["discreet"] is True
 
 
@@ -172,7 +172,7 @@ def test_unknown_and_file_sources_are_404(http: httpx.Client) -> None:
     assert http.post("/forms/consultation-requests", json=ANA).status_code == 404
 
 
-def test_an_oversized_body_is_413_also_when_chunked(funnel_process: Run, http: httpx.Client) -> None:
+def test_an_oversized_body_is_413_also_when_chunked(funnel: Run, http: httpx.Client) -> None:
     big = {**ANA, "message": "x" * 70_000}
     assert http.post(FORM, data=big).status_code == 413
 
@@ -183,47 +183,47 @@ def test_an_oversized_body_is_413_also_when_chunked(funnel_process: Run, http: h
 
     answer = http.post(FORM, content=chunks(), headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert answer.status_code == 413
-    assert unknown(funnel_process, "ana@example.test")
+    assert unknown(funnel, "ana@example.test")
 
 
-def test_the_honeypot_drops_bots_with_the_same_answer(funnel_process: Run, http: httpx.Client) -> None:
+def test_the_honeypot_drops_bots_with_the_same_answer(funnel: Run, http: httpx.Client) -> None:
     bot = http.post(FORM, data={**ANA, "website": "http://spam.test"})
     assert bot.status_code == 303
     assert bot.headers["location"] == THANKS
     assert http.post(FORM, json={**ANA, "website": "x"}).json() == {"ok": True, "thank_you_url": THANKS}
-    assert unknown(funnel_process, "ana@example.test")
+    assert unknown(funnel, "ana@example.test")
 
 
-@pytest.mark.parametrize(
-    ("content", "content_type", "status"),
-    [
-        (b"email=ana%40example.test&name=Jos\xe9", "application/x-www-form-urlencoded", 400),  # raw latin-1
-        (b"email=ana%40example.test&name=Jos%E9", "application/x-www-form-urlencoded", 400),  # %-encoded latin-1
-        (b"email=ana%40example.test", "application/x-www-form-urlencoded; charset=ISO-8859-1", 415),
-        (b'{"email": "ana@example.test", ', "application/json", 400),
-        (b'["ana@example.test"]', "application/json", 400),
-        (b'"ana@example.test"', "application/json", 400),
-        (b'{"email": "ana@example.test", "name": {"first": "Ana"}}', "application/json", 422),
-        (b'{"email": "ana@example.test", "n": ' + b"9" * 5000 + b"}", "application/json", 400),
-        (b"[" * 20_000 + b"]" * 20_000, "application/json", 400),
-        (b'{"email": "ana@example.test\xff"}', "application/json", 400),
-        (
-            b"&".join(b"f%d=1" % i for i in range(500)) + b"&email=ana%40example.test",
-            "application/x-www-form-urlencoded",
-            400,
-        ),
-        (b"email=ana@example.test", "text/plain", 415),
-        (b"email=ana@example.test", "", 415),
-    ],
-)
-def test_odd_bodies_get_a_4xx_never_a_500(
-    funnel_process: Run, http: httpx.Client, content: bytes, content_type: str, status: int
-) -> None:
-    answer = http.post(FORM, content=content, headers={"Content-Type": content_type})
-    assert answer.status_code == status, answer.text
-    assert answer.text.strip()  # one sentence saying what is wrong
+ODD_BODIES = [
+    (b"email=ana%40example.test&name=Jos\xe9", "application/x-www-form-urlencoded", 400),  # raw latin-1
+    (b"email=ana%40example.test&name=Jos%E9", "application/x-www-form-urlencoded", 400),  # %-encoded latin-1
+    (b"email=ana%40example.test", "application/x-www-form-urlencoded; charset=ISO-8859-1", 415),
+    (b'{"email": "ana@example.test", ', "application/json", 400),
+    (b'["ana@example.test"]', "application/json", 400),
+    (b'"ana@example.test"', "application/json", 400),
+    (b'{"email": "ana@example.test", "name": {"first": "Ana"}}', "application/json", 422),
+    (b'{"email": "ana@example.test", "n": ' + b"9" * 5000 + b"}", "application/json", 400),
+    (b"[" * 20_000 + b"]" * 20_000, "application/json", 400),
+    (b'{"email": "ana@example.test\xff"}', "application/json", 400),
+    (
+        b"&".join(b"f%d=1" % i for i in range(500)) + b"&email=ana%40example.test",
+        "application/x-www-form-urlencoded",
+        400,
+    ),
+    (b"email=ana@example.test", "text/plain", 415),
+    (b"email=ana@example.test", "", 415),
+]
+
+
+def test_odd_bodies_get_a_4xx_never_a_500(funnel: Run, http: httpx.Client) -> None:
+    for i, (content, content_type, status) in enumerate(ODD_BODIES):
+        # each from its own visitor (as the proxy reports it), so the rate limit stays out of the way
+        headers = {"Content-Type": content_type, "X-Forwarded-For": f"198.51.100.{i}"}
+        answer = http.post(FORM, content=content, headers=headers)
+        assert answer.status_code == status, (content[:60], answer.text)
+        assert answer.text.strip()  # one sentence saying what is wrong
     assert http.get("/healthz").status_code == 200
-    assert unknown(funnel_process, "ana@example.test")
+    assert unknown(funnel, "ana@example.test")
 
 
 def test_many_json_fields_are_refused(http: httpx.Client) -> None:
@@ -232,10 +232,10 @@ def test_many_json_fields_are_refused(http: httpx.Client) -> None:
     assert "fields" in answer.json()["error"]
 
 
-def test_line_breaks_and_control_characters_in_names_are_cleaned(funnel_process: Run, http: httpx.Client) -> None:
+def test_line_breaks_and_control_characters_in_names_are_cleaned(funnel: Run, http: httpx.Client) -> None:
     answer = http.post(FORM, data={"email": "ana@example.test", "name": "Ana\r\nBcc: evil@example.test\x00\x1b[31m"})
     assert answer.status_code == 303
-    ana = show(funnel_process, "ana@example.test")
+    ana = show(funnel, "ana@example.test")
     assert ana["first_name"] == "Ana Bcc: evil@example.test [31m"
     assert not re.search(r"[\x00-\x1f]", ana["first_name"])
 
@@ -282,8 +282,8 @@ def test_cors_only_for_listed_origins(project: Project, funnel_server: Callable[
 # --------------------------------------------------------------------------- unsubscribe
 
 
-def test_get_asks_and_changes_nothing(project: Project, funnel_process: Run, server: Any, http: httpx.Client) -> None:
-    link = unsubscribe_link(project, funnel_process, server, http, "ana@example.test")
+def test_get_asks_and_changes_nothing(project: Project, funnel: Run, server: Any, http: httpx.Client) -> None:
+    link = unsubscribe_link(project, funnel, server, http, "ana@example.test")
     page = http.get(link)
     assert page.status_code == 200
     assert re.search(r'<form method="post" action="[^"]+">', page.text)
@@ -301,13 +301,13 @@ def test_get_asks_and_changes_nothing(project: Project, funnel_process: Run, ser
     assert "set-cookie" not in page.headers
     for _ in range(3):  # link scanners and previews
         assert http.get(link).status_code == 200
-    assert show(funnel_process, "ana@example.test")["unsubscribed"] is False
+    assert show(funnel, "ana@example.test")["unsubscribed"] is False
 
 
 def test_one_click_post_unsubscribes_at_once_and_twice_is_harmless(
-    project: Project, funnel_process: Run, server: Any, http: httpx.Client
+    project: Project, funnel: Run, server: Any, http: httpx.Client
 ) -> None:
-    link = unsubscribe_link(project, funnel_process, server, http, "ana@example.test")
+    link = unsubscribe_link(project, funnel, server, http, "ana@example.test")
     # RFC 8058: urlencoded body, no cookies, and the answer is not a redirect
     answer = http.post(
         link, content=b"List-Unsubscribe=One-Click", headers={"Content-Type": "application/x-www-form-urlencoded"}
@@ -315,25 +315,25 @@ def test_one_click_post_unsubscribes_at_once_and_twice_is_harmless(
     assert answer.status_code == 200
     assert "You are unsubscribed" in answer.text
     assert "set-cookie" not in answer.headers
-    ana = show(funnel_process, "ana@example.test")
+    ana = show(funnel, "ana@example.test")
     assert ana["unsubscribed"] is True and ana["unsubscribed_at"] == "2026-12-08T16:00:00Z"
     again = http.post(
         link, content=b"List-Unsubscribe=One-Click", headers={"Content-Type": "application/x-www-form-urlencoded"}
     )
     assert again.status_code == 200
-    assert export(funnel_process, "ana@example.test")["unsubscribed_via"] == "one-click"
+    assert export(funnel, "ana@example.test")["unsubscribed_via"] == "one-click"
 
 
-def test_the_page_offers_undo_by_post(project: Project, funnel_process: Run, server: Any, http: httpx.Client) -> None:
-    link = unsubscribe_link(project, funnel_process, server, http, "ana@example.test")
+def test_the_page_offers_undo_by_post(project: Project, funnel: Run, server: Any, http: httpx.Client) -> None:
+    link = unsubscribe_link(project, funnel, server, http, "ana@example.test")
     done = http.post(link, data={"confirm": "yes"})
-    assert show(funnel_process, "ana@example.test")["unsubscribed"] is True
+    assert show(funnel, "ana@example.test")["unsubscribed"] is True
     action = re.search(r'<form method="post" action="([^"]+)">\s*<button type="submit" class="quiet">', done.text)
     assert action is not None
     undo_url = httpx.URL(server.url + link).join(action.group(1))
     undone = http.post(undo_url)
     assert undone.status_code == 200 and "subscribed again" in undone.text
-    assert show(funnel_process, "ana@example.test")["unsubscribed"] is False
+    assert show(funnel, "ana@example.test")["unsubscribed"] is False
     # and from there, unsubscribing again points back at the token's own address
     again = re.search(r'<form method="post" action="([^"]+)">', undone.text)
     assert again is not None
@@ -341,9 +341,9 @@ def test_the_page_offers_undo_by_post(project: Project, funnel_process: Run, ser
 
 
 def test_forged_or_damaged_tokens_are_400_and_change_nothing(
-    project: Project, funnel_process: Run, server: Any, http: httpx.Client
+    project: Project, funnel: Run, server: Any, http: httpx.Client
 ) -> None:
-    link = unsubscribe_link(project, funnel_process, server, http, "ana@example.test")
+    link = unsubscribe_link(project, funnel, server, http, "ana@example.test")
     damaged = link[:-2] + ("AA" if not link.endswith("AA") else "BB")
     from itsdangerous import URLSafeSerializer
 
@@ -359,15 +359,15 @@ def test_forged_or_damaged_tokens_are_400_and_change_nothing(
             == 400
         )
         assert http.post(bad + "/resubscribe").status_code == 400
-    assert show(funnel_process, "ana@example.test")["unsubscribed"] is False
+    assert show(funnel, "ana@example.test")["unsubscribed"] is False
 
 
 def test_a_forgotten_person_gets_the_same_answer_as_anyone(
-    project: Project, funnel_process: Run, server: Any, http: httpx.Client
+    project: Project, funnel: Run, server: Any, http: httpx.Client
 ) -> None:
-    ana_link = unsubscribe_link(project, funnel_process, server, http, "ana@example.test")
-    bea_link = unsubscribe_link(project, funnel_process, server, http, "bea@example.test")
-    assert funnel_process("contacts", "forget", "ana@example.test").returncode == 0
+    ana_link = unsubscribe_link(project, funnel, server, http, "ana@example.test")
+    bea_link = unsubscribe_link(project, funnel, server, http, "bea@example.test")
+    assert funnel("contacts", "forget", "ana@example.test").code == 0
     answers = {}
     for who, link in (("ana", ana_link), ("bea", bea_link)):
         got = http.get(link)
@@ -378,35 +378,35 @@ def test_a_forgotten_person_gets_the_same_answer_as_anyone(
             (a.status_code, a.text.replace(token, "T"), sorted(a.headers.keys())) for a in (got, posted, undone)
         ]
     assert answers["ana"] == answers["bea"]
-    assert unknown(funnel_process, "ana@example.test")
+    assert unknown(funnel, "ana@example.test")
 
 
 def test_a_new_form_post_after_an_unsubscribe_is_fresh_consent(
-    project: Project, funnel_process: Run, server: Any, http: httpx.Client
+    project: Project, funnel: Run, server: Any, http: httpx.Client
 ) -> None:
-    link = unsubscribe_link(project, funnel_process, server, http, "ana@example.test")
+    link = unsubscribe_link(project, funnel, server, http, "ana@example.test")
     http.post(
         link, content=b"List-Unsubscribe=One-Click", headers={"Content-Type": "application/x-www-form-urlencoded"}
     )
-    assert show(funnel_process, "ana@example.test")["unsubscribed"] is True
+    assert show(funnel, "ana@example.test")["unsubscribed"] is True
     # re-reading an old file never resubscribes anyone ...
     project.write("signups/consultation-requests.jsonl", '{"email": "ana@example.test", "name": "Ana"}\n')
-    assert funnel_process("run", "--now", NOW).returncode == 0
-    assert show(funnel_process, "ana@example.test")["unsubscribed"] is True
+    assert funnel("run", "--now", NOW).code == 0
+    assert show(funnel, "ana@example.test")["unsubscribed"] is True
     # ... but she asking again through the form does
     assert http.post(FORM, data=ANA).status_code == 303
-    assert show(funnel_process, "ana@example.test")["unsubscribed"] is False
-    assert len(export(funnel_process, "ana@example.test")["consents"]) == 2
+    assert show(funnel, "ana@example.test")["unsubscribed"] is False
+    assert len(export(funnel, "ana@example.test")["consents"]) == 2
 
 
-def test_forget_erases_the_consent_evidence(project: Project, funnel_process: Run, http: httpx.Client) -> None:
+def test_forget_erases_the_consent_evidence(project: Project, funnel: Run, http: httpx.Client) -> None:
     assert http.post(FORM, data=ANA, headers={"User-Agent": "TestBrowser/1.0"}).status_code == 303
-    assert len(export(funnel_process, "ana@example.test")["consents"]) == 1
-    assert funnel_process("contacts", "forget", "ana@example.test").returncode == 0
+    assert len(export(funnel, "ana@example.test")["consents"]) == 1
+    assert funnel("contacts", "forget", "ana@example.test").code == 0
     with sqlite3.connect(project.root / "funnel.db") as db:
         assert db.execute("SELECT count(*) FROM consents").fetchone() == (0,)
     # a form post for an erased address stores nothing, and answers like any other
     assert http.post(FORM, data=ANA).status_code == 303
     with sqlite3.connect(project.root / "funnel.db") as db:
         assert db.execute("SELECT count(*) FROM consents").fetchone() == (0,)
-    assert unknown(funnel_process, "ana@example.test")
+    assert unknown(funnel, "ana@example.test")
