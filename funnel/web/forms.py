@@ -127,7 +127,7 @@ def _urlencoded_fields(body: bytes) -> dict[str, str]:
         text = body.decode("utf-8")
         pairs = parse_qsl(text, keep_blank_values=True, encoding="utf-8", errors="strict", max_num_fields=MAX_FIELDS)
     except UnicodeDecodeError:
-        raise BadInput(400, "the form is not UTF-8 text: add accept-charset=\"UTF-8\" to the <form>") from None
+        raise BadInput(400, 'the form is not UTF-8 text: add accept-charset="UTF-8" to the <form>') from None
     except ValueError:
         raise BadInput(400, f"the form has more than {MAX_FIELDS} fields") from None
     return {name.strip().lower(): value for name, value in pairs}
@@ -137,9 +137,9 @@ def _json_fields(body: bytes) -> dict[str, str]:
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):  # bad JSON, not UTF-8, a number too long to read, absurd nesting
-        raise BadInput(400, "the body is not valid JSON: send one object like {\"email\": \"...\"}") from None
+        raise BadInput(400, 'the body is not valid JSON: send one object like {"email": "..."}') from None
     if not isinstance(data, dict):
-        raise BadInput(400, "the JSON is not an object: send one object like {\"email\": \"...\"}")
+        raise BadInput(400, 'the JSON is not an object: send one object like {"email": "..."}')
     if len(data) > MAX_FIELDS:
         raise BadInput(400, f"the form has more than {MAX_FIELDS} fields")
     fields: dict[str, str] = {}

@@ -51,8 +51,7 @@ _STYLE_HASH = base64.b64encode(hashlib.sha256(STYLE.encode("utf-8")).digest()).d
 
 #: nothing loads from anywhere; forms post only back to us; no framing, no base tag tricks
 CSP = (
-    f"default-src 'none'; style-src 'sha256-{_STYLE_HASH}'; form-action 'self'; "
-    "frame-ancestors 'none'; base-uri 'none'"
+    f"default-src 'none'; style-src 'sha256-{_STYLE_HASH}'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 
 #: the browser tab and history show only this (never the subject matter)
