@@ -125,9 +125,7 @@ def normalize_email(value: str) -> str:
     examples use them; they can never be delivered by accident).
     """
     try:
-        result = validate_email(
-            value.strip(), check_deliverability=False, test_environment=True, allow_smtputf8=False
-        )
+        result = validate_email(value.strip(), check_deliverability=False, test_environment=True, allow_smtputf8=False)
     except EmailNotValidError as exc:
         raise ValueError(str(exc).rstrip(".")) from None
     return (result.ascii_email or result.normalized).lower()
@@ -220,7 +218,11 @@ def _decode(path: Path, data: bytes) -> tuple[str, str, int, str | None]:
     Excel's plain "CSV" is Windows-1252: read, with a warning, when the file is
     not UTF-8. UTF-16 needs its byte-order mark (Excel's "Unicode text" has one).
     """
-    for bom, codec in ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be")):
+    for bom, codec in (
+        (codecs.BOM_UTF8, "utf-8"),
+        (codecs.BOM_UTF16_LE, "utf-16-le"),
+        (codecs.BOM_UTF16_BE, "utf-16-be"),
+    ):
         if data.startswith(bom):
             try:
                 return data[len(bom) :].decode(codec), codec, len(bom), None
@@ -398,14 +400,14 @@ def _check_record(
     open_quote = last and _quote_left_open("".join(lines[first:end]), delimiter)
     if swallowed:
         return (
-            f"a quote (\") opened on this line is not closed, so lines {first + 1}-{end} would be read as one "
+            f'a quote (") opened on this line is not closed, so lines {first + 1}-{end} would be read as one '
             "value: close the quote or delete it (the lines after it were read on their own)"
         )
     if open_quote:
         if not settled:
             return "defer"
         return (
-            f"a quote (\") opened on this line is never closed before the end of the file (line {end}): "
+            f'a quote (") opened on this line is never closed before the end of the file (line {end}): '
             "close the quote or delete it (the lines after it were read on their own)"
         )
     if last and not lines[-1].endswith(_ENDINGS) and not settled:

@@ -705,7 +705,9 @@ def test_quoted_value_still_open_at_the_end_waits_then_is_rejected_if_it_stays_o
     assert emails(second) == ["bob@example.test"]
     assert second.rows[0].fields == {"note": "first line\nsecond line"}
     # a quote that is still open when the file has long stopped changing is an error with its line
-    path = write(tmp_path, 'Email,First Name,Note\nann@example.test,Ann,ok\nbob@example.test,Bob,"first line\nmore\n', "b.csv")
+    path = write(
+        tmp_path, 'Email,First Name,Note\nann@example.test,Ann,ok\nbob@example.test,Bob,"first line\nmore\n', "b.csv"
+    )
     settle(path)
     third = read(path, source)
     assert emails(third) == ["ann@example.test"]
@@ -731,7 +733,10 @@ def test_tab_separated_file(tmp_path: Path) -> None:
 
 
 def test_old_mac_line_endings(tmp_path: Path) -> None:
-    path = write(tmp_path, 'Email,First Name\rann@example.test,Ann\rbad,Bad\rbob@example.test,"Bob\rBobby"\rcat@example.test,Cat\r')
+    path = write(
+        tmp_path,
+        'Email,First Name\rann@example.test,Ann\rbad,Bad\rbob@example.test,"Bob\rBobby"\rcat@example.test,Cat\r',
+    )
     source = csv_source(columns={"email": "Email", "first_name": "First Name"})
     result = read(path, source)
     assert emails(result) == ["ann@example.test", "bob@example.test", "cat@example.test"]
@@ -877,7 +882,9 @@ def test_control_characters_are_cleaned_from_names_and_fields(tmp_path: Path) ->
         'Email,First Name,Last Name,Note\nann@example.test,"Ann\r\nBcc: x@evil.test","\tAmes\x07\u202e",'
         '"line one\r\nline\x00 two\u2028three"\n',
     )
-    source = csv_source(columns={"email": "Email", "first_name": "First Name", "last_name": "Last Name", "note": "Note"})
+    source = csv_source(
+        columns={"email": "Email", "first_name": "First Name", "last_name": "Last Name", "note": "Note"}
+    )
     row = read(path, source).rows[0]
     assert row.first_name == "Ann Bcc: x@evil.test"  # one line: it can never break a header
     assert row.last_name == "Ames"
@@ -890,7 +897,9 @@ def test_read_mapping_reads_a_form_post_by_the_same_rules(tmp_path: Path) -> Non
     source = Source.model_validate(
         {"format": "form", "columns": {"email": "email", "first_name": "name", "discreet": "discreet"}}
     )
-    result = read_mapping("consultation-form", source, {"email": "Ann@Example.test", "name": "Ann\r\n", "discreet": ""}, DENVER)
+    result = read_mapping(
+        "consultation-form", source, {"email": "Ann@Example.test", "name": "Ann\r\n", "discreet": ""}, DENVER
+    )
     (row,) = result.rows
     assert (row.email, row.first_name, row.discreet) == ("ann@example.test", "Ann", None)
     bad = read_mapping("consultation-form", source, {"email": "\u00fcser@example.test"}, DENVER)
