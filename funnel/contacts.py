@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import delete, select, update
 from sqlmodel import Session, col
@@ -107,8 +108,12 @@ def _enrollment(config: Config, enrollment: Enrollment, rows: dict[str, StepRun]
     sequence = config.sequences.get(enrollment.sequence)
     steps: list[dict[str, Any]] = []
     dues: dict[str, datetime | None] = {}
+    problem = None
     if sequence is not None:
-        dues = due_times(sequence, enrollment.enrolled_at, enrollment.webinar_start, zone(tz_name))
+        try:
+            dues = due_times(sequence, enrollment.enrolled_at, enrollment.webinar_start, _zone(config, tz_name))
+        except (OverflowError, ValueError) as exc:  # a value stored by an older version: show the rest
+            problem = f"due times cannot be computed ({exc})"
         for step in sequence.steps:
             steps.append(_step(step.id, rows.get(step.id), dues.get(step.id), enrollment))
     # steps that were acted on but are no longer in sequences.yaml
@@ -117,13 +122,21 @@ def _enrollment(config: Config, enrollment: Enrollment, rows: dict[str, StepRun]
     return {
         "sequence": enrollment.sequence,
         "status": enrollment.status,
-        "reason": enrollment.end_reason,
+        "reason": enrollment.end_reason or problem,
         "enrolled_at": _iso(enrollment.enrolled_at),
         "webinar": enrollment.webinar,
         "webinar_start": _iso(enrollment.webinar_start),
         "next_due_at": _iso(enrollment.next_due_at),
         "steps": steps,
     }
+
+
+def _zone(config: Config, name: str) -> ZoneInfo:
+    """The contact's zone, or the practice's when the stored name is unusable."""
+    try:
+        return zone(name)
+    except ValueError:
+        return zone(config.practice.timezone)
 
 
 def _step(step_id: str, row: StepRun | None, due: datetime | None, enrollment: Enrollment) -> dict[str, Any]:
