@@ -65,6 +65,7 @@ _BREAKS = re.compile(r"\r\n|[\r\x85\u2028\u2029]")
 #: split after each line ending: \n, \r\n, or a lone \r (old Mac)
 _LINE_END = re.compile(r"(?<=\n)|(?<=\r)(?!\n)")
 _ENDINGS = ("\n", "\r")
+_DELIMITER_NAMES = {",": "commas", ";": "semicolons", "\t": "tabs"}
 
 
 @dataclass(frozen=True)
@@ -373,7 +374,8 @@ def _csv_rows(
                 out.append(
                     (
                         first + 1,
-                        f"{len(values)} values but the header has {len(header)} columns: quote values with commas",
+                        f"{len(values)} values but the header has {len(header)} columns: "
+                        f"quote values that contain {_DELIMITER_NAMES[delimiter]}",
                     )
                 )
                 continue
