@@ -36,7 +36,7 @@ import json
 import re
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -62,8 +62,8 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u206
 _CONTROL_KEEP_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff]")
 _SPACES = re.compile(r"\s+")
 _BREAKS = re.compile(r"\r\n|[\r\x85\u2028\u2029]")
-#: split after each line ending: \n, \r\n, or a lone \r (old Mac)
-_LINE_END = re.compile(r"(?<=\n)|(?<=\r)(?!\n)")
+#: one line with its ending: \n, \r\n, or a lone \r (old Mac); the last may have none
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
 _ENDINGS = ("\n", "\r")
 _DELIMITER_NAMES = {",": "commas", ";": "semicolons", "\t": "tabs"}
 
@@ -184,32 +184,35 @@ def read_source_file(
     if previous is not None and previous.size == current.size and previous.sha256 == current.sha256:
         return FileRead(fingerprint=previous, unchanged=True)
     text, codec, bom, note = _decode(path, data)
-    lines = _split_lines(text)
     # still being written? (a modification time in the future counts as "just written")
     age = time.time() - modified
     settled = settle_seconds <= 0 or age >= settle_seconds
-    start = _resume_line(data, lines, codec, bom, previous)
+    # only the lines after what was read before are split and parsed: `base` lines come first
+    offset, base = _resume(data, text, codec, bom, previous)
+    lines = _split_lines(text[offset:] if offset else text)
     result = FileRead()
     if note:
         result.problems.append(RowProblem(1, note, warning=True))
     if source.format == "csv":
-        raw, consumed = _csv_rows(name, source, path, lines, start, settled)
+        raw, consumed = _csv_rows(name, source, path, _first_line(text), lines, base, settled)
     else:
-        raw, consumed = _jsonl_rows(source, lines, start, settled)
+        raw, consumed = _jsonl_rows(source, lines, base, settled)
     _map_rows(name, source, path, iter(raw), practice_tz, result)
     result.deferred = len(lines) - consumed
-    if result.deferred:
-        result.problems.append(
-            RowProblem(
-                consumed + 1,
-                "the file ends in the middle of a row (is it still being written?): "
-                "this row is read once it is complete, or once the file has not changed for a minute",
-                warning=True,
-            )
+    if not result.deferred:
+        result.fingerprint = Fingerprint(current.size, current.sha256, base + consumed)
+        return result
+    result.problems.append(
+        RowProblem(
+            base + consumed + 1,
+            "the file ends in the middle of a row (is it still being written?): "
+            "this row is read once it is complete, or once the file has not changed for a minute",
+            warning=True,
         )
-    size = bom + len("".join(lines[:consumed]).encode(codec)) if consumed else 0
-    prefix = data if size == len(data) else data[:size]
-    result.fingerprint = fingerprint(prefix, lines=consumed)
+    )
+    read_chars = offset + sum(map(len, lines[:consumed]))
+    size = bom + len(text[:read_chars].encode(codec)) if read_chars else 0
+    result.fingerprint = fingerprint(data[:size], lines=base + consumed)
     return result
 
 
@@ -266,25 +269,41 @@ def _byte_line(data: bytes, offset: int) -> int:
 
 def _split_lines(text: str) -> list[str]:
     """Physical lines with their endings; only \\n, \\r\\n and \\r end a line."""
-    lines = _LINE_END.split(text)
-    if lines and lines[-1] == "":
-        lines.pop()
+    lone_cr = text.count("\r") - text.count("\r\n")
+    if lone_cr and "\n" in text:
+        return _LINE.findall(text)  # mixed endings: the slow, exact way
+    ending = "\r" if lone_cr else "\n"  # \r\n lines end in \n too
+    parts = text.split(ending)
+    lines = [part + ending for part in parts[:-1]]
+    if parts[-1]:
+        lines.append(parts[-1])
     return lines
 
 
-def _resume_line(data: bytes, lines: list[str], codec: str, bom: int, previous: Fingerprint | None) -> int:
-    """Where to start when the file only grew since `previous` (0: read it all)."""
-    if previous is None or previous.lines <= 0 or not 0 < previous.size < len(data):
-        return 0
-    count = previous.lines
-    if count > len(lines) or not lines[count - 1].endswith(_ENDINGS):
-        return 0
+def _resume(data: bytes, text: str, codec: str, bom: int, previous: Fingerprint | None) -> tuple[int, int]:
+    """When the file only grew since `previous`: where the new text starts, and how many lines precede it.
+
+    (0, 0) reads it all. The part read before must be unchanged and end with a
+    whole line: a "\\r" that is now followed by "\\n" was half a line ending.
+    """
+    if previous is None or previous.lines <= 0 or not bom < previous.size < len(data):
+        return 0, 0
     if hashlib.sha256(data[: previous.size]).hexdigest() != previous.sha256:
-        return 0
-    # the stored size must fall exactly after line `count` (a "\r" since joined by "\n" does not)
-    if bom + len("".join(lines[:count]).encode(codec)) != previous.size:
-        return 0
-    return count
+        return 0, 0
+    try:
+        head = data[bom : previous.size].decode(codec)
+    except UnicodeDecodeError:
+        return 0, 0
+    if not head.endswith(_ENDINGS) or (head.endswith("\r") and text[len(head) : len(head) + 1] == "\n"):
+        return 0, 0
+    if head.count("\n") + head.count("\r") - head.count("\r\n") != previous.lines:
+        return 0, 0
+    return len(head), previous.lines
+
+
+def _first_line(text: str) -> str:
+    match = _LINE.match(text)
+    return match.group(0) if match else ""
 
 
 def _sniff_delimiter(header_line: str) -> str:
@@ -327,16 +346,16 @@ def _letter(position: int) -> str:
 
 
 def _csv_rows(
-    name: str, source: Source, path: Path, lines: list[str], start: int, settled: bool
+    name: str, source: Source, path: Path, header_line: str, lines: list[str], skipped: int, settled: bool
 ) -> tuple[list[tuple[int, dict[str, str] | str]], int]:
-    """Rows from line index `start` on, and how many lines were fully read."""
-    if not lines:
+    """Rows of `lines` (the file's lines after the first `skipped`), and how many of them were fully read."""
+    if not header_line:
         return [], 0
-    if not lines[0].endswith(_ENDINGS) and not settled:
+    if not header_line.endswith(_ENDINGS) and not settled:
         return [], 0  # even the header is still being written
-    delimiter = _sniff_delimiter(lines[0])
+    delimiter = _sniff_delimiter(header_line)
     try:
-        header = [h.strip() for h in next(csv.reader([lines[0]], delimiter=delimiter), [])]
+        header = [h.strip() for h in next(csv.reader([header_line], delimiter=delimiter), [])]
     except csv.Error as exc:
         raise SourceError(f"{path}:1: the header row cannot be read ({exc})") from None
     _check_header(name, source, path, header)
@@ -344,28 +363,29 @@ def _csv_rows(
     email_header = source.columns["email"].strip().lower()
     email_column = lowered.index(email_header) if email_header in lowered else None
     out: list[tuple[int, dict[str, str] | str]] = []
-    index = max(start, 1)
+    index = 0 if skipped else 1  # `first`, `end`, `index`: positions in `lines`
     total = len(lines)
     while index < total:
         reader = csv.reader(itertools.islice(lines, index, None), delimiter=delimiter)
         base = index
         while True:
             first = base + reader.line_num
+            number = skipped + first + 1  # the line number people see
             try:
                 values = next(reader)
             except StopIteration:
                 index = total
                 break
             except csv.Error as exc:
-                out.append((first + 1, f"this line cannot be read as CSV ({exc}): check its quotes"))
+                out.append((number, f"this line cannot be read as CSV ({exc}): check its quotes"))
                 index = first + 1  # read on from the next line
                 break
             end = base + reader.line_num
-            verdict = _check_record(lines, first, end, values, delimiter, len(header), email_column, settled)
+            verdict = _check_record(lines, first, end, skipped, values, delimiter, len(header), email_column, settled)
             if verdict == "defer":
                 return out, first
             if verdict:
-                out.append((first + 1, verdict))
+                out.append((number, verdict))
                 index = first + 1  # the lines it swallowed are read on their own
                 break
             if not any(v.strip() for v in values):
@@ -373,14 +393,14 @@ def _csv_rows(
             if len(values) > len(header):
                 out.append(
                     (
-                        first + 1,
+                        number,
                         f"{len(values)} values but the header has {len(header)} columns: "
                         f"quote values that contain {_DELIMITER_NAMES[delimiter]}",
                     )
                 )
                 continue
             # a short row (trailing empty columns left out) still has every header
-            out.append((first + 1, {h: (values[i] if i < len(values) else "") for i, h in enumerate(header)}))
+            out.append((number, {h: (values[i] if i < len(values) else "") for i, h in enumerate(header)}))
     return out, total
 
 
@@ -388,6 +408,7 @@ def _check_record(
     lines: list[str],
     first: int,
     end: int,
+    skipped: int,
     values: list[str],
     delimiter: str,
     width: int,
@@ -402,14 +423,15 @@ def _check_record(
     open_quote = last and _quote_left_open("".join(lines[first:end]), delimiter)
     if swallowed:
         return (
-            f'a quote (") opened on this line is not closed, so lines {first + 1}-{end} would be read as one '
+            f'a quote (") opened on this line is not closed, so lines {skipped + first + 1}-{skipped + end} '
+            "would be read as one "
             "value: close the quote or delete it (the lines after it were read on their own)"
         )
     if open_quote:
         if not settled:
             return "defer"
         return (
-            f'a quote (") opened on this line is never closed before the end of the file (line {end}): '
+            f'a quote (") opened on this line is never closed before the end of the file (line {skipped + end}): '
             "close the quote or delete it (the lines after it were read on their own)"
         )
     if last and not lines[-1].endswith(_ENDINGS) and not settled:
@@ -447,14 +469,13 @@ def _quote_left_open(raw: str, delimiter: str) -> bool:
 
 
 def _jsonl_rows(
-    source: Source, lines: list[str], start: int, settled: bool
+    source: Source, lines: list[str], skipped: int, settled: bool
 ) -> tuple[list[tuple[int, dict[str, str] | str]], int]:
     # only \n, \r\n and \r end a line: U+2028 and friends are legal inside JSON strings
     used = _used_columns(source)
     out: list[tuple[int, dict[str, str] | str]] = []
-    for index in range(start, len(lines)):
-        raw = lines[index]
-        number = index + 1
+    for index, raw in enumerate(lines):
+        number = skipped + index + 1
         if index == len(lines) - 1 and not raw.endswith(_ENDINGS) and not settled:
             return out, index
         line = raw.rstrip("\r\n")
@@ -548,11 +569,9 @@ def _map_rows(
             continue
         values = {fld: lowered.get(header.strip().lower(), "") for fld, header in source.columns.items()}
         try:
-            signup = _to_signup(line, values, practice_tz, result)
+            result.rows.append(_to_signup(line, values, practice_tz, result, file=path.name))
         except ValueError as exc:
             result.problems.append(RowProblem(line, str(exc)))
-            continue
-        result.rows.append(replace(signup, file=path.name))
     if lookup and check_columns:
         _require_columns(name, source, path, lookup, where)
 
@@ -572,7 +591,9 @@ def _require_columns(name: str, source: Source, path: Path, lookup: dict[str, st
             )
 
 
-def _to_signup(line: int, values: dict[str, str], practice_tz: ZoneInfo, result: FileRead) -> SignupRow:
+def _to_signup(
+    line: int, values: dict[str, str], practice_tz: ZoneInfo, result: FileRead, *, file: str = ""
+) -> SignupRow:
     address = values.get("email", "")
     if not address:
         raise ValueError("no email address: fill it in or delete the row")
@@ -609,6 +630,7 @@ def _to_signup(line: int, values: dict[str, str], practice_tz: ZoneInfo, result:
         webinar_start=start,
         discreet=discreet,
         fields=extra,
+        file=file,
     )
 
 

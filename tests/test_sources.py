@@ -904,3 +904,15 @@ def test_read_mapping_reads_a_form_post_by_the_same_rules(tmp_path: Path) -> Non
     assert (row.email, row.first_name, row.discreet) == ("ann@example.test", "Ann", None)
     bad = read_mapping("consultation-form", source, {"email": "\u00fcser@example.test"}, DENVER)
     assert bad.rows == [] and "not a valid email address" in bad.problems[0].message
+
+
+def test_unterminated_quote_in_an_appended_part_is_reported_with_its_line(tmp_path: Path) -> None:
+    source = csv_source(columns={"email": "Email", "first_name": "First Name"})
+    path = write(tmp_path, HEADER + "ann@example.test,Ann\n")
+    first = read(path, source)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write('bob@example.test,"Bob\ncat@example.test,Cat\ndee@example.test,Dee\n')
+    second = read(path, source, previous=first.fingerprint)
+    assert emails(second) == ["cat@example.test", "dee@example.test"]
+    assert lines(second) == [4, 5]
+    assert "lines 3-5" in errors(second)[3]
