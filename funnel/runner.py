@@ -580,7 +580,7 @@ class Runner:
         enrollment, step = claim.enrollment, claim.send.step
         try:
             email = self._compose(claim.contact, enrollment, claim.sequence, step, row)
-        except TemplateError as exc:
+        except (TemplateError, OverflowError, ValueError) as exc:  # also a stored date beyond what a zone can show
             row.status, row.reason, row.retryable = "failed", f"template error: {exc}", False
             self.summary.fail(claim.contact.email, enrollment.sequence, step.id, row.reason)
             if str(exc) not in self.summary.problems:

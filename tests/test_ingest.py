@@ -313,3 +313,20 @@ def test_excel_semicolon_windows_1252_export_is_read(project: Project, funnel) -
     assert result.code == 0 and result.json()["sent"] == 1
     assert any("Windows-1252" in w for w in result.json()["warnings"])
     assert funnel("contacts", "show", "jose@example.test", "--json").json()["first_name"] == "Jos\u00e9"
+
+
+def test_a_stored_start_no_zone_can_show_fails_only_that_email(project: Project, funnel) -> None:
+    path = project.write(
+        "signups/consultation-requests.jsonl", '{"email": "ann@example.test"}\n{"email": "bob@example.test"}\n'
+    )
+    assert funnel("import", "consultation-requests", str(path), "--now", BEFORE).code == 0
+    with db(project) as conn:  # as an older version might have stored them
+        conn.execute("UPDATE contacts SET timezone = 'Asia/Tokyo' WHERE email = 'ann@example.test'")
+        conn.execute(
+            "UPDATE enrollments SET webinar = 'relationship-911', webinar_start = '9999-12-31 23:00:00.000000'"
+            " WHERE contact_id = (SELECT id FROM contacts WHERE email = 'ann@example.test')"
+        )
+    run = funnel("run", "--now", BEFORE, "--json", "--config", str(project.root / "sequences.yaml"))
+    assert run.code == 1, run.err
+    assert [f["email"] for f in run.json()["failures"]] == ["ann@example.test"]
+    assert sent_steps(project, "bob@example.test") == ["received"]
