@@ -18,7 +18,7 @@ from sqlmodel import Session, col
 
 from funnel.config import Config
 from funnel.errors import NotFoundError, UsageError
-from funnel.models import Contact, Enrollment, StepRun, Tag
+from funnel.models import Contact, Enrollment, PendingTag, StepRun, Tag
 from funnel.schedule import due_times
 from funnel.sources import email_hash, normalize_email
 from funnel.timeutil import isoformat_z, zone
@@ -58,6 +58,7 @@ def forget(session: Session, contact: Contact, now: datetime) -> None:
     """Erase personal data; keep only the hash that stops mail to the address."""
     contact_id = contact.id
     session.execute(delete(Tag).where(col(Tag.contact_id) == contact_id))
+    session.execute(delete(PendingTag).where(col(PendingTag.email_hash) == contact.email_hash))
     session.execute(
         update(Enrollment)
         .where(col(Enrollment.contact_id) == contact_id, col(Enrollment.status) == "active")

@@ -330,3 +330,17 @@ def test_a_stored_start_no_zone_can_show_fails_only_that_email(project: Project,
     assert run.code == 1, run.err
     assert [f["email"] for f in run.json()["failures"]] == ["ann@example.test"]
     assert sent_steps(project, "bob@example.test") == ["received"]
+
+
+def test_forget_also_drops_tags_kept_for_the_address(project: Project, funnel) -> None:
+    project.write(ATTENDANCE, "Email,Attended\nann@example.test,Yes\n")
+    assert funnel("run", "--now", BEFORE).code == 0
+    with db(project) as conn:  # known only by hash, as `suppressions sync` leaves an address
+        conn.execute(
+            "INSERT INTO contacts (email_hash, discreet, fields, created_at, updated_at, suppressed_reason)"
+            " VALUES (?, 0, '{}', '2027-01-10 16:00:00', '2027-01-10 16:00:00', 'bounce')",
+            (email_hash("ann@example.test"),),
+        )
+    assert funnel("contacts", "forget", "ann@example.test", "--now", BEFORE).code == 0
+    with db(project) as conn:
+        assert conn.execute("SELECT count(*) FROM pending_tags").fetchone() == (0,)
