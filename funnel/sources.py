@@ -424,8 +424,7 @@ def _check_record(
     if swallowed:
         return (
             f'a quote (") opened on this line is not closed, so lines {skipped + first + 1}-{skipped + end} '
-            "would be read as one "
-            "value: close the quote or delete it (the lines after it were read on their own)"
+            "would be read as one value: close the quote or delete it (the lines after it were read on their own)"
         )
     if open_quote:
         if not settled:
