@@ -15,6 +15,7 @@ import sqlite3
 import time
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from conftest import Project
 from fake_sendgrid import FakeSendGrid
 from sqlmodel import Session, select
@@ -211,9 +212,13 @@ def test_attendance_read_before_the_registration_gets_the_thank_you(project: Pro
     assert "replay" in sent_steps(project, "bob@example.test")
 
 
-def test_pending_tags_reach_people_who_arrive_by_a_form_and_expire(project: Project) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_pending_tags_reach_people_who_arrive_by_a_form_and_expire(
+    project: Project, backend: str, request: pytest.FixtureRequest
+) -> None:
     config = load_config(project.root / "sequences.yaml")
-    engine = make_engine(f"sqlite:///{project.root / 'funnel.db'}")
+    url = f"sqlite:///{project.root / 'funnel.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    engine = make_engine(url)
     now = datetime(2027, 1, 15, 4, tzinfo=UTC)
     attended = config.sources["webinar-attendance"]
     rows = [SignupRow(line=2, email="ann@example.test", file="a.csv"), SignupRow(line=3, email="old@example.test")]
