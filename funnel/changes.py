@@ -102,9 +102,15 @@ def _effects(
     )
     for enrollment, email, tz_name in session.execute(query):
         done = set(session.scalars(select(col(StepRun.step_id)).where(col(StepRun.enrollment_id) == enrollment.id)))
-        tz = zone(tz_name or config.practice.timezone)
-        old_due = due_times(old_seq, enrollment.enrolled_at, enrollment.webinar_start, tz) if old_seq else {}
-        new_due = due_times(new_seq, enrollment.enrolled_at, enrollment.webinar_start, tz) if new_seq else {}
+        try:
+            tz = zone(tz_name or config.practice.timezone)
+        except ValueError:  # an unusable zone stored by an older version
+            tz = zone(config.practice.timezone)
+        try:
+            old_due = due_times(old_seq, enrollment.enrolled_at, enrollment.webinar_start, tz) if old_seq else {}
+            new_due = due_times(new_seq, enrollment.enrolled_at, enrollment.webinar_start, tz) if new_seq else {}
+        except (OverflowError, ValueError):
+            continue  # times that cannot be computed: the next run stops that enrollment, with the reason
         for step_id, kind in kinds.items():
             if step_id in done:
                 continue  # already sent or decided: an edit never sends a step twice

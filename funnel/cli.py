@@ -344,6 +344,10 @@ def _print_summary(summary: Any, loud: bool) -> None:
             counts = summary.steps[key]
             table.add_row(key, *(str(counts.get(c, 0)) for c in ("sent", "skipped", "failed")))
         out.print(table)
+    if loud:  # addresses only when asked for (--verbose, a terminal): cron mail stays impersonal
+        for failure in getattr(summary, "failures", []):
+            where = f"{failure['sequence']}/{failure['step']}".rstrip("/")
+            click.echo(f"failed: {failure['email']} {where}: {failure['reason']}")
 
 
 @cli.command()

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import delete, select, update
 from sqlmodel import Session, col
 
 from funnel.config import Config
 from funnel.errors import NotFoundError, UsageError
-from funnel.models import Consent, Contact, Enrollment, StepRun, Tag
+from funnel.models import Consent, Contact, Enrollment, PendingTag, StepRun, Tag
 from funnel.schedule import due_times
 from funnel.sources import email_hash, normalize_email
 from funnel.timeutil import isoformat_z, zone
@@ -65,6 +66,7 @@ def forget(session: Session, contact: Contact, now: datetime) -> None:
     contact_id = contact.id
     session.execute(delete(Tag).where(col(Tag.contact_id) == contact_id))
     session.execute(delete(Consent).where(col(Consent.contact_id) == contact_id))  # IP and browser are personal
+    session.execute(delete(PendingTag).where(col(PendingTag.email_hash) == contact.email_hash))
     session.execute(
         update(Enrollment)
         .where(col(Enrollment.contact_id) == contact_id, col(Enrollment.status) == "active")
@@ -115,8 +117,12 @@ def _enrollment(config: Config, enrollment: Enrollment, rows: dict[str, StepRun]
     sequence = config.sequences.get(enrollment.sequence)
     steps: list[dict[str, Any]] = []
     dues: dict[str, datetime | None] = {}
+    problem = None
     if sequence is not None:
-        dues = due_times(sequence, enrollment.enrolled_at, enrollment.webinar_start, zone(tz_name))
+        try:
+            dues = due_times(sequence, enrollment.enrolled_at, enrollment.webinar_start, _zone(config, tz_name))
+        except (OverflowError, ValueError) as exc:  # a value stored by an older version: show the rest
+            problem = f"due times cannot be computed ({exc})"
         for step in sequence.steps:
             steps.append(_step(step.id, rows.get(step.id), dues.get(step.id), enrollment))
     # steps that were acted on but are no longer in sequences.yaml
@@ -125,13 +131,21 @@ def _enrollment(config: Config, enrollment: Enrollment, rows: dict[str, StepRun]
     return {
         "sequence": enrollment.sequence,
         "status": enrollment.status,
-        "reason": enrollment.end_reason,
+        "reason": enrollment.end_reason or problem,
         "enrolled_at": _iso(enrollment.enrolled_at),
         "webinar": enrollment.webinar,
         "webinar_start": _iso(enrollment.webinar_start),
         "next_due_at": _iso(enrollment.next_due_at),
         "steps": steps,
     }
+
+
+def _zone(config: Config, name: str) -> ZoneInfo:
+    """The contact's zone, or the practice's when the stored name is unusable."""
+    try:
+        return zone(name)
+    except ValueError:
+        return zone(config.practice.timezone)
 
 
 def _step(step_id: str, row: StepRun | None, due: datetime | None, enrollment: Enrollment) -> dict[str, Any]:

@@ -10,14 +10,20 @@ Rules kept here:
 - an erased address is never re-created, and a file never resubscribes anyone;
 - a contact is in a sequence at most once, ever; signing up again for a
   *later* webinar start reschedules the enrollment, the same start changes nothing;
-- suppressed contacts are not enrolled.
+- suppressed contacts are not enrolled;
+- a blank value never overwrites a stored one (discretion is only turned off
+  by an explicit no: see `funnel.sources`);
+- a row of a `create: false` source for someone who is not a contact yet
+  (attendance read before registration) is kept as pending tags, by address
+  hash only, and applied by whichever later import, run or form post brings
+  her in; pending tags older than `PENDING_DAYS` are dropped.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Table, and_, delete, select, update
@@ -26,10 +32,12 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col
 
 from funnel.config import Config, Source
-from funnel.models import Contact, Enrollment, StepRun, Tag
+from funnel.models import Contact, Enrollment, PendingTag, StepRun, Tag
 from funnel.sources import SignupRow, email_hash
 
 _BATCH = 500
+#: how long a tag for someone who has not signed up (yet) is kept
+PENDING_DAYS = 90
 
 
 @dataclass
@@ -40,12 +48,25 @@ class IngestResult:
     rescheduled: int = 0
     #: rows for people who are not contacts while the source has `create: false`
     unknown: int = 0
+    #: of those, rows whose tags are kept until the person appears
+    pending: int = 0
+    #: pending tags (from earlier rows) applied to people who appeared now
+    pending_applied: int = 0
     #: rows for erased addresses (kept out for good)
     erased: int = 0
     sequences: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: IngestResult) -> None:
-        for name in ("imported", "created", "enrolled", "rescheduled", "unknown", "erased"):
+        for name in (
+            "imported",
+            "created",
+            "enrolled",
+            "rescheduled",
+            "unknown",
+            "pending",
+            "pending_applied",
+            "erased",
+        ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
@@ -69,21 +90,41 @@ def _table(model: Any) -> Table:
 def apply_rows(
     session: Session, config: Config, source_name: str, source: Source, rows: Iterable[SignupRow], now: datetime
 ) -> IngestResult:
-    """Apply accepted rows of one source; the caller commits."""
+    """Apply accepted rows of one source; the caller commits.
+
+    Every way people come in (a run's file sources, `funnel import`, a form
+    post) goes through here, so they all follow the same rules.
+    """
     result = IngestResult()
+    pending = _pending_exist(session, now)
     batch: list[SignupRow] = []
     for row in rows:
         batch.append(row)
         if len(batch) >= _BATCH:
-            result.add(_apply_batch(session, config, source_name, source, batch, now))
+            result.add(_apply_batch(session, config, source_name, source, batch, now, pending))
             batch = []
     if batch:
-        result.add(_apply_batch(session, config, source_name, source, batch, now))
+        result.add(_apply_batch(session, config, source_name, source, batch, now, pending))
     return result
 
 
+def _pending_exist(session: Session, now: datetime) -> bool:
+    """Drop pending tags past their time; are any left? (Skips the look-up for most imports.)"""
+    table = _table(PendingTag)
+    if session.execute(select(table.c.email_hash).limit(1)).first() is None:
+        return False
+    session.execute(delete(PendingTag).where(col(PendingTag.received_at) < now - timedelta(days=PENDING_DAYS)))
+    return session.execute(select(table.c.email_hash).limit(1)).first() is not None
+
+
 def _apply_batch(
-    session: Session, config: Config, source_name: str, source: Source, rows: list[SignupRow], now: datetime
+    session: Session,
+    config: Config,
+    source_name: str,
+    source: Source,
+    rows: list[SignupRow],
+    now: datetime,
+    pending: bool = False,
 ) -> IngestResult:
     result = IngestResult()
     # the last row for an address wins (dedupe within the batch, keeping order)
@@ -94,13 +135,21 @@ def _apply_batch(
         latest[key] = _merge(previous, row) if previous else row
     contacts = _existing(session, list(latest))
     new_rows = []
+    keep: list[dict[str, Any]] = []
     for key, row in latest.items():
         if key in contacts:
             continue
         if not source.create:
             result.unknown += 1
+            keep.extend(
+                {"email_hash": key, "tag": tag, "source": source_name, "origin": row.origin, "received_at": now}
+                for tag in source.tags
+            )
+            result.pending += 1 if source.tags else 0
             continue
         new_rows.append(_new_contact(key, row, source_name, now))
+    # she may sign up later (the attendance export came first): keep the tags until then
+    insert_ignore(session, _table(PendingTag), keep, ("email_hash", "tag"))
     if new_rows:
         # insert-or-ignore: a concurrent worker may be creating the same people
         insert_ignore(session, _table(Contact), new_rows, ("email_hash",))
@@ -128,9 +177,31 @@ def _apply_batch(
         for tag in source.tags
     ]
     insert_ignore(session, _table(Tag), tag_rows, ("contact_id", "tag"))
+    if pending and live:
+        result.pending_applied = _apply_pending(session, live)
     if source.enroll:
         _enroll(session, config, source_name, source, source.enroll, live, latest, now, result)
     return result
+
+
+def _apply_pending(session: Session, live: dict[str, dict[str, Any]]) -> int:
+    """Tags kept for people who were not contacts yet: theirs now, with their source and time."""
+    found = list(
+        session.execute(
+            select(
+                col(PendingTag.email_hash), col(PendingTag.tag), col(PendingTag.source), col(PendingTag.received_at)
+            ).where(col(PendingTag.email_hash).in_(list(live)))
+        )
+    )
+    if not found:
+        return 0
+    tag_rows = [
+        {"contact_id": live[key]["id"], "tag": tag, "source": source, "added_at": received}
+        for key, tag, source, received in found
+    ]
+    insert_ignore(session, _table(Tag), tag_rows, ("contact_id", "tag"))
+    session.execute(delete(PendingTag).where(col(PendingTag.email_hash).in_({key for key, *_ in found})))
+    return len(found)
 
 
 def _merge(older: SignupRow, newer: SignupRow) -> SignupRow:
@@ -144,6 +215,7 @@ def _merge(older: SignupRow, newer: SignupRow) -> SignupRow:
         webinar_start=max(filter(None, (older.webinar_start, newer.webinar_start)), default=None),
         discreet=newer.discreet if newer.discreet is not None else older.discreet,
         fields={**older.fields, **newer.fields},
+        file=newer.file,
     )
 
 

@@ -189,6 +189,25 @@ class SourceFile(SQLModel, table=True):
     read_at: datetime = Field(sa_type=UTCDateTime)
 
 
+class PendingTag(SQLModel, table=True):
+    """A tag for an address that is not a contact yet, applied when she appears.
+
+    The attendance export can arrive before the registration export: its rows
+    (from a `create: false` source) are kept here by address hash only, with
+    where they came from, and turned into tags by whichever import, run or
+    form post first brings the person in. Kept at most `PENDING_DAYS` days.
+    """
+
+    __tablename__ = "pending_tags"
+
+    email_hash: str = Field(primary_key=True)
+    tag: str = Field(primary_key=True)
+    source: str
+    #: `file:line` of the row that asked for it
+    origin: str | None = None
+    received_at: datetime = Field(sa_type=UTCDateTime, index=True)
+
+
 class Run(SQLModel, table=True):
     """One `funnel run`: who ran it, when, with which config, and what it did."""
 

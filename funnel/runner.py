@@ -45,7 +45,7 @@ from funnel.errors import ConfigError, SourceError, TemplateError
 from funnel.ingest import IngestResult, apply_rows, insert_ignore
 from funnel.models import Contact, Enrollment, Run, Setting, SourceFile, StepRun, Tag
 from funnel.render import MissingData, Rendered, Renderer, TemplateContact, TemplateWebinar
-from funnel.sources import Fingerprint, read_source_file
+from funnel.sources import Fingerprint, clean_line, read_source_file
 from funnel.timeutil import zone
 from funnel.transports.base import Address, OutgoingEmail, SendResult, Transport
 from funnel.unsubscribe import Tokens, secret_key, unsubscribe_headers, unsubscribe_url
@@ -75,6 +75,13 @@ class RunSummary:
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)
     steps: dict[str, dict[str, int]] = field(default_factory=dict)
     stopped: str | None = None
+    #: each email that failed: address, sequence, step, reason (`--verbose` and `--json` show them)
+    failures: list[dict[str, str]] = field(default_factory=list)
+
+    def fail(self, email: str | None, sequence: str, step: str, reason: str) -> None:
+        """Count one failed email and say whose it was and why."""
+        self.failed += 1
+        self.failures.append({"email": email or "", "sequence": sequence, "step": step, "reason": reason})
 
     def count_step(self, sequence: str, step: str, outcome: str) -> None:
         key = f"{sequence}/{step}"
@@ -412,18 +419,24 @@ class Runner:
             # the sequence was removed from sequences.yaml: nothing of it is sent
             self._end(enrollment, "exited", "sequence removed from sequences.yaml")
             return state
-        evaluation = schedule.evaluate(
-            sequence,
-            schedule.EnrollmentState(
-                enrolled_at=enrollment.enrolled_at,
-                webinar_start=enrollment.webinar_start,
-                recorded={k: schedule.Recorded(r.status, r.retryable, r.reason) for k, r in rows.items()},
-                introduced=self.introduced.get(enrollment.sequence, {}),
-            ),
-            state,
-            self.now,
-            self.config.delivery,
-        )
+        try:
+            evaluation = schedule.evaluate(
+                sequence,
+                schedule.EnrollmentState(
+                    enrolled_at=enrollment.enrolled_at,
+                    webinar_start=enrollment.webinar_start,
+                    recorded={k: schedule.Recorded(r.status, r.retryable, r.reason) for k, r in rows.items()},
+                    introduced=self.introduced.get(enrollment.sequence, {}),
+                ),
+                state,
+                self.now,
+                self.config.delivery,
+            )
+        except (OverflowError, ValueError, OSError) as exc:
+            # a value no import accepts today but an older version stored (a webinar in
+            # the year 9999, say): this person's enrollment stops, with the reason; the run goes on
+            self._unschedulable(contact, enrollment, sequence, rows, exc)
+            return state
         for skip in evaluation.skips:
             self._record_skip(enrollment, skip, rows)
         if evaluation.exit_reason:
@@ -439,6 +452,37 @@ class Runner:
         elif evaluation.finished:
             self._complete(enrollment, sequence)
         return evaluation.contact or state
+
+    def _unschedulable(
+        self, contact: Contact, enrollment: Enrollment, sequence: Sequence, rows: dict[str, StepRun], exc: Exception
+    ) -> None:
+        """Fail the next step of an enrollment whose times cannot be computed, and stop it."""
+        start = enrollment.webinar_start.isoformat() if enrollment.webinar_start else "none"
+        zone_name = (contact.timezone or "the practice's")[:40]
+        reason = f"its times cannot be computed ({exc}; webinar start {start}, timezone {zone_name}): stopped"
+        step = next((s for s in sequence.steps if s.id not in rows), None)
+        if step is not None:
+            insert_ignore(
+                self.session,
+                StepRun.__table__,  # type: ignore[attr-defined]  # SQLModel does not declare __table__ for mypy
+                [
+                    {
+                        "enrollment_id": enrollment.id,
+                        "sequence": enrollment.sequence,
+                        "step_id": step.id,
+                        "status": "failed",
+                        "reason": reason,
+                        "retryable": False,
+                        "transactional": step.transactional,
+                        "attempts": 0,
+                        "decided_at": self.now,
+                    }
+                ],
+                ("enrollment_id", "step_id"),
+            )
+            self.summary.count_step(enrollment.sequence, step.id, "failed")
+        self._end(enrollment, "exited", reason)
+        self.summary.fail(contact.email, enrollment.sequence, step.id if step else "", reason)
 
     def _record_skip(self, enrollment: Enrollment, skip: schedule.Skip, rows: dict[str, StepRun]) -> None:
         row = rows.get(skip.step.id)
@@ -541,9 +585,9 @@ class Runner:
             self.summary.skipped += 1
             self.summary.count_step(enrollment.sequence, step.id, "skipped")
             return None
-        except TemplateError as exc:
+        except (TemplateError, OverflowError, ValueError) as exc:  # also a stored date beyond what a zone can show
             row.status, row.reason, row.retryable = "failed", f"template error: {exc}", False
-            self.summary.failed += 1
+            self.summary.fail(claim.contact.email, enrollment.sequence, step.id, row.reason)
             if str(exc) not in self.summary.problems:
                 self.summary.problems.append(str(exc))
             self.summary.count_step(enrollment.sequence, step.id, "failed")
@@ -587,7 +631,7 @@ class Runner:
                 error = outcome.error
                 row.status, row.reason = "failed", str(error) if error else "failed"
                 row.retryable = bool(error and error.retryable)
-                self.summary.failed += 1
+                self.summary.fail(outcome.job.email.to.email, sequence_id, step_id, row.reason)
                 self.summary.count_step(sequence_id, step_id, "failed")
                 if pending and row.retryable:
                     pending.retry_later = True
@@ -705,7 +749,8 @@ def compose_email(
     if contact.discreet and practice.discreet_from_name:
         sender_name = practice.discreet_from_name
     assert contact.email is not None
-    display = " ".join(p for p in (contact.first_name, contact.last_name) if p) or None
+    # cleaned again here: a name stored by an older version may hold a line break
+    display = clean_line(" ".join(p for p in (contact.first_name, contact.last_name) if p)) or None
     return OutgoingEmail(
         send_id=send_id,
         sender=Address(practice.from_email, sender_name),

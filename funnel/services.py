@@ -27,7 +27,7 @@ from funnel.ingest import IngestResult, apply_rows
 from funnel.models import Contact, Enrollment, Run, StepRun, Tag
 from funnel.preview import render_sample, sample_unsubscribe_url
 from funnel.render import Rendered, Renderer
-from funnel.runner import compose_email, render_for
+from funnel.runner import compose_email, contact_zone, render_for
 from funnel.sources import FileRead, read_source_file
 from funnel.timeutil import isoformat_z, zone
 from funnel.transports import make_transport
@@ -160,9 +160,10 @@ def _plan_page(
     for contact in contacts:
         if contact.suppression:
             continue
-        tz_name = contact.timezone or config.practice.timezone
         state = schedule.ContactState(
-            tz=zone(tz_name), tags=frozenset(tags[contact.id or 0]), last_marketing_at=contact.last_marketing_at
+            tz=contact_zone(config, contact),
+            tags=frozenset(tags[contact.id or 0]),
+            last_marketing_at=contact.last_marketing_at,
         )
         sequences = {
             e.sequence: (
@@ -174,7 +175,11 @@ def _plan_page(
             for e in enrollments[contact.id or 0]
             if e.sequence in config.sequences
         }
-        for item in schedule.project(sequences, state, now, until, config.delivery):
+        try:
+            items = list(schedule.project(sequences, state, now, until, config.delivery))
+        except (OverflowError, ValueError, OSError):
+            continue  # a value stored by an older version: the next run stops that enrollment, with the reason
+        for item in items:
             if item.at <= until:
                 out.append(
                     {"email": contact.email, "sequence": item.sequence, "step": item.step, "at": isoformat_z(item.at)}

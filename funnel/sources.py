@@ -1,9 +1,29 @@
 """Reading signup files (csv, jsonl) into mapped rows, with line numbers.
 
-Headers match case-insensitively and without stray whitespace; files may be
-UTF-8 with or without a BOM. A file is fingerprinted (size + sha256): an
-unchanged file is not parsed again, and a file that only grew (the usual
-export that appends) is parsed from where the last read stopped.
+Exports come from webinar platforms, from Excel and from hand edits, so the
+reader takes them as offices make them, and refuses the rest in one sentence:
+
+- Encodings: UTF-8 (with or without a BOM), UTF-16 with a BOM, and
+  Windows-1252 (Excel's plain "CSV"), which is read with a warning.
+- Line endings: `\\n`, `\\r\\n` and old Mac `\\r`. A csv's delimiter (`,`, `;` or
+  tab) is taken from its header line.
+- Headers match case-insensitively and without stray whitespace; a column
+  funnel reads that appears twice is an error naming both positions.
+- A quote that is never closed would swallow the rows after it: the line
+  that opens it is rejected and the rows after it are read on their own.
+- A file still being written must not be read half-way: a last line without
+  its line ending (or a last quoted value still open) is left for a later
+  read, unless the file has been still for `SETTLE_SECONDS` (a hand-made
+  file that simply lacks its final newline is then read as it is).
+
+A file is fingerprinted (size + sha256 of what was read): an unchanged file
+is not parsed again, and a file that only grew (the usual export that
+appends) is parsed from where the last read stopped.
+
+Values are cleaned on the way in: control characters never reach a name or a
+header; an address must be deliverable by any provider (ASCII before the @;
+an international domain is stored as punycode); a webinar start must lie in
+the years funnel can schedule.
 """
 
 from __future__ import annotations
@@ -11,11 +31,13 @@ from __future__ import annotations
 import codecs
 import csv
 import hashlib
-import io
+import itertools
 import json
-from collections.abc import Iterator
+import re
+import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -27,6 +49,23 @@ from funnel.errors import SourceError
 from funnel.timeutil import parse_instant, zone
 
 TRUTHY = frozenset({"yes", "true", "1", "on", "y"})
+#: the only values that turn discretion off; a blank says nothing
+FALSY = frozenset({"no", "false", "0", "off", "n"})
+#: a file whose last line has no line ending is read in full once it has been still this long
+SETTLE_SECONDS = 60.0
+#: webinar starts outside these years are refused at import (they cannot be scheduled sanely)
+EARLIEST_START = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_START = datetime(2100, 1, 1, tzinfo=UTC)
+
+#: control characters (C0, DEL, C1), line/paragraph separators, bidi overrides and BOM
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff]")
+_CONTROL_KEEP_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff]")
+_SPACES = re.compile(r"\s+")
+_BREAKS = re.compile(r"\r\n|[\r\x85\u2028\u2029]")
+#: one line with its ending: \n, \r\n, or a lone \r (old Mac); the last may have none
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
+_ENDINGS = ("\n", "\r")
+_DELIMITER_NAMES = {",": "commas", ";": "semicolons", "\t": "tabs"}
 
 
 @dataclass(frozen=True)
@@ -46,8 +85,15 @@ class SignupRow:
     last_name: str | None = None
     timezone: str | None = None
     webinar_start: datetime | None = None
+    #: None when the row says nothing (blank or no column): a stored choice stays
     discreet: bool | None = None
     fields: dict[str, str] = field(default_factory=dict)
+    #: the file the row came from (for `file:line` in what is kept about it)
+    file: str = ""
+
+    @property
+    def origin(self) -> str:
+        return f"{self.file}:{self.line}" if self.file else str(self.line)
 
 
 @dataclass(frozen=True)
@@ -66,23 +112,48 @@ class FileRead:
     filtered: int = 0
     fingerprint: Fingerprint | None = None
     unchanged: bool = False
+    #: lines at the end left for a later read (the file is still being written)
+    deferred: int = 0
 
 
 def normalize_email(value: str) -> str:
     """Validate and normalise an address; one contact per address whatever its case.
 
-    Raises ValueError with a short reason. `.test` domains are allowed (the
-    shipped examples use them; they can never be delivered by accident).
+    Only addresses every provider can deliver are accepted: ASCII before the
+    @ (SendGrid and most mail servers do not speak SMTPUTF8); an international
+    domain is returned as punycode, the form mail headers carry. Raises
+    ValueError with a short reason. `.test` domains are allowed (the shipped
+    examples use them; they can never be delivered by accident).
     """
     try:
-        result = validate_email(value.strip(), check_deliverability=False, test_environment=True)
+        result = validate_email(value.strip(), check_deliverability=False, test_environment=True, allow_smtputf8=False)
     except EmailNotValidError as exc:
         raise ValueError(str(exc).rstrip(".")) from None
-    return result.normalized.lower()
+    return (result.ascii_email or result.normalized).lower()
 
 
 def email_hash(normalized: str) -> str:
     return hashlib.sha256(normalized.encode("utf-8")).hexdigest()
+
+
+def clean_line(value: str | None) -> str:
+    """One line of text for a name or a header: no control characters, single spaces."""
+    if not value:
+        return ""
+    return _SPACES.sub(" ", _CONTROL.sub(" ", value)).strip()
+
+
+def clean_text(value: str | None) -> str:
+    """Free text (a form's message): line breaks kept as `\\n`, other control characters dropped."""
+    if not value:
+        return ""
+    return _CONTROL_KEEP_LINES.sub("", _BREAKS.sub("\n", value)).strip()
+
+
+def _shown(value: str, limit: int = 60) -> str:
+    """A value quoted for a message, cut short and without control characters."""
+    cleaned = clean_line(value)
+    return repr(cleaned if len(cleaned) <= limit else cleaned[:limit] + "...")
 
 
 # --------------------------------------------------------------------------- files
@@ -93,11 +164,18 @@ def fingerprint(data: bytes, lines: int = 0) -> Fingerprint:
 
 
 def read_source_file(
-    name: str, source: Source, path: Path, practice_tz: ZoneInfo, previous: Fingerprint | None
+    name: str,
+    source: Source,
+    path: Path,
+    practice_tz: ZoneInfo,
+    previous: Fingerprint | None,
+    *,
+    settle_seconds: float = SETTLE_SECONDS,
 ) -> FileRead:
     """Read a file source, skipping what `previous` already covered."""
     try:
         data = path.read_bytes()
+        modified = path.stat().st_mtime
     except FileNotFoundError:
         raise SourceError(f"{path}: not found (source {name}): put the export there or fix `path:`") from None
     except OSError as exc:
@@ -105,87 +183,337 @@ def read_source_file(
     current = fingerprint(data)
     if previous is not None and previous.size == current.size and previous.sha256 == current.sha256:
         return FileRead(fingerprint=previous, unchanged=True)
-    start, first_line = 0, 1
-    if (
-        previous is not None
-        and previous.size < len(data)
-        and data[previous.size - 1 : previous.size] == b"\n"
-        and hashlib.sha256(data[: previous.size]).hexdigest() == previous.sha256
-    ):
-        start, first_line = previous.size, previous.lines + 1
-    try:
-        text = data.decode("utf-8-sig")
-        head = data[:start].decode("utf-8-sig") if start else ""
-    except UnicodeDecodeError as exc:
-        # utf-8-sig counts positions after the BOM
-        offset = exc.start + (len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0)
-        line = data[:offset].count(b"\n") + 1
-        raise SourceError(f"{path}:{line}: the file is not UTF-8 text: export it again as CSV UTF-8") from None
-    tail = text[len(head) :]
+    text, codec, bom, note = _decode(path, data)
+    # still being written? (a modification time in the future counts as "just written")
+    age = time.time() - modified
+    settled = settle_seconds <= 0 or age >= settle_seconds
+    # only the lines after what was read before are split and parsed: `base` lines come first
+    offset, base = _resume(data, text, codec, bom, previous)
+    lines = _split_lines(text[offset:] if offset else text)
     result = FileRead()
-    if source.format == "csv":  # a csv's header is known up front, even with no rows yet
-        try:
-            header = next(csv.reader(io.StringIO(text)), [])
-        except csv.Error:
-            header = []  # reported with its line by _csv_rows below
-        if any(h.strip() for h in header):
-            where = {k.strip().lower(): v for k, v in source.where.items()}
-            _require_columns(name, source, path, {h.strip().lower(): h for h in header}, where)
-    raw = _csv_rows(path, text, tail, first_line) if source.format == "csv" else _jsonl_rows(tail, first_line)
-    _map_rows(name, source, path, raw, practice_tz, result)
-    result.fingerprint = Fingerprint(current.size, current.sha256, text.count("\n") + (0 if text.endswith("\n") else 1))
+    if note:
+        result.problems.append(RowProblem(1, note, warning=True))
+    if source.format == "csv":
+        raw, consumed = _csv_rows(name, source, path, _first_line(text), lines, base, settled)
+    else:
+        raw, consumed = _jsonl_rows(source, lines, base, settled)
+    _map_rows(name, source, path, iter(raw), practice_tz, result)
+    result.deferred = len(lines) - consumed
+    if not result.deferred:
+        result.fingerprint = Fingerprint(current.size, current.sha256, base + consumed)
+        return result
+    result.problems.append(
+        RowProblem(
+            base + consumed + 1,
+            "the file ends in the middle of a row (is it still being written?): "
+            "this row is read once it is complete, or once the file has not changed for a minute",
+            warning=True,
+        )
+    )
+    read_chars = offset + sum(map(len, lines[:consumed]))
+    size = bom + len(text[:read_chars].encode(codec)) if read_chars else 0
+    result.fingerprint = fingerprint(data[:size], lines=base + consumed)
     return result
 
 
-def _csv_rows(path: Path, whole: str, tail: str, first_line: int) -> Iterator[tuple[int, dict[str, str] | str]]:
-    header_reader = csv.reader(io.StringIO(whole))
+def _decode(path: Path, data: bytes) -> tuple[str, str, int, str | None]:
+    """The file's text, the codec that maps it back to bytes, the BOM's length and a warning.
+
+    Excel's plain "CSV" is Windows-1252: read, with a warning, when the file is
+    not UTF-8. UTF-16 needs its byte-order mark (Excel's "Unicode text" has one).
+    """
+    for bom, codec in (
+        (codecs.BOM_UTF8, "utf-8"),
+        (codecs.BOM_UTF16_LE, "utf-16-le"),
+        (codecs.BOM_UTF16_BE, "utf-16-be"),
+    ):
+        if data.startswith(bom):
+            try:
+                return data[len(bom) :].decode(codec), codec, len(bom), None
+            except UnicodeDecodeError as exc:
+                line = _byte_line(data, len(bom) + exc.start)
+                raise SourceError(
+                    f"{path}:{line}: the file is not {codec.upper()} text although it starts like it: "
+                    "export it again as CSV UTF-8"
+                ) from None
+    sample = data[:4096]
+    if sample and sample.count(b"\x00") * 4 >= len(sample):  # ASCII as UTF-16: every other byte is 0
+        raise SourceError(
+            f"{path}:1: the file looks like UTF-16 text without a byte-order mark: export it again as CSV UTF-8"
+        )
     try:
-        header = [h.strip() for h in next(header_reader)]
-    except StopIteration:
-        return
+        return data.decode("utf-8"), "utf-8", 0, None
+    except UnicodeDecodeError as exc:
+        utf8_error = exc
+    try:
+        text = data.decode("cp1252")
+    except UnicodeDecodeError:
+        line = _byte_line(data, utf8_error.start)
+        raise SourceError(
+            f"{path}:{line}: the file is neither UTF-8 nor Windows-1252 text: export it again as CSV UTF-8"
+        ) from None
+    line = _byte_line(data, utf8_error.start)
+    return (
+        text,
+        "cp1252",
+        0,
+        f"the file is not UTF-8 (first at line {line}): read as Windows-1252, Excel's plain CSV; "
+        "if accented names look wrong, export it as CSV UTF-8",
+    )
+
+
+def _byte_line(data: bytes, offset: int) -> int:
+    head = data[:offset]
+    return head.count(b"\n") + head.count(b"\r") - head.count(b"\r\n") + 1
+
+
+def _split_lines(text: str) -> list[str]:
+    """Physical lines with their endings; only \\n, \\r\\n and \\r end a line."""
+    lone_cr = text.count("\r") - text.count("\r\n")
+    if lone_cr and "\n" in text:
+        return _LINE.findall(text)  # mixed endings: the slow, exact way
+    ending = "\r" if lone_cr else "\n"  # \r\n lines end in \n too
+    parts = text.split(ending)
+    lines = [part + ending for part in parts[:-1]]
+    if parts[-1]:
+        lines.append(parts[-1])
+    return lines
+
+
+def _resume(data: bytes, text: str, codec: str, bom: int, previous: Fingerprint | None) -> tuple[int, int]:
+    """When the file only grew since `previous`: where the new text starts, and how many lines precede it.
+
+    (0, 0) reads it all. The part read before must be unchanged and end with a
+    whole line: a "\\r" that is now followed by "\\n" was half a line ending.
+    """
+    if previous is None or previous.lines <= 0 or not bom < previous.size < len(data):
+        return 0, 0
+    if hashlib.sha256(data[: previous.size]).hexdigest() != previous.sha256:
+        return 0, 0
+    try:
+        head = data[bom : previous.size].decode(codec)
+    except UnicodeDecodeError:
+        return 0, 0
+    if not head.endswith(_ENDINGS) or (head.endswith("\r") and text[len(head) : len(head) + 1] == "\n"):
+        return 0, 0
+    if head.count("\n") + head.count("\r") - head.count("\r\n") != previous.lines:
+        return 0, 0
+    return len(head), previous.lines
+
+
+def _first_line(text: str) -> str:
+    match = _LINE.match(text)
+    return match.group(0) if match else ""
+
+
+def _sniff_delimiter(header_line: str) -> str:
+    """`,`, `;` or tab: whichever the header line uses most outside quotes (`,` when none)."""
+    bare = re.sub(r'"[^"]*"', "", header_line)
+    counts = {d: bare.count(d) for d in (",", ";", "\t")}
+    best = max(counts, key=lambda d: counts[d])
+    return best if counts[best] > counts[","] else ","
+
+
+def _used_columns(source: Source) -> set[str]:
+    return {h.strip().lower() for h in source.columns.values()} | {k.strip().lower() for k in source.where}
+
+
+def _check_header(name: str, source: Source, path: Path, header: list[str]) -> None:
+    """A column funnel reads may appear only once; the email column must be there."""
+    used = _used_columns(source)
+    seen: dict[str, int] = {}
+    for position, title in enumerate(header, 1):
+        key = title.strip().lower()
+        if key not in used:
+            continue
+        if key in seen:
+            raise SourceError(
+                f"{path}:1: the column {title.strip()!r} appears twice (columns {seen[key]} and {position}, "
+                f"{_letter(seen[key])} and {_letter(position)} in a spreadsheet): rename or delete one of them"
+            )
+        seen[key] = position
+    if any(h.strip() for h in header):
+        where = {k.strip().lower(): v for k, v in source.where.items()}
+        _require_columns(name, source, path, {h.strip().lower(): h for h in header}, where)
+
+
+def _letter(position: int) -> str:
+    letters = ""
+    while position:
+        position, rest = divmod(position - 1, 26)
+        letters = chr(65 + rest) + letters
+    return letters
+
+
+def _csv_rows(
+    name: str, source: Source, path: Path, header_line: str, lines: list[str], skipped: int, settled: bool
+) -> tuple[list[tuple[int, dict[str, str] | str]], int]:
+    """Rows of `lines` (the file's lines after the first `skipped`), and how many of them were fully read."""
+    if not header_line:
+        return [], 0
+    if not header_line.endswith(_ENDINGS) and not settled:
+        return [], 0  # even the header is still being written
+    delimiter = _sniff_delimiter(header_line)
+    try:
+        header = [h.strip() for h in next(csv.reader([header_line], delimiter=delimiter), [])]
     except csv.Error as exc:
         raise SourceError(f"{path}:1: the header row cannot be read ({exc})") from None
-    body = tail if first_line > 1 else whole
-    reader = csv.reader(io.StringIO(body))
-    if first_line == 1:
-        next(reader, None)
-    line_base = first_line - 1
-    previous_end = 1 if first_line == 1 else 0
-    while True:
-        start = line_base + previous_end + 1
-        try:
-            values = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            previous_end = reader.line_num
-            yield start, f"this line cannot be read as CSV ({exc}): check its quotes"
-            continue
-        previous_end = reader.line_num
-        if not any(v.strip() for v in values):
-            continue
-        if len(values) > len(header):
-            yield start, f"{len(values)} values but the header has {len(header)} columns: quote values with commas"
-            continue
-        # a short row (trailing empty columns left out) still has every header
-        yield start, {h: (values[i] if i < len(values) else "") for i, h in enumerate(header)}
+    _check_header(name, source, path, header)
+    lowered = [h.lower() for h in header]
+    email_header = source.columns["email"].strip().lower()
+    email_column = lowered.index(email_header) if email_header in lowered else None
+    out: list[tuple[int, dict[str, str] | str]] = []
+    index = 0 if skipped else 1  # `first`, `end`, `index`: positions in `lines`
+    total = len(lines)
+    while index < total:
+        reader = csv.reader(itertools.islice(lines, index, None), delimiter=delimiter)
+        base = index
+        while True:
+            first = base + reader.line_num
+            number = skipped + first + 1  # the line number people see
+            try:
+                values = next(reader)
+            except StopIteration:
+                index = total
+                break
+            except csv.Error as exc:
+                out.append((number, f"this line cannot be read as CSV ({exc}): check its quotes"))
+                index = first + 1  # read on from the next line
+                break
+            end = base + reader.line_num
+            verdict = _check_record(lines, first, end, skipped, values, delimiter, len(header), email_column, settled)
+            if verdict == "defer":
+                return out, first
+            if verdict:
+                out.append((number, verdict))
+                index = first + 1  # the lines it swallowed are read on their own
+                break
+            if not any(v.strip() for v in values):
+                continue
+            if len(values) > len(header):
+                out.append(
+                    (
+                        number,
+                        f"{len(values)} values but the header has {len(header)} columns: "
+                        f"quote values that contain {_DELIMITER_NAMES[delimiter]}",
+                    )
+                )
+                continue
+            # a short row (trailing empty columns left out) still has every header
+            out.append((number, {h: (values[i] if i < len(values) else "") for i, h in enumerate(header)}))
+    return out, total
 
 
-def _jsonl_rows(tail: str, first_line: int) -> Iterator[tuple[int, dict[str, str] | str]]:
-    # split on "\n" only: str.splitlines() also breaks on U+2028 etc., legal inside JSON strings
-    for offset, line in enumerate(tail.split("\n")):
-        number = first_line + offset
+def _check_record(
+    lines: list[str],
+    first: int,
+    end: int,
+    skipped: int,
+    values: list[str],
+    delimiter: str,
+    width: int,
+    email_column: int | None,
+    settled: bool,
+) -> str | None:
+    """None for a sound record; "defer" to read it later; otherwise why it is rejected."""
+    last = end == len(lines)
+    if end - first == 1 and not last:
+        return None  # the everyday case: one complete line
+    swallowed = _swallows_rows(values, delimiter, width, email_column)
+    open_quote = last and _quote_left_open("".join(lines[first:end]), delimiter)
+    if swallowed:
+        return (
+            f'a quote (") opened on this line is not closed, so lines {skipped + first + 1}-{skipped + end} '
+            "would be read as one value: close the quote or delete it (the lines after it were read on their own)"
+        )
+    if open_quote:
+        if not settled:
+            return "defer"
+        return (
+            f'a quote (") opened on this line is never closed before the end of the file (line {skipped + end}): '
+            "close the quote or delete it (the lines after it were read on their own)"
+        )
+    if last and not lines[-1].endswith(_ENDINGS) and not settled:
+        return "defer"
+    return None
+
+
+def _swallows_rows(values: list[str], delimiter: str, width: int, email_column: int | None) -> bool:
+    """Does a value hold, after a line break, something that looks like a whole row with an address?"""
+    if email_column is None:
+        return False
+    for value in values:
+        if "\n" not in value and "\r" not in value:
+            continue
+        for piece in _split_lines(value)[1:]:
+            try:
+                row = next(csv.reader([piece], delimiter=delimiter), [])
+            except csv.Error:
+                continue
+            if (width == 1 or len(row) >= 2) and email_column < len(row):
+                candidate = row[email_column].strip()
+                if "@" in candidate and " " not in candidate:
+                    return True
+    return False
+
+
+def _quote_left_open(raw: str, delimiter: str) -> bool:
+    """Does the text end inside a quoted value (the csv module would quietly take it all)?"""
+    try:
+        for _ in csv.reader(_split_lines(raw), delimiter=delimiter, strict=True):
+            pass
+    except csv.Error as exc:
+        return "unexpected end of data" in str(exc)
+    return False
+
+
+def _jsonl_rows(
+    source: Source, lines: list[str], skipped: int, settled: bool
+) -> tuple[list[tuple[int, dict[str, str] | str]], int]:
+    # only \n, \r\n and \r end a line: U+2028 and friends are legal inside JSON strings
+    used = _used_columns(source)
+    out: list[tuple[int, dict[str, str] | str]] = []
+    for index, raw in enumerate(lines):
+        number = skipped + index + 1
+        if index == len(lines) - 1 and not raw.endswith(_ENDINGS) and not settled:
+            return out, index
+        line = raw.rstrip("\r\n")
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
-        except json.JSONDecodeError as exc:
-            yield number, f"not valid JSON ({exc.msg}): each line must be one JSON object"
+            value = json.loads(line, object_pairs_hook=_Pairs)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+            out.append((number, f"not valid JSON ({reason}): each line must be one JSON object"))
             continue
-        if not isinstance(value, dict):
-            yield number, 'not a JSON object: each line must look like {"email": ...}'
+        if not isinstance(value, _Pairs):
+            out.append((number, 'not a JSON object: each line must look like {"email": ...}'))
             continue
-        yield number, {str(k).strip(): _text(v) for k, v in value.items()}
+        row: dict[str, str] = {}
+        seen: dict[str, str] = {}
+        problem = None
+        for key, item in value:
+            title = str(key).strip()
+            lowered = title.lower()
+            if lowered in used and lowered in seen:
+                problem = f"the keys {seen[lowered]!r} and {title!r} both fill the same column: keep one of them"
+                break
+            seen[lowered] = title
+            row[title] = _text(item)
+        out.append((number, problem or row))
+    return out, len(lines)
+
+
+class _Pairs(list[tuple[str, Any]]):
+    """A JSON object as its (key, value) pairs, so that a key given twice is seen."""
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, _Pairs):
+        return {str(k): _plain(v) for k, v in value}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _text(value: Any) -> str:
@@ -193,10 +521,25 @@ def _text(value: Any) -> str:
         return ""
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if isinstance(value, _Pairs | list):  # a nested object or list: kept as JSON text
+        return json.dumps(_plain(value), ensure_ascii=False)
     return str(value)
 
 
 # --------------------------------------------------------------------------- mapping
+
+
+def read_mapping(
+    name: str, source: Source, data: Mapping[str, Any], practice_tz: ZoneInfo, *, origin: str = "form"
+) -> FileRead:
+    """One row that did not come from a file (a form post), read by the same rules as a file's rows.
+
+    The row is line 1 of `origin`; `apply_rows` stores what comes back.
+    """
+    result = FileRead()
+    row = {str(k).strip(): _text(v) for k, v in data.items()}
+    _map_rows(name, source, Path(origin), iter([(1, row)]), practice_tz, result, check_columns=False)
+    return result
 
 
 def _map_rows(
@@ -206,6 +549,8 @@ def _map_rows(
     raw: Iterator[tuple[int, dict[str, str] | str]],
     practice_tz: ZoneInfo,
     result: FileRead,
+    *,
+    check_columns: bool = True,
 ) -> None:
     # columns seen: a csv's header (every row has it); for jsonl, the keys of any object,
     # since one object may leave a key out while the others have it
@@ -223,17 +568,17 @@ def _map_rows(
             continue
         values = {fld: lowered.get(header.strip().lower(), "") for fld, header in source.columns.items()}
         try:
-            result.rows.append(_to_signup(line, values, practice_tz, result))
+            result.rows.append(_to_signup(line, values, practice_tz, result, file=path.name))
         except ValueError as exc:
             result.problems.append(RowProblem(line, str(exc)))
-    if lookup:
+    if lookup and check_columns:
         _require_columns(name, source, path, lookup, where)
 
 
 def _require_columns(name: str, source: Source, path: Path, lookup: dict[str, str], where: dict[str, str]) -> None:
     header = source.columns["email"]
     if header.strip().lower() not in lookup:
-        found = ", ".join(sorted(lookup.values())) or "none"
+        found = ", ".join(sorted(clean_line(v) for v in lookup.values())) or "none"
         raise SourceError(
             f"{path.name}: no column {header!r} for the email address (columns found: {found}): "
             f"fix sources.{name}.columns.email in sequences.yaml"
@@ -245,15 +590,20 @@ def _require_columns(name: str, source: Source, path: Path, lookup: dict[str, st
             )
 
 
-def _to_signup(line: int, values: dict[str, str], practice_tz: ZoneInfo, result: FileRead) -> SignupRow:
+def _to_signup(
+    line: int, values: dict[str, str], practice_tz: ZoneInfo, result: FileRead, *, file: str = ""
+) -> SignupRow:
     address = values.get("email", "")
     if not address:
         raise ValueError("no email address: fill it in or delete the row")
     try:
         email = normalize_email(address)
     except ValueError as exc:
-        raise ValueError(f"{address!r} is not a valid email address ({exc})") from None
-    tz_name = values.get("timezone") or None
+        raise ValueError(
+            f"{_shown(address)} is not a valid email address ({exc}): correct it, or delete the row "
+            "(no mail provider can deliver to it)"
+        ) from None
+    tz_name = clean_line(values.get("timezone")) or None
     tz = practice_tz
     if tz_name:
         try:
@@ -263,20 +613,23 @@ def _to_signup(line: int, values: dict[str, str], practice_tz: ZoneInfo, result:
             tz_name = None
     start = None
     if values.get("webinar_start"):
-        start = parse_instant(values["webinar_start"], tz)
-    discreet = None
-    if "discreet" in values:
-        discreet = values["discreet"].strip().lower() in TRUTHY
-    extra = {k: v for k, v in values.items() if k not in KNOWN_FIELDS and v}
+        try:
+            start = parse_instant(values["webinar_start"], tz)
+        except OverflowError:
+            start = None  # beyond what a date can hold: refused just below
+        start = _schedulable(values["webinar_start"], start)
+    discreet = _discreet(line, values.get("discreet"), result)
+    extra = {k: clean_text(v) for k, v in values.items() if k not in KNOWN_FIELDS and clean_text(v)}
     return SignupRow(
         line=line,
         email=email,
-        first_name=values.get("first_name") or None,
-        last_name=values.get("last_name") or None,
+        first_name=clean_line(values.get("first_name")) or None,
+        last_name=clean_line(values.get("last_name")) or None,
         timezone=tz_name,
         webinar_start=start,
         discreet=discreet,
         fields=extra,
+        file=file,
     )
 
 
@@ -289,3 +642,29 @@ def signup_from_values(values: dict[str, str], practice_tz: ZoneInfo) -> tuple[S
     result = FileRead()
     row = _to_signup(0, values, practice_tz, result)
     return row, result.problems
+
+
+def _schedulable(text: str, start: datetime | None) -> datetime:
+    """A webinar start funnel can compute reminders around: 1970 up to the end of 2099."""
+    if start is None or not EARLIEST_START <= start < LATEST_START:
+        raise ValueError(
+            f"webinar start {_shown(text)} is not a date funnel can schedule (it must lie between 1970 and 2099): "
+            "correct the date in the export, e.g. 2026-12-08 19:00"
+        )
+    return start
+
+
+def _discreet(line: int, value: str | None, result: FileRead) -> bool | None:
+    """Yes, no, or nothing said (blank); anything else but an explicit no asks for discretion."""
+    if value is None:
+        return None
+    text = value.strip().lower()
+    if not text:
+        return None
+    if text in FALSY:
+        return False
+    if text not in TRUTHY:
+        result.problems.append(
+            RowProblem(line, f"discreet {_shown(value)} is neither yes nor no: treated as yes", warning=True)
+        )
+    return True

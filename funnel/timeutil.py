@@ -78,8 +78,18 @@ def parse_clock(text: object) -> time:
     return time(int(match.group(1)), int(match.group(2)))
 
 
+#: the longest IANA name is about 30 characters; anything much longer is not a zone (and
+#: would reach the file system as a too-long path)
+MAX_ZONE_NAME = 64
+
+
 def zone(name: str) -> ZoneInfo:
-    """Look up an IANA timezone, raising ValueError with a hint when unknown."""
+    """Look up an IANA timezone, raising ValueError with a hint when unknown or unusable."""
+    if len(name.strip()) > MAX_ZONE_NAME:
+        raise ValueError(
+            f"{name.strip()[:30]!r}... ({len(name)} characters) is not a timezone name: "
+            "use an IANA name such as America/Denver"
+        )
     try:
         return ZoneInfo(name.strip())
     except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a file name

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -154,7 +156,7 @@ def test_quoted_fields_with_commas_and_newlines(tmp_path: Path) -> None:
     assert lines(result) == [2, 3, 7]
     assert result.rows[0].last_name == "Ames, RN"
     assert result.rows[1].first_name == 'Bob "Bobby"'
-    assert result.rows[1].last_name == "Line one\nline two\nline three"
+    assert result.rows[1].last_name == "Line one line two line three"  # a name is one line
     assert list(errors(result)) == [6]
 
 
@@ -187,7 +189,7 @@ def test_empty_values_become_none(tmp_path: Path) -> None:
     row = read(path).rows[0]
     assert row.first_name is None and row.last_name is None
     assert row.timezone is None and row.webinar_start is None
-    assert row.discreet is False
+    assert row.discreet is None  # a blank says nothing: a stored choice stays
     assert row.fields == {}
 
 
@@ -348,10 +350,13 @@ def test_local_start_is_read_in_the_contacts_timezone(tmp_path: Path) -> None:
         ("false", False),
         ("0", False),
         ("off", False),
-        ("", False),
+        ("n", False),
+        ("", None),
+        ("  ", None),
+        ("please", True),  # anything but an explicit no asks for discretion (with a warning)
     ],
 )
-def test_discreet_truthy_values(tmp_path: Path, value: str, expected: bool) -> None:
+def test_discreet_truthy_values(tmp_path: Path, value: str, expected: bool | None) -> None:
     path = write(tmp_path, f"Email,Discreet\nann@example.test,{value}\n")
     result = read(path, csv_source(columns={"email": "Email", "discreet": "Discreet"}))
     assert result.rows[0].discreet is expected
@@ -379,15 +384,26 @@ def test_missing_email_column_raises_naming_column_and_file(tmp_path: Path) -> N
     assert "sources.test-source.columns.email" in message
 
 
-def test_non_utf8_file_raises_with_line(tmp_path: Path) -> None:
+def test_windows_1252_file_is_read_with_a_warning(tmp_path: Path) -> None:
+    # Excel's plain "CSV" on Windows: not UTF-8, but Windows-1252
     path = write(
         tmp_path,
-        "Email,First Name\nann@example.test,Ann\nbob@example.test,Jos\xe9\n".encode("latin-1"),
+        "Email,First Name\nann@example.test,Ann\nbob@example.test,Jos\xe9 \u201cPepe\u201d\n".encode("cp1252"),
     )
+    result = read(path, csv_source(columns={"email": "Email", "first_name": "First Name"}))
+    assert emails(result) == ["ann@example.test", "bob@example.test"]
+    assert result.rows[1].first_name == "Jos\xe9 \u201cPepe\u201d"
+    (warning,) = result.problems
+    assert warning.warning and "Windows-1252" in warning.message and "line 3" in warning.message
+    assert "CSV UTF-8" in warning.message  # what to do if names look wrong
+
+
+def test_file_that_is_neither_utf8_nor_windows_1252_is_refused_with_its_line(tmp_path: Path) -> None:
+    path = write(tmp_path, b"Email,First Name\nann@example.test,Ann\nbob@example.test,B\x81b\n")
     with pytest.raises(SourceError) as info:
         read(path, csv_source(columns={"email": "Email", "first_name": "First Name"}))
     assert f"{path}:3:" in str(info.value)
-    assert "UTF-8" in str(info.value)
+    assert "export it again as CSV UTF-8" in str(info.value)
 
 
 def test_non_utf8_file_with_bom_raises_with_the_right_line(tmp_path: Path) -> None:
@@ -496,7 +512,7 @@ def test_jsonl_line_separator_inside_a_string_does_not_split_the_line(tmp_path: 
     result = read(path, jsonl_source())
     assert emails(result) == ["ann@example.test", "bob@example.test"]
     assert lines(result) == [1, 3]
-    assert result.rows[0].fields == {"message": "one\u2028two\u0085three"}
+    assert result.rows[0].fields == {"message": "one\ntwo\nthree"}  # kept as plain line breaks
     assert list(errors(result)) == [2]
 
 
@@ -531,7 +547,7 @@ def test_grown_file_is_parsed_from_where_it_stopped(tmp_path: Path) -> None:
     assert emails(second) == ["cat@example.test", "dee@example.test", "eve@example.test"]
     assert lines(second) == [5, 7, 9]
     assert list(errors(second)) == [6]
-    assert second.rows[1].first_name == "Dee,\nDunn"
+    assert second.rows[1].first_name == "Dee, Dunn"
     assert second.fingerprint is not None and second.fingerprint.lines == 9
     # and once more: only the newest row
     with path.open("a", encoding="utf-8") as handle:
@@ -598,11 +614,11 @@ def test_replaced_shorter_file_is_fully_reread(tmp_path: Path) -> None:
 
 
 def test_file_without_final_newline_is_reread_when_it_grows(tmp_path: Path) -> None:
-    # the last row may have been cut short mid-write: it is read again in full
+    # the last row may have been cut short mid-write: it is left out, then read in full
     source = csv_source(columns={"email": "Email", "first_name": "First Name"})
     path = write(tmp_path, HEADER + "ann@example.test,An")
     first = read(path, source)
-    assert first.rows[0].first_name == "An"
+    assert first.rows == []
     path.write_text(HEADER + "ann@example.test,Ann\nbob@example.test,Bob\n")
     second = read(path, source, previous=first.fingerprint)
     assert emails(second) == ["ann@example.test", "bob@example.test"]
@@ -619,3 +635,284 @@ def test_a_header_only_csv_without_the_email_column_is_reported(tmp_path: Path) 
     source = Source(format="csv", path="export.csv", columns={"email": "Email"})
     with pytest.raises(SourceError, match=r"no column 'Email' .*columns found: Mail, Name"):
         read_source_file("signups", source, path, ZoneInfo("UTC"), None)
+
+
+# --------------------------------------------------------------------------- files still being written
+
+
+def settle(path: Path) -> None:
+    """Make the file look untouched for two minutes (a hand-made file, not an export being written)."""
+    old = time.time() - 120
+    os.utime(path, (old, old))
+
+
+def test_half_written_last_line_is_left_for_the_next_read(tmp_path: Path) -> None:
+    source = csv_source(columns={"email": "Email", "first_name": "First Name"})
+    path = write(tmp_path, HEADER + "ann@example.test,Ann\nmaria.gonzalez@example.co")
+    first = read(path, source)
+    assert emails(first) == ["ann@example.test"]
+    assert first.deferred == 1
+    (warning,) = first.problems
+    assert warning.warning and warning.line == 3 and "still being written" in warning.message
+    assert first.fingerprint is not None and first.fingerprint.lines == 2
+    # read again while it is still being written: nothing new, nothing read twice
+    again = read(path, source, previous=first.fingerprint)
+    assert again.rows == [] and again.fingerprint == first.fingerprint
+    # the exporter finishes the line and adds another: both are read, with their lines
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write("m,Maria\nbob@example.test,Bob\n")
+    done = read(path, source, previous=again.fingerprint)
+    assert emails(done) == ["maria.gonzalez@example.com", "bob@example.test"]
+    assert lines(done) == [3, 4]
+    assert done.problems == [] and done.deferred == 0
+    assert read(path, source, previous=done.fingerprint).unchanged
+
+
+def test_a_still_file_without_final_newline_is_read_in_full(tmp_path: Path) -> None:
+    # a hand-made file whose last line simply has no line ending: read once it has been still a minute
+    source = csv_source(columns={"email": "Email", "first_name": "First Name"})
+    path = write(tmp_path, HEADER + "ann@example.test,Ann\nbob@example.test,Bob")
+    first = read(path, source)
+    assert emails(first) == ["ann@example.test"]
+    settle(path)
+    second = read(path, source, previous=first.fingerprint)
+    assert emails(second) == ["bob@example.test"]
+    assert lines(second) == [3]
+    assert second.problems == []
+    assert read(path, source, previous=second.fingerprint).unchanged
+
+
+def test_half_written_jsonl_line_is_left_for_the_next_read(tmp_path: Path) -> None:
+    path = write(tmp_path, '{"email": "ann@example.test"}\n{"email": "maria.gonz', name="f.jsonl")
+    first = read(path, jsonl_source())
+    assert emails(first) == ["ann@example.test"]
+    assert errors(first) == {}  # not "not valid JSON": just not written yet
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write('alez@example.com"}\n')
+    second = read(path, jsonl_source(), previous=first.fingerprint)
+    assert emails(second) == ["maria.gonzalez@example.com"]
+    assert lines(second) == [2]
+
+
+def test_quoted_value_still_open_at_the_end_waits_then_is_rejected_if_it_stays_open(tmp_path: Path) -> None:
+    source = csv_source(columns={"email": "Email", "first_name": "First Name", "note": "Note"})
+    path = write(tmp_path, 'Email,First Name,Note\nann@example.test,Ann,ok\nbob@example.test,Bob,"first line\n')
+    first = read(path, source)
+    assert emails(first) == ["ann@example.test"] and first.deferred == 1
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write('second line"\n')
+    second = read(path, source, previous=first.fingerprint)
+    assert emails(second) == ["bob@example.test"]
+    assert second.rows[0].fields == {"note": "first line\nsecond line"}
+    # a quote that is still open when the file has long stopped changing is an error with its line
+    path = write(
+        tmp_path, 'Email,First Name,Note\nann@example.test,Ann,ok\nbob@example.test,Bob,"first line\nmore\n', "b.csv"
+    )
+    settle(path)
+    third = read(path, source)
+    assert emails(third) == ["ann@example.test"]
+    assert "quote" in errors(third)[3] and "never closed" in errors(third)[3]
+
+
+# --------------------------------------------------------------------------- exports as offices make them
+
+
+def test_semicolon_separated_file(tmp_path: Path) -> None:
+    # Excel in much of Europe (and some US setups) separates with semicolons
+    path = write(tmp_path, 'Email;First Name;Last Name\nann@example.test;Ann;"Ames; RN"\nbob@example.test;Bob;Lee\n')
+    result = read(path, csv_source(columns={"email": "Email", "first_name": "First Name", "last_name": "Last Name"}))
+    assert result.problems == []
+    assert emails(result) == ["ann@example.test", "bob@example.test"]
+    assert result.rows[0].last_name == "Ames; RN"
+
+
+def test_tab_separated_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "Email\tFirst Name\nann@example.test\tAnn, RN\n")
+    result = read(path, csv_source(columns={"email": "Email", "first_name": "First Name"}))
+    assert emails(result) == ["ann@example.test"] and result.rows[0].first_name == "Ann, RN"
+
+
+def test_old_mac_line_endings(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        'Email,First Name\rann@example.test,Ann\rbad,Bad\rbob@example.test,"Bob\rBobby"\rcat@example.test,Cat\r',
+    )
+    source = csv_source(columns={"email": "Email", "first_name": "First Name"})
+    result = read(path, source)
+    assert emails(result) == ["ann@example.test", "bob@example.test", "cat@example.test"]
+    assert lines(result) == [2, 4, 6]
+    assert list(errors(result)) == [3]
+    # and growth is picked up where it stopped
+    with path.open("a", encoding="utf-8", newline="") as handle:
+        handle.write("dee@example.test,Dee\r")
+    grown = read(path, source, previous=result.fingerprint)
+    assert emails(grown) == ["dee@example.test"] and lines(grown) == [7]
+
+
+def test_utf16_with_byte_order_mark(tmp_path: Path) -> None:
+    # Excel's "Unicode text" and some webinar platforms write UTF-16 with a BOM
+    text = "Email\tFirst Name\r\nann@example.test\tAnn\r\nbob@example.test\tJos\u00e9\r\n"
+    path = write(tmp_path, text.encode("utf-16"))
+    source = csv_source(columns={"email": "Email", "first_name": "First Name"})
+    result = read(path, source)
+    assert result.problems == []
+    assert emails(result) == ["ann@example.test", "bob@example.test"]
+    assert result.rows[1].first_name == "Jos\u00e9"
+    path.write_bytes(path.read_bytes() + "cat@example.test\tCat\r\n".encode("utf-16-le"))
+    grown = read(path, source, previous=result.fingerprint)
+    assert emails(grown) == ["cat@example.test"] and lines(grown) == [4]
+
+
+def test_utf16_without_byte_order_mark_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    path = write(tmp_path, "Email\nann@example.test\n".encode("utf-16-le"))
+    with pytest.raises(SourceError) as info:
+        read(path, csv_source(columns={"email": "Email"}))
+    assert "UTF-16" in str(info.value) and "export it again as CSV UTF-8" in str(info.value)
+
+
+def test_unterminated_quote_does_not_swallow_the_rows_after_it(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "Email,First Name,Last Name\n"
+        'ann@example.test,"Ann,Ames\n'
+        "bob@example.test,Bob,Bell\n"
+        "cat@example.test,Cat,Cole\n"
+        'dee@example.test,Dee,"Dunn, RN"\n'
+        "eve@example.test,Eve,Eames\n",
+    )
+    result = read(path, csv_source(columns={"email": "Email", "first_name": "First Name", "last_name": "Last Name"}))
+    assert emails(result) == ["bob@example.test", "cat@example.test", "dee@example.test", "eve@example.test"]
+    assert lines(result) == [3, 4, 5, 6]
+    assert result.rows[2].last_name == "Dunn, RN"
+    problems = errors(result)
+    assert list(problems) == [2]
+    assert "quote" in problems[2] and "not closed" in problems[2]
+
+
+def test_unterminated_quote_running_to_the_end_does_not_swallow_the_rows(tmp_path: Path) -> None:
+    path = write(tmp_path, 'Email,First Name\n"ann@example.test,Ann\nbob@example.test,Bob\ncat@example.test,Cat\n')
+    result = read(path, csv_source(columns={"email": "Email", "first_name": "First Name"}))
+    assert emails(result) == ["bob@example.test", "cat@example.test"]
+    assert list(errors(result)) == [2]
+
+
+# --------------------------------------------------------------------------- duplicate headers
+
+
+def test_a_column_that_appears_twice_is_an_error_naming_both(tmp_path: Path) -> None:
+    path = write(tmp_path, "Email,First Name,EMAIL\nann@example.test,Ann,other@example.test\n", "regs.csv")
+    with pytest.raises(SourceError) as info:
+        read(path, csv_source(columns={"email": "Email", "first_name": "First Name"}))
+    message = str(info.value)
+    assert f"{path}:1:" in message
+    assert "'EMAIL' appears twice" in message and "columns 1 and 3" in message and "A and C" in message
+
+
+def test_an_unused_column_that_appears_twice_is_fine(tmp_path: Path) -> None:
+    # exports often carry empty or repeated columns funnel does not read
+    path = write(tmp_path, "Email,Notes,Notes,,\nann@example.test,a,b,,\n")
+    assert emails(read(path, csv_source(columns={"email": "Email"}))) == ["ann@example.test"]
+
+
+def test_a_jsonl_key_given_twice_is_a_row_problem(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '{"email": "ann@example.test", "Email": "other@example.test"}\n{"email": "bob@example.test"}\n',
+        name="f.jsonl",
+    )
+    result = read(path, jsonl_source())
+    assert emails(result) == ["bob@example.test"]
+    assert "'email' and 'Email'" in errors(result)[1]
+
+
+# --------------------------------------------------------------------------- hostile values
+
+
+def test_webinar_start_outside_the_schedulable_years_is_rejected_with_its_line(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "Email,Webinar Start,Time Zone\n"
+        "far@example.test,9999-12-30 10:00,America/Denver\n"
+        "edge@example.test,9999-12-31 23:59,Pacific/Kiritimati\n"
+        "old@example.test,1969-12-31 23:00,UTC\n"
+        "zero@example.test,0001-01-01 00:00,Asia/Tokyo\n"
+        "ok@example.test,2099-12-31 12:00,UTC\n",
+    )
+    source = csv_source(columns={"email": "Email", "webinar_start": "Webinar Start", "timezone": "Time Zone"})
+    result = read(path, source)
+    assert emails(result) == ["ok@example.test"]
+    problems = errors(result)
+    assert list(problems) == [2, 3, 4, 5]
+    assert "between 1970 and 2099" in problems[2] and "correct the date" in problems[2]
+
+
+def test_an_unusable_timezone_falls_back_to_the_practice_with_a_warning(tmp_path: Path) -> None:
+    huge = "A" * 5000
+    path = write(
+        tmp_path,
+        f"Email,Webinar Start,Time Zone\nann@example.test,2027-01-14 19:00,{huge}\n"
+        "bob@example.test,2027-01-14 19:00,../../etc/passwd\n",
+    )
+    source = csv_source(columns={"email": "Email", "webinar_start": "Webinar Start", "timezone": "Time Zone"})
+    result = read(path, source)
+    assert emails(result) == ["ann@example.test", "bob@example.test"]
+    assert all(r.timezone is None for r in result.rows)
+    assert all(r.webinar_start == datetime(2027, 1, 15, 2, 0, tzinfo=UTC) for r in result.rows)
+    warnings = [p for p in result.problems if p.warning]
+    assert [w.line for w in warnings] == [2, 3]
+    assert len(warnings[0].message) < 300  # the 5,000 characters are not repeated back
+
+
+@pytest.mark.parametrize("address", ["\u00fcser@example.test", "j\u00f6rg@example.test", "ann\r\n@example.test"])
+def test_addresses_no_provider_can_deliver_are_rejected(tmp_path: Path, address: str) -> None:
+    path = write(tmp_path, f'Email,First Name\n"{address}",X\nbob@example.test,Bob\n')
+    result = read(path, csv_source(columns={"email": "Email", "first_name": "First Name"}))
+    assert emails(result) == ["bob@example.test"]
+    assert "not a valid email address" in errors(result)[2]
+
+
+def test_international_domains_are_stored_as_punycode() -> None:
+    assert normalize_email("Ana@B\u00fccher.test") == "ana@xn--bcher-kva.test"
+    assert normalize_email("ana@xn--bcher-kva.test") == "ana@xn--bcher-kva.test"  # one contact either way
+
+
+def test_control_characters_are_cleaned_from_names_and_fields(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        'Email,First Name,Last Name,Note\nann@example.test,"Ann\r\nBcc: x@evil.test","\tAmes\x07\u202e",'
+        '"line one\r\nline\x00 two\u2028three"\n',
+    )
+    source = csv_source(
+        columns={"email": "Email", "first_name": "First Name", "last_name": "Last Name", "note": "Note"}
+    )
+    row = read(path, source).rows[0]
+    assert row.first_name == "Ann Bcc: x@evil.test"  # one line: it can never break a header
+    assert row.last_name == "Ames"
+    assert row.fields == {"note": "line one\nline two\nthree"}
+
+
+def test_read_mapping_reads_a_form_post_by_the_same_rules(tmp_path: Path) -> None:
+    from funnel.sources import read_mapping
+
+    source = Source.model_validate(
+        {"format": "form", "columns": {"email": "email", "first_name": "name", "discreet": "discreet"}}
+    )
+    result = read_mapping(
+        "consultation-form", source, {"email": "Ann@Example.test", "name": "Ann\r\n", "discreet": ""}, DENVER
+    )
+    (row,) = result.rows
+    assert (row.email, row.first_name, row.discreet) == ("ann@example.test", "Ann", None)
+    bad = read_mapping("consultation-form", source, {"email": "\u00fcser@example.test"}, DENVER)
+    assert bad.rows == [] and "not a valid email address" in bad.problems[0].message
+
+
+def test_unterminated_quote_in_an_appended_part_is_reported_with_its_line(tmp_path: Path) -> None:
+    source = csv_source(columns={"email": "Email", "first_name": "First Name"})
+    path = write(tmp_path, HEADER + "ann@example.test,Ann\n")
+    first = read(path, source)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write('bob@example.test,"Bob\ncat@example.test,Cat\ndee@example.test,Dee\n')
+    second = read(path, source, previous=first.fingerprint)
+    assert emails(second) == ["cat@example.test", "dee@example.test"]
+    assert lines(second) == [4, 5]
+    assert "lines 3-5" in errors(second)[3]
