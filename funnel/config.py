@@ -326,7 +326,9 @@ class Serve(_Model):
             origin = str(item).strip().rstrip("/")
             scheme, _, rest = origin.partition("://")
             if scheme not in ("http", "https") or not rest or "/" in rest:
-                raise ValueError(f"{item!r} is not an origin: write scheme and host only, like https://www.example.test")
+                raise ValueError(
+                    f"{item!r} is not an origin: write scheme and host only, like https://www.example.test"
+                )
             origins.append(origin.lower())
         return tuple(origins)
 

@@ -183,9 +183,7 @@ def export(session: Session, config: Config, contact: Contact) -> dict[str, Any]
     data["unsubscribed_via"] = contact.unsubscribed_via
     data["consents"] = [
         {"source": c.source, "given_at": _iso(c.given_at), "ip": c.ip, "user_agent": c.user_agent}
-        for c in session.scalars(
-            select(Consent).where(col(Consent.contact_id) == contact.id).order_by(col(Consent.id))
-        )
+        for c in session.scalars(select(Consent).where(col(Consent.contact_id) == contact.id).order_by(col(Consent.id)))
     ]
     return data
 
