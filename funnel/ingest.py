@@ -71,6 +71,13 @@ def apply_rows(
 ) -> IngestResult:
     """Apply accepted rows of one source; the caller commits."""
     result = IngestResult()
+    if source.enroll:
+        # every command that enrolls people (run, import, the web form) records the
+        # steps it knows first, so only a step that appears after someone's
+        # enrollment counts as "added after its time" for them
+        from funnel.changes import introduced_steps
+
+        introduced_steps(session, config, now, write=True)
     batch: list[SignupRow] = []
     for row in rows:
         batch.append(row)
