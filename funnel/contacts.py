@@ -162,6 +162,8 @@ def _step(step_id: str, row: StepRun | None, due: datetime | None, enrollment: E
     reason = row.reason
     if status == "sending":
         status, reason = "unknown", "being sent right now"
+    elif status == "claimed":  # taken by a run that has not handed it to the transport yet
+        status, reason = "pending", "about to be sent"
     shown: dict[str, Any] = {"id": step_id, "status": status, "due_at": _iso(row.due_at or due)}
     if reason:
         shown["reason"] = reason

@@ -17,16 +17,19 @@ from typing import Any
 from filelock import FileLock, Timeout
 from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, create_engine
 
 from funnel import models  # noqa: F401  (registers the tables)
-from funnel.errors import ConfigError, LockedError
+from funnel.errors import ConfigError, FunnelError, LockedError, MigrationError
 from funnel.migrations import HEAD
 
 #: advisory-lock key for PostgreSQL: crc32("funnel run")
 _PG_LOCK_KEY = 0x2F5A_7C31
 #: advisory-lock key held while creating the schema
 _PG_SCHEMA_LOCK_KEY = 0x2F5A_7C32
+#: how long a command waits for another one that is creating or upgrading the schema
+MIGRATION_WAIT = 120.0
 
 
 def database_url(config_folder: Path) -> str:
@@ -64,11 +67,17 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
     try:
         migrate(engine)
-    except Exception as exc:
+    except FunnelError:
+        raise
+    except OperationalError as exc:
+        if not _cannot_connect(exc):
+            raise MigrationError(_migration_failed(exc)) from exc
         raise ConfigError(
             f"cannot open the database {parsed.render_as_string(hide_password=True)} ({exc.__class__.__name__}): "
             "check FUNNEL_DATABASE_URL and that the server is running"
         ) from exc
+    except Exception as exc:
+        raise MigrationError(_migration_failed(exc)) from exc
     return engine
 
 
@@ -111,15 +120,63 @@ def current_revision(engine: Engine) -> str | None:
         return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema up to `migrations.HEAD` with alembic, under a lock.
+def migrate(engine: Engine, *, wait: float = MIGRATION_WAIT) -> None:
+    """Bring the schema up to `migrations.HEAD` with alembic, one command at a time.
 
     The usual case, a database already at HEAD, costs one query and does not
-    load alembic. Several workers starting at once on PostgreSQL take turns
-    through an advisory lock; SQLite serialises writers by itself.
+    load alembic. Several commands starting at once on a new database (two
+    cron runs, `funnel serve`, `contacts ...`) take turns: on PostgreSQL
+    through an advisory lock held by the migrating transaction, on SQLite
+    through a file lock beside the database (SQLite's own locking does not
+    stop two processes that both saw "no schema" from both creating it). The
+    loser waits up to `wait` seconds, finds the schema made, and goes on.
     """
     if current_revision(engine) == HEAD:
         return
+    with _migration_lock(engine, wait):
+        if current_revision(engine) == HEAD:  # made by another command while we waited
+            return
+        _upgrade(engine)
+
+
+@contextmanager
+def _migration_lock(engine: Engine, wait: float) -> Iterator[None]:
+    """A file lock beside a SQLite file (PostgreSQL locks inside `_upgrade`)."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        yield
+        return
+    lock = FileLock(f"{database}.migrate.lock", timeout=wait)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise LockedError(
+            f"another funnel command has been upgrading the database schema for {wait:.0f} seconds; try again later"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _cannot_connect(exc: OperationalError) -> bool:
+    """True when the database could not be reached or opened at all (the URL's business)."""
+    return exc.connection_invalidated or exc.statement is None or "unable to open" in str(exc)
+
+
+def _migration_failed(exc: BaseException) -> str:
+    return (
+        f"the database schema could not be brought up to date ({_first_line(exc)}); "
+        "nothing was changed: run again with --debug for details"
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else exc.__class__.__name__
+
+
+def _upgrade(engine: Engine) -> None:
     from alembic import command
     from alembic.config import Config as AlembicConfig
 

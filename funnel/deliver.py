@@ -34,6 +34,8 @@ class Job:
     step_run_id: int
     enrollment_id: int
     email: OutgoingEmail
+    #: whose email it is: suppression is read again right before the hand-over
+    contact_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,15 @@ class Dispatcher:
         self._in_flight += 1
         future.add_done_callback(self._done.put)
         return done
+
+    @property
+    def in_flight(self) -> int:
+        """Jobs submitted whose outcome has not been taken back yet."""
+        return self._in_flight
+
+    def wait(self) -> list[Outcome]:
+        """Wait for at least one job in flight to finish (none: return at once)."""
+        return self._take(block=True)
 
     def collect(self) -> list[Outcome]:
         """Outcomes finished so far, without waiting."""

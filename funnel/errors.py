@@ -42,6 +42,10 @@ class NotFoundError(FunnelError):
     """The contact, sequence or step named on the command line does not exist."""
 
 
+class MigrationError(FunnelError):
+    """The database was reached but its schema could not be brought up to date."""
+
+
 class LockedError(FunnelError):
     """Another `funnel run` holds the run lock."""
 

@@ -96,6 +96,13 @@ def apply_rows(
     post) goes through here, so they all follow the same rules.
     """
     result = IngestResult()
+    if source.enroll:
+        # every command that enrolls people (run, import, the web form) records the
+        # steps it knows first, so only a step that appears after someone's
+        # enrollment counts as "added after its time" for them
+        from funnel.changes import introduced_steps
+
+        introduced_steps(session, config, now, write=True)
     pending = _pending_exist(session, now)
     batch: list[SignupRow] = []
     for row in rows:

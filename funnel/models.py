@@ -135,8 +135,9 @@ class Enrollment(SQLModel, table=True):
 class StepRun(SQLModel, table=True):
     """What happened to one step of one enrollment.
 
-    status: sending (claimed, request under way), sent, skipped, failed,
-    unknown (a run died mid-request: never re-sent blindly).
+    status: claimed (taken by a run, not yet handed to the transport),
+    sending (handed over, request under way), sent, skipped, failed,
+    unknown (a run died mid-request: never re-sent blindly). See funnel.ledger.
     """
 
     __tablename__ = "step_runs"

@@ -2,20 +2,23 @@
 
 The order of one run, and why:
 
-1. Rows left in `sending` by a run that died are marked `unknown`: SendGrid
-   has no idempotency key, so an email whose fate is unknown is reported,
-   never sent again blindly.
+1. What a run that died left behind is settled (`funnel.ledger`): emails it
+   had handed to the transport are marked `unknown` (SendGrid has no
+   idempotency key: reported, never sent again blindly); the ones it had only
+   claimed are given back and go out in this run.
 2. File sources are read (unchanged files cost one hash).
 3. If sequences.yaml changed since the last run, every active enrollment is
    looked at once (new or retimed steps); otherwise only those whose stored
    `next_due_at` has come, through an index: work grows with what is due.
 4. Due enrollments are taken page by page. For each person the pure
    schedule decides; skips and exits are recorded, sends are *claimed*
-   (a `sending` row, unique per enrollment and step) and committed before
-   any request goes out; then they are rendered and handed to the
-   dispatcher, whose threads send while the next page is prepared.
-5. Outcomes are recorded in batches; finished enrollments move on to their
-   `next` sequence.
+   (a `claimed` row, unique per enrollment and step) and committed.
+5. Claimed emails are rendered and *handed over* in small batches (at most
+   `delivery.concurrency` a batch, and never more than two batches under
+   way): one commit marks the batch `sending`, reads suppression again and
+   records the outcomes that came back meanwhile; then the dispatcher's
+   threads send it. A SIGKILL thus leaves at most two batches unknown.
+6. Finished enrollments move on to their `next` sequence.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from funnel.db import put_setting
 from funnel.deliver import Dispatcher, Job, Outcome
 from funnel.errors import ConfigError, SourceError, TemplateError
 from funnel.ingest import IngestResult, apply_rows, insert_ignore
+from funnel.ledger import UNKNOWN_REASON, Ledger
 from funnel.models import Contact, Enrollment, Run, Setting, SourceFile, StepRun, Tag
 from funnel.render import MissingData, Rendered, Renderer, TemplateContact, TemplateWebinar
 from funnel.sources import Fingerprint, clean_line, read_source_file
@@ -51,7 +55,7 @@ from funnel.transports.base import Address, OutgoingEmail, SendResult, Transport
 from funnel.unsubscribe import Tokens, secret_key, unsubscribe_headers, unsubscribe_url
 
 PAGE = 400
-UNKNOWN_REASON = "the run sending it stopped mid-request: not sent again (check whether it arrived)"
+__all__ = ["PAGE", "UNKNOWN_REASON", "RunSummary", "Runner", "compose_email", "contact_zone", "render_for"]
 
 
 @dataclass
@@ -121,6 +125,10 @@ class _Claim:
     rows: dict[str, StepRun] = field(default_factory=dict)
 
 
+#: a claimed step and its row, waiting to be rendered and handed over
+_Ready = tuple[_Claim, StepRun]
+
+
 @dataclass
 class _Pending:
     """Bookkeeping for an enrollment whose sends are in flight."""
@@ -165,6 +173,7 @@ class Runner:
             raise ConfigError(str(exc)) from exc
         self.tokens = Tokens(secret_key(self.session))
         self.run_row: Run | None = None
+        self.ledger: Ledger  # set by _start, once the run has its id
         self.introduced: dict[str, dict[str, datetime]] = {}
         self._pending: dict[int, _Pending] = {}
         #: rows of claimed steps in flight, held here (the session's identity map is weak)
@@ -188,7 +197,7 @@ class Runner:
         try:
             self._start()
             if not self.dry_run:
-                self._recover_unknown()
+                self._recover()
             if self.read_sources:
                 self._ingest_sources()
             self._wake_all_if_config_changed()
@@ -214,29 +223,22 @@ class Runner:
         self.session.add(self.run_row)
         self.introduced = introduced_steps(self.session, self.config, self.now, write=True)
         self.checkpoint()
+        assert self.run_row.id is not None
+        self.ledger = Ledger(self.session, self.run_row.id, self.now, self.transport.name)
 
-    def _recover_unknown(self) -> None:
-        """Claims left by a dead run: their request may or may not have gone out."""
-        assert self.run_row is not None
-        stale = self.session.execute(
-            select(col(StepRun.id), col(StepRun.sequence), col(StepRun.step_id)).where(
-                and_(col(StepRun.status) == "sending", col(StepRun.run_id) != self.run_row.id)
-            )
-        ).all()
-        if not stale:
+    def _recover(self) -> None:
+        """Settle what a run that died left in hand (see `funnel.ledger`)."""
+        found = self.ledger.recover()
+        if not found.unknown and not found.released:
             return
-        self.session.execute(
-            update(StepRun)
-            .where(col(StepRun.id).in_([row.id for row in stale]))
-            .values(status="unknown", reason=UNKNOWN_REASON, retryable=False)
-        )
-        for row in stale:
-            self.summary.count_step(row.sequence, row.step_id, "unknown")
-        self.summary.unknown += len(stale)
-        self.summary.warnings.append(
-            f"{len(stale)} email(s) were being sent when an earlier run stopped; "
-            "they are marked unknown and will not be sent again (see `funnel report`)"
-        )
+        for sequence_id, step_id in found.unknown:
+            self.summary.count_step(sequence_id, step_id, "unknown")
+        self.summary.unknown += len(found.unknown)
+        if found.unknown:
+            self.summary.warnings.append(
+                f"{len(found.unknown)} email(s) were being sent when an earlier run stopped; "
+                "they are marked unknown and will not be sent again (see `funnel report`)"
+            )
         self.checkpoint()
 
     # ----------------------------------------------------------------- sources
@@ -323,9 +325,12 @@ class Runner:
     # ----------------------------------------------------------------- due work
 
     def _send_due(self) -> None:
-        # room for two pages in flight: the next page is prepared while this one sends
+        """Decide and claim page by page; hand claimed emails over in small batches as room frees up."""
+        batch = max(1, self.config.delivery.concurrency)
+        # at most this many emails are `sending` at any moment: all a SIGKILL can leave unknown
+        window = 2 * batch
         dispatcher = Dispatcher(
-            self.transport, max_attempts=self.config.delivery.max_attempts, in_flight=2 * PAGE, stop=self.stop
+            self.transport, max_attempts=self.config.delivery.max_attempts, in_flight=window, stop=self.stop
         )
         total = self.session.execute(
             select(func.count()).where(
@@ -334,40 +339,45 @@ class Runner:
         ).scalar_one()
         done = 0
         last_id = 0
-        waiting: deque[Job] = deque()
+        more = True
+        waiting: deque[_Ready] = deque()
         try:
             while not dispatcher.stopped:
-                page = list(
-                    self.session.scalars(
-                        select(Enrollment)
-                        .where(
-                            and_(
-                                col(Enrollment.status) == "active",
-                                col(Enrollment.next_due_at) <= self.now,
-                                col(Enrollment.id) > last_id,
+                if more and len(waiting) < window:
+                    # the next page is decided while the last batches are still being sent
+                    page = list(
+                        self.session.scalars(
+                            select(Enrollment)
+                            .where(
+                                and_(
+                                    col(Enrollment.status) == "active",
+                                    col(Enrollment.next_due_at) <= self.now,
+                                    col(Enrollment.id) > last_id,
+                                )
                             )
+                            .order_by(col(Enrollment.id))
+                            .limit(PAGE)
                         )
-                        .order_by(col(Enrollment.id))
-                        .limit(PAGE)
                     )
-                )
-                if not page:
+                    if not page:
+                        more = False
+                        continue
+                    last_id = page[-1].id or last_id
+                    waiting.extend(self._decide_page(page))
+                    self.checkpoint()  # claims are durable before any of them is handed over
+                    done += len(page)
+                    if self.progress:
+                        self.progress(done, max(total, done))
+                    continue
+                if not waiting:
                     break
-                last_id = page[-1].id or last_id
-                waiting = deque(self._decide_page(page))
-                self.checkpoint()  # claims are durable before any request goes out
-                while waiting and not dispatcher.stopped:
-                    self._record(dispatcher.submit(waiting[0]))
-                    waiting.popleft()
-                self._record(dispatcher.collect())
-                done += len(page)
-                if self.progress:
-                    self.progress(done, max(total, done))
+                self._hand_over_next(dispatcher, waiting, window, batch)
             self._record(dispatcher.finish(), save=True)
         finally:
             # stopped early (bad API key, SIGTERM, a bug): steps claimed but never
             # handed over go back untouched; requests under way finish and are recorded
-            self._record([Outcome(job, "released") for job in waiting])
+            self._give_back([row for _, row in waiting])
+            waiting.clear()
             dispatcher.close()
             self._record(dispatcher.finish(), save=True)
         if dispatcher.fatal is not None:
@@ -377,7 +387,66 @@ class Runner:
                 "stopped on request (SIGTERM); emails under way were recorded, the rest go out next run"
             )
 
-    def _decide_page(self, page: list[Enrollment]) -> list[Job]:
+    def _hand_over_next(self, dispatcher: Dispatcher, waiting: deque[_Ready], window: int, batch: int) -> None:
+        """Render the next batch, mark it handed over (with the outcomes so far) in one commit, send it.
+
+        The run waits until half a batch has come back, so the transport's
+        threads always have requests queued while the batch is prepared.
+        """
+        outcomes = dispatcher.collect()
+        wanted = min(len(waiting), max(1, batch // 2))
+        while window - dispatcher.in_flight < wanted and not dispatcher.stopped:
+            outcomes.extend(dispatcher.wait())
+        self._record(outcomes)
+        if dispatcher.stopped:
+            return
+        room = window - dispatcher.in_flight
+        ready = [waiting.popleft() for _ in range(min(room, batch, len(waiting)))]
+        jobs = [job for job in (self._job(claim, row) for claim, row in ready) if job is not None]
+        result = self.ledger.hand_over([(job.step_run_id, job.contact_id) for job in jobs])
+        for job in jobs:
+            if job.step_run_id in result.suppressed:
+                self._not_handed(job, skipped=result.suppressed[job.step_run_id])
+            elif job.step_run_id not in result.handed:
+                self._not_handed(job, skipped=None)  # another worker took the row back
+        self.checkpoint()  # the batch is `sending` before any of its requests starts
+        self._unsaved, self._saved_at = 0, time.monotonic()
+        for job in jobs:
+            if job.step_run_id in result.handed:
+                self._record(dispatcher.submit(job))
+
+    def _not_handed(self, job: Job, *, skipped: str | None) -> None:
+        """A claimed email that is not sent after all: its person is suppressed now, or the row is gone."""
+        row = self._in_flight.pop(job.step_run_id)
+        self.session.expunge(row)  # the ledger wrote its state; the in-memory copy must not overwrite it
+        if skipped is not None:
+            self.summary.skipped += 1
+            self.summary.count_step(row.sequence, row.step_id, "skipped")
+        pending = self._pending.get(job.enrollment_id)
+        if pending:
+            pending.retry_later = True  # the next run looks again (and exits a suppressed person)
+            self._one_less(pending)
+
+    def _give_back(self, rows: list[StepRun]) -> None:
+        """Rows this run claimed whose request never started: pending again for the next run."""
+        if not rows:
+            return
+        for row in rows:
+            self._in_flight.pop(row.id or 0, None)
+            self.session.expunge(row)
+            pending = self._pending.get(row.enrollment_id)
+            if pending:
+                pending.retry_later = True
+                self._one_less(pending)
+        self.ledger.give_back([row.id or 0 for row in rows])
+        self.checkpoint()
+
+    def _one_less(self, pending: _Pending) -> None:
+        pending.outstanding -= 1
+        if pending.outstanding == 0:
+            self._settle(pending)
+
+    def _decide_page(self, page: list[Enrollment]) -> list[_Ready]:
         contact_ids = sorted({e.contact_id for e in page})
         contacts = {c.id: c for c in self.session.scalars(select(Contact).where(col(Contact.id).in_(contact_ids)))}
         tags: dict[int, set[str]] = defaultdict(set)
@@ -513,67 +582,42 @@ class Runner:
         self.summary.skipped += 1
         self.summary.count_step(enrollment.sequence, skip.step.id, "skipped")
 
-    def _claim_all(self, claims: list[_Claim]) -> list[Job]:
-        """Take the page's steps for this run in a few statements; render the ones we got.
+    def _claim_all(self, claims: list[_Claim]) -> list[_Ready]:
+        """Take the page's steps for this run in a few statements (see `Ledger.claim_new`).
 
-        A unique (enrollment, step) row means no other run can take a step
-        too: an insert that is ignored, or a conditional update that changes
-        nothing, tells us someone else has it.
+        Rendering waits for the hand-over, batch by batch.
         """
-        assert self.run_row is not None
         fresh = [c for c in claims if c.row is None]
         send_ids = {id(c): uuid.uuid4().hex for c in fresh}
-        values = [
-            {
-                "enrollment_id": c.enrollment.id,
-                "sequence": c.enrollment.sequence,
-                "step_id": c.send.step.id,
-                "status": "sending",
-                "transactional": c.send.step.transactional,
-                "send_id": send_ids[id(c)],
-                "run_id": self.run_row.id,
-                "attempts": 0,
-                "due_at": c.send.due_at,
-                "decided_at": self.now,
-                "transport": self.transport.name,
-                "retryable": False,
-            }
-            for c in fresh
-        ]
-        table = StepRun.__table__  # type: ignore[attr-defined]  # SQLModel does not declare __table__ for mypy
-        for start in range(0, len(values), 200):
-            insert_ignore(self.session, table, values[start : start + 200], ("enrollment_id", "step_id"))
-        taken: dict[str, StepRun] = {}
-        wanted = list(send_ids.values())
-        for start in range(0, len(wanted), 500):
-            for found in self.session.scalars(
-                select(StepRun).where(col(StepRun.send_id).in_(wanted[start : start + 500]))
-            ):
-                taken[found.send_id or ""] = found
-        jobs: list[Job] = []
-        for claim in claims:
-            row = taken.get(send_ids[id(claim)]) if claim.row is None else self._retake(claim.row)
-            if row is not None:
-                claim.rows[claim.send.step.id] = row
-                job = self._job(claim, row)
-                if job is not None:
-                    jobs.append(job)
-        for pending in [p for p in self._pending.values() if p.outstanding == 0]:
-            self._settle(pending)  # every claim went elsewhere or failed to render
-        return jobs
-
-    def _retake(self, row: StepRun) -> StepRun | None:
-        """Claim a step whose last attempt failed in a way worth retrying."""
-        assert self.run_row is not None
-        claimed = self.session.execute(
-            update(StepRun)
-            .where(and_(col(StepRun.id) == row.id, col(StepRun.status) == "failed", col(StepRun.retryable).is_(True)))
-            .values(status="sending", run_id=self.run_row.id, send_id=uuid.uuid4().hex, decided_at=self.now)
+        taken = self.ledger.claim_new(
+            [
+                {
+                    "enrollment_id": c.enrollment.id,
+                    "sequence": c.enrollment.sequence,
+                    "step_id": c.send.step.id,
+                    "transactional": c.send.step.transactional,
+                    "send_id": send_ids[id(c)],
+                    "attempts": 0,
+                    "due_at": c.send.due_at,
+                    "retryable": False,
+                }
+                for c in fresh
+            ]
         )
-        if claimed.rowcount != 1:  # type: ignore[attr-defined]  # execute() is typed Result; an UPDATE gives CursorResult
-            return None
-        self.session.refresh(row)
-        return row
+        ready: list[_Ready] = []
+        for claim in claims:
+            row = taken.get(send_ids[id(claim)]) if claim.row is None else self.ledger.retake(claim.row)
+            if row is None:
+                continue
+            claim.rows[claim.send.step.id] = row
+            pending = self._pending.get(claim.enrollment.id or 0)
+            if pending is not None:
+                pending.outstanding += 1
+            self._in_flight[row.id or 0] = row
+            ready.append((claim, row))
+        for pending in [p for p in self._pending.values() if p.outstanding == 0]:
+            self._settle(pending)  # every claim went elsewhere
+        return ready
 
     def _job(self, claim: _Claim, row: StepRun) -> Job | None:
         """Render a claimed step; a template error fails that one email, not the run."""
@@ -581,22 +625,31 @@ class Runner:
         try:
             email = self._compose(claim.contact, enrollment, claim.sequence, step, row)
         except MissingData as exc:  # e.g. no webinar start: this email cannot be written for her
+            self._in_flight.pop(row.id or 0, None)
             row.status, row.reason, row.retryable = "skipped", exc.reason, False
             self.summary.skipped += 1
             self.summary.count_step(enrollment.sequence, step.id, "skipped")
+            pending = self._pending.get(enrollment.id or 0)
+            if pending is not None:
+                self._one_less(pending)
             return None
         except (TemplateError, OverflowError, ValueError) as exc:  # also a stored date beyond what a zone can show
+            self._in_flight.pop(row.id or 0, None)
             row.status, row.reason, row.retryable = "failed", f"template error: {exc}", False
             self.summary.fail(claim.contact.email, enrollment.sequence, step.id, row.reason)
             if str(exc) not in self.summary.problems:
                 self.summary.problems.append(str(exc))
             self.summary.count_step(enrollment.sequence, step.id, "failed")
+            pending = self._pending.get(enrollment.id or 0)
+            if pending is not None:
+                self._one_less(pending)
             return None
-        pending = self._pending.get(enrollment.id or 0)
-        if pending is not None:
-            pending.outstanding += 1
-        self._in_flight[row.id or 0] = row
-        return Job(step_run_id=row.id or 0, enrollment_id=enrollment.id or 0, email=email)
+        return Job(
+            step_run_id=row.id or 0,
+            enrollment_id=enrollment.id or 0,
+            email=email,
+            contact_id=claim.contact.id or 0,
+        )
 
     def _compose(
         self, contact: Contact, enrollment: Enrollment, sequence: Sequence, step: Step, row: StepRun
@@ -614,10 +667,16 @@ class Runner:
     def _record(self, outcomes: list[Outcome], *, save: bool = False) -> None:
         """Record outcomes; commit every 200 or each second (and when `save`).
 
-        Between a send and its commit a crash leaves the row `sending`, which
-        the next run reports as unknown: batching costs honesty nothing.
+        Outcomes are also committed with each hand-over (so the rows left
+        `sending` stay within the hand-over window); in between, a crash
+        leaves a row `sending`, which the next run reports as unknown.
         """
+        given_back: list[StepRun] = []
         for outcome in outcomes:
+            if outcome.status == "released":
+                # never attempted, or refused as a whole (bad API key): not sent, still pending
+                given_back.append(self._in_flight[outcome.job.step_run_id])
+                continue
             row = self._in_flight.pop(outcome.job.step_run_id)
             sequence_id, step_id = row.sequence, row.step_id
             pending = self._pending.get(outcome.job.enrollment_id)
@@ -627,7 +686,7 @@ class Runner:
                 row.message_id = outcome.result.message_id if outcome.result else None
                 self.summary.sent += 1
                 self.summary.count_step(sequence_id, step_id, "sent")
-            elif outcome.status == "failed":
+            else:
                 error = outcome.error
                 row.status, row.reason = "failed", str(error) if error else "failed"
                 row.retryable = bool(error and error.retryable)
@@ -635,15 +694,9 @@ class Runner:
                 self.summary.count_step(sequence_id, step_id, "failed")
                 if pending and row.retryable:
                     pending.retry_later = True
-            else:
-                # never attempted, or refused as a whole (bad API key): not sent, still pending
-                self.session.delete(row)
-                if pending:
-                    pending.retry_later = True
             if pending:
-                pending.outstanding -= 1
-                if pending.outstanding == 0:
-                    self._settle(pending)
+                self._one_less(pending)
+        self._give_back(given_back)
         self._unsaved += len(outcomes)
         if self._unsaved and (save or self._unsaved >= 200 or time.monotonic() - self._saved_at > 1.0):
             self.checkpoint()

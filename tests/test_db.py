@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from conftest import REGISTRATIONS, Project
 from sqlmodel import SQLModel, create_engine
 
 import funnel
@@ -53,3 +57,55 @@ def test_a_database_made_before_migrations_is_adopted(tmp_path: Path) -> None:
     engine = make_engine(url)
     assert current_revision(engine) == HEAD
     engine.dispose()
+
+
+# --------------------------------------------------------------------------- several commands at once
+
+
+def _start_together(root: Path, commands: list[list[str]], env: dict[str, str]) -> list[tuple[int, str]]:
+    """Start every command at the same moment (as cron and a web server would) and wait for all."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "funnel", *args],
+            cwd=root,
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args in commands
+    ]
+    results = []
+    for proc in procs:
+        _, err = proc.communicate(timeout=180)
+        results.append((proc.returncode, err))
+    return results
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_several_commands_at_once_on_a_new_database_all_get_their_schema(
+    backend: str, project: Project, request: pytest.FixtureRequest
+) -> None:
+    """Nobody fails because another command is creating the schema: each waits its turn."""
+    project.write("signups/webinar-registrations.csv", REGISTRATIONS)
+    env = {} if backend == "sqlite" else {"FUNNEL_DATABASE_URL": request.getfixturevalue("postgres_url")}
+    now = "2027-01-10T16:00:00Z"
+    commands = [
+        ["run", "--now", now],
+        ["run", "--now", now],
+        ["run", "--now", now],
+        ["plan", "--now", now, "--json"],
+        ["report", "--json"],
+        ["contacts", "show", "nobody@example.test"],
+    ]
+    results = _start_together(project.root, commands, env)
+    for (code, err), args in zip(results, commands, strict=True):
+        assert "FUNNEL_DATABASE_URL" not in err, (args, err)
+        assert "Traceback" not in err, (args, err)
+        expected = {"run": (0, 75), "plan": (0,), "report": (0,), "contacts": (1,)}[args[0]]
+        assert code in expected, (args, code, err)
+    assert sum(1 for (code, _), args in zip(results, commands, strict=True) if args[0] == "run" and code == 0) >= 1
+    # and the welcome went out exactly once
+    assert [sent for sent in project.sent() if sent[2] == "registered"] == [
+        ("ana@example.test", "webinar-relationship-911", "registered")
+    ]

@@ -7,6 +7,7 @@ checks what the fake received and what the database says afterwards.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -402,3 +403,148 @@ def test_sigterm_stops_cleanly_leaving_nothing_unknown(project: Project, funnel,
     assert result.json()["unknown"] == 0  # every request under way was recorded before stopping
     assert result.json()["sent"] == 30 - len(got_before)
     assert [fake.sent_to(a) for a in addresses] == [1] * 30
+
+
+# --------------------------------------------------------------------------- SIGKILL leaves little unknown
+
+
+def start_run(project: Project, env: dict[str, str], now: str = NOW) -> subprocess.Popen[str]:
+    """`funnel run` as a real process, to kill or to race with other commands."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "funnel", "run", "--now", now],
+        cwd=project.root,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_until(condition: Any, seconds: float = 90) -> None:
+    """Wait for another process's progress (never for a schedule)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the run made no progress"
+        time.sleep(0.02)
+
+
+def step_statuses(project: Project, env: dict[str, str]) -> Counter[str]:
+    """How many `registered` steps are in each status, straight from the database."""
+    import sqlalchemy
+
+    engine = make_engine(env.get("FUNNEL_DATABASE_URL") or f"sqlite:///{project.root / 'funnel.db'}")
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sqlalchemy.text("SELECT status, count(*) FROM step_runs WHERE step_id = 'registered' GROUP BY status")
+            ).all()
+    finally:
+        engine.dispose()
+    return Counter({status: count for status, count in rows})
+
+
+#: the hand-over window is exactly two batches of `delivery.concurrency`: no margin is needed
+CONCURRENCY = 4
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_sigkill_leaves_at_most_two_batches_unknown_and_the_next_run_sends_the_rest(
+    backend: str, project: Project, fake, request: pytest.FixtureRequest
+) -> None:
+    addresses = registrations(project, 150)
+    set_delivery(project, concurrency=CONCURRENCY)
+    env = sendgrid_env(fake)
+    if backend == "postgresql":
+        env["FUNNEL_DATABASE_URL"] = request.getfixturevalue("postgres_url")
+    fake.delay(0.2)
+    proc = start_run(project, env)
+    wait_until(lambda: len(fake.requests) >= 20)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    # every email was claimed by the dead run (one page); only those handed over may be unknown
+    left = step_statuses(project, env)
+    assert left["claimed"] + left["sending"] + left["sent"] == 150
+    assert left["sending"] <= 2 * CONCURRENCY, left
+    fake.delay(0)
+    result = subprocess.run(
+        [sys.executable, "-m", "funnel", "run", "--now", "2027-01-10T16:01:00Z", "--json"],
+        cwd=project.root,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    summary = json.loads(result.stdout)
+    assert summary["unknown"] == left["sending"]
+    assert summary["sent"] == left["claimed"]  # claimed but never handed over: they go out now
+    final = step_statuses(project, env)
+    assert final == Counter({"sent": 150 - summary["unknown"], "unknown": summary["unknown"]})
+    # nobody got it twice; everyone not unknown got it exactly once
+    counts = [fake.sent_to(a) for a in addresses]
+    assert max(counts) == 1
+    assert counts.count(0) <= summary["unknown"]
+
+
+def test_sigkill_with_the_outbox_leaves_at_most_two_batches_unknown(project: Project, funnel) -> None:
+    addresses = registrations(project, 1500)
+    set_delivery(project, concurrency=CONCURRENCY)
+    proc = start_run(project, {})
+    wait_until(lambda: project.outbox.exists() and len(list(project.outbox.glob("*.eml"))) >= 100, seconds=180)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    left = step_statuses(project, {})
+    written = {to for to, _, step in project.sent() if step == "registered"}
+    # a file exists for every email recorded as sent; the others handed over may or may not have one
+    assert left["sent"] <= len(written) <= left["sent"] + left["sending"]
+    assert left["sending"] <= 2 * CONCURRENCY, left
+    result = funnel("run", "--now", "2027-01-10T16:01:00Z", "--json")
+    assert result.json()["unknown"] == left["sending"]
+    sent = Counter(to for to, _, step in project.sent() if step == "registered")
+    assert max(sent.values()) == 1
+    assert len(addresses) - len(sent) <= left["sending"]  # only an unknown email can be missing
+
+
+# --------------------------------------------------------------------------- unsubscribe and forget during a run
+
+
+def test_unsubscribe_and_forget_during_a_run_stop_emails_it_already_claimed(project: Project, fake) -> None:
+    import sqlalchemy
+
+    addresses = registrations(project, 80)
+    set_delivery(project, concurrency=2)
+    env = sendgrid_env(fake)
+    fake.delay(0.3)  # keeps the run busy: it claims all 80 at once, then sends two at a time
+    proc = start_run(project, env)
+    wait_until(lambda: len(fake.requests) >= 2)
+    engine = make_engine(f"sqlite:///{project.root / 'funnel.db'}")
+    with engine.connect() as conn:
+        # the last two handed over (in enrollment order): claimed long before their turn
+        leaving, erased = conn.execute(
+            sqlalchemy.text(
+                "SELECT c.email FROM enrollments e JOIN contacts c ON c.id = e.contact_id ORDER BY e.id DESC LIMIT 2"
+            )
+        ).scalars()
+        assert conn.execute(sqlalchemy.text("SELECT count(*) FROM step_runs")).scalar() == 80
+    for args in (["contacts", "unsubscribe", leaving], ["contacts", "forget", erased]):
+        done = subprocess.run(
+            [sys.executable, "-m", "funnel", *args, "--now", NOW],
+            cwd=project.root,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+    assert proc.poll() is None, "the run finished before the test could unsubscribe anyone"
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert fake.sent_to(leaving) == 0
+    assert fake.sent_to(erased) == 0
+    assert sorted(fake.sent_to(a) for a in addresses) == [0, 0] + [1] * 78
+    assert step_statuses(project, env) == Counter({"sent": 78, "skipped": 2})
+    with engine.connect() as conn:
+        reasons = sorted(
+            conn.execute(sqlalchemy.text("SELECT reason FROM step_runs WHERE status = 'skipped'")).scalars()
+        )
+    engine.dispose()
+    assert reasons == ["erased", "unsubscribed"]

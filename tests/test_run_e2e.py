@@ -334,3 +334,46 @@ def test_a_removed_step_is_never_sent(project: Project, funnel) -> None:
     assert [s for _, _, s in project.sent()] == ["received", "what-to-expect"]
     shown = funnel("contacts", "show", "ana@example.test", "--json").json()
     assert shown["enrollments"][0]["status"] == "finished"
+
+
+def test_import_before_the_first_run_does_not_make_the_first_steps_late_additions(project: Project, funnel) -> None:
+    """`funnel import` on a new database, then `funnel run`: the welcomes go out."""
+    download = project.write(
+        "downloads/registrants.csv",
+        HEADER + f"ana@example.test,Ana,,{WEBINAR_A},America/Denver,\nbea@example.test,Bea,,{WEBINAR_A},,\n",
+    )
+    start = datetime(2027, 1, 10, 16, tzinfo=UTC)
+    imported = funnel("import", "webinar-registrations", str(download), "--now", iso(start), "--json")
+    assert imported.code == 0, imported.err
+    assert imported.json()["enrolled"] == 2
+    result = funnel("run", "--now", iso(start + timedelta(minutes=15)), "--json")
+    assert result.code == 0, result.err
+    assert result.json()["sent"] == 2 and result.json()["skipped"] == 0
+    assert sorted(to for to, _, step in project.sent() if step == "registered") == [
+        "ana@example.test",
+        "bea@example.test",
+    ]
+
+
+def test_a_step_added_after_an_import_is_still_a_late_addition_for_those_imported(project: Project, funnel) -> None:
+    """Steps known when someone was enrolled by `import` count from then; one added later does not reach back."""
+    download = project.write("downloads/requests.jsonl", '{"email": "ana@example.test", "name": "Ana"}\n')
+    start = datetime(2027, 1, 1, 16, tzinfo=UTC)
+    assert funnel("import", "consultation-requests", str(download), "--now", iso(start)).code == 0
+    config = project.root / "sequences.yaml"
+    config.write_text(
+        config.read_text().replace(
+            "        template: consultation/what-to-expect.md\n",
+            "        template: consultation/what-to-expect.md\n"
+            '      - id: gentle-note\n        wait: 0m\n        subject: "A gentle note"\n'
+            "        template: consultation/follow-up.md\n",
+            1,
+        )
+    )
+    for day in range(12):
+        assert funnel("run", "--now", iso(start + timedelta(days=3 + day))).code == 0
+    steps = {
+        s["id"]: s for s in funnel("contacts", "show", "ana@example.test", "--json").json()["enrollments"][0]["steps"]
+    }
+    assert steps["received"]["status"] == "skipped"  # late by 3 days: the first run came too late for it
+    assert steps["gentle-note"] == {**steps["gentle-note"], "status": "skipped", "reason": "added after its time"}

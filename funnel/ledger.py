@@ -1,0 +1,218 @@
+"""The claims ledger: claim -> hand over -> record -> recover, for one run.
+
+Each step a run acts on has one `step_runs` row, unique per enrollment and
+step, so "sent at most once" is a database fact. A row to be sent moves
+through:
+
+- `claimed`: taken by a run (committed before anything else happens to it),
+  rendered, not yet given to the transport. Nothing can have gone out.
+- `sending`: handed to the transport; its request may be under way. Rows are
+  marked in small batches (at most `delivery.concurrency` at once, one
+  statement a batch) right before their requests start, and a run never holds
+  more than a window of two batches in this state, outcomes included.
+- `sent`, `failed`, `skipped`: the outcome.
+- `unknown`: the run died while the row was `sending`. SendGrid has no
+  idempotency key, so such an email is reported and never sent again blindly.
+
+So a run killed with SIGKILL leaves at most about twice `delivery.concurrency`
+emails unknown; its `claimed` rows are released by the next run and go out
+then. Suppression (unsubscribed, bounced, erased) is read again in the
+hand-over's transaction: a `forget` or `unsubscribe` that lands after a run
+claimed an email still stops it.
+
+Recovery assumes the run lock: a row claimed by another run is taken to be
+left by a dead one. Without the lock (two workers on one database) the
+conditional hand-over still keeps each email to one request: a worker only
+hands over rows it still holds.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Table, and_, select, update
+from sqlmodel import Session, col
+
+from funnel.ingest import insert_ignore
+from funnel.models import Contact, Enrollment, StepRun
+
+CLAIMED = "claimed"
+SENDING = "sending"
+#: rows that belong to a run until it records their outcome
+IN_HAND = (CLAIMED, SENDING)
+
+UNKNOWN_REASON = "the run sending it stopped mid-request: not sent again (check whether it arrived)"
+
+
+def _table() -> Table:
+    return StepRun.__table__  # type: ignore[attr-defined,no-any-return]  # SQLModel does not declare __table__
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """What a run found left behind by a run that died."""
+
+    #: (sequence, step) of each email whose request may have gone out
+    unknown: list[tuple[str, str]]
+    #: claimed but never handed over: given back, they go out in this run
+    released: int
+
+
+@dataclass(frozen=True)
+class HandOver:
+    """The result of handing one batch over: which rows may now be sent."""
+
+    handed: set[int]
+    #: step_run id -> why no mail may go to that person now (unsubscribed, erased, ...)
+    suppressed: dict[int, str]
+
+
+class Ledger:
+    """The step rows of one run, in one session; the caller commits."""
+
+    def __init__(self, session: Session, run_id: int, now: datetime, transport: str) -> None:
+        self.session = session
+        self.run_id = run_id
+        self.now = now
+        self.transport = transport
+
+    # ----------------------------------------------------------------- recover
+
+    def recover(self) -> Recovered:
+        """Settle rows left in hand by runs that died: `sending` is unknown, `claimed` goes back."""
+        stale = self.session.execute(
+            select(
+                col(StepRun.id),
+                col(StepRun.enrollment_id),
+                col(StepRun.sequence),
+                col(StepRun.step_id),
+                col(StepRun.status),
+                col(StepRun.attempts),
+            ).where(and_(col(StepRun.status).in_(IN_HAND), col(StepRun.run_id) != self.run_id))
+        ).all()
+        sending = [row for row in stale if row.status == SENDING]
+        claimed = [row for row in stale if row.status == CLAIMED]
+        if sending:
+            self.session.execute(
+                update(StepRun)
+                .where(col(StepRun.id).in_([row.id for row in sending]), col(StepRun.status) == SENDING)
+                .values(status="unknown", reason=UNKNOWN_REASON, retryable=False)
+            )
+        if claimed:
+            self._give_back([row.id for row in claimed], by_run=None)
+            # their enrollments come up again in this run, whatever the dead run stored as next
+            self.session.execute(
+                update(Enrollment)
+                .where(
+                    col(Enrollment.id).in_(sorted({row.enrollment_id for row in claimed})),
+                    col(Enrollment.status) == "active",
+                )
+                .values(next_due_at=self.now)
+            )
+        return Recovered([(row.sequence, row.step_id) for row in sending], len(claimed))
+
+    # ----------------------------------------------------------------- claim
+
+    def claim_new(self, values: list[dict[str, Any]]) -> dict[str, StepRun]:
+        """Insert `claimed` rows (insert-or-ignore); return the ones this run got, by send id.
+
+        A row that another run inserted first is simply not ours: the unique
+        (enrollment, step) key decides, in a few statements for a whole page.
+        """
+        rows = [
+            {**v, "status": CLAIMED, "run_id": self.run_id, "transport": self.transport, "decided_at": self.now}
+            for v in values
+        ]
+        for start in range(0, len(rows), 200):
+            insert_ignore(self.session, _table(), rows[start : start + 200], ("enrollment_id", "step_id"))
+        taken: dict[str, StepRun] = {}
+        wanted = [v["send_id"] for v in values]
+        for start in range(0, len(wanted), 500):
+            for found in self.session.scalars(
+                select(StepRun).where(col(StepRun.send_id).in_(wanted[start : start + 500]))
+            ):
+                taken[found.send_id or ""] = found
+        return taken
+
+    def retake(self, row: StepRun) -> StepRun | None:
+        """Claim a step whose last attempt failed in a way worth retrying (None: someone else has it)."""
+        claimed = self.session.execute(
+            update(StepRun)
+            .where(and_(col(StepRun.id) == row.id, col(StepRun.status) == "failed", col(StepRun.retryable).is_(True)))
+            .values(status=CLAIMED, run_id=self.run_id, send_id=uuid.uuid4().hex, decided_at=self.now)
+        )
+        if claimed.rowcount != 1:  # type: ignore[attr-defined]  # execute() is typed Result; an UPDATE gives CursorResult
+            return None
+        self.session.refresh(row)
+        return row
+
+    # ----------------------------------------------------------------- hand over
+
+    def hand_over(self, batch: list[tuple[int, int]]) -> HandOver:
+        """Mark a batch of (step_run id, contact id) as handed to the transport, in one statement.
+
+        Only rows this run still holds as `claimed` are taken. The people's
+        suppression is then read in the same transaction (after the write, so
+        on SQLite nobody can change it before the commit; on PostgreSQL their
+        rows are share-locked until it): a row for someone who has meanwhile
+        unsubscribed or been erased is recorded as skipped instead.
+        """
+        if not batch:
+            return HandOver(set(), {})
+        table = _table()
+        handed = set(
+            self.session.execute(
+                table.update()
+                .where(
+                    table.c.id.in_([step_run_id for step_run_id, _ in batch]),
+                    table.c.status == CLAIMED,
+                    table.c.run_id == self.run_id,
+                )
+                .values(status=SENDING)
+                .returning(table.c.id)
+            ).scalars()
+        )
+        contact_ids = sorted({contact_id for step_run_id, contact_id in batch if step_run_id in handed})
+        query = select(
+            col(Contact.id), col(Contact.erased_at), col(Contact.unsubscribed_at), col(Contact.suppressed_reason)
+        ).where(col(Contact.id).in_(contact_ids))
+        if self.session.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update(read=True)
+        stopped: dict[int, str] = {}
+        for contact_id, erased_at, unsubscribed_at, suppressed_reason in self.session.execute(query):
+            reason = "erased" if erased_at else "unsubscribed" if unsubscribed_at else suppressed_reason
+            if reason:
+                stopped[contact_id] = reason
+        suppressed = {
+            step_run_id: stopped[contact_id]
+            for step_run_id, contact_id in batch
+            if step_run_id in handed and contact_id in stopped
+        }
+        for reason in sorted(set(suppressed.values())):
+            self.session.execute(
+                table.update()
+                .where(table.c.id.in_([i for i, why in suppressed.items() if why == reason]))
+                .values(status="skipped", reason=reason, retryable=False)
+            )
+        return HandOver(handed - set(suppressed), suppressed)
+
+    # ----------------------------------------------------------------- give back
+
+    def give_back(self, ids: Iterable[int]) -> None:
+        """Rows this run took but whose request never started: pending again (or failed as before a retry)."""
+        self._give_back(list(ids), by_run=self.run_id)
+
+    def _give_back(self, ids: list[int], *, by_run: int | None) -> None:
+        if not ids:
+            return
+        table = _table()
+        mine: list[ColumnElement[bool]] = [table.c.id.in_(ids), table.c.status.in_(IN_HAND)]
+        if by_run is not None:
+            mine.append(table.c.run_id == by_run)
+        # a retried step keeps its history (failed, retryable); a first attempt leaves no trace
+        self.session.execute(table.update().where(*mine, table.c.attempts > 0).values(status="failed"))
+        self.session.execute(table.delete().where(*mine, table.c.attempts == 0))
