@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
@@ -41,7 +42,13 @@ def test_migrations_build_exactly_the_schema_the_models_describe(
 def test_a_database_made_before_migrations_is_adopted(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'old.db'}"
     old = create_engine(url)
-    SQLModel.metadata.create_all(old)
+    # the schema of the first versions (revision 0001), without alembic's bookkeeping
+    settings = AlembicConfig()
+    settings.set_main_option("script_location", str(Path(funnel.__file__).parent / "migrations"))
+    with old.begin() as conn:
+        settings.attributes["connection"] = conn
+        command.upgrade(settings, "0001")
+        conn.exec_driver_sql("DROP TABLE alembic_version")
     old.dispose()
     engine = make_engine(url)
     assert current_revision(engine) == HEAD
