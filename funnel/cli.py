@@ -72,6 +72,20 @@ def now_option(func: F) -> F:
     )(func)
 
 
+def _parse_optional_now(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    return None if value is None else _parse_now(ctx, param, value)
+
+
+def now_option_optional(func: F) -> F:
+    """`--now` for a long-running command: unset means the real clock at each moment, not at start."""
+    return click.option(
+        "--now",
+        callback=_parse_optional_now,
+        metavar="ISO8601",
+        help="Stamp every request with this fixed moment (for tests); default: the real clock.",
+    )(func)
+
+
 def json_option(func: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print one JSON value for machines.")(func)
 
@@ -560,6 +574,31 @@ def contacts_forget(config_path: Path | None, debug: bool, now: datetime, email:
     _with_contact(config_path, email, lambda s, c, contact: forget(s, contact, now))
     flush_to_disk(_engine(_config(config_path)))
     click.echo(f"{email}: erased; no mail will go to this address again")
+
+
+# --------------------------------------------------------------------------- serve
+
+
+@cli.command()
+@common
+@now_option_optional
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to listen on (keep loopback behind a proxy)."
+)
+@click.option("--port", type=click.IntRange(0, 65535), default=8025, show_default=True, help="Port (0: any free one).")
+def serve(config_path: Path | None, debug: bool, now: datetime | None, host: str, port: int) -> None:
+    """The web endpoints: unsubscribe links, the website's forms, SendGrid's webhooks.
+
+    Run it behind a reverse proxy that terminates HTTPS (see the README). It
+    never sends campaign mail itself: the next `funnel run` does. `--now`
+    stamps every request with that fixed time (for tests).
+
+    Example: funnel serve --port 8025
+    """
+    from funnel.web.serve import serve as run_server
+
+    config = _config(config_path)
+    run_server(config, _engine(config), host, port, now)
 
 
 # --------------------------------------------------------------------------- report, suppressions

@@ -172,3 +172,26 @@ def postgres_url() -> Iterator[str]:
     finally:
         with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def funnel_server(project: Project) -> Iterator[Callable[..., object]]:
+    """Start real `funnel serve` subprocesses in the project folder (free loopback port, /healthz waited for).
+
+    `server = funnel_server("--now", "2026-12-08T16:00:00Z", env={...})`; `server.url`,
+    `server.client()`; every server is stopped at the end of the test.
+    """
+    from web_server import FunnelServer
+
+    started: list[FunnelServer] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> FunnelServer:
+        server = FunnelServer(project.root, args, env)
+        started.append(server)
+        return server.start()
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.stop()

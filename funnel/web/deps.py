@@ -1,0 +1,55 @@
+"""What every route needs: the config, the engine, the request's clock, a capped body.
+
+Kept apart from `app.py` so that route modules (pages, forms, webhooks) can
+import them without importing the app factory.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from fastapi import HTTPException, Request
+from sqlalchemy.engine import Engine
+
+from funnel.config import Config
+
+#: the largest request body any route reads (forms, webhooks batch up to a few hundred events)
+MAX_BODY = 64 * 1024
+
+
+def get_config(request: Request) -> Config:
+    return request.app.state.config  # type: ignore[no-any-return]
+
+
+def get_engine(request: Request) -> Engine:
+    return request.app.state.engine  # type: ignore[no-any-return]
+
+
+def get_now(request: Request) -> datetime:
+    """The request's time: `funnel serve --now` fixes it (tests), else the real clock in UTC."""
+    fixed: datetime | None = request.app.state.fixed_now
+    return fixed if fixed is not None else datetime.now(UTC).replace(microsecond=0)
+
+
+async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
+    """The raw body, refusing (413) anything over `limit` bytes without reading it all.
+
+    Content-Length is checked first; a chunked or lying body is cut off while
+    streaming, so a huge post never sits in memory.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise HTTPException(400, "the Content-Length header is not a number") from None
+        if size > limit:
+            raise HTTPException(413, f"the body is larger than {limit} bytes")
+    chunks: list[bytes] = []
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise HTTPException(413, f"the body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,67 @@
+"""Running the app with uvicorn on a socket we bind ourselves.
+
+Binding first lets `--port 0` pick a free port and print the real address
+(tests start many servers at once), and lets a busy port fail with one
+sentence instead of a traceback. Uvicorn's access log is off: it would
+write client addresses and unsubscribe tokens; the reverse proxy keeps the
+operational log.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from datetime import datetime
+
+from sqlalchemy.engine import Engine
+
+from funnel.config import Config
+from funnel.errors import UsageError
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, or UsageError naming the flag to change."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise UsageError(
+            f"--host {host!r} cannot be resolved ({exc.strerror}): write an address such as 127.0.0.1"
+        ) from None
+    family, kind, proto, _name, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port} ({exc.strerror}): choose another --port or --host") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(config: Config, engine: Engine, host: str, port: int, now: datetime | None) -> None:
+    """Serve until SIGINT/SIGTERM (uvicorn finishes requests under way, then returns)."""
+    import uvicorn
+
+    from funnel.web.app import create_app
+
+    sock = bind(host, port)
+    bound_host, bound_port = sock.getsockname()[:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    print(f"funnel serve: listening on http://{shown}:{bound_port}", file=sys.stderr, flush=True)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(config, engine, now),
+            log_level="warning",
+            access_log=False,
+            server_header=False,
+            proxy_headers=True,  # X-Forwarded-For from the reverse proxy on loopback (rate limits per person)
+            forwarded_allow_ips="127.0.0.1",
+        )
+    )
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+        engine.dispose()
