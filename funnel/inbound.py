@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import html as html_lib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from email import policy
@@ -38,7 +39,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from funnel.config import Config
-from funnel.errors import TransportError
+from funnel.errors import FunnelError
 from funnel.models import Contact, Enrollment, InboundMessage
 from funnel.sources import email_hash, normalize_email
 from funnel.timeutil import isoformat_z
@@ -306,11 +307,15 @@ def _hash(address: str | None) -> str | None:
 # --------------------------------------------------------------------------- forwarding
 
 
-def forward(engine: Engine, config: Config, message_id: int, transport: Transport, now: datetime) -> str:
+def forward(
+    engine: Engine, config: Config, message_id: int, make_transport: Callable[[], Transport], now: datetime
+) -> str:
     """Forward one stored reply to the therapist, once; returns the row's status afterwards.
 
     The row is taken with a conditional update (stored/failed -> forwarding),
-    so two deliveries of the same post at once forward it once.
+    so two deliveries of the same post at once forward it once. A transport
+    that cannot be made (no API key) or fails leaves it `failed` with the
+    reason, for SendGrid's retry.
     """
     with Session(engine, expire_on_commit=False) as session:
         taken = session.execute(
@@ -329,8 +334,12 @@ def forward(engine: Engine, config: Config, message_id: int, transport: Transpor
         if not taken.rowcount:  # type: ignore[attr-defined]  # an UPDATE gives a CursorResult
             return row.status
         try:
-            transport.send(forward_email(config, row, now))
-        except TransportError as exc:
+            transport = make_transport()
+            try:
+                transport.send(forward_email(config, row, now))
+            finally:
+                transport.close()
+        except FunnelError as exc:
             row.status, row.forward_error = "failed", str(exc)[:500]
             session.add(row)
             session.commit()
