@@ -7,8 +7,9 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from webhook_signing import Signer
 
 from funnel.tracking import (
     SIGNATURE_HEADER,
@@ -23,22 +24,6 @@ from funnel.tracking import (
 )
 
 NOW = datetime(2026, 12, 8, 16, 0, tzinfo=UTC)
-
-
-class Signer:
-    """A SendGrid-like signer: a fresh P-256 key pair, the public half as SendGrid shows it (base64 DER)."""
-
-    def __init__(self) -> None:
-        self.private = ec.generate_private_key(ec.SECP256R1())
-        der = self.private.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        self.public_b64 = base64.b64encode(der).decode()
-
-    def headers(self, body: bytes, at: datetime) -> dict[str, str]:
-        timestamp = str(int(at.timestamp()))
-        signature = self.private.sign(timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
-        return {SIGNATURE_HEADER: base64.b64encode(signature).decode(), TIMESTAMP_HEADER: timestamp}
 
 
 def event(**fields: object) -> dict[str, object]:
