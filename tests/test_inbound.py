@@ -131,7 +131,8 @@ def test_steps_that_fell_due_long_before_the_resume_are_skipped_as_late(
     # "what-to-expect" fell due the next morning; she is resumed five days later
     funnel("contacts", "resume", "ana@example.test", "--now", "2026-12-13T16:00:00Z")
     funnel("run", "--now", "2026-12-13T16:05:00Z")
-    steps = {s["id"]: s for s in funnel("contacts", "show", "ana@example.test", "--json").json()["enrollments"][0]["steps"]}
+    shown = funnel("contacts", "show", "ana@example.test", "--json").json()
+    steps = {s["id"]: s for s in shown["enrollments"][0]["steps"]}
     assert steps["what-to-expect"]["status"] == "skipped"
     assert steps["what-to-expect"]["reason"].startswith("late by")
 
