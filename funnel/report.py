@@ -24,6 +24,7 @@ What the numbers mean (also in the README):
 from __future__ import annotations
 
 import html
+import re
 from collections import Counter, defaultdict
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -446,7 +447,7 @@ def _sequence_html(sequence: dict[str, Any]) -> str:
         f'<div class="seqhead"><div><h2>{esc(sequence["name"])}</h2>'
         f'<p class="muted">{esc(sequence["id"])} · {sequence["enrolled"]} enrolled · '
         f"{sequence['converted']} reached the goal ({esc(', '.join(sequence['goal_tags']))})</p></div>"
-        f'<div class="status">{_status_svg(status)}<div>{legend}</div></div></div>'
+        f'<div class="status">{_status_svg(status, re.sub(r"[^a-z0-9-]", "-", sequence["id"].lower()))}<div>{legend}</div></div></div>'
         '<div class="tablewrap"><table><thead><tr><th scope="col">email</th>'
         + header
         + "</tr></thead><tbody>"
@@ -456,19 +457,19 @@ def _sequence_html(sequence: dict[str, Any]) -> str:
 
 
 def _rate_cell(count: int, sent: int) -> str:
-    """A count with its share of the emails sent, drawn as a thin bar."""
-    if not sent:
+    """A count with its share of the emails sent, drawn as a thin bar under it."""
+    if not sent or not count:
         return f'<span class="zero">{count}</span>'
     share = min(1.0, count / sent)
-    width = round(share * 60)
+    width = max(2, round(share * 56))
     return (
-        f'<span class="rate">{count}<small>{_percent(count, sent)}</small>'
-        f'<svg width="60" height="4" aria-hidden="true"><rect width="60" height="4" rx="2" fill="#ece6dc"/>'
+        f'<span class="rate"><span>{count}<small>{_percent(count, sent)}</small></span>'
+        f'<svg width="56" height="4" aria-hidden="true"><rect width="56" height="4" rx="2" fill="#ece6dc"/>'
         f'<rect width="{width}" height="4" rx="2" fill="#3f7d74"/></svg></span>'
     )
 
 
-def _status_svg(status: list[tuple[str, int, str]]) -> str:
+def _status_svg(status: list[tuple[str, int, str]], key: str) -> str:
     total = sum(count for _name, count, _color in status)
     width = 220
     if not total:
@@ -485,8 +486,8 @@ def _status_svg(status: list[tuple[str, int, str]]) -> str:
     label = ", ".join(f"{name} {count}" for name, count, _c in status)
     return (
         f'<svg width="{width}" height="10" role="img" aria-label="{label}">'
-        f'<clipPath id="c{id(status)}"><rect width="{width}" height="10" rx="5"/></clipPath>'
-        f'<g clip-path="url(#c{id(status)})">{"".join(bars)}</g></svg>'
+        f'<clipPath id="clip-{key}"><rect width="{width}" height="10" rx="5"/></clipPath>'
+        f'<g clip-path="url(#clip-{key})">{"".join(bars)}</g></svg>'
     )
 
 
@@ -555,14 +556,15 @@ def _weeks_svg(weeks: list[dict[str, Any]]) -> str:
 
 
 def _nice_ceiling(value: float) -> float:
-    """A round number at or above `value` for a chart's top line (1, 2, 2.5, 5 x 10^n)."""
+    """A round top for a chart with four grid steps: each step 1, 2, 2.5 or 5 x 10^n (at least 1)."""
+    target = max(1.0, value / 4)
     magnitude = 1.0
-    while magnitude * 10 <= value:
+    while magnitude * 10 <= target:
         magnitude *= 10
-    for factor in (1, 2, 2.5, 5, 10):
-        if factor * magnitude >= value:
-            return factor * magnitude
-    return 10 * magnitude
+    for factor in (1, 1.5, 2, 2.5, 5, 10):
+        if factor * magnitude >= target and (factor * magnitude).is_integer():
+            return 4 * factor * magnitude
+    return 40 * magnitude
 
 
 _CSS = """
@@ -599,19 +601,20 @@ margin-bottom:10px}
 .legend{margin-left:10px;white-space:nowrap}
 .dot{display:inline-block;width:8px;height:8px;border-radius:50%;margin-right:4px}
 .tablewrap{overflow-x:auto}
-table{border-collapse:collapse;width:100%;font-size:14px}
-th,td{padding:9px 10px;border-bottom:1px solid var(--line);text-align:left;white-space:nowrap}
-thead th{font-size:11px;text-transform:uppercase;letter-spacing:.06em;color:var(--muted);font-weight:600}
+table{border-collapse:collapse;width:100%;font-size:13.5px}
+th,td{padding:9px 7px;border-bottom:1px solid var(--line);text-align:left;white-space:nowrap}
+th:first-child{padding-left:0}
+thead th{font-size:10.5px;text-transform:uppercase;letter-spacing:.04em;color:var(--muted);font-weight:600}
 tbody th{font-weight:500}
 tbody tr:last-child th,tbody tr:last-child td{border-bottom:none}
 .num{text-align:right;font-variant-numeric:tabular-nums}
 .strong{font-weight:600}
 .zero{color:#c2bab0}
 .alert{color:var(--warn);font-weight:600}
-.rate{display:inline-flex;flex-direction:column;align-items:flex-end;gap:3px}
-.rate small{color:var(--muted);font-size:11px;margin-left:4px}
-.badge{font-size:10px;text-transform:uppercase;letter-spacing:.05em;color:var(--teal);background:#e6f0ee;
-border-radius:6px;padding:1px 6px;margin-left:6px;vertical-align:1px}
+.rate{display:inline-flex;flex-direction:column;align-items:flex-end;gap:4px}
+.rate small{color:var(--muted);font-size:11px;margin-left:5px}
+.badge{font-size:9.5px;text-transform:uppercase;letter-spacing:.05em;color:var(--teal);background:#e6f0ee;
+border-radius:6px;padding:1px 5px;margin-left:6px;vertical-align:1px}
 .warning{background:#fbeee7;border:1px solid #f0cdbd;color:var(--warn);border-radius:10px;padding:10px 14px}
 footer{color:var(--muted);font-size:12px;margin-top:26px;max-width:760px}
 @media (max-width:560px){main{padding:24px 14px}.two{grid-template-columns:1fr}.value{font-size:24px}}

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from conftest import Project
-from webhook_signing import Signer
+from webhook_signing import Signer, post_events, sent_ids, sg_event
 
 NOW = "2026-12-08T16:00:00Z"
 NOW_AT = datetime(2026, 12, 8, 16, 0, tzinfo=UTC)
@@ -28,35 +28,6 @@ PEOPLE = (
 )
 #: when the "day-before" reminder is due for the Denver webinar (2027-01-13 19:00 MST)
 DAY_BEFORE = "2027-01-14T02:10:00Z"
-
-
-def sent_ids(project: Project) -> dict[str, str]:
-    """Address -> the send id the transport put in custom_args (X-Funnel-Send-Id in the outbox)."""
-    return {str(m["To"].addresses[0].addr_spec): str(m["X-Funnel-Send-Id"]) for m in project.messages()}
-
-
-def sg_event(kind: str, email: str, send_id: str | None, event_id: str, at: datetime = NOW_AT, **extra: Any) -> dict:
-    event: dict[str, Any] = {
-        "email": email,
-        "timestamp": int(at.timestamp()),
-        "event": kind,
-        "sg_event_id": event_id,
-        "sg_message_id": f"msg-{event_id}.filter0001",
-        "funnel_sequence": "webinar-relationship-911",
-        "funnel_step": "registered",
-    }
-    if send_id:
-        event["funnel_send_id"] = send_id
-    event.update(extra)
-    return event
-
-
-def post_events(http: Any, signer: Signer | None, events: Any, at: datetime = NOW_AT, raw: bytes | None = None) -> Any:
-    body = raw if raw is not None else json.dumps(events).encode()
-    headers = {"content-type": "application/json"}
-    if signer is not None:
-        headers.update(signer.headers(body, at))
-    return http.post("/webhooks/sendgrid", content=body, headers=headers)
 
 
 def test_signed_events_are_stored_once_and_suppress_at_once(
