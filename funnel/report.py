@@ -438,6 +438,7 @@ def _sequence_html(sequence: dict[str, Any]) -> str:
             "converted",
         )
     )
+    key = re.sub(r"[^a-z0-9-]", "-", sequence["id"].lower())
     legend = " ".join(
         f'<span class="legend"><span class="dot" style="background:{color}"></span>{name} {count}</span>'
         for name, count, color in status
@@ -447,7 +448,7 @@ def _sequence_html(sequence: dict[str, Any]) -> str:
         f'<div class="seqhead"><div><h2>{esc(sequence["name"])}</h2>'
         f'<p class="muted">{esc(sequence["id"])} · {sequence["enrolled"]} enrolled · '
         f"{sequence['converted']} reached the goal ({esc(', '.join(sequence['goal_tags']))})</p></div>"
-        f'<div class="status">{_status_svg(status, re.sub(r"[^a-z0-9-]", "-", sequence["id"].lower()))}<div>{legend}</div></div></div>'
+        f'<div class="status">{_status_svg(status, key)}<div>{legend}</div></div></div>'
         '<div class="tablewrap"><table><thead><tr><th scope="col">email</th>'
         + header
         + "</tr></thead><tbody>"
