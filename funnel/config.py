@@ -271,6 +271,34 @@ class Sequence(_Model):
         return next((s for s in self.steps if s.id == step_id), None)
 
 
+class Serve(_Model):
+    """`funnel serve`: which websites may post forms from script, and how often one address may post."""
+
+    #: origins (scheme://host[:port]) allowed to post forms with fetch/XHR (CORS); plain HTML forms need none
+    cors_origins: tuple[str, ...] = ()
+    #: form posts one IP address may make at once, and how many more per minute after that
+    form_burst: int = Field(default=10, ge=1, le=10_000)
+    form_per_minute: float = Field(default=2.0, gt=0, le=10_000)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list | tuple):
+            raise ValueError("cors_origins needs a list like [https://www.example-counseling.test]")
+        origins = []
+        for item in value:
+            origin = str(item).strip().rstrip("/")
+            scheme, _, rest = origin.partition("://")
+            if scheme not in ("http", "https") or not rest or "/" in rest:
+                raise ValueError(
+                    f"{item!r} is not an origin: write scheme and host only, like https://www.example.test"
+                )
+            origins.append(origin.lower())
+        return tuple(origins)
+
+
 class Config(_Model):
     """The whole of sequences.yaml, plus where it was read from."""
 
@@ -282,6 +310,7 @@ class Config(_Model):
     sources: dict[str, Source] = Field(default_factory=dict)
     sequences: dict[str, Sequence] = Field(default_factory=dict)
     templates_dir: str = "email_templates"
+    serve: Serve = Serve()
 
     # set by `load_config`, not by the YAML
     path: Path = Field(default=Path("sequences.yaml"), exclude=True)

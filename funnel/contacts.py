@@ -17,7 +17,7 @@ from sqlmodel import Session, col
 
 from funnel.config import Config
 from funnel.errors import NotFoundError, UsageError
-from funnel.models import Contact, Enrollment, Event, InboundMessage, StepRun, Tag
+from funnel.models import Consent, Contact, Enrollment, Event, InboundMessage, StepRun, Tag
 from funnel.schedule import due_times
 from funnel.sources import email_hash, normalize_email
 from funnel.timeutil import isoformat_z, zone
@@ -35,11 +35,17 @@ def find_contact(session: Session, address: str) -> Contact:
     return contact
 
 
-def unsubscribe(session: Session, contact: Contact, now: datetime, via: str = "by hand") -> bool:
-    """Stop all mail at once; returns False when they already were unsubscribed."""
+def unsubscribe(
+    session: Session, contact: Contact, now: datetime, via: str = "by hand", step_run_id: int | None = None
+) -> bool:
+    """Stop all mail at once; returns False when they already were unsubscribed.
+
+    `step_run_id` names the email whose link was used (from the token), for the report.
+    """
     if contact.unsubscribed_at is not None:
         return False
     contact.unsubscribed_at, contact.unsubscribed_via, contact.updated_at = now, via, now
+    contact.unsubscribed_step_run_id = step_run_id
     session.add(contact)
     return True
 
@@ -49,6 +55,7 @@ def resubscribe(session: Session, contact: Contact, now: datetime) -> bool:
     if contact.unsubscribed_at is None:
         return False
     contact.unsubscribed_at, contact.unsubscribed_via, contact.updated_at = None, None, now
+    contact.unsubscribed_step_run_id = None
     session.add(contact)
     return True
 
@@ -57,6 +64,7 @@ def forget(session: Session, contact: Contact, now: datetime) -> None:
     """Erase personal data; keep only the hash that stops mail to the address."""
     contact_id = contact.id
     session.execute(delete(Tag).where(col(Tag.contact_id) == contact_id))
+    session.execute(delete(Consent).where(col(Consent.contact_id) == contact_id))  # IP and browser are personal
     session.execute(
         update(Enrollment)
         .where(col(Enrollment.contact_id) == contact_id, col(Enrollment.status).in_(("active", "paused")))
@@ -203,6 +211,10 @@ def export(session: Session, config: Config, contact: Contact) -> dict[str, Any]
     data["tag_details"] = [{"tag": t.tag, "source": t.source, "added_at": _iso(t.added_at)} for t in tags]
     data["consent"] = {"source": contact.first_source, "first_seen_at": _iso(contact.created_at)}
     data["unsubscribed_via"] = contact.unsubscribed_via
+    data["consents"] = [
+        {"source": c.source, "given_at": _iso(c.given_at), "ip": c.ip, "user_agent": c.user_agent}
+        for c in session.scalars(select(Consent).where(col(Consent.contact_id) == contact.id).order_by(col(Consent.id)))
+    ]
     data["event_details"] = [
         {"kind": e.kind, "at": _iso(e.occurred_at), "received_at": _iso(e.received_at), "raw": e.raw}
         for e in session.scalars(select(Event).where(col(Event.contact_id) == contact.id).order_by(col(Event.id)))

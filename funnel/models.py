@@ -63,6 +63,8 @@ class Contact(SQLModel, table=True):
     first_source: str | None = None
     unsubscribed_at: datetime | None = _when()
     unsubscribed_via: str | None = None
+    #: the email whose link they left from (a step run id, from the unsubscribe token), for the report
+    unsubscribed_step_run_id: int | None = None
     #: why no mail goes to them besides an unsubscribe: bounce, spamreport, invalid, erased, ...
     suppressed_reason: str | None = None
     suppressed_at: datetime | None = _when()
@@ -89,6 +91,23 @@ class Tag(SQLModel, table=True):
     tag: str
     source: str | None = None
     added_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class Consent(SQLModel, table=True):
+    """Evidence of one opt-in through a form: when, which form, from which address and browser.
+
+    Kept per post (a later post is fresh consent, e.g. after an unsubscribe);
+    shown by `contacts export`, deleted by `contacts forget`.
+    """
+
+    __tablename__ = "consents"
+
+    id: int | None = Field(default=None, primary_key=True)
+    contact_id: int = Field(foreign_key="contacts.id", index=True)
+    source: str
+    given_at: datetime = Field(sa_type=UTCDateTime)
+    ip: str | None = None
+    user_agent: str | None = None
 
 
 class Enrollment(SQLModel, table=True):

@@ -278,3 +278,14 @@ def _to_signup(line: int, values: dict[str, str], practice_tz: ZoneInfo, result:
         discreet=discreet,
         fields=extra,
     )
+
+
+def signup_from_values(values: dict[str, str], practice_tz: ZoneInfo) -> tuple[SignupRow, list[RowProblem]]:
+    """One record already mapped to funnel's fields (a form post), read exactly like a file row.
+
+    Raises ValueError saying what is wrong (the address, a date); warnings
+    (an unknown timezone) come back as problems and keep the row.
+    """
+    result = FileRead()
+    row = _to_signup(0, values, practice_tz, result)
+    return row, result.problems

@@ -42,7 +42,7 @@ def test_migrations_build_exactly_the_schema_the_models_describe(
 def test_a_database_made_before_migrations_is_adopted(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'old.db'}"
     old = create_engine(url)
-    # the schema of the first versions (revision 0001), without alembic's bookkeeping
+    # the schema those versions made is revision 0001's (today's models have later tables)
     settings = AlembicConfig()
     settings.set_main_option("script_location", str(Path(funnel.__file__).parent / "migrations"))
     with old.begin() as conn:

@@ -1,32 +1,90 @@
 """`funnel serve` through real HTTP: a real subprocess on a free loopback port.
 
 Each test starts the shipped project's server (`funnel_server` fixture) and
-talks to it with httpx; state is checked with the real CLI afterwards.
+talks to it with httpx; state is checked with the real CLI (`funnel`)
+and, for what the CLI does not show, the SQLite file itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import email.policy
+import re
+import sqlite3
+from collections.abc import Callable, Iterator
+from email import message_from_bytes
 from typing import Any
 
+import httpx
 import psycopg
+import pytest
 from conftest import POSTGRES_ADMIN, Project
 
-NOW = "2026-12-08T16:00:00Z"
+NOW = "2026-12-08T16:00:00Z"  # a Tuesday, 9 am in Denver: inside the send window
+FORM = "/forms/consultation-form"
+THANKS = "https://healinglightcounseling.test/consultation/thank-you"
+ANA = {"email": "Ana@Example.test", "name": "Ana", "message": "Could we talk?\r\nThank you."}
+
+Run = Callable[..., Any]
 
 
-def test_healthz_answers_when_the_database_does(funnel_server: Callable[..., Any]) -> None:
-    server = funnel_server("--now", NOW)
-    with server.client() as http:
-        answer = http.get("/healthz")
+# state is checked with the real CLI, in-process (the `funnel` fixture) for speed; runs that
+# make the emails are real subprocesses where the test is end to end (the browser test)
+
+
+def show(funnel: Run, address: str) -> dict[str, Any]:
+    result = funnel("contacts", "show", address, "--json")
+    assert result.code == 0, result.err
+    return result.json()  # type: ignore[no-any-return]
+
+
+def export(funnel: Run, address: str) -> dict[str, Any]:
+    result = funnel("contacts", "export", address)
+    assert result.code == 0, result.err
+    return result.json()  # type: ignore[no-any-return]
+
+
+def unknown(funnel: Run, address: str) -> bool:
+    return bool(funnel("contacts", "show", address, "--json").code == 1)
+
+
+@pytest.fixture
+def server(funnel_server: Callable[..., Any]) -> Any:
+    return funnel_server("--now", NOW)
+
+
+@pytest.fixture
+def http(server: Any) -> Iterator[httpx.Client]:
+    with server.client() as client:
+        yield client
+
+
+def unsubscribe_link(project: Project, funnel: Run, server: Any, http: httpx.Client, who: str) -> str:
+    """Post the form for `who`, run the job (base URL: this server), and return the path of the
+    List-Unsubscribe link in the email that the run wrote to the outbox."""
+    assert http.post(FORM, data={**ANA, "email": who}).status_code == 303
+    run = funnel("run", "--now", NOW, env={"FUNNEL_BASE_URL": server.url})
+    assert run.code == 0, run.err
+    for path in sorted(project.outbox.glob("*.eml")):
+        message = message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        if message["To"].addresses[0].addr_spec == who.lower():
+            assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+            url = str(message["List-Unsubscribe"]).strip("<>")
+            assert url.startswith(server.url + "/u/")
+            return url[len(server.url) :]
+    raise AssertionError(f"no email to {who} in the outbox")
+
+
+# --------------------------------------------------------------------------- healthz
+
+
+def test_healthz_answers_when_the_database_does(http: httpx.Client) -> None:
+    answer = http.get("/healthz")
     assert answer.status_code == 200
     assert answer.headers["x-content-type-options"] == "nosniff"
     assert answer.headers["cache-control"] == "no-store"
 
 
-def test_healthz_is_503_when_the_database_is_gone(
-    funnel_server: Callable[..., Any], postgres_url: str, project: Project
-) -> None:
+def test_healthz_is_503_when_the_database_is_gone(funnel_server: Callable[..., Any], postgres_url: str) -> None:
     server = funnel_server("--now", NOW, env={"FUNNEL_DATABASE_URL": postgres_url})
     with server.client() as http:
         assert http.get("/healthz").status_code == 200
@@ -36,3 +94,319 @@ def test_healthz_is_503_when_the_database_is_gone(
         answer = http.get("/healthz")
         assert answer.status_code == 503
         assert "database" in answer.text
+
+
+def test_serve_refuses_a_busy_port_in_one_sentence(server: Any, funnel_process: Run) -> None:
+    port = server.url.rsplit(":", 1)[1]
+    result = funnel_process("serve", "--port", port, timeout=30)
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# --------------------------------------------------------------------------- forms
+
+
+def test_a_form_post_stores_the_person_with_consent_and_the_next_run_sends(
+    project: Project, funnel: Run, http: httpx.Client
+) -> None:
+    answer = http.post(FORM, data=ANA, headers={"User-Agent": "TestBrowser/1.0"})
+    assert answer.status_code == 303
+    assert answer.headers["location"] == THANKS
+    assert not project.outbox.exists() or not list(project.outbox.iterdir())  # serve never sends
+    ana = show(funnel, "ana@example.test")
+    assert ana["first_name"] == "Ana"
+    assert "consultation-requested" in ana["tags"]
+    assert [e["sequence"] for e in ana["enrollments"]] == ["consultation"]
+    assert ana["fields"]["message"] == "Could we talk?\nThank you."
+    consents = export(funnel, "ana@example.test")["consents"]
+    assert consents == [
+        {
+            "source": "consultation-form",
+            "given_at": "2026-12-08T16:00:00Z",
+            "ip": "127.0.0.1",
+            "user_agent": "TestBrowser/1.0",
+        }
+    ]
+    run = funnel("run", "--now", NOW, "--json")
+    assert run.code == 0, run.err
+    assert project.sent() == [("ana@example.test", "consultation", "received")]
+
+
+def test_a_json_post_gets_a_json_answer(funnel: Run, http: httpx.Client) -> None:
+    answer = http.post(FORM, json={"email": "bea@example.test", "name": "Bea", "discreet": True})
+    assert answer.status_code == 200
+    assert answer.json() == {"ok": True, "thank_you_url": THANKS}
+    bea = show(funnel, "bea@example.test")
+    assert bea["discreet"] is True
+
+
+def test_a_source_without_thank_you_url_shows_a_plain_page(project: Project, funnel_server: Callable[..., Any]) -> None:
+    text = (project.root / "sequences.yaml").read_text()
+    project.write("sequences.yaml", text.replace(f"    thank_you_url: {THANKS}\n", ""))
+    with funnel_server("--now", NOW).client() as http:
+        answer = http.post(FORM, data=ANA)
+    assert answer.status_code == 200
+    assert "Thank you" in answer.text
+    assert "<title>Email preferences</title>" in answer.text
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [({"name": "No Address"}, "email"), ({"email": "not-an-address", "name": "X"}, "email")],
+)
+def test_a_missing_or_invalid_address_is_422_naming_the_field(
+    http: httpx.Client, data: dict[str, str], field: str
+) -> None:
+    answer = http.post(FORM, data=data)
+    assert answer.status_code == 422
+    assert f"'{field}'" in answer.text
+    answer = http.post(FORM, json=data)
+    assert answer.status_code == 422
+    assert answer.json()["field"] == field
+
+
+def test_unknown_and_file_sources_are_404(http: httpx.Client) -> None:
+    assert http.post("/forms/nope", data=ANA).status_code == 404
+    assert http.post("/forms/webinar-registrations", data=ANA).status_code == 404
+    assert http.post("/forms/consultation-requests", json=ANA).status_code == 404
+
+
+def test_an_oversized_body_is_413_also_when_chunked(funnel: Run, http: httpx.Client) -> None:
+    big = {**ANA, "message": "x" * 70_000}
+    assert http.post(FORM, data=big).status_code == 413
+
+    def chunks() -> Iterator[bytes]:
+        yield b"email=ana%40example.test&message="
+        for _ in range(100):
+            yield b"y" * 1024
+
+    answer = http.post(FORM, content=chunks(), headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert answer.status_code == 413
+    assert unknown(funnel, "ana@example.test")
+
+
+def test_the_honeypot_drops_bots_with_the_same_answer(funnel: Run, http: httpx.Client) -> None:
+    bot = http.post(FORM, data={**ANA, "website": "http://spam.test"})
+    assert bot.status_code == 303
+    assert bot.headers["location"] == THANKS
+    assert http.post(FORM, json={**ANA, "website": "x"}).json() == {"ok": True, "thank_you_url": THANKS}
+    assert unknown(funnel, "ana@example.test")
+
+
+ODD_BODIES = [
+    (b"email=ana%40example.test&name=Jos\xe9", "application/x-www-form-urlencoded", 400),  # raw latin-1
+    (b"email=ana%40example.test&name=Jos%E9", "application/x-www-form-urlencoded", 400),  # %-encoded latin-1
+    (b"email=ana%40example.test", "application/x-www-form-urlencoded; charset=ISO-8859-1", 415),
+    (b'{"email": "ana@example.test", ', "application/json", 400),
+    (b'["ana@example.test"]', "application/json", 400),
+    (b'"ana@example.test"', "application/json", 400),
+    (b'{"email": "ana@example.test", "name": {"first": "Ana"}}', "application/json", 422),
+    (b'{"email": "ana@example.test", "n": ' + b"9" * 5000 + b"}", "application/json", 400),
+    (b"[" * 20_000 + b"]" * 20_000, "application/json", 400),
+    (b'{"email": "ana@example.test\xff"}', "application/json", 400),
+    (
+        b"&".join(b"f%d=1" % i for i in range(500)) + b"&email=ana%40example.test",
+        "application/x-www-form-urlencoded",
+        400,
+    ),
+    (b"email=ana@example.test", "text/plain", 415),
+    (b"email=ana@example.test", "", 415),
+]
+
+
+def test_odd_bodies_get_a_4xx_never_a_500(funnel: Run, http: httpx.Client) -> None:
+    for i, (content, content_type, status) in enumerate(ODD_BODIES):
+        # each from its own visitor (as the proxy reports it), so the rate limit stays out of the way
+        headers = {"Content-Type": content_type, "X-Forwarded-For": f"198.51.100.{i}"}
+        answer = http.post(FORM, content=content, headers=headers)
+        assert answer.status_code == status, (content[:60], answer.text)
+        assert answer.text.strip()  # one sentence saying what is wrong
+    assert http.get("/healthz").status_code == 200
+    assert unknown(funnel, "ana@example.test")
+
+
+def test_many_json_fields_are_refused(http: httpx.Client) -> None:
+    answer = http.post(FORM, json={"email": "ana@example.test", **{f"f{i}": "x" for i in range(200)}})
+    assert answer.status_code == 400
+    assert "fields" in answer.json()["error"]
+
+
+def test_line_breaks_and_control_characters_in_names_are_cleaned(funnel: Run, http: httpx.Client) -> None:
+    answer = http.post(FORM, data={"email": "ana@example.test", "name": "Ana\r\nBcc: evil@example.test\x00\x1b[31m"})
+    assert answer.status_code == 303
+    ana = show(funnel, "ana@example.test")
+    assert ana["first_name"] == "Ana Bcc: evil@example.test [31m"
+    assert not re.search(r"[\x00-\x1f]", ana["first_name"])
+
+
+def test_a_simple_per_address_rate_limit(project: Project, funnel_server: Callable[..., Any]) -> None:
+    project.append("sequences.yaml", "\nserve:\n  form_burst: 3\n  form_per_minute: 1\n")
+    with funnel_server("--now", NOW).client() as http:
+        for i in range(3):
+            assert http.post(FORM, data={**ANA, "email": f"p{i}@example.test"}).status_code == 303
+        limited = http.post(FORM, data={**ANA, "email": "p3@example.test"})
+        assert limited.status_code == 429
+        assert 1 <= int(limited.headers["retry-after"]) <= 60
+        # another visitor (as the reverse proxy on loopback reports it) is not held up
+        other = http.post(FORM, data={**ANA, "email": "p4@example.test"}, headers={"X-Forwarded-For": "203.0.113.7"})
+        assert other.status_code == 303
+
+
+def test_cors_only_for_listed_origins(project: Project, funnel_server: Callable[..., Any]) -> None:
+    project.append("sequences.yaml", "\nserve:\n  cors_origins: [https://www.healinglightcounseling.test]\n")
+    listed, other = "https://www.healinglightcounseling.test", "https://elsewhere.test"
+    with funnel_server("--now", NOW).client() as http:
+        preflight = http.options(
+            FORM,
+            headers={
+                "Origin": listed,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "content-type",
+            },
+        )
+        assert preflight.status_code == 204
+        assert preflight.headers["access-control-allow-origin"] == listed
+        assert "POST" in preflight.headers["access-control-allow-methods"]
+        refused = http.options(FORM, headers={"Origin": other, "Access-Control-Request-Method": "POST"})
+        assert refused.status_code == 403
+        assert "access-control-allow-origin" not in refused.headers
+        posted = http.post(FORM, json=ANA, headers={"Origin": listed})
+        assert posted.headers["access-control-allow-origin"] == listed
+        bad = http.post(FORM, json={"name": "x"}, headers={"Origin": listed})
+        assert bad.status_code == 422 and bad.headers["access-control-allow-origin"] == listed
+        elsewhere = http.post(FORM, json=ANA, headers={"Origin": other})
+        assert "access-control-allow-origin" not in elsewhere.headers
+
+
+# --------------------------------------------------------------------------- unsubscribe
+
+
+def test_get_asks_and_changes_nothing(project: Project, funnel: Run, server: Any, http: httpx.Client) -> None:
+    link = unsubscribe_link(project, funnel, server, http, "ana@example.test")
+    page = http.get(link)
+    assert page.status_code == 200
+    assert re.search(r'<form method="post" action="[^"]+">', page.text)
+    assert "<title>Email preferences</title>" in page.text
+    assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in page.text
+    assert "Healing Light Counseling" in page.text
+    # nothing from anywhere else: no scripts, no links to other sites, no external styles or images
+    assert not re.search(r"<script|<img|<link|src=|https?://", page.text)
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "form-action 'self'" in policy
+    assert re.search(r"style-src 'sha256-[A-Za-z0-9+/=]+'", policy)
+    assert page.headers["referrer-policy"] == "no-referrer"
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert page.headers["cache-control"] == "no-store"
+    assert "set-cookie" not in page.headers
+    for _ in range(3):  # link scanners and previews
+        assert http.get(link).status_code == 200
+    assert show(funnel, "ana@example.test")["unsubscribed"] is False
+
+
+def test_one_click_post_unsubscribes_at_once_and_twice_is_harmless(
+    project: Project, funnel: Run, server: Any, http: httpx.Client
+) -> None:
+    link = unsubscribe_link(project, funnel, server, http, "ana@example.test")
+    # RFC 8058: urlencoded body, no cookies, and the answer is not a redirect
+    answer = http.post(
+        link, content=b"List-Unsubscribe=One-Click", headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert answer.status_code == 200
+    assert "You are unsubscribed" in answer.text
+    assert "set-cookie" not in answer.headers
+    ana = show(funnel, "ana@example.test")
+    assert ana["unsubscribed"] is True and ana["unsubscribed_at"] == "2026-12-08T16:00:00Z"
+    again = http.post(
+        link, content=b"List-Unsubscribe=One-Click", headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert again.status_code == 200
+    assert export(funnel, "ana@example.test")["unsubscribed_via"] == "one-click"
+
+
+def test_the_page_offers_undo_by_post(project: Project, funnel: Run, server: Any, http: httpx.Client) -> None:
+    link = unsubscribe_link(project, funnel, server, http, "ana@example.test")
+    done = http.post(link, data={"confirm": "yes"})
+    assert show(funnel, "ana@example.test")["unsubscribed"] is True
+    action = re.search(r'<form method="post" action="([^"]+)">\s*<button type="submit" class="quiet">', done.text)
+    assert action is not None
+    undo_url = httpx.URL(server.url + link).join(action.group(1))
+    undone = http.post(undo_url)
+    assert undone.status_code == 200 and "subscribed again" in undone.text
+    assert show(funnel, "ana@example.test")["unsubscribed"] is False
+    # and from there, unsubscribing again points back at the token's own address
+    again = re.search(r'<form method="post" action="([^"]+)">', undone.text)
+    assert again is not None
+    assert str(undo_url.join(again.group(1))) == server.url + link
+
+
+def test_forged_or_damaged_tokens_are_400_and_change_nothing(
+    project: Project, funnel: Run, server: Any, http: httpx.Client
+) -> None:
+    link = unsubscribe_link(project, funnel, server, http, "ana@example.test")
+    damaged = link[:-2] + ("AA" if not link.endswith("AA") else "BB")
+    from itsdangerous import URLSafeSerializer
+
+    forged = "/u/" + str(URLSafeSerializer("not-the-key", salt="funnel-unsubscribe-v1").dumps([1, 0]))
+    for bad in (damaged, forged, "/u/x", link + "x"):
+        assert http.get(bad).status_code == 400
+        assert (
+            http.post(
+                bad,
+                content=b"List-Unsubscribe=One-Click",
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+            ).status_code
+            == 400
+        )
+        assert http.post(bad + "/resubscribe").status_code == 400
+    assert show(funnel, "ana@example.test")["unsubscribed"] is False
+
+
+def test_a_forgotten_person_gets_the_same_answer_as_anyone(
+    project: Project, funnel: Run, server: Any, http: httpx.Client
+) -> None:
+    ana_link = unsubscribe_link(project, funnel, server, http, "ana@example.test")
+    bea_link = unsubscribe_link(project, funnel, server, http, "bea@example.test")
+    assert funnel("contacts", "forget", "ana@example.test").code == 0
+    answers = {}
+    for who, link in (("ana", ana_link), ("bea", bea_link)):
+        got = http.get(link)
+        posted = http.post(link, data={"confirm": "yes"})
+        undone = http.post(link + "/resubscribe")
+        token = link.rsplit("/", 1)[1]
+        answers[who] = [
+            (a.status_code, a.text.replace(token, "T"), sorted(a.headers.keys())) for a in (got, posted, undone)
+        ]
+    assert answers["ana"] == answers["bea"]
+    assert unknown(funnel, "ana@example.test")
+
+
+def test_a_new_form_post_after_an_unsubscribe_is_fresh_consent(
+    project: Project, funnel: Run, server: Any, http: httpx.Client
+) -> None:
+    link = unsubscribe_link(project, funnel, server, http, "ana@example.test")
+    http.post(
+        link, content=b"List-Unsubscribe=One-Click", headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert show(funnel, "ana@example.test")["unsubscribed"] is True
+    # re-reading an old file never resubscribes anyone ...
+    project.write("signups/consultation-requests.jsonl", '{"email": "ana@example.test", "name": "Ana"}\n')
+    assert funnel("run", "--now", NOW).code == 0
+    assert show(funnel, "ana@example.test")["unsubscribed"] is True
+    # ... but she asking again through the form does
+    assert http.post(FORM, data=ANA).status_code == 303
+    assert show(funnel, "ana@example.test")["unsubscribed"] is False
+    assert len(export(funnel, "ana@example.test")["consents"]) == 2
+
+
+def test_forget_erases_the_consent_evidence(project: Project, funnel: Run, http: httpx.Client) -> None:
+    assert http.post(FORM, data=ANA, headers={"User-Agent": "TestBrowser/1.0"}).status_code == 303
+    assert len(export(funnel, "ana@example.test")["consents"]) == 1
+    assert funnel("contacts", "forget", "ana@example.test").code == 0
+    with sqlite3.connect(project.root / "funnel.db") as db:
+        assert db.execute("SELECT count(*) FROM consents").fetchone() == (0,)
+    # a form post for an erased address stores nothing, and answers like any other
+    assert http.post(FORM, data=ANA).status_code == 303
+    with sqlite3.connect(project.root / "funnel.db") as db:
+        assert db.execute("SELECT count(*) FROM consents").fetchone() == (0,)
+    assert unknown(funnel, "ana@example.test")

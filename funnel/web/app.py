@@ -41,6 +41,7 @@ def create_app(config: Config, engine: Engine, now: datetime | None = None) -> F
     app.state.config = config
     app.state.engine = engine
     app.state.fixed_now = now
+    app.state.form_limiter = forms.RateLimiter(config.serve.form_burst, config.serve.form_per_minute)
 
     @app.middleware("http")
     async def protective_headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

@@ -1,7 +1,277 @@
-"""`POST /forms/{source}`: the website's form, taken in live for `format: form` sources."""
+"""`POST /forms/{source}`: the website's form, taken in live for `format: form` sources.
+
+The route only parses and answers; storing is `funnel.intake.accept_form`,
+which follows the same rules as a file row (the next `funnel run` sends the
+first email; nothing is sent from here). Every odd input gets a 4xx with one
+sentence, never a 500: bodies over 64 KB (413), bytes that are not UTF-8,
+broken JSON, a JSON array instead of an object, too many fields (400), a
+content type we do not read (415), a missing or invalid address (422,
+naming the form field). A bot that fills the hidden `website` field gets the
+same answer as a person and nothing is stored. One address may post
+`serve.form_burst` times at once and `serve.form_per_minute` more a minute
+(429 with Retry-After). CORS headers go only to `serve.cors_origins`.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import json
+import math
+import re
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+
+from funnel.config import Config, Source
+from funnel.intake import Evidence, accept_form
+from funnel.sources import SignupRow, normalize_email, signup_from_values
+from funnel.timeutil import zone
+from funnel.web.deps import MAX_BODY, get_config, get_engine, get_now, read_body
+from funnel.web.pages import page
 
 router = APIRouter()
+
+#: the hidden field real people leave empty (hide it with CSS on the website)
+HONEYPOT = "website"
+#: more fields than any real form has: a sign of junk, refused before any work
+MAX_FIELDS = 50
+#: funnel's own one-line fields; anything else (a message) may keep its line breaks
+_ONE_LINE = ("email", "first_name", "last_name", "timezone", "webinar_start", "discreet")
+_MAX_NAME = 200
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL_KEEP_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+class BadInput(Exception):
+    """A post we refuse: HTTP status, one sentence, and the form field it is about (if any)."""
+
+    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.field = status, message, field
+
+
+class RateLimiter:
+    """A token bucket per client address, in memory: `burst` posts at once, `per_minute` more after.
+
+    In memory is enough for one `funnel serve` process (a restart forgives
+    everyone); the buckets of idle addresses are dropped so memory stays small.
+    """
+
+    def __init__(self, burst: int, per_minute: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.burst, self.rate, self.clock = float(burst), per_minute / 60.0, clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key: str) -> float:
+        """0 when a post is allowed now (and counted); else the seconds until one is."""
+        with self._lock:
+            now = self.clock()
+            tokens, then = self._buckets.get(key, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - then) * self.rate)
+            if tokens >= 1:
+                self._buckets[key] = (tokens - 1, now)
+                if len(self._buckets) > 10_000:
+                    self._forget_idle(now)
+                return 0.0
+            self._buckets[key] = (tokens, now)
+            return (1 - tokens) / self.rate
+
+    def _forget_idle(self, now: float) -> None:
+        full_after = self.burst / self.rate
+        for key, (_tokens, then) in list(self._buckets.items()):
+            if now - then >= full_after:
+                del self._buckets[key]
+
+
+# --------------------------------------------------------------------------- parsing (pure)
+
+
+def clean_line(value: str) -> str:
+    """One line of text: control characters (CR, LF, NUL, ...) become spaces, runs of space one."""
+    return " ".join(_CONTROL.sub(" ", value).split())
+
+
+def clean_block(value: str) -> str:
+    """Free text (a message): line breaks kept as \\n, every other control character dropped."""
+    return _CONTROL_KEEP_LINES.sub("", value.replace("\r\n", "\n").replace("\r", "\n")).strip()
+
+
+def parse_body(body: bytes, content_type: str) -> dict[str, str]:
+    """The posted fields (names lower-cased and trimmed), from urlencoded or JSON; BadInput otherwise."""
+    kind, _, params = content_type.partition(";")
+    kind = kind.strip().lower()
+    charset = ""
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            charset = value.strip().strip('"').lower()
+    if charset and charset not in ("utf-8", "utf8"):
+        raise BadInput(415, f"the form is sent as {charset}: send it as UTF-8")
+    if kind == "application/json" or kind.endswith("+json"):
+        return _json_fields(body)
+    if kind == "application/x-www-form-urlencoded":
+        return _urlencoded_fields(body)
+    raise BadInput(
+        415, "send the form as application/x-www-form-urlencoded (an HTML form's default) or as application/json"
+    )
+
+
+def _urlencoded_fields(body: bytes) -> dict[str, str]:
+    try:
+        text = body.decode("utf-8")
+        pairs = parse_qsl(text, keep_blank_values=True, encoding="utf-8", errors="strict", max_num_fields=MAX_FIELDS)
+    except UnicodeDecodeError:
+        raise BadInput(400, 'the form is not UTF-8 text: add accept-charset="UTF-8" to the <form>') from None
+    except ValueError:
+        raise BadInput(400, f"the form has more than {MAX_FIELDS} fields") from None
+    return {name.strip().lower(): value for name, value in pairs}
+
+
+def _json_fields(body: bytes) -> dict[str, str]:
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):  # bad JSON, not UTF-8, a number too long to read, absurd nesting
+        raise BadInput(400, 'the body is not valid JSON: send one object like {"email": "..."}') from None
+    if not isinstance(data, dict):
+        raise BadInput(400, 'the JSON is not an object: send one object like {"email": "..."}')
+    if len(data) > MAX_FIELDS:
+        raise BadInput(400, f"the form has more than {MAX_FIELDS} fields")
+    fields: dict[str, str] = {}
+    for name, value in data.items():
+        key = name.strip().lower()
+        if value is None:
+            fields[key] = ""
+        elif isinstance(value, bool):
+            fields[key] = "yes" if value else "no"
+        elif isinstance(value, str | int | float):
+            fields[key] = str(value)
+        else:
+            raise BadInput(422, f"the field {name!r} must be text, not a list or an object", name)
+    return fields
+
+
+def map_fields(source: Source, fields: dict[str, str]) -> dict[str, str]:
+    """funnel's fields from the posted ones through `columns` (case-insensitive), cleaned."""
+    values: dict[str, str] = {}
+    for field, header in source.columns.items():
+        raw = fields.get(header.strip().lower(), "")
+        values[field] = clean_line(raw) if field in _ONE_LINE else clean_block(raw)
+    return values
+
+
+def signup(config: Config, source: Source, fields: dict[str, str]) -> SignupRow:
+    """The row a post makes, or BadInput naming the form field to fix."""
+    values = map_fields(source, fields)
+    header = source.columns["email"]
+    if not values.get("email"):
+        raise BadInput(422, f"the field {header!r} (the email address) is missing: fill it in", header)
+    try:
+        normalize_email(values["email"])
+    except ValueError as exc:
+        raise BadInput(422, f"the field {header!r} is not a valid email address ({exc})", header) from None
+    for name in ("first_name", "last_name"):
+        if len(values.get(name, "")) > _MAX_NAME:
+            column = source.columns[name]
+            raise BadInput(422, f"the field {column!r} is longer than {_MAX_NAME} characters", column)
+    try:
+        row, _warnings = signup_from_values(values, zone(config.practice.timezone))
+    except ValueError as exc:
+        raise BadInput(422, str(exc)) from None
+    return row
+
+
+# --------------------------------------------------------------------------- the routes
+
+
+def _wants_json(request: Request) -> bool:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    accept = request.headers.get("accept", "").lower()
+    return "json" in content_type or ("application/json" in accept and "text/html" not in accept)
+
+
+def _cors(config: Config, request: Request) -> dict[str, str]:
+    origin = request.headers.get("origin", "").rstrip("/").lower()
+    if origin and origin in config.serve.cors_origins:
+        return {"Access-Control-Allow-Origin": request.headers["origin"], "Vary": "Origin"}
+    return {"Vary": "Origin"}
+
+
+def _form_source(config: Config, name: str) -> Source | None:
+    source = config.sources.get(name)
+    return source if source is not None and source.format == "form" else None
+
+
+def _refuse(problem: BadInput, as_json: bool, headers: dict[str, str]) -> Response:
+    if as_json:
+        body: dict[str, Any] = {"ok": False, "error": problem.message}
+        if problem.field:
+            body["field"] = problem.field
+        return JSONResponse(body, status_code=problem.status, headers=headers)
+    return PlainTextResponse(f"{problem.message}\n", status_code=problem.status, headers=headers)
+
+
+def _thank(config: Config, source: Source, as_json: bool, headers: dict[str, str]) -> Response:
+    if as_json:
+        return JSONResponse({"ok": True, "thank_you_url": source.thank_you_url}, headers=headers)
+    if source.thank_you_url:
+        return RedirectResponse(source.thank_you_url, status_code=303, headers=headers)
+    response = page(config, "thanks.html")
+    response.headers.update(headers)
+    return response
+
+
+@router.options("/forms/{source_name}")
+async def preflight(source_name: str, request: Request) -> Response:
+    """CORS preflight: allowed only for `serve.cors_origins`."""
+    config = get_config(request)
+    if _form_source(config, source_name) is None:
+        return PlainTextResponse(f"no form named {source_name!r}\n", status_code=404)
+    headers = _cors(config, request)
+    if "Access-Control-Allow-Origin" not in headers:
+        return PlainTextResponse("this origin may not post here\n", status_code=403, headers=headers)
+    headers.update(
+        {
+            "Access-Control-Allow-Methods": "POST",
+            "Access-Control-Allow-Headers": "Content-Type",
+            "Access-Control-Max-Age": "600",
+        }
+    )
+    return Response(status_code=204, headers=headers)
+
+
+@router.post("/forms/{source_name}")
+async def form_post(source_name: str, request: Request) -> Response:
+    """Take one form post: 303 to the thank-you URL (or a page), JSON for JSON posts."""
+    config = get_config(request)
+    as_json = _wants_json(request)
+    headers = _cors(config, request)
+    source = _form_source(config, source_name)
+    if source is None:
+        return _refuse(BadInput(404, f"no form named {source_name!r}"), as_json, headers)
+    ip = request.client.host if request.client else "unknown"
+    limiter: RateLimiter = request.app.state.form_limiter
+    wait = limiter.take(ip)
+    if wait:
+        headers["Retry-After"] = str(math.ceil(wait))
+        return _refuse(BadInput(429, "too many posts from this address: try again in a minute"), as_json, headers)
+    try:
+        body = await read_body(request, MAX_BODY)
+    except Exception as exc:  # HTTPException 413/400 from the capped reader
+        status = getattr(exc, "status_code", 400)
+        return _refuse(BadInput(status, str(getattr(exc, "detail", exc))), as_json, headers)
+    try:
+        fields = parse_body(body, request.headers.get("content-type", ""))
+        if fields.get(HONEYPOT, "").strip():
+            return _thank(config, source, as_json, headers)  # a bot: the same answer, nothing stored
+        row = signup(config, source, fields)
+    except BadInput as problem:
+        return _refuse(problem, as_json, headers)
+    evidence = Evidence(ip=ip, user_agent=request.headers.get("user-agent"))
+    await run_in_threadpool(accept_form, config, get_engine(request), source_name, row, get_now(request), evidence)
+    return _thank(config, source, as_json, headers)

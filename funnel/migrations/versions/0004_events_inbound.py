@@ -1,7 +1,7 @@
 """events, inbound replies, paused enrollments
 
 Revision ID: 0004
-Revises: 0001
+Revises: 0003
 Create Date: 2026-11-27 14:07:02.897268
 """
 
@@ -16,7 +16,7 @@ from alembic import op
 import funnel.models
 
 revision: str = "0004"
-down_revision: str | None = "0001"
+down_revision: str | None = "0003"  # chained after h6's 0003 when h6-web was merged in; upstream: "0001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
