@@ -34,7 +34,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from funnel.config import Config
-from funnel.models import Enrollment, Event, Run, StepRun, Tag
+from funnel.models import Contact, Enrollment, Event, Run, StepRun, Tag
 from funnel.timeutil import isoformat_z, zone
 
 STEP_COUNTS = (
@@ -86,6 +86,7 @@ def figures(config: Config, engine: Engine, since: datetime | None) -> dict[str,
         enrollment_counts = _enrollment_counts(session, since)
         step_counts = _step_counts(session, since)
         event_counts = _event_counts(session, since)
+        unsubscribed = _unsubscribed_per_step(session, since)
         last_run = session.scalars(select(Run).order_by(col(Run.id).desc()).limit(1)).first()
         sequences: list[dict[str, Any]] = []
         for sid, sequence in config.sequences.items():
@@ -98,6 +99,7 @@ def figures(config: Config, engine: Engine, since: datetime | None) -> dict[str,
                 got: dict[str, int] = dict(step_counts.get(key, {}))
                 for column, kinds in EVENT_COLUMNS.items():
                     got[column] = sum(event_counts.get((sid, step.id, kind), 0) for kind in kinds)
+                got["unsubscribed"] = len(unsubscribed.get(key, ()))
                 got["converted"] = converted_steps.get(step.id, 0)
                 steps.append(
                     {
@@ -176,6 +178,28 @@ def _event_counts(session: Session, since: datetime | None) -> dict[tuple[str, s
     if since:
         query = query.where(col(Event.occurred_at) >= since)
     return {(seq or "", step or "", kind): int(n) for seq, step, kind, n in session.execute(query)}
+
+
+def _unsubscribed_per_step(session: Session, since: datetime | None) -> dict[tuple[str, str], set[int]]:
+    """The emails people left from, per step: SendGrid's unsubscribe events and our own link (its token names
+    the email), each email once."""
+    found: dict[tuple[str, str], set[int]] = defaultdict(set)
+    events = select(col(Event.sequence), col(Event.step_id), col(Event.step_run_id)).where(
+        and_(col(Event.kind).in_(EVENT_COLUMNS["unsubscribed"]), col(Event.step_run_id).is_not(None))
+    )
+    if since:
+        events = events.where(col(Event.occurred_at) >= since)
+    links = (
+        select(col(StepRun.sequence), col(StepRun.step_id), col(StepRun.id))
+        .join(Contact, col(Contact.unsubscribed_step_run_id) == col(StepRun.id))
+        .where(col(Contact.unsubscribed_at).is_not(None))
+    )
+    if since:
+        links = links.where(col(Contact.unsubscribed_at) >= since)
+    for query in (events, links):
+        for sequence, step_id, step_run_id in session.execute(query):
+            found[(sequence or "", step_id or "")].add(int(step_run_id))
+    return found
 
 
 def _totals_by_kind(session: Session, since: datetime | None) -> dict[str, int]:
