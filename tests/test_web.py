@@ -8,10 +8,12 @@ and, for what the CLI does not show, the SQLite file itself.
 from __future__ import annotations
 
 import email.policy
+import json
 import re
 import sqlite3
 from collections.abc import Callable, Iterator
 from email import message_from_bytes
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -410,3 +412,101 @@ def test_forget_erases_the_consent_evidence(project: Project, funnel: Run, http:
     with sqlite3.connect(project.root / "funnel.db") as db:
         assert db.execute("SELECT count(*) FROM consents").fetchone() == (0,)
     assert unknown(funnel, "ana@example.test")
+
+
+# --------------------------------------------------------------------------- a real browser
+
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+@pytest.fixture
+def chromium(tmp_path: Path) -> Iterator[Any]:
+    """Debian's headless Chromium through chromedriver (installed by .ci/run), phone-sized, fresh profile."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=390,844",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _not_blank(png: Path) -> None:
+    """The screenshot shows a page: many colours, dark text on the light background, not one flat fill."""
+    from PIL import Image
+
+    with Image.open(png) as image:
+        pixels = image.convert("RGB")
+        colours = pixels.getcolors(maxcolors=1_000_000) or []
+        dark = sum(count for count, (r, g, b) in colours if r + g + b < 200)
+        assert len(colours) > 50, f"{png} looks blank ({len(colours)} colours)"
+        assert dark > 500, f"{png} shows no text"
+
+
+def test_a_browser_unsubscribes_from_a_real_email(
+    project: Project, funnel_process: Run, funnel_server: Callable[..., Any], chromium: Any
+) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    server = funnel_server("--now", NOW)
+    with server.client() as http:
+        assert http.post(FORM, data=ANA).status_code == 303
+    run = funnel_process("run", "--now", NOW, env={"FUNNEL_BASE_URL": server.url})
+    assert run.returncode == 0, run.stderr
+    [eml] = list(project.outbox.glob("*.eml"))
+    message = message_from_bytes(eml.read_bytes(), policy=email.policy.default)
+    html = message.get_body(preferencelist=("html",)).get_content()  # type: ignore[union-attr]
+    links = re.findall(r'href="(' + re.escape(server.url) + r'/u/[^"]+)"', html)
+    assert links, "no unsubscribe link in the email's HTML"
+    assert str(message["List-Unsubscribe"]) == f"<{links[0]}>"
+
+    chromium.get(links[0])
+    assert chromium.title == "Email preferences"
+    # the stylesheet is allowed by the Content-Security-Policy's hash, and the page fits a phone
+    background = chromium.execute_script("return getComputedStyle(document.body).backgroundColor")
+    assert background == "rgb(250, 248, 245)"
+    assert chromium.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "unsubscribe.png"
+    shot.unlink(missing_ok=True)
+    assert chromium.save_screenshot(str(shot))
+    _not_blank(shot)
+    assert show_subprocess(funnel_process)["unsubscribed"] is False  # opening the page changed nothing
+
+    # keyboard only: Tab reaches the button, Enter presses it
+    ActionChains(chromium).send_keys(Keys.TAB).perform()
+    focused = chromium.switch_to.active_element
+    assert focused.tag_name == "button" and focused.text == "Unsubscribe"
+    focused.send_keys(Keys.ENTER)
+    WebDriverWait(chromium, 20).until(
+        lambda driver: driver.find_element(By.TAG_NAME, "h1").text == "You are unsubscribed"
+    )
+    done = ARTIFACTS / "unsubscribed.png"
+    assert chromium.save_screenshot(str(done))
+    _not_blank(done)
+    assert show_subprocess(funnel_process)["unsubscribed"] is True
+
+
+def show_subprocess(funnel_process: Run) -> dict[str, Any]:
+    result = funnel_process("contacts", "show", "ana@example.test", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
