@@ -244,3 +244,20 @@ def test_forwarding_to_the_reply_address_itself_is_a_config_error(project: Proje
     with pytest.raises(ConfigError) as error:
         load_config(Path(project.root / "sequences.yaml"))
     assert "mail loop" in str(error.value) and "sequences.yaml:" in str(error.value)
+
+
+def test_a_paused_person_who_signs_up_for_a_later_webinar_is_moved_to_it_and_stays_paused(
+    project: Project, funnel: Callable[..., Any], funnel_server: Callable[..., Any]
+) -> None:
+    project.write("signups/webinar-registrations.csv", HEADER + ANA)
+    funnel("run", "--now", NOW)
+    server = funnel_server("--now", NOW, env={"FUNNEL_INBOUND_KEY": KEY})
+    with server.client() as http:
+        assert http.post(f"/webhooks/inbound?key={KEY}", files=parse_post()).json()["paused"] == 1
+    project.append("signups/webinar-registrations.csv", ANA.replace("2027-01-14", "2027-01-21"))
+    assert funnel("run", "--now", "2026-12-09T16:00:00Z", "--json").json()["sent"] == 0
+    [enrollment] = funnel("contacts", "show", "ana@example.test", "--json").json()["enrollments"]
+    assert enrollment["status"] == "paused" and enrollment["webinar_start"] == "2027-01-22T02:00:00Z"
+    funnel("contacts", "resume", "ana@example.test", "--now", "2027-01-15T00:00:00Z")
+    funnel("run", "--now", "2027-01-21T02:10:00Z")  # the day before the new date
+    assert [step for _to, seq, step in project.sent() if seq != "inbound"] == ["registered", "day-before"]
