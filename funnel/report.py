@@ -34,7 +34,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from funnel.config import Config
-from funnel.models import Contact, Enrollment, Event, Run, StepRun, Tag
+from funnel.models import Contact, Enrollment, Event, InboundMessage, Run, StepRun, Tag
 from funnel.timeutil import isoformat_z, zone
 
 STEP_COUNTS = (
@@ -126,6 +126,7 @@ def figures(config: Config, engine: Engine, since: datetime | None) -> dict[str,
         funnel = _webinar_funnel(session, since)
         weeks = _weeks(session, config, since)
         totals_by_kind = _totals_by_kind(session, since)
+        replies = _replies(session, since)
     totals = {name: sum(s[name] for seq in sequences for s in seq["steps"]) for name in STEP_COUNTS}
     return {
         "practice": config.practice.name,
@@ -134,6 +135,7 @@ def figures(config: Config, engine: Engine, since: datetime | None) -> dict[str,
         "sequences": sequences,
         "totals": totals,
         "events": totals_by_kind,
+        "replies": replies,
         "webinar_funnel": funnel,
         "weeks": weeks,
         "unknown": totals["unknown"],
@@ -200,6 +202,20 @@ def _unsubscribed_per_step(session: Session, since: datetime | None) -> dict[tup
         for sequence, step_id, step_run_id in session.execute(query):
             found[(sequence or "", step_id or "")].add(int(step_run_id))
     return found
+
+
+def _replies(session: Session, since: datetime | None) -> dict[str, int]:
+    """Replies that came in through Inbound Parse, by what became of them (failed: not forwarded yet)."""
+    query = select(col(InboundMessage.status), func.count()).group_by(col(InboundMessage.status))
+    if since:
+        query = query.where(col(InboundMessage.received_at) >= since)
+    counts = {status: int(n) for status, n in session.execute(query)}
+    return {
+        "received": sum(counts.values()),
+        "forwarded": counts.get("forwarded", 0),
+        "not_forwarded": counts.get("failed", 0) + counts.get("stored", 0) + counts.get("forwarding", 0),
+        "loops": counts.get("loop", 0),
+    }
 
 
 def _totals_by_kind(session: Session, since: datetime | None) -> dict[str, int]:
@@ -347,6 +363,14 @@ def print_terminal(data: dict[str, Any], console: Any) -> None:
         base = stages[0]["count"]
         for stage in stages:
             console.print(f"  {stage['stage']:<26} {stage['count']:>6}  {_percent(stage['count'], base):>5}")
+    replies = data["replies"]
+    if replies["received"]:
+        console.print(f"Replies: {replies['received']} received, {replies['forwarded']} forwarded")
+    if replies["not_forwarded"]:
+        console.print(
+            f"[yellow]{replies['not_forwarded']} reply(ies) could not be forwarded yet; SendGrid posts them again "
+            "(see `funnel contacts show` of the sender).[/]"
+        )
     console.print(f"[dim]~ {OPENS_NOTE}[/]")
     if data["unknown"]:
         console.print(
@@ -399,6 +423,11 @@ def render_html(data: dict[str, Any]) -> str:
         ),
         "</section>",
     ]
+    if data["replies"]["not_forwarded"]:
+        parts.append(
+            f'<p class="warning">{data["replies"]["not_forwarded"]} reply(ies) could not be forwarded yet; '
+            "SendGrid posts them again.</p>"
+        )
     if data["unknown"]:
         parts.append(
             f'<p class="warning">{data["unknown"]} email(s) have an unknown outcome (a run stopped mid-send); '

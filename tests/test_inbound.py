@@ -193,11 +193,19 @@ def test_a_failed_forward_is_stored_answered_503_and_forwarded_by_the_retry(
         first = http.post(f"/webhooks/inbound?key={KEY}", files=parse_post())
         assert first.status_code == 503 and first.json()["status"] == "failed"
         assert funnel("contacts", "show", "ana@example.test", "--json").json()["enrollments"][0]["status"] == "paused"
+        assert funnel("report", "--json").json()["replies"] == {
+            "received": 1,
+            "forwarded": 0,
+            "not_forwarded": 1,
+            "loops": 0,
+        }
+        assert "could not be forwarded yet" in funnel("report").out
         fake_sendgrid.set_status_for_all(None)
         retry = http.post(f"/webhooks/inbound?key={KEY}", files=parse_post())
         assert retry.status_code == 200 and retry.json()["status"] == "forwarded"
         assert http.post(f"/webhooks/inbound?key={KEY}", files=parse_post()).json()["status"] == "forwarded"
     assert fake_sendgrid.sent_to(THERAPIST) == 1
+    assert funnel("report", "--json").json()["replies"]["not_forwarded"] == 0
     assert WORDS not in server.stderr
 
 
