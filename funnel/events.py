@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col
 
 from funnel.contacts import unsubscribe
+from funnel.ingest import insert_ignore
 from funnel.models import Contact, Enrollment, StepRun
 from funnel.models import Event as EventRow
 from funnel.sources import email_hash, normalize_email
@@ -51,39 +50,117 @@ class StoreResult:
 
 
 def store_events(session: Session, events: list[Event], skipped: list[Skipped], now: datetime) -> StoreResult:
-    """Store new events, suppress where they say so; the caller commits."""
+    """Store new events, suppress where they say so; the caller commits.
+
+    A post carries up to about a thousand events: the sends, contacts and
+    already-stored ids they refer to are read in a few queries, and the new
+    rows go in with one insert that ignores any duplicate a concurrent post
+    stored meanwhile.
+    """
     result = StoreResult(skipped=[{"index": s.index, "reason": s.reason} for s in skipped])
-    for event in sorted(events, key=lambda e: e.occurred_at):
-        step_run = _step_run(session, event.send_id)
-        digest = _hash(event.email)
-        contact_id, erased = _contact_id(session, step_run, digest)
+    ordered = sorted(events, key=lambda e: e.occurred_at)
+    seen = _stored_ids(session, [e.sg_event_id for e in ordered])
+    sends = _sends(session, {e.send_id for e in ordered if e.send_id})
+    digests = {e.email: _hash(e.email) for e in ordered if e.email}
+    holders = _holders(session, {d for d in digests.values() if d})
+    rows: list[dict[str, object]] = []
+    suppressing: list[tuple[int | None, str | None, EventKind, str | None]] = []
+    for event in ordered:
+        if event.sg_event_id in seen:
+            result.duplicates += 1
+            continue
+        seen.add(event.sg_event_id)
+        send = sends.get(event.send_id or "")
+        digest = digests.get(event.email) if event.email else None
+        contact_id: int | None
+        if send is not None:
+            contact_id, erased = send.contact_id, send.erased
+        else:
+            contact_id, erased = holders.get(digest or "", (None, False))
         # nothing personal is kept about someone erased, or about an address we do not hold
         keep = contact_id is not None and not erased
         raw, reason = (event.raw, event.reason) if keep else (scrubbed(event.raw), None)
-        inserted = _insert(
-            session,
+        rows.append(
             {
                 "sg_event_id": event.sg_event_id,
                 "kind": event.kind.value,
                 "occurred_at": event.occurred_at,
                 "received_at": now,
                 "contact_id": contact_id,
-                "step_run_id": step_run.id if step_run else None,
+                "step_run_id": send.id if send else None,
                 "send_id": event.send_id,
-                "sequence": step_run.sequence if step_run else event.sequence,
-                "step_id": step_run.step_id if step_run else event.step,
+                "sequence": send.sequence if send else event.sequence,
+                "step_id": send.step_id if send else event.step,
                 "email_hash": digest if keep else None,
                 "reason": reason,
                 "raw": raw,
-            },
+            }
         )
-        if not inserted:
-            result.duplicates += 1
-            continue
-        result.stored += 1
-        if event.suppresses and suppress(session, contact_id, digest, event.kind, reason, now):
+        if event.suppresses:
+            suppressing.append((contact_id, digest, event.kind, reason))
+    table = EventRow.__table__  # type: ignore[attr-defined]  # SQLModel does not declare __table__ for mypy
+    for start in range(0, len(rows), 500):
+        insert_ignore(session, table, rows[start : start + 500], ("sg_event_id",))
+    result.stored = len(rows)
+    for contact_id, digest, kind, reason in suppressing:
+        if suppress(session, contact_id, digest, kind, reason, now):
             result.suppressed += 1
     return result
+
+
+@dataclass(frozen=True)
+class _Send:
+    """The step run an event is about, and its person."""
+
+    id: int
+    sequence: str
+    step_id: str
+    contact_id: int
+    erased: bool
+
+
+def _stored_ids(session: Session, ids: list[str]) -> set[str]:
+    found: set[str] = set()
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        found.update(session.scalars(select(col(EventRow.sg_event_id)).where(col(EventRow.sg_event_id).in_(chunk))))
+    return found
+
+
+def _sends(session: Session, send_ids: set[str]) -> dict[str, _Send]:
+    """By send id (the `funnel_send_id` custom arg): the step run, its contact, whether she was erased."""
+    wanted = sorted(send_ids)
+    found: dict[str, _Send] = {}
+    for start in range(0, len(wanted), 500):
+        query = (
+            select(
+                col(StepRun.send_id),
+                col(StepRun.id),
+                col(StepRun.sequence),
+                col(StepRun.step_id),
+                col(Contact.id),
+                col(Contact.erased_at),
+            )
+            .join(Enrollment, col(Enrollment.id) == col(StepRun.enrollment_id))
+            .join(Contact, col(Contact.id) == col(Enrollment.contact_id))
+            .where(col(StepRun.send_id).in_(wanted[start : start + 500]))
+        )
+        for send_id, run_id, sequence, step_id, contact_id, erased_at in session.execute(query):
+            found[send_id] = _Send(run_id, sequence, step_id, contact_id, erased_at is not None)
+    return found
+
+
+def _holders(session: Session, digests: set[str]) -> dict[str, tuple[int | None, bool]]:
+    """By address hash: the contact holding the address, and whether she was erased."""
+    wanted = sorted(digests)
+    found: dict[str, tuple[int | None, bool]] = {}
+    for start in range(0, len(wanted), 500):
+        query = select(col(Contact.email_hash), col(Contact.id), col(Contact.erased_at)).where(
+            col(Contact.email_hash).in_(wanted[start : start + 500])
+        )
+        for digest, contact_id, erased_at in session.execute(query):
+            found[digest] = (contact_id, erased_at is not None)
+    return found
 
 
 def suppress(
@@ -99,6 +176,9 @@ def suppress(
     if contact is None:
         if digest is None:
             return False
+        contact = session.scalars(select(Contact).where(col(Contact.email_hash) == digest)).first()
+    if contact is None:
+        assert digest is not None
         contact = Contact(email_hash=digest, created_at=now, updated_at=now)
         session.add(contact)
         session.flush()
@@ -114,20 +194,6 @@ def suppress(
     return True
 
 
-def _insert(session: Session, values: dict[str, object]) -> bool:
-    """INSERT ... ON CONFLICT (sg_event_id) DO NOTHING; True when the row is new."""
-    builder = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    table = EventRow.__table__  # type: ignore[attr-defined]  # SQLModel does not declare __table__ for mypy
-    outcome = session.execute(builder(table).values(**values).on_conflict_do_nothing(index_elements=["sg_event_id"]))
-    return bool(outcome.rowcount)  # type: ignore[attr-defined]  # an INSERT gives a CursorResult
-
-
-def _step_run(session: Session, send_id: str | None) -> StepRun | None:
-    if not send_id:
-        return None
-    return session.scalars(select(StepRun).where(col(StepRun.send_id) == send_id)).first()
-
-
 def _hash(address: str | None) -> str | None:
     if not address:
         return None
@@ -135,26 +201,3 @@ def _hash(address: str | None) -> str | None:
         return email_hash(normalize_email(address))
     except ValueError:
         return None
-
-
-def _contact_id(session: Session, step_run: StepRun | None, digest: str | None) -> tuple[int | None, bool]:
-    """The send's contact (through its enrollment), else the contact holding the address; and whether erased.
-
-    An erased person's events keep no personal field: `forget` must not be undone by a late event.
-    """
-    query = None
-    if step_run is not None:
-        query = select(col(Contact.id), col(Contact.erased_at)).where(
-            col(Contact.id)
-            == select(col(Enrollment.contact_id)).where(col(Enrollment.id) == step_run.enrollment_id).scalar_subquery()
-        )
-    elif digest is not None:
-        query = select(col(Contact.id), col(Contact.erased_at)).where(col(Contact.email_hash) == digest)
-    found = session.execute(query).first() if query is not None else None
-    if found is None and step_run is not None and digest is not None:
-        found = session.execute(
-            select(col(Contact.id), col(Contact.erased_at)).where(col(Contact.email_hash) == digest)
-        ).first()
-    if found is None:
-        return None, False
-    return int(found[0]), found[1] is not None

@@ -55,15 +55,17 @@ def test_signed_events_are_stored_once_and_suppress_at_once(
         ),
         sg_event("unsubscribe", "erin@example.test", ids["erin@example.test"], "e5"),
         sg_event("dropped", "stranger@example.test", None, "e6", reason="Bounced Address"),
+        sg_event("bounce", "Stranger@Example.test", None, "e7", type="bounce"),  # an address we never had, twice
+        sg_event("delivered", "ana@example.test", ids["ana@example.test"], "e1"),  # repeated within the batch
     ]
     with server.client() as http:
         answer = post_events(http, signer, events)
         assert answer.status_code == 200, answer.text
-        assert answer.json() == {"stored": 6, "duplicates": 0, "suppressed": 3, "skipped": []}
+        assert answer.json() == {"stored": 7, "duplicates": 1, "suppressed": 3, "skipped": []}
         # SendGrid retries for a day: the same post (or a replay within the window) changes nothing
         again = post_events(http, signer, events)
         assert again.status_code == 200
-        assert again.json()["stored"] == 0 and again.json()["duplicates"] == 6
+        assert again.json()["stored"] == 0 and again.json()["duplicates"] == 8
 
     dana = funnel("contacts", "show", "dana@example.test", "--json").json()
     assert dana["suppressed"] is True and not dana["unsubscribed"]
