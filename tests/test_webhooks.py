@@ -199,3 +199,15 @@ def test_forget_erases_the_personal_fields_of_a_persons_events(
         assert reason is None and digest is None
     step = funnel("report", "--json").json()["sequences"][0]["steps"][0]
     assert step["clicked"] == 1  # the figures stay
+
+
+def test_a_key_that_is_not_a_key_is_a_503_naming_the_variable(
+    project: Project, funnel_server: Callable[..., Any]
+) -> None:
+    server = funnel_server("--now", NOW, env={"FUNNEL_SENDGRID_WEBHOOK_KEY": "paste-the-key-here"})
+    signer = Signer()
+    with server.client() as http:
+        answer = post_events(http, signer, [sg_event("delivered", "ana@example.test", None, "k1")])
+    # our configuration is wrong, not SendGrid's post: it retries for a day while the key is fixed
+    assert answer.status_code == 503 and "FUNNEL_SENDGRID_WEBHOOK_KEY" in answer.json()["error"]
+    assert "FUNNEL_SENDGRID_WEBHOOK_KEY" in server.stderr
