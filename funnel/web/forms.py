@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 
@@ -262,9 +262,8 @@ async def form_post(source_name: str, request: Request) -> Response:
         return _refuse(BadInput(429, "too many posts from this address: try again in a minute"), as_json, headers)
     try:
         body = await read_body(request, MAX_BODY)
-    except Exception as exc:  # HTTPException 413/400 from the capped reader
-        status = getattr(exc, "status_code", 400)
-        return _refuse(BadInput(status, str(getattr(exc, "detail", exc))), as_json, headers)
+    except HTTPException as exc:  # 413 (too big) or 400 (a Content-Length that is not a number)
+        return _refuse(BadInput(exc.status_code, str(exc.detail)), as_json, headers)
     try:
         fields = parse_body(body, request.headers.get("content-type", ""))
         if fields.get(HONEYPOT, "").strip():
