@@ -89,6 +89,7 @@ def test_a_reply_pauses_her_sequences_is_forwarded_once_and_resume_takes_it_back
         retried = http.post(f"/webhooks/inbound?key={KEY}", files=parse_post())
         assert retried.status_code == 200
         assert retried.json()["new"] is False and retried.json()["status"] == "forwarded"
+    server.stop()  # all it wrote is read once it has stopped
     assert WORDS not in server.stderr and "ana@example.test" not in server.stderr
 
     [forwarded] = forwards(project)
@@ -206,6 +207,7 @@ def test_a_failed_forward_is_stored_answered_503_and_forwarded_by_the_retry(
         assert http.post(f"/webhooks/inbound?key={KEY}", files=parse_post()).json()["status"] == "forwarded"
     assert fake_sendgrid.sent_to(THERAPIST) == 1
     assert funnel("report", "--json").json()["replies"]["not_forwarded"] == 0
+    server.stop()  # all it wrote is read once it has stopped
     assert WORDS not in server.stderr
 
 
