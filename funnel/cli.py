@@ -555,6 +555,15 @@ def contacts_show(config_path: Path | None, debug: bool, as_json: bool, email: s
             when = step.get("sent_at") or step.get("due_at") or ""
             why = f" - {safe_markup(step['reason'])}" if step.get("reason") else ""
             out.print(f"  {step['id']:<24} {step['status']:<8} {when}{why}")
+    if data.get("events"):
+        out.print("\n[bold]SendGrid events[/]")
+        for event in data["events"]:
+            email_of = "/".join(p for p in (event.get("sequence"), event.get("step")) if p)
+            why = f" - {event['reason']}" if event.get("reason") else ""
+            out.print(f"  {event['at']}  {event['kind']:<18} {email_of}{why}", markup=False)
+    for reply in data.get("replies", []):
+        paused = f", paused {reply['paused']} sequence(s)" if reply["paused"] else ""
+        out.print(f"\nreplied {reply['received_at']} ({reply['status']}{paused})")
 
 
 @contacts.command("unsubscribe")
@@ -585,6 +594,24 @@ def contacts_resubscribe(config_path: Path | None, debug: bool, now: datetime, e
 
     changed = _with_contact(config_path, email, lambda s, c, contact: resubscribe(s, contact, now))
     click.echo(safe(f"{email}: resubscribed" if changed else f"{email}: was not unsubscribed"))
+
+
+@contacts.command("resume")
+@common
+@now_option
+@click.argument("email")
+def contacts_resume(config_path: Path | None, debug: bool, now: datetime, email: str) -> None:
+    """Take back a pause (she replied, and you have answered her): her sequences go on.
+
+    Emails that fell due during the pause follow the usual rules at the next
+    run: one late by more than delivery.max_late is skipped, not sent.
+
+    Example: funnel contacts resume ana@example.com
+    """
+    from funnel.inbound import resume
+
+    count = _with_contact(config_path, email, lambda s, c, contact: resume(s, contact, now))
+    click.echo(f"{email}: resumed {count} sequence(s)" if count else f"{email}: nothing was paused")
 
 
 @contacts.command("export")
@@ -649,12 +676,20 @@ def serve(config_path: Path | None, debug: bool, now: datetime | None, host: str
 @common
 @json_option
 @click.option("--since", "since", default=None, metavar="DATE", help="Only what happened since DATE (ISO 8601).")
-def report(config_path: Path | None, debug: bool, as_json: bool, since: str | None) -> None:
-    """Per sequence and step: sent, failed, skipped, unknown, and what came back.
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    metavar="FILE",
+    help="Also write the report as one self-contained web page (charts included) to FILE.",
+)
+def report(config_path: Path | None, debug: bool, as_json: bool, since: str | None, html_file: Path | None) -> None:
+    """Per sequence and step: sent, delivered, opened, clicked, bounced, unsubscribed, converted; the webinar funnel.
 
-    Example: funnel report --since 2026-12-01
+    Example: funnel report --since 2026-12-01 --html report.html
     """
-    from funnel import services
+    from funnel import report as reporting
 
     config = _config(config_path)
     try:
@@ -666,29 +701,18 @@ def report(config_path: Path | None, debug: bool, as_json: bool, since: str | No
         problem = "is out of range" if since_at and not EARLIEST_NOW <= since_at.year <= LATEST_NOW else ""
     if since and (since_at is None or problem):
         raise UsageError(f"--since {safe(since)!r} {problem}: write a date like 2026-12-01 or 2026-12-01T00:00:00Z")
-    data = services.report(config, _engine(config), since_at)
+    data = reporting.figures(config, _engine(config), since_at)
+    if html_file is not None:
+        try:
+            html_file.write_text(reporting.render_html(data), encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"--html {html_file}: cannot write the file ({exc.strerror})") from None
     if as_json:
         _print_json(data)
-        return
-    out = _stdout()
-    for sequence in data["sequences"]:
-        out.print(
-            f"[bold]{sequence['name']}[/] ({sequence['id']}): enrolled {sequence['enrolled']}, "
-            f"active {sequence['active']}, finished {sequence['finished']}, exited {sequence['exited']}"
-        )
-        table = Table(show_header=True, header_style="bold", box=None)
-        columns = ("sent", "failed", "skipped", "unknown")
-        table.add_column("step")
-        for column in columns:
-            table.add_column(column, justify="right")
-        for step in sequence["steps"]:
-            table.add_row(step["id"], *(str(step[c]) for c in columns))
-        out.print(table)
-    if data["unknown"]:
-        out.print(
-            f"[yellow]{data['unknown']} email(s) have an unknown outcome (a run stopped mid-send); "
-            "they were not sent again.[/]"
-        )
+    elif html_file is not None:
+        click.echo(f"wrote {html_file}")
+    else:
+        reporting.print_terminal(data, _stdout())
 
 
 @cli.group()

@@ -181,6 +181,25 @@ class Tracking(_Model):
     webhook_unsigned: bool = False
 
 
+class Inbound(_Model):
+    """Replies through SendGrid Inbound Parse (`POST /webhooks/inbound`).
+
+    `reply_address` (an address at the hostname SendGrid receives mail for)
+    becomes the Reply-To of every email; each reply is forwarded to
+    `forward_to` (default: practice.reply_to, else practice.from_email).
+    """
+
+    forward_to: str | None = None
+    reply_address: str | None = None
+
+    @field_validator("forward_to", "reply_address")
+    @classmethod
+    def _looks_like_address(cls, value: str | None) -> str | None:
+        if value is not None and "@" not in value:
+            raise ValueError(f"{value!r} is not an email address")
+        return value.strip() if value is not None else None
+
+
 class Webinar(_Model):
     """A webinar contacts register for; the start comes from each signup."""
 
@@ -339,6 +358,7 @@ class Config(_Model):
     practice: Practice
     delivery: Delivery = Delivery()
     tracking: Tracking = Tracking()
+    inbound: Inbound = Inbound()
     webinars: dict[str, Webinar] = Field(default_factory=dict)
     sources: dict[str, Source] = Field(default_factory=dict)
     sequences: dict[str, Sequence] = Field(default_factory=dict)
@@ -367,6 +387,11 @@ class Config(_Model):
     @property
     def templates_path(self) -> Path:
         return self.resolve(self.templates_dir)
+
+    @property
+    def forward_to(self) -> str:
+        """Where replies are forwarded: inbound.forward_to, else practice.reply_to, else practice.from_email."""
+        return self.inbound.forward_to or self.practice.reply_to or self.practice.from_email
 
     def find_step(self, sequence_id: str, step_id: str) -> tuple[Sequence, Step]:
         """A sequence and one of its steps, named on the command line (ConfigError when unknown)."""
@@ -535,6 +560,7 @@ _MODELS_BY_KEY: dict[str, type[BaseModel]] = {
     "practice": Practice,
     "delivery": Delivery,
     "tracking": Tracking,
+    "inbound": Inbound,
     "webinars": Webinar,
     "sources": Source,
     "sequences": Sequence,
@@ -601,6 +627,16 @@ def _cross_check(config: Config, lines: _LineMap, check_files: bool) -> Iterator
                     lines.line_for((*base, "steps", index, "template")),
                     (f"template {step.template!r} not found in {config.templates_dir}/: create it or fix the path"),
                 )
+    reply_address = (config.inbound.reply_address or "").lower()
+    if reply_address and config.forward_to.lower() == reply_address:
+        where = "forward_to" if config.inbound.forward_to else "reply_address"
+        yield (
+            lines.line_for(("inbound", where)),
+            (
+                f"inbound.{where}: replies would be forwarded to the reply address itself (a mail loop): "
+                "set inbound.forward_to to the therapist's own inbox"
+            ),
+        )
     if check_files and not (config.templates_path / "layout.html").is_file():
         yield (
             lines.line_for(("templates_dir",)),

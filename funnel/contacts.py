@@ -13,12 +13,12 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlmodel import Session, col
 
 from funnel.config import Config
 from funnel.errors import NotFoundError, UsageError
-from funnel.models import Consent, Contact, Enrollment, PendingTag, StepRun, Tag
+from funnel.models import Consent, Contact, Enrollment, Event, InboundMessage, PendingTag, StepRun, Tag
 from funnel.schedule import due_times
 from funnel.sources import email_hash, normalize_email
 from funnel.timeutil import isoformat_z, zone
@@ -69,10 +69,11 @@ def forget(session: Session, contact: Contact, now: datetime) -> None:
     session.execute(delete(PendingTag).where(col(PendingTag.email_hash) == contact.email_hash))
     session.execute(
         update(Enrollment)
-        .where(col(Enrollment.contact_id) == contact_id, col(Enrollment.status) == "active")
+        .where(col(Enrollment.contact_id) == contact_id, col(Enrollment.status).in_(("active", "paused")))
         .values(status="exited", end_reason="erased", ended_at=now, next_due_at=None)
     )
     session.execute(update(Enrollment).where(col(Enrollment.contact_id) == contact_id).values(webinar_start=None))
+    _forget_events_and_replies(session, contact)
     contact.email = contact.first_name = contact.last_name = contact.timezone = None
     contact.fields = {}
     contact.discreet = False
@@ -80,6 +81,22 @@ def forget(session: Session, contact: Contact, now: datetime) -> None:
     contact.erased_at = contact.suppressed_at = contact.updated_at = now
     contact.suppressed_reason = "erased"
     session.add(contact)
+
+
+def _forget_events_and_replies(session: Session, contact: Contact) -> None:
+    """SendGrid's events keep their kind and time (the figures), not the address, IP, agent or URL;
+    replies keep only that they came."""
+    from funnel.tracking import scrubbed
+
+    owned = or_(col(Event.contact_id) == contact.id, col(Event.email_hash) == contact.email_hash)
+    for event in session.scalars(select(Event).where(owned)):
+        event.raw, event.reason, event.email_hash = scrubbed(event.raw or {}), None, None
+        session.add(event)
+    session.execute(
+        update(InboundMessage)
+        .where(or_(col(InboundMessage.contact_id) == contact.id, col(InboundMessage.from_hash) == contact.email_hash))
+        .values(content={}, from_hash=None)
+    )
 
 
 def describe(session: Session, config: Config, contact: Contact) -> dict[str, Any]:
@@ -110,7 +127,33 @@ def describe(session: Session, config: Config, contact: Contact) -> dict[str, An
         "created_at": _iso(contact.created_at),
         "first_source": contact.first_source,
         "enrollments": [_enrollment(config, e, rows.get(e.id or 0, {}), tz_name) for e in enrollments],
+        "events": _events(session, contact),
+        "replies": [
+            {"received_at": _iso(r.received_at), "status": r.status, "auto_reply": r.auto_reply, "paused": r.paused}
+            for r in session.scalars(
+                select(InboundMessage)
+                .where(col(InboundMessage.contact_id) == contact.id)
+                .order_by(col(InboundMessage.received_at), col(InboundMessage.id))
+            )
+        ],
     }
+
+
+def _events(session: Session, contact: Contact) -> list[dict[str, Any]]:
+    """SendGrid's events about this person, oldest first (kind, time, which email, why)."""
+    shown = []
+    for event in session.scalars(
+        select(Event).where(col(Event.contact_id) == contact.id).order_by(col(Event.occurred_at), col(Event.id))
+    ):
+        item: dict[str, Any] = {"kind": event.kind, "at": _iso(event.occurred_at)}
+        if event.sequence:
+            item["sequence"] = event.sequence
+        if event.step_id:
+            item["step"] = event.step_id
+        if event.reason:
+            item["reason"] = event.reason
+        shown.append(item)
+    return shown
 
 
 def _enrollment(config: Config, enrollment: Enrollment, rows: dict[str, StepRun], tz_name: str) -> dict[str, Any]:
@@ -131,7 +174,8 @@ def _enrollment(config: Config, enrollment: Enrollment, rows: dict[str, StepRun]
     return {
         "sequence": enrollment.sequence,
         "status": enrollment.status,
-        "reason": enrollment.end_reason or problem,
+        "reason": enrollment.end_reason or enrollment.pause_reason or problem,
+        "paused_at": _iso(enrollment.paused_at),
         "enrolled_at": _iso(enrollment.enrolled_at),
         "webinar": enrollment.webinar,
         "webinar_start": _iso(enrollment.webinar_start),
@@ -150,7 +194,7 @@ def _zone(config: Config, name: str) -> ZoneInfo:
 
 def _step(step_id: str, row: StepRun | None, due: datetime | None, enrollment: Enrollment) -> dict[str, Any]:
     if row is None:
-        if enrollment.status == "active":
+        if enrollment.status in ("active", "paused"):
             return {"id": step_id, "status": "pending", "due_at": _iso(due)}
         return {
             "id": step_id,
@@ -186,6 +230,16 @@ def export(session: Session, config: Config, contact: Contact) -> dict[str, Any]
     data["consents"] = [
         {"source": c.source, "given_at": _iso(c.given_at), "ip": c.ip, "user_agent": c.user_agent}
         for c in session.scalars(select(Consent).where(col(Consent.contact_id) == contact.id).order_by(col(Consent.id)))
+    ]
+    data["event_details"] = [
+        {"kind": e.kind, "at": _iso(e.occurred_at), "received_at": _iso(e.received_at), "raw": e.raw}
+        for e in session.scalars(select(Event).where(col(Event.contact_id) == contact.id).order_by(col(Event.id)))
+    ]
+    data["reply_details"] = [
+        {"received_at": _iso(r.received_at), "status": r.status, "content": r.content}
+        for r in session.scalars(
+            select(InboundMessage).where(col(InboundMessage.contact_id) == contact.id).order_by(col(InboundMessage.id))
+        )
     ]
     return data
 

@@ -329,7 +329,7 @@ def _enroll(
         result.sequences[sequence] = result.sequences.get(sequence, 0) + len(new)
     for contact_id, (enrollment_id, status, current) in existing.items():
         start_at = eligible[contact_id].webinar_start
-        if status == "active" and start_at is not None and (current is None or start_at > current):
+        if status in ("active", "paused") and start_at is not None and (current is None or start_at > current):
             reschedule(session, config, enrollment_id, sequence, source.webinar, start_at, now)
             result.rescheduled += 1
 

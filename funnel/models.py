@@ -122,7 +122,7 @@ class Enrollment(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     contact_id: int = Field(foreign_key="contacts.id", index=True)
     sequence: str
-    status: str = "active"  # active | finished | exited
+    status: str = "active"  # active | paused | finished | exited
     enrolled_at: datetime = Field(sa_type=UTCDateTime)
     source: str | None = None
     webinar: str | None = None
@@ -130,6 +130,9 @@ class Enrollment(SQLModel, table=True):
     next_due_at: datetime | None = _when()
     ended_at: datetime | None = _when()
     end_reason: str | None = None
+    #: status `paused` (she wrote back): when, and why; `funnel contacts resume` clears them
+    paused_at: datetime | None = _when()
+    pause_reason: str | None = None
 
 
 class StepRun(SQLModel, table=True):
@@ -232,3 +235,58 @@ class Setting(SQLModel, table=True):
 
     key: str = Field(primary_key=True)
     value: str
+
+
+class Event(SQLModel, table=True):
+    """One event SendGrid posted to the webhook, stored once (`sg_event_id` is unique).
+
+    `kind` is our own name (funnel.tracking.EventKind). The send is found
+    through the custom args the transport sent (`send_id` -> step_runs), the
+    contact through the step run or, failing that, the address hash. `raw`
+    is the event as it came; `forget` blanks its personal fields (address,
+    IP, user agent, URL, server reason).
+    """
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_kind_time", "kind", "occurred_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    sg_event_id: str = Field(unique=True)
+    kind: str
+    occurred_at: datetime = Field(sa_type=UTCDateTime)
+    received_at: datetime = Field(sa_type=UTCDateTime)
+    contact_id: int | None = Field(default=None, foreign_key="contacts.id", index=True)
+    #: no foreign key: a step run never sent may be deleted (given back), an event must not block that
+    step_run_id: int | None = Field(default=None, index=True)
+    send_id: str | None = None
+    sequence: str | None = None
+    step_id: str | None = None
+    email_hash: str | None = Field(default=None, index=True)
+    reason: str | None = None
+    raw: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+
+
+class InboundMessage(SQLModel, table=True):
+    """A reply that came in through SendGrid Inbound Parse, stored before it is forwarded.
+
+    `message_key` is the Message-ID (or a digest when there is none), unique,
+    so a POST that SendGrid retries is recognised and forwarded only once.
+    `content` holds what the forward needs (sender, subject, text, html) and is
+    emptied once the forward has gone out: the therapist's inbox keeps the
+    words, the database only that a reply came and when.
+    status: stored | forwarded | failed (the forward did not go out; SendGrid's retry tries again)
+    """
+
+    __tablename__ = "inbound_messages"
+
+    id: int | None = Field(default=None, primary_key=True)
+    message_key: str = Field(unique=True)
+    contact_id: int | None = Field(default=None, foreign_key="contacts.id", index=True)
+    from_hash: str | None = Field(default=None, index=True)
+    received_at: datetime = Field(sa_type=UTCDateTime)
+    status: str = "stored"
+    auto_reply: bool = False
+    paused: int = 0
+    forwarded_at: datetime | None = _when()
+    forward_error: str | None = None
+    content: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)

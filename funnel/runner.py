@@ -804,11 +804,13 @@ def compose_email(
     assert contact.email is not None
     # cleaned again here: a name stored by an older version may hold a line break
     display = clean_line(" ".join(p for p in (contact.first_name, contact.last_name) if p)) or None
+    # replies go to the Inbound Parse address when there is one (they pause the person's sequences)
+    reply_address = config.inbound.reply_address or practice.reply_to
     return OutgoingEmail(
         send_id=send_id,
         sender=Address(practice.from_email, sender_name),
         to=Address(contact.email, display),
-        reply_to=Address(practice.reply_to) if practice.reply_to else None,
+        reply_to=Address(reply_address) if reply_address else None,
         subject=rendered.subject,
         text=rendered.text,
         html=rendered.html,

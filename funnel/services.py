@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
@@ -24,7 +24,7 @@ from funnel.contacts import find_contact
 from funnel.db import database_url, make_engine
 from funnel.errors import ConfigError
 from funnel.ingest import IngestResult, apply_rows
-from funnel.models import Contact, Enrollment, Run, StepRun, Tag
+from funnel.models import Contact, Enrollment, StepRun, Tag
 from funnel.preview import render_sample, sample_unsubscribe_url
 from funnel.render import Rendered, Renderer
 from funnel.runner import compose_email, contact_zone, render_for
@@ -190,54 +190,11 @@ def _plan_page(
 # --------------------------------------------------------------------------- report
 
 
-STEP_COUNTS = ("sent", "delivered", "opened", "clicked", "bounced", "unsubscribed", "failed", "skipped", "unknown")
-
-
 def report(config: Config, engine: Engine, since: datetime | None) -> dict[str, Any]:
-    """Per sequence and step: what happened (events arrive with the webhook issue)."""
-    with Session(engine) as session:
-        enrollment_counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        query = select(col(Enrollment.sequence), col(Enrollment.status), func.count()).group_by(
-            col(Enrollment.sequence), col(Enrollment.status)
-        )
-        if since:
-            query = query.where(col(Enrollment.enrolled_at) >= since)
-        for sequence, status, count in session.execute(query):
-            enrollment_counts[sequence][status] += count
-        step_counts: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        query2 = select(col(StepRun.sequence), col(StepRun.step_id), col(StepRun.status), func.count()).group_by(
-            col(StepRun.sequence), col(StepRun.step_id), col(StepRun.status)
-        )
-        if since:
-            query2 = query2.where(col(StepRun.decided_at) >= since)
-        for sequence, step_id, status, count in session.execute(query2):
-            key = "unknown" if status == "sending" else status
-            step_counts[(sequence, step_id)][key] += count
-        last_run = session.scalars(select(Run).order_by(col(Run.id).desc()).limit(1)).first()
-    sequences: list[dict[str, Any]] = []
-    for sid, sequence in config.sequences.items():
-        counts = enrollment_counts.get(sid, {})
-        steps = []
-        for step in sequence.steps:
-            got = step_counts.get((sid, step.id), {})
-            steps.append({"id": step.id, **{name: got.get(name, 0) for name in STEP_COUNTS}})
-        sequences.append(
-            {
-                "id": sid,
-                "name": sequence.name or sid,
-                "enrolled": sum(counts.values()),
-                "active": counts.get("active", 0),
-                "finished": counts.get("finished", 0),
-                "exited": counts.get("exited", 0),
-                "steps": steps,
-            }
-        )
-    return {
-        "since": isoformat_z(since) if since else None,
-        "last_run": isoformat_z(last_run.started_at) if last_run else None,
-        "sequences": sequences,
-        "unknown": sum(s["unknown"] for seq in sequences for s in seq["steps"]),
-    }
+    """Per sequence and step: what happened (the figures live in funnel.report)."""
+    from funnel.report import figures
+
+    return figures(config, engine, since)
 
 
 # --------------------------------------------------------------------------- suppressions
