@@ -250,7 +250,9 @@ class Runner:
                 report["status"] = "missing"
                 continue
             try:
-                read = read_source_file(name, source, path, practice_tz, previous)
+                read = read_source_file(
+                    name, source, path, practice_tz, previous, webinar_tz=self.config.start_zone(source)
+                )
             except SourceError as exc:
                 report["status"] = "error"
                 self.summary.problems.append(str(exc))

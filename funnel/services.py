@@ -51,7 +51,9 @@ def import_file(
         raise ConfigError(f"no source {source_name!r} in {config.path.name}: known: {', '.join(config.sources)}")
     if source.format == "form":
         raise ConfigError(f"source {source_name!r} is a form: its rows arrive through `funnel serve`")
-    read = read_source_file(source_name, source, path, zone(config.practice.timezone), None)
+    read = read_source_file(
+        source_name, source, path, zone(config.practice.timezone), None, webinar_tz=config.start_zone(source)
+    )
     with Session(engine, expire_on_commit=False) as session:
         result = apply_rows(session, config, source_name, source, read.rows, now)
         session.commit()

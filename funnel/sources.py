@@ -93,9 +93,19 @@ def fingerprint(data: bytes, lines: int = 0) -> Fingerprint:
 
 
 def read_source_file(
-    name: str, source: Source, path: Path, practice_tz: ZoneInfo, previous: Fingerprint | None
+    name: str,
+    source: Source,
+    path: Path,
+    practice_tz: ZoneInfo,
+    previous: Fingerprint | None,
+    *,
+    webinar_tz: ZoneInfo | None = None,
 ) -> FileRead:
-    """Read a file source, skipping what `previous` already covered."""
+    """Read a file source, skipping what `previous` already covered.
+
+    `webinar_tz` is where a webinar start without an offset is read
+    (`Config.start_zone`); None reads it in each registrant's own zone (evergreen).
+    """
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -132,7 +142,7 @@ def read_source_file(
             where = {k.strip().lower(): v for k, v in source.where.items()}
             _require_columns(name, source, path, {h.strip().lower(): h for h in header}, where)
     raw = _csv_rows(path, text, tail, first_line) if source.format == "csv" else _jsonl_rows(tail, first_line)
-    _map_rows(name, source, path, raw, practice_tz, result)
+    _map_rows(name, source, path, raw, practice_tz, result, webinar_tz)
     result.fingerprint = Fingerprint(current.size, current.sha256, text.count("\n") + (0 if text.endswith("\n") else 1))
     return result
 
@@ -206,6 +216,7 @@ def _map_rows(
     raw: Iterator[tuple[int, dict[str, str] | str]],
     practice_tz: ZoneInfo,
     result: FileRead,
+    webinar_tz: ZoneInfo | None = None,
 ) -> None:
     # columns seen: a csv's header (every row has it); for jsonl, the keys of any object,
     # since one object may leave a key out while the others have it
@@ -223,7 +234,7 @@ def _map_rows(
             continue
         values = {fld: lowered.get(header.strip().lower(), "") for fld, header in source.columns.items()}
         try:
-            result.rows.append(_to_signup(line, values, practice_tz, result))
+            result.rows.append(_to_signup(line, values, practice_tz, result, webinar_tz))
         except ValueError as exc:
             result.problems.append(RowProblem(line, str(exc)))
     if lookup:
@@ -245,7 +256,9 @@ def _require_columns(name: str, source: Source, path: Path, lookup: dict[str, st
             )
 
 
-def _to_signup(line: int, values: dict[str, str], practice_tz: ZoneInfo, result: FileRead) -> SignupRow:
+def _to_signup(
+    line: int, values: dict[str, str], practice_tz: ZoneInfo, result: FileRead, webinar_tz: ZoneInfo | None = None
+) -> SignupRow:
     address = values.get("email", "")
     if not address:
         raise ValueError("no email address: fill it in or delete the row")
@@ -263,7 +276,9 @@ def _to_signup(line: int, values: dict[str, str], practice_tz: ZoneInfo, result:
             tz_name = None
     start = None
     if values.get("webinar_start"):
-        start = parse_instant(values["webinar_start"], tz)
+        # a live webinar is one moment: a start without an offset is read in the
+        # webinar's zone; an evergreen one (webinar_tz None) in the registrant's own
+        start = parse_instant(values["webinar_start"], webinar_tz or tz)
     discreet = None
     if "discreet" in values:
         discreet = values["discreet"].strip().lower() in TRUTHY

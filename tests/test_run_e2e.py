@@ -152,8 +152,9 @@ def test_weeks_of_cron_runs_follow_every_rule(project: Project, funnel) -> None:
     for message in by_key["grace@example.test"]:
         if message["Subject"].startswith("Tomorrow"):
             sent_at = parsedate_to_datetime(message["Date"])
-            # 2027-01-27 19:00 in New York, the day before her *new* webinar
-            assert sent_at == datetime(2027, 1, 28, 0, 0, tzinfo=UTC)
+            # the webinar is 19:00 in Denver (the webinar's zone), 21:00 in New York:
+            # 2027-01-27 21:00 in New York, the day before her *new* webinar
+            assert sent_at == datetime(2027, 1, 28, 2, 0, tzinfo=UTC)
 
     # non-transactional mail only goes out inside 08:00-20:00 in the reader's timezone
     zones = {
@@ -329,3 +330,22 @@ def test_a_removed_step_is_never_sent(project: Project, funnel) -> None:
     assert [s for _, _, s in project.sent()] == ["received", "what-to-expect"]
     shown = funnel("contacts", "show", "ana@example.test", "--json").json()
     assert shown["enrollments"][0]["status"] == "finished"
+
+
+def test_a_live_webinar_is_one_moment_each_reader_sees_it_in_her_own_zone(example_project: Project, funnel) -> None:
+    """hana (Los Angeles) and grace (New York) register for 2027-01-21 19:00 Denver time (grace's row has an offset)."""
+    assert funnel("run", "--now", "2026-12-01T16:00:00Z").code == 0
+    assert funnel("run", "--now", "2027-01-21T02:00:00Z").code == 0  # the day before, 19:00 Denver
+    # an hour before 19:00 MST (02:00Z): 5:00 PM in Los Angeles, 8:00 PM in New York
+    result = funnel("run", "--now", "2027-01-22T01:00:00Z", "--json")
+    assert result.code == 0, result.err
+    hour_before = {
+        str(m["To"].addresses[0].addr_spec): m
+        for m in example_project.messages()
+        if parsedate_to_datetime(m["Date"]) == datetime(2027, 1, 22, 1, 0, tzinfo=UTC)
+    }
+    assert set(hour_before) == {"hana.sato@example.test", "grace.okafor@example.test"}
+    assert "at 6:00 PM PST." in hour_before["hana.sato@example.test"].get_body(("plain",)).get_content()
+    assert "at 9:00 PM EST." in hour_before["grace.okafor@example.test"].get_body(("plain",)).get_content()
+    shown = funnel("contacts", "show", "hana.sato@example.test", "--json").json()
+    assert shown["enrollments"][0]["webinar_start"] == "2027-01-22T02:00:00Z"
