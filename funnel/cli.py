@@ -300,7 +300,7 @@ def plan(config_path: Path | None, debug: bool, now: datetime, as_json: bool, da
         else:
             _print_changes(result)
         return
-    items = services.plan(config, engine, now, days)
+    items = services.plan(config, engine, now, days, goal_skips=not as_json)
     if as_json:
         _print_json(items)
         return
@@ -308,10 +308,11 @@ def plan(config_path: Path | None, debug: bool, now: datetime, as_json: bool, da
         click.echo(f"nothing to send in the next {days} days")
         return
     table = Table(show_header=True, header_style="bold", box=None)
-    for column in ("when (UTC)", "email", "sequence", "step"):
+    for column in ("when (UTC)", "email", "sequence", "step", "note"):
         table.add_column(column)
     for item in items:
-        table.add_row(item["at"], item["email"] or "", item["sequence"], item["step"])
+        note = f"not sent: {item['skipped']}" if item.get("skipped") else ""
+        table.add_row(item["at"], item["email"] or "", item["sequence"], item["step"], note)
     _stdout().print(table)
 
 
@@ -466,6 +467,8 @@ def contacts_show(config_path: Path | None, debug: bool, as_json: bool, email: s
     out.print(f"status: {state}; timezone {data['timezone']}; tags: {', '.join(data['tags']) or 'none'}")
     for enrollment in data["enrollments"]:
         reason = f" ({enrollment['reason']})" if enrollment["reason"] else ""
+        if enrollment.get("goal"):
+            reason = f" ({enrollment['goal']}: no more letters; confirmations and reminders still go)"
         out.print(
             f"\n[bold]{enrollment['sequence']}[/]: {enrollment['status']}{reason}, enrolled {enrollment['enrolled_at']}"
         )

@@ -18,7 +18,7 @@ from sqlmodel import Session, col
 from funnel.config import Config
 from funnel.errors import NotFoundError, UsageError
 from funnel.models import Contact, Enrollment, StepRun, Tag
-from funnel.schedule import due_times
+from funnel.schedule import due_times, goal_reached
 from funnel.sources import email_hash, normalize_email
 from funnel.timeutil import isoformat_z, zone
 
@@ -99,18 +99,29 @@ def describe(session: Session, config: Config, contact: Contact) -> dict[str, An
         "suppressed_reason": contact.suppression,
         "created_at": _iso(contact.created_at),
         "first_source": contact.first_source,
-        "enrollments": [_enrollment(config, e, rows.get(e.id or 0, {}), tz_name) for e in enrollments],
+        "enrollments": [
+            _enrollment(config, e, rows.get(e.id or 0, {}), tz_name, frozenset(t.tag for t in tags))
+            for e in enrollments
+        ],
     }
 
 
-def _enrollment(config: Config, enrollment: Enrollment, rows: dict[str, StepRun], tz_name: str) -> dict[str, Any]:
+def _enrollment(
+    config: Config, enrollment: Enrollment, rows: dict[str, StepRun], tz_name: str, tags: frozenset[str] = frozenset()
+) -> dict[str, Any]:
     sequence = config.sequences.get(enrollment.sequence)
     steps: list[dict[str, Any]] = []
     dues: dict[str, datetime | None] = {}
+    goal = None
     if sequence is not None:
         dues = due_times(sequence, enrollment.enrolled_at, enrollment.webinar_start, zone(tz_name))
+        goal = goal_reached(sequence, tags) if enrollment.status == "active" else None
         for step in sequence.steps:
-            steps.append(_step(step.id, rows.get(step.id), dues.get(step.id), enrollment))
+            shown = _step(step.id, rows.get(step.id), dues.get(step.id), enrollment)
+            if goal and shown["status"] == "pending" and not step.transactional:
+                # the goal ends the marketing steps at their time; transactional ones still go
+                shown["reason"] = f"{goal}: will not be sent"
+            steps.append(shown)
     # steps that were acted on but are no longer in sequences.yaml
     known = {s["id"] for s in steps}
     steps.extend(_step(sid, row, row.due_at, enrollment) for sid, row in rows.items() if sid not in known)
@@ -122,6 +133,7 @@ def _enrollment(config: Config, enrollment: Enrollment, rows: dict[str, StepRun]
         "webinar": enrollment.webinar,
         "webinar_start": _iso(enrollment.webinar_start),
         "next_due_at": _iso(enrollment.next_due_at),
+        "goal": goal,
         "steps": steps,
     }
 

@@ -123,6 +123,8 @@ class _Pending:
     outstanding: int
     finished_if_sent: bool
     retry_later: bool = False
+    #: the sequence's goal was reached: finishing ends it as exited, without `next`
+    goal: str | None = None
 
 
 class Runner:
@@ -434,12 +436,14 @@ class Runner:
             return evaluation.contact or state
         enrollment.next_due_at = evaluation.wake_at
         if evaluation.sends:
-            self._pending[enrollment.id or 0] = _Pending(enrollment, enrollment.sequence, 0, evaluation.finished)
+            self._pending[enrollment.id or 0] = _Pending(
+                enrollment, enrollment.sequence, 0, evaluation.finished, goal=evaluation.goal
+            )
             claims.extend(
                 _Claim(contact, enrollment, sequence, send, rows.get(send.step.id), rows) for send in evaluation.sends
             )
         elif evaluation.finished:
-            self._complete(enrollment, sequence)
+            self._complete(enrollment, sequence, evaluation.goal)
         return evaluation.contact or state
 
     def _record_skip(self, enrollment: Enrollment, skip: schedule.Skip, rows: dict[str, StepRun]) -> None:
@@ -611,10 +615,14 @@ class Runner:
         if pending.finished_if_sent:
             sequence = self.config.sequences.get(pending.sequence_id)
             if sequence is not None:
-                self._complete(enrollment, sequence)
+                self._complete(enrollment, sequence, pending.goal)
 
-    def _complete(self, enrollment: Enrollment, sequence: Sequence) -> None:
-        """Every step has an outcome: finish, and start the `next` sequence."""
+    def _complete(self, enrollment: Enrollment, sequence: Sequence, goal: str | None = None) -> None:
+        """Every step has an outcome: finish, and start the `next` sequence (not when its goal was reached)."""
+        if goal:
+            self._end(enrollment, "exited", goal)
+            self.summary.exited += 1
+            return
         self._end(enrollment, "finished", None)
         self.summary.finished += 1
         if not sequence.next or sequence.next not in self.config.sequences:

@@ -106,8 +106,12 @@ def send_test(config: Config, sequence_id: str, step_id: str, to: str, now: date
 # --------------------------------------------------------------------------- plan
 
 
-def plan(config: Config, engine: Engine, now: datetime, days: int) -> list[dict[str, Any]]:
-    """What would be sent to whom and when in the next `days` days (writes nothing)."""
+def plan(config: Config, engine: Engine, now: datetime, days: int, *, goal_skips: bool = False) -> list[dict[str, Any]]:
+    """What would be sent to whom and when in the next `days` days (writes nothing).
+
+    With `goal_skips`, the marketing steps that a reached goal (`exit_on_tags`)
+    will skip are listed too, with `skipped` saying why.
+    """
     until = now + timedelta(days=days)
     out: list[dict[str, Any]] = []
     with Session(engine) as session:
@@ -130,7 +134,7 @@ def plan(config: Config, engine: Engine, now: datetime, days: int) -> list[dict[
             if not contacts:
                 break
             last_id = contacts[-1].id or last_id
-            out.extend(_plan_page(session, config, contacts, introduced, now, until))
+            out.extend(_plan_page(session, config, contacts, introduced, now, until, goal_skips))
     out.sort(key=lambda item: (item["at"], item["email"] or "", item["sequence"], item["step"]))
     return out
 
@@ -142,6 +146,7 @@ def _plan_page(
     introduced: dict[str, dict[str, datetime]],
     now: datetime,
     until: datetime,
+    goal_skips: bool = False,
 ) -> list[dict[str, Any]]:
     ids = [c.id for c in contacts]
     tags: dict[int, set[str]] = defaultdict(set)
@@ -176,11 +181,17 @@ def _plan_page(
             for e in enrollments[contact.id or 0]
             if e.sequence in config.sequences
         }
-        for item in schedule.project(sequences, state, now, until, config.delivery):
+        for item in schedule.project(sequences, state, now, until, config.delivery, goal_skips=goal_skips):
             if item.at <= until:
-                out.append(
-                    {"email": contact.email, "sequence": item.sequence, "step": item.step, "at": isoformat_z(item.at)}
-                )
+                planned = {
+                    "email": contact.email,
+                    "sequence": item.sequence,
+                    "step": item.step,
+                    "at": isoformat_z(item.at),
+                }
+                if item.skipped:
+                    planned["skipped"] = item.skipped
+                out.append(planned)
     return out
 
 

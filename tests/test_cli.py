@@ -106,7 +106,8 @@ def test_preview_for_a_real_contact(project: Project, funnel) -> None:
     funnel("run", "--now", NOW)
     result = funnel("preview", "webinar-relationship-911", "day-before", "--email", "ana@example.test", "--out", "pv")
     assert result.code == 0, result.err
-    assert "Subject: Tomorrow at 7:00 PM EST" in result.out
+    # 19:00 in the webinar's zone (Denver), told in hers
+    assert "Subject: Tomorrow at 9:00 PM EST" in result.out
     text = (project.root / "pv" / "webinar-relationship-911--day-before.txt").read_text()
     assert "Ana" in text
 

@@ -468,6 +468,9 @@ def test_utf8_bom_in_config_is_accepted(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- webinars: one moment, evergreen, calendar
 
+HELLO_END = "template: hello.md\n      - id: reminder"
+CALENDAR_HELLO = "template: hello.md\n        calendar: true\n      - id: reminder"
+
 
 def test_a_webinar_start_is_read_in_the_webinars_zone_by_default_the_practices(tmp_path: Path) -> None:
     config = load_config(write_project(tmp_path))
@@ -477,9 +480,11 @@ def test_a_webinar_start_is_read_in_the_webinars_zone_by_default_the_practices(t
     config = load_config(
         write_project(
             tmp_path,
-            replace={"join_url: https://practice.test/join": (
-                "join_url: https://practice.test/join\n    timezone: America/New_York\n    duration: 90m"
-            )},
+            replace={
+                "join_url: https://practice.test/join": (
+                    "join_url: https://practice.test/join\n    timezone: America/New_York\n    duration: 90m"
+                )
+            },
         )
     )
     assert config.start_zone(source) == ZoneInfo("America/New_York")
@@ -512,7 +517,7 @@ def test_calendar_is_allowed_on_steps_of_webinar_sequences_also_through_next(tmp
     path = write_project(
         tmp_path,
         replace={
-            "template: hello.md\n      - id: reminder": "template: hello.md\n        calendar: true\n      - id: reminder",
+            HELLO_END: CALENDAR_HELLO,
             'subject: "Later"\n': 'subject: "Later"\n        calendar: true\n',
         },
     )
@@ -527,7 +532,7 @@ def test_calendar_on_a_sequence_without_a_webinar_is_refused_with_its_line(tmp_p
         replace={
             "    webinar: intro\n": "",
             "columns: {email: Email, first_name: First Name, webinar_start: Start}": "columns: {email: Email}",
-            "template: hello.md\n      - id: reminder": "template: hello.md\n        calendar: true\n      - id: reminder",
+            HELLO_END: CALENDAR_HELLO,
         },
     )
     problem = only_problem(path)

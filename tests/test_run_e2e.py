@@ -34,17 +34,19 @@ def test_first_run_sends_what_is_due_and_a_second_run_at_the_same_time_sends_not
     assert first.code == 0, first.err
     summary = first.json()
     assert summary["rejected"] == 1  # the row with `not-an-email`
-    assert summary["sent"] == 9  # 6 registration confirmations + 3 consultation receipts
+    # 7 registration confirmations (beth too: she also asked for a consultation, and a goal
+    # keeps the confirmation of what she signed up for) + 3 consultation receipts
+    assert summary["sent"] == 10
     assert summary["failed"] == 0
     for key in ("imported", "rejected", "enrolled", "sent", "skipped", "failed"):
         assert key in summary
     files = sorted(example_project.outbox.glob("*.eml"))
-    assert len(files) == 9
+    assert len(files) == 10
     again = funnel("run", "--now", "2026-12-01T16:00:00Z", "--json")
     assert again.code == 0
     assert again.json()["sent"] == 0
     assert again.json()["imported"] == 0
-    assert len(list(example_project.outbox.glob("*.eml"))) == 9
+    assert len(list(example_project.outbox.glob("*.eml"))) == 10
 
 
 def test_same_address_in_any_case_is_one_contact(example_project: Project, funnel) -> None:
@@ -208,30 +210,110 @@ def test_an_outage_skips_stale_mail_instead_of_flooding(project: Project, funnel
     assert [s for _, _, s in project.sent()] == ["registered"]
 
 
-def test_goal_reached_leaves_the_sequence(project: Project, funnel) -> None:
+def test_reaching_the_goal_keeps_the_reminders_and_ends_the_letters(project: Project, funnel) -> None:
     project.write("signups/webinar-registrations.csv", HEADER + f"ana@example.test,Ana,,{WEBINAR_A},America/Denver,\n")
     funnel("run", "--now", "2027-01-10T16:00:00Z")
     project.write(
         "signups/consultation-requests.jsonl", '{"email": "ANA@example.test", "name": "Ana", "message": "hi"}\n'
     )
     funnel("run", "--now", "2027-01-11T16:00:00Z")
-    funnel("run", "--now", "2027-01-14T02:00:00Z")
+    goal = "goal reached: tag consultation-requested"
+
+    # contacts show says so: the reminders still go, the letters will not
+    shown = funnel("contacts", "show", "ana@example.test", "--json").json()
+    webinar = next(e for e in shown["enrollments"] if e["sequence"] == "webinar-relationship-911")
+    assert webinar["status"] == "active" and webinar["goal"] == goal
+    steps = {s["id"]: s for s in webinar["steps"]}
+    assert steps["day-before"]["status"] == "pending" and "reason" not in steps["day-before"]
+    assert steps["hour-before"]["status"] == "pending" and "reason" not in steps["hour-before"]
+    for step_id in ("replay", "thank-you", "consultation-invite"):
+        assert steps[step_id]["reason"] == f"{goal}: will not be sent"
+    text = funnel("contacts", "show", "ana@example.test").out
+    assert f"{goal}: no more letters; confirmations and reminders still go" in text
+    assert f"replay                   pending  2027-01-15T05:00:00Z - {goal}: will not be sent" in text
+
+    # plan lists the reminders, and says why the letters do not go
+    plan = funnel("plan", "--now", "2027-01-11T16:00:00Z", "--days", "14")
+    assert plan.code == 0, plan.err
+    lines = [line for line in plan.out.splitlines() if "webinar-relationship-911" in line]
+    assert [line.split()[3] for line in lines] == [
+        "day-before",
+        "hour-before",
+        "replay",
+        "thank-you",
+        "consultation-invite",
+    ]
+    assert all(line.rstrip().endswith(f"not sent: {goal}") for line in lines[2:])
+    assert not any("not sent" in line for line in lines[:2])
+    planned = funnel("plan", "--now", "2027-01-11T16:00:00Z", "--days", "14", "--json").json()
+    assert [i["step"] for i in planned if i["sequence"] == "webinar-relationship-911"] == ["day-before", "hour-before"]
+
+    for now in ("2027-01-14T02:00:00Z", "2027-01-15T01:00:00Z", "2027-01-15T15:00:00Z", "2027-01-20T16:00:00Z"):
+        assert funnel("run", "--now", now).code == 0
+    sent = [(seq, step) for to, seq, step in project.sent() if to == "ana@example.test"]
+    assert [step for seq, step in sent if seq == "webinar-relationship-911"] == [
+        "registered",
+        "day-before",
+        "hour-before",
+    ]
+    assert ("consultation", "received") in sent
     shown = funnel("contacts", "show", "ana@example.test", "--json").json()
     by_sequence = {e["sequence"]: e for e in shown["enrollments"]}
     assert by_sequence["webinar-relationship-911"]["status"] == "exited"
-    assert by_sequence["webinar-relationship-911"]["reason"] == "tag consultation-requested"
-    assert "consultation-requested" in shown["tags"]
-    assert ("ana@example.test", "webinar-relationship-911", "day-before") not in project.sent()
-    assert ("ana@example.test", "consultation", "received") in project.sent()
+    assert by_sequence["webinar-relationship-911"]["reason"] == goal
+    steps = {s["id"]: s for s in by_sequence["webinar-relationship-911"]["steps"]}
+    assert {k: (v["status"], v.get("reason")) for k, v in steps.items()} == {
+        "registered": ("sent", None),
+        "day-before": ("sent", None),
+        "hour-before": ("sent", None),
+        "replay": ("skipped", goal),
+        "thank-you": ("skipped", goal),
+        "consultation-invite": ("skipped", goal),
+    }
+    assert "betrayal-recovery" not in by_sequence  # the goal also ends the `next:` chain
+
+
+def test_beth_registers_and_asks_for_a_consultation_and_still_gets_her_confirmation(
+    example_project: Project, funnel
+) -> None:
+    assert funnel("run", "--now", "2026-12-01T16:00:00Z").code == 0
+    beth = [(seq, step) for to, seq, step in example_project.sent() if to == "beth.nguyen@example.test"]
+    assert sorted(beth) == [("consultation", "received"), ("webinar-relationship-911", "registered")]
+
+
+def test_plan_changes_says_when_a_reached_goal_means_no_change(project: Project, funnel) -> None:
+    project.write("signups/webinar-registrations.csv", HEADER + f"ana@example.test,Ana,,{WEBINAR_A},America/Denver,\n")
+    project.write("signups/consultation-requests.jsonl", '{"email": "ana@example.test", "name": "Ana"}\n')
+    funnel("run", "--now", "2027-01-10T16:00:00Z")
+    config = (project.root / "sequences.yaml").read_text()
+    config = config.replace("        webinar: -1h\n", "        webinar: -2h\n")
+    config = config.replace(
+        "      - id: replay\n",
+        "      - id: extra-letter\n        webinar: +1d\n"
+        '        subject: "More"\n        template: webinar/replay.md\n      - id: replay\n',
+    )
+    (project.root / "sequences.yaml").write_text(config)
+    result = funnel("plan", "--changes", "--now", "2027-01-10T17:00:00Z", "--json")
+    assert result.code == 0, result.err
+    changes = {(c["step"], c["change"]): c["people"] for c in result.json()["steps"]}
+    # the reminder is transactional: it still goes, at its new time
+    assert changes[("hour-before", "retimed")] == [
+        {"email": "ana@example.test", "effect": "moves from 2027-01-15T01:00:00Z to 2027-01-15T00:00:00Z"}
+    ]
+    assert changes[("extra-letter", "added")] == [
+        {"email": "ana@example.test", "effect": "would not get it: goal reached: tag consultation-requested"}
+    ]
+    text = funnel("plan", "--changes", "--now", "2027-01-10T17:00:00Z").out
+    assert "ana@example.test: would not get it: goal reached: tag consultation-requested" in text
 
 
 def test_dry_run_writes_nothing(example_project: Project, funnel) -> None:
     result = funnel("run", "--now", "2026-12-01T16:00:00Z", "--dry-run", "--json")
     assert result.code == 0
-    assert result.json()["sent"] == 9
+    assert result.json()["sent"] == 10
     assert not example_project.outbox.exists()
     real = funnel("run", "--now", "2026-12-01T16:00:00Z", "--json")
-    assert real.json()["sent"] == 9
+    assert real.json()["sent"] == 10
     assert real.json()["imported"] == 13
 
 
