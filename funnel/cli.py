@@ -424,7 +424,7 @@ def import_(config_path: Path | None, debug: bool, now: datetime, as_json: bool,
 
 @cli.group()
 def contacts() -> None:
-    """Look up, unsubscribe, resubscribe, export or erase one person."""
+    """Look up, tag, unsubscribe, resubscribe, export or erase one person."""
 
 
 def _with_contact(config_path: Path | None, address: str, action: Callable[..., Any]) -> Any:
@@ -506,6 +506,48 @@ def contacts_resubscribe(config_path: Path | None, debug: bool, now: datetime, e
 
     changed = _with_contact(config_path, email, lambda s, c, contact: resubscribe(s, contact, now))
     click.echo(f"{email}: resubscribed" if changed else f"{email}: was not unsubscribed")
+
+
+@contacts.command("tag")
+@common
+@now_option
+@click.argument("email")
+@click.argument("tags", nargs=-1, required=True)
+def contacts_tag(config_path: Path | None, debug: bool, now: datetime, email: str, tags: tuple[str, ...]) -> None:
+    """Add tags by hand, e.g. `client` or `consultation-held` (ends the letters whose exit_on_tags name it).
+
+    Example: funnel contacts tag ana@example.com client
+    """
+    from funnel.contacts import add_tags, check_tags
+
+    for note in check_tags(_config(config_path), tags):
+        click.echo(note, err=True)
+    added = _with_contact(config_path, email, lambda s, c, contact: add_tags(s, contact, tags, now))
+    already = [t for t in tags if t not in added]
+    parts = ([f"tagged {', '.join(added)}"] if added else []) + (
+        [f"already tagged {', '.join(already)}"] if already else []
+    )
+    click.echo(f"{email}: {'; '.join(parts)}")
+
+
+@contacts.command("untag")
+@common
+@click.argument("email")
+@click.argument("tags", nargs=-1, required=True)
+def contacts_untag(config_path: Path | None, debug: bool, email: str, tags: tuple[str, ...]) -> None:
+    """Remove tags by hand (a step already skipped because of a tag stays skipped).
+
+    Example: funnel contacts untag ana@example.com client
+    """
+    from funnel.contacts import check_tags, remove_tags
+
+    check_tags(_config(config_path), tags)
+    removed = _with_contact(config_path, email, lambda s, c, contact: remove_tags(s, contact, tags))
+    missing = [t for t in dict.fromkeys(tags) if t not in removed]
+    parts = ([f"untagged {', '.join(removed)}"] if removed else []) + (
+        [f"was not tagged {', '.join(missing)}"] if missing else []
+    )
+    click.echo(f"{email}: {'; '.join(parts)}")
 
 
 @contacts.command("export")

@@ -9,6 +9,9 @@ data) so the practice's figures do not change.
 
 from __future__ import annotations
 
+import difflib
+import re
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -51,6 +54,56 @@ def resubscribe(session: Session, contact: Contact, now: datetime) -> bool:
     contact.unsubscribed_at, contact.unsubscribed_via, contact.updated_at = None, None, now
     session.add(contact)
     return True
+
+
+#: what a tag may look like: lower case letters, digits, `-`, `_` and `.` (tags are compared exactly)
+TAG_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+def known_tags(config: Config) -> set[str]:
+    """Every tag sequences.yaml sets or looks at (sources, exit_on_tags, if_tags, unless_tags)."""
+    tags = {tag for source in config.sources.values() for tag in source.tags}
+    for sequence in config.sequences.values():
+        tags.update(sequence.exit_on_tags)
+        for step in sequence.steps:
+            tags.update(step.if_tags)
+            tags.update(step.unless_tags)
+    return tags
+
+
+def check_tags(config: Config, tags: Iterable[str]) -> list[str]:
+    """Validate tags typed by hand (UsageError, exit 2); returns a note for each tag sequences.yaml never uses."""
+    notes = []
+    known = known_tags(config)
+    for tag in tags:
+        if not TAG_PATTERN.match(tag):
+            raise UsageError(
+                f"{tag!r} is not a tag: write it in lower case letters, digits and dashes, e.g. client "
+                "(tags are matched exactly)"
+            )
+        if tag not in known:
+            hint = difflib.get_close_matches(tag, sorted(known), n=1)
+            fix = f"did you mean {hint[0]!r}?" if hint else f"the tags it uses: {', '.join(sorted(known)) or 'none'}"
+            notes.append(f"note: {config.path.name} does not use the tag {tag!r}: {fix}")
+    return notes
+
+
+def add_tags(session: Session, contact: Contact, tags: Iterable[str], now: datetime) -> list[str]:
+    """Tag a contact by hand (e.g. `client`, `consultation-held`); returns the tags that were new."""
+    have = set(session.scalars(select(col(Tag.tag)).where(col(Tag.contact_id) == contact.id)))
+    added = [tag for tag in dict.fromkeys(tags) if tag not in have]
+    for tag in added:
+        session.add(Tag(contact_id=contact.id or 0, tag=tag, source="by hand", added_at=now))
+    return added
+
+
+def remove_tags(session: Session, contact: Contact, tags: Iterable[str]) -> list[str]:
+    """Take tags off a contact by hand; returns the tags she had. Steps already skipped stay skipped."""
+    wanted = list(dict.fromkeys(tags))
+    have = set(session.scalars(select(col(Tag.tag)).where(col(Tag.contact_id) == contact.id, col(Tag.tag).in_(wanted))))
+    if have:
+        session.execute(delete(Tag).where(col(Tag.contact_id) == contact.id, col(Tag.tag).in_(sorted(have))))
+    return [tag for tag in wanted if tag in have]
 
 
 def forget(session: Session, contact: Contact, now: datetime) -> None:

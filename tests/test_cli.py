@@ -230,3 +230,42 @@ def test_a_broken_template_stops_the_run_before_anything_is_done(project: Projec
     assert "email_templates/webinar/replay.md:" in result.stderr
     assert "Traceback" not in result.stderr
     assert not project.outbox.exists()
+
+
+def test_contacts_tag_and_untag_by_hand(project: Project, funnel) -> None:
+    project.write(
+        "signups/webinar-registrations.csv", HEADER + "ana@example.test,Ana,,2027-01-14 19:00,America/Denver,\n"
+    )
+    funnel("run", "--now", NOW)
+    tagged = funnel("contacts", "tag", "ANA@example.test", "client", "consultation-held", "--now", NOW)
+    assert tagged.code == 0, tagged.err
+    assert tagged.out.strip() == "ANA@example.test: tagged client, consultation-held"
+    assert tagged.err == ""
+    again = funnel("contacts", "tag", "ana@example.test", "client")
+    assert again.code == 0 and "already tagged client" in again.out
+    data = funnel("contacts", "show", "ana@example.test", "--json").json()
+    assert data["tags"] == ["client", "consultation-held", "webinar-registered"]
+    export = json.loads(funnel("contacts", "export", "ana@example.test").out)
+    assert {"tag": "client", "source": "by hand", "added_at": "2027-01-10T16:00:00Z"} in export["tag_details"]
+    untagged = funnel("contacts", "untag", "ana@example.test", "client", "vip")
+    assert untagged.code == 0, untagged.err
+    assert untagged.out.strip() == "ana@example.test: untagged client; was not tagged vip"
+    data = funnel("contacts", "show", "ana@example.test", "--json").json()
+    assert data["tags"] == ["consultation-held", "webinar-registered"]
+
+
+def test_contacts_tag_refuses_unknown_addresses_and_malformed_tags(project: Project, funnel) -> None:
+    project.write(
+        "signups/webinar-registrations.csv", HEADER + "ana@example.test,Ana,,2027-01-14 19:00,America/Denver,\n"
+    )
+    funnel("run", "--now", NOW)
+    for command in ("tag", "untag"):
+        missing = funnel("contacts", command, "nobody@example.test", "client")
+        assert missing.code == 1 and "no contact with the address nobody@example.test" in missing.err
+        bad = funnel("contacts", command, "ana@example.test", "New Client")
+        assert bad.code == 2 and "'New Client' is not a tag" in bad.err and "lower case" in bad.err
+        assert funnel("contacts", command, "ana@example.test").code == 2  # at least one tag
+    assert funnel("contacts", "show", "ana@example.test", "--json").json()["tags"] == ["webinar-registered"]
+    typo = funnel("contacts", "tag", "ana@example.test", "clinet")
+    assert typo.code == 0  # a tag of her own is allowed, with a note
+    assert "does not use the tag 'clinet': did you mean 'client'?" in typo.err

@@ -431,3 +431,38 @@ def test_a_live_webinar_is_one_moment_each_reader_sees_it_in_her_own_zone(exampl
     assert "at 9:00 PM EST." in hour_before["grace.okafor@example.test"].get_body(("plain",)).get_content()
     shown = funnel("contacts", "show", "hana.sato@example.test", "--json").json()
     assert shown["enrollments"][0]["webinar_start"] == "2027-01-22T02:00:00Z"
+
+
+def test_clients_and_held_consultations_stop_the_consultation_letters(project: Project, funnel) -> None:
+    requests = "signups/consultation-requests.jsonl"
+    project.write(
+        requests,
+        '{"email": "irene@example.test", "name": "Irene"}\n'
+        '{"email": "jess@example.test", "name": "Jess"}\n'
+        '{"email": "kim@example.test", "name": "Kim"}\n',
+    )
+    # no clients.csv nor consultations-held.csv yet: quiet and harmless
+    first = funnel("run", "--now", "2027-01-04T16:00:00Z", "--json")
+    assert first.code == 0, first.err
+    summary = first.json()
+    assert summary["problems"] == [] and summary["warnings"] == [] and summary["failed"] == 0
+    assert summary["sources"]["clients"]["status"] == "missing"
+    quiet = funnel("run", "--now", "2027-01-04T16:05:00Z")
+    assert (quiet.code, quiet.out, quiet.err) == (0, "", "")
+    # Irene became a client (the practice's list, which also names someone never seen);
+    # Jess had her call (tagged by hand); Kim neither
+    project.write("signups/clients.csv", "Email\nIRENE@example.test\nstranger@example.test\n")
+    assert funnel("contacts", "tag", "jess@example.test", "consultation-held").code == 0
+    read = funnel("run", "--now", "2027-01-04T16:10:00Z", "--json").json()
+    assert read["sources"]["clients"]["imported"] == 1 and read["sources"]["clients"]["not_contacts"] == 1
+    for day in range(5, 14):
+        assert funnel("run", "--now", f"2027-01-{day:02d}T16:00:00Z").code == 0
+    sent = project.sent()
+    assert [s for to, _, s in sent if to == "kim@example.test"] == ["received", "what-to-expect", "follow-up"]
+    assert [s for to, _, s in sent if to == "irene@example.test"] == ["received"]
+    assert [s for to, _, s in sent if to == "jess@example.test"] == ["received"]
+    assert funnel("contacts", "show", "stranger@example.test").code == 1  # create: false
+    jess = funnel("contacts", "show", "jess@example.test", "--json").json()["enrollments"][0]
+    assert jess["status"] == "exited" and jess["reason"] == "goal reached: tag consultation-held"
+    irene = funnel("contacts", "show", "irene@example.test", "--json").json()["enrollments"][0]
+    assert {s["id"]: s.get("reason") for s in irene["steps"]}["follow-up"] == "goal reached: tag client"
