@@ -43,11 +43,12 @@ from funnel.db import put_setting
 from funnel.deliver import Dispatcher, Job, Outcome
 from funnel.errors import ConfigError, SourceError, TemplateError
 from funnel.ingest import IngestResult, apply_rows, insert_ignore
+from funnel.invitation import invitation
 from funnel.models import Contact, Enrollment, Run, Setting, SourceFile, StepRun, Tag
 from funnel.render import Rendered, Renderer, TemplateContact, TemplateWebinar
 from funnel.sources import Fingerprint, read_source_file
 from funnel.timeutil import zone
-from funnel.transports.base import Address, OutgoingEmail, SendResult, Transport
+from funnel.transports.base import Address, Attachment, OutgoingEmail, SendResult, Transport
 from funnel.unsubscribe import Tokens, secret_key, unsubscribe_headers, unsubscribe_url
 
 PAGE = 400
@@ -562,8 +563,29 @@ class Runner:
         assert contact.id is not None
         url = unsubscribe_url(self.config.practice.base_url, self.tokens.make(contact.id, row.id))
         rendered = render_for(self.renderer, self.config, contact, enrollment, enrollment.sequence, step, url)
+        attachments = invitation(
+            self.config,
+            step,
+            person_key=contact.email_hash,
+            discreet=contact.discreet,
+            webinar_id=enrollment.webinar,
+            start=enrollment.webinar_start,
+            now=self.now,
+        )
+        if step.calendar and not attachments:  # the email still goes, without the event
+            note = f"{enrollment.sequence}/{step.id}: sent without its calendar invitation (no webinar date)"
+            if note not in self.summary.warnings:
+                self.summary.warnings.append(note)
         return compose_email(
-            self.config, contact, enrollment.sequence, step.id, rendered, row.send_id or "", url, self.now
+            self.config,
+            contact,
+            enrollment.sequence,
+            step.id,
+            rendered,
+            row.send_id or "",
+            url,
+            self.now,
+            attachments=attachments,
         )
 
     # ----------------------------------------------------------------- outcomes
@@ -703,8 +725,10 @@ def compose_email(
     send_id: str,
     url: str,
     now: datetime,
+    *,
+    attachments: tuple[Attachment, ...] = (),
 ) -> OutgoingEmail:
-    """The frozen email for a transport: addresses, headers, custom args, tracking."""
+    """The frozen email for a transport: addresses, headers, custom args, tracking, attachments."""
     practice = config.practice
     sender_name = practice.from_name or practice.name
     if contact.discreet and practice.discreet_from_name:
@@ -727,4 +751,5 @@ def compose_email(
         date=now,
         sequence=sequence_id,
         step=step_id,
+        attachments=attachments,
     )

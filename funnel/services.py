@@ -24,8 +24,9 @@ from funnel.contacts import find_contact
 from funnel.db import database_url, make_engine
 from funnel.errors import ConfigError
 from funnel.ingest import IngestResult, apply_rows
+from funnel.invitation import invitation
 from funnel.models import Contact, Enrollment, Run, StepRun, Tag
-from funnel.preview import render_sample, sample_unsubscribe_url
+from funnel.preview import render_sample, sample_unsubscribe_url, sample_webinar
 from funnel.render import Rendered, Renderer
 from funnel.runner import compose_email, render_for
 from funnel.sources import FileRead, read_source_file
@@ -92,8 +93,27 @@ def send_test(config: Config, sequence_id: str, step_id: str, to: str, now: date
     rendered = render_sample(config, sequence_id, step_id, now)
     rendered = Rendered(subject=f"[Test] {rendered.subject}", text=rendered.text, html=rendered.html)
     contact = Contact(email_hash="", email=address, first_name="Sam", created_at=now, updated_at=now)
+    _sequence, step = config.find_step(sequence_id, step_id)
+    webinar = sample_webinar(config, sequence_id, now)
+    attachments = invitation(
+        config,
+        step,
+        person_key="send-test",
+        discreet=False,
+        webinar_id=webinar.id if webinar else None,
+        start=webinar.start if webinar else None,
+        now=now,
+    )
     email = compose_email(
-        config, contact, sequence_id, step_id, rendered, f"test-{uuid.uuid4().hex}", sample_unsubscribe_url(config), now
+        config,
+        contact,
+        sequence_id,
+        step_id,
+        rendered,
+        f"test-{uuid.uuid4().hex}",
+        sample_unsubscribe_url(config),
+        now,
+        attachments=attachments,
     )
     email = replace(email, to=Address(address))
     try:

@@ -402,3 +402,38 @@ def test_sigterm_stops_cleanly_leaving_nothing_unknown(project: Project, funnel,
     assert result.json()["unknown"] == 0  # every request under way was recorded before stopping
     assert result.json()["sent"] == 30 - len(got_before)
     assert [fake.sent_to(a) for a in addresses] == [1] * 30
+
+
+def test_the_confirmation_carries_the_calendar_invitation_through_sendgrid(project: Project, funnel, fake) -> None:
+    import base64
+
+    from icalendar import Calendar
+
+    project.write(
+        "signups/webinar-registrations.csv",
+        HEADER
+        + "ana@example.test,Ana,,2027-01-14 19:00,America/Los_Angeles,\n"
+        + "carla@example.test,Carla,,2027-01-14 19:00,America/Denver,yes\n",
+    )
+    result = funnel("run", "--now", NOW, "--json", env=sendgrid_env(fake))
+    assert result.code == 0, result.err
+    bodies = {r["body"]["personalizations"][0]["to"][0]["email"]: r["body"] for r in fake.accepted}
+    summaries = {}
+    for address, body in bodies.items():
+        (attachment,) = body["attachments"]
+        assert (attachment["type"], attachment["filename"], attachment["disposition"]) == (
+            "text/calendar",
+            "invite.ics",
+            "attachment",
+        )
+        calendar = Calendar.from_ical(base64.b64decode(attachment["content"]))
+        assert str(calendar["METHOD"]) == "PUBLISH"
+        (event,) = calendar.walk("VEVENT")
+        assert event.decoded("DTSTART") == parse_instant("2027-01-15T02:00:00Z")  # 19:00 in Denver, for both
+        assert event.decoded("DTEND") == parse_instant("2027-01-15T03:00:00Z")
+        assert address not in event.to_ical().decode()
+        summaries[address] = str(event["SUMMARY"])
+    assert summaries == {
+        "ana@example.test": "Relationship 911: Helping Women Move Through The Crisis Of Betrayal",
+        "carla@example.test": "Appointment",  # discreet
+    }

@@ -466,3 +466,49 @@ def test_clients_and_held_consultations_stop_the_consultation_letters(project: P
     assert jess["status"] == "exited" and jess["reason"] == "goal reached: tag consultation-held"
     irene = funnel("contacts", "show", "irene@example.test", "--json").json()["enrollments"][0]
     assert {s["id"]: s.get("reason") for s in irene["steps"]}["follow-up"] == "goal reached: tag client"
+
+
+def test_the_confirmation_eml_has_the_calendar_invitation(example_project: Project, funnel) -> None:
+    from icalendar import Calendar
+
+    assert funnel("run", "--now", "2026-12-01T16:00:00Z").code == 0
+    confirmations = {
+        str(m["To"].addresses[0].addr_spec): m
+        for m in example_project.messages()
+        if m["Subject"] in ("Your confirmation",) or m["Subject"].startswith("Your seat is saved")
+    }
+    assert len(confirmations) == 7
+    uids = set()
+    for address, message in confirmations.items():
+        assert message.get_content_type() == "multipart/mixed"
+        (part,) = [p for p in message.iter_attachments() if p.get_content_type() == "text/calendar"]
+        assert part.get_filename() == "invite.ics"
+        assert part.get_param("method") == "PUBLISH"
+        assert message.get_body(("plain",)) is not None  # the letter itself is still there
+        (event,) = Calendar.from_ical(part.get_content()).walk("VEVENT")
+        uids.add(str(event["UID"]))
+        assert address not in part.get_content()
+        if address == "carla.mendes@example.test":  # discreet: text only, neutral event
+            assert message.get_body(("html",)) is None
+            assert str(event["SUMMARY"]) == "Appointment"
+        else:
+            assert message.get_body(("html",)) is not None
+            assert str(event["SUMMARY"]).startswith("Relationship 911")
+    assert len(uids) == 7  # one per person
+    # only `calendar: true` steps carry it: not the consultation receipts
+    receipts = sorted(example_project.outbox.glob("*_consultation_received_*.eml"))
+    assert len(receipts) == 3
+    for path in receipts:
+        assert b"text/calendar" not in path.read_bytes()
+
+
+def test_without_a_webinar_date_the_confirmation_goes_without_the_calendar(project: Project, funnel) -> None:
+    project.write("signups/webinar-registrations.csv", HEADER + "ana@example.test,Ana,,,America/Denver,\n")
+    result = funnel("run", "--now", "2027-01-10T16:00:00Z", "--json")
+    assert result.code == 0, result.err
+    assert result.json()["sent"] == 1
+    assert result.json()["warnings"] == [
+        "webinar-relationship-911/registered: sent without its calendar invitation (no webinar date)"
+    ]
+    (message,) = project.messages()
+    assert message.get_content_type() == "multipart/alternative"
