@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -75,6 +75,8 @@ class TemplateContact:
     first_name: str | None = None
     last_name: str | None = None
     fields: dict[str, Any] = field(default_factory=dict)
+    #: she asked for discretion: templates can leave out what would reveal the subject
+    discreet: bool = False
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,12 @@ class Renderer:
         self.layout_text = self._load_optional(self._text_env, "layout.txt")
         self._bodies: dict[tuple[str, str], tuple[str, Template]] = {}
         self._subjects: dict[tuple[str, str, bool], Template] = {}
+        #: (sequence, step, discreet) -> the step's preheader (discreet: only `discreet_preheader`)
+        self._preheaders: dict[tuple[str, str, bool], Template] = {}
+        # discreet readers see the sender's discreet name in the From: the signature matches it
+        self._discreet_practice = config.practice.model_copy(
+            update={"from_name": config.practice.discreet_from_name or config.practice.from_name}
+        )
         problems: list[str] = []
         for sid, sequence in config.sequences.items():
             for step in sequence.steps:
@@ -159,6 +167,22 @@ class Renderer:
                 raise TemplateError(
                     f"{self._subject_where(sid, step, discreet)}: {exc.message}: check the {{{{ }}}} braces"
                 ) from None
+            preheader = step.discreet_preheader if discreet else step.preheader
+            if preheader is None:
+                continue
+            try:
+                self._preheaders[(sid, step.id, discreet)] = self._text_env.from_string(preheader)
+            except TemplateSyntaxError as exc:
+                raise TemplateError(
+                    f"{self._preheader_where(sid, step, discreet)}: {exc.message}: check the {{{{ }}}} braces"
+                ) from None
+
+    def _preheader_where(self, sid: str, step: Step, discreet: bool) -> str:
+        """`sequences.yaml:LINE: preheader of step X in Y`, for errors in a preheader."""
+        index = next(i for i, s in enumerate(self.config.sequences[sid].steps) if s.id == step.id)
+        key = "discreet_preheader" if discreet else "preheader"
+        line = self.config.line_of("sequences", sid, "steps", index, key)
+        return f"{self.config.path.name}:{line or 1}: {key} of step {step.id!r} in {sid}"
 
     def _subject_where(self, sid: str, step: Step, discreet: bool) -> str:
         """`sequences.yaml:LINE: subject of step X in Y`, for errors in a subject."""
@@ -188,10 +212,18 @@ class Renderer:
         *,
         discreet: bool = False,
     ) -> Rendered:
-        """Render one email; raises TemplateError naming the template file and line."""
+        """Render one email; raises TemplateError naming the template file and line.
+
+        A discreet reader gets `contact.discreet` true, `practice.from_name` set to
+        the discreet sender name (the signature matches the From), only the step's
+        `discreet_preheader` (never the other one) and a plain-text email that
+        starts with it.
+        """
+        if contact.discreet != discreet:
+            contact = replace(contact, discreet=discreet)
         context: dict[str, Any] = {
             "contact": contact,
-            "practice": self.config.practice,
+            "practice": self._discreet_practice if discreet else self.config.practice,
             "webinar": webinar,
             "unsubscribe_url": unsubscribe_url,
             "sequence": {"id": sequence_id, "name": sequence.name or sequence_id},
@@ -203,6 +235,12 @@ class Renderer:
             self._run(subject_template, context, self._subject_where(sequence_id, step, discreet)).split()
         )
         context["subject"] = subject
+        preheader_template = self._preheaders.get((sequence_id, step.id, discreet))
+        context["preheader"] = (
+            " ".join(self._run(preheader_template, context, self._preheader_where(sequence_id, step, discreet)).split())
+            if preheader_template is not None
+            else ""
+        )
         if kind == "md":
             source = self._run(body, context, step.template)
             tokens = _fix_autolinks(self._markdown.parse(source), self._markdown)
@@ -212,6 +250,9 @@ class Renderer:
             html_body = Markup(self._run(body, context, step.template))
             text_body = get_text(str(html_body), self._text_config).strip()
         text = self._wrap_text(text_body, context)
+        if discreet and context["preheader"]:
+            # a text-only email's inbox preview is its first line: the neutral preheader
+            text = f"{context['preheader']}\n\n{text}"
         html = None
         if not discreet:
             html = self._inliner.inline(self._run(self.layout_html, {**context, "content": html_body}, "layout.html"))
@@ -220,8 +261,9 @@ class Renderer:
     def _wrap_text(self, body: str, context: dict[str, Any]) -> str:
         if self.layout_text is None:
             practice = self.config.practice
+            name = "" if context["contact"].discreet else f"{practice.name}\n"  # a neutral footer for her
             return (
-                f"{body.rstrip()}\n\n--\n{practice.name}\n{practice.postal_address}\n"
+                f"{body.rstrip()}\n\n--\n{name}{practice.postal_address}\n"
                 f"Unsubscribe with one click: {context['unsubscribe_url']}\n"
             )
         return self._run(self.layout_text, {**context, "content": body.rstrip()}, "layout.txt").strip() + "\n"

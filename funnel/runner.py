@@ -709,7 +709,9 @@ def render_for(
         sequence_id,
         config.sequences[sequence_id],
         step,
-        TemplateContact(contact.email, contact.first_name, contact.last_name, dict(contact.fields or {})),
+        TemplateContact(
+            contact.email, contact.first_name, contact.last_name, dict(contact.fields or {}), contact.discreet
+        ),
         webinar,
         url,
         discreet=contact.discreet,

@@ -488,9 +488,14 @@ def test_the_confirmation_eml_has_the_calendar_invitation(example_project: Proje
         (event,) = Calendar.from_ical(part.get_content()).walk("VEVENT")
         uids.add(str(event["UID"]))
         assert address not in part.get_content()
-        if address == "carla.mendes@example.test":  # discreet: text only, neutral event
+        if address == "carla.mendes@example.test":  # discreet: text only, neutral event, neutral letter
             assert message.get_body(("html",)) is None
             assert str(event["SUMMARY"]) == "Appointment"
+            text = message.get_body(("plain",)).get_content().replace("\r\n", "\n")
+            assert text.startswith("The details you asked for\n")  # the inbox preview
+            assert "M. Ellis" in str(message["From"]) and "M. Ellis" in text  # signed as the From
+            for revealing in ("Healing Light Counseling", "Relationship 911", "Dr. Maya Ellis"):
+                assert revealing not in text
         else:
             assert message.get_body(("html",)) is not None
             assert str(event["SUMMARY"]).startswith("Relationship 911")
