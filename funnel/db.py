@@ -83,6 +83,18 @@ def migrate(engine: Engine) -> None:
     """
     if current_revision(engine) == HEAD:
         return
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if database and database != ":memory:":
+        # two processes starting at once on a new SQLite file would both create the
+        # tables (SQLite does not hold a lock across alembic's DDL): take turns
+        with FileLock(f"{database}.migrate.lock", timeout=120):
+            if current_revision(engine) != HEAD:
+                _upgrade(engine)
+        return
+    _upgrade(engine)
+
+
+def _upgrade(engine: Engine) -> None:
     from alembic import command
     from alembic.config import Config as AlembicConfig
 

@@ -23,8 +23,6 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, datetime, timedelta
 
-from icalendar import Calendar, Event
-
 from funnel.config import Config, Step
 from funnel.transports.base import Attachment
 
@@ -51,6 +49,9 @@ def webinar_event(
     now: datetime,
 ) -> bytes:
     """The iCalendar file (RFC 5545) for one event: pure, no clock of its own."""
+    # imported here: icalendar takes a noticeable time to load, and most runs send no invitation
+    from icalendar import Calendar, Event
+
     calendar = Calendar()
     calendar.add("prodid", PRODID)
     calendar.add("version", "2.0")

@@ -46,3 +46,19 @@ def test_a_database_made_before_migrations_is_adopted(tmp_path: Path) -> None:
     engine = make_engine(url)
     assert current_revision(engine) == HEAD
     engine.dispose()
+
+
+def test_processes_starting_at_once_on_a_new_sqlite_file_all_open_it(tmp_path: Path) -> None:
+    """cron and a hand-started run, or two runs, may both be the first: neither fails on the schema."""
+    import subprocess
+    import sys
+
+    script = "import sys; from funnel.db import make_engine; make_engine(sys.argv[1])"
+    for attempt in range(5):
+        url = f"sqlite:///{tmp_path / f'new{attempt}.db'}"
+        procs = [
+            subprocess.Popen([sys.executable, "-c", script, url], stderr=subprocess.PIPE, text=True) for _ in range(4)
+        ]
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0] * 4, errors
+        assert current_revision(make_engine(url)) == HEAD
