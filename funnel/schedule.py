@@ -14,7 +14,10 @@ Every rule of the spec's section 3.1 lives here:
 - lateness counts from the step's *opening* (its due time moved into the
   window and past the gap), and a step later than `max_late` is skipped;
 - `if_tags`/`unless_tags` and `exit_on_tags` are evaluated when the step is
-  about to be sent; an unsubscribed or suppressed contact leaves the sequence.
+  about to be sent; an unsubscribed or suppressed contact leaves the sequence;
+- a tag of `exit_on_tags` is the sequence's goal: it skips the marketing steps
+  ("goal reached: tag X") and, once finished, keeps the enrollment from going
+  on to `next` (`Evaluation.goal`), while transactional steps still go.
 
 `evaluate` returns what to do now for one enrollment and when to look again;
 the caller turns that into claims, sends and rows.
