@@ -326,6 +326,21 @@ def test_send_test_goes_through_the_configured_transport(project: Project, funne
     assert result.code == 0, result.err
     assert fake.sent_to("me@example.test") == 1
     assert fake.accepted[0]["body"]["subject"].startswith("[Test] ")
+    assert "attachments" not in fake.accepted[0]["body"]
+
+
+def test_send_test_of_the_confirmation_carries_its_calendar_invitation(project: Project, funnel, fake) -> None:
+    import base64
+
+    from icalendar import Calendar
+
+    result = funnel(
+        "send-test", "webinar-relationship-911", "registered", "--to", "me@example.test", env=sendgrid_env(fake)
+    )
+    assert result.code == 0, result.err
+    (attachment,) = fake.accepted[0]["body"]["attachments"]
+    (event,) = Calendar.from_ical(base64.b64decode(attachment["content"])).walk("VEVENT")
+    assert str(event["SUMMARY"]).startswith("Relationship 911")  # the sample webinar, a week ahead
 
 
 @pytest.mark.skipif(
