@@ -17,8 +17,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from funnel.config import Config, Sequence, Step
-from funnel.models import Contact, Enrollment, KnownStep, Run, StepRun
-from funnel.schedule import due_times
+from funnel.models import Contact, Enrollment, KnownStep, Run, StepRun, Tag
+from funnel.schedule import due_times, goal_reached
 from funnel.timeutil import isoformat_z, zone
 
 
@@ -102,6 +102,8 @@ def _effects(
     )
     for enrollment, email, tz_name in session.execute(query):
         done = set(session.scalars(select(col(StepRun.step_id)).where(col(StepRun.enrollment_id) == enrollment.id)))
+        tags = frozenset(session.scalars(select(col(Tag.tag)).where(col(Tag.contact_id) == enrollment.contact_id)))
+        goal = goal_reached(new_seq, tags) if new_seq else None
         try:
             tz = zone(tz_name or config.practice.timezone)
         except ValueError:  # an unusable zone stored by an older version
@@ -116,7 +118,11 @@ def _effects(
                 continue  # already sent or decided: an edit never sends a step twice
             before, after = old_due.get(step_id), new_due.get(step_id)
             effect = None
-            if kind == "added" and after and after >= max(enrollment.enrolled_at, now):
+            either = (new_seq and new_seq.step(step_id)) or (old_seq and old_seq.step(step_id))
+            if goal and either and not either.transactional:
+                # her goal is reached: the marketing steps are not sent, whatever their timing
+                effect = f"{'would not get it' if kind == 'added' else 'not sent either way'}: {goal}"
+            elif kind == "added" and after and after >= max(enrollment.enrolled_at, now):
                 effect = f"would get it at {isoformat_z(after)}"
             elif kind == "added" and after and after >= enrollment.enrolled_at:
                 effect = f"would not get it: its time ({isoformat_z(after)}) has passed for them"

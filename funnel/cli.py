@@ -374,7 +374,7 @@ def plan(config_path: Path | None, debug: bool, now: datetime, as_json: bool, da
         else:
             _print_changes(result)
         return
-    items = services.plan(config, engine, now, days)
+    items = services.plan(config, engine, now, days, goal_skips=not as_json)
     if as_json:
         _print_json(items)
         return
@@ -382,10 +382,11 @@ def plan(config_path: Path | None, debug: bool, now: datetime, as_json: bool, da
         click.echo(f"nothing to send in the next {days} days")
         return
     table = Table(show_header=True, header_style="bold", box=None)
-    for column in ("when (UTC)", "email", "sequence", "step"):
+    for column in ("when (UTC)", "email", "sequence", "step", "note"):
         table.add_column(column)
     for item in items:
-        table.add_row(item["at"], safe_markup(item["email"] or ""), item["sequence"], item["step"])
+        note = f"not sent: {safe_markup(item['skipped'])}" if item.get("skipped") else ""
+        table.add_row(item["at"], safe_markup(item["email"] or ""), item["sequence"], item["step"], note)
     _stdout().print(table)
 
 
@@ -504,7 +505,7 @@ def import_(config_path: Path | None, debug: bool, now: datetime, as_json: bool,
 
 @cli.group()
 def contacts() -> None:
-    """Look up, unsubscribe, resubscribe, export or erase one person."""
+    """Look up, tag, unsubscribe, resubscribe, export or erase one person."""
 
 
 def _with_contact(config_path: Path | None, address: str, action: Callable[..., Any]) -> Any:
@@ -548,6 +549,8 @@ def contacts_show(config_path: Path | None, debug: bool, as_json: bool, email: s
     out.print(f"status: {safe_markup(state)}; timezone {safe_markup(data['timezone'])}; tags: {tags}")
     for enrollment in data["enrollments"]:
         reason = f" ({safe_markup(enrollment['reason'])})" if enrollment["reason"] else ""
+        if enrollment.get("goal"):
+            reason = f" ({safe_markup(enrollment['goal'])}: no more letters; confirmations and reminders still go)"
         out.print(
             f"\n[bold]{enrollment['sequence']}[/]: {enrollment['status']}{reason}, enrolled {enrollment['enrolled_at']}"
         )
@@ -612,6 +615,48 @@ def contacts_resume(config_path: Path | None, debug: bool, now: datetime, email:
 
     count = _with_contact(config_path, email, lambda s, c, contact: resume(s, contact, now))
     click.echo(f"{email}: resumed {count} sequence(s)" if count else f"{email}: nothing was paused")
+
+
+@contacts.command("tag")
+@common
+@now_option
+@click.argument("email")
+@click.argument("tags", nargs=-1, required=True)
+def contacts_tag(config_path: Path | None, debug: bool, now: datetime, email: str, tags: tuple[str, ...]) -> None:
+    """Add tags by hand, e.g. `client` or `consultation-held` (ends the letters whose exit_on_tags name it).
+
+    Example: funnel contacts tag ana@example.com client
+    """
+    from funnel.contacts import add_tags, check_tags
+
+    for note in check_tags(_config(config_path), tags):
+        click.echo(note, err=True)
+    added = _with_contact(config_path, email, lambda s, c, contact: add_tags(s, contact, tags, now))
+    already = [t for t in tags if t not in added]
+    parts = ([f"tagged {', '.join(added)}"] if added else []) + (
+        [f"already tagged {', '.join(already)}"] if already else []
+    )
+    click.echo(f"{email}: {'; '.join(parts)}")
+
+
+@contacts.command("untag")
+@common
+@click.argument("email")
+@click.argument("tags", nargs=-1, required=True)
+def contacts_untag(config_path: Path | None, debug: bool, email: str, tags: tuple[str, ...]) -> None:
+    """Remove tags by hand (a step already skipped because of a tag stays skipped).
+
+    Example: funnel contacts untag ana@example.com client
+    """
+    from funnel.contacts import check_tags, remove_tags
+
+    check_tags(_config(config_path), tags)
+    removed = _with_contact(config_path, email, lambda s, c, contact: remove_tags(s, contact, tags))
+    missing = [t for t in dict.fromkeys(tags) if t not in removed]
+    parts = ([f"untagged {', '.join(removed)}"] if removed else []) + (
+        [f"was not tagged {', '.join(missing)}"] if missing else []
+    )
+    click.echo(f"{email}: {'; '.join(parts)}")
 
 
 @contacts.command("export")

@@ -15,9 +15,10 @@ import hashlib
 import os
 import re
 from collections.abc import Iterator
-from datetime import time
+from datetime import time, timedelta
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from ruamel.yaml import YAML
@@ -50,6 +51,8 @@ class Practice(_Model):
     base_url: str = "http://127.0.0.1:8025"
     discreet_from_name: str | None = None
     discreet_subject: str = "A note for you"
+    #: title of the calendar event for discreet contacts (never the webinar's title)
+    discreet_event_title: str = "Appointment"
     #: extension: named URLs the templates use, e.g. practice.links.consultation
     links: dict[str, str] = Field(default_factory=dict)
     # extension: optional facts only the practice can state. The letters show each one only when it
@@ -201,11 +204,36 @@ class Inbound(_Model):
 
 
 class Webinar(_Model):
-    """A webinar contacts register for; the start comes from each signup."""
+    """A webinar contacts register for; the start comes from each signup.
+
+    A live webinar is one moment for everyone: a start without an offset in an
+    export is read in `timezone` (default: the practice's). An `evergreen`
+    webinar is each registrant's own session at her local time instead.
+    """
 
     title: str
     join_url: str | None = None
     replay_url: str | None = None
+    timezone: str | None = None
+    evergreen: bool = False
+    #: length of the event in the calendar invitation (`calendar: true` steps)
+    duration: Duration = Duration(minutes=60)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        zone(value)
+        return value.strip()
+
+    @field_validator("duration", mode="before")
+    @classmethod
+    def _parse_length(cls, value: Any) -> Any:
+        span = value if isinstance(value, Duration) else parse_duration(value)
+        if span.approx <= timedelta(0):
+            raise ValueError(f"{value!r} is not a length: write how long the webinar lasts, e.g. 60m or 2h")
+        return span
 
 
 class Source(_Model):
@@ -259,6 +287,8 @@ class Step(_Model):
     template: str
     if_tags: tuple[str, ...] = ()
     unless_tags: tuple[str, ...] = ()
+    #: attach the contact's webinar as an iCalendar event (invite.ics)
+    calendar: bool = False
 
     @field_validator("id")
     @classmethod
@@ -392,6 +422,29 @@ class Config(_Model):
     def forward_to(self) -> str:
         """Where replies are forwarded: inbound.forward_to, else practice.reply_to, else practice.from_email."""
         return self.inbound.forward_to or self.practice.reply_to or self.practice.from_email
+
+    def start_zone(self, source: Source) -> ZoneInfo | None:
+        """Where a webinar start without an offset in `source` is read.
+
+        The webinar's zone (default: the practice's), so that a live webinar is
+        one moment for everyone; None for an evergreen webinar, whose start is
+        each registrant's own local time.
+        """
+        webinar = self.webinars.get(source.webinar or "")
+        if webinar is not None and webinar.evergreen:
+            return None
+        return zone((webinar.timezone if webinar else None) or self.practice.timezone)
+
+    def webinar_sequences(self) -> set[str]:
+        """Sequences whose contacts have a webinar: enrolled by a webinar source, or reached by `next` from one."""
+        found = {s.enroll for s in self.sources.values() if s.webinar and s.enroll in self.sequences}
+        todo = list(found)
+        while todo:
+            following = self.sequences[todo.pop()].next
+            if following and following in self.sequences and following not in found:
+                found.add(following)
+                todo.append(following)
+        return {sid for sid in found if sid is not None}
 
     def find_step(self, sequence_id: str, step_id: str) -> tuple[Sequence, Step]:
         """A sequence and one of its steps, named on the command line (ConfigError when unknown)."""
@@ -622,6 +675,14 @@ def _cross_check(config: Config, lines: _LineMap, check_files: bool) -> Iterator
                     ),
                 )
             seen.setdefault(step.id, step_line)
+            if step.calendar and sid not in config.webinar_sequences():
+                yield (
+                    lines.line_for((*base, "steps", index, "calendar")),
+                    (
+                        f"step {step.id!r} in sequences.{sid} has `calendar: true`, but no webinar source enrolls "
+                        "into this sequence, so its contacts have no webinar to put in a calendar: remove the line"
+                    ),
+                )
             if check_files and not (config.templates_path / step.template).is_file():
                 yield (
                     lines.line_for((*base, "steps", index, "template")),

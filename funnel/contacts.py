@@ -9,6 +9,9 @@ data) so the practice's figures do not change.
 
 from __future__ import annotations
 
+import difflib
+import re
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -19,7 +22,7 @@ from sqlmodel import Session, col
 from funnel.config import Config
 from funnel.errors import NotFoundError, UsageError
 from funnel.models import Consent, Contact, Enrollment, Event, InboundMessage, PendingTag, StepRun, Tag
-from funnel.schedule import due_times
+from funnel.schedule import due_times, goal_reached
 from funnel.sources import email_hash, normalize_email
 from funnel.timeutil import isoformat_z, zone
 
@@ -59,6 +62,56 @@ def resubscribe(session: Session, contact: Contact, now: datetime) -> bool:
     contact.unsubscribed_step_run_id = None
     session.add(contact)
     return True
+
+
+#: what a tag may look like: lower case letters, digits, `-`, `_` and `.` (tags are compared exactly)
+TAG_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+def known_tags(config: Config) -> set[str]:
+    """Every tag sequences.yaml sets or looks at (sources, exit_on_tags, if_tags, unless_tags)."""
+    tags = {tag for source in config.sources.values() for tag in source.tags}
+    for sequence in config.sequences.values():
+        tags.update(sequence.exit_on_tags)
+        for step in sequence.steps:
+            tags.update(step.if_tags)
+            tags.update(step.unless_tags)
+    return tags
+
+
+def check_tags(config: Config, tags: Iterable[str]) -> list[str]:
+    """Validate tags typed by hand (UsageError, exit 2); returns a note for each tag sequences.yaml never uses."""
+    notes = []
+    known = known_tags(config)
+    for tag in tags:
+        if not TAG_PATTERN.match(tag):
+            raise UsageError(
+                f"{tag!r} is not a tag: write it in lower case letters, digits and dashes, e.g. client "
+                "(tags are matched exactly)"
+            )
+        if tag not in known:
+            hint = difflib.get_close_matches(tag, sorted(known), n=1)
+            fix = f"did you mean {hint[0]!r}?" if hint else f"the tags it uses: {', '.join(sorted(known)) or 'none'}"
+            notes.append(f"note: {config.path.name} does not use the tag {tag!r}: {fix}")
+    return notes
+
+
+def add_tags(session: Session, contact: Contact, tags: Iterable[str], now: datetime) -> list[str]:
+    """Tag a contact by hand (e.g. `client`, `consultation-held`); returns the tags that were new."""
+    have = set(session.scalars(select(col(Tag.tag)).where(col(Tag.contact_id) == contact.id)))
+    added = [tag for tag in dict.fromkeys(tags) if tag not in have]
+    for tag in added:
+        session.add(Tag(contact_id=contact.id or 0, tag=tag, source="by hand", added_at=now))
+    return added
+
+
+def remove_tags(session: Session, contact: Contact, tags: Iterable[str]) -> list[str]:
+    """Take tags off a contact by hand; returns the tags she had. Steps already skipped stay skipped."""
+    wanted = list(dict.fromkeys(tags))
+    have = set(session.scalars(select(col(Tag.tag)).where(col(Tag.contact_id) == contact.id, col(Tag.tag).in_(wanted))))
+    if have:
+        session.execute(delete(Tag).where(col(Tag.contact_id) == contact.id, col(Tag.tag).in_(sorted(have))))
+    return [tag for tag in wanted if tag in have]
 
 
 def forget(session: Session, contact: Contact, now: datetime) -> None:
@@ -126,7 +179,10 @@ def describe(session: Session, config: Config, contact: Contact) -> dict[str, An
         "suppressed_reason": contact.suppression,
         "created_at": _iso(contact.created_at),
         "first_source": contact.first_source,
-        "enrollments": [_enrollment(config, e, rows.get(e.id or 0, {}), tz_name) for e in enrollments],
+        "enrollments": [
+            _enrollment(config, e, rows.get(e.id or 0, {}), tz_name, frozenset(t.tag for t in tags))
+            for e in enrollments
+        ],
         "events": _events(session, contact),
         "replies": [
             {"received_at": _iso(r.received_at), "status": r.status, "auto_reply": r.auto_reply, "paused": r.paused}
@@ -156,18 +212,26 @@ def _events(session: Session, contact: Contact) -> list[dict[str, Any]]:
     return shown
 
 
-def _enrollment(config: Config, enrollment: Enrollment, rows: dict[str, StepRun], tz_name: str) -> dict[str, Any]:
+def _enrollment(
+    config: Config, enrollment: Enrollment, rows: dict[str, StepRun], tz_name: str, tags: frozenset[str] = frozenset()
+) -> dict[str, Any]:
     sequence = config.sequences.get(enrollment.sequence)
     steps: list[dict[str, Any]] = []
     dues: dict[str, datetime | None] = {}
     problem = None
+    goal = None
     if sequence is not None:
+        goal = goal_reached(sequence, tags) if enrollment.status == "active" else None
         try:
             dues = due_times(sequence, enrollment.enrolled_at, enrollment.webinar_start, _zone(config, tz_name))
         except (OverflowError, ValueError) as exc:  # a value stored by an older version: show the rest
             problem = f"due times cannot be computed ({exc})"
         for step in sequence.steps:
-            steps.append(_step(step.id, rows.get(step.id), dues.get(step.id), enrollment))
+            shown = _step(step.id, rows.get(step.id), dues.get(step.id), enrollment)
+            if goal and shown["status"] == "pending" and not step.transactional:
+                # the goal ends the marketing steps at their time; transactional ones still go
+                shown["reason"] = f"{goal}: will not be sent"
+            steps.append(shown)
     # steps that were acted on but are no longer in sequences.yaml
     known = {s["id"] for s in steps}
     steps.extend(_step(sid, row, row.due_at, enrollment) for sid, row in rows.items() if sid not in known)
@@ -180,6 +244,7 @@ def _enrollment(config: Config, enrollment: Enrollment, rows: dict[str, StepRun]
         "webinar": enrollment.webinar,
         "webinar_start": _iso(enrollment.webinar_start),
         "next_due_at": _iso(enrollment.next_due_at),
+        "goal": goal,
         "steps": steps,
     }
 

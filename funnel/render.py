@@ -197,6 +197,8 @@ class TemplateContact:
     first_name: str | None = None
     last_name: str | None = None
     fields: dict[str, Any] = field(default_factory=dict)
+    #: she asked for discretion: templates can leave out what would reveal the subject
+    discreet: bool = False
 
 
 @dataclass(frozen=True)
@@ -268,6 +270,12 @@ class Renderer:
         }
         self._bodies: dict[tuple[str, str], tuple[str, Template]] = {}
         self._subjects: dict[tuple[str, str, bool], Template] = {}
+        #: (sequence, step, discreet) -> the step's preheader (discreet: only `discreet_preheader`)
+        self._preheaders: dict[tuple[str, str, bool], Template] = {}
+        # discreet readers see the sender's discreet name in the From: the signature matches it
+        self._discreet_practice = config.practice.model_copy(
+            update={"from_name": config.practice.discreet_from_name or config.practice.from_name}
+        )
         problems: list[str] = []
         for sid, sequence in config.sequences.items():
             for step in sequence.steps:
@@ -305,6 +313,22 @@ class Renderer:
                 raise TemplateError(
                     f"{self._subject_where(sid, step, discreet)}: {exc.message}: check the {{{{ }}}} braces"
                 ) from None
+            preheader = step.discreet_preheader if discreet else step.preheader
+            if preheader is None:
+                continue
+            try:
+                self._preheaders[(sid, step.id, discreet)] = self._text_env.from_string(preheader)
+            except TemplateSyntaxError as exc:
+                raise TemplateError(
+                    f"{self._preheader_where(sid, step, discreet)}: {exc.message}: check the {{{{ }}}} braces"
+                ) from None
+
+    def _preheader_where(self, sid: str, step: Step, discreet: bool) -> str:
+        """`sequences.yaml:LINE: preheader of step X in Y`, for errors in a preheader."""
+        index = next(i for i, s in enumerate(self.config.sequences[sid].steps) if s.id == step.id)
+        key = "discreet_preheader" if discreet else "preheader"
+        line = self.config.line_of("sequences", sid, "steps", index, key)
+        return f"{self.config.path.name}:{line or 1}: {key} of step {step.id!r} in {sid}"
 
     def _subject_where(self, sid: str, step: Step, discreet: bool) -> str:
         """`sequences.yaml:LINE: subject of step X in Y`, for errors in a subject."""
@@ -336,12 +360,19 @@ class Renderer:
     ) -> Rendered:
         """Render one email; raises TemplateError naming the template file and line.
 
+        A discreet reader gets `contact.discreet` true, `practice.from_name` set to
+        the discreet sender name (the signature matches the From), only the step's
+        `discreet_preheader` (never the other one) and a plain-text email that
+        starts with it.
+
         The expensive parts come from the per-shape cache (see the module
         docstring); only the recipient's values are filled in here.
         """
-        context = self._context(sequence_id, sequence, step, contact, webinar, unsubscribe_url)
+        context = self._context(sequence_id, sequence, step, contact, webinar, unsubscribe_url, discreet)
         subject = self._subject(sequence_id, step, context, discreet)
         context["subject"] = _Personal(subject) if subject else subject
+        preheader = self._preheader(sequence_id, step, context, discreet)
+        context["preheader"] = _Personal(preheader) if preheader else preheader
         values: list[str] = []
         kind, template = self._bodies[(sequence_id, step.id)]
         with self._slotting(values):
@@ -352,7 +383,8 @@ class Renderer:
             return self._render_direct(
                 sequence_id, sequence, step, contact, webinar, unsubscribe_url, discreet=discreet
             )
-        text = self._wrap_text(self._token.sub(lambda m: fill(m, False), body.text), context)
+        text_body = self._token.sub(lambda m: fill(m, False), body.text)
+        text = self._with_preheader(self._wrap_text(text_body, context), context)
         html = None
         if not discreet:
             with self._slotting(values):
@@ -380,9 +412,10 @@ class Renderer:
 
         The path for what slots cannot represent; also the reference the fast path is tested against.
         """
-        context = self._context(sequence_id, sequence, step, contact, webinar, unsubscribe_url)
+        context = self._context(sequence_id, sequence, step, contact, webinar, unsubscribe_url, discreet)
         subject = self._subject(sequence_id, step, context, discreet)
         context["subject"] = subject
+        context["preheader"] = self._preheader(sequence_id, step, context, discreet)
         kind, body = self._bodies[(sequence_id, step.id)]
         if kind == "md":
             source = self._run(body, context, step.template)
@@ -393,6 +426,9 @@ class Renderer:
             html_body = Markup(self._run(body, context, step.template))
             text_body = get_text(str(html_body), self._text_config).strip()
         text = self._wrap_text(text_body, context)
+        if discreet and context["preheader"]:
+            # a text-only email's inbox preview is its first line: the neutral preheader
+            text = f"{context['preheader']}\n\n{text}"
         html = None
         if not discreet:
             html = self._inliner.inline(self._run(self.layout_html, {**context, "content": html_body}, "layout.html"))
@@ -406,6 +442,7 @@ class Renderer:
         contact: TemplateContact,
         webinar: TemplateWebinar | None,
         unsubscribe_url: str,
+        discreet: bool,
     ) -> dict[str, Any]:
         """The template variables, with the recipient's own values marked as `_Personal`.
 
@@ -420,10 +457,11 @@ class Renderer:
             first_name=_personal(contact.first_name),
             last_name=_personal(contact.last_name),
             fields={key: _personal(value) for key, value in (contact.fields or {}).items()},
+            discreet=discreet,
         )
         return {
             "contact": personal,
-            "practice": self.config.practice,
+            "practice": self._discreet_practice if discreet else self.config.practice,
             "webinar": webinar,
             "unsubscribe_url": _personal(unsubscribe_url),
             "sequence": {"id": sequence_id, "name": sequence.name or sequence_id},
@@ -433,6 +471,20 @@ class Renderer:
     def _subject(self, sequence_id: str, step: Step, context: dict[str, Any], discreet: bool) -> str:
         template = self._subjects[(sequence_id, step.id, discreet)]
         return " ".join(self._run(template, context, self._subject_where(sequence_id, step, discreet)).split())
+
+    def _preheader(self, sequence_id: str, step: Step, context: dict[str, Any], discreet: bool) -> str:
+        """The step's preheader for this reader (a discreet one only gets `discreet_preheader`), or ''."""
+        template = self._preheaders.get((sequence_id, step.id, discreet))
+        if template is None:
+            return ""
+        return " ".join(self._run(template, context, self._preheader_where(sequence_id, step, discreet)).split())
+
+    @staticmethod
+    def _with_preheader(text: str, context: dict[str, Any]) -> str:
+        """A text-only (discreet) email's inbox preview is its first line: the neutral preheader."""
+        if context["contact"].discreet and context["preheader"]:
+            return f"{context['preheader']}\n\n{text}"
+        return text
 
     @contextmanager
     def _slotting(self, values: list[str]) -> Iterator[None]:
@@ -511,8 +563,9 @@ class Renderer:
     def _wrap_text(self, body: str, context: dict[str, Any]) -> str:
         if self.layout_text is None:
             practice = self.config.practice
+            name = "" if context["contact"].discreet else f"{practice.name}\n"  # a neutral footer for her
             return (
-                f"{body.rstrip()}\n\n--\n{practice.name}\n{practice.postal_address}\n"
+                f"{body.rstrip()}\n\n--\n{name}{practice.postal_address}\n"
                 f"Unsubscribe with one click: {context['unsubscribe_url']}\n"
             )
         return self._run(self.layout_text, {**context, "content": body.rstrip()}, "layout.txt").strip() + "\n"

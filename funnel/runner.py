@@ -46,12 +46,13 @@ from funnel.db import put_setting
 from funnel.deliver import Dispatcher, Job, Outcome
 from funnel.errors import ConfigError, SourceError, TemplateError
 from funnel.ingest import IngestResult, apply_rows, insert_ignore
+from funnel.invitation import invitation
 from funnel.ledger import UNKNOWN_REASON, Ledger
 from funnel.models import Contact, Enrollment, Run, Setting, SourceFile, StepRun, Tag
 from funnel.render import MissingData, Rendered, Renderer, TemplateContact, TemplateWebinar
 from funnel.sources import Fingerprint, clean_line, read_source_file
 from funnel.timeutil import zone
-from funnel.transports.base import Address, OutgoingEmail, SendResult, Transport
+from funnel.transports.base import Address, Attachment, OutgoingEmail, SendResult, Transport
 from funnel.unsubscribe import Tokens, secret_key, unsubscribe_headers, unsubscribe_url
 
 PAGE = 400
@@ -138,6 +139,8 @@ class _Pending:
     outstanding: int
     finished_if_sent: bool
     retry_later: bool = False
+    #: the sequence's goal was reached: finishing ends it as exited, without `next`
+    goal: str | None = None
 
 
 class Runner:
@@ -259,7 +262,9 @@ class Runner:
                 report["status"] = "missing"
                 continue
             try:
-                read = read_source_file(name, source, path, practice_tz, previous)
+                read = read_source_file(
+                    name, source, path, practice_tz, previous, webinar_tz=self.config.start_zone(source)
+                )
             except SourceError as exc:
                 report["status"] = "error"
                 self.summary.problems.append(str(exc))
@@ -514,12 +519,14 @@ class Runner:
             return evaluation.contact or state
         enrollment.next_due_at = evaluation.wake_at
         if evaluation.sends:
-            self._pending[enrollment.id or 0] = _Pending(enrollment, enrollment.sequence, 0, evaluation.finished)
+            self._pending[enrollment.id or 0] = _Pending(
+                enrollment, enrollment.sequence, 0, evaluation.finished, goal=evaluation.goal
+            )
             claims.extend(
                 _Claim(contact, enrollment, sequence, send, rows.get(send.step.id), rows) for send in evaluation.sends
             )
         elif evaluation.finished:
-            self._complete(enrollment, sequence)
+            self._complete(enrollment, sequence, evaluation.goal)
         return evaluation.contact or state
 
     def _unschedulable(
@@ -658,8 +665,29 @@ class Runner:
         assert contact.id is not None
         url = unsubscribe_url(self.config.practice.base_url, self.tokens.make(contact.id, row.id))
         rendered = render_for(self.renderer, self.config, contact, enrollment, enrollment.sequence, step, url)
+        attachments = invitation(
+            self.config,
+            step,
+            person_key=contact.email_hash,
+            discreet=contact.discreet,
+            webinar_id=enrollment.webinar,
+            start=enrollment.webinar_start,
+            now=self.now,
+        )
+        if step.calendar and not attachments:  # the email still goes, without the event
+            note = f"{enrollment.sequence}/{step.id}: sent without its calendar invitation (no webinar date)"
+            if note not in self.summary.warnings:
+                self.summary.warnings.append(note)
         return compose_email(
-            self.config, contact, enrollment.sequence, step.id, rendered, row.send_id or "", url, self.now
+            self.config,
+            contact,
+            enrollment.sequence,
+            step.id,
+            rendered,
+            row.send_id or "",
+            url,
+            self.now,
+            attachments=attachments,
         )
 
     # ----------------------------------------------------------------- outcomes
@@ -711,10 +739,14 @@ class Runner:
         if pending.finished_if_sent:
             sequence = self.config.sequences.get(pending.sequence_id)
             if sequence is not None:
-                self._complete(enrollment, sequence)
+                self._complete(enrollment, sequence, pending.goal)
 
-    def _complete(self, enrollment: Enrollment, sequence: Sequence) -> None:
-        """Every step has an outcome: finish, and start the `next` sequence."""
+    def _complete(self, enrollment: Enrollment, sequence: Sequence, goal: str | None = None) -> None:
+        """Every step has an outcome: finish, and start the `next` sequence (not when its goal was reached)."""
+        if goal:
+            self._end(enrollment, "exited", goal)
+            self.summary.exited += 1
+            return
         self._end(enrollment, "finished", None)
         self.summary.finished += 1
         if not sequence.next or sequence.next not in self.config.sequences:
@@ -779,7 +811,9 @@ def render_for(
         sequence_id,
         config.sequences[sequence_id],
         step,
-        TemplateContact(contact.email, contact.first_name, contact.last_name, dict(contact.fields or {})),
+        TemplateContact(
+            contact.email, contact.first_name, contact.last_name, dict(contact.fields or {}), contact.discreet
+        ),
         webinar,
         url,
         discreet=contact.discreet,
@@ -795,8 +829,10 @@ def compose_email(
     send_id: str,
     url: str,
     now: datetime,
+    *,
+    attachments: tuple[Attachment, ...] = (),
 ) -> OutgoingEmail:
-    """The frozen email for a transport: addresses, headers, custom args, tracking."""
+    """The frozen email for a transport: addresses, headers, custom args, tracking, attachments."""
     practice = config.practice
     sender_name = practice.from_name or practice.name
     if contact.discreet and practice.discreet_from_name:
@@ -822,4 +858,5 @@ def compose_email(
         date=now,
         sequence=sequence_id,
         step=step_id,
+        attachments=attachments,
     )

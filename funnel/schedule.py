@@ -21,6 +21,9 @@ Every rule of the spec's section 3.1 lives here:
   already begun";
 - a due time that date arithmetic cannot hold (beyond `LATEST`) is skipped
   with a reason instead of crashing the run.
+- a tag of `exit_on_tags` is the sequence's goal: it skips the marketing steps
+  ("goal reached: tag X") and, once finished, keeps the enrollment from going
+  on to `next` (`Evaluation.goal`), while transactional steps still go.
 
 `evaluate` returns what to do now for one enrollment and when to look again;
 the caller turns that into claims, sends and rows.
@@ -45,6 +48,8 @@ LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 WEBINAR_BEGUN = "the webinar had already begun"
 NO_WEBINAR_DATE = "no webinar date"
 OUT_OF_RANGE = "due time out of range"
+#: how a step skipped because the sequence's goal was reached is explained
+GOAL_REACHED = "goal reached"
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,9 @@ class Evaluation:
     finished: bool = False
     wake_at: datetime | None = None
     contact: ContactState | None = None
+    #: the sequence's goal was reached (a tag of `exit_on_tags`): once `finished`, the
+    #: enrollment ends as exited with this reason and does not go on to `next`
+    goal: str | None = None
 
 
 # --------------------------------------------------------------------------- due times
@@ -280,9 +288,17 @@ def evaluate(
         # and before min_gap, so a step that does not apply is settled at its own time
         if contact.suppressed:
             return _exit(contact.suppressed, step, due, skips, contact)
-        exit_hit = sorted(contact.tags.intersection(sequence.exit_on_tags))
-        if exit_hit:
-            return _exit(f"tag {exit_hit[0]}", step, due, skips, contact)
+        goal = goal_reached(sequence, contact.tags)
+        if goal and not step.transactional:
+            # the goal ends the marketing steps; the transactional ones (confirmations and
+            # reminders of what she signed up for) still go. With none of those left, the
+            # sequence ends here: every marketing step left is skipped now.
+            settled = {x.step.id for x in sends} | {x.step.id for x in skips}
+            if any(s.transactional for s in open_steps if s.id not in settled):
+                skips.append(Skip(step, due, goal))
+                continue
+            skips.extend(Skip(s, dues[s.id], goal) for s in open_steps if s.id not in settled)
+            return Evaluation(sends=tuple(sends), skips=tuple(skips), finished=True, contact=contact, goal=goal)
         ruled_out = _tag_condition(step, contact.tags)
         if ruled_out:
             skips.append(Skip(step, due, ruled_out))
@@ -317,7 +333,14 @@ def evaluate(
         finished=finished,
         wake_at=min(waits) if waits else None,
         contact=contact,
+        goal=goal_reached(sequence, contact.tags) if finished else None,
     )
+
+
+def goal_reached(sequence: Sequence, tags: frozenset[str]) -> str | None:
+    """`goal reached: tag X` when the contact has a tag of the sequence's `exit_on_tags`, else None."""
+    hit = sorted(tags.intersection(sequence.exit_on_tags))
+    return f"{GOAL_REACHED}: tag {hit[0]}" if hit else None
 
 
 def _exit(reason: str, step: Step, due: datetime, skips: list[Skip], contact: ContactState) -> Evaluation:
@@ -333,6 +356,8 @@ class Planned:
     sequence: str
     step: str
     at: datetime
+    #: set for a step that will not be sent (why), when `project` is asked for goal skips
+    skipped: str | None = None
 
 
 def project(
@@ -341,13 +366,17 @@ def project(
     now: datetime,
     until: datetime,
     delivery: Delivery,
+    *,
+    goal_skips: bool = False,
 ) -> list[Planned]:
     """Simulate one person's coming sends from `now` to `until` with today's tags.
 
     Used by `funnel plan`: it replays `evaluate` at each moment something
     becomes possible, so the plan follows exactly the rules a run follows
     (windows, gaps across sequences, lateness, tags). It does not follow
-    `next` into sequences the person is not in yet.
+    `next` into sequences the person is not in yet. With `goal_skips`, the
+    marketing steps a reached goal will skip are listed too (`skipped` set,
+    at their due time), so the plan can say why they do not go.
     """
     planned: list[Planned] = []
     states = dict(sequences)
@@ -367,6 +396,9 @@ def project(
             for skip in evaluation.skips:
                 recorded[skip.step.id] = Recorded("skipped", reason=skip.reason)
                 progressed = True
+                if goal_skips and skip.reason.startswith(GOAL_REACHED):
+                    due = skip.due_at if skip.due_at and skip.due_at > clock else clock
+                    planned.append(Planned(sid, skip.step.id, due, skipped=skip.reason))
             if evaluation.exit_reason or evaluation.finished:
                 recorded.update({s.id: Recorded("skipped") for s in sequence.steps if s.id not in recorded})
             states[sid] = (sequence, replace(state, recorded=recorded))

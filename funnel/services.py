@@ -24,8 +24,9 @@ from funnel.contacts import find_contact
 from funnel.db import database_url, make_engine
 from funnel.errors import ConfigError
 from funnel.ingest import IngestResult, apply_rows
+from funnel.invitation import invitation
 from funnel.models import Contact, Enrollment, StepRun, Tag
-from funnel.preview import render_sample, sample_unsubscribe_url
+from funnel.preview import render_sample, sample_unsubscribe_url, sample_webinar
 from funnel.render import Rendered, Renderer
 from funnel.runner import compose_email, contact_zone, render_for
 from funnel.sources import FileRead, read_source_file
@@ -51,7 +52,9 @@ def import_file(
         raise ConfigError(f"no source {source_name!r} in {config.path.name}: known: {', '.join(config.sources)}")
     if source.format == "form":
         raise ConfigError(f"source {source_name!r} is a form: its rows arrive through `funnel serve`")
-    read = read_source_file(source_name, source, path, zone(config.practice.timezone), None)
+    read = read_source_file(
+        source_name, source, path, zone(config.practice.timezone), None, webinar_tz=config.start_zone(source)
+    )
     with Session(engine, expire_on_commit=False) as session:
         result = apply_rows(session, config, source_name, source, read.rows, now)
         session.commit()
@@ -90,8 +93,27 @@ def send_test(config: Config, sequence_id: str, step_id: str, to: str, now: date
     rendered = render_sample(config, sequence_id, step_id, now)
     rendered = Rendered(subject=f"[Test] {rendered.subject}", text=rendered.text, html=rendered.html)
     contact = Contact(email_hash="", email=address, first_name="Sam", created_at=now, updated_at=now)
+    _sequence, step = config.find_step(sequence_id, step_id)
+    webinar = sample_webinar(config, sequence_id, now)
+    attachments = invitation(
+        config,
+        step,
+        person_key="send-test",
+        discreet=False,
+        webinar_id=webinar.id if webinar else None,
+        start=webinar.start if webinar else None,
+        now=now,
+    )
     email = compose_email(
-        config, contact, sequence_id, step_id, rendered, f"test-{uuid.uuid4().hex}", sample_unsubscribe_url(config), now
+        config,
+        contact,
+        sequence_id,
+        step_id,
+        rendered,
+        f"test-{uuid.uuid4().hex}",
+        sample_unsubscribe_url(config),
+        now,
+        attachments=attachments,
     )
     email = replace(email, to=Address(address))
     try:
@@ -104,8 +126,12 @@ def send_test(config: Config, sequence_id: str, step_id: str, to: str, now: date
 # --------------------------------------------------------------------------- plan
 
 
-def plan(config: Config, engine: Engine, now: datetime, days: int) -> list[dict[str, Any]]:
-    """What would be sent to whom and when in the next `days` days (writes nothing)."""
+def plan(config: Config, engine: Engine, now: datetime, days: int, *, goal_skips: bool = False) -> list[dict[str, Any]]:
+    """What would be sent to whom and when in the next `days` days (writes nothing).
+
+    With `goal_skips`, the marketing steps that a reached goal (`exit_on_tags`)
+    will skip are listed too, with `skipped` saying why.
+    """
     until = now + timedelta(days=days)
     out: list[dict[str, Any]] = []
     with Session(engine) as session:
@@ -128,7 +154,7 @@ def plan(config: Config, engine: Engine, now: datetime, days: int) -> list[dict[
             if not contacts:
                 break
             last_id = contacts[-1].id or last_id
-            out.extend(_plan_page(session, config, contacts, introduced, now, until))
+            out.extend(_plan_page(session, config, contacts, introduced, now, until, goal_skips))
     out.sort(key=lambda item: (item["at"], item["email"] or "", item["sequence"], item["step"]))
     return out
 
@@ -140,6 +166,7 @@ def _plan_page(
     introduced: dict[str, dict[str, datetime]],
     now: datetime,
     until: datetime,
+    goal_skips: bool = False,
 ) -> list[dict[str, Any]]:
     ids = [c.id for c in contacts]
     tags: dict[int, set[str]] = defaultdict(set)
@@ -176,14 +203,20 @@ def _plan_page(
             if e.sequence in config.sequences
         }
         try:
-            items = list(schedule.project(sequences, state, now, until, config.delivery))
+            items = list(schedule.project(sequences, state, now, until, config.delivery, goal_skips=goal_skips))
         except (OverflowError, ValueError, OSError):
             continue  # a value stored by an older version: the next run stops that enrollment, with the reason
         for item in items:
             if item.at <= until:
-                out.append(
-                    {"email": contact.email, "sequence": item.sequence, "step": item.step, "at": isoformat_z(item.at)}
-                )
+                planned = {
+                    "email": contact.email,
+                    "sequence": item.sequence,
+                    "step": item.step,
+                    "at": isoformat_z(item.at),
+                }
+                if item.skipped:
+                    planned["skipped"] = item.skipped
+                out.append(planned)
     return out
 
 

@@ -171,8 +171,13 @@ def read_source_file(
     previous: Fingerprint | None,
     *,
     settle_seconds: float = SETTLE_SECONDS,
+    webinar_tz: ZoneInfo | None = None,
 ) -> FileRead:
-    """Read a file source, skipping what `previous` already covered."""
+    """Read a file source, skipping what `previous` already covered.
+
+    `webinar_tz` is where a webinar start without an offset is read
+    (`Config.start_zone`); None reads it in each registrant's own zone (evergreen).
+    """
     try:
         data = path.read_bytes()
         modified = path.stat().st_mtime
@@ -197,7 +202,7 @@ def read_source_file(
         raw, consumed = _csv_rows(name, source, path, _first_line(text), lines, base, settled)
     else:
         raw, consumed = _jsonl_rows(source, lines, base, settled)
-    _map_rows(name, source, path, iter(raw), practice_tz, result)
+    _map_rows(name, source, path, iter(raw), practice_tz, result, webinar_tz=webinar_tz)
     result.deferred = len(lines) - consumed
     if not result.deferred:
         result.fingerprint = Fingerprint(current.size, current.sha256, base + consumed)
@@ -551,6 +556,7 @@ def _map_rows(
     result: FileRead,
     *,
     check_columns: bool = True,
+    webinar_tz: ZoneInfo | None = None,
 ) -> None:
     # columns seen: a csv's header (every row has it); for jsonl, the keys of any object,
     # since one object may leave a key out while the others have it
@@ -568,7 +574,7 @@ def _map_rows(
             continue
         values = {fld: lowered.get(header.strip().lower(), "") for fld, header in source.columns.items()}
         try:
-            result.rows.append(_to_signup(line, values, practice_tz, result, file=path.name))
+            result.rows.append(_to_signup(line, values, practice_tz, result, file=path.name, webinar_tz=webinar_tz))
         except ValueError as exc:
             result.problems.append(RowProblem(line, str(exc)))
     if lookup and check_columns:
@@ -591,7 +597,13 @@ def _require_columns(name: str, source: Source, path: Path, lookup: dict[str, st
 
 
 def _to_signup(
-    line: int, values: dict[str, str], practice_tz: ZoneInfo, result: FileRead, *, file: str = ""
+    line: int,
+    values: dict[str, str],
+    practice_tz: ZoneInfo,
+    result: FileRead,
+    *,
+    file: str = "",
+    webinar_tz: ZoneInfo | None = None,
 ) -> SignupRow:
     address = values.get("email", "")
     if not address:
@@ -614,7 +626,9 @@ def _to_signup(
     start = None
     if values.get("webinar_start"):
         try:
-            start = parse_instant(values["webinar_start"], tz)
+            # a live webinar is one moment: a start without an offset is read in the
+            # webinar's zone; an evergreen one (webinar_tz None) in the registrant's own
+            start = parse_instant(values["webinar_start"], webinar_tz or tz)
         except OverflowError:
             start = None  # beyond what a date can hold: refused just below
         start = _schedulable(values["webinar_start"], start)

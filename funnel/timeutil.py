@@ -138,7 +138,7 @@ def parse_instant(text: str, default_tz: ZoneInfo | None = None) -> datetime:
     except ValueError:
         raise ValueError(
             f"{text!r} is not a date and time: write 2026-12-08T19:00:00-07:00 "
-            "or 2026-12-08 19:00 (read in the contact's timezone)"
+            "or 2026-12-08 19:00 (read in the webinar's timezone)"
         ) from None
     if value.tzinfo is None:
         value = value.replace(tzinfo=default_tz or UTC)

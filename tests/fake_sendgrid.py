@@ -17,6 +17,7 @@ ones answered 2xx are also in `accepted`.
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 import threading
@@ -338,6 +339,14 @@ class FakeSendGrid:
         if path == "/v3/mail/send" and handler.command == "POST":
             if not isinstance(body, dict):
                 return 400, json_headers, _error_body("Bad Request", "body")
+            for index, attachment in enumerate(body.get("attachments") or []):
+                # like SendGrid: content (base64, no line breaks) and filename are required
+                try:
+                    base64.b64decode(str(attachment.get("content", "")), validate=True)
+                except ValueError:
+                    return 400, json_headers, _error_body("content must be base64", f"attachments.{index}.content")
+                if not attachment.get("content") or not attachment.get("filename"):
+                    return 400, json_headers, _error_body("content and filename are required", f"attachments.{index}")
             for index, addr in enumerate(_recipients(body)):
                 if addr in rejects:
                     status, message = rejects[addr]

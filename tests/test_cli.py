@@ -106,7 +106,8 @@ def test_preview_for_a_real_contact(project: Project, funnel) -> None:
     funnel("run", "--now", NOW)
     result = funnel("preview", "webinar-relationship-911", "day-before", "--email", "ana@example.test", "--out", "pv")
     assert result.code == 0, result.err
-    assert "Subject: Tomorrow at 7:00 PM EST" in result.out
+    # 19:00 in the webinar's zone (Denver), told in hers
+    assert "Subject: Tomorrow at 9:00 PM EST" in result.out
     text = (project.root / "pv" / "webinar-relationship-911--day-before.txt").read_text()
     assert "Ana" in text
 
@@ -364,3 +365,42 @@ def test_control_characters_in_contact_data_never_reach_the_terminal_raw(project
     for raw in ("\x1b", "\x07", "\x9b", "\u202e"):
         assert raw not in as_json.out
     assert json.loads(as_json.out)["first_name"] == hostile
+
+
+def test_contacts_tag_and_untag_by_hand(project: Project, funnel) -> None:
+    project.write(
+        "signups/webinar-registrations.csv", HEADER + "ana@example.test,Ana,,2027-01-14 19:00,America/Denver,\n"
+    )
+    funnel("run", "--now", NOW)
+    tagged = funnel("contacts", "tag", "ANA@example.test", "client", "consultation-held", "--now", NOW)
+    assert tagged.code == 0, tagged.err
+    assert tagged.out.strip() == "ANA@example.test: tagged client, consultation-held"
+    assert tagged.err == ""
+    again = funnel("contacts", "tag", "ana@example.test", "client")
+    assert again.code == 0 and "already tagged client" in again.out
+    data = funnel("contacts", "show", "ana@example.test", "--json").json()
+    assert data["tags"] == ["client", "consultation-held", "webinar-registered"]
+    export = json.loads(funnel("contacts", "export", "ana@example.test").out)
+    assert {"tag": "client", "source": "by hand", "added_at": "2027-01-10T16:00:00Z"} in export["tag_details"]
+    untagged = funnel("contacts", "untag", "ana@example.test", "client", "vip")
+    assert untagged.code == 0, untagged.err
+    assert untagged.out.strip() == "ana@example.test: untagged client; was not tagged vip"
+    data = funnel("contacts", "show", "ana@example.test", "--json").json()
+    assert data["tags"] == ["consultation-held", "webinar-registered"]
+
+
+def test_contacts_tag_refuses_unknown_addresses_and_malformed_tags(project: Project, funnel) -> None:
+    project.write(
+        "signups/webinar-registrations.csv", HEADER + "ana@example.test,Ana,,2027-01-14 19:00,America/Denver,\n"
+    )
+    funnel("run", "--now", NOW)
+    for command in ("tag", "untag"):
+        missing = funnel("contacts", command, "nobody@example.test", "client")
+        assert missing.code == 1 and "no contact with the address nobody@example.test" in missing.err
+        bad = funnel("contacts", command, "ana@example.test", "New Client")
+        assert bad.code == 2 and "'New Client' is not a tag" in bad.err and "lower case" in bad.err
+        assert funnel("contacts", command, "ana@example.test").code == 2  # at least one tag
+    assert funnel("contacts", "show", "ana@example.test", "--json").json()["tags"] == ["webinar-registered"]
+    typo = funnel("contacts", "tag", "ana@example.test", "clinet")
+    assert typo.code == 0  # a tag of her own is allowed, with a note
+    assert "does not use the tag 'clinet': did you mean 'client'?" in typo.err

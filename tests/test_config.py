@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import time
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -521,3 +522,92 @@ def test_waits_longer_than_five_years_are_refused_with_the_line(tmp_path: Path, 
 def test_webinar_offsets_longer_than_five_years_are_refused(tmp_path: Path) -> None:
     path = write_project(tmp_path, replace={"webinar: -1d": "webinar: -300w"})
     assert "longer than 5 years" in only_problem(path)
+
+
+# ---------------------------------------------------------------- webinars: one moment, evergreen, calendar
+
+HELLO_END = "template: hello.md\n      - id: reminder"
+CALENDAR_HELLO = "template: hello.md\n        calendar: true\n      - id: reminder"
+
+
+def test_a_webinar_start_is_read_in_the_webinars_zone_by_default_the_practices(tmp_path: Path) -> None:
+    config = load_config(write_project(tmp_path))
+    source = config.sources["registrations"]
+    assert config.start_zone(source) == ZoneInfo("America/Denver")  # practice.timezone
+    assert config.webinars["intro"].duration == Duration(minutes=60)
+    config = load_config(
+        write_project(
+            tmp_path,
+            replace={
+                "join_url: https://practice.test/join": (
+                    "join_url: https://practice.test/join\n    timezone: America/New_York\n    duration: 90m"
+                )
+            },
+        )
+    )
+    assert config.start_zone(source) == ZoneInfo("America/New_York")
+    assert config.webinars["intro"].duration == Duration(minutes=90)
+
+
+def test_an_evergreen_webinar_is_read_in_each_registrants_zone(tmp_path: Path) -> None:
+    path = write_project(
+        tmp_path, replace={"join_url: https://practice.test/join": "join_url: https://x.test/j\n    evergreen: true"}
+    )
+    config = load_config(path)
+    assert config.start_zone(config.sources["registrations"]) is None
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("timezone: Mountain", "webinars.intro.timezone: 'Mountain' is not a known timezone"),
+        ("duration: 0m", "webinars.intro.duration: '0m' is not a length"),
+        ("duration: soon", "webinars.intro.duration: 'soon' is not a duration"),
+    ],
+)
+def test_bad_webinar_settings_name_their_line(tmp_path: Path, line: str, expected: str) -> None:
+    path = write_project(tmp_path, replace={"join_url: https://practice.test/join": f"join_url: x\n    {line}"})
+    problem = only_problem(path)
+    assert problem.startswith(f"sequences.yaml:{line_of(path, line)}: {expected}")
+
+
+def test_calendar_is_allowed_on_steps_of_webinar_sequences_also_through_next(tmp_path: Path) -> None:
+    path = write_project(
+        tmp_path,
+        replace={
+            HELLO_END: CALENDAR_HELLO,
+            'subject: "Later"\n': 'subject: "Later"\n        calendar: true\n',
+        },
+    )
+    config = load_config(path)
+    assert config.sequences["welcome"].steps[0].calendar
+    assert config.webinar_sequences() == {"welcome", "later"}
+
+
+def test_calendar_on_a_sequence_without_a_webinar_is_refused_with_its_line(tmp_path: Path) -> None:
+    path = write_project(
+        tmp_path,
+        replace={
+            "    webinar: intro\n": "",
+            "columns: {email: Email, first_name: First Name, webinar_start: Start}": "columns: {email: Email}",
+            HELLO_END: CALENDAR_HELLO,
+        },
+    )
+    problem = only_problem(path)
+    assert problem.startswith(f"sequences.yaml:{line_of(path, 'calendar: true')}: step 'hello' in sequences.welcome")
+    assert "no webinar" in problem and "remove the line" in problem
+
+
+def test_preheaders_are_optional_step_keys(tmp_path: Path) -> None:
+    path = write_project(
+        tmp_path,
+        replace={
+            "template: hello.md\n      - id: reminder": (
+                'template: hello.md\n        preheader: "Your link"\n        discreet_preheader: "Details"\n'
+                "      - id: reminder"
+            )
+        },
+    )
+    hello = load_config(path).sequences["welcome"].steps[0]
+    assert (hello.preheader, hello.discreet_preheader) == ("Your link", "Details")
+    assert load_config(path).sequences["welcome"].steps[1].preheader is None

@@ -109,3 +109,19 @@ def test_several_commands_at_once_on_a_new_database_all_get_their_schema(
     assert [sent for sent in project.sent() if sent[2] == "registered"] == [
         ("ana@example.test", "webinar-relationship-911", "registered")
     ]
+
+
+def test_processes_starting_at_once_on_a_new_sqlite_file_all_open_it(tmp_path: Path) -> None:
+    """cron and a hand-started run, or two runs, may both be the first: neither fails on the schema."""
+    import subprocess
+    import sys
+
+    script = "import sys; from funnel.db import make_engine; make_engine(sys.argv[1])"
+    for attempt in range(5):
+        url = f"sqlite:///{tmp_path / f'new{attempt}.db'}"
+        procs = [
+            subprocess.Popen([sys.executable, "-c", script, url], stderr=subprocess.PIPE, text=True) for _ in range(4)
+        ]
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0] * 4, errors
+        assert current_revision(make_engine(url)) == HEAD

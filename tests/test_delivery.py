@@ -327,6 +327,21 @@ def test_send_test_goes_through_the_configured_transport(project: Project, funne
     assert result.code == 0, result.err
     assert fake.sent_to("me@example.test") == 1
     assert fake.accepted[0]["body"]["subject"].startswith("[Test] ")
+    assert "attachments" not in fake.accepted[0]["body"]
+
+
+def test_send_test_of_the_confirmation_carries_its_calendar_invitation(project: Project, funnel, fake) -> None:
+    import base64
+
+    from icalendar import Calendar
+
+    result = funnel(
+        "send-test", "webinar-relationship-911", "registered", "--to", "me@example.test", env=sendgrid_env(fake)
+    )
+    assert result.code == 0, result.err
+    (attachment,) = fake.accepted[0]["body"]["attachments"]
+    (event,) = Calendar.from_ical(base64.b64decode(attachment["content"])).walk("VEVENT")
+    assert str(event["SUMMARY"]).startswith("Relationship 911")  # the sample webinar, a week ahead
 
 
 @pytest.mark.skipif(
@@ -548,3 +563,38 @@ def test_unsubscribe_and_forget_during_a_run_stop_emails_it_already_claimed(proj
         )
     engine.dispose()
     assert reasons == ["erased", "unsubscribed"]
+
+
+def test_the_confirmation_carries_the_calendar_invitation_through_sendgrid(project: Project, funnel, fake) -> None:
+    import base64
+
+    from icalendar import Calendar
+
+    project.write(
+        "signups/webinar-registrations.csv",
+        HEADER
+        + "ana@example.test,Ana,,2027-01-14 19:00,America/Los_Angeles,\n"
+        + "carla@example.test,Carla,,2027-01-14 19:00,America/Denver,yes\n",
+    )
+    result = funnel("run", "--now", NOW, "--json", env=sendgrid_env(fake))
+    assert result.code == 0, result.err
+    bodies = {r["body"]["personalizations"][0]["to"][0]["email"]: r["body"] for r in fake.accepted}
+    summaries = {}
+    for address, body in bodies.items():
+        (attachment,) = body["attachments"]
+        assert (attachment["type"], attachment["filename"], attachment["disposition"]) == (
+            "text/calendar",
+            "invite.ics",
+            "attachment",
+        )
+        calendar = Calendar.from_ical(base64.b64decode(attachment["content"]))
+        assert str(calendar["METHOD"]) == "PUBLISH"
+        (event,) = calendar.walk("VEVENT")
+        assert event.decoded("DTSTART") == parse_instant("2027-01-15T02:00:00Z")  # 19:00 in Denver, for both
+        assert event.decoded("DTEND") == parse_instant("2027-01-15T03:00:00Z")
+        assert address not in event.to_ical().decode()
+        summaries[address] = str(event["SUMMARY"])
+    assert summaries == {
+        "ana@example.test": "Relationship 911: Helping Women Move Through The Crisis Of Betrayal",
+        "carla@example.test": "Appointment",  # discreet
+    }

@@ -792,3 +792,90 @@ def test_a_value_that_looks_like_a_slot_token_stays_text(tmp_path: Path) -> None
     fake_token = f"{renderer._prefix}0z"
     out = render(config, contact=TemplateContact(email="x@example.test", first_name=fake_token), renderer=renderer)
     assert f"Hi {fake_token}," in out.text
+
+
+# --------------------------------------------------------------------------- discretion in the inbox preview
+
+PREHEADER_YAML = YAML.replace(
+    '        discreet_subject: "Your confirmation"\n        template: hello.md\n',
+    '        discreet_subject: "Your confirmation"\n'
+    "        preheader: \"{{ webinar.title }} for {{ contact.first_name or 'you' }}\"\n"
+    '        discreet_preheader: "The details you asked for"\n'
+    "        template: hello.md\n",
+).replace(
+    '  discreet_subject: "A quiet note"\n',
+    '  discreet_subject: "A quiet note"\n  from_name: Dr. Full Name\n  discreet_from_name: "F. Name"\n',
+)
+PREHEADER_LAYOUT = LAYOUT_HTML.replace(
+    "<body>\n", '<body>\n{% if preheader %}<div style="display:none">{{ preheader }}</div>{% endif %}\n'
+)
+
+
+def test_the_preheader_is_the_hidden_first_text_of_the_html_and_not_in_the_text(tmp_path: Path) -> None:
+    config = project(tmp_path, yaml=PREHEADER_YAML, templates={"layout.html": PREHEADER_LAYOUT})
+    out = render(config, contact=TemplateContact(email="ann@example.test", first_name="Ann & Co"))
+    assert out.html is not None
+    body = out.html.split("<body>", 1)[1]
+    assert body.lstrip().startswith('<div style="display:none">Intro Webinar for Ann &amp; Co</div>')
+    assert "Intro Webinar for" not in out.text and "details you asked" not in out.text
+    assert "details you asked" not in out.html
+
+
+def test_a_discreet_reader_gets_only_the_discreet_preheader_as_the_first_line(tmp_path: Path) -> None:
+    config = project(tmp_path, yaml=PREHEADER_YAML, templates={"layout.html": PREHEADER_LAYOUT})
+    out = render(config, discreet=True)
+    assert out.html is None
+    assert out.text.startswith("The details you asked for\n\nHi Ann,")
+    assert "Intro Webinar" not in out.text  # never the marketing preheader
+    # a step without a discreet_preheader: no preheader at all for her
+    plain = render(config, "reminder", discreet=True)
+    assert plain.text.startswith("See you at")
+    no_discreet = PREHEADER_YAML.replace('        discreet_preheader: "The details you asked for"\n', "")
+    out = render(project(tmp_path, yaml=no_discreet, templates={"layout.html": PREHEADER_LAYOUT}), discreet=True)
+    assert out.text.startswith("Hi Ann,") and "Intro Webinar for" not in out.text
+
+
+def test_templates_see_contact_discreet_and_the_discreet_signature(tmp_path: Path) -> None:
+    hello = "{% if contact.discreet %}Quiet.{% else %}Loud.{% endif %}\n\n{{ practice.from_name }}\n"
+    config = project(tmp_path, yaml=PREHEADER_YAML, templates={"hello.md": hello})
+    normal = render(config)
+    discreet = render(config, discreet=True)
+    assert "Loud." in normal.text and "Dr. Full Name" in normal.text
+    assert "Quiet." in discreet.text and "F. Name" in discreet.text and "Dr. Full Name" not in discreet.text
+
+
+def test_a_preheader_error_names_its_line_in_sequences_yaml(tmp_path: Path) -> None:
+    broken = PREHEADER_YAML.replace('"The details you asked for"', '"{{ oops"')
+    path = write_project(tmp_path, yaml=broken)
+    with pytest.raises(TemplateError) as info:
+        Renderer(load_config(path))
+    line = next(n for n, text in enumerate(broken.splitlines(), 1) if "discreet_preheader" in text)
+    assert str(info.value).startswith(f"sequences.yaml:{line}: discreet_preheader of step 'hello' in welcome:")
+
+
+def test_the_shipped_layouts_keep_the_footer_neutral_for_discreet_readers(tmp_path: Path) -> None:
+    root = tmp_path / "shipped"
+    root.mkdir()
+    shutil.copy(REPO / "sequences.yaml", root / "sequences.yaml")
+    shutil.copytree(REPO / "email_templates", root / "email_templates")
+    config = load_config(root / "sequences.yaml")
+    sequence = config.sequences["webinar-relationship-911"]
+    step = sequence.step("registered")
+    assert step is not None and step.preheader and step.discreet_preheader
+    renderer = Renderer(config)
+    start = datetime(2027, 1, 14, 19, 0, tzinfo=ZoneInfo("America/Denver"))
+    info = config.webinars["relationship-911"]
+    seminar = TemplateWebinar("relationship-911", info.title, info.join_url, info.replay_url, start)
+    contact = TemplateContact(email="c@example.test", first_name="Carla")
+    normal = renderer.render("webinar-relationship-911", sequence, step, contact, seminar, UNSUB)
+    quiet = renderer.render("webinar-relationship-911", sequence, step, contact, seminar, UNSUB, discreet=True)
+    assert normal.html is not None and config.practice.name in normal.html and config.practice.name in normal.text
+    first = normal.html.split("<body", 1)[1].split(">", 1)[1].lstrip()
+    assert first.startswith('<div style="display:none;') and first.split(">", 1)[1].startswith(step.preheader)
+    assert quiet.html is None
+    assert config.practice.name not in quiet.text  # the practice's name says what it is about
+    assert info.title not in quiet.text  # nor the webinar's title
+    assert config.practice.postal_address in quiet.text and UNSUB in quiet.text  # CAN-SPAM still holds
+    assert quiet.text.startswith(step.discreet_preheader + "\n\n")
+    assert config.practice.discreet_from_name and config.practice.discreet_from_name in quiet.text
+    assert config.practice.from_name and config.practice.from_name not in quiet.text

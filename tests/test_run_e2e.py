@@ -34,17 +34,19 @@ def test_first_run_sends_what_is_due_and_a_second_run_at_the_same_time_sends_not
     assert first.code == 0, first.err
     summary = first.json()
     assert summary["rejected"] == 1  # the row with `not-an-email`
-    assert summary["sent"] == 9  # 6 registration confirmations + 3 consultation receipts
+    # 7 registration confirmations (beth too: she also asked for a consultation, and a goal
+    # keeps the confirmation of what she signed up for) + 3 consultation receipts
+    assert summary["sent"] == 10
     assert summary["failed"] == 0
     for key in ("imported", "rejected", "enrolled", "sent", "skipped", "failed"):
         assert key in summary
     files = sorted(example_project.outbox.glob("*.eml"))
-    assert len(files) == 9
+    assert len(files) == 10
     again = funnel("run", "--now", "2026-12-01T16:00:00Z", "--json")
     assert again.code == 0
     assert again.json()["sent"] == 0
     assert again.json()["imported"] == 0
-    assert len(list(example_project.outbox.glob("*.eml"))) == 9
+    assert len(list(example_project.outbox.glob("*.eml"))) == 10
 
 
 def test_same_address_in_any_case_is_one_contact(example_project: Project, funnel) -> None:
@@ -157,8 +159,9 @@ def test_weeks_of_cron_runs_follow_every_rule(project: Project, funnel) -> None:
     for message in by_key["grace@example.test"]:
         if message["Subject"].startswith("Tomorrow"):
             sent_at = parsedate_to_datetime(message["Date"])
-            # 2027-01-27 19:00 in New York, the day before her *new* webinar
-            assert sent_at == datetime(2027, 1, 28, 0, 0, tzinfo=UTC)
+            # the webinar is 19:00 in Denver (the webinar's zone), 21:00 in New York:
+            # 2027-01-27 21:00 in New York, the day before her *new* webinar
+            assert sent_at == datetime(2027, 1, 28, 2, 0, tzinfo=UTC)
 
     # non-transactional mail only goes out inside 08:00-20:00 in the reader's timezone
     zones = {
@@ -182,7 +185,10 @@ def test_weeks_of_cron_runs_follow_every_rule(project: Project, funnel) -> None:
 
     # the discreet contact gets plain text from the discreet sender name
     for message in by_key["carla@example.test"]:
-        assert message.get_content_type() == "text/plain"
+        # text only (the confirmation adds its calendar invitation as an attachment)
+        assert message.get_body(("html",)) is None
+        assert message.get_content_type() in ("text/plain", "multipart/mixed")
+        assert [p.get_content_type() for p in message.walk() if not p.is_multipart()][0] == "text/plain"
         assert "M. Ellis" in str(message["From"])
 
     shown = funnel("contacts", "show", "dana@example.test", "--json").json()
@@ -212,30 +218,110 @@ def test_an_outage_skips_stale_mail_instead_of_flooding(project: Project, funnel
     assert [s for _, _, s in project.sent()] == ["registered"]
 
 
-def test_goal_reached_leaves_the_sequence(project: Project, funnel) -> None:
+def test_reaching_the_goal_keeps_the_reminders_and_ends_the_letters(project: Project, funnel) -> None:
     project.write("signups/webinar-registrations.csv", HEADER + f"ana@example.test,Ana,,{WEBINAR_A},America/Denver,\n")
     funnel("run", "--now", "2027-01-10T16:00:00Z")
     project.write(
         "signups/consultation-requests.jsonl", '{"email": "ANA@example.test", "name": "Ana", "message": "hi"}\n'
     )
     funnel("run", "--now", "2027-01-11T16:00:00Z")
-    funnel("run", "--now", "2027-01-14T02:00:00Z")
+    goal = "goal reached: tag consultation-requested"
+
+    # contacts show says so: the reminders still go, the letters will not
+    shown = funnel("contacts", "show", "ana@example.test", "--json").json()
+    webinar = next(e for e in shown["enrollments"] if e["sequence"] == "webinar-relationship-911")
+    assert webinar["status"] == "active" and webinar["goal"] == goal
+    steps = {s["id"]: s for s in webinar["steps"]}
+    assert steps["day-before"]["status"] == "pending" and "reason" not in steps["day-before"]
+    assert steps["hour-before"]["status"] == "pending" and "reason" not in steps["hour-before"]
+    for step_id in ("replay", "thank-you", "consultation-invite"):
+        assert steps[step_id]["reason"] == f"{goal}: will not be sent"
+    text = funnel("contacts", "show", "ana@example.test").out
+    assert f"{goal}: no more letters; confirmations and reminders still go" in text
+    assert f"replay                   pending  2027-01-15T05:00:00Z - {goal}: will not be sent" in text
+
+    # plan lists the reminders, and says why the letters do not go
+    plan = funnel("plan", "--now", "2027-01-11T16:00:00Z", "--days", "14")
+    assert plan.code == 0, plan.err
+    lines = [line for line in plan.out.splitlines() if "webinar-relationship-911" in line]
+    assert [line.split()[3] for line in lines] == [
+        "day-before",
+        "hour-before",
+        "replay",
+        "thank-you",
+        "consultation-invite",
+    ]
+    assert all(line.rstrip().endswith(f"not sent: {goal}") for line in lines[2:])
+    assert not any("not sent" in line for line in lines[:2])
+    planned = funnel("plan", "--now", "2027-01-11T16:00:00Z", "--days", "14", "--json").json()
+    assert [i["step"] for i in planned if i["sequence"] == "webinar-relationship-911"] == ["day-before", "hour-before"]
+
+    for now in ("2027-01-14T02:00:00Z", "2027-01-15T01:00:00Z", "2027-01-15T15:00:00Z", "2027-01-20T16:00:00Z"):
+        assert funnel("run", "--now", now).code == 0
+    sent = [(seq, step) for to, seq, step in project.sent() if to == "ana@example.test"]
+    assert [step for seq, step in sent if seq == "webinar-relationship-911"] == [
+        "registered",
+        "day-before",
+        "hour-before",
+    ]
+    assert ("consultation", "received") in sent
     shown = funnel("contacts", "show", "ana@example.test", "--json").json()
     by_sequence = {e["sequence"]: e for e in shown["enrollments"]}
     assert by_sequence["webinar-relationship-911"]["status"] == "exited"
-    assert by_sequence["webinar-relationship-911"]["reason"] == "tag consultation-requested"
-    assert "consultation-requested" in shown["tags"]
-    assert ("ana@example.test", "webinar-relationship-911", "day-before") not in project.sent()
-    assert ("ana@example.test", "consultation", "received") in project.sent()
+    assert by_sequence["webinar-relationship-911"]["reason"] == goal
+    steps = {s["id"]: s for s in by_sequence["webinar-relationship-911"]["steps"]}
+    assert {k: (v["status"], v.get("reason")) for k, v in steps.items()} == {
+        "registered": ("sent", None),
+        "day-before": ("sent", None),
+        "hour-before": ("sent", None),
+        "replay": ("skipped", goal),
+        "thank-you": ("skipped", goal),
+        "consultation-invite": ("skipped", goal),
+    }
+    assert "betrayal-recovery" not in by_sequence  # the goal also ends the `next:` chain
+
+
+def test_beth_registers_and_asks_for_a_consultation_and_still_gets_her_confirmation(
+    example_project: Project, funnel
+) -> None:
+    assert funnel("run", "--now", "2026-12-01T16:00:00Z").code == 0
+    beth = [(seq, step) for to, seq, step in example_project.sent() if to == "beth.nguyen@example.test"]
+    assert sorted(beth) == [("consultation", "received"), ("webinar-relationship-911", "registered")]
+
+
+def test_plan_changes_says_when_a_reached_goal_means_no_change(project: Project, funnel) -> None:
+    project.write("signups/webinar-registrations.csv", HEADER + f"ana@example.test,Ana,,{WEBINAR_A},America/Denver,\n")
+    project.write("signups/consultation-requests.jsonl", '{"email": "ana@example.test", "name": "Ana"}\n')
+    funnel("run", "--now", "2027-01-10T16:00:00Z")
+    config = (project.root / "sequences.yaml").read_text()
+    config = config.replace("        webinar: -1h\n", "        webinar: -2h\n")
+    config = config.replace(
+        "      - id: replay\n",
+        "      - id: extra-letter\n        webinar: +1d\n"
+        '        subject: "More"\n        template: webinar/replay.md\n      - id: replay\n',
+    )
+    (project.root / "sequences.yaml").write_text(config)
+    result = funnel("plan", "--changes", "--now", "2027-01-10T17:00:00Z", "--json")
+    assert result.code == 0, result.err
+    changes = {(c["step"], c["change"]): c["people"] for c in result.json()["steps"]}
+    # the reminder is transactional: it still goes, at its new time
+    assert changes[("hour-before", "retimed")] == [
+        {"email": "ana@example.test", "effect": "moves from 2027-01-15T01:00:00Z to 2027-01-15T00:00:00Z"}
+    ]
+    assert changes[("extra-letter", "added")] == [
+        {"email": "ana@example.test", "effect": "would not get it: goal reached: tag consultation-requested"}
+    ]
+    text = funnel("plan", "--changes", "--now", "2027-01-10T17:00:00Z").out
+    assert "ana@example.test: would not get it: goal reached: tag consultation-requested" in text
 
 
 def test_dry_run_writes_nothing(example_project: Project, funnel) -> None:
     result = funnel("run", "--now", "2026-12-01T16:00:00Z", "--dry-run", "--json")
     assert result.code == 0
-    assert result.json()["sent"] == 9
+    assert result.json()["sent"] == 10
     assert not example_project.outbox.exists()
     real = funnel("run", "--now", "2026-12-01T16:00:00Z", "--json")
-    assert real.json()["sent"] == 9
+    assert real.json()["sent"] == 10
     assert real.json()["imported"] == 13
 
 
@@ -377,3 +463,108 @@ def test_a_step_added_after_an_import_is_still_a_late_addition_for_those_importe
     }
     assert steps["received"]["status"] == "skipped"  # late by 3 days: the first run came too late for it
     assert steps["gentle-note"] == {**steps["gentle-note"], "status": "skipped", "reason": "added after its time"}
+
+
+def test_a_live_webinar_is_one_moment_each_reader_sees_it_in_her_own_zone(example_project: Project, funnel) -> None:
+    """hana (Los Angeles) and grace (New York) register for 2027-01-21 19:00 Denver time (grace's row has an offset)."""
+    assert funnel("run", "--now", "2026-12-01T16:00:00Z").code == 0
+    assert funnel("run", "--now", "2027-01-21T02:00:00Z").code == 0  # the day before, 19:00 Denver
+    # an hour before 19:00 MST (02:00Z): 5:00 PM in Los Angeles, 8:00 PM in New York
+    result = funnel("run", "--now", "2027-01-22T01:00:00Z", "--json")
+    assert result.code == 0, result.err
+    hour_before = {
+        str(m["To"].addresses[0].addr_spec): m
+        for m in example_project.messages()
+        if parsedate_to_datetime(m["Date"]) == datetime(2027, 1, 22, 1, 0, tzinfo=UTC)
+    }
+    assert set(hour_before) == {"hana.sato@example.test", "grace.okafor@example.test"}
+    assert "at 6:00 PM PST." in hour_before["hana.sato@example.test"].get_body(("plain",)).get_content()
+    assert "at 9:00 PM EST." in hour_before["grace.okafor@example.test"].get_body(("plain",)).get_content()
+    shown = funnel("contacts", "show", "hana.sato@example.test", "--json").json()
+    assert shown["enrollments"][0]["webinar_start"] == "2027-01-22T02:00:00Z"
+
+
+def test_clients_and_held_consultations_stop_the_consultation_letters(project: Project, funnel) -> None:
+    requests = "signups/consultation-requests.jsonl"
+    project.write(
+        requests,
+        '{"email": "irene@example.test", "name": "Irene"}\n'
+        '{"email": "jess@example.test", "name": "Jess"}\n'
+        '{"email": "kim@example.test", "name": "Kim"}\n',
+    )
+    # no clients.csv nor consultations-held.csv yet: quiet and harmless
+    first = funnel("run", "--now", "2027-01-04T16:00:00Z", "--json")
+    assert first.code == 0, first.err
+    summary = first.json()
+    assert summary["problems"] == [] and summary["warnings"] == [] and summary["failed"] == 0
+    assert summary["sources"]["clients"]["status"] == "missing"
+    quiet = funnel("run", "--now", "2027-01-04T16:05:00Z")
+    assert (quiet.code, quiet.out, quiet.err) == (0, "", "")
+    # Irene became a client (the practice's list, which also names someone never seen);
+    # Jess had her call (tagged by hand); Kim neither
+    project.write("signups/clients.csv", "Email\nIRENE@example.test\nstranger@example.test\n")
+    assert funnel("contacts", "tag", "jess@example.test", "consultation-held").code == 0
+    read = funnel("run", "--now", "2027-01-04T16:10:00Z", "--json").json()
+    assert read["sources"]["clients"]["imported"] == 1 and read["sources"]["clients"]["not_contacts"] == 1
+    for day in range(5, 14):
+        assert funnel("run", "--now", f"2027-01-{day:02d}T16:00:00Z").code == 0
+    sent = project.sent()
+    assert [s for to, _, s in sent if to == "kim@example.test"] == ["received", "what-to-expect", "follow-up"]
+    assert [s for to, _, s in sent if to == "irene@example.test"] == ["received"]
+    assert [s for to, _, s in sent if to == "jess@example.test"] == ["received"]
+    assert funnel("contacts", "show", "stranger@example.test").code == 1  # create: false
+    jess = funnel("contacts", "show", "jess@example.test", "--json").json()["enrollments"][0]
+    assert jess["status"] == "exited" and jess["reason"] == "goal reached: tag consultation-held"
+    irene = funnel("contacts", "show", "irene@example.test", "--json").json()["enrollments"][0]
+    assert {s["id"]: s.get("reason") for s in irene["steps"]}["follow-up"] == "goal reached: tag client"
+
+
+def test_the_confirmation_eml_has_the_calendar_invitation(example_project: Project, funnel) -> None:
+    from icalendar import Calendar
+
+    assert funnel("run", "--now", "2026-12-01T16:00:00Z").code == 0
+    confirmations = {
+        str(m["To"].addresses[0].addr_spec): m
+        for m in example_project.messages()
+        if m["Subject"] in ("Your confirmation",) or m["Subject"].startswith("Your seat is saved")
+    }
+    assert len(confirmations) == 7
+    uids = set()
+    for address, message in confirmations.items():
+        assert message.get_content_type() == "multipart/mixed"
+        (part,) = [p for p in message.iter_attachments() if p.get_content_type() == "text/calendar"]
+        assert part.get_filename() == "invite.ics"
+        assert part.get_param("method") == "PUBLISH"
+        assert message.get_body(("plain",)) is not None  # the letter itself is still there
+        (event,) = Calendar.from_ical(part.get_content()).walk("VEVENT")
+        uids.add(str(event["UID"]))
+        assert address not in part.get_content()
+        if address == "carla.mendes@example.test":  # discreet: text only, neutral event, neutral letter
+            assert message.get_body(("html",)) is None
+            assert str(event["SUMMARY"]) == "Appointment"
+            text = message.get_body(("plain",)).get_content().replace("\r\n", "\n")
+            assert text.startswith("The details you asked for\n")  # the inbox preview
+            assert "M. Ellis" in str(message["From"]) and "M. Ellis" in text  # signed as the From
+            for revealing in ("Healing Light Counseling", "Relationship 911", "Dr. Maya Ellis"):
+                assert revealing not in text
+        else:
+            assert message.get_body(("html",)) is not None
+            assert str(event["SUMMARY"]).startswith("Relationship 911")
+    assert len(uids) == 7  # one per person
+    # only `calendar: true` steps carry it: not the consultation receipts
+    receipts = sorted(example_project.outbox.glob("*_consultation_received_*.eml"))
+    assert len(receipts) == 3
+    for path in receipts:
+        assert b"text/calendar" not in path.read_bytes()
+
+
+def test_without_a_webinar_date_the_confirmation_goes_without_the_calendar(project: Project, funnel) -> None:
+    project.write("signups/webinar-registrations.csv", HEADER + "ana@example.test,Ana,,,America/Denver,\n")
+    result = funnel("run", "--now", "2027-01-10T16:00:00Z", "--json")
+    assert result.code == 0, result.err
+    assert result.json()["sent"] == 1
+    assert result.json()["warnings"] == [
+        "webinar-relationship-911/registered: sent without its calendar invitation (no webinar date)"
+    ]
+    (message,) = project.messages()
+    assert message.get_content_type() == "multipart/alternative"

@@ -728,12 +728,12 @@ def test_tag_conditions(
 @pytest.mark.parametrize(
     ("tags", "reason"),
     [
-        ({"client"}, "tag client"),
-        ({"consultation-requested", "client"}, "tag client"),
-        ({"consultation-requested"}, "tag consultation-requested"),
+        ({"client"}, "goal reached: tag client"),
+        ({"consultation-requested", "client"}, "goal reached: tag client"),
+        ({"consultation-requested"}, "goal reached: tag consultation-requested"),
     ],
 )
-def test_exit_tags(tags: set[str], reason: str) -> None:
+def test_a_reached_goal_ends_the_marketing_steps_once_the_reminders_are_done(tags: set[str], reason: str) -> None:
     webinar = L(DENVER, 2026, 3, 12, 12)
     enrolled = L(DENVER, 2026, 3, 1, 12)
     recorded = {"registered": Recorded("sent"), "day-before": Recorded("sent")}
@@ -745,9 +745,126 @@ def test_exit_tags(tags: set[str], reason: str) -> None:
         recorded=recorded,
         tags=frozenset(tags),
     )
-    assert evaluation.exit_reason == reason
+    # not an exit of the whole enrollment: it finishes, without going on to `next`
+    assert evaluation.exit_reason is None
+    assert evaluation.finished and evaluation.goal == reason and evaluation.wake_at is None
     assert evaluation.sends == ()
-    assert [(s.step.id, s.reason) for s in evaluation.skips] == [("replay", reason)]
+    assert [(s.step.id, s.reason) for s in evaluation.skips] == [
+        ("replay", reason),
+        ("thank-you", reason),
+        ("offer", reason),
+    ]
+
+
+GOAL = frozenset({"consultation-requested"})
+MARKETING_FIRST = seq(
+    step("tip", wait="0m"),
+    step("reminder", webinar="-1h", transactional=True),
+    exit_on_tags=("consultation-requested",),
+)
+CONFIRM_THEN_TIP = seq(
+    step("confirm", wait="0m", transactional=True),
+    step("tip", wait="0m"),
+    exit_on_tags=("consultation-requested",),
+)
+TIP_THEN_CONFIRM = seq(
+    step("tip", wait="0m"),
+    step("confirm", wait="1d", transactional=True),
+    exit_on_tags=("consultation-requested",),
+)
+G_WEBINAR = L(DENVER, 2026, 3, 12, 19)
+G_ENROLLED = L(DENVER, 2026, 3, 9, 10)  # a Monday, inside the window
+
+
+@pytest.mark.parametrize(
+    ("sequence", "now", "recorded", "tags", "expected", "finished", "goal"),
+    [
+        # she registered and asked for a consultation at once: the confirmation still goes
+        (WEBINAR, G_ENROLLED, {}, GOAL, {"registered": "send", "replay": "wait", "offer": "wait"}, False, None),
+        # the day-before reminder still goes
+        (
+            WEBINAR,
+            L(DENVER, 2026, 3, 11, 19),
+            {"registered": Recorded("sent")},
+            GOAL,
+            {"day-before": "send", "replay": "wait"},
+            False,
+            None,
+        ),
+        # a marketing step whose time comes while a reminder is ahead: skipped, the reminder waits
+        (
+            MARKETING_FIRST,
+            G_ENROLLED,
+            {},
+            GOAL,
+            {"tip": "skip: goal reached: tag consultation-requested", "reminder": "wait"},
+            False,
+            None,
+        ),
+        # ... and the reminder goes at its time; the sequence then ends without `next`
+        (
+            MARKETING_FIRST,
+            L(DENVER, 2026, 3, 12, 18),
+            {"tip": Recorded("skipped")},
+            GOAL,
+            {"reminder": "send"},
+            True,
+            "goal reached: tag consultation-requested",
+        ),
+        # a send decided in the same pass is kept when the goal ends the rest
+        (
+            CONFIRM_THEN_TIP,
+            G_ENROLLED,
+            {},
+            GOAL,
+            {"confirm": "send", "tip": "skip: goal reached: tag consultation-requested"},
+            True,
+            "goal reached: tag consultation-requested",
+        ),
+        # a marketing step first, the transactional one a day later: it still goes
+        (
+            TIP_THEN_CONFIRM,
+            G_ENROLLED,
+            {},
+            GOAL,
+            {"tip": "skip: goal reached: tag consultation-requested", "confirm": "wait"},
+            False,
+            None,
+        ),
+        # without the goal nothing changes, and finishing leads on to `next`
+        (CONFIRM_THEN_TIP, G_ENROLLED, {}, frozenset(), {"confirm": "send", "tip": "send"}, True, None),
+        (
+            CONFIRM_THEN_TIP,
+            G_ENROLLED,
+            {"confirm": Recorded("sent")},
+            frozenset({"other"}),
+            {"tip": "send"},
+            True,
+            None,
+        ),
+    ],
+)
+def test_goal_rule_table(
+    sequence: Sequence,
+    now: datetime,
+    recorded: dict[str, Recorded],
+    tags: frozenset[str],
+    expected: dict[str, str],
+    finished: bool,
+    goal: str | None,
+) -> None:
+    evaluation = run(sequence, G_ENROLLED, now, webinar_start=G_WEBINAR, recorded=recorded, tags=tags)
+    assert {step_id: outcome(evaluation, step_id) for step_id in expected} == expected
+    assert evaluation.exit_reason is None
+    assert (evaluation.finished, evaluation.goal) == (finished, goal)
+
+
+def test_untagged_before_its_time_the_marketing_step_goes_after_all() -> None:
+    """The goal is looked at when a step's time comes, not when the tag was set."""
+    first = run(TIP_THEN_CONFIRM, G_ENROLLED, G_ENROLLED - timedelta(hours=1), tags=GOAL)
+    assert outcome(first, "tip") == "wait"
+    later = run(TIP_THEN_CONFIRM, G_ENROLLED, G_ENROLLED, tags=frozenset())
+    assert outcome(later, "tip") == "send"
 
 
 @pytest.mark.parametrize("suppressed", ["unsubscribed", "bounced", "erased"])
@@ -834,9 +951,20 @@ def test_project_webinar_plan() -> None:
     attended = ContactState(DENVER, frozenset({"webinar-attended"}))
     plan = project({"w": (WEBINAR, state)}, attended, enrolled, L(DENVER, 2026, 3, 14), delivery())
     assert [p.step for p in plan] == ["registered", "day-before", "thank-you"]
-    exiting = ContactState(DENVER, frozenset({"client"}))
-    plan = project({"w": (WEBINAR, state)}, exiting, enrolled, enrolled + timedelta(days=30), delivery())
-    assert plan == []
+    client = ContactState(DENVER, frozenset({"client"}))
+    plan = project({"w": (WEBINAR, state)}, client, enrolled, enrolled + timedelta(days=30), delivery())
+    assert [(p.step, p.at) for p in plan] == [("registered", enrolled), ("day-before", L(DENVER, 2026, 3, 11, 19))]
+    plan = project(
+        {"w": (WEBINAR, state)}, client, enrolled, enrolled + timedelta(days=30), delivery(), goal_skips=True
+    )
+    assert [(p.step, p.at, p.skipped) for p in plan] == [
+        ("registered", enrolled, None),
+        ("day-before", L(DENVER, 2026, 3, 11, 19), None),
+        # decided when the replay's window opens (08:00), like a run would
+        ("replay", L(DENVER, 2026, 3, 13, 8), "goal reached: tag client"),
+        ("thank-you", L(DENVER, 2026, 3, 13, 8), "goal reached: tag client"),
+        ("offer", L(DENVER, 2026, 3, 15, 9), "goal reached: tag client"),
+    ]
 
 
 def test_project_spaces_marketing_across_sequences() -> None:

@@ -3,6 +3,7 @@ against a real local HTTP server through the official client."""
 
 from __future__ import annotations
 
+import base64
 import socket
 import threading
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ import pytest
 from fake_sendgrid import AUTH_ERROR, FakeSendGrid
 
 from funnel.errors import TransportError
-from funnel.transports.base import Address, OutgoingEmail
+from funnel.transports.base import Address, Attachment, OutgoingEmail
 from funnel.transports.sendgrid import (
     MAX_RETRY_AFTER,
     SendGridTransport,
@@ -107,6 +108,21 @@ def test_payload_text_only_discreet_email_exact() -> None:
         },
         "mail_settings": {"sandbox_mode": {"enable": False}},
     }
+
+
+def test_payload_carries_attachments_base64() -> None:
+    ics = b"BEGIN:VCALENDAR\r\nVERSION:2.0\r\nEND:VCALENDAR\r\n"
+    email = make_email(attachments=(Attachment("invite.ics", ics, "text/calendar", (("method", "PUBLISH"),)),))
+    payload = sendgrid_payload(email, sandbox=False)
+    assert payload["attachments"] == [
+        {
+            "content": base64.b64encode(ics).decode("ascii"),
+            "type": "text/calendar",
+            "filename": "invite.ics",
+            "disposition": "attachment",
+        }
+    ]
+    assert "attachments" not in sendgrid_payload(make_email(), sandbox=False)
 
 
 @pytest.mark.parametrize(("opens", "clicks"), [(False, False), (True, False), (False, True)])

@@ -916,3 +916,34 @@ def test_unterminated_quote_in_an_appended_part_is_reported_with_its_line(tmp_pa
     assert emails(second) == ["cat@example.test", "dee@example.test"]
     assert lines(second) == [4, 5]
     assert "lines 3-5" in errors(second)[3]
+
+
+def test_a_live_webinar_start_is_one_moment_read_in_the_webinars_zone(tmp_path: Path) -> None:
+    """Without an offset the start is read in the webinar's zone, whatever the registrant's; an offset wins."""
+    path = write(
+        tmp_path,
+        "Email,Webinar Start,Time Zone\n"
+        "ny@example.test,2027-01-14 19:00,America/New_York\n"
+        "la@example.test,2027-01-14 19:00,America/Los_Angeles\n"
+        "none@example.test,2027-01-14 19:00,\n"
+        "iso@example.test,2027-01-14T19:00:00-05:00,America/Los_Angeles\n",
+    )
+    source = csv_source(columns={"email": "Email", "webinar_start": "Webinar Start", "timezone": "Time Zone"})
+    result = read_source_file("test-source", source, path, DENVER, None, webinar_tz=DENVER)
+    assert result.problems == []
+    starts = {row.email.split("@")[0]: row.webinar_start for row in result.rows}
+    # 19:00 MST for everyone: 6:00 PM in Los Angeles, 9:00 PM in New York
+    assert starts["ny"] == starts["la"] == starts["none"] == datetime(2027, 1, 15, 2, 0, tzinfo=UTC)
+    assert starts["iso"] == datetime(2027, 1, 15, 0, 0, tzinfo=UTC)  # an offset is taken as written
+    # the registrant's own zone is still kept (she reads the time in it)
+    assert {row.email.split("@")[0]: row.timezone for row in result.rows}["la"] == "America/Los_Angeles"
+
+
+def test_an_evergreen_webinar_start_is_read_in_each_registrants_zone(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "Email,Webinar Start,Time Zone\nla@example.test,2027-01-14 19:00,America/Los_Angeles\n",
+    )
+    source = csv_source(columns={"email": "Email", "webinar_start": "Webinar Start", "timezone": "Time Zone"})
+    result = read_source_file("test-source", source, path, DENVER, None, webinar_tz=None)
+    assert result.rows[0].webinar_start == datetime(2027, 1, 15, 3, 0, tzinfo=UTC)  # 19:00 PST

@@ -20,6 +20,20 @@ class Address:
 
 
 @dataclass(frozen=True)
+class Attachment:
+    """A file sent with an email (the webinar's `invite.ics`).
+
+    `params` are extra MIME parameters of its content type in the .eml
+    (`method=PUBLISH` for a calendar event).
+    """
+
+    filename: str
+    content: bytes
+    content_type: str
+    params: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class OutgoingEmail:
     """One rendered email, ready to go out.
 
@@ -45,6 +59,7 @@ class OutgoingEmail:
     date: datetime | None = None
     sequence: str = ""
     step: str = ""
+    attachments: tuple[Attachment, ...] = ()
 
 
 @dataclass(frozen=True)

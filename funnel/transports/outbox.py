@@ -27,7 +27,11 @@ def _header_address(address: Address) -> HeaderAddress:
 
 
 def build_message(email: OutgoingEmail) -> EmailMessage:
-    """The MIME message: multipart/alternative (text, then HTML) or text only."""
+    """The MIME message: multipart/alternative (text, then HTML) or text only.
+
+    With attachments (the calendar invitation) it is multipart/mixed: that
+    message first, then each attachment.
+    """
     message = EmailMessage(policy=_POLICY)
     message["From"] = _header_address(email.sender)
     message["To"] = _header_address(email.to)
@@ -44,6 +48,24 @@ def build_message(email: OutgoingEmail) -> EmailMessage:
     message.set_content(email.text, subtype="plain", charset="utf-8")
     if email.html is not None:
         message.add_alternative(email.html, subtype="html", charset="utf-8")
+    for attachment in email.attachments:  # the message becomes multipart/mixed around the above
+        maintype, _, subtype = attachment.content_type.partition("/")
+        if maintype == "text":
+            message.add_attachment(
+                attachment.content.decode("utf-8"),
+                subtype=subtype,
+                charset="utf-8",
+                filename=attachment.filename,
+                params=dict(attachment.params),
+            )
+        else:
+            message.add_attachment(
+                attachment.content,
+                maintype=maintype,
+                subtype=subtype,
+                filename=attachment.filename,
+                params=dict(attachment.params),
+            )
     return message
 
 

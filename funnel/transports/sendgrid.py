@@ -18,6 +18,7 @@ Why it looks the way it does:
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import threading
@@ -129,6 +130,16 @@ def sendgrid_payload(email: OutgoingEmail, *, sandbox: bool) -> dict[str, Any]:
         payload["custom_args"] = custom_args
     if email.categories:
         payload["categories"] = list(email.categories)
+    if email.attachments:
+        payload["attachments"] = [
+            {
+                "content": base64.b64encode(a.content).decode("ascii"),
+                "type": a.content_type,
+                "filename": a.filename,
+                "disposition": "attachment",
+            }
+            for a in email.attachments
+        ]
     payload["tracking_settings"] = {
         "click_tracking": {"enable": email.tracking_clicks, "enable_text": False},
         "open_tracking": {"enable": email.tracking_opens},

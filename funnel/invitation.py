@@ -1,0 +1,115 @@
+"""The webinar as a calendar event (`invite.ics`) for steps with `calendar: true`.
+
+Why an attached `METHOD:PUBLISH` event, and not a `METHOD:REQUEST` invitation:
+a REQUEST is a meeting invitation from an organizer. It needs ORGANIZER and
+ATTENDEE lines (her address inside the file), and Gmail, Apple Mail and
+Outlook answer it with Accept/Decline buttons whose replies are emailed to the
+organizer: they would land in the practice's inbox, look like replies (which
+pause her letters) and tell the practice whether she is coming. A PUBLISH
+event is a plain "here is an event": Gmail shows it with "Add to calendar",
+Apple Mail and iOS open it in Calendar with one tap ("Add"), Outlook opens it
+as an appointment to save. So the file goes as an `invite.ics` attachment
+(`text/calendar; method=PUBLISH`), beside the text and HTML of the email.
+
+The event is one VEVENT: a UID stable per person and webinar (a hash: no
+address or name in it, so the same webinar imported twice updates one entry),
+DTSTART in UTC, DTEND from `webinars.<id>.duration`, and the join link as URL,
+LOCATION and in the description. Discreet readers get a neutral title
+(`practice.discreet_event_title`) and no description beyond the link.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime, timedelta
+
+from funnel.config import Config, Step
+from funnel.transports.base import Attachment
+
+FILENAME = "invite.ics"
+CONTENT_TYPE = "text/calendar"
+METHOD = "PUBLISH"
+PRODID = "-//funnel//webinar invitation//EN"
+
+
+def event_uid(person_key: str, webinar_id: str, domain: str) -> str:
+    """A UID that is the same for one person and one webinar, and says nothing about either."""
+    digest = hashlib.sha256(f"funnel-webinar\x00{webinar_id}\x00{person_key}".encode()).hexdigest()[:32]
+    return f"{digest}@{domain}"
+
+
+def webinar_event(
+    *,
+    uid: str,
+    title: str,
+    start: datetime,
+    length: timedelta,
+    join_url: str | None,
+    description: str,
+    now: datetime,
+) -> bytes:
+    """The iCalendar file (RFC 5545) for one event: pure, no clock of its own."""
+    # imported here: icalendar takes a noticeable time to load, and most runs send no invitation
+    from icalendar import Calendar, Event
+
+    calendar = Calendar()
+    calendar.add("prodid", PRODID)
+    calendar.add("version", "2.0")
+    calendar.add("calscale", "GREGORIAN")
+    calendar.add("method", METHOD)
+    event = Event()
+    event.add("uid", uid)
+    event.add("dtstamp", now.astimezone(UTC))
+    event.add("dtstart", start.astimezone(UTC))
+    event.add("dtend", (start + length).astimezone(UTC))
+    event.add("summary", title)
+    if description:
+        event.add("description", description)
+    if join_url:
+        event.add("url", join_url)
+        event.add("location", join_url)
+    event.add("status", "CONFIRMED")
+    event.add("transp", "OPAQUE")
+    event.add("sequence", 0)
+    calendar.add_component(event)
+    return calendar.to_ical()
+
+
+def invitation(
+    config: Config,
+    step: Step,
+    *,
+    person_key: str,
+    discreet: bool,
+    webinar_id: str | None,
+    start: datetime | None,
+    now: datetime,
+) -> tuple[Attachment, ...]:
+    """The `invite.ics` attachment for a `calendar: true` step, or nothing.
+
+    Nothing when the step does not ask for it, or when the contact has no
+    webinar date (the email then goes without it; `funnel check` refuses
+    `calendar: true` where no contact could have a webinar).
+    """
+    webinar = config.webinars.get(webinar_id or "")
+    if not step.calendar or webinar is None or start is None:
+        return ()
+    practice = config.practice
+    if discreet:
+        title = practice.discreet_event_title
+        description = f"Join: {webinar.join_url}" if webinar.join_url else ""
+    else:
+        title = webinar.title
+        lines = [webinar.title, f"Join: {webinar.join_url}" if webinar.join_url else "", practice.name]
+        description = "\n\n".join(line for line in lines if line)
+    content = webinar_event(
+        uid=event_uid(person_key, webinar_id or "", practice.from_email.rpartition("@")[2] or "funnel"),
+        title=title,
+        start=start,
+        length=webinar.duration.approx,
+        join_url=webinar.join_url,
+        description=description,
+        now=now,
+    )
+    # `name` too: older Outlook names the file from the content type, not the disposition
+    return (Attachment(FILENAME, content, CONTENT_TYPE, params=(("method", METHOD), ("name", FILENAME))),)
