@@ -227,6 +227,8 @@ class _Body:
     url_slots: frozenset[int]
     #: the shape cannot be compiled faithfully (e.g. an autolink around a slot): render directly
     direct: bool = False
+    #: an `.html` body: its text part shows a value's white space as a browser would (runs folded)
+    html_text: bool = False
 
 
 #: how many shapes one step (or the layout) keeps; past it, new shapes are rendered without caching
@@ -507,7 +509,8 @@ class Renderer:
 
     def _compile_shape(self, kind: str, source: str) -> _Body:
         if kind != "md":
-            return _Body(html=source, text=get_text(source, self._text_config).strip(), url_slots=frozenset())
+            text = get_text(source, self._text_config).strip()
+            return _Body(html=source, text=text, url_slots=frozenset(), html_text=True)
         if re.search(r"<[^<>\s]*" + re.escape(self._prefix), source):
             return _Body(html="", text="", url_slots=frozenset(), direct=True)  # an autolink around a value
         tokens = self._markdown.parse(source)
@@ -541,7 +544,7 @@ class Renderer:
                 return match.group(0)
             value = urls.get(index, values[index])
             if not html:
-                return value
+                return " ".join(value.split()) if body.html_text else value
             # as the HTML serialiser writes text, plus quotes so a value is safe in an attribute too
             return escapeHtml(value).replace("'", "&#39;").replace("\xa0", "&nbsp;")
 
