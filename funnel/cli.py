@@ -89,9 +89,14 @@ def _config(path: Path | None) -> Config:
 
 
 def _engine(config: Config) -> Any:
+    """The database engine, closed with the command (open connections would outlive it otherwise)."""
     from funnel.services import open_engine
 
-    return open_engine(config)
+    engine = open_engine(config)
+    context = click.get_current_context(silent=True)
+    if context is not None:
+        context.call_on_close(engine.dispose)
+    return engine
 
 
 def handle_errors(func: F) -> F:
