@@ -127,7 +127,9 @@ ana@example.test,Ana,Reyes,2027-01-14 19:00,America/Denver,no
 
 
 @pytest.fixture
-def project(tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, _clean_env: None) -> Project:
+def project(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, _clean_env: None
+) -> Project:
     """The shipped sequences.yaml and templates, with empty signup files to fill.
 
     In the PostgreSQL pass FUNNEL_DATABASE_URL points at a fresh database made for this

@@ -73,10 +73,13 @@ def fill(conn: Connection, tables: MetaData) -> None:
         }
         return add("contacts", **{**values, **extra})
 
-    ana = contact("ana@example.test", "Ana", last_name="Reyes", fields={"message": "Ünïcode, \"quotes\" & <tags>"})
+    ana = contact("ana@example.test", "Ana", last_name="Reyes", fields={"message": 'Ünïcode, "quotes" & <tags>'})
     bea = contact("bea@example.test", "Bea", discreet=True, timezone="Europe/Berlin", first_source="consultation")
     cat = contact(
-        "cat@example.test", "Cat", unsubscribed_at=at("2026-12-03 10:00:00"), unsubscribed_via="link",
+        "cat@example.test",
+        "Cat",
+        unsubscribed_at=at("2026-12-03 10:00:00"),
+        unsubscribed_via="link",
         last_marketing_at=at("2026-12-02 16:00:00"),
     )
     dee = contact("dee@example.test", "Dee", suppressed_reason="bounce", suppressed_at=at("2026-12-04 09:30:00"))
@@ -87,9 +90,16 @@ def fill(conn: Connection, tables: MetaData) -> None:
 
     def enrollment(who: int, sequence: str, **extra: Any) -> int:
         values: dict[str, Any] = {
-            "contact_id": who, "sequence": sequence, "status": "active", "enrolled_at": at("2026-12-01 16:00:00"),
-            "source": "webinar-registrations", "webinar": "relationship-911", "webinar_start": at("2027-01-15 02:00:00"),
-            "next_due_at": at("2027-01-14 02:00:00"), "ended_at": None, "end_reason": None,
+            "contact_id": who,
+            "sequence": sequence,
+            "status": "active",
+            "enrolled_at": at("2026-12-01 16:00:00"),
+            "source": "webinar-registrations",
+            "webinar": "relationship-911",
+            "webinar_start": at("2027-01-15 02:00:00"),
+            "next_due_at": at("2027-01-14 02:00:00"),
+            "ended_at": None,
+            "end_reason": None,
         }
         return add("enrollments", **{**values, **extra})
 
@@ -102,36 +112,98 @@ def fill(conn: Connection, tables: MetaData) -> None:
     enrollment(gone, "webinar-relationship-911", status="exited", end_reason="erased")
 
     run_id = add(
-        "runs", started_at=at("2026-12-01 16:00:00"), finished_at=at("2026-12-01 16:00:05"),
-        clock=at("2026-12-01 16:00:00"), host="practice-box", pid=4242, config_fingerprint="f" * 64,
-        config_timing={"webinar-relationship-911": {"registered": "0m"}}, summary={"sent": 2, "skipped": 1},
+        "runs",
+        started_at=at("2026-12-01 16:00:00"),
+        finished_at=at("2026-12-01 16:00:05"),
+        clock=at("2026-12-01 16:00:00"),
+        host="practice-box",
+        pid=4242,
+        config_fingerprint="f" * 64,
+        config_timing={"webinar-relationship-911": {"registered": "0m"}},
+        summary={"sent": 2, "skipped": 1},
     )
-    add("runs", started_at=at("2026-12-02 16:00:00"), finished_at=None, clock=at("2026-12-02 16:00:00"),
-        host="practice-box", pid=4243, config_fingerprint="", config_timing={}, summary={})
+    add(
+        "runs",
+        started_at=at("2026-12-02 16:00:00"),
+        finished_at=None,
+        clock=at("2026-12-02 16:00:00"),
+        host="practice-box",
+        pid=4243,
+        config_fingerprint="",
+        config_timing={},
+        summary={},
+    )
 
     def step(enrollment_id: int, step_id: str, status: str, **extra: Any) -> None:
         values: dict[str, Any] = {
-            "enrollment_id": enrollment_id, "sequence": "webinar-relationship-911", "step_id": step_id,
-            "status": status, "reason": None, "retryable": False, "transactional": True, "send_id": None,
-            "run_id": run_id, "attempts": 0, "due_at": at("2026-12-01 16:00:00"),
-            "decided_at": at("2026-12-01 16:00:01"), "sent_at": None, "message_id": None, "transport": None,
+            "enrollment_id": enrollment_id,
+            "sequence": "webinar-relationship-911",
+            "step_id": step_id,
+            "status": status,
+            "reason": None,
+            "retryable": False,
+            "transactional": True,
+            "send_id": None,
+            "run_id": run_id,
+            "attempts": 0,
+            "due_at": at("2026-12-01 16:00:00"),
+            "decided_at": at("2026-12-01 16:00:01"),
+            "sent_at": None,
+            "message_id": None,
+            "transport": None,
         }
         add("step_runs", **{**values, **extra})
 
-    step(ana_webinar, "registered", "sent", send_id="s-1", attempts=1, sent_at=at("2026-12-01 16:00:02"),
-         message_id="msg-1", transport="sendgrid")
-    step(ana_webinar, "what-to-expect", "unknown", send_id="s-2", attempts=1, transactional=False,
-         reason="the run stopped while this email was being handed over", transport="sendgrid")
+    step(
+        ana_webinar,
+        "registered",
+        "sent",
+        send_id="s-1",
+        attempts=1,
+        sent_at=at("2026-12-01 16:00:02"),
+        message_id="msg-1",
+        transport="sendgrid",
+    )
+    step(
+        ana_webinar,
+        "what-to-expect",
+        "unknown",
+        send_id="s-2",
+        attempts=1,
+        transactional=False,
+        reason="the run stopped while this email was being handed over",
+        transport="sendgrid",
+    )
     step(cat_webinar, "registered", "skipped", reason="unsubscribed")
-    step(dee_webinar, "registered", "failed", reason="SendGrid 400: invalid address", retryable=False, attempts=1,
-         send_id="s-3", transport="sendgrid")
+    step(
+        dee_webinar,
+        "registered",
+        "failed",
+        reason="SendGrid 400: invalid address",
+        retryable=False,
+        attempts=1,
+        send_id="s-3",
+        transport="sendgrid",
+    )
     step(dee_webinar, "day-before", "failed", reason="SendGrid 503", retryable=True, attempts=4, send_id="s-4")
     step(bea_consult, "received", "sending", send_id="s-5", attempts=1)
 
-    add("known_steps", sequence="webinar-relationship-911", step_id="registered", first_seen_at=at("2026-12-01 16:00:00"))
+    add(
+        "known_steps",
+        sequence="webinar-relationship-911",
+        step_id="registered",
+        first_seen_at=at("2026-12-01 16:00:00"),
+    )
     add("known_steps", sequence="consultation", step_id="received", first_seen_at=at("2026-12-01 16:00:00"))
-    add("source_files", source="webinar-registrations", path="signups/webinar-registrations.csv", size=1234,
-        sha256="a" * 64, lines=5, read_at=at("2026-12-01 16:00:00"))
+    add(
+        "source_files",
+        source="webinar-registrations",
+        path="signups/webinar-registrations.csv",
+        size=1234,
+        sha256="a" * 64,
+        lines=5,
+        read_at=at("2026-12-01 16:00:00"),
+    )
     add("settings", key="secret_key", value="generated-long-ago")
     add("settings", key="config_used", value='{"sequences": []}')
 
