@@ -104,6 +104,8 @@ def test_backup_of_the_sqlite_file_is_a_complete_working_database(
     assert again.code == 2 and "already exists" in again.err
 
 
-def test_backup_on_postgresql_points_to_pg_dump(project: Project, funnel: Callable[..., Result], postgres_url: str) -> None:
+def test_backup_on_postgresql_points_to_pg_dump(
+    project: Project, funnel: Callable[..., Result], postgres_url: str
+) -> None:
     result = funnel("db", "backup", "funnel.db", env={"FUNNEL_DATABASE_URL": postgres_url})
     assert result.code == 2 and "pg_dump" in result.err
