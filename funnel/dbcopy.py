@@ -80,6 +80,8 @@ def _copy(source: Engine, target: Engine, progress: Callable[[str, int], None] |
                 "give a new, empty database, so nothing there is mixed up or overwritten"
             )
         with reader.begin():
+            if reader.dialect.name == "sqlite":
+                reader.exec_driver_sql("BEGIN")  # pysqlite begins only before writes: ask for the read snapshot
             expected = row_counts(reader)
             for table in funnel_tables():
                 order = list(table.primary_key.columns)

@@ -9,6 +9,7 @@ from conftest import Project, Result, database_rows
 
 NOW = "2026-12-01T16:00:00Z"
 LATER = "2027-01-14T02:00:00Z"  # the day before the examples' webinar: reminders are due
+HEADER = "Email,First Name,Last Name,Webinar Start,Time Zone,Discreet\n"
 NEW_ROW = "\nnew.person@example.test,New,Person,2027-01-14 19:00,America/Denver,no\n"
 
 
@@ -109,3 +110,40 @@ def test_backup_on_postgresql_points_to_pg_dump(
 ) -> None:
     result = funnel("db", "backup", "funnel.db", env={"FUNNEL_DATABASE_URL": postgres_url})
     assert result.code == 2 and "pg_dump" in result.err
+
+
+@pytest.mark.parametrize("source_backend", ["sqlite", "postgresql"])
+def test_the_copy_is_one_snapshot_even_if_someone_writes_meanwhile(
+    project: Project, funnel: Callable[..., Result], postgres_url: str, source_backend: str
+) -> None:
+    """`funnel serve` may record an unsubscribe during a copy: the copy is the state when it began, whole."""
+    from sqlmodel import Session
+
+    from funnel.db import make_engine, put_setting
+    from funnel.dbcopy import copy_database
+
+    if source_backend == "sqlite":
+        source, target = sqlite_url(project), postgres_url
+    else:
+        source, target = postgres_url, sqlite_url(project, "copy.db")
+    project.write("signups/webinar-registrations.csv", HEADER + "ana@example.test,Ana,,2027-01-14 19:00,,no\n")
+    assert funnel("run", "--now", NOW, env={"FUNNEL_DATABASE_URL": source}).code == 0
+    writer = make_engine(source)
+    written: list[str] = []
+
+    def write_meanwhile(table: str, _copied: int) -> None:
+        if not written:  # after the first batch of the first table, before `settings` is read
+            with Session(writer) as session:
+                put_setting(session, "written-during-the-copy", "yes")
+                session.commit()
+            written.append(table)
+
+    try:
+        counts = copy_database(source, target, progress=write_meanwhile)
+    finally:
+        writer.dispose()
+    assert written == ["contacts"]
+    copied_settings = {row[0] for row in database_rows(target)["settings"]}
+    assert "written-during-the-copy" not in copied_settings
+    assert counts["settings"] == len(copied_settings)
+    assert "written-during-the-copy" in {row[0] for row in database_rows(source)["settings"]}
