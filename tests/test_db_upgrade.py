@@ -8,6 +8,7 @@ columns and tables that later revisions add. So it keeps guarding each new revis
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -258,3 +259,37 @@ def test_upgrading_a_full_first_release_database_keeps_every_row(
     assert steps["registered"] == "sent"
     assert funnel("contacts", "show", "cat@example.test", "--json", env=env).json()["unsubscribed"] is True
     assert funnel("contacts", "unsubscribe", "bea@example.test", env=env).code == 0
+
+
+def open_at_once(url: str, start: threading.Barrier, errors: list[BaseException]) -> None:
+    """funnel's normal start, released together with the other threads waiting on `start`."""
+    start.wait()
+    try:
+        make_engine(url).dispose()
+    except BaseException as exc:  # collected and asserted by the test
+        errors.append(exc)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_first_starts_at_once_take_turns_creating_the_schema(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Two `funnel run`s from cron on a new database: one creates the tables, the other finds them."""
+    # the race is a matter of timing on SQLite: several fresh files; PostgreSQL's advisory lock is deterministic
+    attempts = 6 if backend == "sqlite" else 1
+    for attempt in range(attempts):
+        if backend == "sqlite":
+            url = f"sqlite:///{tmp_path / f'new-{attempt}.db'}"
+        else:
+            url = request.getfixturevalue("postgres_url")
+        errors: list[BaseException] = []
+        start = threading.Barrier(3)
+        threads = [threading.Thread(target=open_at_once, args=(url, start, errors)) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        engine = make_engine(url)
+        assert current_revision(engine) == HEAD
+        engine.dispose()
