@@ -133,9 +133,14 @@ def _config(path: Path | None) -> Config:
 
 
 def _engine(config: Config) -> Any:
+    """The database engine, closed with the command (open connections would outlive it otherwise)."""
     from funnel.services import open_engine
 
-    return open_engine(config)
+    engine = open_engine(config)
+    context = click.get_current_context(silent=True)
+    if context is not None:
+        context.call_on_close(engine.dispose)
+    return engine
 
 
 def handle_errors(func: F) -> F:
@@ -782,6 +787,72 @@ def suppressions_sync(config_path: Path | None, debug: bool, now: datetime, as_j
         _print_json(counts)
     else:
         click.echo(", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+
+
+# --------------------------------------------------------------------------- db
+
+
+@cli.group()
+def db() -> None:
+    """Database operations: move to another database, back up the SQLite file."""
+
+
+@db.command("copy")
+@common
+@json_option
+@click.option(
+    "--to",
+    "to_url",
+    required=True,
+    metavar="URL",
+    help="The new, empty database, e.g. postgresql://funnel@db.example/funnel or sqlite:///new.db.",
+)
+@click.option(
+    "--from",
+    "from_url",
+    default=None,
+    metavar="URL",
+    help="The database to copy (default: FUNNEL_DATABASE_URL, else funnel.db beside sequences.yaml).",
+)
+def db_copy(config_path: Path | None, debug: bool, as_json: bool, to_url: str, from_url: str | None) -> None:
+    """Copy the whole funnel database into a new, empty one (e.g. SQLite to PostgreSQL).
+
+    The target gets the current schema, then every table in batches in one
+    transaction; row counts are checked afterwards. A target that holds any rows
+    is refused. Stop cron and `funnel serve` first, then point FUNNEL_DATABASE_URL
+    at the copy.
+
+    Example: funnel db copy --to postgresql://funnel@localhost/funnel
+    """
+    from funnel.db import database_url
+    from funnel.dbcopy import copy_database, shown
+
+    source = from_url or database_url(_config(config_path).folder)
+    counts = copy_database(source, to_url)
+    if as_json:
+        _print_json({"from": shown(source), "to": shown(to_url), "tables": counts})
+        return
+    for name, count in counts.items():
+        click.echo(f"{name:<20} {count:>9}")
+    click.echo(f"copied {sum(counts.values())} rows from {shown(source)} to {shown(to_url)}; counts match")
+
+
+@db.command("backup")
+@common
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def db_backup(config_path: Path | None, debug: bool, file: Path) -> None:
+    """Back up the SQLite database into FILE, safely while runs and `funnel serve` use it.
+
+    Uses SQLite's online backup, so FILE is one consistent snapshot. For
+    PostgreSQL use pg_dump instead (see the README).
+
+    Example: funnel db backup backups/funnel-2026-12-01.db
+    """
+    from funnel.db import database_url
+    from funnel.dbcopy import backup_sqlite
+
+    size = backup_sqlite(database_url(_config(config_path).folder), file)
+    click.echo(f"backed up the database to {file} ({size} bytes)")
 
 
 def main() -> None:

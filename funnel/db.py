@@ -185,6 +185,10 @@ def _upgrade(engine: Engine) -> None:
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_SCHEMA_LOCK_KEY})
+        elif conn.dialect.name == "sqlite":
+            # pysqlite opens no transaction before DDL: take the write lock now, so two first
+            # runs at once take turns instead of both creating the tables (busy_timeout waits)
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
         settings.attributes["connection"] = conn
         tables = inspect(conn)
         if tables.has_table("contacts") and not tables.has_table("alembic_version"):

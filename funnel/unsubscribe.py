@@ -4,6 +4,10 @@ A token carries the contact id and the step run that sent the email (so a
 report can say which email people left from), signed with the practice's
 secret key. It holds no address: link scanners and forwarded emails reveal
 nothing, and a forged or edited token fails the signature.
+
+Rotating the key: new links are signed with FUNNEL_SECRET_KEY, while the keys
+listed in FUNNEL_SECRET_KEY_PREVIOUS (comma-separated) are still accepted, so
+the links in mail already sent keep working until those keys are dropped.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from sqlmodel import Session
 from funnel.db import get_or_put_setting
 
 _SALT = "funnel-unsubscribe-v1"
+PREVIOUS_KEYS_VARIABLE = "FUNNEL_SECRET_KEY_PREVIOUS"
 
 
 def secret_key(session: Session) -> str:
@@ -38,11 +43,23 @@ class _UncompressedSerializer(URLSafeSerializer):
         return base64_encode(self.serializer.dumps(obj, **self.serializer_kwargs).encode("utf-8"))
 
 
-class Tokens:
-    """Makes and reads unsubscribe tokens with one key."""
+def previous_keys() -> list[str]:
+    """The retired keys in FUNNEL_SECRET_KEY_PREVIOUS (comma-separated), still good for reading."""
+    return [key.strip() for key in os.environ.get(PREVIOUS_KEYS_VARIABLE, "").split(",") if key.strip()]
 
-    def __init__(self, key: str) -> None:
-        self._serializer = _UncompressedSerializer(key, salt=_SALT)
+
+class Tokens:
+    """Makes unsubscribe tokens with `key`; reads those made with it or with a previous key.
+
+    `previous` defaults to FUNNEL_SECRET_KEY_PREVIOUS, so every reader (runs,
+    `funnel serve`) honours a rotation without being told.
+    """
+
+    def __init__(self, key: str, previous: list[str] | None = None) -> None:
+        older = previous_keys() if previous is None else previous
+        # itsdangerous signs with the last key of the list and accepts a signature from any of them
+        keys = [k for k in older if k != key] + [key]
+        self._serializer = _UncompressedSerializer(keys, salt=_SALT)
 
     def make(self, contact_id: int, step_run_id: int | None = None) -> str:
         return str(self._serializer.dumps([contact_id, step_run_id or 0]))

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
@@ -21,6 +22,39 @@ from funnel.cli import cli
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "test-secret-key"
+POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+#: which database the `project` fixture gives funnel: `sqlite` (default: a file in the
+#: project folder) or `postgres` (a fresh database on the local server per test).
+#: `.ci/run` runs the whole suite once with each.
+TEST_DATABASE = os.environ.get("FUNNEL_TEST_DATABASE", "sqlite")
+if TEST_DATABASE not in ("sqlite", "postgres"):
+    raise pytest.UsageError(f"FUNNEL_TEST_DATABASE={TEST_DATABASE!r}: write sqlite or postgres")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "sqlite_only(reason): the test is about the SQLite file itself (its lock file, WAL, bytes on disk); "
+        "the PostgreSQL pass (FUNNEL_TEST_DATABASE=postgres) leaves it out with that reason",
+    )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"funnel test database: {TEST_DATABASE} (FUNNEL_TEST_DATABASE)"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In the PostgreSQL pass, tests about the SQLite file are left out, each with its own reason."""
+    if TEST_DATABASE != "postgres":
+        return
+    for item in items:
+        marker = item.get_closest_marker("sqlite_only")
+        if marker is not None:
+            reason = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "")
+            if not reason:
+                raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.sqlite_only needs a reason")
+            item.add_marker(pytest.mark.skip(reason=f"SQLite-only, runs in the SQLite pass: {reason}"))
 
 
 @pytest.fixture(autouse=True)
@@ -36,9 +70,23 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @dataclass
 class Project:
-    """A temp folder holding sequences.yaml, email_templates/ and signups/."""
+    """A temp folder holding sequences.yaml, email_templates/ and signups/.
+
+    `database_url` is the database funnel uses for it: the default SQLite file
+    beside sequences.yaml, or in the PostgreSQL pass a fresh database whose URL
+    is also in FUNNEL_DATABASE_URL (so `funnel` in-process and as a subprocess use it).
+    """
 
     root: Path
+    database_url: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.root / 'funnel.db'}"
+
+    @property
+    def on_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
 
     @property
     def outbox(self) -> Path:
@@ -79,13 +127,23 @@ ana@example.test,Ana,Reyes,2027-01-14 19:00,America/Denver,no
 
 
 @pytest.fixture
-def project(tmp_path: Path) -> Project:
-    """The shipped sequences.yaml and templates, with empty signup files to fill."""
+def project(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, _clean_env: None
+) -> Project:
+    """The shipped sequences.yaml and templates, with empty signup files to fill.
+
+    In the PostgreSQL pass FUNNEL_DATABASE_URL points at a fresh database made for this
+    test (see `project_database`); otherwise funnel uses its default SQLite file.
+    """
     root = tmp_path / "practice"
     root.mkdir()
     shutil.copy(REPO / "sequences.yaml", root / "sequences.yaml")
     shutil.copytree(REPO / "email_templates", root / "email_templates")
     (root / "signups").mkdir()
+    if TEST_DATABASE == "postgres" and request.node.get_closest_marker("sqlite_only") is None:
+        url = request.getfixturevalue("project_database")
+        monkeypatch.setenv("FUNNEL_DATABASE_URL", url)
+        return Project(root, url)
     return Project(root)
 
 
@@ -154,19 +212,17 @@ def fake_sendgrid() -> Iterator[object]:
         server.stop()
 
 
-POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database on the local server (started by .ci/run), dropped afterwards."""
+@contextmanager
+def _fresh_postgres_database(template: str | None = None) -> Iterator[str]:
+    """CREATE DATABASE (a copy of `template` when given: cheap), yield its URL, DROP it afterwards."""
     import uuid
 
     import psycopg
 
     name = f"funnel_test_{uuid.uuid4().hex[:12]}"
+    clause = f' TEMPLATE "{template}"' if template else ""
     with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
+        admin.execute(f'CREATE DATABASE "{name}"{clause}')
     try:
         yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
     finally:
@@ -195,3 +251,46 @@ def funnel_server(project: Project) -> Iterator[Callable[..., object]]:
     finally:
         for server in started:
             server.stop()
+
+
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database on the local server (started by .ci/run), dropped afterwards."""
+    with _fresh_postgres_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def _postgres_template() -> Iterator[str]:
+    """One database migrated to HEAD per test session (per xdist worker), copied for each test."""
+    from sqlalchemy.engine import make_url
+
+    from funnel.db import make_engine
+
+    with _fresh_postgres_database() as url:
+        make_engine(url).dispose()  # no connection may stay open: CREATE DATABASE ... TEMPLATE needs none
+        yield str(make_url(url).database)
+
+
+@pytest.fixture
+def project_database(_postgres_template: str) -> Iterator[str]:
+    """A fresh PostgreSQL database already at the schema's HEAD (a copy of the session's template)."""
+    with _fresh_postgres_database(_postgres_template) as url:
+        yield url
+
+
+def database_rows(url: str, tables: list[str] | None = None) -> dict[str, list[tuple[object, ...]]]:
+    """Every row of every table (or of `tables`), sorted, for before/after comparisons."""
+    from sqlalchemy import MetaData, create_engine
+
+    engine = create_engine(url)
+    try:
+        metadata = MetaData()
+        metadata.reflect(engine)
+        with engine.connect() as conn:
+            return {
+                name: sorted((tuple(row) for row in conn.execute(table.select())), key=repr)
+                for name, table in sorted(metadata.tables.items())
+                if tables is None or name in tables
+            }
+    finally:
+        engine.dispose()

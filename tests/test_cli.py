@@ -6,6 +6,7 @@ import json
 import re
 
 import click
+import pytest
 from conftest import REPO, Project
 from filelock import FileLock
 
@@ -73,6 +74,10 @@ def test_usage_mistakes_exit_2(project: Project, funnel_process) -> None:
     assert funnel_process("preview", "no-such-sequence", "x").returncode == 2
 
 
+@pytest.mark.sqlite_only(
+    reason="holds the OS file lock beside funnel.db by hand; PostgreSQL's advisory run lock has its own test "
+    "(test_delivery.py::test_the_run_lock_on_postgresql_is_an_advisory_lock)"
+)
 def test_a_second_run_while_one_holds_the_lock_exits_75(project: Project, funnel_process) -> None:
     project.write("signups/webinar-registrations.csv", HEADER)
     assert funnel_process("run", "--now", NOW).returncode == 0

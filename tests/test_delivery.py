@@ -252,7 +252,7 @@ def test_the_database_alone_prevents_double_sends_without_the_lock(project: Proj
     addresses = registrations(project, 60)
     fake.delay(0.01)
     config = load_config(project.root / "sequences.yaml")
-    engine = make_engine(f"sqlite:///{project.root / 'funnel.db'}")
+    engine = make_engine(project.database_url)
     now = parse_instant(NOW)
     # both import first, so both see the same due work
     Runner(config, engine, SendGridTransport("SG.test-key", host=fake.url), now, sources=True).run()

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from zoneinfo import ZoneInfo
 
-from conftest import Project
+from conftest import Project, database_rows
 
 HEADER = "Email,First Name,Last Name,Webinar Start,Time Zone,Discreet\n"
 WEBINAR_A = "2027-01-14 19:00"  # Thursday
@@ -327,9 +327,10 @@ def test_dry_run_writes_nothing(example_project: Project, funnel) -> None:
 
 def test_plan_lists_coming_sends_and_writes_nothing(example_project: Project, funnel) -> None:
     funnel("run", "--now", "2026-12-01T16:00:00Z")
-    before = (example_project.root / "funnel.db").read_bytes()
+    before = database_rows(example_project.database_url)
     result = funnel("plan", "--now", "2026-12-01T16:00:00Z", "--days", "3", "--json")
     assert result.code == 0
+    assert database_rows(example_project.database_url) == before
     items = result.json()
     assert {"email", "sequence", "step", "at"} <= set(items[0])
     assert {(i["email"], i["step"]) for i in items} >= {
@@ -339,7 +340,6 @@ def test_plan_lists_coming_sends_and_writes_nothing(example_project: Project, fu
     # what plan promised is what runs do
     funnel("run", "--now", items[0]["at"])
     assert (items[0]["email"], items[0]["sequence"], items[0]["step"]) in example_project.sent()
-    assert before  # plan itself changed nothing: checked by the run above sending exactly the planned step
 
 
 def test_plan_changes_shows_who_gains_loses_or_moves(project: Project, funnel) -> None:
