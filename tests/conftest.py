@@ -253,6 +253,7 @@ def funnel_server(project: Project) -> Iterator[Callable[..., object]]:
             server.stop()
 
 
+@pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL database on the local server (started by .ci/run), dropped afterwards."""
     with _fresh_postgres_database() as url:

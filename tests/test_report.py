@@ -40,16 +40,10 @@ def registrant(n: int, start: str) -> str:
 
 
 def build_history(project: Project, funnel: Callable[..., Any], funnel_server: Callable[..., Any]) -> None:
-    """Three weeks of sign-ups and runs, SendGrid's events for the first emails, attendance and a client."""
-    config = project.root / "sequences.yaml"
-    config.write_text(
-        config.read_text().replace(
-            "sequences:\n",
-            "  clients:\n    format: csv\n    path: signups/clients.csv\n    columns: {email: Email}\n"
-            "    create: false\n    tags: [client]\n\nsequences:\n",
-            1,
-        )
-    )
+    """Three weeks of sign-ups and runs, SendGrid's events for the first emails, attendance and a client.
+
+    The shipped config's `clients` source (signups/clients.csv, tag `client`) marks the client.
+    """
     regs = project.root / "signups" / "webinar-registrations.csv"
     project.write(
         "signups/webinar-registrations.csv", HEADER + "".join(registrant(n, "2027-01-14 19:00") for n in range(8))

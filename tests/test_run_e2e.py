@@ -9,6 +9,8 @@ from zoneinfo import ZoneInfo
 
 from conftest import Project, database_rows
 
+from funnel.config import load_config
+
 HEADER = "Email,First Name,Last Name,Webinar Start,Time Zone,Discreet\n"
 WEBINAR_A = "2027-01-14 19:00"  # Thursday
 DENVER = ZoneInfo("America/Denver")
@@ -522,11 +524,16 @@ def test_clients_and_held_consultations_stop_the_consultation_letters(project: P
 def test_the_confirmation_eml_has_the_calendar_invitation(example_project: Project, funnel) -> None:
     from icalendar import Calendar
 
+    _, registered = load_config(example_project.root / "sequences.yaml").find_step(
+        "webinar-relationship-911", "registered"
+    )
+    assert registered.discreet_preheader
+
     assert funnel("run", "--now", "2026-12-01T16:00:00Z").code == 0
     confirmations = {
         str(m["To"].addresses[0].addr_spec): m
         for m in example_project.messages()
-        if m["Subject"] in ("Your confirmation",) or m["Subject"].startswith("Your seat is saved")
+        if m["Subject"] in ("Your confirmation",) or m["Subject"].startswith("Your place is saved")
     }
     assert len(confirmations) == 7
     uids = set()
@@ -543,7 +550,7 @@ def test_the_confirmation_eml_has_the_calendar_invitation(example_project: Proje
             assert message.get_body(("html",)) is None
             assert str(event["SUMMARY"]) == "Appointment"
             text = message.get_body(("plain",)).get_content().replace("\r\n", "\n")
-            assert text.startswith("The details you asked for\n")  # the inbox preview
+            assert text.startswith(f"{registered.discreet_preheader}\n")  # the inbox preview
             assert "M. Ellis" in str(message["From"]) and "M. Ellis" in text  # signed as the From
             for revealing in ("Healing Light Counseling", "Relationship 911", "Dr. Maya Ellis"):
                 assert revealing not in text
@@ -559,6 +566,8 @@ def test_the_confirmation_eml_has_the_calendar_invitation(example_project: Proje
 
 
 def test_without_a_webinar_date_the_confirmation_goes_without_the_calendar(project: Project, funnel) -> None:
+    """A confirmation that does not need the date (the shipped one does, and is skipped: "no webinar date")."""
+    project.write("email_templates/webinar/registered.md", "Hi {{ contact.first_name or 'friend' }}, you are in.\n")
     project.write("signups/webinar-registrations.csv", HEADER + "ana@example.test,Ana,,,America/Denver,\n")
     result = funnel("run", "--now", "2027-01-10T16:00:00Z", "--json")
     assert result.code == 0, result.err
