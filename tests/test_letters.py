@@ -256,6 +256,24 @@ def test_subjects_and_preheaders_stay_quiet_in_a_shared_inbox() -> None:
                     assert word not in shown.lower(), (sid, step.id, shown)
 
 
+def test_the_opening_lines_stay_quiet_for_a_discreet_reader() -> None:
+    """A plain-text email's inbox preview runs on past its first line into the letter's opening.
+
+    The webinar's title is left out here: discreet readers are not shown it.
+    """
+    config = shipped()
+    title = config.webinars["relationship-911"].title
+    for key, rendered in render_all(config, discreet=True).items():
+        body = rendered.text.split("\n", 1)[1].replace(title, "")
+        opening = " ".join(body.split())[:PREVIEW_CHARS].lower()
+        for word in LOUD:
+            assert word not in opening, (key, word, opening)
+
+
+#: how much of a plain-text email an inbox preview may show after the greeting
+PREVIEW_CHARS = 160
+
+
 # --------------------------------------------------------------------------- what the article offers
 
 
