@@ -32,6 +32,8 @@ INVITATIONS = [
     ("consultation", "received"),
     ("consultation", "what-to-expect"),
     ("consultation", "follow-up"),
+    ("betrayal-recovery", "what-you-feel"),  # the crisis offers, in the first week
+    ("betrayal-recovery", "womens-group"),
     ("betrayal-recovery", "ways-to-work"),
     ("betrayal-recovery", "door-open"),
 ]
@@ -118,6 +120,10 @@ UNSUPPORTED = [
     "that hour",
     "this hour",
     "Dr.",
+    "start soon",  # availability the practice has not promised
+    "someone to know",  # implies a person reads replies (practice.reply_note says so, if true)
+    "a few more short letters",  # there are about ten
+    "past few weeks",  # the series spans about two months
 ]
 
 
@@ -126,6 +132,14 @@ def test_the_letters_make_no_claim_the_practice_has_not_made() -> None:
         text = words(rendered).lower()
         for phrase in UNSUPPORTED:
             assert phrase.lower() not in text, (key, phrase)
+
+
+def test_preheaders_make_no_claim_the_practice_has_not_made() -> None:
+    for sid, sequence in shipped().sequences.items():
+        for step in sequence.steps:
+            for shown in (step.preheader or "", step.discreet_preheader or ""):
+                for phrase in UNSUPPORTED:
+                    assert phrase.lower() not in shown.lower(), (sid, step.id, phrase)
 
 
 def test_group_confidentiality_is_an_agreement_with_limits() -> None:
@@ -172,6 +186,12 @@ def test_the_registration_confirmation_says_letters_follow_and_stop_with_one_cli
     assert "stops them all with one click" in text
 
 
+def test_the_letters_after_the_webinar_say_how_often_more_follow() -> None:
+    rendered = render_all(shipped())
+    for step in ("replay", "thank-you"):
+        assert "about one a week" in words(rendered[("webinar-relationship-911", step)]), step
+
+
 # --------------------------------------------------------------------------- consistency
 
 
@@ -200,6 +220,13 @@ def test_one_voice_no_we_for_the_practice() -> None:
     for key, rendered in render_all(shipped()).items():
         text = words(rendered)
         assert "we'll help you" not in text and "We received" not in text, key
+        assert not re.search(r"\bokay\b", text, re.I), key  # the letters say "all right"
+
+
+def test_the_exercises_leave_the_choice_to_the_reader() -> None:
+    """Breathing and grounding can unsettle a traumatized body: the letter says to take only what helps."""
+    text = words(render_all(shipped())[("betrayal-recovery", "steadier-ground")])
+    assert "Take what helps and leave the rest" in text
 
 
 LOUD = [
@@ -214,6 +241,7 @@ LOUD = [
     "crisis",
     "hard conversation",
     "anger",
+    "back together",
 ]
 
 
@@ -226,6 +254,24 @@ def test_subjects_and_preheaders_stay_quiet_in_a_shared_inbox() -> None:
             for shown in (step.subject, step.preheader, step.discreet_subject or "", step.discreet_preheader):
                 for word in LOUD:
                     assert word not in shown.lower(), (sid, step.id, shown)
+
+
+def test_the_opening_lines_stay_quiet_for_a_discreet_reader() -> None:
+    """A plain-text email's inbox preview runs on past its first line into the letter's opening.
+
+    The webinar's title is left out here: discreet readers are not shown it.
+    """
+    config = shipped()
+    title = config.webinars["relationship-911"].title
+    for key, rendered in render_all(config, discreet=True).items():
+        body = rendered.text.split("\n", 1)[1].replace(title, "")
+        opening = " ".join(body.split())[:PREVIEW_CHARS].lower()
+        for word in LOUD:
+            assert word not in opening, (key, word, opening)
+
+
+#: how much of a plain-text email an inbox preview may show after the greeting
+PREVIEW_CHARS = 160
 
 
 # --------------------------------------------------------------------------- what the article offers
