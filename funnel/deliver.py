@@ -41,11 +41,13 @@ class Job:
 @dataclass(frozen=True)
 class Outcome:
     job: Job
-    #: sent | failed | released (never attempted: the run stopped first)
+    #: sent | failed | released (never attempted: the run stopped first) |
+    #: withheld (the person was suppressed by the moment her request would start: `reason`)
     status: str
     result: SendResult | None = None
     error: TransportError | None = None
     attempts: int = 0
+    reason: str | None = None
 
 
 class Dispatcher:
@@ -61,8 +63,11 @@ class Dispatcher:
         in_flight: int = 0,
         stop: threading.Event | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        suppressed: Callable[[int], str | None] | None = None,
     ) -> None:
         self.transport = transport
+        #: contact id -> why no mail may go to her now (None: send); asked right before each request
+        self._suppressed = suppressed
         self.limit = max(max(1, transport.concurrency) * 4, in_flight)
         self._pool = ThreadPoolExecutor(max_workers=max(1, transport.concurrency), thread_name_prefix="send")
         self._done: queue.SimpleQueue[Future[Outcome]] = queue.SimpleQueue()
@@ -141,6 +146,9 @@ class Dispatcher:
             self._wait_for_pause()
             if self.stopped:
                 raise _Released()
+            reason = self._suppressed(job.contact_id) if self._suppressed else None
+            if reason:
+                raise _Withheld(reason)
             attempts += 1
             return self.transport.send(job.email)
 
@@ -155,6 +163,8 @@ class Dispatcher:
             result = retrying(attempt)
         except _Released:
             return Outcome(job, "released", attempts=attempts)
+        except _Withheld as withheld:
+            return Outcome(job, "withheld", attempts=attempts, reason=withheld.reason)
         except TransportError as error:
             if error.fatal:
                 self.fatal = self.fatal or error
@@ -184,6 +194,14 @@ class Dispatcher:
 
 class _Released(Exception):
     """The run stopped before this job's request went out."""
+
+
+class _Withheld(Exception):
+    """The person was suppressed (unsubscribed, erased, bounced) before her request went out."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 def _worth_retrying(error: BaseException) -> bool:

@@ -35,6 +35,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Table, and_, select, update
+from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from funnel.ingest import insert_ignore
@@ -216,3 +217,34 @@ class Ledger:
         # a retried step keeps its history (failed, retryable); a first attempt leaves no trace
         self.session.execute(table.update().where(*mine, table.c.attempts > 0).values(status="failed"))
         self.session.execute(table.delete().where(*mine, table.c.attempts == 0))
+
+
+class SuppressionCheck:
+    """Reads one person's suppression right before her request starts (from a sender thread).
+
+    The hand-over reads it for the whole batch, but a batch may wait for a free
+    sender for a moment: an unsubscribe, a bounce or an erasure that lands in
+    between still stops her email. One indexed read on the sender thread's
+    own pooled connection, with no ORM objects.
+    """
+
+    _QUERY = "SELECT erased_at, unsubscribed_at, suppressed_reason FROM contacts WHERE id = {mark}"
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        mark = "%(id)s" if engine.dialect.name == "postgresql" else "?"
+        self._sql = self._QUERY.format(mark=mark)
+        self._postgres = engine.dialect.name == "postgresql"
+
+    def __call__(self, contact_id: int) -> str | None:
+        """Why no mail may go to `contact_id` now, or None."""
+        if not contact_id:
+            return None
+        with self._engine.connect() as conn:
+            params: Any = {"id": contact_id} if self._postgres else (contact_id,)
+            row = conn.exec_driver_sql(self._sql, params).first()
+            conn.rollback()
+        if row is None:
+            return "erased"
+        erased_at, unsubscribed_at, suppressed_reason = row
+        return "erased" if erased_at else "unsubscribed" if unsubscribed_at else suppressed_reason

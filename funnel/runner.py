@@ -47,7 +47,7 @@ from funnel.deliver import Dispatcher, Job, Outcome
 from funnel.errors import ConfigError, SourceError, TemplateError
 from funnel.ingest import IngestResult, apply_rows, insert_ignore
 from funnel.invitation import invitation
-from funnel.ledger import UNKNOWN_REASON, Ledger
+from funnel.ledger import UNKNOWN_REASON, Ledger, SuppressionCheck
 from funnel.models import Contact, Enrollment, Run, Setting, SourceFile, StepRun, Tag
 from funnel.render import MissingData, Rendered, Renderer, TemplateContact, TemplateWebinar
 from funnel.sources import Fingerprint, clean_line, read_source_file
@@ -335,7 +335,11 @@ class Runner:
         # at most this many emails are `sending` at any moment: all a SIGKILL can leave unknown
         window = 2 * batch
         dispatcher = Dispatcher(
-            self.transport, max_attempts=self.config.delivery.max_attempts, in_flight=window, stop=self.stop
+            self.transport,
+            max_attempts=self.config.delivery.max_attempts,
+            in_flight=window,
+            stop=self.stop,
+            suppressed=SuppressionCheck(self.engine),
         )
         total = self.session.execute(
             select(func.count()).where(
@@ -709,7 +713,13 @@ class Runner:
             sequence_id, step_id = row.sequence, row.step_id
             pending = self._pending.get(outcome.job.enrollment_id)
             row.attempts += outcome.attempts
-            if outcome.status == "sent":
+            if outcome.status == "withheld":  # suppressed between the hand-over and her request
+                row.status, row.reason, row.retryable = "skipped", outcome.reason, False
+                self.summary.skipped += 1
+                self.summary.count_step(sequence_id, step_id, "skipped")
+                if pending:
+                    pending.retry_later = True  # the next run looks again and ends the enrollment
+            elif outcome.status == "sent":
                 row.status, row.sent_at, row.reason, row.retryable = "sent", self.now, None, False
                 row.message_id = outcome.result.message_id if outcome.result else None
                 self.summary.sent += 1
