@@ -142,7 +142,7 @@ def test_invisible_characters_in_headers_do_not_hide_a_column(tmp_path: Path) ->
     path = write(tmp_path, b"\xef\xbb\xbf\xef\xbb\xbfEmail,First\x00 Name\nann@example.test,Ann\n")
     result = read(path, csv_source(columns={"email": "Email", "first_name": "First Name"}))
     assert [(r.email, r.first_name) for r in result.rows] == [("ann@example.test", "Ann")]
-    path = write(tmp_path, '{"\\ufeffemail": "bo@example.test", "na\\u0000me": "Bo"}\n', "file.jsonl")
+    path = write(tmp_path, '{"\\ufeffemail": "bo@example.test", "\\u0000name": "Bo"}\n', "file.jsonl")
     result = read(path, jsonl_source())
     assert [(r.email, r.first_name) for r in result.rows] == [("bo@example.test", "Bo")]
 
