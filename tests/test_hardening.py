@@ -104,7 +104,9 @@ ODD_VALUES = [
     "<script>alert(1)</script>",
     "{{ 7*7 }}",
 ]
-values = st.one_of(st.sampled_from(ODD_VALUES), st.text(max_size=40), st.text(alphabet="\r\n\",;\t\x00ab@.", max_size=12))
+values = st.one_of(
+    st.sampled_from(ODD_VALUES), st.text(max_size=40), st.text(alphabet='\r\n",;\t\x00ab@.', max_size=12)
+)
 emails = st.one_of(
     st.builds(lambda n: f"user{n}@example.test", st.integers(0, 30)),
     st.sampled_from([v for v in ODD_VALUES if "@" in v]),
@@ -169,7 +171,9 @@ def jsonl_files(draw: st.DrawFn) -> bytes:
         if kind == 0:
             lines.append(draw(values))
             continue
-        keys = draw(st.lists(st.sampled_from(["email", "Email", " EMAIL", "name", "message", "discreet", "x"]), max_size=6))
+        keys = draw(
+            st.lists(st.sampled_from(["email", "Email", " EMAIL", "name", "message", "discreet", "x"]), max_size=6)
+        )
         pairs = [(k, draw(emails) if k.strip().lower() == "email" else draw(json_values)) for k in keys]
         body = ", ".join(f"{json.dumps(k)}: {json.dumps(v, ensure_ascii=draw(st.booleans()))}" for k, v in pairs)
         lines.append("{" + body + "}" if kind != 1 else "[" + body + "]")
@@ -250,11 +254,12 @@ def _check_database(db: Path, accepted: set[str], tags: tuple[str, ...] | list[s
                     "SELECT count(*) FROM enrollments WHERE contact_id = ? AND sequence = ?", (contacts[key], enroll)
                 ).fetchone()[0]
                 assert count == 1, "a contact without the enrollment of her row"
-        orphans = conn.execute(
-            "SELECT count(*) FROM tags WHERE contact_id NOT IN (SELECT id FROM contacts)"
-        ).fetchone()[0] + conn.execute(
-            "SELECT count(*) FROM enrollments WHERE contact_id NOT IN (SELECT id FROM contacts)"
-        ).fetchone()[0]
+        orphans = (
+            conn.execute("SELECT count(*) FROM tags WHERE contact_id NOT IN (SELECT id FROM contacts)").fetchone()[0]
+            + conn.execute(
+                "SELECT count(*) FROM enrollments WHERE contact_id NOT IN (SELECT id FROM contacts)"
+            ).fetchone()[0]
+        )
         assert orphans == 0
 
 
@@ -376,7 +381,10 @@ yaml_scalars = st.one_of(
 )
 yaml_values = st.recursive(
     yaml_scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8) | st.sampled_from(["id", "wait"]), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(max_size=8) | st.sampled_from(["id", "wait"]), inner, max_size=3)
+    ),
     max_leaves=5,
 )
 
@@ -454,7 +462,9 @@ content_types = st.one_of(
     ),
     st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=40),
 )
-field_names = st.one_of(st.sampled_from(["email", "EMAIL ", "name", "message", "discreet", "website", "x"]), st.text(max_size=10))
+field_names = st.one_of(
+    st.sampled_from(["email", "EMAIL ", "name", "message", "discreet", "website", "x"]), st.text(max_size=10)
+)
 field_values = st.one_of(values, emails)
 
 
@@ -474,7 +484,11 @@ def form_bodies(draw: st.DrawFn) -> tuple[bytes, str]:
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(post=form_bodies(), content_type=st.none() | content_types, accept=st.sampled_from(["", "application/json", "text/html"]))
+@given(
+    post=form_bodies(),
+    content_type=st.none() | content_types,
+    accept=st.sampled_from(["", "application/json", "text/html"]),
+)
 def test_any_form_post_is_answered_without_a_server_error(
     form_server: tuple[Any, Path], post: tuple[bytes, str], content_type: str | None, accept: str
 ) -> None:

@@ -22,8 +22,8 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -63,16 +63,22 @@ def _work(server_url: str, jobs: list[tuple[str, Any]], tally: Tally, deadline: 
             try:
                 if kind == "unsubscribe":
                     contact_id, token = item
-                    answer = client.post(f"/u/{token}", content=b"List-Unsubscribe=One-Click",
-                                         headers={"content-type": "application/x-www-form-urlencoded"})
+                    answer = client.post(
+                        f"/u/{token}",
+                        content=b"List-Unsubscribe=One-Click",
+                        headers={"content-type": "application/x-www-form-urlencoded"},
+                    )
                     seen = time.time()
                     with tally.lock:
                         tally.statuses[answer.status_code] += 1
                         if answer.status_code == 200:
                             tally.acknowledged.setdefault(contact_id, seen)
                 elif kind == "forged":
-                    answer = client.post(f"/u/{item}", content=b"List-Unsubscribe=One-Click",
-                                         headers={"content-type": "application/x-www-form-urlencoded"})
+                    answer = client.post(
+                        f"/u/{item}",
+                        content=b"List-Unsubscribe=One-Click",
+                        headers={"content-type": "application/x-www-form-urlencoded"},
+                    )
                     with tally.lock:
                         tally.statuses[answer.status_code] += 1
                         tally.forged_answers[answer.status_code] += 1
@@ -133,7 +139,12 @@ def load(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Load]:
     fake = FakeSendGrid(api_key="SG.test-key").start()
     fake.delay(0.12)  # a slow provider keeps the run writing for a while
     server = FunnelServer(root, (), env).start()
-    run_env = {**env, "FUNNEL_TRANSPORT": "sendgrid", "SENDGRID_API_KEY": "SG.test-key", "FUNNEL_SENDGRID_HOST": fake.url}
+    run_env = {
+        **env,
+        "FUNNEL_TRANSPORT": "sendgrid",
+        "SENDGRID_API_KEY": "SG.test-key",
+        "FUNNEL_SENDGRID_HOST": fake.url,
+    }
     run = subprocess.Popen(
         [sys.executable, "-m", "funnel", "run", "--now", NOW, "--json"],
         cwd=root,
