@@ -364,3 +364,34 @@ def test_control_characters_in_contact_data_never_reach_the_terminal_raw(project
     for raw in ("\x1b", "\x07", "\x9b", "\u202e"):
         assert raw not in as_json.out
     assert json.loads(as_json.out)["first_name"] == hostile
+
+
+# --------------------------------------------------------------------------- issue 9: hostile templates (found by tests/test_hardening.py)
+
+
+def test_a_template_expression_that_fails_for_one_person_fails_only_her_email(project: Project, funnel) -> None:
+    """`{{ 1 / 0 }}`-like arithmetic used to end the whole run with "unexpected ZeroDivisionError"."""
+    project.write(
+        "signups/consultation-requests.jsonl",
+        '{"email": "ana@example.test", "name": "Ana"}\n{"email": "beatriz@example.test", "name": "Beatriz"}\n',
+    )
+    template = project.root / "email_templates" / "consultation" / "received.md"
+    template.write_text(template.read_text() + "\n{{ 12 // (contact.first_name|length - 3) }}\n")
+    result = funnel("run", "--now", NOW)
+    assert "unexpected" not in result.err, result.err
+    assert result.code == 1, result.err
+    assert project.sent() == [("beatriz@example.test", "consultation", "received")]
+    shown = funnel("contacts", "show", "ana@example.test", "--json").json()
+    step = shown["enrollments"][0]["steps"][0]
+    assert step["status"] == "failed" and "received.md:" in step["reason"], step
+
+
+def test_check_names_the_line_of_a_template_loop_the_sandbox_refuses(project: Project, funnel) -> None:
+    """A range too big for the sandbox (OverflowError) used to give "unexpected OverflowError" and no line."""
+    template = project.root / "email_templates" / "consultation" / "received.md"
+    template.write_text(template.read_text() + "\n{% for x in range(10**9) %}x{% endfor %}\n")
+    result = funnel("check", "--now", NOW)
+    assert result.code == 1, result.err
+    assert "unexpected" not in result.err
+    lines = len(template.read_text().splitlines())
+    assert f"email_templates/consultation/received.md:{lines}:" in result.err, result.err
