@@ -35,8 +35,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import REPO, SECRET
 from hypothesis import HealthCheck, given, settings
-from itsdangerous import URLSafeSerializer
 from hypothesis import strategies as st
+from itsdangerous import URLSafeSerializer
 from ruamel.yaml import YAML
 from sqlmodel import Session
 
