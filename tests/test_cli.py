@@ -366,7 +366,7 @@ def test_control_characters_in_contact_data_never_reach_the_terminal_raw(project
     assert json.loads(as_json.out)["first_name"] == hostile
 
 
-# --------------------------------------------------------------------------- issue 9: hostile templates (found by tests/test_hardening.py)
+# --------------------------------------------------------------------------- issue 9: hostile templates
 
 
 def test_a_template_expression_that_fails_for_one_person_fails_only_her_email(project: Project, funnel) -> None:
