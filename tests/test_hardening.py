@@ -51,7 +51,7 @@ from funnel.timeutil import zone
 NOW = datetime(2026, 12, 8, 16, 0, tzinfo=UTC)
 NOW_TEXT = "2026-12-08T16:00:00Z"
 SETTINGS = settings(
-    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
 )
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ufeff]")
 
@@ -400,7 +400,7 @@ def _substitute(path: tuple[Any, ...], value: Any) -> dict[str, Any]:
     return config  # type: ignore[no-any-return]
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(path=st.sampled_from(PATHS), value=yaml_values)
 def test_any_value_at_any_key_loads_or_names_its_line(workspace: Path, path: tuple[Any, ...], value: Any) -> None:
     config_file = workspace / "sequences.yaml"
@@ -485,7 +485,7 @@ def form_bodies(draw: st.DrawFn) -> tuple[bytes, str]:
     return draw(st.binary(max_size=200)), draw(content_types)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     post=form_bodies(),
     content_type=st.none() | content_types,
@@ -534,7 +534,7 @@ tokens = st.one_of(
 )
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(token=tokens, method=st.sampled_from(["GET", "POST", "POST resubscribe"]), body=st.binary(max_size=300))
 def test_any_unsubscribe_link_is_answered_without_a_server_error(
     form_server: tuple[Any, Path], token: str, method: str, body: bytes
