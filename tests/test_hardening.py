@@ -485,6 +485,20 @@ def form_bodies(draw: st.DrawFn) -> tuple[bytes, str]:
     return draw(st.binary(max_size=200)), draw(content_types)
 
 
+def _accepted_address(root: Path, body: bytes, content_type: str) -> str | None:
+    """The address a post the server accepted must have stored (None for the honeypot or a refusal)."""
+    from funnel.web.forms import HONEYPOT, BadInput, parse_body, signup
+
+    config = load_config(root / "sequences.yaml")
+    try:
+        fields = parse_body(body, content_type)
+        if fields.get(HONEYPOT, "").strip():
+            return None
+        return signup(config, config.sources["consultation-form"], fields).email
+    except BadInput:
+        return None
+
+
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     post=form_bodies(),
@@ -506,6 +520,13 @@ def test_any_form_post_is_answered_without_a_server_error(
     assert answer.status_code < 500, (answer.status_code, answer.text, server.stderr[-2000:])
     assert answer.status_code in (200, 303) or 400 <= answer.status_code < 500
     db = root / "funnel.db"
+    stored = (
+        _accepted_address(root, body, headers.get("content-type", "")) if answer.status_code in (200, 303) else None
+    )
+    if stored is not None:  # an accepted post from a person (not the honeypot): she is in the database
+        with sqlite3.connect(db) as conn:
+            found = conn.execute("SELECT count(*) FROM contacts WHERE email_hash = ?", (email_hash(stored),))
+            assert found.fetchone()[0] == 1, "an accepted form post is missing"
     if not db.exists():
         return
     with sqlite3.connect(db) as conn:
