@@ -683,7 +683,7 @@ def _cross_check(config: Config, lines: _LineMap, check_files: bool) -> Iterator
                         "into this sequence, so its contacts have no webinar to put in a calendar: remove the line"
                     ),
                 )
-            if check_files and not (config.templates_path / step.template).is_file():
+            if check_files and not _is_file(config.templates_path / step.template):
                 yield (
                     lines.line_for((*base, "steps", index, "template")),
                     (f"template {step.template!r} not found in {config.templates_dir}/: create it or fix the path"),
@@ -703,6 +703,14 @@ def _cross_check(config: Config, lines: _LineMap, check_files: bool) -> Iterator
             lines.line_for(("templates_dir",)),
             (f"{config.templates_dir}/layout.html not found: every email is rendered inside it"),
         )
+
+
+def _is_file(path: Path) -> bool:
+    """Is there a file here? A name the OS refuses (too long, a NUL in it) is no file, not a traceback."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def _unknown(kind: str, name: str, known: list[str], where: str) -> str:

@@ -576,6 +576,16 @@ class Renderer:
     def _run(self, template: Template, context: dict[str, Any], name: str) -> str:
         try:
             return template.render(context)
+        except TemplateError:
+            raise  # MissingData and the like already say what is wrong
+        except (ArithmeticError, LookupError, TypeError, ValueError) as exc:
+            # the template's own expression failed ({{ 1 / 0 }}, a range the sandbox refuses):
+            # a template error with its line, so one bad template never stops a run or `funnel check`
+            message = str(exc) or exc.__class__.__name__
+            if template.name is None:
+                raise TemplateError(f"{name}: {message}: fix the expression") from None
+            line = _template_line(exc, template)
+            raise TemplateError(f"{self.config.templates_dir}/{name}:{line}: {message}: fix the expression") from None
         except JinjaTemplateError as exc:
             hint = _hint(exc)
             if template.name is None:  # a subject: `name` already says file, line and step

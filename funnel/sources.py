@@ -360,7 +360,8 @@ def _csv_rows(
         return [], 0  # even the header is still being written
     delimiter = _sniff_delimiter(header_line)
     try:
-        header = [h.strip() for h in next(csv.reader([header_line], delimiter=delimiter), [])]
+        # invisible characters (a doubled BOM, a NUL) must not hide a column that looks right
+        header = [clean_line(h) for h in next(csv.reader([header_line], delimiter=delimiter), [])]
     except csv.Error as exc:
         raise SourceError(f"{path}:1: the header row cannot be read ({exc})") from None
     _check_header(name, source, path, header)
@@ -498,7 +499,7 @@ def _jsonl_rows(
         seen: dict[str, str] = {}
         problem = None
         for key, item in value:
-            title = str(key).strip()
+            title = clean_line(str(key))
             lowered = title.lower()
             if lowered in used and lowered in seen:
                 problem = f"the keys {seen[lowered]!r} and {title!r} both fill the same column: keep one of them"

@@ -70,9 +70,14 @@ class Tokens:
             value = self._serializer.loads(token)
         except BadSignature:
             return None
-        if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value)):
+        if not (isinstance(value, list) and len(value) == 2 and all(_row_id(v) for v in value)):
             return None
         return value[0], (value[1] or None)
+
+
+def _row_id(value: Any) -> bool:
+    """A number a database row id can be (0 for "no step run"): anything else in a signed token is not ours."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
 
 
 def unsubscribe_url(base_url: str, token: str) -> str:

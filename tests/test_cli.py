@@ -409,3 +409,34 @@ def test_contacts_tag_refuses_unknown_addresses_and_malformed_tags(project: Proj
     typo = funnel("contacts", "tag", "ana@example.test", "clinet")
     assert typo.code == 0  # a tag of her own is allowed, with a note
     assert "does not use the tag 'clinet': did you mean 'client'?" in typo.err
+
+
+# --------------------------------------------------------------------------- issue 9: hostile templates
+
+
+def test_a_template_expression_that_fails_for_one_person_fails_only_her_email(project: Project, funnel) -> None:
+    """`{{ 1 / 0 }}`-like arithmetic used to end the whole run with "unexpected ZeroDivisionError"."""
+    project.write(
+        "signups/consultation-requests.jsonl",
+        '{"email": "ana@example.test", "name": "Ana"}\n{"email": "beatriz@example.test", "name": "Beatriz"}\n',
+    )
+    template = project.root / "email_templates" / "consultation" / "received.md"
+    template.write_text(template.read_text() + "\n{{ 12 // (contact.first_name|length - 3) }}\n")
+    result = funnel("run", "--now", NOW)
+    assert "unexpected" not in result.err, result.err
+    assert result.code == 1, result.err
+    assert project.sent() == [("beatriz@example.test", "consultation", "received")]
+    shown = funnel("contacts", "show", "ana@example.test", "--json").json()
+    step = shown["enrollments"][0]["steps"][0]
+    assert step["status"] == "failed" and "received.md:" in step["reason"], step
+
+
+def test_check_names_the_line_of_a_template_loop_the_sandbox_refuses(project: Project, funnel) -> None:
+    """A range too big for the sandbox (OverflowError) used to give "unexpected OverflowError" and no line."""
+    template = project.root / "email_templates" / "consultation" / "received.md"
+    template.write_text(template.read_text() + "\n{% for x in range(10**9) %}x{% endfor %}\n")
+    result = funnel("check", "--now", NOW)
+    assert result.code == 1, result.err
+    assert "unexpected" not in result.err
+    lines = len(template.read_text().splitlines())
+    assert f"email_templates/consultation/received.md:{lines}:" in result.err, result.err

@@ -250,6 +250,15 @@ def test_missing_template_file(tmp_path: Path) -> None:
     assert "'reminder-typo.md' not found in email_templates/" in problem
 
 
+def test_a_template_path_too_long_for_the_disk_is_not_found_with_its_line(tmp_path: Path) -> None:
+    """A 5,000-character template path made the OS refuse the look-up (OSError: name too long): a traceback."""
+    long_name = "x" * 5000 + ".md"
+    path = write_project(tmp_path, replace={"template: reminder.md": f"template: {long_name}"})
+    problem = only_problem(path)
+    assert problem.startswith(f"sequences.yaml:{line_of(path, long_name)}: "), problem
+    assert "not found in email_templates/" in problem
+
+
 def test_missing_template_is_not_checked_without_check_files(tmp_path: Path) -> None:
     path = write_project(tmp_path, replace={"template: reminder.md": "template: reminder-typo.md"})
     config = load_config(path, check_files=False)

@@ -134,6 +134,19 @@ def test_headers_match_case_insensitively_with_stray_whitespace(tmp_path: Path) 
     assert row.line == 2
 
 
+def test_invisible_characters_in_headers_do_not_hide_a_column(tmp_path: Path) -> None:
+    """A doubled BOM (two exports pasted together) or a NUL before a header: the column is still found.
+
+    Before, the error said "no column 'Email' (columns found: ..., Email, ...)", which no one can act on.
+    """
+    path = write(tmp_path, b"\xef\xbb\xbf\xef\xbb\xbfEmail,First\x00 Name\nann@example.test,Ann\n")
+    result = read(path, csv_source(columns={"email": "Email", "first_name": "First Name"}))
+    assert [(r.email, r.first_name) for r in result.rows] == [("ann@example.test", "Ann")]
+    path = write(tmp_path, '{"\\ufeffemail": "bo@example.test", "\\u0000name": "Bo"}\n', "file.jsonl")
+    result = read(path, jsonl_source())
+    assert [(r.email, r.first_name) for r in result.rows] == [("bo@example.test", "Bo")]
+
+
 def test_utf8_bom_is_ignored(tmp_path: Path) -> None:
     path = write(tmp_path, b"\xef\xbb\xbfEmail,First Name\r\nann@example.test,Ann\r\n")
     result = read(path)

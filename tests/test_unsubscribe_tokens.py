@@ -24,3 +24,11 @@ def test_links_sent_with_compressed_tokens_still_unsubscribe() -> None:
     token = legacy.dumps(payload)
     assert token.startswith(".")
     assert Tokens("key-one").read(token) == (10**15, 10**15)
+
+
+def test_a_signed_token_with_numbers_no_row_can_have_is_refused() -> None:
+    """Found by tests/test_hardening.py: [2**63, 0] passed the check and the database answered 500 (OverflowError)."""
+    signer = URLSafeSerializer("k", salt=_SALT)
+    for payload in ([2**63, 0], [-1, 0], [1, 2**64], [True, 0], [1, False]):
+        assert Tokens("k").read(signer.dumps(payload)) is None, payload
+    assert Tokens("k").read(signer.dumps([2**63 - 1, 0])) == (2**63 - 1, None)
