@@ -25,10 +25,11 @@ from typing import Any
 
 import pytest
 from conftest import REPO, SECRET
-from funnel.tracking import WebhookRefused, parse_events
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from webhook_signing import Signer
+
+from funnel.tracking import WebhookRefused, parse_events
 
 NOW = "2026-12-08T16:00:00Z"
 NOW_AT = datetime(2026, 12, 8, 16, 0, tzinfo=UTC)
