@@ -82,6 +82,7 @@ def test_copy_back_from_postgresql_into_a_new_sqlite_file(
     )
     on_postgres = {"FUNNEL_DATABASE_URL": postgres_url}
     assert funnel("run", "--now", NOW, env=on_postgres).code == 0
+    (project.root / "moved").mkdir()  # a folder that does not exist is a typo, refused like any database URL
     target = sqlite_url(project, "moved/funnel.db")
     copied = funnel("db", "copy", "--from", postgres_url, "--to", target)
     assert copied.code == 0, copied.err
