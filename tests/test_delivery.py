@@ -371,22 +371,6 @@ def test_the_database_alone_prevents_double_sends_on_postgresql(project: Project
     assert [fake.sent_to(a) for a in addresses] == [1] * 80
 
 
-def test_the_run_lock_on_postgresql_is_an_advisory_lock(project: Project, funnel_process, postgres_url: str) -> None:
-    import psycopg
-
-    from funnel.db import _PG_LOCK_KEY
-
-    registrations(project, 1)
-    env = {"FUNNEL_DATABASE_URL": postgres_url}
-    assert funnel_process("run", "--now", NOW, env=env).returncode == 0
-    plain_url = postgres_url.replace("+psycopg", "")
-    with psycopg.connect(plain_url, autocommit=True) as holder:
-        holder.execute("SELECT pg_advisory_lock(%s)", (_PG_LOCK_KEY,))
-        locked = funnel_process("run", "--now", NOW, env=env)
-    assert locked.returncode == 75
-    assert funnel_process("run", "--now", NOW, env=env).returncode == 0
-
-
 def test_sigterm_stops_cleanly_leaving_nothing_unknown(project: Project, funnel, fake) -> None:
     addresses = registrations(project, 30)
     set_delivery(project, concurrency=2)
