@@ -202,7 +202,8 @@ class Ledger:
         contact_ids = sorted({contact_id for step_run_id, contact_id in batch if step_run_id in handed})
         query = select(
             col(Contact.id), col(Contact.erased_at), col(Contact.unsubscribed_at), col(Contact.suppressed_reason)
-        ).where(col(Contact.id).in_(contact_ids)).order_by(col(Contact.id))  # id order, as deciding locks them
+        ).where(col(Contact.id).in_(contact_ids))
+        query = query.order_by(col(Contact.id))  # locked in id order, as deciding does: workers never deadlock
         if self.session.get_bind().dialect.name == "postgresql":
             query = query.with_for_update(read=True)
         stopped: dict[int, str] = {}

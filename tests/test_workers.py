@@ -140,7 +140,9 @@ def test_a_killed_worker_leaves_only_its_hand_over_unknown_while_another_goes_on
     assert code == 0, err
     assert summary["unknown"] == 0 and summary["sent"] > 0  # it never turned the other's claims unknown
     [(victim_run,)] = query(postgres_url, "SELECT id FROM runs WHERE pid = %s", victim.pid)
-    left = dict(query(postgres_url, "SELECT status, count(*) FROM step_runs WHERE run_id = %s GROUP BY status", victim_run))
+    left = dict(
+        query(postgres_url, "SELECT status, count(*) FROM step_runs WHERE run_id = %s GROUP BY status", victim_run)
+    )
     assert left.get("sending", 0) <= 2 * CONCURRENCY, left
     # the next pass settles what the dead worker held: unknown only what it had handed over
     code, after, err = finish(start_worker(project, env, LATER))
