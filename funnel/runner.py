@@ -5,12 +5,16 @@ The order of one run, and why:
 1. What a run that died left behind is settled (`funnel.ledger`): emails it
    had handed to the transport are marked `unknown` (SendGrid has no
    idempotency key: reported, never sent again blindly); the ones it had only
-   claimed are given back and go out in this run.
-2. File sources are read (unchanged files cost one hash).
+   claimed are given back and go out in this run. On PostgreSQL, where
+   several runs share the work, only runs that are really dead are settled
+   (`funnel.workers`).
+2. File sources are read (unchanged files cost one hash); on PostgreSQL one
+   worker at a time, the others wait and then find them unchanged.
 3. If sequences.yaml changed since the last run, every active enrollment is
    looked at once (new or retimed steps); otherwise only those whose stored
    `next_due_at` has come, through an index: work grows with what is due.
-4. Due enrollments are taken page by page. For each person the pure
+4. Due enrollments are taken page by page (on PostgreSQL with SKIP LOCKED,
+   so that workers split them). For each person the pure
    schedule decides; skips and exits are recorded, sends are *claimed*
    (a `claimed` row, unique per enrollment and step) and committed.
 5. Claimed emails are rendered and *handed over* in small batches (at most
