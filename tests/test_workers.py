@@ -113,32 +113,36 @@ def test_recovery_leaves_a_live_workers_claims_alone(project: Project, fake: Fak
 CONCURRENCY = 4
 
 
-def test_a_killed_worker_leaves_only_its_hand_over_unknown_while_another_goes_on(
+def test_a_killed_worker_leaves_only_its_hand_over_unknown_while_the_others_go_on(
     project: Project, fake: FakeSendGrid, postgres_url: str
 ) -> None:
-    addresses = registrations(project, 200)
+    addresses = registrations(project, 400)
     set_delivery(project, concurrency=CONCURRENCY)
     fake.delay(0.2)
     env = {**sendgrid_env(fake), "FUNNEL_DATABASE_URL": postgres_url}
     make_engine(postgres_url).dispose()  # the schema, so that the test can watch the workers' progress
     workers = [start_worker(project, env) for _ in range(2)]
 
-    def handed_by_run() -> dict[int, int]:
-        rows = query(
+    def handed_by(proc: subprocess.Popen[str]) -> int:
+        return query(
             postgres_url,
-            "SELECT r.pid, count(*) FROM step_runs s JOIN runs r ON r.id = s.run_id "
-            "WHERE s.status IN ('sending', 'sent') GROUP BY r.pid",
-        )
-        return {pid: count for pid, count in rows}
+            "SELECT count(*) FROM step_runs s JOIN runs r ON r.id = s.run_id "
+            "WHERE s.status IN ('sending', 'sent') AND r.pid = %s",
+            proc.pid,
+        )[0][0]
 
-    # both workers are sending before one of them dies
-    wait_until(lambda: len(handed_by_run()) == 2 and min(handed_by_run().values()) >= 2 * CONCURRENCY)
+    # both workers are sending; a third one joins (its recovery runs while they live)
+    wait_until(lambda: min(handed_by(w) for w in workers) >= 2 * CONCURRENCY)
+    late = start_worker(project, env)
+    wait_until(lambda: handed_by(late) >= 2 * CONCURRENCY)
     victim, survivor = workers
+    assert victim.poll() is None, "the victim finished before it could be killed"
     victim.send_signal(signal.SIGKILL)
     victim.communicate(timeout=30)
-    code, summary, err = finish(survivor)
-    assert code == 0, err
-    assert summary["unknown"] == 0 and summary["sent"] > 0  # it never turned the other's claims unknown
+    for proc in (survivor, late):
+        code, summary, err = finish(proc)
+        assert code == 0, err
+        assert summary["unknown"] == 0 and summary["sent"] > 0  # nobody turned another's claims unknown
     [(victim_run,)] = query(postgres_url, "SELECT id FROM runs WHERE pid = %s", victim.pid)
     left = dict(
         query(postgres_url, "SELECT status, count(*) FROM step_runs WHERE run_id = %s GROUP BY status", victim_run)
@@ -149,7 +153,7 @@ def test_a_killed_worker_leaves_only_its_hand_over_unknown_while_another_goes_on
     assert after["unknown"] == left.get("sending", 0), err
     assert after["sent"] == left.get("claimed", 0)
     final = step_statuses(project, env)
-    assert final == Counter({"sent": 200 - after["unknown"], "unknown": after["unknown"]})
+    assert final == Counter({"sent": 400 - after["unknown"], "unknown": after["unknown"]})
     counts = [fake.sent_to(a) for a in addresses]
     assert max(counts) == 1
     assert counts.count(0) <= after["unknown"] <= 2 * CONCURRENCY
