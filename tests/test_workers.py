@@ -21,7 +21,7 @@ from fake_sendgrid import FakeSendGrid
 from test_delivery import NOW, registrations, sendgrid_env, set_delivery, step_statuses, wait_until
 
 from funnel.db import make_engine
-from funnel.workers import RUN_KEY_SPACE
+from funnel.workers import INGEST_KEY, RUN_KEY_SPACE
 
 LATER = "2027-01-10T16:01:00Z"
 
@@ -54,6 +54,15 @@ def query(url: str, sql: str, *params: object) -> list[tuple[Any, ...]]:
         return list(cursor.fetchall()) if cursor.description else []
 
 
+def waiting_for_a_lock(url: str) -> int:
+    """How many sessions of this database wait for an advisory lock."""
+    return query(
+        url,
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )[0][0]
+
+
 def test_workers_started_together_share_the_sends_and_read_the_source_once(
     project: Project, fake: FakeSendGrid, postgres_url: str
 ) -> None:
@@ -61,7 +70,12 @@ def test_workers_started_together_share_the_sends_and_read_the_source_once(
     set_delivery(project, concurrency=4)
     fake.delay(0.1)  # one worker alone would need about 6 s: all three are at work together
     env = {**sendgrid_env(fake), "FUNNEL_DATABASE_URL": postgres_url}
-    workers = [start_worker(project, env) for _ in range(3)]
+    make_engine(postgres_url).dispose()
+    # the three start together however slowly each process comes up: they queue for the sources' turn
+    with psycopg.connect(postgres_url.replace("+psycopg", ""), autocommit=True) as gate:
+        gate.execute("SELECT pg_advisory_lock(%s)", (INGEST_KEY,))
+        workers = [start_worker(project, env) for _ in range(3)]
+        wait_until(lambda: waiting_for_a_lock(postgres_url) == 3)
     results = [finish(w) for w in workers]
     assert [code for code, _, _ in results] == [0, 0, 0], [err for _, _, err in results]
     summaries = [summary for _, summary, _ in results]
@@ -118,7 +132,7 @@ def test_a_killed_worker_leaves_only_its_hand_over_unknown_while_the_others_go_o
 ) -> None:
     addresses = registrations(project, 400)
     set_delivery(project, concurrency=CONCURRENCY)
-    fake.delay(0.2)
+    fake.delay(0.5)  # slow while the third worker comes up (a loaded machine may take seconds to start it)
     env = {**sendgrid_env(fake), "FUNNEL_DATABASE_URL": postgres_url}
     make_engine(postgres_url).dispose()  # the schema, so that the test can watch the workers' progress
     workers = [start_worker(project, env) for _ in range(2)]
@@ -139,6 +153,7 @@ def test_a_killed_worker_leaves_only_its_hand_over_unknown_while_the_others_go_o
     assert victim.poll() is None, "the victim finished before it could be killed"
     victim.send_signal(signal.SIGKILL)
     victim.communicate(timeout=30)
+    fake.delay(0.05)
     for proc in (survivor, late):
         code, summary, err = finish(proc)
         assert code == 0, err
