@@ -253,8 +253,9 @@ def check(config_path: Path | None, debug: bool, now: datetime) -> None:
 def run(config_path: Path | None, debug: bool, now: datetime, as_json: bool, dry_run: bool, verbose: bool) -> None:
     """The scheduled job: read every file source, enroll, send what is due.
 
-    Safe to run late, twice or concurrently (a second run exits 75 while the
-    first holds the lock). Quiet under cron unless something needs attention.
+    Safe to run late, twice or concurrently: on SQLite a second run exits 75
+    while the first holds the lock; on PostgreSQL runs share the due emails
+    (several workers). Quiet under cron unless something needs attention.
 
     Example (crontab): */15 * * * * cd /srv/funnel && .venv/bin/funnel run
     """

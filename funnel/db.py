@@ -1,9 +1,9 @@
 """Engine, schema migrations, settings and the run lock.
 
 SQLite is the embedded default (a file beside sequences.yaml, WAL mode, a
-busy timeout so a concurrent `funnel serve` does not fail a run). PostgreSQL
-works through the same code; the run lock is then an advisory lock held by a
-connection, so it also vanishes when a killed run's connection drops.
+busy timeout so a concurrent `funnel serve` does not fail a run), one run at
+a time (the run lock). PostgreSQL works through the same code, and there
+several runs share the work (`funnel.workers`).
 """
 
 from __future__ import annotations
@@ -25,8 +25,6 @@ from funnel import models  # noqa: F401  (registers the tables)
 from funnel.errors import ConfigError, FunnelError, LockedError, MigrationError
 from funnel.migrations import HEAD
 
-#: advisory-lock key for PostgreSQL: crc32("funnel run")
-_PG_LOCK_KEY = 0x2F5A_7C31
 #: advisory-lock key held while creating the schema
 _PG_SCHEMA_LOCK_KEY = 0x2F5A_7C32
 #: how long a command waits for another one that is creating or upgrading the schema
@@ -261,30 +259,22 @@ def flush_to_disk(engine: Engine) -> None:
 
 @contextmanager
 def run_lock(engine: Engine) -> Iterator[None]:
-    """Hold the run lock, or raise LockedError at once (exit 75).
+    """On SQLite, hold the run lock or raise LockedError at once (exit 75).
 
-    SQLite: an OS file lock beside the database; PostgreSQL: a session
-    advisory lock. Both are released by the OS/server when the holder dies,
-    so a killed run never blocks the next one.
+    SQLite: an OS file lock beside the database, released by the OS when
+    the holder dies, so a killed run never blocks the next one. PostgreSQL
+    has no run lock: several runs share the work (`funnel.workers`).
     """
-    if engine.dialect.name == "sqlite":
-        database = engine.url.database or "funnel.db"
-        lock = FileLock(f"{database}.lock", timeout=0)
-        try:
-            lock.acquire()
-        except Timeout:
-            raise LockedError("another `funnel run` is still running on this database; try again later") from None
-        try:
-            yield
-        finally:
-            lock.release()
+    if engine.dialect.name != "sqlite":
+        yield
         return
-    with engine.connect() as conn:
-        got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _PG_LOCK_KEY}).scalar()
-        if not got:
-            raise LockedError("another `funnel run` is still running on this database; try again later")
-        try:
-            yield
-        finally:
-            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_LOCK_KEY})
-            conn.commit()
+    database = engine.url.database or "funnel.db"
+    lock = FileLock(f"{database}.lock", timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise LockedError("another `funnel run` is still running on this database; try again later") from None
+    try:
+        yield
+    finally:
+        lock.release()

@@ -20,10 +20,13 @@ then. Suppression (unsubscribed, bounced, erased) is read again in the
 hand-over's transaction: a `forget` or `unsubscribe` that lands after a run
 claimed an email still stops it.
 
-Recovery assumes the run lock: a row claimed by another run is taken to be
-left by a dead one. Without the lock (two workers on one database) the
-conditional hand-over still keeps each email to one request: a worker only
-hands over rows it still holds.
+Recovery touches only the rows of runs that are really dead: on SQLite the
+run lock makes every other run dead; on PostgreSQL, where several workers
+share the work, a run is dead when its liveness lock can be taken
+(`funnel.workers.dead_runs`). A live worker's claims are never turned
+unknown nor given back under its feet, and the conditional hand-over keeps
+each email to one request anyway: a worker only hands over rows it still
+holds.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from sqlmodel import Session, col
 
 from funnel.ingest import insert_ignore
 from funnel.models import Contact, Enrollment, StepRun
+from funnel.workers import dead_runs
 
 CLAIMED = "claimed"
 SENDING = "sending"
@@ -84,7 +88,27 @@ class Ledger:
     # ----------------------------------------------------------------- recover
 
     def recover(self) -> Recovered:
-        """Settle rows left in hand by runs that died: `sending` is unknown, `claimed` goes back."""
+        """Settle rows left in hand by runs that died: `sending` is unknown, `claimed` goes back.
+
+        Commits (when it found something) while it still holds the dead runs'
+        locks, so two workers never settle the same run's rows.
+        """
+        left = self.session.execute(
+            select(col(StepRun.run_id))
+            .where(col(StepRun.status).in_(IN_HAND), col(StepRun.run_id) != self.run_id)
+            .distinct()
+        ).scalars()
+        candidates = [run_id for run_id in left if run_id is not None]
+        self.session.commit()  # nothing held while asking the server which runs are alive
+        with dead_runs(self.session.get_bind(), candidates) as dead:  # type: ignore[arg-type]  # an Engine here
+            if not dead:
+                return Recovered([], 0)
+            found = self._settle_dead(sorted(dead))
+            self.session.commit()
+        return found
+
+    def _settle_dead(self, dead: list[int]) -> Recovered:
+        theirs = and_(col(StepRun.status).in_(IN_HAND), col(StepRun.run_id).in_(dead))
         stale = self.session.execute(
             select(
                 col(StepRun.id),
@@ -92,19 +116,18 @@ class Ledger:
                 col(StepRun.sequence),
                 col(StepRun.step_id),
                 col(StepRun.status),
-                col(StepRun.attempts),
-            ).where(and_(col(StepRun.status).in_(IN_HAND), col(StepRun.run_id) != self.run_id))
+            ).where(theirs)
         ).all()
         sending = [row for row in stale if row.status == SENDING]
         claimed = [row for row in stale if row.status == CLAIMED]
         if sending:
             self.session.execute(
                 update(StepRun)
-                .where(col(StepRun.id).in_([row.id for row in sending]), col(StepRun.status) == SENDING)
+                .where(col(StepRun.id).in_([row.id for row in sending]), theirs, col(StepRun.status) == SENDING)
                 .values(status="unknown", reason=UNKNOWN_REASON, retryable=False)
             )
         if claimed:
-            self._give_back([row.id for row in claimed], by_run=None)
+            self._give_back([row.id for row in claimed], by_runs=dead)
             # their enrollments come up again in this run, whatever the dead run stored as next
             self.session.execute(
                 update(Enrollment)
@@ -181,6 +204,7 @@ class Ledger:
         query = select(
             col(Contact.id), col(Contact.erased_at), col(Contact.unsubscribed_at), col(Contact.suppressed_reason)
         ).where(col(Contact.id).in_(contact_ids))
+        query = query.order_by(col(Contact.id))  # locked in id order, as deciding does: workers never deadlock
         if self.session.get_bind().dialect.name == "postgresql":
             query = query.with_for_update(read=True)
         stopped: dict[int, str] = {}
@@ -205,15 +229,17 @@ class Ledger:
 
     def give_back(self, ids: Iterable[int]) -> None:
         """Rows this run took but whose request never started: pending again (or failed as before a retry)."""
-        self._give_back(list(ids), by_run=self.run_id)
+        self._give_back(list(ids), by_runs=[self.run_id])
 
-    def _give_back(self, ids: list[int], *, by_run: int | None) -> None:
+    def _give_back(self, ids: list[int], *, by_runs: list[int]) -> None:
         if not ids:
             return
         table = _table()
-        mine: list[ColumnElement[bool]] = [table.c.id.in_(ids), table.c.status.in_(IN_HAND)]
-        if by_run is not None:
-            mine.append(table.c.run_id == by_run)
+        mine: list[ColumnElement[bool]] = [
+            table.c.id.in_(ids),
+            table.c.status.in_(IN_HAND),
+            table.c.run_id.in_(by_runs),
+        ]
         # a retried step keeps its history (failed, retryable); a first attempt leaves no trace
         self.session.execute(table.update().where(*mine, table.c.attempts > 0).values(status="failed"))
         self.session.execute(table.delete().where(*mine, table.c.attempts == 0))

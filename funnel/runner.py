@@ -5,12 +5,16 @@ The order of one run, and why:
 1. What a run that died left behind is settled (`funnel.ledger`): emails it
    had handed to the transport are marked `unknown` (SendGrid has no
    idempotency key: reported, never sent again blindly); the ones it had only
-   claimed are given back and go out in this run.
-2. File sources are read (unchanged files cost one hash).
+   claimed are given back and go out in this run. On PostgreSQL, where
+   several runs share the work, only runs that are really dead are settled
+   (`funnel.workers`).
+2. File sources are read (unchanged files cost one hash); on PostgreSQL one
+   worker at a time, the others wait and then find them unchanged.
 3. If sequences.yaml changed since the last run, every active enrollment is
    looked at once (new or retimed steps); otherwise only those whose stored
    `next_due_at` has come, through an index: work grows with what is due.
-4. Due enrollments are taken page by page. For each person the pure
+4. Due enrollments are taken page by page (on PostgreSQL with SKIP LOCKED,
+   so that workers split them). For each person the pure
    schedule decides; skips and exits are recorded, sends are *claimed*
    (a `claimed` row, unique per enrollment and step) and committed.
 5. Claimed emails are rendered and *handed over* in small batches (at most
@@ -54,6 +58,7 @@ from funnel.sources import Fingerprint, clean_line, read_source_file
 from funnel.timeutil import zone
 from funnel.transports.base import Address, Attachment, OutgoingEmail, SendResult, Transport
 from funnel.unsubscribe import Tokens, secret_key, unsubscribe_headers, unsubscribe_url
+from funnel.workers import SHARED_PAGE, RunKeeper, ingest_turn, lock_contacts, lock_due_page, shares_work
 
 PAGE = 400
 __all__ = ["PAGE", "UNKNOWN_REASON", "RunSummary", "Runner", "compose_email", "contact_zone", "render_for"]
@@ -176,6 +181,8 @@ class Runner:
             raise ConfigError(str(exc)) from exc
         self.tokens = Tokens(secret_key(self.session))
         self.run_row: Run | None = None
+        #: holds "this run is alive" for other workers' recovery (PostgreSQL)
+        self.keeper = RunKeeper(engine)
         self.ledger: Ledger  # set by _start, once the run has its id
         self.introduced: dict[str, dict[str, datetime]] = {}
         self._pending: dict[int, _Pending] = {}
@@ -201,9 +208,15 @@ class Runner:
             self._start()
             if not self.dry_run:
                 self._recover()
-            if self.read_sources:
-                self._ingest_sources()
-            self._wake_all_if_config_changed()
+            with ingest_turn(self.engine) as our_turn:  # PostgreSQL workers read the sources one at a time
+                if not our_turn:
+                    self.summary.warnings.append(
+                        "another worker has been reading the sources for a long time: "
+                        "this run sent what was already due without reading them"
+                    )
+                if self.read_sources and our_turn:
+                    self._ingest_sources()
+                self._wake_all_if_config_changed()
             self._send_due()
             self._finish_run()
         finally:
@@ -211,6 +224,7 @@ class Runner:
                 self.session.rollback()
             self.session.close()
             self.transport.close()
+            self.keeper.release()  # after the last commit: nothing of this run is in hand any more
         self.summary.seconds = round(time.monotonic() - started, 3)
         return self.summary
 
@@ -227,6 +241,8 @@ class Runner:
         self.introduced = introduced_steps(self.session, self.config, self.now, write=True)
         self.checkpoint()
         assert self.run_row.id is not None
+        if not self.dry_run:
+            self.keeper.hold(self.run_row.id)  # before this run claims anything
         self.ledger = Ledger(self.session, self.run_row.id, self.now, self.transport.name)
 
     def _recover(self) -> None:
@@ -325,6 +341,8 @@ class Runner:
         if stored is not None and stored.value == self.config.fingerprint:
             return
         self.session.execute(update(Enrollment).where(col(Enrollment.status) == "active").values(next_due_at=self.now))
+        # stored with the wake-up: a worker starting meanwhile does not wake everyone again
+        put_setting(self.session, "config_fingerprint", self.config.fingerprint)
         self.checkpoint()
 
     # ----------------------------------------------------------------- due work
@@ -346,6 +364,8 @@ class Runner:
                 and_(col(Enrollment.status) == "active", col(Enrollment.next_due_at) <= self.now)
             )
         ).scalar_one()
+        # PostgreSQL workers take small pages, so that several share the due emails evenly
+        page_size = SHARED_PAGE if shares_work(self.engine) else PAGE
         done = 0
         last_id = 0
         more = True
@@ -356,16 +376,19 @@ class Runner:
                     # the next page is decided while the last batches are still being sent
                     page = list(
                         self.session.scalars(
-                            select(Enrollment)
-                            .where(
-                                and_(
-                                    col(Enrollment.status) == "active",
-                                    col(Enrollment.next_due_at) <= self.now,
-                                    col(Enrollment.id) > last_id,
+                            lock_due_page(
+                                select(Enrollment)
+                                .where(
+                                    and_(
+                                        col(Enrollment.status) == "active",
+                                        col(Enrollment.next_due_at) <= self.now,
+                                        col(Enrollment.id) > last_id,
+                                    )
                                 )
-                            )
-                            .order_by(col(Enrollment.id))
-                            .limit(PAGE)
+                                .order_by(col(Enrollment.id))
+                                .limit(page_size),
+                                self.engine,
+                            ).execution_options(populate_existing=True)
                         )
                     )
                     if not page:
@@ -457,7 +480,9 @@ class Runner:
 
     def _decide_page(self, page: list[Enrollment]) -> list[_Ready]:
         contact_ids = sorted({e.contact_id for e in page})
-        contacts = {c.id: c for c in self.session.scalars(select(Contact).where(col(Contact.id).in_(contact_ids)))}
+        # PostgreSQL workers: one person is decided by one worker at a time (the gap between
+        # marketing emails counts what the other worker just sent), locked in id order
+        contacts = {c.id: c for c in self.session.scalars(lock_contacts(contact_ids, self.engine))}
         tags: dict[int, set[str]] = defaultdict(set)
         for contact_id, tag in self.session.execute(
             select(col(Tag.contact_id), col(Tag.tag)).where(col(Tag.contact_id).in_(contact_ids))

@@ -386,22 +386,6 @@ def test_the_database_alone_prevents_double_sends_on_postgresql(project: Project
     assert [fake.sent_to(a) for a in addresses] == [1] * 80
 
 
-def test_the_run_lock_on_postgresql_is_an_advisory_lock(project: Project, funnel_process, postgres_url: str) -> None:
-    import psycopg
-
-    from funnel.db import _PG_LOCK_KEY
-
-    registrations(project, 1)
-    env = {"FUNNEL_DATABASE_URL": postgres_url}
-    assert funnel_process("run", "--now", NOW, env=env).returncode == 0
-    plain_url = postgres_url.replace("+psycopg", "")
-    with psycopg.connect(plain_url, autocommit=True) as holder:
-        holder.execute("SELECT pg_advisory_lock(%s)", (_PG_LOCK_KEY,))
-        locked = funnel_process("run", "--now", NOW, env=env)
-    assert locked.returncode == 75
-    assert funnel_process("run", "--now", NOW, env=env).returncode == 0
-
-
 def test_sigterm_stops_cleanly_leaving_nothing_unknown(project: Project, funnel, fake) -> None:
     addresses = registrations(project, 30)
     set_delivery(project, concurrency=2)
@@ -476,9 +460,12 @@ def test_sigkill_leaves_at_most_two_batches_unknown_and_the_next_run_sends_the_r
     wait_until(lambda: len(fake.requests) >= 20)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=30)
-    # every email was claimed by the dead run (one page); only those handed over may be unknown
+    # on SQLite every email was claimed by the dead run (one page); PostgreSQL workers take
+    # smaller pages, and what was not taken yet has no row at all; only emails handed over may be unknown
     left = step_statuses(project, env)
-    assert left["claimed"] + left["sending"] + left["sent"] == 150
+    untaken = 150 - (left["claimed"] + left["sending"] + left["sent"])
+    assert untaken == 0 if backend == "sqlite" else untaken >= 0, left
+    assert set(left) <= {"claimed", "sending", "sent"}, left
     assert left["sending"] <= 2 * CONCURRENCY, left
     fake.delay(0)
     result = subprocess.run(
@@ -491,7 +478,7 @@ def test_sigkill_leaves_at_most_two_batches_unknown_and_the_next_run_sends_the_r
     )
     summary = json.loads(result.stdout)
     assert summary["unknown"] == left["sending"]
-    assert summary["sent"] == left["claimed"]  # claimed but never handed over: they go out now
+    assert summary["sent"] == left["claimed"] + untaken  # claimed but never handed over: they go out now
     final = step_statuses(project, env)
     assert final == Counter({"sent": 150 - summary["unknown"], "unknown": summary["unknown"]})
     # nobody got it twice; everyone not unknown got it exactly once
