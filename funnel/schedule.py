@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from funnel.config import DAY_NAMES, Delivery, Sequence, Step
@@ -176,17 +177,22 @@ def snap_to_clock(instant: datetime, clock: time, tz: ZoneInfo) -> datetime:
 # --------------------------------------------------------------------------- windows
 
 
-def _intervals(day: date, delivery: Delivery, tz: ZoneInfo) -> list[tuple[datetime, datetime]]:
+def _intervals(day: date, delivery: Delivery, tz: ZoneInfo) -> tuple[tuple[datetime, datetime], ...]:
     """The window's UTC intervals that fall on local date `day` (two when it wraps midnight)."""
-    start, end = delivery.send_window.start, delivery.send_window.end
+    return _window_on(day, delivery.send_window.start, delivery.send_window.end, tz)
+
+
+@lru_cache(maxsize=4096)
+def _window_on(day: date, start: time, end: time, tz: ZoneInfo) -> tuple[tuple[datetime, datetime], ...]:
+    """`_intervals`, remembered: a run over 100,000 people asks about the same few days and zones."""
     day_start = datetime.combine(day, time(0))
     midnight_next = local_wall(day_start + timedelta(days=1), time(0), tz)
     if start < end:
-        return [(local_wall(day_start, start, tz), local_wall(day_start, end, tz))]
-    return [
+        return ((local_wall(day_start, start, tz), local_wall(day_start, end, tz)),)
+    return (
         (local_wall(day_start, time(0), tz), local_wall(day_start, end, tz)),
         (local_wall(day_start, start, tz), midnight_next),
-    ]
+    )
 
 
 def next_opening(instant: datetime, delivery: Delivery, tz: ZoneInfo) -> datetime:
