@@ -21,7 +21,7 @@ Rules kept here:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -33,7 +33,9 @@ from sqlmodel import Session, col
 
 from funnel.config import Config, Source
 from funnel.models import Contact, Enrollment, PendingTag, StepRun, Tag
+from funnel.schedule import first_look
 from funnel.sources import SignupRow, email_hash
+from funnel.timeutil import zone
 
 _BATCH = 500
 #: how long a tag for someone who has not signed up (yet) is kept
@@ -301,6 +303,8 @@ def _enroll(
         ).where(and_(col(Enrollment.sequence) == sequence, col(Enrollment.contact_id).in_(chunk)))
         for contact_id, enrollment_id, status, start_at in session.execute(query):
             existing[contact_id] = (enrollment_id, status, start_at)
+    zones = {c["id"]: c["timezone"] for c in live.values()}
+    look = _first_looks(config, sequence, now)
     new = [
         {
             "contact_id": contact_id,
@@ -310,7 +314,7 @@ def _enroll(
             "source": source_name,
             "webinar": source.webinar,
             "webinar_start": row.webinar_start,
-            "next_due_at": now,
+            "next_due_at": look(row.webinar_start, row.timezone or zones.get(contact_id)),
         }
         for contact_id, row in eligible.items()
         if contact_id not in existing
@@ -325,6 +329,33 @@ def _enroll(
         if status == "active" and start_at is not None and (current is None or start_at > current):
             reschedule(session, config, enrollment_id, sequence, source.webinar, start_at, now)
             result.rescheduled += 1
+
+
+def _first_looks(config: Config, sequence: str, now: datetime) -> Callable[[datetime | None, str | None], datetime]:
+    """`schedule.first_look` for new enrollments in `sequence`, once per webinar start and timezone.
+
+    A run then looks at a new enrollment only when one of its steps can
+    happen; the answers repeat (one webinar, a few zones), so they are kept.
+    """
+    found = config.sequences.get(sequence)
+    known: dict[tuple[datetime | None, str | None], datetime] = {}
+
+    def look(start: datetime | None, timezone: str | None) -> datetime:
+        if found is None:
+            return now
+        key = (start, timezone)
+        if key not in known:
+            try:
+                tz = zone(timezone or config.practice.timezone)
+            except ValueError:
+                tz = zone(config.practice.timezone)
+            try:
+                known[key] = first_look(found, now, start, tz, config.delivery)
+            except (OverflowError, ValueError):
+                known[key] = now  # the run decides, and says why it cannot
+        return known[key]
+
+    return look
 
 
 def reschedule(

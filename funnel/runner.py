@@ -189,9 +189,11 @@ class Runner:
             self._start()
             if not self.dry_run:
                 self._recover_unknown()
+            # before the import: people enrolled now are scheduled by this very config
+            # (ingest sets their first look), so they need no waking
+            self._wake_all_if_config_changed()
             if self.read_sources:
                 self._ingest_sources()
-            self._wake_all_if_config_changed()
             self._send_due()
             self._finish_run()
         finally:

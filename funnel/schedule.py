@@ -384,3 +384,30 @@ def project(
             break
         clock = max(min(wakes), clock)
     return planned
+
+
+# --------------------------------------------------------------------------- first look
+
+
+def first_look(
+    sequence: Sequence, enrolled_at: datetime, webinar_start: datetime | None, tz: ZoneInfo, delivery: Delivery
+) -> datetime:
+    """When a run first needs to look at an enrollment made at `enrolled_at` (its `next_due_at`).
+
+    `enrolled_at` itself unless no step can be sent or skipped before a later
+    moment: then the earliest moment a step opens (its due time moved into
+    the window; the gap since an earlier email only moves it later). Looking
+    earlier than needed is harmless, later never happens: a step with no due
+    time, or due before the enrollment, is looked at at once. So an import at
+    night does not ask the run to decide 100,000 times that nothing is due.
+    """
+    gapless = ContactState(tz=tz)
+    earliest: datetime | None = None
+    for step, due in zip(sequence.steps, due_times(sequence, enrolled_at, webinar_start, tz).values(), strict=True):
+        if due is None or due < enrolled_at:
+            return enrolled_at
+        start = opening(step, due, gapless, delivery)
+        if start <= enrolled_at:
+            return enrolled_at
+        earliest = start if earliest is None else min(earliest, start)
+    return earliest or enrolled_at
