@@ -259,7 +259,7 @@ class Runner:
                 report["status"] = "missing"
                 continue
             try:
-                read = read_source_file(name, source, path, practice_tz, previous)
+                read = read_source_file(name, source, path, practice_tz, previous, stream=True)
             except SourceError as exc:
                 report["status"] = "error"
                 self.summary.problems.append(str(exc))
@@ -267,7 +267,7 @@ class Runner:
             if read.unchanged:
                 report["status"] = "unchanged"
                 continue
-            result = apply_rows(self.session, self.config, name, source, read.rows, self.now)
+            result = apply_rows(self.session, self.config, name, source, read.signups(), self.now)
             self._note_source(name, source.path, report, read.problems, read.filtered, result)
             assert read.fingerprint is not None
             fp = read.fingerprint

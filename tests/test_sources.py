@@ -976,3 +976,44 @@ def test_unterminated_quote_in_an_appended_part_is_reported_with_its_line(tmp_pa
     assert emails(second) == ["cat@example.test", "dee@example.test"]
     assert lines(second) == [4, 5]
     assert "lines 3-5" in errors(second)[3]
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+def _streamed(path: Path, source: Source, previous: Fingerprint | None = None) -> FileRead:
+    """A read with `stream=True`, its rows collected the way a run consumes them."""
+    result = read_source_file("test-source", source, path, DENVER, previous, stream=True)
+    assert result.rows == []
+    if result.stream is not None:
+        assert result.fingerprint is None  # known only once every row was handed out
+    result.rows = list(result.signups())
+    result.stream = None
+    return result
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        HEADER + "ann@example.test,Ann\nnot-an-address,Bad\n\nbob@example.test,Bob\nmaria.gonzalez@example.co",
+        HEADER + 'ann@example.test,"Ann\nbob@example.test,Bob\ncarla@example.test,Carla\n',
+        HEADER + "ann@example.test,Ann,extra,values\r\nbob@example.test,Bob\r\n",
+        "\ufeff" + HEADER + "ann@example.test,Ann\n",
+    ],
+)
+def test_a_streamed_read_gives_what_a_whole_read_gives(tmp_path: Path, text: str) -> None:
+    """Rows, problems with their lines, deferred lines and the fingerprint are the same, streamed or not."""
+    source = csv_source(columns={"email": "Email", "first_name": "First Name"})
+    path = write(tmp_path, text)
+    whole, streamed = read(path, source), _streamed(path, source)
+    assert streamed == whole
+    # and a later read that resumes after it
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write("m,Maria\ndana@example.test,Dana\n")
+    assert _streamed(path, source, whole.fingerprint) == read(path, source, previous=whole.fingerprint)
+
+
+def test_a_streamed_read_refuses_a_bad_header_before_any_row(tmp_path: Path) -> None:
+    path = write(tmp_path, "Name,Other\nAnn,x\n")
+    with pytest.raises(SourceError, match="no column 'Email'"):
+        read_source_file("test-source", csv_source(), path, DENVER, None, stream=True)
