@@ -37,7 +37,7 @@ from funnel.schedule import first_look
 from funnel.sources import SignupRow, email_hash
 from funnel.timeutil import zone
 
-_BATCH = 500
+_BATCH = 1000
 #: how long a tag for someone who has not signed up (yet) is kept
 PENDING_DAYS = 90
 
@@ -155,7 +155,7 @@ def _apply_batch(
     if new_rows:
         # insert-or-ignore: a concurrent worker may be creating the same people
         insert_ignore(session, _table(Contact), new_rows, ("email_hash",))
-        created = _existing(session, [r["email_hash"] for r in new_rows])
+        created = _created(session, new_rows)
         result.created = len(created)
         contacts.update(created)
     updates = []
@@ -240,6 +240,29 @@ def _existing(session: Session, hashes: list[str]) -> dict[str, dict[str, Any]]:
         chunk = hashes[start : start + _BATCH]
         for record in session.execute(select(*columns).where(col(Contact.email_hash).in_(chunk))):
             found[record.email_hash] = dict(record._mapping)
+    return found
+
+
+def _created(session: Session, new_rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The contacts just inserted, with their ids: one narrow query, the rest is what was inserted.
+
+    (A concurrent worker may have inserted one of them first: it is taken as
+    found, with the values this batch brings, as if this row had come last.)
+    """
+    table = _table(Contact)
+    by_hash = {r["email_hash"]: r for r in new_rows}
+    found: dict[str, dict[str, Any]] = {}
+    hashes = list(by_hash)
+    for start in range(0, len(hashes), _BATCH):
+        query = select(table.c.email_hash, table.c.id).where(table.c.email_hash.in_(hashes[start : start + _BATCH]))
+        for key, contact_id in session.execute(query):
+            found[key] = {
+                **by_hash[key],
+                "id": contact_id,
+                "erased_at": None,
+                "unsubscribed_at": None,
+                "suppressed_reason": None,
+            }
     return found
 
 

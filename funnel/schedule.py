@@ -138,6 +138,28 @@ def due_times(
     return result
 
 
+#: due times already computed in this process: (id of the sequence, enrolled, start, zone) -> (sequence, times)
+_DUES: dict[tuple[int, datetime, datetime | None, ZoneInfo], tuple[Sequence, dict[str, datetime | None]]] = {}
+
+
+def _due_times_for(
+    sequence: Sequence, enrolled_at: datetime, webinar_start: datetime | None, tz: ZoneInfo
+) -> dict[str, datetime | None]:
+    """`due_times`, remembered: people imported together share them (one webinar, a few zones).
+
+    The cached entry keeps its sequence, and is used only for that very object.
+    """
+    key = (id(sequence), enrolled_at, webinar_start, tz)
+    found = _DUES.get(key)
+    if found is not None and found[0] is sequence:
+        return found[1]
+    if len(_DUES) >= 4096:
+        _DUES.clear()
+    times = due_times(sequence, enrolled_at, webinar_start, tz)
+    _DUES[key] = (sequence, times)
+    return times
+
+
 def skip_reason_without_due(step: Step, webinar_start: datetime | None) -> str:
     """Why a step has no due time: no webinar date, or a date arithmetic cannot hold."""
     return NO_WEBINAR_DATE if step.webinar is not None and webinar_start is None else OUT_OF_RANGE
@@ -249,8 +271,9 @@ def evaluate(
     the sends go out, so the caller can evaluate the person's next
     enrollment with it (min_gap holds across sequences).
     """
-    dues = due_times(sequence, enrollment.enrolled_at, enrollment.webinar_start, contact.tz)
+    dues = _due_times_for(sequence, enrollment.enrolled_at, enrollment.webinar_start, contact.tz)
     order = {step.id: index for index, step in enumerate(sequence.steps)}
+    gapless = replace(contact, last_marketing_at=None) if contact.last_marketing_at is not None else contact
     open_steps = [
         step
         for step in sequence.steps
@@ -277,7 +300,7 @@ def evaluate(
         if introduced is not None and due < introduced:
             skips.append(Skip(step, due, "added after its time"))
             continue
-        window_start = opening(step, due, replace(contact, last_marketing_at=None), delivery)
+        window_start = opening(step, due, gapless, delivery)
         start = opening(step, due, contact, delivery)
         if now < window_start:
             waits.append(start)
