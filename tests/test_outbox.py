@@ -77,7 +77,7 @@ def _outcome(build: object, outgoing: OutgoingEmail) -> object:
     return _seen(message)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(name=_NAMES, subject=_SUBJECTS, text=_BODIES, html=st.one_of(st.none(), _BODIES))
 def test_outbox_file_reads_as_the_message_build_message_makes(
     name: str | None, subject: str, text: str, html: str | None

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from email.header import Header
 from email.headerregistry import Address as HeaderAddress
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -77,7 +76,8 @@ def message_bytes(email: OutgoingEmail) -> tuple[bytes, str]:
     head = _CRLF.join(f"{name}: {value}" for name, value in headers)
     text = _part_body(email.text)
     html = _part_body(email.html) if email.html is not None else b""
-    if not all(_PLAIN.match(value.replace(_CRLF + " ", "")) for _, value in headers) or text is None or html is None:
+    unfolded = (value.replace(_CRLF + " ", "").replace(_CRLF + "\t", "") for _, value in headers)
+    if not all(_PLAIN.match(value) for value in unfolded) or text is None or html is None:
         return _slow(email)
     if max(map(len, head.split(_CRLF))) > 998 or any("\r" in v or "\n" in v for _, v in email.headers):
         return _slow(email)
@@ -114,16 +114,22 @@ def _slow(email: OutgoingEmail) -> tuple[bytes, str]:
 
 
 def _address(address: Address) -> str:
-    """A mailbox for a header: the name quoted or RFC 2047-encoded as needed."""
+    """A mailbox for a header: a plain name as it is or quoted; any other as the standard library writes it."""
     if not address.name:
         return address.email
-    if address.name.isascii():
+    if _PLAIN.match(address.name):
         return formataddr((address.name, address.email))
-    return f"{Header(address.name, 'utf-8').encode(linesep=_CRLF)} <{address.email}>"
+    return _folded("To", _header_address(address))
 
 
 def _text_header(value: str) -> str:
-    return value if value.isascii() else Header(value, "utf-8").encode(linesep=_CRLF)
+    return value if _PLAIN.match(value) else _folded("Subject", value)
+
+
+def _folded(name: str, value: object) -> str:
+    """A header value exactly as `build_message` writes it (RFC 2047 encoded words, folded lines)."""
+    line = str(_POLICY.header_factory(name, value).fold(policy=_POLICY))
+    return line[len(name) + 2 :].removesuffix(_CRLF)
 
 
 def _part_body(text: str) -> bytes | None:
