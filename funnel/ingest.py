@@ -21,7 +21,7 @@ Rules kept here:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -33,9 +33,11 @@ from sqlmodel import Session, col
 
 from funnel.config import Config, Source
 from funnel.models import Contact, Enrollment, PendingTag, StepRun, Tag
+from funnel.schedule import first_look
 from funnel.sources import SignupRow, email_hash
+from funnel.timeutil import zone
 
-_BATCH = 500
+_BATCH = 1000
 #: how long a tag for someone who has not signed up (yet) is kept
 PENDING_DAYS = 90
 
@@ -160,7 +162,7 @@ def _apply_batch(
     if new_rows:
         # insert-or-ignore: a concurrent worker may be creating the same people
         insert_ignore(session, _table(Contact), new_rows, ("email_hash",))
-        created = _existing(session, [r["email_hash"] for r in new_rows])
+        created = _created(session, new_rows)
         result.created = len(created)
         contacts.update(created)
     updates = []
@@ -248,6 +250,29 @@ def _existing(session: Session, hashes: list[str]) -> dict[str, dict[str, Any]]:
     return found
 
 
+def _created(session: Session, new_rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The contacts just inserted, with their ids: one narrow query, the rest is what was inserted.
+
+    (A concurrent worker may have inserted one of them first: it is taken as
+    found, with the values this batch brings, as if this row had come last.)
+    """
+    table = _table(Contact)
+    by_hash = {r["email_hash"]: r for r in new_rows}
+    found: dict[str, dict[str, Any]] = {}
+    hashes = list(by_hash)
+    for start in range(0, len(hashes), _BATCH):
+        query = select(table.c.email_hash, table.c.id).where(table.c.email_hash.in_(hashes[start : start + _BATCH]))
+        for key, contact_id in session.execute(query):
+            found[key] = {
+                **by_hash[key],
+                "id": contact_id,
+                "erased_at": None,
+                "unsubscribed_at": None,
+                "suppressed_reason": None,
+            }
+    return found
+
+
 def _new_contact(key: str, row: SignupRow, source_name: str, now: datetime) -> dict[str, Any]:
     return {
         "email_hash": key,
@@ -308,6 +333,8 @@ def _enroll(
         ).where(and_(col(Enrollment.sequence) == sequence, col(Enrollment.contact_id).in_(chunk)))
         for contact_id, enrollment_id, status, start_at in session.execute(query):
             existing[contact_id] = (enrollment_id, status, start_at)
+    zones = {c["id"]: c["timezone"] for c in live.values()}
+    look = _first_looks(config, sequence, now)
     new = [
         {
             "contact_id": contact_id,
@@ -317,7 +344,7 @@ def _enroll(
             "source": source_name,
             "webinar": source.webinar,
             "webinar_start": row.webinar_start,
-            "next_due_at": now,
+            "next_due_at": look(row.webinar_start, row.timezone or zones.get(contact_id)),
         }
         for contact_id, row in eligible.items()
         if contact_id not in existing
@@ -332,6 +359,33 @@ def _enroll(
         if status in ("active", "paused") and start_at is not None and (current is None or start_at > current):
             reschedule(session, config, enrollment_id, sequence, source.webinar, start_at, now)
             result.rescheduled += 1
+
+
+def _first_looks(config: Config, sequence: str, now: datetime) -> Callable[[datetime | None, str | None], datetime]:
+    """`schedule.first_look` for new enrollments in `sequence`, once per webinar start and timezone.
+
+    A run then looks at a new enrollment only when one of its steps can
+    happen; the answers repeat (one webinar, a few zones), so they are kept.
+    """
+    found = config.sequences.get(sequence)
+    known: dict[tuple[datetime | None, str | None], datetime] = {}
+
+    def look(start: datetime | None, timezone: str | None) -> datetime:
+        if found is None:
+            return now
+        key = (start, timezone)
+        if key not in known:
+            try:
+                tz = zone(timezone or config.practice.timezone)
+            except ValueError:
+                tz = zone(config.practice.timezone)
+            try:
+                known[key] = first_look(found, now, start, tz, config.delivery)
+            except (OverflowError, ValueError):
+                known[key] = now  # the run decides, and says why it cannot
+        return known[key]
+
+    return look
 
 
 def reschedule(

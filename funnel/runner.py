@@ -214,9 +214,11 @@ class Runner:
                         "another worker has been reading the sources for a long time: "
                         "this run sent what was already due without reading them"
                     )
+                # before the import: people enrolled now are scheduled by this very config
+                # (ingest sets their first look), so they need no waking
+                self._wake_all_if_config_changed()
                 if self.read_sources and our_turn:
                     self._ingest_sources()
-                self._wake_all_if_config_changed()
             self._send_due()
             self._finish_run()
         finally:
@@ -279,7 +281,7 @@ class Runner:
                 continue
             try:
                 read = read_source_file(
-                    name, source, path, practice_tz, previous, webinar_tz=self.config.start_zone(source)
+                    name, source, path, practice_tz, previous, stream=True, webinar_tz=self.config.start_zone(source)
                 )
             except SourceError as exc:
                 report["status"] = "error"
@@ -288,7 +290,7 @@ class Runner:
             if read.unchanged:
                 report["status"] = "unchanged"
                 continue
-            result = apply_rows(self.session, self.config, name, source, read.rows, self.now)
+            result = apply_rows(self.session, self.config, name, source, read.signups(), self.now)
             self._note_source(name, source.path, report, read.problems, read.filtered, result)
             assert read.fingerprint is not None
             fp = read.fingerprint

@@ -34,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from funnel.config import DAY_NAMES, Delivery, Sequence, Step
@@ -145,6 +146,28 @@ def due_times(
     return result
 
 
+#: due times already computed in this process: (id of the sequence, enrolled, start, zone) -> (sequence, times)
+_DUES: dict[tuple[int, datetime, datetime | None, ZoneInfo], tuple[Sequence, dict[str, datetime | None]]] = {}
+
+
+def _due_times_for(
+    sequence: Sequence, enrolled_at: datetime, webinar_start: datetime | None, tz: ZoneInfo
+) -> dict[str, datetime | None]:
+    """`due_times`, remembered: people imported together share them (one webinar, a few zones).
+
+    The cached entry keeps its sequence, and is used only for that very object.
+    """
+    key = (id(sequence), enrolled_at, webinar_start, tz)
+    found = _DUES.get(key)
+    if found is not None and found[0] is sequence:
+        return found[1]
+    if len(_DUES) >= 4096:
+        _DUES.clear()
+    times = due_times(sequence, enrolled_at, webinar_start, tz)
+    _DUES[key] = (sequence, times)
+    return times
+
+
 def skip_reason_without_due(step: Step, webinar_start: datetime | None) -> str:
     """Why a step has no due time: no webinar date, or a date arithmetic cannot hold."""
     return NO_WEBINAR_DATE if step.webinar is not None and webinar_start is None else OUT_OF_RANGE
@@ -184,17 +207,22 @@ def snap_to_clock(instant: datetime, clock: time, tz: ZoneInfo) -> datetime:
 # --------------------------------------------------------------------------- windows
 
 
-def _intervals(day: date, delivery: Delivery, tz: ZoneInfo) -> list[tuple[datetime, datetime]]:
+def _intervals(day: date, delivery: Delivery, tz: ZoneInfo) -> tuple[tuple[datetime, datetime], ...]:
     """The window's UTC intervals that fall on local date `day` (two when it wraps midnight)."""
-    start, end = delivery.send_window.start, delivery.send_window.end
+    return _window_on(day, delivery.send_window.start, delivery.send_window.end, tz)
+
+
+@lru_cache(maxsize=4096)
+def _window_on(day: date, start: time, end: time, tz: ZoneInfo) -> tuple[tuple[datetime, datetime], ...]:
+    """`_intervals`, remembered: a run over 100,000 people asks about the same few days and zones."""
     day_start = datetime.combine(day, time(0))
     midnight_next = local_wall(day_start + timedelta(days=1), time(0), tz)
     if start < end:
-        return [(local_wall(day_start, start, tz), local_wall(day_start, end, tz))]
-    return [
+        return ((local_wall(day_start, start, tz), local_wall(day_start, end, tz)),)
+    return (
         (local_wall(day_start, time(0), tz), local_wall(day_start, end, tz)),
         (local_wall(day_start, start, tz), midnight_next),
-    ]
+    )
 
 
 def next_opening(instant: datetime, delivery: Delivery, tz: ZoneInfo) -> datetime:
@@ -251,8 +279,9 @@ def evaluate(
     the sends go out, so the caller can evaluate the person's next
     enrollment with it (min_gap holds across sequences).
     """
-    dues = due_times(sequence, enrollment.enrolled_at, enrollment.webinar_start, contact.tz)
+    dues = _due_times_for(sequence, enrollment.enrolled_at, enrollment.webinar_start, contact.tz)
     order = {step.id: index for index, step in enumerate(sequence.steps)}
+    gapless = replace(contact, last_marketing_at=None) if contact.last_marketing_at is not None else contact
     open_steps = [
         step
         for step in sequence.steps
@@ -279,7 +308,7 @@ def evaluate(
         if introduced is not None and due < introduced:
             skips.append(Skip(step, due, "added after its time"))
             continue
-        window_start = opening(step, due, replace(contact, last_marketing_at=None), delivery)
+        window_start = opening(step, due, gapless, delivery)
         start = opening(step, due, contact, delivery)
         if now < window_start:
             waits.append(start)
@@ -410,3 +439,30 @@ def project(
             break
         clock = max(min(wakes), clock)
     return planned
+
+
+# --------------------------------------------------------------------------- first look
+
+
+def first_look(
+    sequence: Sequence, enrolled_at: datetime, webinar_start: datetime | None, tz: ZoneInfo, delivery: Delivery
+) -> datetime:
+    """When a run first needs to look at an enrollment made at `enrolled_at` (its `next_due_at`).
+
+    `enrolled_at` itself unless no step can be sent or skipped before a later
+    moment: then the earliest moment a step opens (its due time moved into
+    the window; the gap since an earlier email only moves it later). Looking
+    earlier than needed is harmless, later never happens: a step with no due
+    time, or due before the enrollment, is looked at at once. So an import at
+    night does not ask the run to decide 100,000 times that nothing is due.
+    """
+    gapless = ContactState(tz=tz)
+    earliest: datetime | None = None
+    for step, due in zip(sequence.steps, due_times(sequence, enrolled_at, webinar_start, tz).values(), strict=True):
+        if due is None or due < enrolled_at:
+            return enrolled_at
+        start = opening(step, due, gapless, delivery)
+        if start <= enrolled_at:
+            return enrolled_at
+        earliest = start if earliest is None else min(earliest, start)
+    return earliest or enrolled_at

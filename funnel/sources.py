@@ -35,9 +35,10 @@ import itertools
 import json
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -114,6 +115,13 @@ class FileRead:
     unchanged: bool = False
     #: lines at the end left for a later read (the file is still being written)
     deferred: int = 0
+    #: with `stream=True`: the accepted rows, produced while they are read (`rows` stays
+    #: empty); problems, `filtered`, `deferred` and the fingerprint are complete once it is used up
+    stream: Iterator[SignupRow] | None = None
+
+    def signups(self) -> Iterator[SignupRow]:
+        """The accepted rows, streamed or from `rows`."""
+        return self.stream if self.stream is not None else iter(self.rows)
 
 
 def normalize_email(value: str) -> str:
@@ -125,11 +133,48 @@ def normalize_email(value: str) -> str:
     ValueError with a short reason. `.test` domains are allowed (the shipped
     examples use them; they can never be delivered by accident).
     """
+    text = value.strip()
+    # the fast path: a plain address on a domain already checked; it accepts exactly
+    # what email-validator accepts (tests/test_sources.py compares them on generated addresses)
+    local, _, domain = text.partition("@")
+    if len(local) <= 64 and _PLAIN_LOCAL.match(local) and _PLAIN_DOMAIN.match(domain):
+        known = _domain_forms(domain)
+        if known is not None:
+            ascii_domain, unicode_domain = known
+            # the lengths email-validator checks (RFC 5321): the address as given, and both its forms
+            longest = max(len(text.encode()), len(local) + 1 + max(len(unicode_domain.encode()), len(ascii_domain)))
+            if longest <= 254:
+                return f"{local}@{ascii_domain}".lower()
+    return _validated(text)
+
+
+#: a dot-atom local part of ASCII letters and symbols (what nearly every list holds), at most 64 long;
+#: anything else (quotes, non-ASCII, odd lengths) takes the full check
+_PLAIN_LOCAL = re.compile(r"[a-zA-Z0-9_!#$%&'*+\-/=?^`{|}~]+(?:\.[a-zA-Z0-9_!#$%&'*+\-/=?^`{|}~]+)*\Z")
+_PLAIN_DOMAIN = re.compile(r'[^\s@<>"()\[\],;:\\]{1,255}\Z')
+
+
+def _validated(text: str) -> str:
+    """The full check by email-validator: syntax only, no DNS look-up."""
     try:
-        result = validate_email(value.strip(), check_deliverability=False, test_environment=True, allow_smtputf8=False)
+        result = validate_email(text, check_deliverability=False, test_environment=True, allow_smtputf8=False)
     except EmailNotValidError as exc:
         raise ValueError(str(exc).rstrip(".")) from None
     return (result.ascii_email or result.normalized).lower()
+
+
+@lru_cache(maxsize=65536)
+def _domain_forms(domain: str) -> tuple[str, str] | None:
+    """A domain's ASCII (punycode) and Unicode forms, as email-validator gives them, or None if it refuses it.
+
+    Remembered per domain: a list of 100,000 people has a few hundred domains,
+    and the domain (IDNA, special-use names) is the costly part of the check.
+    """
+    try:
+        result = validate_email(f"a@{domain}", check_deliverability=False, test_environment=True, allow_smtputf8=False)
+    except EmailNotValidError:
+        return None
+    return result.ascii_domain, result.domain
 
 
 def email_hash(normalized: str) -> str:
@@ -171,12 +216,18 @@ def read_source_file(
     previous: Fingerprint | None,
     *,
     settle_seconds: float = SETTLE_SECONDS,
+    stream: bool = False,
     webinar_tz: ZoneInfo | None = None,
 ) -> FileRead:
     """Read a file source, skipping what `previous` already covered.
 
     `webinar_tz` is where a webinar start without an offset is read
     (`Config.start_zone`); None reads it in each registrant's own zone (evergreen).
+
+    `stream=True` (a run's import of a csv) hands the rows out one by one in
+    `FileRead.stream` instead of holding them all in `rows`: a 100,000-row
+    export is stored in batches while it is read. A bad header is still
+    refused here, before any row is stored.
     """
     try:
         data = path.read_bytes()
@@ -199,10 +250,41 @@ def read_source_file(
     if note:
         result.problems.append(RowProblem(1, note, warning=True))
     if source.format == "csv":
-        raw, consumed = _csv_rows(name, source, path, _first_line(text), lines, base, settled)
+        header_line = _first_line(text)
+        plan = _csv_header(name, source, path, header_line, settled)
+        if stream and plan is not None and any(plan[1]):
+            consumed_box: list[int] = []
+            records = _csv_records(plan, lines, base, settled, consumed_box)
+            result.stream = _streamed(
+                _mapped(source, path, records, practice_tz, result, webinar_tz=webinar_tz),
+                lambda: _finish_read(result, data, current, text, codec, bom, offset, lines, base, consumed_box[0]),
+            )
+            return result
+        raw, consumed = _csv_rows(name, source, path, header_line, lines, base, settled)
     else:
         raw, consumed = _jsonl_rows(source, lines, base, settled)
     _map_rows(name, source, path, iter(raw), practice_tz, result, webinar_tz=webinar_tz)
+    return _finish_read(result, data, current, text, codec, bom, offset, lines, base, consumed)
+
+
+def _streamed(rows: Iterator[SignupRow], finish: Callable[[], object]) -> Iterator[SignupRow]:
+    yield from rows
+    finish()
+
+
+def _finish_read(
+    result: FileRead,
+    data: bytes,
+    current: Fingerprint,
+    text: str,
+    codec: str,
+    bom: int,
+    offset: int,
+    lines: list[str],
+    base: int,
+    consumed: int,
+) -> FileRead:
+    """The fingerprint of what was read, and the note about a last line left for later."""
     result.deferred = len(lines) - consumed
     if not result.deferred:
         result.fingerprint = Fingerprint(current.size, current.sha256, base + consumed)
@@ -354,10 +436,23 @@ def _csv_rows(
     name: str, source: Source, path: Path, header_line: str, lines: list[str], skipped: int, settled: bool
 ) -> tuple[list[tuple[int, dict[str, str] | str]], int]:
     """Rows of `lines` (the file's lines after the first `skipped`), and how many of them were fully read."""
-    if not header_line:
+    plan = _csv_header(name, source, path, header_line, settled)
+    if plan is None:
         return [], 0
+    consumed: list[int] = []
+    out = list(_csv_records(plan, lines, skipped, settled, consumed))
+    return out, consumed[0]
+
+
+_CsvPlan = tuple[str, list[str], int | None]
+
+
+def _csv_header(name: str, source: Source, path: Path, header_line: str, settled: bool) -> _CsvPlan | None:
+    """The delimiter, the header and the email column's position; None while there is no complete header."""
+    if not header_line:
+        return None
     if not header_line.endswith(_ENDINGS) and not settled:
-        return [], 0  # even the header is still being written
+        return None  # even the header is still being written
     delimiter = _sniff_delimiter(header_line)
     try:
         # invisible characters (a doubled BOM, a NUL) must not hide a column that looks right
@@ -368,7 +463,14 @@ def _csv_rows(
     lowered = [h.lower() for h in header]
     email_header = source.columns["email"].strip().lower()
     email_column = lowered.index(email_header) if email_header in lowered else None
-    out: list[tuple[int, dict[str, str] | str]] = []
+    return delimiter, header, email_column
+
+
+def _csv_records(
+    plan: _CsvPlan, lines: list[str], skipped: int, settled: bool, consumed: list[int]
+) -> Iterator[tuple[int, dict[str, str] | str]]:
+    """The records of `lines` one by one; how many lines were fully read is put in `consumed` at the end."""
+    delimiter, header, email_column = plan
     index = 0 if skipped else 1  # `first`, `end`, `index`: positions in `lines`
     total = len(lines)
     while index < total:
@@ -383,31 +485,30 @@ def _csv_rows(
                 index = total
                 break
             except csv.Error as exc:
-                out.append((number, f"this line cannot be read as CSV ({exc}): check its quotes"))
+                yield number, f"this line cannot be read as CSV ({exc}): check its quotes"
                 index = first + 1  # read on from the next line
                 break
             end = base + reader.line_num
             verdict = _check_record(lines, first, end, skipped, values, delimiter, len(header), email_column, settled)
             if verdict == "defer":
-                return out, first
+                consumed.append(first)
+                return
             if verdict:
-                out.append((number, verdict))
+                yield number, verdict
                 index = first + 1  # the lines it swallowed are read on their own
                 break
             if not any(v.strip() for v in values):
                 continue
             if len(values) > len(header):
-                out.append(
-                    (
-                        number,
-                        f"{len(values)} values but the header has {len(header)} columns: "
-                        f"quote values that contain {_DELIMITER_NAMES[delimiter]}",
-                    )
+                yield (
+                    number,
+                    f"{len(values)} values but the header has {len(header)} columns: "
+                    f"quote values that contain {_DELIMITER_NAMES[delimiter]}",
                 )
                 continue
             # a short row (trailing empty columns left out) still has every header
-            out.append((number, {h: (values[i] if i < len(values) else "") for i, h in enumerate(header)}))
-    return out, total
+            yield number, {h: (values[i] if i < len(values) else "") for i, h in enumerate(header)}
+    consumed.append(total)
 
 
 def _check_record(
@@ -559,27 +660,55 @@ def _map_rows(
     check_columns: bool = True,
     webinar_tz: ZoneInfo | None = None,
 ) -> None:
+    lookup: dict[str, str] = {}
+    result.rows.extend(_mapped(source, path, raw, practice_tz, result, lookup, webinar_tz=webinar_tz))
+    where = {k.strip().lower(): v.strip().lower() for k, v in source.where.items()}
+    if lookup and check_columns:
+        _require_columns(name, source, path, lookup, where)
+
+
+def _mapped(
+    source: Source,
+    path: Path,
+    raw: Iterator[tuple[int, dict[str, str] | str]],
+    practice_tz: ZoneInfo,
+    result: FileRead,
+    lookup: dict[str, str] | None = None,
+    *,
+    webinar_tz: ZoneInfo | None = None,
+) -> Iterator[SignupRow]:
+    """Accepted rows one by one; problems and filtered rows are counted in `result` on the way."""
     # columns seen: a csv's header (every row has it); for jsonl, the keys of any object,
     # since one object may leave a key out while the others have it
-    lookup: dict[str, str] = {}
+    if lookup is None:
+        lookup = {}
     where = {k.strip().lower(): v.strip().lower() for k, v in source.where.items()}
+    wanted_columns = [(fld, header.strip().lower()) for fld, header in source.columns.items()]
+    keys: dict[str, str] = {}  # each title as matched (a csv repeats the same ones on every row)
     for line, row in raw:
         if isinstance(row, str):
             result.problems.append(RowProblem(line, row))
             continue
         if not lookup or source.format == "jsonl":
             lookup.update((k.strip().lower(), k) for k in row)
-        lowered = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k is not None}
-        if any(lowered.get(column, "").lower() != wanted for column, wanted in where.items()):
+        lowered: dict[str, str] = {}
+        for title, value in row.items():
+            if title is None:
+                continue
+            key = keys.get(title)
+            if key is None:
+                key = keys[title] = title.strip().lower()
+            lowered[key] = (value or "").strip()
+        if where and any(lowered.get(column, "").lower() != wanted for column, wanted in where.items()):
             result.filtered += 1
             continue
-        values = {fld: lowered.get(header.strip().lower(), "") for fld, header in source.columns.items()}
+        values = {fld: lowered.get(header, "") for fld, header in wanted_columns}
         try:
-            result.rows.append(_to_signup(line, values, practice_tz, result, file=path.name, webinar_tz=webinar_tz))
+            signup = _to_signup(line, values, practice_tz, result, file=path.name, webinar_tz=webinar_tz)
         except ValueError as exc:
             result.problems.append(RowProblem(line, str(exc)))
-    if lookup and check_columns:
-        _require_columns(name, source, path, lookup, where)
+            continue
+        yield signup
 
 
 def _require_columns(name: str, source: Source, path: Path, lookup: dict[str, str], where: dict[str, str]) -> None:

@@ -357,3 +357,29 @@ def test_forget_also_drops_tags_kept_for_the_address(project: Project, funnel) -
     assert funnel("contacts", "forget", "ann@example.test", "--now", BEFORE).code == 0
     with db(project) as conn:
         assert conn.execute("SELECT count(*) FROM pending_tags").fetchone() == (0,)
+
+
+# --------------------------------------------------------------------------- imports at scale
+
+
+def test_an_import_with_nothing_due_sets_each_enrollments_first_look(project: Project, funnel) -> None:
+    """A new enrollment is first looked at when a step can happen, not at once for nothing.
+
+    The confirmation here comes an hour after signing up: the import leaves
+    next_due_at at that hour (a run in between has nothing to decide); the
+    run at that hour sends it.
+    """
+    config = project.root / "sequences.yaml"
+    shipped = "      - id: registered\n        wait: 0m\n"
+    assert shipped in config.read_text()
+    config.write_text(config.read_text().replace(shipped, "      - id: registered\n        wait: 1h\n"))
+    project.write(REGISTRATIONS, HEADER + row("ann@example.test") + row("bob@example.test", tz="America/New_York"))
+    imported = funnel("import", "webinar-registrations", REGISTRATIONS, "--now", "2027-01-10T09:00:00Z", "--json")
+    assert imported.code == 0, imported.err
+    assert imported.json()["enrolled"] == 2
+    with db(project) as conn:
+        due = [value for (value,) in conn.execute("SELECT next_due_at FROM enrollments ORDER BY id")]
+    assert due == ["2027-01-10 10:00:00.000000", "2027-01-10 10:00:00.000000"]
+    assert funnel("run", "--now", "2027-01-10T09:59:00Z", "--json").json()["sent"] == 0
+    later = funnel("run", "--now", "2027-01-10T10:00:00Z", "--json")
+    assert later.json()["sent"] == 2

@@ -27,6 +27,7 @@ from funnel.schedule import (
     Recorded,
     due_times,
     evaluate,
+    first_look,
     in_window,
     next_opening,
     project,
@@ -1377,3 +1378,56 @@ def test_property_nothing_timed_before_the_webinar_goes_at_or_after_its_start(
         for send in evaluation.sends:
             assert not (send.step.webinar and send.step.webinar.approx < timedelta(0)), send.step
             assert send.due_at >= start, send.step
+
+
+# --------------------------------------------------------------------------- first look
+
+
+@PROPERTY
+@given(
+    scenario=scenarios(),
+    last_marketing=st.sampled_from([None, -1440, -600, -60]),
+    fraction=st.floats(0, 1),
+)
+def test_first_look_is_never_later_than_the_first_decision(
+    scenario: tuple[ZoneInfo, Delivery, list[Enrollment], frozenset[str]],
+    last_marketing: int | None,
+    fraction: float,
+) -> None:
+    """Until an enrollment's first look the schedule only waits, whatever the person's tags and last email.
+
+    So a run that looks at a new enrollment only then (ingest sets it as
+    `next_due_at`) decides exactly what a run looking at once would.
+    """
+    tz, dl, enrollments, tags = scenario
+    enrollment = enrollments[0]
+    enrolled = enrollment.enrolled_at
+    look = first_look(enrollment.sequence, enrolled, enrollment.webinar_start, tz, dl)
+    assert look >= enrolled
+    contact = ContactState(
+        tz=tz,
+        tags=tags,
+        last_marketing_at=None if last_marketing is None else enrolled + timedelta(minutes=last_marketing),
+    )
+    # at the enrollment, and at any moment before the first look: nothing but waiting, until no earlier than it
+    for now in {enrolled, enrolled + (look - enrolled) * fraction} - {look} if look > enrolled else set():
+        evaluation = evaluate(enrollment.sequence, enrollment.state(), contact, now, dl)
+        assert (evaluation.sends, evaluation.skips, evaluation.exit_reason, evaluation.finished) == (
+            (),
+            (),
+            None,
+            False,
+        )
+        assert evaluation.wake_at is not None and evaluation.wake_at >= look
+
+
+def test_first_look_of_a_letter_enrolled_at_night_is_the_morning() -> None:
+    """Enrolled at 02:00 in Denver: a marketing letter due at once is first looked at when the window opens."""
+    letter = seq(step("a", wait="0m"))
+    assert first_look(letter, L(DENVER, 2026, 7, 1, 2), None, DENVER, delivery()) == L(DENVER, 2026, 7, 1, 8)
+    # a transactional one (a confirmation) is looked at at once, night or day
+    confirmation = seq(step("a", wait="0m", transactional=True), step("b", wait="1d"))
+    assert first_look(confirmation, L(DENVER, 2026, 7, 1, 2), None, DENVER, delivery()) == L(DENVER, 2026, 7, 1, 2)
+    # a step without a webinar date is skipped at once: looked at at once
+    reminder = seq(step("a", webinar="-1d"), step("b", wait="1d"))
+    assert first_look(reminder, L(DENVER, 2026, 7, 1, 2), None, DENVER, delivery()) == L(DENVER, 2026, 7, 1, 2)

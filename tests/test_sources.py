@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import os
+import string
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from funnel.config import Source
 from funnel.errors import SourceError
-from funnel.sources import FileRead, Fingerprint, normalize_email, read_source_file
+from funnel.sources import FileRead, Fingerprint, _domain_forms, _validated, normalize_email, read_source_file
 
 DENVER = ZoneInfo("America/Denver")
 
@@ -114,6 +118,62 @@ def test_normalize_email_rejects_invalid_addresses(raw: str) -> None:
     with pytest.raises(ValueError) as info:
         normalize_email(raw)
     assert str(info.value)
+
+
+def _outcome(check: Callable[[str], str], raw: str) -> tuple[str, str]:
+    try:
+        return "ok", check(raw)
+    except ValueError as exc:
+        return "refused", str(exc)
+
+
+_ATEXT = string.ascii_letters + string.digits + "!#$%&'*+-/=?^_`{|}~"
+#: pieces an address is built from: plain and odd characters, dots, quotes, spaces, non-ASCII
+_LOCAL = st.text(alphabet=_ATEXT + '..."@ \\()<>,;:[]\u00e9\u00fc\u00a0\u2028\t', min_size=0, max_size=70)
+_LABEL = st.one_of(
+    st.sampled_from(["example", "gmail", "xn--bcher-kva", "b\u00fccher", "-bad", "bad-", "a" * 63, "a" * 64, "MIX"]),
+    st.text(alphabet=string.ascii_letters + string.digits + "-_\u00e9\u00df\u0301@ []", min_size=0, max_size=20),
+)
+_TLD = st.sampled_from(["test", "com", "org", "local", "localhost", "invalid", "arpa", "onion", "c0m", "x", "TEST", ""])
+_DOMAIN = st.builds(
+    lambda labels, tld: ".".join([*labels, tld]) if tld else ".".join(labels),
+    st.lists(_LABEL, min_size=0, max_size=5),
+    _TLD,
+)
+_ADDRESS = st.one_of(
+    st.builds(lambda local, domain: f"{local}@{domain}", _LOCAL, _DOMAIN),
+    st.builds(
+        lambda local, domain, pad: f"{local}@{domain}{pad}",
+        st.text(_ATEXT, min_size=1, max_size=70),
+        _DOMAIN,
+        st.sampled_from(["", " ", "\n"]),
+    ),
+    st.builds(lambda n, m: f"{'a' * n}@{'b' * m}.test", st.integers(50, 70), st.integers(150, 260)),
+    st.text(max_size=40),
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(raw=_ADDRESS)
+def test_normalize_email_fast_path_agrees_with_email_validator(raw: str) -> None:
+    """The per-domain fast path accepts, refuses and normalises exactly as email-validator does."""
+    assert _outcome(normalize_email, raw) == _outcome(_validated, raw.strip())
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "a" * 64 + "@" + "b" * 63 + "." + "c" * 63 + "." + "d" * 63 + "." + "e" * 50 + ".test",  # too long in all
+        "a..b@example.test",
+        "a@example.invalid",  # a special-use domain
+        "a@-bad.test",
+    ],
+)
+def test_normalize_email_fast_path_refuses_what_email_validator_refuses(raw: str) -> None:
+    _domain_forms.cache_clear()
+    normalize_email("a@example.test")  # a domain already known must not let a bad address through
+    assert _outcome(normalize_email, raw) == _outcome(_validated, raw)
+    assert _outcome(normalize_email, raw)[0] == "refused"
 
 
 # --------------------------------------------------------------------------- csv basics
@@ -960,3 +1020,44 @@ def test_an_evergreen_webinar_start_is_read_in_each_registrants_zone(tmp_path: P
     source = csv_source(columns={"email": "Email", "webinar_start": "Webinar Start", "timezone": "Time Zone"})
     result = read_source_file("test-source", source, path, DENVER, None, webinar_tz=None)
     assert result.rows[0].webinar_start == datetime(2027, 1, 15, 3, 0, tzinfo=UTC)  # 19:00 PST
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+def _streamed(path: Path, source: Source, previous: Fingerprint | None = None) -> FileRead:
+    """A read with `stream=True`, its rows collected the way a run consumes them."""
+    result = read_source_file("test-source", source, path, DENVER, previous, stream=True)
+    assert result.rows == []
+    if result.stream is not None:
+        assert result.fingerprint is None  # known only once every row was handed out
+    result.rows = list(result.signups())
+    result.stream = None
+    return result
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        HEADER + "ann@example.test,Ann\nnot-an-address,Bad\n\nbob@example.test,Bob\nmaria.gonzalez@example.co",
+        HEADER + 'ann@example.test,"Ann\nbob@example.test,Bob\ncarla@example.test,Carla\n',
+        HEADER + "ann@example.test,Ann,extra,values\r\nbob@example.test,Bob\r\n",
+        "\ufeff" + HEADER + "ann@example.test,Ann\n",
+    ],
+)
+def test_a_streamed_read_gives_what_a_whole_read_gives(tmp_path: Path, text: str) -> None:
+    """Rows, problems with their lines, deferred lines and the fingerprint are the same, streamed or not."""
+    source = csv_source(columns={"email": "Email", "first_name": "First Name"})
+    path = write(tmp_path, text)
+    whole, streamed = read(path, source), _streamed(path, source)
+    assert streamed == whole
+    # and a later read that resumes after it
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write("m,Maria\ndana@example.test,Dana\n")
+    assert _streamed(path, source, whole.fingerprint) == read(path, source, previous=whole.fingerprint)
+
+
+def test_a_streamed_read_refuses_a_bad_header_before_any_row(tmp_path: Path) -> None:
+    path = write(tmp_path, "Name,Other\nAnn,x\n")
+    with pytest.raises(SourceError, match="no column 'Email'"):
+        read_source_file("test-source", csv_source(), path, DENVER, None, stream=True)

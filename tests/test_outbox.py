@@ -1,0 +1,99 @@
+"""The outbox transport's .eml files: written directly, read back as the same message `build_message` makes."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from datetime import UTC, datetime
+from email.message import EmailMessage
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from funnel.transports.base import Address, OutgoingEmail
+from funnel.transports.outbox import build_message, message_bytes
+
+_NAMES = st.one_of(
+    st.none(),
+    st.sampled_from(
+        ["Maya Ellis", "M. Ellis", "P3009", 'Ana "Annie" Reyes', "Reyes, Ana", "José Núñez", "李小龙", "O'Brien"]
+    ),
+    st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), max_size=40),
+)
+_SUBJECTS = st.one_of(
+    st.sampled_from(["Your place is saved, José", "Tomorrow at 7:00 PM", "A note for you", "x" * 300]),
+    st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), min_size=1, max_size=120),
+)
+_BODIES = st.one_of(
+    st.sampled_from(["Hi,\n\nplain text.\n", "Ünïcödé line\r\nand another", "a" * 1200 + "\nshort", ""]),
+    st.text(max_size=300),
+)
+
+
+def _email(name: str | None, subject: str, text: str, html: str | None) -> OutgoingEmail:
+    url = "https://mail.example.test/u/WzMwMTAsMzM3NV0.hb4i4rB_5Lk4Fgav7np8Grsg6xk"
+    return OutgoingEmail(
+        send_id="0000134467e14700ae7463cdd29ddb34",
+        sender=Address("care@example.test", "M. Ellis"),
+        to=Address("person@example.test", name),
+        reply_to=Address("care@example.test"),
+        subject=subject,
+        text=text,
+        html=html,
+        headers=(("List-Unsubscribe", f"<{url}>"), ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")),
+        date=datetime(2027, 1, 10, 16, tzinfo=UTC),
+        sequence="webinar",
+        step="registered",
+    )
+
+
+def _read(data: bytes) -> EmailMessage:
+    message = email.message_from_bytes(data, policy=email.policy.default)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+def _seen(message: EmailMessage) -> dict[str, object]:
+    """What a mail client (and the tests) see: headers decoded, parts and their text."""
+    headers = {
+        name: str(message[name])
+        for name in ("From", "To", "Reply-To", "Subject", "Date", "List-Unsubscribe", "List-Unsubscribe-Post")
+    }
+    headers["X-Funnel-Send-Id"] = str(message["X-Funnel-Send-Id"])
+    headers["Message-ID"] = str(message["Message-ID"]).split(".")[-1]  # the send id and domain (the rest is random)
+    parts = [(part.get_content_type(), part.get_content()) for part in message.walk() if not part.is_multipart()]
+    return {"headers": headers, "type": message.get_content_type(), "parts": parts}
+
+
+def _outcome(build: object, outgoing: OutgoingEmail) -> object:
+    try:
+        data = message_bytes(outgoing)[0] if build is message_bytes else build_message(outgoing).as_bytes()
+    except (ValueError, TypeError) as exc:
+        return ("refused", type(exc).__name__)
+    message = _read(data)
+    assert not message.defects
+    assert all(len(line) <= 998 for line in data.split(b"\r\n"))
+    assert b"\n" not in data.replace(b"\r\n", b"")  # CRLF line endings only
+    return _seen(message)
+
+
+@settings(max_examples=400, deadline=None)
+@given(name=_NAMES, subject=_SUBJECTS, text=_BODIES, html=st.one_of(st.none(), _BODIES))
+def test_outbox_file_reads_as_the_message_build_message_makes(
+    name: str | None, subject: str, text: str, html: str | None
+) -> None:
+    outgoing = _email(name, subject, text, html)
+    assert _outcome(message_bytes, outgoing) == _outcome(build_message, outgoing)
+
+
+def test_outbox_file_is_multipart_alternative_with_text_then_html() -> None:
+    data, message_id = message_bytes(
+        _email("José Núñez", "Your place is saved, José", "Hi José,\n", "<p>Hi José</p>\n")
+    )
+    message = _read(data)
+    assert message.get_content_type() == "multipart/alternative"
+    assert [p.get_content_type() for p in message.iter_parts()] == ["text/plain", "text/html"]
+    assert str(message["To"]) == "José Núñez <person@example.test>"
+    assert str(message["Subject"]) == "Your place is saved, José"
+    assert str(message["Message-ID"]) == message_id
+    assert message_id.endswith(".0000134467e14700ae7463cdd29ddb34@example.test>")
