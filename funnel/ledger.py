@@ -270,7 +270,7 @@ class SuppressionCheck:
             params: Any = {"id": contact_id} if self._postgres else (contact_id,)
             row = conn.exec_driver_sql(self._sql, params).first()
             conn.rollback()
-        if row is None:
-            return "erased"
+        if row is None:  # not committed yet: the hand-over's own read covered her
+            return None
         erased_at, unsubscribed_at, suppressed_reason = row
         return "erased" if erased_at else "unsubscribed" if unsubscribed_at else suppressed_reason

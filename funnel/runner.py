@@ -359,7 +359,7 @@ class Runner:
             max_attempts=self.config.delivery.max_attempts,
             in_flight=window,
             stop=self.stop,
-            suppressed=SuppressionCheck(self.engine),
+            suppressed=None if self.dry_run else SuppressionCheck(self.engine),  # a dry run commits nothing
         )
         total = self.session.execute(
             select(func.count()).where(

@@ -84,6 +84,8 @@ def message_bytes(email: OutgoingEmail) -> tuple[bytes, str]:
     compares them. Anything unusual (a line over 998 bytes, a header that is not plain
     text) is left to `build_message`, which folds and encodes by the book.
     """
+    if email.attachments:  # multipart/mixed around the letter (the calendar invitation): by the book
+        return _slow(email)
     domain = email.sender.email.rpartition("@")[2] or "localhost"
     message_id = make_msgid(idstring=email.send_id, domain=domain)
     headers = [("From", _address(email.sender)), ("To", _address(email.to))]
