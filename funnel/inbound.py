@@ -263,10 +263,12 @@ def receive(session: Session, config: Config, reply: Reply, now: datetime) -> Re
             content={} if status == "loop" else content,
         )
         .on_conflict_do_nothing(index_elements=["message_key"])
-    )
+        # a returned id says "inserted" on both databases; rowcount does not (-1 on PostgreSQL)
+        .returning(table.c.id)
+    ).first()
     row = session.scalars(select(InboundMessage).where(col(InboundMessage.message_key) == reply.key)).one()
     assert row.id is not None
-    if not inserted.rowcount:  # type: ignore[attr-defined]  # an INSERT gives a CursorResult
+    if inserted is None:  # the same message was stored before: a retried post
         return Received(row.id, False, row.paused, row.status)
     paused = 0
     if contact is not None and not reply.auto_reply and status != "loop":

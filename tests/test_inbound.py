@@ -314,3 +314,24 @@ def test_a_raw_mime_post_with_an_unknown_charset_is_read_with_replacements() -> 
     )
     reply = read_reply(parse_form(f"multipart/form-data; boundary={boundary}", body))
     assert reply.sender == "ana@example.test" and "Hello there \ufffd" in reply.text
+
+
+def test_a_retried_post_on_postgresql_does_not_pause_her_again_after_a_resume(
+    project: Project, funnel_process: Callable[..., Any], funnel_server: Callable[..., Any], postgres_url: str
+) -> None:
+    """SendGrid retries a post whose answer it did not get. On PostgreSQL the insert's row count
+    was -1 (SQLAlchemy adds RETURNING), so every retry looked new and paused her again."""
+    with_inbound(project)
+    env = {"FUNNEL_DATABASE_URL": postgres_url}
+    project.write("signups/webinar-registrations.csv", HEADER + ANA)
+    assert funnel_process("run", "--now", NOW, env=env).returncode == 0
+    server = funnel_server("--now", NOW, env={**env, "FUNNEL_INBOUND_KEY": KEY})
+    with server.client() as http:
+        first = http.post(f"/webhooks/inbound?key={KEY}", files=parse_post())
+        assert first.json() == {"id": 1, "new": True, "paused": 1, "status": "forwarded"}
+        assert funnel_process("contacts", "resume", "ana@example.test", "--now", NOW, env=env).returncode == 0
+        retried = http.post(f"/webhooks/inbound?key={KEY}", files=parse_post())
+        assert retried.json()["new"] is False
+    ana = json.loads(funnel_process("contacts", "show", "ana@example.test", "--json", env=env).stdout)
+    assert [e["status"] for e in ana["enrollments"]] == ["active"]
+    assert len(forwards(project)) == 1
