@@ -172,7 +172,8 @@ def _reply(
             envelope_from = parsed["from"].strip() or None
     except ValueError:
         pass
-    message_id = str(headers.get("Message-ID", "") or "").strip()
+    # control characters (a NUL, which PostgreSQL refuses in text) never reach the key
+    message_id = clean_line(str(headers.get("Message-ID", "") or ""))
     if message_id:
         key = "mid:" + message_id[:300]
     else:  # no Message-ID (rare): the same post retried has the same content

@@ -316,6 +316,24 @@ def test_a_raw_mime_post_with_an_unknown_charset_is_read_with_replacements() -> 
     assert reply.sender == "ana@example.test" and "Hello there \ufffd" in reply.text
 
 
+def test_a_message_id_with_a_nul_is_stored_and_forwarded_on_postgresql(
+    project: Project, funnel_process: Callable[..., Any], funnel_server: Callable[..., Any], postgres_url: str
+) -> None:
+    """A hostile sender's Message-ID is text we do not control: a NUL in it made PostgreSQL refuse
+    the row (500 for three days of retries), and the reply never reached the therapist."""
+    with_inbound(project)
+    env = {"FUNNEL_DATABASE_URL": postgres_url}
+    server = funnel_server("--now", NOW, env={**env, "FUNNEL_INBOUND_KEY": KEY})
+    fields = parse_post(message_id="<nul\x00@x>")
+    with server.client() as http:
+        answer = http.post(f"/webhooks/inbound?key={KEY}", files=fields)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["status"] == "forwarded"
+        again = http.post(f"/webhooks/inbound?key={KEY}", files=fields)
+        assert again.json()["new"] is False, (answer.json(), again.json())
+    assert len(forwards(project)) == 1
+
+
 def test_a_retried_post_on_postgresql_does_not_pause_her_again_after_a_resume(
     project: Project, funnel_process: Callable[..., Any], funnel_server: Callable[..., Any], postgres_url: str
 ) -> None:
