@@ -42,14 +42,15 @@ def registrant(n: int, start: str) -> str:
 def build_history(project: Project, funnel: Callable[..., Any], funnel_server: Callable[..., Any]) -> None:
     """Three weeks of sign-ups and runs, SendGrid's events for the first emails, attendance and a client."""
     config = project.root / "sequences.yaml"
-    config.write_text(
-        config.read_text().replace(
-            "sequences:\n",
-            "  clients:\n    format: csv\n    path: signups/clients.csv\n    columns: {email: Email}\n"
-            "    create: false\n    tags: [client]\n\nsequences:\n",
-            1,
+    if "\n  clients:\n" not in config.read_text():  # the shipped config has it since issue 7
+        config.write_text(
+            config.read_text().replace(
+                "sequences:\n",
+                "  clients:\n    format: csv\n    path: signups/clients.csv\n    columns: {email: Email}\n"
+                "    create: false\n    tags: [client]\n\nsequences:\n",
+                1,
+            )
         )
-    )
     regs = project.root / "signups" / "webinar-registrations.csv"
     project.write(
         "signups/webinar-registrations.csv", HEADER + "".join(registrant(n, "2027-01-14 19:00") for n in range(8))

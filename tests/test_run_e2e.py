@@ -9,6 +9,8 @@ from zoneinfo import ZoneInfo
 
 from conftest import Project
 
+from funnel.config import load_config
+
 HEADER = "Email,First Name,Last Name,Webinar Start,Time Zone,Discreet\n"
 WEBINAR_A = "2027-01-14 19:00"  # Thursday
 DENVER = ZoneInfo("America/Denver")
@@ -526,7 +528,7 @@ def test_the_confirmation_eml_has_the_calendar_invitation(example_project: Proje
     confirmations = {
         str(m["To"].addresses[0].addr_spec): m
         for m in example_project.messages()
-        if m["Subject"] in ("Your confirmation",) or m["Subject"].startswith("Your seat is saved")
+        if m["Subject"] in ("Your confirmation",) or m["Subject"].startswith("Your place is saved")
     }
     assert len(confirmations) == 7
     uids = set()
@@ -543,7 +545,12 @@ def test_the_confirmation_eml_has_the_calendar_invitation(example_project: Proje
             assert message.get_body(("html",)) is None
             assert str(event["SUMMARY"]) == "Appointment"
             text = message.get_body(("plain",)).get_content().replace("\r\n", "\n")
-            assert text.startswith("The details you asked for\n")  # the inbox preview
+            preheader = (
+                load_config(example_project.root / "sequences.yaml")
+                .find_step("webinar-relationship-911", "registered")[1]
+                .discreet_preheader
+            )
+            assert preheader and text.startswith(preheader + "\n")  # the inbox preview
             assert "M. Ellis" in str(message["From"]) and "M. Ellis" in text  # signed as the From
             for revealing in ("Healing Light Counseling", "Relationship 911", "Dr. Maya Ellis"):
                 assert revealing not in text
