@@ -41,7 +41,7 @@ from sqlmodel import Session, col
 from funnel.config import Config
 from funnel.errors import FunnelError
 from funnel.models import Contact, Enrollment, InboundMessage
-from funnel.sources import email_hash, normalize_email
+from funnel.sources import clean_line, email_hash, normalize_email
 from funnel.timeutil import isoformat_z
 from funnel.transports.base import Address, OutgoingEmail, Transport
 
@@ -143,10 +143,22 @@ def _read_raw(raw: bytes, envelope: str) -> Reply:
         str(message.get("From", "")),
         envelope,
         str(message.get("Subject", "")),
-        text_part.get_content() if isinstance(text_part, EmailMessage) else "",
-        html_part.get_content() if isinstance(html_part, EmailMessage) else None,
+        _content(text_part) or "",
+        _content(html_part),
         attachments,
     )
+
+
+def _content(part: Message | None) -> str | None:
+    """A text part's words; a charset Python does not know is read as UTF-8 with replacements
+    (a reply is never refused for how it was encoded)."""
+    if not isinstance(part, EmailMessage):
+        return None
+    try:
+        return str(part.get_content())
+    except (LookupError, UnicodeError):
+        payload = part.get_payload(decode=True)
+        return payload.decode("utf-8", errors="replace") if isinstance(payload, bytes) else ""
 
 
 def _reply(
@@ -160,7 +172,8 @@ def _reply(
             envelope_from = parsed["from"].strip() or None
     except ValueError:
         pass
-    message_id = str(headers.get("Message-ID", "") or "").strip()
+    # control characters (a NUL, which PostgreSQL refuses in text) never reach the key
+    message_id = clean_line(str(headers.get("Message-ID", "") or ""))
     if message_id:
         key = "mid:" + message_id[:300]
     else:  # no Message-ID (rare): the same post retried has the same content
@@ -251,10 +264,12 @@ def receive(session: Session, config: Config, reply: Reply, now: datetime) -> Re
             content={} if status == "loop" else content,
         )
         .on_conflict_do_nothing(index_elements=["message_key"])
-    )
+        # a returned id says "inserted" on both databases; rowcount does not (-1 on PostgreSQL)
+        .returning(table.c.id)
+    ).first()
     row = session.scalars(select(InboundMessage).where(col(InboundMessage.message_key) == reply.key)).one()
     assert row.id is not None
-    if not inserted.rowcount:  # type: ignore[attr-defined]  # an INSERT gives a CursorResult
+    if inserted is None:  # the same message was stored before: a retried post
         return Received(row.id, False, row.paused, row.status)
     paused = 0
     if contact is not None and not reply.auto_reply and status != "loop":
@@ -296,10 +311,16 @@ def _find_contact(session: Session, reply: Reply) -> Contact | None:
 
 
 def _hash(address: str | None) -> str | None:
+    address = _address(address)
+    return email_hash(address) if address is not None else None
+
+
+def _address(address: str | None) -> str | None:
+    """The sender's address, normalised, or None when no provider could deliver to it."""
     if not address:
         return None
     try:
-        return email_hash(normalize_email(address))
+        return normalize_email(address)
     except ValueError:
         return None
 
@@ -384,8 +405,9 @@ def forward_email(config: Config, row: InboundMessage, now: datetime) -> Outgoin
             + str(content["html"])
         )
     reply_to = None
-    if content.get("from"):
-        reply_to = Address(str(content["from"]), str(name) if name else None)
+    answerable = _address(str(content.get("from") or ""))
+    if answerable is not None:  # an address no header can carry stays in the text only: the forward still goes
+        reply_to = Address(answerable, clean_line(str(name)) or None if name else None)
     addresses = getaddresses([config.forward_to])
     to = addresses[0][1] if addresses and addresses[0][1] else config.forward_to
     send_id = f"inbound-{row.id}"

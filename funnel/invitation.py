@@ -15,7 +15,9 @@ The event is one VEVENT: a UID stable per person and webinar (a hash: no
 address or name in it, so the same webinar imported twice updates one entry),
 DTSTART in UTC, DTEND from `webinars.<id>.duration`, and the join link as URL,
 LOCATION and in the description. Discreet readers get a neutral title
-(`practice.discreet_event_title`) and no description beyond the link.
+(`practice.discreet_event_title`), no description beyond the link, and no
+LOCATION (week views and lock-screen alerts show it; the link may name the
+subject).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ def webinar_event(
     join_url: str | None,
     description: str,
     now: datetime,
+    location: bool = True,
 ) -> bytes:
     """The iCalendar file (RFC 5545) for one event: pure, no clock of its own."""
     # imported here: icalendar takes a noticeable time to load, and most runs send no invitation
@@ -67,7 +70,8 @@ def webinar_event(
         event.add("description", description)
     if join_url:
         event.add("url", join_url)
-        event.add("location", join_url)
+        if location:
+            event.add("location", join_url)
     event.add("status", "CONFIRMED")
     event.add("transp", "OPAQUE")
     event.add("sequence", 0)
@@ -110,6 +114,8 @@ def invitation(
         join_url=webinar.join_url,
         description=description,
         now=now,
+        # calendars show LOCATION on shared screens and lock-screen alerts; the link can name the subject
+        location=not discreet,
     )
     # `name` too: older Outlook names the file from the content type, not the disposition
     return (Attachment(FILENAME, content, CONTENT_TYPE, params=(("method", METHOD), ("name", FILENAME))),)

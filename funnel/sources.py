@@ -777,14 +777,18 @@ def _to_signup(
     )
 
 
-def signup_from_values(values: dict[str, str], practice_tz: ZoneInfo) -> tuple[SignupRow, list[RowProblem]]:
+def signup_from_values(
+    values: dict[str, str], practice_tz: ZoneInfo, *, webinar_tz: ZoneInfo | None = None
+) -> tuple[SignupRow, list[RowProblem]]:
     """One record already mapped to funnel's fields (a form post), read exactly like a file row.
+
+    `webinar_tz` is `Config.start_zone(source)`, as for a file: a live webinar is one moment.
 
     Raises ValueError saying what is wrong (the address, a date); warnings
     (an unknown timezone) come back as problems and keep the row.
     """
     result = FileRead()
-    row = _to_signup(0, values, practice_tz, result)
+    row = _to_signup(0, values, practice_tz, result, webinar_tz=webinar_tz)
     return row, result.problems
 
 

@@ -189,8 +189,8 @@ def parse_events(body: bytes) -> tuple[list[Event], list[Skipped]]:
     always posts a list, so anything else is not worth retrying.
     """
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        data = _without_nul(json.loads(body))
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurd nesting
         raise WebhookRefused(400, "the body is not JSON") from None
     if not isinstance(data, list):
         raise WebhookRefused(400, "the body is not a JSON list of events")
@@ -202,6 +202,22 @@ def parse_events(body: bytes) -> tuple[list[Event], list[Skipped]]:
         except ValueError as exc:
             skipped.append(Skipped(index, str(exc)))
     return events, skipped
+
+
+def _without_nul(value: Any) -> Any:
+    """The decoded post with every NUL character removed from its text.
+
+    A bounce carries the receiving server's own words, which we do not
+    control; PostgreSQL refuses NUL in text, and one such event would fail
+    the whole post (and SendGrid's retries of it), losing every bounce in it.
+    """
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    if isinstance(value, dict):
+        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+    return value
 
 
 def normalise(item: Any) -> Event:

@@ -271,3 +271,85 @@ def test_a_paused_person_who_signs_up_for_a_later_webinar_is_moved_to_it_and_sta
     funnel("contacts", "resume", "ana@example.test", "--now", "2027-01-15T00:00:00Z")
     funnel("run", "--now", "2027-01-21T02:10:00Z")  # the day before the new date
     assert [step for _to, seq, step in project.sent() if seq != "inbound"] == ["registered", "day-before"]
+
+
+@pytest.mark.parametrize(
+    ("sender", "envelope_from"),
+    [
+        ("Üli <üser@example.test>", "üser@example.test"),  # a local part no header can carry
+        ("<>", ""),  # no address at all (bounces come like this)
+        ("", "evil\r\nBcc: someone@example.test"),  # a forged envelope with a line break
+    ],
+)
+def test_a_reply_from_an_odd_sender_is_still_forwarded_once(
+    project: Project, funnel_server: Callable[..., Any], sender: str, envelope_from: str
+) -> None:
+    """The therapist must see every reply: a sender address no header can hold is shown in the
+    text and left out of Reply-To, instead of failing the forward (500, retried, then dropped)."""
+    with_inbound(project)
+    server = funnel_server("--now", NOW, env={"FUNNEL_INBOUND_KEY": KEY})
+    fields = parse_post(sender=sender, message_id="<odd@x>")
+    fields["envelope"] = (None, json.dumps({"to": [REPLY_ADDRESS], "from": envelope_from}).encode())
+    with server.client() as http:
+        answer = http.post(f"/webhooks/inbound?key={KEY}", files=fields)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["status"] == "forwarded"
+        again = http.post(f"/webhooks/inbound?key={KEY}", files=fields)
+        assert again.status_code == 200 and again.json()["new"] is False
+    [forwarded] = forwards(project)
+    assert forwarded["Reply-To"] is None
+    assert WORDS in forwarded.get_body(preferencelist=("plain",)).get_content()
+
+
+def test_a_raw_mime_post_with_an_unknown_charset_is_read_with_replacements() -> None:
+    raw = (
+        b"Message-ID: <cs@x>\r\nFrom: Ana <ana@example.test>\r\nSubject: Re: hi\r\nContent-Type: text/plain; "
+        b"charset=bogus-8\r\n\r\nHello there \xff\r\n"
+    )
+    boundary = "b0"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="email"\r\n\r\n'.encode()
+        + raw
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    reply = read_reply(parse_form(f"multipart/form-data; boundary={boundary}", body))
+    assert reply.sender == "ana@example.test" and "Hello there \ufffd" in reply.text
+
+
+def test_a_message_id_with_a_nul_is_stored_and_forwarded_on_postgresql(
+    project: Project, funnel_process: Callable[..., Any], funnel_server: Callable[..., Any], postgres_url: str
+) -> None:
+    """A hostile sender's Message-ID is text we do not control: a NUL in it made PostgreSQL refuse
+    the row (500 for three days of retries), and the reply never reached the therapist."""
+    with_inbound(project)
+    env = {"FUNNEL_DATABASE_URL": postgres_url}
+    server = funnel_server("--now", NOW, env={**env, "FUNNEL_INBOUND_KEY": KEY})
+    fields = parse_post(message_id="<nul\x00@x>")
+    with server.client() as http:
+        answer = http.post(f"/webhooks/inbound?key={KEY}", files=fields)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["status"] == "forwarded"
+        again = http.post(f"/webhooks/inbound?key={KEY}", files=fields)
+        assert again.json()["new"] is False, (answer.json(), again.json())
+    assert len(forwards(project)) == 1
+
+
+def test_a_retried_post_on_postgresql_does_not_pause_her_again_after_a_resume(
+    project: Project, funnel_process: Callable[..., Any], funnel_server: Callable[..., Any], postgres_url: str
+) -> None:
+    """SendGrid retries a post whose answer it did not get. On PostgreSQL the insert's row count
+    was -1 (SQLAlchemy adds RETURNING), so every retry looked new and paused her again."""
+    with_inbound(project)
+    env = {"FUNNEL_DATABASE_URL": postgres_url}
+    project.write("signups/webinar-registrations.csv", HEADER + ANA)
+    assert funnel_process("run", "--now", NOW, env=env).returncode == 0
+    server = funnel_server("--now", NOW, env={**env, "FUNNEL_INBOUND_KEY": KEY})
+    with server.client() as http:
+        first = http.post(f"/webhooks/inbound?key={KEY}", files=parse_post())
+        assert first.json() == {"id": 1, "new": True, "paused": 1, "status": "forwarded"}
+        assert funnel_process("contacts", "resume", "ana@example.test", "--now", NOW, env=env).returncode == 0
+        retried = http.post(f"/webhooks/inbound?key={KEY}", files=parse_post())
+        assert retried.json()["new"] is False
+    ana = json.loads(funnel_process("contacts", "show", "ana@example.test", "--json", env=env).stdout)
+    assert [e["status"] for e in ana["enrollments"]] == ["active"]
+    assert len(forwards(project)) == 1

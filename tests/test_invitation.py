@@ -104,3 +104,14 @@ def test_no_invitation_without_calendar_true_or_without_a_start(config: Config) 
         invitation(config, registered(config), person_key="x", discreet=False, webinar_id=None, start=START, now=NOW)
         == ()
     )
+
+
+def test_a_discreet_event_keeps_the_link_out_of_its_location(config: Config) -> None:
+    """Calendars show LOCATION in week views, list views and lock-screen alerts ("Appointment at
+    https://.../webinar/relationship-911/join"): for a discreet reader the link stays only inside
+    the event (URL and description), where she opens it, not on a shared screen."""
+    (attachment,) = make(config, discreet=True)
+    _calendar, event = event_of(attachment.content)
+    assert "LOCATION" not in event
+    (plain,) = make(config)
+    assert str(event_of(plain.content)[1]["LOCATION"]) == config.webinars["relationship-911"].join_url

@@ -510,3 +510,31 @@ def show_subprocess(funnel_process: Run) -> dict[str, Any]:
     result = funnel_process("contacts", "show", "ana@example.test", "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+WEBINAR_FORM = """
+  webinar-form:
+    format: form
+    columns: {email: email, first_name: name, webinar_start: start, timezone: tz}
+    webinar: relationship-911
+    tags: [webinar-registered]
+    enroll: webinar-relationship-911
+"""
+
+
+def test_a_webinar_form_reads_a_start_without_offset_in_the_webinars_zone(
+    project: Project, funnel: Run, funnel_server: Callable[..., Any]
+) -> None:
+    """A live webinar is one moment, also when people register through the website's form:
+    '2027-01-14 19:00' is 7 PM in Denver (the webinar's zone) for a reader in Los Angeles."""
+    text = (project.root / "sequences.yaml").read_text()
+    project.write("sequences.yaml", text.replace("\nsources:\n", "\nsources:\n" + WEBINAR_FORM, 1))
+    with funnel_server("--now", NOW).client() as http:
+        answer = http.post(
+            "/forms/webinar-form",
+            data={"email": "lia@example.test", "name": "Lia", "start": "2027-01-14 19:00", "tz": "America/Los_Angeles"},
+        )
+    assert answer.status_code == 200, answer.text
+    lia = show(funnel, "lia@example.test")
+    assert lia["timezone"] == "America/Los_Angeles"
+    assert [e["webinar_start"] for e in lia["enrollments"]] == ["2027-01-15T02:00:00Z"]

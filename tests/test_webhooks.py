@@ -213,3 +213,29 @@ def test_a_key_that_is_not_a_key_is_a_503_naming_the_variable(
     assert answer.status_code == 503 and "FUNNEL_SENDGRID_WEBHOOK_KEY" in answer.json()["error"]
     server.stop()  # all it wrote is read once it has stopped
     assert "FUNNEL_SENDGRID_WEBHOOK_KEY" in server.stderr
+
+
+def test_a_nul_in_a_servers_bounce_words_does_not_lose_the_batch_on_postgresql(
+    project: Project, funnel_process: Callable[..., Any], funnel_server: Callable[..., Any], postgres_url: str
+) -> None:
+    """A receiving server's SMTP answer is words we do not control: a NUL in it made PostgreSQL
+    refuse the whole post (500), so SendGrid retried the batch and every bounce in it was lost."""
+    env = {"FUNNEL_DATABASE_URL": postgres_url}
+    project.write("signups/webinar-registrations.csv", HEADER + PEOPLE)
+    assert funnel_process("run", "--now", NOW, env=env).returncode == 0
+    ids = sent_ids(project)
+    signer = Signer()
+    server = funnel_server("--now", NOW, env={**env, "FUNNEL_SENDGRID_WEBHOOK_KEY": signer.public_b64})
+    events = [
+        sg_event("bounce", "dana@example.test", ids["dana@example.test"], "n1", reason="550 no such user\x00 here"),
+        sg_event("bounce", "erin@example.test", ids["erin@example.test"], "n2\x00", reason="550 gone"),
+        sg_event("open", "ana@example.test", ids["ana@example.test"], "n3", useragent="Mozilla\x00"),
+    ]
+    with server.client() as http:
+        answer = post_events(http, signer, events)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["stored"] == 3 and answer.json()["suppressed"] == 2
+    dana = json.loads(funnel_process("contacts", "show", "dana@example.test", "--json", env=env).stdout)
+    assert dana["suppressed_reason"] == "bounced: 550 no such user here"
+    erin = json.loads(funnel_process("contacts", "show", "erin@example.test", "--json", env=env).stdout)
+    assert erin["suppressed"] is True

@@ -180,7 +180,9 @@ def signup(config: Config, source: Source, fields: dict[str, str]) -> SignupRow:
             column = source.columns[name]
             raise BadInput(422, f"the field {column!r} is longer than {_MAX_NAME} characters", column)
     try:
-        row, _warnings = signup_from_values(values, zone(config.practice.timezone))
+        row, _warnings = signup_from_values(
+            values, zone(config.practice.timezone), webinar_tz=config.start_zone(source)
+        )
     except ValueError as exc:
         raise BadInput(422, str(exc)) from None
     return row
