@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -295,3 +296,40 @@ def database_rows(url: str, tables: list[str] | None = None) -> dict[str, list[t
             }
     finally:
         engine.dispose()
+
+
+class ProjectDatabase:
+    """The project's database through its own DB-API driver (sqlite3 or psycopg), for tests
+    that put hostile values straight into it; SQL is written with sqlite's `?` placeholders."""
+
+    def __init__(self, url: str) -> None:
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url)
+        self.postgres = parsed.get_backend_name() == "postgresql"
+        if self.postgres:
+            import psycopg
+
+            self._conn: Any = psycopg.connect(parsed.set(drivername="postgresql").render_as_string(False))
+        else:
+            import sqlite3
+
+            self._conn = sqlite3.connect(str(parsed.database))
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        return self._conn.execute(sql.replace("?", "%s") if self.postgres else sql, params)
+
+    def __enter__(self) -> ProjectDatabase:
+        return self
+
+    def __exit__(self, kind: object, *_: object) -> None:
+        if kind is None:
+            self._conn.commit()
+        else:
+            self._conn.rollback()
+        self._conn.close()
+
+
+def project_db(project: Project) -> ProjectDatabase:
+    """`with project_db(project) as db: db.execute("UPDATE ... WHERE id = ?", (1,))` on either database."""
+    return ProjectDatabase(project.database_url)

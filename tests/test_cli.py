@@ -7,7 +7,7 @@ import re
 
 import click
 import pytest
-from conftest import REPO, Project
+from conftest import REPO, Project, project_db
 from filelock import FileLock
 
 from funnel.cli import cli
@@ -287,6 +287,7 @@ def _one_sentence(result, *needles: str) -> None:  # type: ignore[no-untyped-def
     assert "SELECT" not in result.stderr and "INSERT" not in result.stderr and "UPDATE" not in result.stderr
 
 
+@pytest.mark.sqlite_only(reason="about the SQLite file's own permissions (PostgreSQL has no file)")
 def test_a_read_only_database_file_is_one_sentence(project: Project, funnel_process) -> None:
     assert funnel_process("run", "--now", NOW).returncode == 0
     database = project.root / "funnel.db"
@@ -354,12 +355,11 @@ def test_report_since_garbage_exits_2(project: Project, funnel_process) -> None:
 
 def test_control_characters_in_contact_data_never_reach_the_terminal_raw(project: Project, funnel) -> None:
     """However a name got into the database, printing it cannot drive the terminal."""
-    import sqlite3
 
     project.write("signups/webinar-registrations.csv", HEADER + "ana@example.test,Ana,,2027-01-14 19:00,,\n")
     assert funnel("run", "--now", NOW).code == 0
     hostile = "Ana\x1b]0;owned\x07\x1b[2J\x9b31m\u202e[bold]x[/]"
-    with sqlite3.connect(project.root / "funnel.db") as db:
+    with project_db(project) as db:
         db.execute("UPDATE contacts SET first_name = ?, last_name = ?", (hostile, "\r\x08Reyes"))
     shown = funnel("contacts", "show", "ana@example.test")
     assert shown.code == 0

@@ -11,12 +11,11 @@ from __future__ import annotations
 import email
 import email.policy
 import os
-import sqlite3
 import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import Project
+from conftest import Project, ProjectDatabase, project_db
 from fake_sendgrid import FakeSendGrid
 from sqlmodel import Session, select
 
@@ -40,8 +39,8 @@ def row(
     return f"{email},{first},Lee,{start},{tz},{d}\n"
 
 
-def db(project: Project) -> sqlite3.Connection:
-    return sqlite3.connect(project.root / "funnel.db")
+def db(project: Project) -> ProjectDatabase:
+    return project_db(project)
 
 
 def sent_steps(project: Project, address: str) -> list[str]:
@@ -276,7 +275,7 @@ def test_a_blank_discreet_cell_or_form_field_never_turns_discretion_off(project:
     read = read_mapping(
         "consultation-form", form, {"email": "ann@example.test", "name": "", "discreet": ""}, zone("UTC")
     )
-    engine = make_engine(f"sqlite:///{project.root / 'funnel.db'}")
+    engine = make_engine(project.database_url)
     with Session(engine) as session:
         apply_rows(session, config, "consultation-form", form, read.rows, datetime(2027, 1, 10, 18, tzinfo=UTC))
         session.commit()
@@ -351,7 +350,7 @@ def test_forget_also_drops_tags_kept_for_the_address(project: Project, funnel) -
     with db(project) as conn:  # known only by hash, as `suppressions sync` leaves an address
         conn.execute(
             "INSERT INTO contacts (email_hash, discreet, fields, created_at, updated_at, suppressed_reason)"
-            " VALUES (?, 0, '{}', '2027-01-10 16:00:00', '2027-01-10 16:00:00', 'bounce')",
+            " VALUES (?, FALSE, '{}', '2027-01-10 16:00:00', '2027-01-10 16:00:00', 'bounce')",
             (email_hash("ann@example.test"),),
         )
     assert funnel("contacts", "forget", "ann@example.test", "--now", BEFORE).code == 0
@@ -378,8 +377,8 @@ def test_an_import_with_nothing_due_sets_each_enrollments_first_look(project: Pr
     assert imported.code == 0, imported.err
     assert imported.json()["enrolled"] == 2
     with db(project) as conn:
-        due = [value for (value,) in conn.execute("SELECT next_due_at FROM enrollments ORDER BY id")]
-    assert due == ["2027-01-10 10:00:00.000000", "2027-01-10 10:00:00.000000"]
+        due = [str(value)[:19] for (value,) in conn.execute("SELECT next_due_at FROM enrollments ORDER BY id")]
+    assert due == ["2027-01-10 10:00:00", "2027-01-10 10:00:00"]
     assert funnel("run", "--now", "2027-01-10T09:59:00Z", "--json").json()["sent"] == 0
     later = funnel("run", "--now", "2027-01-10T10:00:00Z", "--json")
     assert later.json()["sent"] == 2

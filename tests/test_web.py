@@ -10,7 +10,6 @@ from __future__ import annotations
 import email.policy
 import json
 import re
-import sqlite3
 from collections.abc import Callable, Iterator
 from email import message_from_bytes
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from conftest import POSTGRES_ADMIN, Project
+from conftest import POSTGRES_ADMIN, Project, project_db
 
 NOW = "2026-12-08T16:00:00Z"  # a Tuesday, 9 am in Denver: inside the send window
 FORM = "/forms/consultation-form"
@@ -405,11 +404,11 @@ def test_forget_erases_the_consent_evidence(project: Project, funnel: Run, http:
     assert http.post(FORM, data=ANA, headers={"User-Agent": "TestBrowser/1.0"}).status_code == 303
     assert len(export(funnel, "ana@example.test")["consents"]) == 1
     assert funnel("contacts", "forget", "ana@example.test").code == 0
-    with sqlite3.connect(project.root / "funnel.db") as db:
+    with project_db(project) as db:
         assert db.execute("SELECT count(*) FROM consents").fetchone() == (0,)
     # a form post for an erased address stores nothing, and answers like any other
     assert http.post(FORM, data=ANA).status_code == 303
-    with sqlite3.connect(project.root / "funnel.db") as db:
+    with project_db(project) as db:
         assert db.execute("SELECT count(*) FROM consents").fetchone() == (0,)
     assert unknown(funnel, "ana@example.test")
 

@@ -10,12 +10,11 @@ next run.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from conftest import Project
+from conftest import Project, project_db
 from webhook_signing import Signer, post_events, sent_ids, sg_event
 
 NOW = "2026-12-08T16:00:00Z"
@@ -192,7 +191,7 @@ def test_forget_erases_the_personal_fields_of_a_persons_events(
         # a late event about her (SendGrid retries for a day) keeps nothing personal either
         late = sg_event("open", "ana@example.test", ids["ana@example.test"], "c2", ip="203.0.113.7")
         assert post_events(http, signer, [late]).status_code == 200
-    with sqlite3.connect(project.root / "funnel.db") as db:
+    with project_db(project) as db:
         rows = db.execute("SELECT kind, raw, reason, email_hash FROM events ORDER BY id").fetchall()
     assert [row[0] for row in rows] == ["click", "open"]
     for _kind, raw, reason, digest in rows:
