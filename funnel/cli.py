@@ -642,7 +642,7 @@ def contacts_tag(config_path: Path | None, debug: bool, now: datetime, email: st
     parts = ([f"tagged {', '.join(added)}"] if added else []) + (
         [f"already tagged {', '.join(already)}"] if already else []
     )
-    click.echo(f"{email}: {'; '.join(parts)}")
+    click.echo(safe(f"{email}: {'; '.join(parts)}"))
 
 
 @contacts.command("untag")
@@ -662,7 +662,7 @@ def contacts_untag(config_path: Path | None, debug: bool, email: str, tags: tupl
     parts = ([f"untagged {', '.join(removed)}"] if removed else []) + (
         [f"was not tagged {', '.join(missing)}"] if missing else []
     )
-    click.echo(f"{email}: {'; '.join(parts)}")
+    click.echo(safe(f"{email}: {'; '.join(parts)}"))
 
 
 @contacts.command("export")

@@ -371,10 +371,7 @@ class Renderer:
         docstring); only the recipient's values are filled in here.
         """
         context = self._context(sequence_id, sequence, step, contact, webinar, unsubscribe_url, discreet)
-        subject = self._subject(sequence_id, step, context, discreet)
-        context["subject"] = _Personal(subject) if subject else subject
-        preheader = self._preheader(sequence_id, step, context, discreet)
-        context["preheader"] = _Personal(preheader) if preheader else preheader
+        subject = self._headings(sequence_id, step, context, discreet, personal=True)
         values: list[str] = []
         kind, template = self._bodies[(sequence_id, step.id)]
         with self._slotting(values):
@@ -415,9 +412,7 @@ class Renderer:
         The path for what slots cannot represent; also the reference the fast path is tested against.
         """
         context = self._context(sequence_id, sequence, step, contact, webinar, unsubscribe_url, discreet)
-        subject = self._subject(sequence_id, step, context, discreet)
-        context["subject"] = subject
-        context["preheader"] = self._preheader(sequence_id, step, context, discreet)
+        subject = self._headings(sequence_id, step, context, discreet, personal=False)
         kind, body = self._bodies[(sequence_id, step.id)]
         if kind == "md":
             source = self._run(body, context, step.template)
@@ -427,10 +422,7 @@ class Renderer:
         else:
             html_body = Markup(self._run(body, context, step.template))
             text_body = get_text(str(html_body), self._text_config).strip()
-        text = self._wrap_text(text_body, context)
-        if discreet and context["preheader"]:
-            # a text-only email's inbox preview is its first line: the neutral preheader
-            text = f"{context['preheader']}\n\n{text}"
+        text = self._with_preheader(self._wrap_text(text_body, context), context)
         html = None
         if not discreet:
             html = self._inliner.inline(self._run(self.layout_html, {**context, "content": html_body}, "layout.html"))
@@ -469,6 +461,17 @@ class Renderer:
             "sequence": {"id": sequence_id, "name": sequence.name or sequence_id},
             "step": {"id": step.id},
         }
+
+    def _headings(
+        self, sequence_id: str, step: Step, context: dict[str, Any], discreet: bool, *, personal: bool
+    ) -> str:
+        """Render the subject and the preheader into `context` (as the reader's own values when
+        `personal`, for the shape cache); returns the subject."""
+        subject = self._subject(sequence_id, step, context, discreet)
+        preheader = self._preheader(sequence_id, step, context | {"subject": subject}, discreet)
+        context["subject"] = _Personal(subject) if personal and subject else subject
+        context["preheader"] = _Personal(preheader) if personal and preheader else preheader
+        return subject
 
     def _subject(self, sequence_id: str, step: Step, context: dict[str, Any], discreet: bool) -> str:
         template = self._subjects[(sequence_id, step.id, discreet)]
