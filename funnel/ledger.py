@@ -31,13 +31,14 @@ holds.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, and_, select, update
+from sqlalchemy import ColumnElement, Table, and_, bindparam, select, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
@@ -225,6 +226,46 @@ class Ledger:
             )
         return HandOver(handed - set(suppressed), suppressed)
 
+    # ----------------------------------------------------------------- record
+
+    def record(self, outcomes: list[dict[str, Any]]) -> None:
+        """Store the outcomes of handed-over rows, in one executemany statement.
+
+        Each dict holds `id`, `status`, `reason`, `retryable`, `attempts` (added
+        to the row's count), `sent_at` and `message_id`. Only a row this run
+        still has `sending` is written: one that a recovery turned unknown
+        meanwhile (it cannot, while this run is alive, but the ledger does not
+        rely on it) keeps that state. Core statements, not ORM objects: this is
+        the per-email write of every run.
+        """
+        if not outcomes:
+            return
+        table = _table()
+        self.session.execute(
+            table.update()
+            .where(table.c.id == bindparam("row_id"), table.c.run_id == self.run_id, table.c.status == SENDING)
+            .values(
+                status=bindparam("new_status"),
+                reason=bindparam("new_reason"),
+                retryable=bindparam("new_retryable"),
+                attempts=table.c.attempts + bindparam("more_attempts"),
+                sent_at=bindparam("new_sent_at"),
+                message_id=bindparam("new_message_id"),
+            ),
+            [
+                {
+                    "row_id": o["id"],
+                    "new_status": o["status"],
+                    "new_reason": o["reason"],
+                    "new_retryable": o["retryable"],
+                    "more_attempts": o["attempts"],
+                    "new_sent_at": o["sent_at"],
+                    "new_message_id": o["message_id"],
+                }
+                for o in outcomes
+            ],
+        )
+
     # ----------------------------------------------------------------- give back
 
     def give_back(self, ids: Iterable[int]) -> None:
@@ -250,27 +291,56 @@ class SuppressionCheck:
 
     The hand-over reads it for the whole batch, but a batch may wait for a free
     sender for a moment: an unsubscribe, a bounce or an erasure that lands in
-    between still stops her email. One indexed read on the sender thread's
-    own pooled connection, with no ORM objects.
+    between still stops her email. One indexed read per email, so it is kept
+    cheap: each sender thread holds its own driver connection for the run (in
+    autocommit, so every read sees what was committed last), with no ORM and
+    no pool checkout per email. `close()` gives them back.
     """
 
     _QUERY = "SELECT erased_at, unsubscribed_at, suppressed_reason FROM contacts WHERE id = {mark}"
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        mark = "%(id)s" if engine.dialect.name == "postgresql" else "?"
-        self._sql = self._QUERY.format(mark=mark)
         self._postgres = engine.dialect.name == "postgresql"
+        self._sql = self._QUERY.format(mark="%s" if self._postgres else "?")
+        self._local = threading.local()
+        self._held: list[Any] = []
+        self._lock = threading.Lock()
 
     def __call__(self, contact_id: int) -> str | None:
         """Why no mail may go to `contact_id` now, or None."""
         if not contact_id:
             return None
-        with self._engine.connect() as conn:
-            params: Any = {"id": contact_id} if self._postgres else (contact_id,)
-            row = conn.exec_driver_sql(self._sql, params).first()
-            conn.rollback()
+        cursor = getattr(self._local, "cursor", None)
+        if cursor is None:
+            cursor = self._local.cursor = self._open()
+        cursor.execute(self._sql, (contact_id,))
+        row = cursor.fetchone()
         if row is None:  # not committed yet: the hand-over's own read covered her
             return None
         erased_at, unsubscribed_at, suppressed_reason = row
         return "erased" if erased_at else "unsubscribed" if unsubscribed_at else suppressed_reason
+
+    def _open(self) -> Any:
+        """This thread's connection, in autocommit (a read outside any transaction sees the latest commit)."""
+        connection = self._engine.raw_connection()
+        driver = connection.driver_connection
+        if self._postgres:
+            driver.autocommit = True  # type: ignore[union-attr]  # psycopg's Connection
+        else:
+            connection.rollback()  # pysqlite opens no transaction for a SELECT: each read is its own
+        with self._lock:
+            self._held.append(connection)
+        return connection.cursor()
+
+    def close(self) -> None:
+        """Give every thread's connection back to the pool, as it was."""
+        with self._lock:
+            held, self._held = self._held, []
+        for connection in held:
+            try:
+                if self._postgres:
+                    connection.driver_connection.autocommit = False
+                connection.close()
+            except Exception:  # noqa: BLE001  # a connection the server dropped: nothing left to give back
+                connection.invalidate()

@@ -354,12 +354,13 @@ class Runner:
         batch = max(1, self.config.delivery.concurrency)
         # at most this many emails are `sending` at any moment: all a SIGKILL can leave unknown
         window = 2 * batch
+        check = None if self.dry_run else SuppressionCheck(self.engine)  # a dry run commits nothing
         dispatcher = Dispatcher(
             self.transport,
             max_attempts=self.config.delivery.max_attempts,
             in_flight=window,
             stop=self.stop,
-            suppressed=None if self.dry_run else SuppressionCheck(self.engine),  # a dry run commits nothing
+            suppressed=check,
         )
         total = self.session.execute(
             select(func.count()).where(
@@ -413,6 +414,8 @@ class Runner:
             self._give_back([row for _, row in waiting])
             waiting.clear()
             dispatcher.close()
+            if check is not None:
+                check.close()
             self._record(dispatcher.finish(), save=True)
         if dispatcher.fatal is not None:
             self.summary.stopped = str(dispatcher.fatal)
@@ -731,36 +734,50 @@ class Runner:
         leaves a row `sending`, which the next run reports as unknown.
         """
         given_back: list[StepRun] = []
+        stored: list[dict[str, Any]] = []
         for outcome in outcomes:
             if outcome.status == "released":
                 # never attempted, or refused as a whole (bad API key): not sent, still pending
                 given_back.append(self._in_flight[outcome.job.step_run_id])
                 continue
             row = self._in_flight.pop(outcome.job.step_run_id)
+            self.session.expunge(row)  # the ledger writes its outcome; this copy must not overwrite it
             sequence_id, step_id = row.sequence, row.step_id
             pending = self._pending.get(outcome.job.enrollment_id)
-            row.attempts += outcome.attempts
+            values: dict[str, Any] = {
+                "id": row.id,
+                "attempts": outcome.attempts,
+                "retryable": False,
+                "sent_at": None,
+                "message_id": None,
+            }
             if outcome.status == "withheld":  # suppressed between the hand-over and her request
-                row.status, row.reason, row.retryable = "skipped", outcome.reason, False
+                values.update(status="skipped", reason=outcome.reason)
                 self.summary.skipped += 1
                 self.summary.count_step(sequence_id, step_id, "skipped")
                 if pending:
                     pending.retry_later = True  # the next run looks again and ends the enrollment
             elif outcome.status == "sent":
-                row.status, row.sent_at, row.reason, row.retryable = "sent", self.now, None, False
-                row.message_id = outcome.result.message_id if outcome.result else None
+                values.update(
+                    status="sent",
+                    reason=None,
+                    sent_at=self.now,
+                    message_id=outcome.result.message_id if outcome.result else None,
+                )
                 self.summary.sent += 1
                 self.summary.count_step(sequence_id, step_id, "sent")
             else:
                 error = outcome.error
-                row.status, row.reason = "failed", str(error) if error else "failed"
-                row.retryable = bool(error and error.retryable)
-                self.summary.fail(outcome.job.email.to.email, sequence_id, step_id, row.reason)
+                reason = str(error) if error else "failed"
+                values.update(status="failed", reason=reason, retryable=bool(error and error.retryable))
+                self.summary.fail(outcome.job.email.to.email, sequence_id, step_id, reason)
                 self.summary.count_step(sequence_id, step_id, "failed")
-                if pending and row.retryable:
+                if pending and values["retryable"]:
                     pending.retry_later = True
+            stored.append(values)
             if pending:
                 self._one_less(pending)
+        self.ledger.record(stored)
         self._give_back(given_back)
         self._unsaved += len(outcomes)
         if self._unsaved and (save or self._unsaved >= 200 or time.monotonic() - self._saved_at > 1.0):
