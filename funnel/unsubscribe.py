@@ -16,7 +16,7 @@ import os
 import secrets
 from typing import Any
 
-from itsdangerous import BadSignature, URLSafeSerializer
+from itsdangerous import BadSignature, Signer, URLSafeSerializer
 from itsdangerous.encoding import base64_encode
 from sqlmodel import Session
 
@@ -43,6 +43,21 @@ class _UncompressedSerializer(URLSafeSerializer):
         return base64_encode(self.serializer.dumps(obj, **self.serializer_kwargs).encode("utf-8"))
 
 
+class _KeyCachingSigner(Signer):
+    """A signer that derives each key once: the derived key is a pure function of (key, salt),
+    and deriving it again for every email's token cost more than signing it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._derived: dict[str | bytes | None, bytes] = {}
+
+    def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
+        derived = self._derived.get(secret_key)
+        if derived is None:
+            derived = self._derived[secret_key] = super().derive_key(secret_key)
+        return derived
+
+
 def previous_keys() -> list[str]:
     """The retired keys in FUNNEL_SECRET_KEY_PREVIOUS (comma-separated), still good for reading."""
     return [key.strip() for key in os.environ.get(PREVIOUS_KEYS_VARIABLE, "").split(",") if key.strip()]
@@ -59,10 +74,13 @@ class Tokens:
         older = previous_keys() if previous is None else previous
         # itsdangerous signs with the last key of the list and accepts a signature from any of them
         keys = [k for k in older if k != key] + [key]
-        self._serializer = _UncompressedSerializer(keys, salt=_SALT)
+        self._serializer = _UncompressedSerializer(keys, salt=_SALT, signer=_KeyCachingSigner)
+        self._signer = self._serializer.make_signer()  # one signer for every token this run makes
 
     def make(self, contact_id: int, step_run_id: int | None = None) -> str:
-        return str(self._serializer.dumps([contact_id, step_run_id or 0]))
+        """The same token `URLSafeSerializer.dumps` gives, with the signer made once."""
+        payload = self._serializer.dump_payload([contact_id, step_run_id or 0])
+        return self._signer.sign(payload).decode("ascii")
 
     def read(self, token: str) -> tuple[int, int | None] | None:
         """(contact id, step run id) or None for a bad or forged token."""
