@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import cast
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
@@ -152,15 +153,21 @@ class Dispatcher:
             attempts += 1
             return self.transport.send(job.email)
 
-        retrying = Retrying(
-            stop=stop_after_attempt(self._max_attempts),
-            wait=self._wait_strategy,
-            retry=retry_if_exception(_worth_retrying),
-            sleep=self._sleep,
-            reraise=True,
-        )
         try:
-            result = retrying(attempt)
+            try:
+                result = attempt()  # the first try needs none of the retry machinery (and is most of them)
+            except TransportError as error:
+                if not _worth_retrying(error) or self._max_attempts < 2:
+                    raise
+                self._sleep(self._delay(error, attempt_number=1))
+                retrying = Retrying(
+                    stop=stop_after_attempt(self._max_attempts - 1),
+                    wait=self._wait_strategy,
+                    retry=retry_if_exception(_worth_retrying),
+                    sleep=self._sleep,
+                    reraise=True,
+                )
+                result = retrying(attempt)
         except _Released:
             return Outcome(job, "released", attempts=attempts)
         except _Withheld as withheld:
@@ -177,19 +184,32 @@ class Dispatcher:
         return Outcome(job, "sent", result=result, attempts=attempts)
 
     def _wait_strategy(self, state: RetryCallState) -> float:
+        """Tenacity's wait after its n-th attempt, which is the job's (n + 1)-th (the first ran before)."""
         error = state.outcome.exception() if state.outcome else None
+        return self._delay(error, attempt_number=state.attempt_number + 1)
+
+    def _delay(self, error: BaseException | None, *, attempt_number: int) -> float:
+        """How long to wait after the `attempt_number`-th failed attempt: the provider's
+        Retry-After (which also pauses every sender), else exponential backoff with jitter."""
         if isinstance(error, TransportError) and error.retry_after is not None:
             delay = min(error.retry_after, RETRY_AFTER_CAP)
             with self._pause_lock:
                 self._pause_until = max(self._pause_until, time.monotonic() + delay)
             return delay
-        return float(self._backoff(state))
+        return float(self._backoff(cast(RetryCallState, _Attempt(attempt_number))))
 
     def _wait_for_pause(self) -> None:
         with self._pause_lock:
             remaining = self._pause_until - time.monotonic()
         if remaining > 0:
             self._sleep(remaining)
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """What tenacity's wait strategies read of a retry state: which attempt just failed."""
+
+    attempt_number: int
 
 
 class _Released(Exception):
