@@ -18,16 +18,16 @@ import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.console import Console
-from rich.markup import escape as rich_escape
-from rich.table import Table
 
 from funnel.config import Config, load_config
 from funnel.errors import ConfigError, FunnelError, UsageError
 from funnel.timeutil import parse_instant
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -51,15 +51,22 @@ def safe_json(text: str) -> str:
 
 def safe_markup(value: object) -> str:
     """`safe`, and rich markup escaped, for data printed inside a rich markup string or table."""
-    return rich_escape(safe(value))
+    from rich.markup import escape
+
+    return escape(safe(value))
 
 
+# rich is imported where it prints: a quiet run under cron never loads it
 def _stdout() -> Console:
+    from rich.console import Console
+
     # off a terminal rich would cut tables at 80 columns; pipes and files get whole lines
     return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 
 def _stderr() -> Console:
+    from rich.console import Console
+
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -323,9 +330,11 @@ def _run_with_progress(
 
 
 def _print_summary(summary: Any, loud: bool) -> None:
-    err = _stderr()
     for problem in summary.problems:
-        err.print(f"[yellow]{safe_markup(problem)}[/]", markup=True) if loud else click.echo(safe(problem), err=True)
+        if loud:
+            _stderr().print(f"[yellow]{safe_markup(problem)}[/]", markup=True)
+        else:
+            click.echo(safe(problem), err=True)
     for warning in summary.warnings:
         click.echo(f"warning: {safe(warning)}", err=True)
     if loud:  # under cron a source that has not arrived yet is no news
@@ -343,6 +352,8 @@ def _print_summary(summary: Any, loud: bool) -> None:
         + f" ({summary.seconds:.2f}s)"
     )
     if summary.steps:
+        from rich.table import Table
+
         table = Table(show_header=True, header_style="bold", box=None)
         for column in ("sequence / step", "sent", "skipped", "failed"):
             table.add_column(column, justify="left" if column.startswith("seq") else "right")
@@ -387,6 +398,8 @@ def plan(config_path: Path | None, debug: bool, now: datetime, as_json: bool, da
     if not items:
         click.echo(f"nothing to send in the next {days} days")
         return
+    from rich.table import Table
+
     table = Table(show_header=True, header_style="bold", box=None)
     for column in ("when (UTC)", "email", "sequence", "step", "note"):
         table.add_column(column)

@@ -10,7 +10,6 @@ line lookup. All problems are reported together, not one per attempt.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import os
 import re
@@ -596,7 +595,7 @@ def _describe(err: Any) -> str:
     if kind == "extra_forbidden":
         key = loc[-1]
         allowed = _allowed_keys(err["loc"][:-1])
-        hint = difflib.get_close_matches(key, allowed, n=1)
+        hint = _close_match(key, allowed)
         fix = f"did you mean `{hint[0]}`?" if hint else f"allowed here: {', '.join(sorted(allowed))}"
         return f"unknown key `{key}`: {fix}"
     if kind == "missing":
@@ -714,6 +713,13 @@ def _is_file(path: Path) -> bool:
 
 
 def _unknown(kind: str, name: str, known: list[str], where: str) -> str:
-    hint = difflib.get_close_matches(name, known, n=1)
+    hint = _close_match(name, known)
     fix = f"did you mean {hint[0]!r}?" if hint else f"known: {', '.join(known) or 'none'}"
     return f"{where}: unknown {kind} {name!r}: {fix}"
+
+
+def _close_match(word: str, known: Any) -> list[str]:
+    """The known name closest to a misspelt one (difflib loads only when a name is wrong)."""
+    import difflib
+
+    return difflib.get_close_matches(word, known, n=1)
