@@ -34,16 +34,16 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, and_, bindparam, select, update
+from sqlalchemy import ColumnElement, Table, and_, select, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
-from funnel.ingest import insert_ignore
-from funnel.models import Contact, Enrollment, StepRun
+from funnel.driver_sql import DriverSQL
+from funnel.models import Enrollment, StepRun
 from funnel.workers import dead_runs
 
 CLAIMED = "claimed"
@@ -56,6 +56,30 @@ UNKNOWN_REASON = "the run sending it stopped mid-request: not sent again (check 
 
 def _table() -> Table:
     return StepRun.__table__  # type: ignore[attr-defined,no-any-return]  # SQLModel does not declare __table__
+
+
+#: the columns of a `StepRow`, in order
+_ROW_COLUMNS = "id, enrollment_id, sequence, step_id, status, retryable, reason, send_id"
+
+
+@dataclass(frozen=True)
+class StepRow:
+    """A step_runs row as a run reads it: plain values, read once (no ORM object to track)."""
+
+    id: int
+    enrollment_id: int
+    sequence: str
+    step_id: str
+    status: str
+    retryable: bool
+    reason: str | None
+    send_id: str | None
+
+
+def _step_row(row: Any) -> StepRow:
+    """A driver row of `_ROW_COLUMNS` (SQLite gives 0/1 for booleans)."""
+    row_id, enrollment_id, sequence, step_id, status, retryable, reason, send_id = row
+    return StepRow(row_id, enrollment_id, sequence, step_id, status, bool(retryable), reason, send_id)
 
 
 @dataclass(frozen=True)
@@ -85,6 +109,8 @@ class Ledger:
         self.run_id = run_id
         self.now = now
         self.transport = transport
+        self.sql = DriverSQL(session)
+        self._false = self.sql.converter(_table().c.retryable)(False)
 
     # ----------------------------------------------------------------- recover
 
@@ -142,7 +168,20 @@ class Ledger:
 
     # ----------------------------------------------------------------- claim
 
-    def claim_new(self, values: list[dict[str, Any]]) -> dict[str, StepRun]:
+    def rows_of(self, enrollment_ids: list[int]) -> dict[int, dict[str, StepRow]]:
+        """Every step row of these enrollments, by enrollment and step id (plain rows, no ORM objects)."""
+        found: dict[int, dict[str, StepRow]] = {}
+        for start in range(0, len(enrollment_ids), 500):
+            chunk = enrollment_ids[start : start + 500]
+            for row in self.sql.execute(
+                f"SELECT {_ROW_COLUMNS} FROM step_runs WHERE enrollment_id IN ({self.sql.marks(len(chunk))})",  # noqa: S608
+                chunk,
+            ):
+                step_row = _step_row(row)
+                found.setdefault(step_row.enrollment_id, {})[step_row.step_id] = step_row
+        return found
+
+    def claim_new(self, values: list[dict[str, Any]]) -> dict[str, StepRow]:
         """Insert `claimed` rows (insert-or-ignore); return the ones this run got, by send id.
 
         A row that another run inserted first is simply not ours: the unique
@@ -152,28 +191,46 @@ class Ledger:
             {**v, "status": CLAIMED, "run_id": self.run_id, "transport": self.transport, "decided_at": self.now}
             for v in values
         ]
-        for start in range(0, len(rows), 200):
-            insert_ignore(self.session, _table(), rows[start : start + 200], ("enrollment_id", "step_id"))
-        taken: dict[str, StepRun] = {}
+        self.sql.insert_ignore(_table(), rows, ("enrollment_id", "step_id"))
+        taken: dict[str, StepRow] = {}
         wanted = [v["send_id"] for v in values]
         for start in range(0, len(wanted), 500):
-            for found in self.session.scalars(
-                select(StepRun).where(col(StepRun.send_id).in_(wanted[start : start + 500]))
+            chunk = wanted[start : start + 500]
+            for row in self.sql.execute(
+                f"SELECT {_ROW_COLUMNS} FROM step_runs WHERE send_id IN ({self.sql.marks(len(chunk))})",  # noqa: S608
+                chunk,
             ):
-                taken[found.send_id or ""] = found
+                step_row = _step_row(row)
+                taken[step_row.send_id or ""] = step_row
         return taken
 
-    def retake(self, row: StepRun) -> StepRun | None:
+    def retake(self, row: StepRow) -> StepRow | None:
         """Claim a step whose last attempt failed in a way worth retrying (None: someone else has it)."""
+        send_id = uuid.uuid4().hex
         claimed = self.session.execute(
             update(StepRun)
             .where(and_(col(StepRun.id) == row.id, col(StepRun.status) == "failed", col(StepRun.retryable).is_(True)))
-            .values(status=CLAIMED, run_id=self.run_id, send_id=uuid.uuid4().hex, decided_at=self.now)
+            .values(status=CLAIMED, run_id=self.run_id, send_id=send_id, decided_at=self.now)
         )
         if claimed.rowcount != 1:  # type: ignore[attr-defined]  # execute() is typed Result; an UPDATE gives CursorResult
             return None
-        self.session.refresh(row)
-        return row
+        return replace(row, status=CLAIMED, send_id=send_id)
+
+    def unsent(self, row_id: int, status: str, reason: str) -> None:
+        """A claimed row whose email could not be written (missing data, a template error): its outcome."""
+        self.session.execute(
+            update(StepRun)
+            .where(col(StepRun.id) == row_id, col(StepRun.status) == CLAIMED, col(StepRun.run_id) == self.run_id)
+            .values(status=status, reason=reason, retryable=False)
+        )
+
+    def too_late(self, row: StepRow, reason: str) -> None:
+        """A failed step that is now skipped (too late to retry, say); the reason keeps why it failed."""
+        self.session.execute(
+            update(StepRun)
+            .where(col(StepRun.id) == row.id, col(StepRun.status) == row.status)
+            .values(status="skipped", reason=reason, retryable=False, decided_at=self.now)
+        )
 
     # ----------------------------------------------------------------- hand over
 
@@ -184,45 +241,42 @@ class Ledger:
         suppression is then read in the same transaction (after the write, so
         on SQLite nobody can change it before the commit; on PostgreSQL their
         rows are share-locked until it): a row for someone who has meanwhile
-        unsubscribed or been erased is recorded as skipped instead.
+        unsubscribed or been erased is recorded as skipped instead. Plain SQL
+        (`funnel.driver_sql`): this runs for every few emails.
         """
         if not batch:
             return HandOver(set(), {})
-        table = _table()
-        handed = set(
-            self.session.execute(
-                table.update()
-                .where(
-                    table.c.id.in_([step_run_id for step_run_id, _ in batch]),
-                    table.c.status == CLAIMED,
-                    table.c.run_id == self.run_id,
-                )
-                .values(status=SENDING)
-                .returning(table.c.id)
-            ).scalars()
-        )
+        ids = [step_run_id for step_run_id, _ in batch]
+        handed = {
+            row[0]
+            for row in self.sql.execute(
+                f"UPDATE step_runs SET status = '{SENDING}' WHERE id IN ({self.sql.marks(len(ids))})"  # noqa: S608
+                f" AND status = '{CLAIMED}' AND run_id = ? RETURNING id",
+                [*ids, self.run_id],
+            )
+        }
         contact_ids = sorted({contact_id for step_run_id, contact_id in batch if step_run_id in handed})
-        query = select(
-            col(Contact.id), col(Contact.erased_at), col(Contact.unsubscribed_at), col(Contact.suppressed_reason)
-        ).where(col(Contact.id).in_(contact_ids))
-        query = query.order_by(col(Contact.id))  # locked in id order, as deciding does: workers never deadlock
-        if self.session.get_bind().dialect.name == "postgresql":
-            query = query.with_for_update(read=True)
         stopped: dict[int, str] = {}
-        for contact_id, erased_at, unsubscribed_at, suppressed_reason in self.session.execute(query):
-            reason = "erased" if erased_at else "unsubscribed" if unsubscribed_at else suppressed_reason
-            if reason:
-                stopped[contact_id] = reason
+        if contact_ids:
+            # locked in id order, as deciding does: workers never deadlock
+            lock = " FOR SHARE" if self.sql.postgres else ""
+            for contact_id, erased_at, unsubscribed_at, suppressed_reason in self.sql.execute(
+                "SELECT id, erased_at, unsubscribed_at, suppressed_reason FROM contacts"  # noqa: S608
+                f" WHERE id IN ({self.sql.marks(len(contact_ids))}) ORDER BY id{lock}",
+                contact_ids,
+            ):
+                reason = "erased" if erased_at else "unsubscribed" if unsubscribed_at else suppressed_reason
+                if reason:
+                    stopped[contact_id] = reason
         suppressed = {
             step_run_id: stopped[contact_id]
             for step_run_id, contact_id in batch
             if step_run_id in handed and contact_id in stopped
         }
-        for reason in sorted(set(suppressed.values())):
-            self.session.execute(
-                table.update()
-                .where(table.c.id.in_([i for i, why in suppressed.items() if why == reason]))
-                .values(status="skipped", reason=reason, retryable=False)
+        if suppressed:
+            self.sql.executemany(
+                "UPDATE step_runs SET status = 'skipped', reason = ?, retryable = ? WHERE id = ?",
+                [(why, self._false, step_run_id) for step_run_id, why in suppressed.items()],
             )
         return HandOver(handed - set(suppressed), suppressed)
 
@@ -235,33 +289,28 @@ class Ledger:
         to the row's count), `sent_at` and `message_id`. Only a row this run
         still has `sending` is written: one that a recovery turned unknown
         meanwhile (it cannot, while this run is alive, but the ledger does not
-        rely on it) keeps that state. Core statements, not ORM objects: this is
-        the per-email write of every run.
+        rely on it) keeps that state. Plain SQL: this is the per-email write
+        of every run.
         """
         if not outcomes:
             return
         table = _table()
-        self.session.execute(
-            table.update()
-            .where(table.c.id == bindparam("row_id"), table.c.run_id == self.run_id, table.c.status == SENDING)
-            .values(
-                status=bindparam("new_status"),
-                reason=bindparam("new_reason"),
-                retryable=bindparam("new_retryable"),
-                attempts=table.c.attempts + bindparam("more_attempts"),
-                sent_at=bindparam("new_sent_at"),
-                message_id=bindparam("new_message_id"),
-            ),
+        when = self.sql.converter(table.c.sent_at)
+        flag = self.sql.converter(table.c.retryable)
+        self.sql.executemany(
+            "UPDATE step_runs SET status = ?, reason = ?, retryable = ?, attempts = attempts + ?,"
+            f" sent_at = ?, message_id = ? WHERE id = ? AND run_id = ? AND status = '{SENDING}'",
             [
-                {
-                    "row_id": o["id"],
-                    "new_status": o["status"],
-                    "new_reason": o["reason"],
-                    "new_retryable": o["retryable"],
-                    "more_attempts": o["attempts"],
-                    "new_sent_at": o["sent_at"],
-                    "new_message_id": o["message_id"],
-                }
+                (
+                    o["status"],
+                    o["reason"],
+                    flag(o["retryable"]),
+                    o["attempts"],
+                    when(o["sent_at"]),
+                    o["message_id"],
+                    o["id"],
+                    self.run_id,
+                )
                 for o in outcomes
             ],
         )

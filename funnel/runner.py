@@ -47,11 +47,12 @@ from funnel import schedule
 from funnel.changes import introduced_steps
 from funnel.config import Config, Sequence, Step
 from funnel.db import put_setting
+from funnel.deferred import DeferredWrites
 from funnel.deliver import Dispatcher, Job, Outcome
 from funnel.errors import ConfigError, SourceError, TemplateError
 from funnel.ingest import IngestResult, apply_rows, insert_ignore
 from funnel.invitation import invitation
-from funnel.ledger import UNKNOWN_REASON, Ledger, SuppressionCheck
+from funnel.ledger import UNKNOWN_REASON, Ledger, StepRow, SuppressionCheck
 from funnel.models import Contact, Enrollment, Run, Setting, SourceFile, StepRun, Tag
 from funnel.render import MissingData, Rendered, Renderer, TemplateContact, TemplateWebinar
 from funnel.sources import Fingerprint, clean_line, read_source_file
@@ -127,12 +128,12 @@ class _Claim:
     enrollment: Enrollment
     sequence: Sequence
     send: schedule.Send
-    row: StepRun | None
-    rows: dict[str, StepRun] = field(default_factory=dict)
+    row: StepRow | None
+    rows: dict[str, StepRow] = field(default_factory=dict)
 
 
 #: a claimed step and its row, waiting to be rendered and handed over
-_Ready = tuple[_Claim, StepRun]
+_Ready = tuple[_Claim, StepRow]
 
 
 @dataclass
@@ -187,14 +188,17 @@ class Runner:
         self.introduced: dict[str, dict[str, datetime]] = {}
         self._pending: dict[int, _Pending] = {}
         #: rows of claimed steps in flight, held here (the session's identity map is weak)
-        self._in_flight: dict[int, StepRun] = {}
+        self._in_flight: dict[int, StepRow] = {}
         self._unsaved = 0
         self._saved_at = time.monotonic()
+        #: enrollment and contact columns set this run, written at each checkpoint
+        self.writes = DeferredWrites()
 
     # ----------------------------------------------------------------- helpers
 
     def checkpoint(self) -> None:
         """Make what was done durable (a dry run only flushes, and rolls back at the end)."""
+        self.writes.write(self.session)
         if self.dry_run:
             self.session.flush()
         else:
@@ -455,7 +459,6 @@ class Runner:
     def _not_handed(self, job: Job, *, skipped: str | None) -> None:
         """A claimed email that is not sent after all: its person is suppressed now, or the row is gone."""
         row = self._in_flight.pop(job.step_run_id)
-        self.session.expunge(row)  # the ledger wrote its state; the in-memory copy must not overwrite it
         if skipped is not None:
             self.summary.skipped += 1
             self.summary.count_step(row.sequence, row.step_id, "skipped")
@@ -464,13 +467,12 @@ class Runner:
             pending.retry_later = True  # the next run looks again (and exits a suppressed person)
             self._one_less(pending)
 
-    def _give_back(self, rows: list[StepRun]) -> None:
+    def _give_back(self, rows: list[StepRow]) -> None:
         """Rows this run claimed whose request never started: pending again for the next run."""
         if not rows:
             return
         for row in rows:
-            self._in_flight.pop(row.id or 0, None)
-            self.session.expunge(row)
+            self._in_flight.pop(row.id, None)
             pending = self._pending.get(row.enrollment_id)
             if pending:
                 pending.retry_later = True
@@ -493,9 +495,7 @@ class Runner:
             select(col(Tag.contact_id), col(Tag.tag)).where(col(Tag.contact_id).in_(contact_ids))
         ):
             tags[contact_id].add(tag)
-        recorded: dict[int, dict[str, StepRun]] = defaultdict(dict)
-        for row in self.session.scalars(select(StepRun).where(col(StepRun.enrollment_id).in_([e.id for e in page]))):
-            recorded[row.enrollment_id][row.step_id] = row
+        recorded = self.ledger.rows_of([e.id or 0 for e in page])
         by_contact: dict[int, list[Enrollment]] = defaultdict(list)
         for enrollment in page:
             by_contact[enrollment.contact_id].append(enrollment)
@@ -509,9 +509,9 @@ class Runner:
                 last_marketing_at=contact.last_marketing_at,
             )
             for enrollment in enrollments:
-                state = self._decide(contact, enrollment, state, recorded[enrollment.id or 0], claims)
+                state = self._decide(contact, enrollment, state, recorded.get(enrollment.id or 0, {}), claims)
             if state.last_marketing_at != contact.last_marketing_at:
-                contact.last_marketing_at = state.last_marketing_at
+                self.writes.set(contact, last_marketing_at=state.last_marketing_at)
         return self._claim_all(claims)
 
     def _decide(
@@ -519,7 +519,7 @@ class Runner:
         contact: Contact,
         enrollment: Enrollment,
         state: schedule.ContactState,
-        rows: dict[str, StepRun],
+        rows: dict[str, StepRow],
         claims: list[_Claim],
     ) -> schedule.ContactState:
         sequence = self.config.sequences.get(enrollment.sequence)
@@ -551,7 +551,8 @@ class Runner:
             self._end(enrollment, "exited", evaluation.exit_reason)
             self.summary.exited += 1
             return evaluation.contact or state
-        enrollment.next_due_at = evaluation.wake_at
+        if enrollment.next_due_at != evaluation.wake_at:
+            self.writes.set(enrollment, next_due_at=evaluation.wake_at)
         if evaluation.sends:
             self._pending[enrollment.id or 0] = _Pending(
                 enrollment, enrollment.sequence, 0, evaluation.finished, goal=evaluation.goal
@@ -564,7 +565,7 @@ class Runner:
         return evaluation.contact or state
 
     def _unschedulable(
-        self, contact: Contact, enrollment: Enrollment, sequence: Sequence, rows: dict[str, StepRun], exc: Exception
+        self, contact: Contact, enrollment: Enrollment, sequence: Sequence, rows: dict[str, StepRow], exc: Exception
     ) -> None:
         """Fail the next step of an enrollment whose times cannot be computed, and stop it."""
         start = enrollment.webinar_start.isoformat() if enrollment.webinar_start else "none"
@@ -594,7 +595,7 @@ class Runner:
         self._end(enrollment, "exited", reason)
         self.summary.fail(contact.email, enrollment.sequence, step.id if step else "", reason)
 
-    def _record_skip(self, enrollment: Enrollment, skip: schedule.Skip, rows: dict[str, StepRun]) -> None:
+    def _record_skip(self, enrollment: Enrollment, skip: schedule.Skip, rows: dict[str, StepRow]) -> None:
         row = rows.get(skip.step.id)
         if row is None:
             # insert-or-ignore: a concurrent worker may have decided the same step
@@ -619,7 +620,7 @@ class Runner:
             )
         else:  # a failed step that is now too late, say: keep why it failed
             reason = f"{skip.reason} (last attempt: {row.reason})" if row.reason else skip.reason
-            row.status, row.reason, row.retryable, row.decided_at = "skipped", reason, False, self.now
+            self.ledger.too_late(row, reason)
         self.summary.skipped += 1
         self.summary.count_step(enrollment.sequence, skip.step.id, "skipped")
 
@@ -660,14 +661,14 @@ class Runner:
             self._settle(pending)  # every claim went elsewhere
         return ready
 
-    def _job(self, claim: _Claim, row: StepRun) -> Job | None:
+    def _job(self, claim: _Claim, row: StepRow) -> Job | None:
         """Render a claimed step; a template error fails that one email, not the run."""
         enrollment, step = claim.enrollment, claim.send.step
         try:
             email = self._compose(claim.contact, enrollment, claim.sequence, step, row)
         except MissingData as exc:  # e.g. no webinar start: this email cannot be written for her
-            self._in_flight.pop(row.id or 0, None)
-            row.status, row.reason, row.retryable = "skipped", exc.reason, False
+            self._in_flight.pop(row.id, None)
+            self.ledger.unsent(row.id, "skipped", exc.reason)
             self.summary.skipped += 1
             self.summary.count_step(enrollment.sequence, step.id, "skipped")
             pending = self._pending.get(enrollment.id or 0)
@@ -675,9 +676,10 @@ class Runner:
                 self._one_less(pending)
             return None
         except (TemplateError, OverflowError, ValueError) as exc:  # also a stored date beyond what a zone can show
-            self._in_flight.pop(row.id or 0, None)
-            row.status, row.reason, row.retryable = "failed", f"template error: {exc}", False
-            self.summary.fail(claim.contact.email, enrollment.sequence, step.id, row.reason)
+            self._in_flight.pop(row.id, None)
+            reason = f"template error: {exc}"
+            self.ledger.unsent(row.id, "failed", reason)
+            self.summary.fail(claim.contact.email, enrollment.sequence, step.id, reason)
             if str(exc) not in self.summary.problems:
                 self.summary.problems.append(str(exc))
             self.summary.count_step(enrollment.sequence, step.id, "failed")
@@ -693,7 +695,7 @@ class Runner:
         )
 
     def _compose(
-        self, contact: Contact, enrollment: Enrollment, sequence: Sequence, step: Step, row: StepRun
+        self, contact: Contact, enrollment: Enrollment, sequence: Sequence, step: Step, row: StepRow
     ) -> OutgoingEmail:
         """Render one claimed step into the frozen email a transport gets."""
         assert contact.id is not None
@@ -733,7 +735,7 @@ class Runner:
         `sending` stay within the hand-over window); in between, a crash
         leaves a row `sending`, which the next run reports as unknown.
         """
-        given_back: list[StepRun] = []
+        given_back: list[StepRow] = []
         stored: list[dict[str, Any]] = []
         for outcome in outcomes:
             if outcome.status == "released":
@@ -741,7 +743,6 @@ class Runner:
                 given_back.append(self._in_flight[outcome.job.step_run_id])
                 continue
             row = self._in_flight.pop(outcome.job.step_run_id)
-            self.session.expunge(row)  # the ledger writes its outcome; this copy must not overwrite it
             sequence_id, step_id = row.sequence, row.step_id
             pending = self._pending.get(outcome.job.enrollment_id)
             values: dict[str, Any] = {
@@ -788,7 +789,7 @@ class Runner:
         enrollment = pending.enrollment
         self._pending.pop(enrollment.id or 0, None)
         if pending.retry_later:
-            enrollment.next_due_at = self.now  # the next run tries again (within max_late)
+            self.writes.set(enrollment, next_due_at=self.now)  # the next run tries again (within max_late)
             return
         if pending.finished_if_sent:
             sequence = self.config.sequences.get(pending.sequence_id)
@@ -824,8 +825,7 @@ class Runner:
         )
 
     def _end(self, enrollment: Enrollment, status: str, reason: str | None) -> None:
-        enrollment.status, enrollment.end_reason = status, reason
-        enrollment.ended_at, enrollment.next_due_at = self.now, None
+        self.writes.set(enrollment, status=status, end_reason=reason, ended_at=self.now, next_due_at=None)
 
     def _finish_run(self) -> None:
         assert self.run_row is not None
