@@ -431,11 +431,13 @@ class Runner:
     def _hand_over_next(self, dispatcher: Dispatcher, waiting: deque[_Ready], window: int, batch: int) -> None:
         """Render the next batch, mark it handed over (with the outcomes so far) in one commit, send it.
 
-        The run waits until half a batch has come back, so the transport's
-        threads always have requests queued while the batch is prepared.
+        The run waits until a whole batch has come back: the other batch of
+        the window keeps the transport's threads busy while this one is
+        prepared, and each commit (the fixed cost of a hand-over) carries a
+        full batch.
         """
         outcomes = dispatcher.collect()
-        wanted = min(len(waiting), max(1, batch // 2))
+        wanted = min(len(waiting), batch)
         while window - dispatcher.in_flight < wanted and not dispatcher.stopped:
             outcomes.extend(dispatcher.wait())
         self._record(outcomes)

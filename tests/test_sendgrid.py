@@ -242,6 +242,26 @@ def test_send_202_returns_message_id(fake: FakeSendGrid) -> None:
     assert fake.sent_to(RECIPIENT.upper()) == 1
 
 
+def test_send_makes_the_official_clients_own_request(fake: FakeSendGrid) -> None:
+    """The transport keeps one urllib opener per thread instead of the client building one per
+    call; what goes on the wire stays exactly what `client.mail.send.post` sends."""
+    import sendgrid
+
+    email = make_email()
+    official = sendgrid.SendGridAPIClient(api_key=KEY, host=fake.url)
+    official.client.mail.send.post(request_body=sendgrid_payload(email, sandbox=False))
+    transport = transport_for(fake)
+    transport.send(email)
+    transport.send(email)  # the kept opener, a second time
+    transport.close()
+
+    theirs, *ours = fake.requests
+    for mine in ours:
+        assert (mine["method"], mine["path"], mine["query"]) == (theirs["method"], theirs["path"], theirs["query"])
+        assert mine["body"] == theirs["body"]
+        assert mine["headers"] == theirs["headers"]
+
+
 def test_send_sandbox_200(fake: FakeSendGrid) -> None:
     result = transport_for(fake, sandbox=True).send(make_email())
     assert fake.accepted[0]["status"] == 200
