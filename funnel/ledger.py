@@ -364,10 +364,10 @@ class SuppressionCheck:
         if cursor is None:
             cursor = self._local.cursor = self._open()
         cursor.execute(self._sql, (contact_id,))
-        row = cursor.fetchone()
-        if row is None:  # not committed yet: the hand-over's own read covered her
+        rows = cursor.fetchall()  # read to the end: SQLite then ends the statement's read snapshot
+        if not rows:  # not committed yet: the hand-over's own read covered her
             return None
-        erased_at, unsubscribed_at, suppressed_reason = row
+        erased_at, unsubscribed_at, suppressed_reason = rows[0]
         return "erased" if erased_at else "unsubscribed" if unsubscribed_at else suppressed_reason
 
     def _open(self) -> Any:
