@@ -237,7 +237,8 @@ def main() -> None:
         target = targets.get(latency)
         print(
             f"{latency * 1000:6.0f}ms  {bare.wall:6.2f} s ({bare.cpu:5.1f})  {ours.wall:6.2f} s ({ours.cpu:5.1f})"
-            f"  {ours.wall / bare.wall:5.2f}x  " + (f"<= {target:.2f}x" if target else "      -")
+            f"  {ours.wall / bare.wall:5.2f}x  "
+            + (f"<= {target:.2f}x" if target else "      -")
             + f"  | {kept.wall:6.2f} s ({kept.cpu:5.1f})  {ours.wall / kept.wall:5.2f}x"
             + f"  {(ours.cpu - kept.cpu) / args.n * 1000:.2f} ms more"
         )
