@@ -235,9 +235,44 @@ class _Body:
 _MAX_SHAPES = 512
 
 
+class _Sandbox(SandboxedEnvironment):
+    """Jinja's sandbox, with its verdict on each attribute remembered per (type of object, attribute).
+
+    Every `a.b` in a template asks `is_safe_attribute`, which walks
+    `is_internal_attribute`'s isinstance chain: about a third of the CPU of an
+    email. The default verdict depends only on the attribute's name and on
+    isinstance checks of the object against built-in types (function, method,
+    type, code, traceback, frame, generator, coroutine), which for an object
+    whose `__class__` is its type are decided by that type alone (no built-in
+    type can be subclassed or overrides `__instancecheck__` in a way that
+    looks at the instance). So the verdict is asked once per pair and
+    remembered; an object that reports another `__class__` than its type is
+    asked every time, exactly as before. What is refused stays refused.
+    """
+
+    #: how many (type, attribute) verdicts are remembered; past it, the rest are asked every time
+    _MAX_VERDICTS = 4096
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._verdicts: dict[tuple[type, str], bool] = {}
+
+    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+        cls = type(obj)
+        if obj.__class__ is not cls:
+            return super().is_safe_attribute(obj, attr, value)
+        key = (cls, attr)
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            verdict = super().is_safe_attribute(obj, attr, value)
+            if len(self._verdicts) < self._MAX_VERDICTS:
+                self._verdicts[key] = verdict
+        return verdict
+
+
 def _environment(folder: Path, *, autoescape: bool, markdown: bool = False, slots: bool = False) -> Environment:
     finalize = markdown_escape if markdown else refuse_empty
-    env = SandboxedEnvironment(
+    env = _Sandbox(
         loader=FileSystemLoader(str(folder)),
         undefined=StrictUndefined,
         autoescape=autoescape,
@@ -475,14 +510,18 @@ class Renderer:
 
     def _subject(self, sequence_id: str, step: Step, context: dict[str, Any], discreet: bool) -> str:
         template = self._subjects[(sequence_id, step.id, discreet)]
-        return " ".join(self._run(template, context, self._subject_where(sequence_id, step, discreet)).split())
+        return " ".join(
+            self._run(template, context, lambda: self._subject_where(sequence_id, step, discreet)).split()
+        )
 
     def _preheader(self, sequence_id: str, step: Step, context: dict[str, Any], discreet: bool) -> str:
         """The step's preheader for this reader (a discreet one only gets `discreet_preheader`), or ''."""
         template = self._preheaders.get((sequence_id, step.id, discreet))
         if template is None:
             return ""
-        return " ".join(self._run(template, context, self._preheader_where(sequence_id, step, discreet)).split())
+        return " ".join(
+            self._run(template, context, lambda: self._preheader_where(sequence_id, step, discreet)).split()
+        )
 
     @staticmethod
     def _with_preheader(text: str, context: dict[str, Any]) -> str:
@@ -576,7 +615,12 @@ class Renderer:
             )
         return self._run(self.layout_text, {**context, "content": body.rstrip()}, "layout.txt").strip() + "\n"
 
-    def _run(self, template: Template, context: dict[str, Any], name: str) -> str:
+    def _run(self, template: Template, context: dict[str, Any], name: str | Callable[[], str]) -> str:
+        """Render `template`; an error becomes a TemplateError naming the file and line.
+
+        `name` is the template's file, or for a subject or preheader a function that
+        says where it is in sequences.yaml (only worked out when there is an error).
+        """
         try:
             return template.render(context)
         except TemplateError:
@@ -585,12 +629,16 @@ class Renderer:
             # the template's own expression failed ({{ 1 / 0 }}, a range the sandbox refuses):
             # a template error with its line, so one bad template never stops a run or `funnel check`
             message = str(exc) or exc.__class__.__name__
+            if callable(name):
+                name = name()
             if template.name is None:
                 raise TemplateError(f"{name}: {message}: fix the expression") from None
             line = _template_line(exc, template)
             raise TemplateError(f"{self.config.templates_dir}/{name}:{line}: {message}: fix the expression") from None
         except JinjaTemplateError as exc:
             hint = _hint(exc)
+            if callable(name):
+                name = name()
             if template.name is None:  # a subject: `name` already says file, line and step
                 raise TemplateError(f"{name}: {exc.message or exc}: {hint}") from None
             line = _template_line(exc, template)
