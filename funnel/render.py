@@ -442,6 +442,8 @@ def _plan(env: Environment, ast: nodes.Template) -> _Plan | None:
             return use is not None
         if isinstance(node, nodes.Name) and node.name in ("contact", "self"):
             return False  # all of the contact (or the template itself) handed on: anything can happen
+        if isinstance(node, nodes.Name) and node.name in env.globals and node.name not in _SAFE_GLOBALS:
+            return False  # lipsum, cycler, joiner: not the same output twice (not in find_undeclared_variables)
         if isinstance(node, _NOT_REMEMBERED):
             return False
         if isinstance(node, nodes.Filter) and node.name in _UNSTABLE_FILTERS:
@@ -674,7 +676,7 @@ class Renderer:
         subject = self._headings(sequence_id, step, context, discreet, personal=True)
         values: list[str] = []
         kind, template = self._bodies[(sequence_id, step.id)]
-        shape_source = self._remembered(template, context, values, step.template)
+        shape_source = self._remembered(template, context, values, step.template, slots=True)
         body = self._shape(sequence_id, step.id, kind, shape_source)
         fill = self._filler(body, values)
         if fill is None:
@@ -686,7 +688,7 @@ class Renderer:
         html = None
         if not discreet:
             page_source = self._remembered(
-                self.layout_html, {**context, "content": Markup(body.html)}, values, "layout.html"
+                self.layout_html, {**context, "content": Markup(body.html)}, values, "layout.html", slots=True
             )
             page = self._pages.get(page_source)
             if page is None:
@@ -793,42 +795,57 @@ class Renderer:
         """A subject or preheader, on one line (runs of white space folded)."""
         if remembered:
             values: list[str] = []
-            text = self._fill_raw(self._remembered(template, context, values, where), values)
+            text = self._fill_raw(self._remembered(template, context, values, where, slots=False), values)
         else:
             text = self._run(template, context, where)
         return " ".join(text.split())
 
     def _remembered(
-        self, template: Template, context: dict[str, Any], values: list[str], name: str | Callable[[], str]
+        self,
+        template: Template,
+        context: dict[str, Any],
+        values: list[str],
+        name: str | Callable[[], str],
+        *,
+        slots: bool,
     ) -> str:
         """Render `template` with the reader's values as slot tokens appended to `values`, from the memo
-        when the template's `_Plan` allows (the output is then the same, see `_Plan`)."""
-        plan = self._plans.get(template)
-        key: tuple[Any, ...] | None = None
-        if plan is not None:
-            try:
-                key = (len(values), *plan.key(self, context))
-            except _Unrememberable:
-                key = None
-        if key is None:
+        when the template's `_Plan` allows (the output is then the same, see `_Plan`).
+
+        A template the memo cannot take is rendered as it always was: with slot
+        tokens if `slots` (a body, layout.html), else with the reader's values
+        written in and nothing added to `values` (a subject, a preheader,
+        layout.txt: `{% filter upper %}` around a value keeps working there).
+        """
+
+        def ordinary() -> str:
+            if not slots:
+                return self._run(template, context, name)
             with self._slotting(values):
                 return self._run(template, context, name)
+
+        plan = self._plans.get(template)
+        if plan is None:
+            return ordinary()
+        try:
+            key = (len(values), *plan.key(self, context))
+        except _Unrememberable:
+            return ordinary()
         memo = self._memos.setdefault(template, {})
         known = memo.get(key)
         if known is None:
-            stand_ins, paths = plan.stand_ins(context)  # type: ignore[union-attr]
+            stand_ins, paths = plan.stand_ins(context)
             scratch = list(values)  # tokens are numbered on from len(values)
             with self._slotting(scratch):
                 output = self._run(template, stand_ins, name)
             read = tuple(paths.get(value, -1) for value in scratch[len(values) :])
-            if -1 in read or _ADDRESS.search(output):  # cannot happen by `_plan`; never guess
-                with self._slotting(values):
-                    return self._run(template, context, name)
-            known = (output, tuple(plan.personal[index] for index in read))  # type: ignore[union-attr]
+            if -1 in read or _ADDRESS.search(output):  # a value not stood in for (cannot be), an address
+                return ordinary()
+            known = (output, tuple(plan.personal[index] for index in read))
             if len(memo) < _MAX_SHAPES:
                 memo[key] = known
-        output, slots = known
-        values.extend(str(_read(context, path)) for path in slots)
+        output, paths_read = known
+        values.extend(str(_read(context, path)) for path in paths_read)
         return output
 
     def _value_key(self, path: tuple[str, ...], value: Any) -> Any:
@@ -969,7 +986,7 @@ class Renderer:
             return self._wrap_text(body, context)
         values: list[str] = []
         content = _personal(body.rstrip())
-        output = self._remembered(self.layout_text, {**context, "content": content}, values, "layout.txt")
+        output = self._remembered(self.layout_text, {**context, "content": content}, values, "layout.txt", slots=False)
         return self._fill_raw(output, values).strip() + "\n"
 
     def _run(self, template: Template, context: dict[str, Any], name: str | Callable[[], str]) -> str:
