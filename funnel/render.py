@@ -551,6 +551,8 @@ class Renderer:
         self._prefix = f"fnl{secrets.token_hex(4)}x"
         self._token = re.compile(re.escape(self._prefix) + r"(\d+)z")
         self._shapes: dict[tuple[str, str, str], _Body] = {}
+        #: source -> its pieces around slot tokens (see `_fill`)
+        self._cut: dict[str, tuple[tuple[str, ...], tuple[tuple[int, str], ...]]] = {}
         self._pages: dict[str, str] = {}
         self._markdown = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
         self._inliner = css_inline.CSSInliner(keep_style_tags=True, load_remote_stylesheets=False)
@@ -683,7 +685,7 @@ class Renderer:
             return self._render_direct(
                 sequence_id, sequence, step, contact, webinar, unsubscribe_url, discreet=discreet
             )
-        text_body = self._token.sub(lambda m: fill(m, False), body.text)
+        text_body = self._fill(body.text, lambda index: fill(index, False))
         text = self._with_preheader(self._wrap_text_remembered(text_body, context), context)
         html = None
         if not discreet:
@@ -695,7 +697,7 @@ class Renderer:
                 page = self._inliner.inline(page_source)
                 if len(self._pages) < _MAX_SHAPES:
                     self._pages[page_source] = page
-            html = self._token.sub(lambda m: fill(m, True), page)
+            html = self._fill(page, lambda index: fill(index, True))
         return Rendered(subject=subject, text=text, html=html)
 
     def _render_direct(
@@ -884,9 +886,37 @@ class Renderer:
         """`source` with its slot tokens replaced by `values` as they are (a subject, the text layout)."""
         if not values:
             return source
-        return self._token.sub(
-            lambda m: values[int(m.group(1))] if int(m.group(1)) < len(values) else m.group(0), source
-        )
+        return self._fill(source, lambda index: values[index] if index < len(values) else None)
+
+    def _fill(self, source: str, fill: Callable[[int], str | None]) -> str:
+        """`source` with each slot token replaced by `fill(its number)`, or left as written for None.
+
+        The same as `self._token.sub` with that function, but the sources filled
+        (a shape's text, an inlined page, a remembered output) come back for
+        every reader: each is cut at its tokens once (`_pieces`), and an email
+        only joins the pieces with its values instead of scanning the page.
+        """
+        texts, tokens = self._pieces(source)
+        if not tokens:
+            return source
+        out = [texts[0]]
+        for (index, written), text in zip(tokens, texts[1:], strict=True):
+            value = fill(index)
+            out.append(written if value is None else value)
+            out.append(text)
+        return "".join(out)
+
+    def _pieces(self, source: str) -> tuple[tuple[str, ...], tuple[tuple[int, str], ...]]:
+        """`source` cut at its slot tokens: the texts around them, and each token's number and text."""
+        pieces = self._cut.get(source)
+        if pieces is None:
+            parts = self._token.split(source)  # text, number, text, number, ..., text
+            texts = tuple(parts[0::2])
+            tokens = tuple((int(number), f"{self._prefix}{number}z") for number in parts[1::2])
+            pieces = (texts, tokens)
+            if len(self._cut) < 2 * _MAX_SHAPES:
+                self._cut[source] = pieces
+        return pieces
 
     @staticmethod
     def _with_preheader(text: str, context: dict[str, Any]) -> str:
@@ -931,7 +961,7 @@ class Renderer:
         html = self._markdown.renderer.render(tokens, self._markdown.options, {})
         return _Body(html=html, text=tokens_to_text(tokens), url_slots=frozenset(url_slots))
 
-    def _filler(self, body: _Body, values: list[str]) -> Callable[[re.Match[str], bool], str] | None:
+    def _filler(self, body: _Body, values: list[str]) -> Callable[[int, bool], str | None] | None:
         """The function that fills slot tokens with `values`, or None when this email must render directly."""
         if body.direct:
             return None
@@ -944,11 +974,10 @@ class Renderer:
                 return None
             urls[index] = url
 
-        def fill(match: re.Match[str], html: bool) -> str:
+        def fill(index: int, html: bool) -> str | None:
             # `values` is read when filling: the layout adds its own slots after the body's
-            index = int(match.group(1))
             if index >= len(values):  # a token-like string that is not ours: leave it as written
-                return match.group(0)
+                return None
             value = urls.get(index, values[index])
             if not html:
                 return " ".join(value.split()) if body.html_text else value
