@@ -562,6 +562,8 @@ class Renderer:
         self._mapped_fields = {
             name for source in config.sources.values() for name in source.columns if name not in KNOWN_FIELDS
         }
+        #: each mapped field as blank, the start of every reader's fields (`_Empty` never changes: shared)
+        self._blank_fields = {name: _blank(f"contact.fields.{name}") for name in self._mapped_fields}
         self._bodies: dict[tuple[str, str], tuple[str, Template]] = {}
         self._subjects: dict[tuple[str, str, bool], Template] = {}
         #: (sequence, step, discreet) -> the step's preheader (discreet: only `discreet_preheader`)
@@ -749,12 +751,15 @@ class Renderer:
         """
         if webinar is not None and webinar.start is None:
             webinar = replace(webinar, start=_NoWebinarStart(name="webinar.start"))  # type: ignore[arg-type]
-        contact = self._with_blanks(contact)
+        # blank values (and mapped fields a row left empty) as `_Empty`: falsy, refused when printed bare
+        fields = dict(self._blank_fields)  # the same order as ever: mapped fields first, then the row's
+        for key, value in contact.fields.items():
+            fields[key] = _blank(f"contact.fields.{key}") if value is None or value == "" else _personal(value)
         personal = TemplateContact(
             email=_personal(contact.email),
-            first_name=_personal(contact.first_name),
-            last_name=_personal(contact.last_name),
-            fields={key: _personal(value) for key, value in (contact.fields or {}).items()},
+            first_name=_personal(contact.first_name) if contact.first_name else _blank("contact.first_name"),
+            last_name=_personal(contact.last_name) if contact.last_name else _blank("contact.last_name"),
+            fields=fields,
             discreet=discreet,
         )
         return {
@@ -985,19 +990,6 @@ class Renderer:
             return escapeHtml(value).replace("'", "&#39;").replace("\xa0", "&nbsp;")
 
         return fill
-
-    def _with_blanks(self, contact: TemplateContact) -> TemplateContact:
-        """Blank values (and mapped fields a row left empty) as `_Empty`: falsy, refused when printed bare."""
-        fields = {name: _blank(f"contact.fields.{name}") for name in self._mapped_fields}
-        fields.update(
-            {k: (_blank(f"contact.fields.{k}") if v is None or v == "" else v) for k, v in contact.fields.items()}
-        )
-        return replace(
-            contact,
-            first_name=contact.first_name or _blank("contact.first_name"),
-            last_name=contact.last_name or _blank("contact.last_name"),
-            fields=fields,
-        )
 
     def _wrap_text(self, body: str, context: dict[str, Any]) -> str:
         if self.layout_text is None:
