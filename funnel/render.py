@@ -28,6 +28,15 @@ recipient, so it is done once per *shape* of an email and cached:
    HTML (`& < > " '`), raw in the text part. A value can never become
    markup, a link or Markdown: it is never parsed at all.
 
+Even the Jinja runs are mostly skipped: a template whose syntax tree shows
+that it only prints the recipient's values or tests them for truth (`_Plan`)
+gives the same output with tokens to every reader with the same key (which of
+her values are there, the zone of her webinar start, discreet or not), so
+that output is remembered and only her values are appended to the slots.
+Subjects, preheaders and layout.txt take part too (their tokens filled with
+the raw values); a template that does anything else with a value is rendered
+every time, as before.
+
 Values in link targets are normalised and checked exactly as markdown-it
 would (a `javascript:` link from a contact field is never made a link); a
 shape the token trick cannot represent faithfully (an autolink `<{{ url }}>`)
