@@ -28,6 +28,15 @@ recipient, so it is done once per *shape* of an email and cached:
    HTML (`& < > " '`), raw in the text part. A value can never become
    markup, a link or Markdown: it is never parsed at all.
 
+Even the Jinja runs are mostly skipped: a template whose syntax tree shows
+that it only prints the recipient's values or tests them for truth (`_Plan`)
+gives the same output with tokens to every reader with the same key (which of
+her values are there, the zone of her webinar start, discreet or not), so
+that output is remembered and only her values are appended to the slots.
+Subjects, preheaders and layout.txt take part too (their tokens filled with
+the raw values); a template that does anything else with a value is rendered
+every time, as before.
+
 Values in link targets are normalised and checked exactly as markdown-it
 would (a `javascript:` link from a contact field is never made a link); a
 shape the token trick cannot represent faithfully (an autolink `<{{ url }}>`)
@@ -65,6 +74,8 @@ from jinja2 import (
     TemplateSyntaxError,
     Undefined,
     UndefinedError,
+    meta,
+    nodes,
 )
 from jinja2 import (
     TemplateError as JinjaTemplateError,
@@ -235,10 +246,294 @@ class _Body:
 _MAX_SHAPES = 512
 
 
+# --------------------------------------------------------------------------- remembered renders
+
+
+class _Unrememberable(Exception):
+    """This context holds a value the memo cannot key safely: render it the ordinary way."""
+
+
+#: the key of a reader's own value (`_Personal`): only its being there (truthy) shapes the output
+_READERS = ("reader's value",)
+#: the key of a path that is not there (a field this reader does not have)
+_ABSENT = ("absent",)
+#: top-level names whose values are the reader's own (or, for `content` in layout.txt, hold them)
+_PERSONAL_NAMES = frozenset({"subject", "preheader", "unsubscribe_url", "content"})
+#: `contact.X` that are the reader's own; `contact.discreet` is not, and `contact.fields.X` are
+_CONTACT_PERSONAL = frozenset({"email", "first_name", "last_name"})
+#: other names a remembered template may read: values the same for many readers, and safe globals
+_VALUE_NAMES = frozenset({"practice", "webinar", "sequence", "step"})
+_SAFE_GLOBALS = frozenset({"range", "dict", "namespace"})
+#: nodes that capture or hand on rendered output (a slot token could be changed before it is filled),
+#: or bring in other templates: a template with one is rendered every time
+_NOT_REMEMBERED = (
+    nodes.Macro,
+    nodes.CallBlock,
+    nodes.FilterBlock,
+    nodes.AssignBlock,
+    nodes.Block,
+    nodes.Extends,
+    nodes.Include,
+    nodes.Import,
+    nodes.FromImport,
+)
+#: filters whose result is not a function of their input
+_UNSTABLE_FILTERS = frozenset({"random"})
+#: a Python object's address, printed with a method or function: never the same output twice
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a template reads of its context, when its output for one reader can be remembered.
+
+    Every top-level render (subject, preheader, body, layout.html, layout.txt)
+    costs a Jinja context and a sandbox check per attribute, though most
+    readers get the same output with their own values in the slots. A
+    template's output with slot tokens, and the list of values behind them,
+    is a function of its context; `_plan` proves from the template's syntax
+    tree that it reads the reader's own values (`_Personal`: names, fields,
+    address, unsubscribe link, subject, preheader, and layout.txt's content)
+    only
+
+    - printed as they are (`{{ x }}`, `{{ x or 'friend' }}`, `{{ a if x else b }}`):
+      the value becomes a slot token, whatever it says; or
+    - for their truth (`{% if x %}`, `not x`): a `_Personal` is never empty, so always true.
+
+    So the output depends on a reader's own value only through *whether* it
+    is one, and on everything else through its value. The memo key is made
+    of exactly that (`_Plan.key`), and the output is rendered once with
+    stand-in values (`_Plan.stand_ins`) and remembered with the path of each
+    slot's value; a reader with the same key gets the same output and her own
+    values in the slots, byte for byte what rendering her would write.
+
+    A template that uses a reader's value in any other way (a filter, a
+    comparison, a test, `{% set %}`), captures output (macros, `{% filter %}`,
+    blocks), pulls in another template, or reads a name not listed above is
+    rendered every time, as before.
+    """
+
+    #: paths of reader's values read: ("subject",), ("contact", "first_name"), ("contact", "fields", "city"),
+    #: ("contact", "fields", "city", "get") for `contact.fields.get('city')` (None when she has none)
+    personal: tuple[tuple[str, ...], ...]
+    #: paths of other values read: ("practice",), ("webinar",), ("contact", "discreet"), ...
+    values: tuple[tuple[str, ...], ...]
+
+    def key(self, renderer: Renderer, context: dict[str, Any]) -> tuple[Any, ...]:
+        """What the output depends on; raises _Unrememberable for a value it cannot key safely."""
+        personal = tuple(_personal_key(_read(context, path)) for path in self.personal)
+        values = tuple(renderer._value_key(path, _read(context, path)) for path in self.values)
+        return personal, values
+
+    def stand_ins(self, context: dict[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
+        """`context` with a distinct stand-in for each reader's value read, and which path each stands for."""
+        context = dict(context)
+        found: dict[str, int] = {}
+        for index, path in enumerate(self.personal):
+            if isinstance(_read(context, path), _Personal):
+                stand_in = _Personal(f"\\x00{index}\\x00")
+                found[stand_in] = index
+                _write(context, path, stand_in)
+        return context, found
+
+
+def _read(context: dict[str, Any], path: tuple[str, ...]) -> Any:
+    """The value at `path`, as the sandbox would find it for this plan's paths (or _ABSENT)."""
+    value = context.get(path[0], _ABSENT)
+    if len(path) == 1:
+        return value
+    if type(value) is not TemplateContact:
+        raise _Unrememberable
+    if len(path) == 2:
+        return getattr(value, path[1])
+    if type(value.fields) is not dict:
+        raise _Unrememberable
+    if len(path) == 4:  # contact.fields.get(name)
+        return value.fields.get(path[2])
+    return value.fields.get(path[2], _ABSENT)
+
+
+def _write(context: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    """Put `value` at `path` in `context` (a copy made by the caller), copying the contact on the way."""
+    if len(path) == 1:
+        context[path[0]] = value
+    elif len(path) == 2:
+        context["contact"] = replace(context["contact"], **{path[1]: value})
+    else:
+        contact = context["contact"]
+        context["contact"] = replace(contact, fields={**contact.fields, path[2]: value})
+
+
+_PLAIN_TYPES = (str, Markup, int, float, bool, type(None))
+
+
+def _personal_key(value: Any) -> Any:
+    """A reader's value by what the output can depend on: that it is one, or else its exact value."""
+    if isinstance(value, _Personal):
+        if not value:  # never made (`_personal` marks only text that is there), but its truth would differ
+            raise _Unrememberable
+        return _READERS
+    if value is _ABSENT:
+        return _ABSENT
+    if type(value) is _Empty:
+        return ("empty", value._undefined_name)
+    return _plain_key(value)
+
+
+def _plain_key(value: Any) -> tuple[type, Any]:
+    """A simple value with its exact type (1, 1.0, True and '1' print differently)."""
+    if type(value) not in _PLAIN_TYPES:
+        raise _Unrememberable
+    return type(value), value
+
+
+def _plan(env: Environment, ast: nodes.Template) -> _Plan | None:
+    """The `_Plan` of a template, or None when its output cannot be remembered (see `_Plan`)."""
+    names = meta.find_undeclared_variables(ast)
+    if not names <= _PERSONAL_NAMES | _VALUE_NAMES | _SAFE_GLOBALS | {"contact"}:
+        return None
+    personal: set[tuple[str, ...]] = set()
+    values: set[tuple[str, ...]] = set()
+
+    def path_of(node: nodes.Node) -> tuple[str, ...] | None:
+        """The path a node reads, for the names and attributes a plan knows; else None."""
+        if isinstance(node, nodes.Name) and node.ctx == "load":
+            if node.name in _PERSONAL_NAMES or node.name in _VALUE_NAMES:
+                return (node.name,)
+            return None
+        if isinstance(node, nodes.Getattr) and isinstance(node.node, nodes.Name) and node.node.name == "contact":
+            if node.attr in _CONTACT_PERSONAL or node.attr == "discreet":
+                return ("contact", node.attr)
+            return None
+        if (
+            isinstance(node, nodes.Call)
+            and isinstance(node.node, nodes.Getattr)
+            and node.node.attr == "get"
+            and len(node.args) == 1
+            and isinstance(node.args[0], nodes.Const)
+            and isinstance(node.args[0].value, str)
+            and not (node.kwargs or node.dyn_args or node.dyn_kwargs)
+        ):
+            fields = node.node.node  # `contact.fields.get('message')`: the field, or None
+            if (
+                isinstance(fields, nodes.Getattr)
+                and fields.attr == "fields"
+                and isinstance(fields.node, nodes.Name)
+                and fields.node.name == "contact"
+            ):
+                return ("contact", "fields", node.args[0].value, "get")
+            return None
+        inner = node.node if isinstance(node, (nodes.Getattr, nodes.Getitem)) else None
+        if (
+            isinstance(inner, nodes.Getattr)
+            and inner.attr == "fields"
+            and isinstance(inner.node, nodes.Name)
+            and inner.node.name == "contact"
+        ):
+            if isinstance(node, nodes.Getattr):
+                field_name: Any = node.attr
+            else:
+                assert isinstance(node, nodes.Getitem)
+                field_name = node.arg.value if isinstance(node.arg, nodes.Const) else None
+            # a field named like a dict method would be the method: not a value
+            if isinstance(field_name, str) and not hasattr(dict, field_name):
+                return ("contact", "fields", field_name)
+        return None
+
+    def visit(node: nodes.Node, use: str | None) -> bool:
+        """False if `node` uses a reader's value other than printed (`use` "print") or tested ("test")."""
+        path = path_of(node)
+        if path is not None:
+            if path[0] in _VALUE_NAMES or path == ("contact", "discreet"):
+                values.add(path)
+                return True
+            personal.add(path)
+            return use is not None
+        if isinstance(node, nodes.Name) and node.name in ("contact", "self"):
+            return False  # all of the contact (or the template itself) handed on: anything can happen
+        if isinstance(node, nodes.Name) and node.name in env.globals and node.name not in _SAFE_GLOBALS:
+            return False  # lipsum, cycler, joiner: not the same output twice (not in find_undeclared_variables)
+        if isinstance(node, _NOT_REMEMBERED):
+            return False
+        if isinstance(node, nodes.Filter) and node.name in _UNSTABLE_FILTERS:
+            return False
+        if isinstance(node, nodes.Output):
+            return all(visit(child, "print") for child in node.nodes)
+        if isinstance(node, nodes.If):
+            return visit(node.test, "test") and all(
+                visit(child, None) for child in (*node.body, *node.elif_, *node.else_)
+            )
+        if isinstance(node, nodes.CondExpr):
+            return (
+                visit(node.test, "test") and visit(node.expr1, use) and (node.expr2 is None or visit(node.expr2, use))
+            )
+        if isinstance(node, nodes.Not):
+            return visit(node.node, "test")
+        if isinstance(node, (nodes.And, nodes.Or)):
+            return visit(node.left, use) and visit(node.right, use)
+        return all(visit(child, None) for child in node.iter_child_nodes())
+
+    if not visit(ast, None):
+        return None
+    return _Plan(personal=tuple(sorted(personal)), values=tuple(sorted(values)))
+
+
+class _SourceLoader(FileSystemLoader):
+    """Templates from a folder, keeping the source of each as it was last read (and compiled).
+
+    A template's `_Plan` must describe the source that was compiled, not the
+    file as it may be a moment later.
+    """
+
+    def __init__(self, folder: str) -> None:
+        super().__init__(folder)
+        self.sources: dict[str, str] = {}
+
+    def get_source(self, environment: Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
+        source, filename, uptodate = super().get_source(environment, template)
+        self.sources[template] = source
+        return source, filename, uptodate
+
+
+class _Sandbox(SandboxedEnvironment):
+    """Jinja's sandbox, with its verdict on each attribute remembered per (type of object, attribute).
+
+    Every `a.b` in a template asks `is_safe_attribute`, which walks
+    `is_internal_attribute`'s isinstance chain: about a third of the CPU of an
+    email. The default verdict depends only on the attribute's name and on
+    isinstance checks of the object against built-in types (function, method,
+    type, code, traceback, frame, generator, coroutine), which for an object
+    whose `__class__` is its type are decided by that type alone (no built-in
+    type can be subclassed or overrides `__instancecheck__` in a way that
+    looks at the instance). So the verdict is asked once per pair and
+    remembered; an object that reports another `__class__` than its type is
+    asked every time, exactly as before. What is refused stays refused.
+    """
+
+    #: how many (type, attribute) verdicts are remembered; past it, the rest are asked every time
+    _MAX_VERDICTS = 4096
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._verdicts: dict[tuple[type, str], bool] = {}
+
+    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+        cls = type(obj)
+        if obj.__class__ is not cls:
+            return super().is_safe_attribute(obj, attr, value)
+        key = (cls, attr)
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            verdict = super().is_safe_attribute(obj, attr, value)
+            if len(self._verdicts) < self._MAX_VERDICTS:
+                self._verdicts[key] = verdict
+        return verdict
+
+
 def _environment(folder: Path, *, autoescape: bool, markdown: bool = False, slots: bool = False) -> Environment:
     finalize = markdown_escape if markdown else refuse_empty
-    env = SandboxedEnvironment(
-        loader=FileSystemLoader(str(folder)),
+    env = _Sandbox(
+        loader=_SourceLoader(str(folder)),
         undefined=StrictUndefined,
         autoescape=autoescape,
         keep_trailing_newline=True,
@@ -257,10 +552,16 @@ class Renderer:
         self.folder = config.templates_path
         self._md_env = _environment(self.folder, autoescape=False, markdown=True, slots=True)
         self._html_env = _environment(self.folder, autoescape=True, slots=True)
-        self._text_env = _environment(self.folder, autoescape=False)
+        # slots too: layout.txt, subjects and preheaders are remembered with slot tokens (see `_Plan`)
+        self._text_env = _environment(self.folder, autoescape=False, slots=True)
+        #: template -> its `_Plan` (None: rendered every time), and its remembered outputs
+        self._plans: dict[Template, _Plan | None] = {}
+        self._memos: dict[Template, dict[tuple[Any, ...], tuple[str, tuple[tuple[str, ...], ...]]]] = {}
         self._prefix = f"fnl{secrets.token_hex(4)}x"
         self._token = re.compile(re.escape(self._prefix) + r"(\d+)z")
         self._shapes: dict[tuple[str, str, str], _Body] = {}
+        #: source -> its pieces around slot tokens (see `_fill`)
+        self._cut: dict[str, tuple[tuple[str, ...], tuple[tuple[int, str], ...]]] = {}
         self._pages: dict[str, str] = {}
         self._markdown = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
         self._inliner = css_inline.CSSInliner(keep_style_tags=True, load_remote_stylesheets=False)
@@ -270,6 +571,8 @@ class Renderer:
         self._mapped_fields = {
             name for source in config.sources.values() for name in source.columns if name not in KNOWN_FIELDS
         }
+        #: each mapped field as blank, the start of every reader's fields (`_Empty` never changes: shared)
+        self._blank_fields = {name: _blank(f"contact.fields.{name}") for name in self._mapped_fields}
         self._bodies: dict[tuple[str, str], tuple[str, Template]] = {}
         self._subjects: dict[tuple[str, str, bool], Template] = {}
         #: (sequence, step, discreet) -> the step's preheader (discreet: only `discreet_preheader`)
@@ -291,12 +594,24 @@ class Renderer:
     # ----------------------------------------------------------------- compile
 
     def _load(self, env: Environment, name: str) -> Template:
+        """Compile a template file, with the `_Plan` of the very source compiled (see `_SourceLoader`)."""
         try:
-            return env.get_template(name)
+            template = env.get_template(name)
         except TemplateNotFound:
             raise TemplateError(f"{self.config.templates_dir}/{name}: not found: create it (see the README)") from None
         except TemplateSyntaxError as exc:
             raise TemplateError(_syntax_message(self.config.templates_dir, name, exc)) from None
+        assert isinstance(env.loader, _SourceLoader)
+        self._plans[template] = _plan(env, env.parse(env.loader.sources[name], name, template.filename))
+        return template
+
+    def _from_string(self, source: str) -> Template:
+        """Compile a subject or preheader (raises TemplateSyntaxError), with its `_Plan`."""
+        ast = self._text_env.parse(source)
+        plan = _plan(self._text_env, ast)
+        template = self._text_env.from_string(ast)
+        self._plans[template] = plan
+        return template
 
     def _load_optional(self, env: Environment, name: str) -> Template | None:
         if not (self.folder / name).is_file():
@@ -310,7 +625,7 @@ class Renderer:
         for discreet in (False, True):
             source = self.subject_source(step, discreet)
             try:
-                self._subjects[(sid, step.id, discreet)] = self._text_env.from_string(source)
+                self._subjects[(sid, step.id, discreet)] = self._from_string(source)
             except TemplateSyntaxError as exc:
                 raise TemplateError(
                     f"{self._subject_where(sid, step, discreet)}: {exc.message}: check the {{{{ }}}} braces"
@@ -319,7 +634,7 @@ class Renderer:
             if preheader is None:
                 continue
             try:
-                self._preheaders[(sid, step.id, discreet)] = self._text_env.from_string(preheader)
+                self._preheaders[(sid, step.id, discreet)] = self._from_string(preheader)
             except TemplateSyntaxError as exc:
                 raise TemplateError(
                     f"{self._preheader_where(sid, step, discreet)}: {exc.message}: check the {{{{ }}}} braces"
@@ -374,26 +689,26 @@ class Renderer:
         subject = self._headings(sequence_id, step, context, discreet, personal=True)
         values: list[str] = []
         kind, template = self._bodies[(sequence_id, step.id)]
-        with self._slotting(values):
-            shape_source = self._run(template, context, step.template)
+        shape_source = self._remembered(template, context, values, step.template, slots=True)
         body = self._shape(sequence_id, step.id, kind, shape_source)
         fill = self._filler(body, values)
         if fill is None:
             return self._render_direct(
                 sequence_id, sequence, step, contact, webinar, unsubscribe_url, discreet=discreet
             )
-        text_body = self._token.sub(lambda m: fill(m, False), body.text)
-        text = self._with_preheader(self._wrap_text(text_body, context), context)
+        text_body = self._fill(body.text, lambda index: fill(index, False))
+        text = self._with_preheader(self._wrap_text_remembered(text_body, context), context)
         html = None
         if not discreet:
-            with self._slotting(values):
-                page_source = self._run(self.layout_html, {**context, "content": Markup(body.html)}, "layout.html")
+            page_source = self._remembered(
+                self.layout_html, {**context, "content": Markup(body.html)}, values, "layout.html", slots=True
+            )
             page = self._pages.get(page_source)
             if page is None:
                 page = self._inliner.inline(page_source)
                 if len(self._pages) < _MAX_SHAPES:
                     self._pages[page_source] = page
-            html = self._token.sub(lambda m: fill(m, True), page)
+            html = self._fill(page, lambda index: fill(index, True))
         return Rendered(subject=subject, text=text, html=html)
 
     def _render_direct(
@@ -445,12 +760,15 @@ class Renderer:
         """
         if webinar is not None and webinar.start is None:
             webinar = replace(webinar, start=_NoWebinarStart(name="webinar.start"))  # type: ignore[arg-type]
-        contact = self._with_blanks(contact)
+        # blank values (and mapped fields a row left empty) as `_Empty`: falsy, refused when printed bare
+        fields = dict(self._blank_fields)  # the same order as ever: mapped fields first, then the row's
+        for key, value in contact.fields.items():
+            fields[key] = _blank(f"contact.fields.{key}") if value is None or value == "" else _personal(value)
         personal = TemplateContact(
             email=_personal(contact.email),
-            first_name=_personal(contact.first_name),
-            last_name=_personal(contact.last_name),
-            fields={key: _personal(value) for key, value in (contact.fields or {}).items()},
+            first_name=_personal(contact.first_name) if contact.first_name else _blank("contact.first_name"),
+            last_name=_personal(contact.last_name) if contact.last_name else _blank("contact.last_name"),
+            fields=fields,
             discreet=discreet,
         )
         return {
@@ -465,24 +783,154 @@ class Renderer:
     def _headings(
         self, sequence_id: str, step: Step, context: dict[str, Any], discreet: bool, *, personal: bool
     ) -> str:
-        """Render the subject and the preheader into `context` (as the reader's own values when
-        `personal`, for the shape cache); returns the subject."""
-        subject = self._subject(sequence_id, step, context, discreet)
-        preheader = self._preheader(sequence_id, step, context | {"subject": subject}, discreet)
+        """Render the subject and the preheader into `context`; returns the subject.
+
+        `personal` (the fast path): they go into `context` as the reader's own
+        values, for the shape cache, and are rendered through the memo
+        (`_remembered`); otherwise they are rendered plainly, the reference.
+        A discreet reader only gets the step's `discreet_preheader`, or none.
+        """
+        subject_template = self._subjects[(sequence_id, step.id, discreet)]
+        subject = self._heading(
+            subject_template, context, lambda: self._subject_where(sequence_id, step, discreet), personal
+        )
+        preheader = ""
+        preheader_template = self._preheaders.get((sequence_id, step.id, discreet))
+        if preheader_template is not None:
+            preheader = self._heading(
+                preheader_template,
+                context | {"subject": _Personal(subject) if personal and subject else subject},
+                lambda: self._preheader_where(sequence_id, step, discreet),
+                personal,
+            )
         context["subject"] = _Personal(subject) if personal and subject else subject
         context["preheader"] = _Personal(preheader) if personal and preheader else preheader
         return subject
 
-    def _subject(self, sequence_id: str, step: Step, context: dict[str, Any], discreet: bool) -> str:
-        template = self._subjects[(sequence_id, step.id, discreet)]
-        return " ".join(self._run(template, context, self._subject_where(sequence_id, step, discreet)).split())
+    def _heading(self, template: Template, context: dict[str, Any], where: Callable[[], str], remembered: bool) -> str:
+        """A subject or preheader, on one line (runs of white space folded)."""
+        if remembered:
+            values: list[str] = []
+            text = self._fill_raw(self._remembered(template, context, values, where, slots=False), values)
+        else:
+            text = self._run(template, context, where)
+        return " ".join(text.split())
 
-    def _preheader(self, sequence_id: str, step: Step, context: dict[str, Any], discreet: bool) -> str:
-        """The step's preheader for this reader (a discreet one only gets `discreet_preheader`), or ''."""
-        template = self._preheaders.get((sequence_id, step.id, discreet))
-        if template is None:
-            return ""
-        return " ".join(self._run(template, context, self._preheader_where(sequence_id, step, discreet)).split())
+    def _remembered(
+        self,
+        template: Template,
+        context: dict[str, Any],
+        values: list[str],
+        name: str | Callable[[], str],
+        *,
+        slots: bool,
+    ) -> str:
+        """Render `template` with the reader's values as slot tokens appended to `values`, from the memo
+        when the template's `_Plan` allows (the output is then the same, see `_Plan`).
+
+        A template the memo cannot take is rendered as it always was: with slot
+        tokens if `slots` (a body, layout.html), else with the reader's values
+        written in and nothing added to `values` (a subject, a preheader,
+        layout.txt: `{% filter upper %}` around a value keeps working there).
+        """
+
+        def ordinary() -> str:
+            if not slots:
+                return self._run(template, context, name)
+            with self._slotting(values):
+                return self._run(template, context, name)
+
+        plan = self._plans.get(template)
+        if plan is None:
+            return ordinary()
+        try:
+            key = (len(values), *plan.key(self, context))
+        except _Unrememberable:
+            return ordinary()
+        memo = self._memos.setdefault(template, {})
+        known = memo.get(key)
+        if known is None:
+            stand_ins, paths = plan.stand_ins(context)
+            scratch = list(values)  # tokens are numbered on from len(values)
+            with self._slotting(scratch):
+                output = self._run(template, stand_ins, name)
+            read = tuple(paths.get(value, -1) for value in scratch[len(values) :])
+            if -1 in read or _ADDRESS.search(output):  # a value not stood in for (cannot be), an address
+                return ordinary()
+            known = (output, tuple(plan.personal[index] for index in read))
+            if len(memo) < _MAX_SHAPES:
+                memo[key] = known
+        output, paths_read = known
+        values.extend(str(_read(context, path)) for path in paths_read)
+        return output
+
+    def _value_key(self, path: tuple[str, ...], value: Any) -> Any:
+        """A value that is not the reader's own, by everything its use in a template can show
+        (raises _Unrememberable for anything else)."""
+        if path == ("practice",):
+            if value is self.config.practice:
+                return 0
+            if value is self._discreet_practice:
+                return 1
+            raise _Unrememberable
+        if path == ("webinar",):
+            if value is None:
+                return None
+            if type(value) is not TemplateWebinar:
+                raise _Unrememberable
+            start = value.start
+            if type(start) is _NoWebinarStart:
+                when: Any = "no start"
+            elif type(start) is datetime and start.tzinfo is not None:
+                # equal instants in two zones print differently, and datetime.timezone compares by offset
+                # only: the wall time, the zone, and what it says for this wall time
+                zone = start.tzinfo
+                when = (start.replace(tzinfo=None), start.fold, type(zone), zone)
+                when += (start.utcoffset(), start.dst(), start.tzname())
+            else:
+                raise _Unrememberable
+            return (*(_plain_key(v) for v in (value.id, value.title, value.join_url, value.replay_url)), when)
+        if path in (("sequence",), ("step",)):
+            if type(value) is not dict:
+                raise _Unrememberable
+            return tuple((k, _plain_key(v)) for k, v in value.items())
+        return _plain_key(value)  # contact.discreet
+
+    def _fill_raw(self, source: str, values: list[str]) -> str:
+        """`source` with its slot tokens replaced by `values` as they are (a subject, the text layout)."""
+        if not values:
+            return source
+        return self._fill(source, lambda index: values[index] if index < len(values) else None)
+
+    def _fill(self, source: str, fill: Callable[[int], str | None]) -> str:
+        """`source` with each slot token replaced by `fill(its number)`, or left as written for None.
+
+        The same as `self._token.sub` with that function, but the sources filled
+        (a shape's text, an inlined page, a remembered output) come back for
+        every reader: each is cut at its tokens once (`_pieces`), and an email
+        only joins the pieces with its values instead of scanning the page.
+        """
+        texts, tokens = self._pieces(source)
+        if not tokens:
+            return source
+        out = [texts[0]]
+        for (index, written), text in zip(tokens, texts[1:], strict=True):
+            value = fill(index)
+            out.append(written if value is None else value)
+            out.append(text)
+        return "".join(out)
+
+    def _pieces(self, source: str) -> tuple[tuple[str, ...], tuple[tuple[int, str], ...]]:
+        """`source` cut at its slot tokens: the texts around them, and each token's number and text."""
+        pieces = self._cut.get(source)
+        if pieces is None:
+            parts = self._token.split(source)  # text, number, text, number, ..., text
+            texts = tuple(parts[0::2])
+            tokens = tuple((int(number), f"{self._prefix}{number}z") for number in parts[1::2])
+            pieces = (texts, tokens)
+            if len(self._cut) < 2 * _MAX_SHAPES:
+                self._cut[source] = pieces
+        return pieces
 
     @staticmethod
     def _with_preheader(text: str, context: dict[str, Any]) -> str:
@@ -527,7 +975,7 @@ class Renderer:
         html = self._markdown.renderer.render(tokens, self._markdown.options, {})
         return _Body(html=html, text=tokens_to_text(tokens), url_slots=frozenset(url_slots))
 
-    def _filler(self, body: _Body, values: list[str]) -> Callable[[re.Match[str], bool], str] | None:
+    def _filler(self, body: _Body, values: list[str]) -> Callable[[int, bool], str | None] | None:
         """The function that fills slot tokens with `values`, or None when this email must render directly."""
         if body.direct:
             return None
@@ -540,11 +988,10 @@ class Renderer:
                 return None
             urls[index] = url
 
-        def fill(match: re.Match[str], html: bool) -> str:
+        def fill(index: int, html: bool) -> str | None:
             # `values` is read when filling: the layout adds its own slots after the body's
-            index = int(match.group(1))
             if index >= len(values):  # a token-like string that is not ours: leave it as written
-                return match.group(0)
+                return None
             value = urls.get(index, values[index])
             if not html:
                 return " ".join(value.split()) if body.html_text else value
@@ -552,19 +999,6 @@ class Renderer:
             return escapeHtml(value).replace("'", "&#39;").replace("\xa0", "&nbsp;")
 
         return fill
-
-    def _with_blanks(self, contact: TemplateContact) -> TemplateContact:
-        """Blank values (and mapped fields a row left empty) as `_Empty`: falsy, refused when printed bare."""
-        fields = {name: _blank(f"contact.fields.{name}") for name in self._mapped_fields}
-        fields.update(
-            {k: (_blank(f"contact.fields.{k}") if v is None or v == "" else v) for k, v in contact.fields.items()}
-        )
-        return replace(
-            contact,
-            first_name=contact.first_name or _blank("contact.first_name"),
-            last_name=contact.last_name or _blank("contact.last_name"),
-            fields=fields,
-        )
 
     def _wrap_text(self, body: str, context: dict[str, Any]) -> str:
         if self.layout_text is None:
@@ -576,7 +1010,21 @@ class Renderer:
             )
         return self._run(self.layout_text, {**context, "content": body.rstrip()}, "layout.txt").strip() + "\n"
 
-    def _run(self, template: Template, context: dict[str, Any], name: str) -> str:
+    def _wrap_text_remembered(self, body: str, context: dict[str, Any]) -> str:
+        """`_wrap_text` through the memo: the filled text body goes into layout.txt as one slot."""
+        if self.layout_text is None:
+            return self._wrap_text(body, context)
+        values: list[str] = []
+        content = _personal(body.rstrip())
+        output = self._remembered(self.layout_text, {**context, "content": content}, values, "layout.txt", slots=False)
+        return self._fill_raw(output, values).strip() + "\n"
+
+    def _run(self, template: Template, context: dict[str, Any], name: str | Callable[[], str]) -> str:
+        """Render `template`; an error becomes a TemplateError naming the file and line.
+
+        `name` is the template's file, or for a subject or preheader a function that
+        says where it is in sequences.yaml (only worked out when there is an error).
+        """
         try:
             return template.render(context)
         except TemplateError:
@@ -585,12 +1033,16 @@ class Renderer:
             # the template's own expression failed ({{ 1 / 0 }}, a range the sandbox refuses):
             # a template error with its line, so one bad template never stops a run or `funnel check`
             message = str(exc) or exc.__class__.__name__
+            if callable(name):
+                name = name()
             if template.name is None:
                 raise TemplateError(f"{name}: {message}: fix the expression") from None
             line = _template_line(exc, template)
             raise TemplateError(f"{self.config.templates_dir}/{name}:{line}: {message}: fix the expression") from None
         except JinjaTemplateError as exc:
             hint = _hint(exc)
+            if callable(name):
+                name = name()
             if template.name is None:  # a subject: `name` already says file, line and step
                 raise TemplateError(f"{name}: {exc.message or exc}: {hint}") from None
             line = _template_line(exc, template)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import shutil
-from datetime import UTC, datetime
+import types
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -11,11 +14,12 @@ import jinja2
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from jinja2.sandbox import SandboxedEnvironment
 
 from funnel.config import Config, load_config
 from funnel.errors import TemplateError
 from funnel.preview import check, sample_unsubscribe_url
-from funnel.render import Rendered, Renderer, TemplateContact, TemplateWebinar
+from funnel.render import MissingData, Rendered, Renderer, TemplateContact, TemplateWebinar, _plan, _Sandbox
 
 REPO = Path(__file__).resolve().parent.parent
 NOW = datetime(2027, 1, 4, 17, 0, tzinfo=UTC)
@@ -879,3 +883,228 @@ def test_the_shipped_layouts_keep_the_footer_neutral_for_discreet_readers(tmp_pa
     assert quiet.text.startswith(step.discreet_preheader + "\n\n")
     assert config.practice.discreet_from_name and config.practice.discreet_from_name in quiet.text
     assert config.practice.from_name and config.practice.from_name not in quiet.text
+
+
+# --------------------------------------------------------------------------- remembered renders (_Plan)
+
+MEMO_YAML = YAML.replace(
+    """        subject: "Hello {{ contact.first_name or 'friend' }}"
+        discreet_subject: "Your confirmation"
+        template: hello.md
+""",
+    """        subject: "Hello {{ contact.first_name or 'friend' }} {{ contact.last_name if contact.last_name }}"
+        discreet_subject: "Your confirmation"
+        preheader: "{{ subject }}: {{ webinar.start|format_time }} {{ contact.fields.city or 'anywhere' }}"
+        discreet_preheader: "{% if contact.first_name %}{{ contact.first_name }}{% endif %} details"
+        template: hello.md
+""",
+)
+
+MEMO_LAYOUT_HTML = """\
+<html><head><title>{{ subject }}</title><style>p { color: #333 }</style></head><body>
+{% if preheader %}<div style="display:none">{{ preheader }}</div>{% endif %}
+<p>{% if contact.first_name %}Dear {{ contact.first_name }}{% else %}Hello{% endif %}</p>
+<p>{{ contact.last_name or 'no last name' }}, {{ 'a quiet note' if contact.discreet else practice.name }}</p>
+<div class="content">
+{{ content }}
+</div>
+<p>{{ contact.fields.get('message') or 'no message' }} {{ not contact.fields.city }}</p>
+<p>{{ webinar.start|format_time }} {{ sequence.name }} {{ step.id }}</p>
+<p><a href="{{ unsubscribe_url }}">Unsubscribe</a></p>
+</body></html>
+"""
+
+MEMO_LAYOUT_TXT = """\
+{{ content }}
+
+{% if not contact.first_name %}Dear friend{% else %}Dear {{ contact.first_name }}{% endif %}
+{{ contact.email }} {{ contact.last_name if contact.last_name else 'x' }} {{ contact.discreet and 'discreet' }}
+Unsubscribe: {{ unsubscribe_url }}
+"""
+
+MEMO_HELLO_MD = (
+    HELLO_MD
+    + "\n{% if contact.fields.city %}From {{ contact.fields.city }}.{% endif %} Write to {{ contact.email }}.\n"
+    + "{% if contact.fields.get('message') %}Thank you for your note.{% endif %}\n"
+)
+
+_MAYBE = st.one_of(st.none(), st.just(""), _BENIGN)
+_ZONES = [
+    ZoneInfo("America/Denver"),
+    ZoneInfo("America/Los_Angeles"),
+    ZoneInfo("UTC"),
+    # the same offset under two names: datetime.timezone compares equal, prints differently
+    timezone(timedelta(hours=-7), "MST"),
+    timezone(timedelta(hours=-7), "Mountain"),
+]
+
+
+def _memo_renderer(tmp_path: Path) -> tuple[Config, Renderer]:
+    key = f"memo:{tmp_path}"
+    if key not in _RENDERERS:
+        config = project(
+            tmp_path,
+            yaml=MEMO_YAML,
+            templates={"layout.html": MEMO_LAYOUT_HTML, "layout.txt": MEMO_LAYOUT_TXT, "hello.md": MEMO_HELLO_MD},
+        )
+        _RENDERERS[key] = Renderer(config)
+    renderer = _RENDERERS[key]
+    return renderer.config, renderer
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    first=_MAYBE,
+    last=_MAYBE,
+    city=_MAYBE,
+    message=_MAYBE,
+    discreet=st.booleans(),
+    zone=st.sampled_from(_ZONES),
+)
+def test_remembered_renders_equal_direct_rendering_whatever_the_reader(
+    tmp_path: Path, first: str | None, last: str | None, city: str | None, message: str | None, discreet: bool, zone
+) -> None:
+    """Templates that test and print the reader's values in every way a `_Plan` allows: one renderer
+    for all examples, so most renders come from the memo, filled with another reader's values."""
+    config, renderer = _memo_renderer(tmp_path)
+    assert renderer.layout_text is not None
+    remembered = [renderer.layout_html, renderer.layout_text, *renderer._subjects.values()]
+    remembered += [*renderer._preheaders.values(), *(template for _, template in renderer._bodies.values())]
+    assert all(renderer._plans[template] is not None for template in remembered)
+    sequence = config.sequences["welcome"]
+    fields = {"city": city} if city is not None else {}
+    if message is not None:
+        fields["message"] = message
+    contact = TemplateContact(email="ann@example.test", first_name=first, last_name=last, fields=fields)
+    start = datetime(2027, 1, 15, 2, 0, tzinfo=UTC).astimezone(zone)
+    seminar = TemplateWebinar("intro", "Intro Webinar", "https://practice.test/join", None, start)
+    for step_id in ("hello", "reminder", "page"):
+        step = sequence.step(step_id)
+        assert step is not None
+        fast = renderer.render("welcome", sequence, step, contact, seminar, UNSUB, discreet=discreet)
+        direct = renderer._render_direct("welcome", sequence, step, contact, seminar, UNSUB, discreet=discreet)
+        assert fast == direct
+    assert any(renderer._memos.values())
+
+
+def test_a_remembered_template_raises_the_same_errors(tmp_path: Path) -> None:
+    """Errors are never remembered: each reader gets the error rendering her would raise."""
+    config = project(tmp_path, templates={"layout.txt": "{{ content }}\nFor {{ contact.first_name }}\n"})
+    renderer = Renderer(config)
+    assert renderer.layout_text is not None and renderer._plans[renderer.layout_text] is not None
+    sequence = config.sequences["welcome"]
+    hello, reminder = sequence.step("hello"), sequence.step("reminder")
+    assert hello is not None and reminder is not None
+    named = TemplateContact(email="a@example.test", first_name="Ann")
+    nameless = TemplateContact(email="b@example.test")
+    for _ in range(2):
+        assert "For Ann" in renderer.render("welcome", sequence, hello, named, webinar(), UNSUB).text
+        with pytest.raises(TemplateError) as fast:
+            renderer.render("welcome", sequence, hello, nameless, webinar(), UNSUB)
+        with pytest.raises(TemplateError) as direct:
+            renderer._render_direct("welcome", sequence, hello, nameless, webinar(), UNSUB)
+        assert str(fast.value) == str(direct.value) and "layout.txt:2" in str(fast.value)
+        no_start = replace(webinar(), start=None)
+        renderer.render("welcome", sequence, reminder, named, webinar(), UNSUB)
+        with pytest.raises(MissingData):
+            renderer.render("welcome", sequence, reminder, named, no_start, UNSUB)
+
+
+def test_templates_that_use_a_readers_value_otherwise_are_rendered_every_time(tmp_path: Path) -> None:
+    """A filter on a value in layout.txt or a subject works on the value itself, as before the memo."""
+    yaml = YAML.replace(
+        "subject: \"Hello {{ contact.first_name or 'friend' }}\"",
+        "subject: \"Hello {{ (contact.first_name or 'friend')|upper }}\"",
+    )
+    layout = "{{ content }}\n{% filter upper %}{{ unsubscribe_url }}{% endfilter %}\n"
+    config = project(tmp_path, yaml=yaml, templates={"layout.txt": layout})
+    renderer = Renderer(config)
+    assert renderer.layout_text is not None and renderer._plans[renderer.layout_text] is None
+    sequence = config.sequences["welcome"]
+    step = sequence.step("hello")
+    assert step is not None
+    for name in ("Ann", "Bea"):
+        contact = TemplateContact(email="a@example.test", first_name=name)
+        fast = renderer.render("welcome", sequence, step, contact, webinar(), UNSUB)
+        assert fast == renderer._render_direct("welcome", sequence, step, contact, webinar(), UNSUB)
+        assert fast.subject == f"Hello {name.upper()}" and UNSUB.upper() in fast.text
+
+
+@pytest.mark.parametrize(
+    ("source", "remembered"),
+    [
+        ("{{ contact.first_name or 'friend' }} {{ practice.name|upper }}", True),
+        ("{% if contact.first_name %}{{ contact.first_name }}{% endif %}{{ 'x' if not subject else subject }}", True),
+        (
+            "{% if contact.fields.get('message') %}{{ contact.fields.city }}{{ contact.fields['town'] }}{% endif %}",
+            True,
+        ),
+        (
+            "{% for i in range(3) %}{{ i }}{% endfor %}{{ webinar.start|format_date if contact.discreet }}",
+            True,
+        ),
+        ("{{ contact.first_name|upper }}", False),
+        ("{% if contact.first_name == 'Ann' %}hi{% endif %}", False),
+        ("{% if contact.first_name is defined %}hi{% endif %}", False),
+        ("{{ contact.first_name ~ '!' }}", False),
+        ("{{ contact }}", False),
+        ("{{ contact.fields }}", False),
+        ("{{ contact.fields.items }}", False),
+        ("{{ contact.fields.get('city', 'x') }}", False),
+        ("{% set name = contact.first_name %}{{ name }}", False),
+        ("{% set name %}{{ contact.first_name }}{% endset %}{{ name|upper }}", False),
+        ("{% filter upper %}{{ subject }}{% endfilter %}", False),
+        ("{% macro m() %}{{ subject }}{% endmacro %}{{ m() }}", False),
+        ("{% for c in [contact] %}{{ c.first_name }}{% endfor %}", False),
+        ("{% include 'layout.txt' %}", False),
+        ("{{ lipsum() }}", False),
+        ("{{ cycler(1, 2).next() }}", False),
+        ("{{ [1, 2]|random }}", False),
+        ("{{ self }}", False),
+        ("{{ other }}", False),
+    ],
+)
+def test_which_templates_are_remembered(tmp_path: Path, source: str, remembered: bool) -> None:
+    renderer = Renderer(project(tmp_path))
+    env = renderer._text_env
+    assert (_plan(env, env.parse(source)) is not None) is remembered
+
+
+def test_the_shipped_templates_are_all_remembered(tmp_path: Path) -> None:
+    """The speed of `funnel run` rests on it: a shipped template the memo cannot take is rendered every time."""
+    root = tmp_path / "shipped"
+    root.mkdir()
+    shutil.copy(REPO / "sequences.yaml", root / "sequences.yaml")
+    shutil.copytree(REPO / "email_templates", root / "email_templates")
+    renderer = Renderer(load_config(root / "sequences.yaml"))
+    unplanned = [template.name or "a subject or preheader" for template, plan in renderer._plans.items() if not plan]
+    assert unplanned == []
+
+
+class _Spoof:
+    """An object that says it is a function."""
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        return types.FunctionType
+
+    def method(self) -> None:
+        pass
+
+
+def _generator() -> Iterator[int]:
+    yield 1
+
+
+@pytest.mark.parametrize("attribute", ["upper", "mro", "__class__", "_private", "gi_frame", "func_code", "__globals__"])
+def test_the_sandbox_verdicts_are_the_same_when_remembered(attribute: str) -> None:
+    """The remembered verdict per (type, attribute) is jinja's own, asked once; a spoofed __class__ is always asked."""
+    plain = SandboxedEnvironment()
+    remembering = _Sandbox()
+    objects = ["text", str, len, _generator, _generator(), _Spoof(), _Spoof().method, {"a": 1}, Renderer]
+    for _ in range(2):
+        for obj in objects:
+            value = getattr(obj, attribute, None)
+            assert remembering.is_safe_attribute(obj, attribute, value) == plain.is_safe_attribute(
+                obj, attribute, value
+            )
