@@ -18,7 +18,7 @@ Both SQLite (3.24+) and PostgreSQL understand `ON CONFLICT (...) DO NOTHING`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import Table
@@ -34,34 +34,34 @@ def placeholder(dialect: Dialect) -> str:
     return "?" if dialect.paramstyle == "qmark" else "%s"
 
 
-def _converter(process: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """`process` run once per distinct value; unhashable values (JSON objects) run every time, but `{}` once."""
-    seen: dict[Any, Any] = {}
-    empty: list[Any] = []  # `{}` converted, once one was seen
+def _converted_column(process: Callable[[Any], Any], values: Sequence[Any]) -> list[Any]:
+    """`process` applied to one column of a batch, once per distinct value.
 
-    def convert(value: Any) -> Any:
-        if type(value) is dict:
-            if value:
-                return process(value)
-            if not empty:
-                empty.append(process(value))
-            return empty[0]
-        try:
-            return seen[value]
-        except KeyError:
-            converted = seen[value] = process(value)
-            return converted
-        except TypeError:  # unhashable (a list for a JSON column)
-            return process(value)
-
-    return convert
+    (Values that compare equal convert equally for every type funnel stores,
+    datetimes in other zones included.) Unhashable values (JSON objects) are
+    converted one by one, but an empty one only once.
+    """
+    try:
+        distinct = set(values)
+    except TypeError:
+        empty: list[Any] = []
+        out = []
+        for value in values:
+            if type(value) is dict and not value:
+                if not empty:
+                    empty.append(process(value))
+                out.append(empty[0])
+            else:
+                out.append(process(value))
+        return out
+    converted = {value: process(value) for value in distinct}
+    return list(map(converted.__getitem__, values))
 
 
 class InsertIgnore:
     """`INSERT INTO table (columns) VALUES (...) ON CONFLICT (keys) DO NOTHING`, prepared once.
 
-    Rows are sequences in `columns` order. Prepare one per import (the
-    memory of converted values lives as long as the object).
+    Rows are sequences in `columns` order; prepared once per import.
     """
 
     def __init__(self, session: Session, table: Table, columns: Sequence[str], keys: Sequence[str]) -> None:
@@ -78,21 +78,20 @@ class InsertIgnore:
         for position, name in enumerate(columns):
             process = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
             if process is not None:
-                self.converters.append((position, _converter(process)))
+                self.converters.append((position, process))
 
-    def run(self, rows: Iterable[Sequence[Any]]) -> None:
+    def run(self, rows: Sequence[Sequence[Any]]) -> None:
         """Insert `rows`; those that conflict on the keys are left out."""
-        params = [self._converted(row) for row in rows]
-        if params:
-            self.session.connection().exec_driver_sql(self.sql, params)
-
-    def _converted(self, row: Sequence[Any]) -> tuple[Any, ...]:
-        if not self.converters:
-            return tuple(row)
-        values = list(row)
-        for position, convert in self.converters:
-            values[position] = convert(values[position])
-        return tuple(values)
+        if not rows:
+            return
+        params: Sequence[Sequence[Any]] = rows
+        if self.converters:
+            # column by column: each distinct value once, and no Python loop per row
+            by_column: list[Sequence[Any]] = list(zip(*rows, strict=True))
+            for position, process in self.converters:
+                by_column[position] = _converted_column(process, by_column[position])
+            params = list(zip(*by_column, strict=True))
+        self.session.connection().exec_driver_sql(self.sql, params)  # type: ignore[arg-type]
 
 
 def probe_in(session: Session, sql: str, keys: Sequence[Any], *before: Any) -> list[tuple[Any, ...]]:
@@ -106,10 +105,14 @@ def probe_in(session: Session, sql: str, keys: Sequence[Any], *before: Any) -> l
         return []
     mark = placeholder(session.get_bind().dialect)
     head = sql.format(mark=mark)
-    connection = session.connection()
+    # the driver's own cursor, inside the session's transaction: rows come back as plain tuples
+    cursor = session.connection().connection.cursor()
     found: list[tuple[Any, ...]] = []
-    for start in range(0, len(keys), PROBE_CHUNK):
-        chunk = tuple(keys[start : start + PROBE_CHUNK])
-        statement = f"{head} ({', '.join(mark for _ in chunk)})"
-        found.extend(tuple(r) for r in connection.exec_driver_sql(statement, (*before, *chunk)))
+    try:
+        for start in range(0, len(keys), PROBE_CHUNK):
+            chunk = tuple(keys[start : start + PROBE_CHUNK])
+            cursor.execute(f"{head} ({', '.join(mark for _ in chunk)})", (*before, *chunk))
+            found.extend(cursor.fetchall())
+    finally:
+        cursor.close()
     return found

@@ -224,7 +224,7 @@ def _apply_batch(
     if updates:
         session.execute(update(Contact), updates)
     live = {k: c for k, c in contacts.items() if c["erased_at"] is None and k in latest}
-    writers.tags.run((c["id"], tag, source_name, now) for c in live.values() for tag in source.tags)
+    writers.tags.run([(c["id"], tag, source_name, now) for c in live.values() for tag in source.tags])
     if pending and live:
         result.pending_applied = _apply_pending(session, live)
     if source.enroll:

@@ -142,7 +142,8 @@ def normalize_email(value: str) -> str:
         if known is not None:
             ascii_domain, unicode_domain = known
             # the lengths email-validator checks (RFC 5321): the address as given, and both its forms
-            longest = max(len(text.encode()), len(local) + 1 + max(len(unicode_domain.encode()), len(ascii_domain)))
+            given = len(text) if text.isascii() else len(text.encode())
+            longest = max(given, len(local) + 1 + _longest_form(ascii_domain, unicode_domain))
             if longest <= 254:
                 return f"{local}@{ascii_domain}".lower()
     return _validated(text)
@@ -175,6 +176,12 @@ def _domain_forms(domain: str) -> tuple[str, str] | None:
     except EmailNotValidError:
         return None
     return result.ascii_domain, result.domain
+
+
+@lru_cache(maxsize=65536)
+def _longest_form(ascii_domain: str, unicode_domain: str) -> int:
+    """The longer of a domain's two forms, in bytes (remembered, like the forms themselves)."""
+    return max(len(unicode_domain.encode()), len(ascii_domain))
 
 
 def email_hash(normalized: str) -> str:
@@ -712,7 +719,7 @@ def _mapped(
         if conditions and any((_cell(row, title)).lower() != wanted for title, wanted in conditions):
             result.filtered += 1
             continue
-        values = {fld: _cell(row, title) for fld, title in columns}
+        values = {fld: (row[title] or "").strip() if title is not None else "" for fld, title in columns}
         try:
             signup = _to_signup(line, values, practice_tz, result, file=file, webinar_tz=webinar_tz, memo=memo)
         except ValueError as exc:
