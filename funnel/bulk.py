@@ -27,6 +27,8 @@ from sqlmodel import Session
 
 #: keys per `IN (...)` probe: well under SQLite's bound-parameter limit
 PROBE_CHUNK = 1000
+#: rows per multi-row INSERT ... RETURNING: with 10 columns, well under SQLite's limit of 32,766 values
+ROWS_PER_STATEMENT = 500
 
 
 def placeholder(dialect: Dialect) -> str:
@@ -68,12 +70,13 @@ class InsertIgnore:
         self.session = session
         dialect = session.get_bind().dialect
         quote = dialect.identifier_preparer.quote
-        mark = placeholder(dialect)
-        self.sql = (
-            f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) "
-            f"VALUES ({', '.join(mark for _ in columns)}) "
-            f"ON CONFLICT ({', '.join(quote(k) for k in keys)}) DO NOTHING"
-        )
+        self.quote = quote
+        #: SQLite before 3.35 has no RETURNING (`returning` then answers None)
+        self.can_return = bool(dialect.insert_returning)
+        self.head = f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) VALUES "
+        self.row_marks = f"({', '.join(placeholder(dialect) for _ in columns)})"
+        self.tail = f" ON CONFLICT ({', '.join(quote(k) for k in keys)}) DO NOTHING"
+        self.sql = self.head + self.row_marks + self.tail
         self.converters: list[tuple[int, Callable[[Any], Any]]] = []
         for position, name in enumerate(columns):
             process = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
@@ -82,16 +85,46 @@ class InsertIgnore:
 
     def run(self, rows: Sequence[Sequence[Any]]) -> None:
         """Insert `rows`; those that conflict on the keys are left out."""
-        if not rows:
-            return
-        params: Sequence[Sequence[Any]] = rows
-        if self.converters:
-            # column by column: each distinct value once, and no Python loop per row
-            by_column: list[Sequence[Any]] = list(zip(*rows, strict=True))
-            for position, process in self.converters:
-                by_column[position] = _converted_column(process, by_column[position])
-            params = list(zip(*by_column, strict=True))
-        self.session.connection().exec_driver_sql(self.sql, params)  # type: ignore[arg-type]
+        if rows:
+            self.session.connection().exec_driver_sql(self.sql, self._params(rows))  # type: ignore[arg-type]
+
+    def returning(self, rows: Sequence[Sequence[Any]], columns: Sequence[str]) -> list[tuple[Any, ...]] | None:
+        """Insert `rows` and answer `columns` of those actually inserted (not of those that conflicted).
+
+        So the caller knows, without reading them back, which rows it created
+        and their ids, and which were there already (maybe just made by a
+        concurrent worker). None when the database cannot return rows from an
+        insert (SQLite before 3.35): nothing was inserted, use `run`.
+        """
+        if not self.can_return:
+            return None
+        params = self._params(rows)
+        tail = f"{self.tail} RETURNING {', '.join(self.quote(c) for c in columns)}"
+        cursor = self.session.connection().connection.cursor()
+        found: list[tuple[Any, ...]] = []
+        try:
+            for start in range(0, len(params), ROWS_PER_STATEMENT):
+                chunk = params[start : start + ROWS_PER_STATEMENT]
+                # one statement of many rows (a full chunk is the same text each time: prepared once)
+                cursor.execute(self.head + ", ".join([self.row_marks] * len(chunk)) + tail, _flat(chunk))
+                found.extend(cursor.fetchall())
+        finally:
+            cursor.close()
+        return found
+
+    def _params(self, rows: Sequence[Sequence[Any]]) -> Sequence[Sequence[Any]]:
+        """Rows with their values as the driver takes them (as SQLAlchemy would bind them)."""
+        if not self.converters or not rows:
+            return rows
+        # column by column: each distinct value once, and no Python loop per row
+        by_column: list[Sequence[Any]] = list(zip(*rows, strict=True))
+        for position, process in self.converters:
+            by_column[position] = _converted_column(process, by_column[position])
+        return list(zip(*by_column, strict=True))
+
+
+def _flat(rows: Sequence[Sequence[Any]]) -> list[Any]:
+    return [value for row in rows for value in row]
 
 
 def probe_in(session: Session, sql: str, keys: Sequence[Any], *before: Any) -> list[tuple[Any, ...]]:

@@ -185,30 +185,40 @@ def _apply_batch(
         key = email_hash(row.email)
         previous = latest.get(key)
         latest[key] = _merge(previous, row) if previous else row
-    contacts = _existing(session, list(latest))
-    new_rows = []
-    keep: list[dict[str, Any]] = []
-    for key, row in latest.items():
-        if key in contacts:
-            continue
-        if not source.create:
-            result.unknown += 1
-            keep.extend(
-                {"email_hash": key, "tag": tag, "source": source_name, "origin": row.origin, "received_at": now}
-                for tag in source.tags
-            )
-            result.pending += 1 if source.tags else 0
-            continue
-        new_rows.append(_new_contact(key, row, source_name, now))
-    # she may sign up later (the attendance export came first): keep the tags until then
-    insert_ignore(session, _table(PendingTag), keep, ("email_hash", "tag"))
     created: dict[str, dict[str, Any]] = {}
-    if new_rows:
-        # insert-or-ignore: a concurrent worker may be creating the same people
-        writers.contacts.run(new_rows)
-        created = _created(session, latest, [r[0] for r in new_rows])
+    #: ids of the contacts this batch itself inserted (they cannot be enrolled yet)
+    fresh: set[int] = set()
+    inserted = _insert_returning(writers, latest, source_name, now) if source.create else None
+    if inserted is not None:
+        created = inserted
+        fresh = {c["id"] for c in created.values()}
         result.created = len(created)
+        contacts = _existing(session, [key for key in latest if key not in created])
         contacts.update(created)
+    else:
+        contacts = _existing(session, list(latest))
+        new_rows = []
+        keep: list[dict[str, Any]] = []
+        for key, row in latest.items():
+            if key in contacts:
+                continue
+            if not source.create:
+                result.unknown += 1
+                keep.extend(
+                    {"email_hash": key, "tag": tag, "source": source_name, "origin": row.origin, "received_at": now}
+                    for tag in source.tags
+                )
+                result.pending += 1 if source.tags else 0
+                continue
+            new_rows.append(_new_contact(key, row, source_name, now))
+        # she may sign up later (the attendance export came first): keep the tags until then
+        insert_ignore(session, _table(PendingTag), keep, ("email_hash", "tag"))
+        if new_rows:
+            # insert-or-ignore: a concurrent worker may be creating the same people
+            writers.contacts.run(new_rows)
+            created = _created(session, latest, [r[0] for r in new_rows])
+            result.created = len(created)
+            contacts.update(created)
     updates = []
     for key, row in latest.items():
         found = contacts.get(key)
@@ -228,7 +238,7 @@ def _apply_batch(
     if pending and live:
         result.pending_applied = _apply_pending(session, live)
     if source.enroll:
-        _enroll(session, config, source_name, source, source.enroll, live, latest, now, result, writers)
+        _enroll(session, config, source_name, source, source.enroll, live, latest, now, result, writers, fresh)
     return result
 
 
@@ -267,6 +277,34 @@ def _merge(older: SignupRow, newer: SignupRow) -> SignupRow:
     )
 
 
+def _insert_returning(
+    writers: _Writers, latest: dict[str, SignupRow], source_name: str, now: datetime
+) -> dict[str, dict[str, Any]] | None:
+    """Insert everyone of the batch who is not a contact yet; those inserted, by hash (None: not supported).
+
+    Insert first, then read only those who were there already: a first
+    import then reads nothing back. An erased or known address conflicts on
+    its hash and is left as it is (read by `_existing`, like a contact a
+    concurrent worker made a moment ago).
+    """
+    rows = [_new_contact(key, row, source_name, now) for key, row in latest.items()]
+    returned = writers.contacts.returning(rows, ("email_hash", "id"))
+    if returned is None:
+        return None
+    return {key: _fresh(contact_id, latest[key]) for key, contact_id in returned}
+
+
+def _fresh(contact_id: int, row: SignupRow) -> dict[str, Any]:
+    """A contact just made from `row`: what the rest of the batch needs of it."""
+    return {
+        "id": contact_id,
+        "timezone": row.timezone,
+        "erased_at": None,
+        "unsubscribed_at": None,
+        "suppressed_reason": None,
+    }
+
+
 def _existing(session: Session, hashes: list[str]) -> dict[str, dict[str, Any]]:
     """Known contacts among `hashes`, with what a row may change and what keeps mail from them.
 
@@ -301,16 +339,8 @@ def _created(session: Session, latest: dict[str, SignupRow], hashes: list[str]) 
     (A concurrent worker may have inserted one of them first: it is taken as
     found, with the values this batch brings, as if this row had come last.)
     """
-    found: dict[str, dict[str, Any]] = {}
-    for key, contact_id in probe_in(session, "SELECT email_hash, id FROM contacts WHERE email_hash IN", hashes):
-        found[key] = {
-            "id": contact_id,
-            "timezone": latest[key].timezone,
-            "erased_at": None,
-            "unsubscribed_at": None,
-            "suppressed_reason": None,
-        }
-    return found
+    found = probe_in(session, "SELECT email_hash, id FROM contacts WHERE email_hash IN", hashes)
+    return {key: _fresh(contact_id, latest[key]) for key, contact_id in found}
 
 
 def _new_contact(key: str, row: SignupRow, source_name: str, now: datetime) -> tuple[Any, ...]:
@@ -358,6 +388,7 @@ def _enroll(
     now: datetime,
     result: IngestResult,
     writers: _Writers,
+    fresh: set[int],
 ) -> None:
     eligible = {
         c["id"]: latest[key]
@@ -366,7 +397,7 @@ def _enroll(
     }
     if not eligible:
         return
-    existing = _enrolled(session, sequence, list(eligible))
+    existing = _enrolled(session, sequence, [i for i in eligible if i not in fresh])
     zones = {c["id"]: c["timezone"] for c in live.values()}
     look = writers.look if writers.look is not None else _first_looks(config, sequence, now)
     new = [
