@@ -31,7 +31,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col
 
-from funnel.bulk import InsertIgnore, probe_in
+from funnel.bulk import InsertIgnore, probe_in, roomy_cache
 from funnel.config import Config, Source
 from funnel.models import Contact, Enrollment, PendingTag, StepRun, Tag
 from funnel.schedule import first_look
@@ -109,13 +109,14 @@ def apply_rows(
     pending = _pending_exist(session, now)
     writers = _Writers(session, config, source, now)
     batch: list[SignupRow] = []
-    for row in rows:
-        batch.append(row)
-        if len(batch) >= _BATCH:
+    with roomy_cache(session):
+        for row in rows:
+            batch.append(row)
+            if len(batch) >= _BATCH:
+                result.add(_apply_batch(session, config, source_name, source, batch, now, writers, pending))
+                batch = []
+        if batch:
             result.add(_apply_batch(session, config, source_name, source, batch, now, writers, pending))
-            batch = []
-    if batch:
-        result.add(_apply_batch(session, config, source_name, source, batch, now, writers, pending))
     return result
 
 
