@@ -146,7 +146,7 @@ class InsertIgnore:
         if largest is not None:
             query += f" WHERE {identity} > {int(largest)}"
         wanted = {row[self.key_position] for row in rows}
-        return [tuple(found[1:]) for found in connection.exec_driver_sql(query) if found[0] in wanted]
+        return [tuple(found[1:]) for found in connection.exec_driver_sql(query).fetchall() if found[0] in wanted]
 
     def _params(self, rows: Sequence[Sequence[Any]]) -> Sequence[Sequence[Any]]:
         """Rows with their values as the driver takes them (as SQLAlchemy would bind them)."""
