@@ -75,6 +75,7 @@ class InsertIgnore:
         quote = dialect.identifier_preparer.quote
         self.quote = quote
         self.dialect_name = dialect.name
+        self.driver = dialect.driver
         self.table_name = quote(table.name)
         #: where the conflict key sits in a row (a single-column key), and the table's integer id
         self.key_column = keys[0]
@@ -113,6 +114,8 @@ class InsertIgnore:
             return None
         params = self._params(rows)
         tail = f"{self.tail} RETURNING {', '.join(self.quote(c) for c in columns)}"
+        if self.driver == "psycopg":
+            return self._returning_psycopg(params, tail)
         cursor = self.session.connection().connection.cursor()
         found: list[tuple[Any, ...]] = []
         try:
@@ -121,6 +124,24 @@ class InsertIgnore:
                 # one statement of many rows (a full chunk is the same text each time: prepared once)
                 cursor.execute(self.head + ", ".join([self.row_marks] * len(chunk)) + tail, _flat(chunk))
                 found.extend(cursor.fetchall())
+        finally:
+            cursor.close()
+        return found
+
+    def _returning_psycopg(self, params: Sequence[Sequence[Any]], tail: str) -> list[tuple[Any, ...]]:
+        """psycopg: one short statement sent for every row in a pipeline, each answering its own row.
+
+        (psycopg parses a long many-row statement's placeholders in Python
+        each time, which cost more than the insert itself.)
+        """
+        cursor = self.session.connection().connection.cursor()
+        found: list[tuple[Any, ...]] = []
+        try:
+            cursor.executemany(self.head + self.row_marks + tail, params, returning=True)  # type: ignore[call-arg]
+            while True:
+                found.extend(cursor.fetchall())
+                if not cursor.nextset():
+                    break
         finally:
             cursor.close()
         return found
