@@ -1,9 +1,14 @@
 """Storing signups: contacts, tags and enrollments, in bulk.
 
-Rows are applied in batches with a handful of set-based statements (look up
-existing contacts by hash, insert the new ones, add tags and enrollments with
-"insert or ignore"), so a 100,000-row first import is a few seconds and an
-append of ten rows costs ten rows.
+Rows are applied in batches with a handful of set-based statements, so a
+100,000-row first import is a few seconds and an append of ten rows costs ten
+rows. For a source that creates people, a batch is inserted first ("insert or
+ignore", answering which rows it made: see `funnel.bulk`), and only those who
+were there already are read back, with the typed query, to apply changes; a
+first import therefore reads nothing back, and looks for no enrollment of
+people it has just made. Tags and enrollments are then added with "insert or
+ignore". The hot inserts go through `funnel.bulk`, which stores values exactly
+as SQLAlchemy would but without its per-row work.
 
 Rules kept here:
 - one contact per address, whatever its case (the key is the address hash);
