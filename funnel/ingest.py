@@ -1,9 +1,14 @@
 """Storing signups: contacts, tags and enrollments, in bulk.
 
-Rows are applied in batches with a handful of set-based statements (look up
-existing contacts by hash, insert the new ones, add tags and enrollments with
-"insert or ignore"), so a 100,000-row first import is a few seconds and an
-append of ten rows costs ten rows.
+Rows are applied in batches with a handful of set-based statements, so a
+100,000-row first import is a few seconds and an append of ten rows costs ten
+rows. For a source that creates people, a batch is inserted first ("insert or
+ignore", answering which rows it made: see `funnel.bulk`), and only those who
+were there already are read back, with the typed query, to apply changes; a
+first import therefore reads nothing back, and looks for no enrollment of
+people it has just made. Tags and enrollments are then added with "insert or
+ignore". The hot inserts go through `funnel.bulk`, which stores values exactly
+as SQLAlchemy would but without its per-row work.
 
 Rules kept here:
 - one contact per address, whatever its case (the key is the address hash);
@@ -31,6 +36,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col
 
+from funnel.bulk import InsertIgnore, probe_in, roomy_cache
 from funnel.config import Config, Source
 from funnel.models import Contact, Enrollment, PendingTag, StepRun, Tag
 from funnel.schedule import first_look
@@ -106,15 +112,57 @@ def apply_rows(
 
         introduced_steps(session, config, now, write=True)
     pending = _pending_exist(session, now)
+    writers = _Writers(session, config, source, now)
     batch: list[SignupRow] = []
-    for row in rows:
-        batch.append(row)
-        if len(batch) >= _BATCH:
-            result.add(_apply_batch(session, config, source_name, source, batch, now, pending))
-            batch = []
-    if batch:
-        result.add(_apply_batch(session, config, source_name, source, batch, now, pending))
+    with roomy_cache(session):
+        for row in rows:
+            batch.append(row)
+            if len(batch) >= _BATCH:
+                result.add(_apply_batch(session, config, source_name, source, batch, now, writers, pending))
+                batch = []
+        if batch:
+            result.add(_apply_batch(session, config, source_name, source, batch, now, writers, pending))
     return result
+
+
+class _Writers:
+    """The inserts of one import, prepared once (see `funnel.bulk`), and its first-look answers.
+
+    Kept for the whole import so that values repeated on every row (`now`,
+    the webinar start, the first look per zone) are converted once.
+    """
+
+    def __init__(self, session: Session, config: Config, source: Source, now: datetime) -> None:
+        self.contacts = InsertIgnore(session, _table(Contact), _CONTACT_COLUMNS, ("email_hash",))
+        self.tags = InsertIgnore(
+            session, _table(Tag), ("contact_id", "tag", "source", "added_at"), ("contact_id", "tag")
+        )
+        self.enrollments = InsertIgnore(session, _table(Enrollment), _ENROLLMENT_COLUMNS, ("contact_id", "sequence"))
+        self.look = _first_looks(config, source.enroll, now) if source.enroll else None
+
+
+_CONTACT_COLUMNS = (
+    "email_hash",
+    "email",
+    "first_name",
+    "last_name",
+    "timezone",
+    "discreet",
+    "fields",
+    "created_at",
+    "updated_at",
+    "first_source",
+)
+_ENROLLMENT_COLUMNS = (
+    "contact_id",
+    "sequence",
+    "status",
+    "enrolled_at",
+    "source",
+    "webinar",
+    "webinar_start",
+    "next_due_at",
+)
 
 
 def _pending_exist(session: Session, now: datetime) -> bool:
@@ -133,6 +181,7 @@ def _apply_batch(
     source: Source,
     rows: list[SignupRow],
     now: datetime,
+    writers: _Writers,
     pending: bool = False,
 ) -> IngestResult:
     result = IngestResult()
@@ -142,29 +191,40 @@ def _apply_batch(
         key = email_hash(row.email)
         previous = latest.get(key)
         latest[key] = _merge(previous, row) if previous else row
-    contacts = _existing(session, list(latest))
-    new_rows = []
-    keep: list[dict[str, Any]] = []
-    for key, row in latest.items():
-        if key in contacts:
-            continue
-        if not source.create:
-            result.unknown += 1
-            keep.extend(
-                {"email_hash": key, "tag": tag, "source": source_name, "origin": row.origin, "received_at": now}
-                for tag in source.tags
-            )
-            result.pending += 1 if source.tags else 0
-            continue
-        new_rows.append(_new_contact(key, row, source_name, now))
-    # she may sign up later (the attendance export came first): keep the tags until then
-    insert_ignore(session, _table(PendingTag), keep, ("email_hash", "tag"))
-    if new_rows:
-        # insert-or-ignore: a concurrent worker may be creating the same people
-        insert_ignore(session, _table(Contact), new_rows, ("email_hash",))
-        created = _created(session, new_rows)
+    created: dict[str, dict[str, Any]] = {}
+    #: ids of the contacts this batch itself inserted (they cannot be enrolled yet)
+    fresh: set[int] = set()
+    inserted = _insert_returning(writers, latest, source_name, now) if source.create else None
+    if inserted is not None:
+        created = inserted
+        fresh = {c["id"] for c in created.values()}
         result.created = len(created)
+        contacts = _existing(session, [key for key in latest if key not in created])
         contacts.update(created)
+    else:
+        contacts = _existing(session, list(latest))
+        new_rows = []
+        keep: list[dict[str, Any]] = []
+        for key, row in latest.items():
+            if key in contacts:
+                continue
+            if not source.create:
+                result.unknown += 1
+                keep.extend(
+                    {"email_hash": key, "tag": tag, "source": source_name, "origin": row.origin, "received_at": now}
+                    for tag in source.tags
+                )
+                result.pending += 1 if source.tags else 0
+                continue
+            new_rows.append(_new_contact(key, row, source_name, now))
+        # she may sign up later (the attendance export came first): keep the tags until then
+        insert_ignore(session, _table(PendingTag), keep, ("email_hash", "tag"))
+        if new_rows:
+            # insert-or-ignore: a concurrent worker may be creating the same people
+            writers.contacts.run(new_rows)
+            created = _created(session, latest, [r[0] for r in new_rows])
+            result.created = len(created)
+            contacts.update(created)
     updates = []
     for key, row in latest.items():
         found = contacts.get(key)
@@ -174,22 +234,17 @@ def _apply_batch(
             result.erased += 1
             continue
         result.imported += 1
-        change = _changes(found, row)
+        change = None if key in created else _changes(found, row)  # just made from this very row
         if change:
             updates.append({"id": found["id"], "updated_at": now, **change})
     if updates:
         session.execute(update(Contact), updates)
     live = {k: c for k, c in contacts.items() if c["erased_at"] is None and k in latest}
-    tag_rows = [
-        {"contact_id": c["id"], "tag": tag, "source": source_name, "added_at": now}
-        for c in live.values()
-        for tag in source.tags
-    ]
-    insert_ignore(session, _table(Tag), tag_rows, ("contact_id", "tag"))
+    writers.tags.run([(c["id"], tag, source_name, now) for c in live.values() for tag in source.tags])
     if pending and live:
         result.pending_applied = _apply_pending(session, live)
     if source.enroll:
-        _enroll(session, config, source_name, source, source.enroll, live, latest, now, result)
+        _enroll(session, config, source_name, source, source.enroll, live, latest, now, result, writers, fresh)
     return result
 
 
@@ -228,7 +283,41 @@ def _merge(older: SignupRow, newer: SignupRow) -> SignupRow:
     )
 
 
+def _insert_returning(
+    writers: _Writers, latest: dict[str, SignupRow], source_name: str, now: datetime
+) -> dict[str, dict[str, Any]] | None:
+    """Insert everyone of the batch who is not a contact yet; those inserted, by hash (None: not supported).
+
+    Insert first, then read only those who were there already: a first
+    import then reads nothing back. An erased or known address conflicts on
+    its hash and is left as it is (read by `_existing`, like a contact a
+    concurrent worker made a moment ago).
+    """
+    rows = [_new_contact(key, row, source_name, now) for key, row in latest.items()]
+    returned = writers.contacts.returning(rows, ("email_hash", "id"))
+    if returned is None:
+        return None
+    return {key: _fresh(contact_id, latest[key]) for key, contact_id in returned}
+
+
+def _fresh(contact_id: int, row: SignupRow) -> dict[str, Any]:
+    """A contact just made from `row`: what the rest of the batch needs of it."""
+    return {
+        "id": contact_id,
+        "timezone": row.timezone,
+        "erased_at": None,
+        "unsubscribed_at": None,
+        "suppressed_reason": None,
+    }
+
+
 def _existing(session: Session, hashes: list[str]) -> dict[str, dict[str, Any]]:
+    """Known contacts among `hashes`, with what a row may change and what keeps mail from them.
+
+    A bare probe by hash first: on a first import nobody is known, and the
+    typed query (with its per-value work) is then never made.
+    """
+    known = [key for (key,) in probe_in(session, "SELECT email_hash FROM contacts WHERE email_hash IN", hashes)]
     found: dict[str, dict[str, Any]] = {}
     columns = (
         col(Contact.id),
@@ -243,49 +332,37 @@ def _existing(session: Session, hashes: list[str]) -> dict[str, dict[str, Any]]:
         col(Contact.unsubscribed_at),
         col(Contact.suppressed_reason),
     )
-    for start in range(0, len(hashes), _BATCH):
-        chunk = hashes[start : start + _BATCH]
+    for start in range(0, len(known), _BATCH):
+        chunk = known[start : start + _BATCH]
         for record in session.execute(select(*columns).where(col(Contact.email_hash).in_(chunk))):
             found[record.email_hash] = dict(record._mapping)
     return found
 
 
-def _created(session: Session, new_rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def _created(session: Session, latest: dict[str, SignupRow], hashes: list[str]) -> dict[str, dict[str, Any]]:
     """The contacts just inserted, with their ids: one narrow query, the rest is what was inserted.
 
     (A concurrent worker may have inserted one of them first: it is taken as
     found, with the values this batch brings, as if this row had come last.)
     """
-    table = _table(Contact)
-    by_hash = {r["email_hash"]: r for r in new_rows}
-    found: dict[str, dict[str, Any]] = {}
-    hashes = list(by_hash)
-    for start in range(0, len(hashes), _BATCH):
-        query = select(table.c.email_hash, table.c.id).where(table.c.email_hash.in_(hashes[start : start + _BATCH]))
-        for key, contact_id in session.execute(query):
-            found[key] = {
-                **by_hash[key],
-                "id": contact_id,
-                "erased_at": None,
-                "unsubscribed_at": None,
-                "suppressed_reason": None,
-            }
-    return found
+    found = probe_in(session, "SELECT email_hash, id FROM contacts WHERE email_hash IN", hashes)
+    return {key: _fresh(contact_id, latest[key]) for key, contact_id in found}
 
 
-def _new_contact(key: str, row: SignupRow, source_name: str, now: datetime) -> dict[str, Any]:
-    return {
-        "email_hash": key,
-        "email": row.email,
-        "first_name": row.first_name,
-        "last_name": row.last_name,
-        "timezone": row.timezone,
-        "discreet": bool(row.discreet),
-        "fields": row.fields,
-        "created_at": now,
-        "updated_at": now,
-        "first_source": source_name,
-    }
+def _new_contact(key: str, row: SignupRow, source_name: str, now: datetime) -> tuple[Any, ...]:
+    """A contacts row in `_CONTACT_COLUMNS` order."""
+    return (
+        key,
+        row.email,
+        row.first_name,
+        row.last_name,
+        row.timezone,
+        bool(row.discreet),
+        row.fields,
+        now,
+        now,
+        source_name,
+    )
 
 
 def _changes(found: dict[str, Any], row: SignupRow) -> dict[str, Any]:
@@ -316,6 +393,8 @@ def _enroll(
     latest: dict[str, SignupRow],
     now: datetime,
     result: IngestResult,
+    writers: _Writers,
+    fresh: set[int],
 ) -> None:
     eligible = {
         c["id"]: latest[key]
@@ -324,33 +403,24 @@ def _enroll(
     }
     if not eligible:
         return
-    ids = list(eligible)
-    existing: dict[int, tuple[int, str, datetime | None]] = {}
-    for start in range(0, len(ids), _BATCH):
-        chunk = ids[start : start + _BATCH]
-        query = select(
-            col(Enrollment.contact_id), col(Enrollment.id), col(Enrollment.status), col(Enrollment.webinar_start)
-        ).where(and_(col(Enrollment.sequence) == sequence, col(Enrollment.contact_id).in_(chunk)))
-        for contact_id, enrollment_id, status, start_at in session.execute(query):
-            existing[contact_id] = (enrollment_id, status, start_at)
+    existing = _enrolled(session, sequence, [i for i in eligible if i not in fresh])
     zones = {c["id"]: c["timezone"] for c in live.values()}
-    look = _first_looks(config, sequence, now)
+    look = writers.look if writers.look is not None else _first_looks(config, sequence, now)
     new = [
-        {
-            "contact_id": contact_id,
-            "sequence": sequence,
-            "status": "active",
-            "enrolled_at": now,
-            "source": source_name,
-            "webinar": source.webinar,
-            "webinar_start": row.webinar_start,
-            "next_due_at": look(row.webinar_start, row.timezone or zones.get(contact_id)),
-        }
+        (
+            contact_id,
+            sequence,
+            "active",
+            now,
+            source_name,
+            source.webinar,
+            row.webinar_start,
+            look(row.webinar_start, row.timezone or zones.get(contact_id)),
+        )
         for contact_id, row in eligible.items()
         if contact_id not in existing
     ]
-    for start in range(0, len(new), _BATCH):
-        insert_ignore(session, _table(Enrollment), new[start : start + _BATCH], ("contact_id", "sequence"))
+    writers.enrollments.run(new)
     result.enrolled += len(new)
     if new:
         result.sequences[sequence] = result.sequences.get(sequence, 0) + len(new)
@@ -359,6 +429,28 @@ def _enroll(
         if status in ("active", "paused") and start_at is not None and (current is None or start_at > current):
             reschedule(session, config, enrollment_id, sequence, source.webinar, start_at, now)
             result.rescheduled += 1
+
+
+def _enrolled(session: Session, sequence: str, ids: list[int]) -> dict[int, tuple[int, str, datetime | None]]:
+    """Enrollments in `sequence` of these contacts: id, status, webinar start.
+
+    A bare probe first (new contacts have none); the typed query only for those it found.
+    """
+    known = [
+        contact_id
+        for (contact_id,) in probe_in(
+            session, "SELECT contact_id FROM enrollments WHERE sequence = {mark} AND contact_id IN", ids, sequence
+        )
+    ]
+    existing: dict[int, tuple[int, str, datetime | None]] = {}
+    for start in range(0, len(known), _BATCH):
+        chunk = known[start : start + _BATCH]
+        query = select(
+            col(Enrollment.contact_id), col(Enrollment.id), col(Enrollment.status), col(Enrollment.webinar_start)
+        ).where(and_(col(Enrollment.sequence) == sequence, col(Enrollment.contact_id).in_(chunk)))
+        for contact_id, enrollment_id, status, start_at in session.execute(query):
+            existing[contact_id] = (enrollment_id, status, start_at)
+    return existing
 
 
 def _first_looks(config: Config, sequence: str, now: datetime) -> Callable[[datetime | None, str | None], datetime]:

@@ -142,7 +142,8 @@ def normalize_email(value: str) -> str:
         if known is not None:
             ascii_domain, unicode_domain = known
             # the lengths email-validator checks (RFC 5321): the address as given, and both its forms
-            longest = max(len(text.encode()), len(local) + 1 + max(len(unicode_domain.encode()), len(ascii_domain)))
+            given = len(text) if text.isascii() else len(text.encode())
+            longest = max(given, len(local) + 1 + _longest_form(ascii_domain, unicode_domain))
             if longest <= 254:
                 return f"{local}@{ascii_domain}".lower()
     return _validated(text)
@@ -177,6 +178,12 @@ def _domain_forms(domain: str) -> tuple[str, str] | None:
     return result.ascii_domain, result.domain
 
 
+@lru_cache(maxsize=65536)
+def _longest_form(ascii_domain: str, unicode_domain: str) -> int:
+    """The longer of a domain's two forms, in bytes (remembered, like the forms themselves)."""
+    return max(len(unicode_domain.encode()), len(ascii_domain))
+
+
 def email_hash(normalized: str) -> str:
     return hashlib.sha256(normalized.encode("utf-8")).hexdigest()
 
@@ -185,6 +192,8 @@ def clean_line(value: str | None) -> str:
     """One line of text for a name or a header: no control characters, single spaces."""
     if not value:
         return ""
+    if value.isascii() and value.isprintable() and "  " not in value:
+        return value.strip()  # the usual name: nothing to clean (the same answer, without the regexes)
     return _SPACES.sub(" ", _CONTROL.sub(" ", value)).strip()
 
 
@@ -471,6 +480,7 @@ def _csv_records(
 ) -> Iterator[tuple[int, dict[str, str] | str]]:
     """The records of `lines` one by one; how many lines were fully read is put in `consumed` at the end."""
     delimiter, header, email_column = plan
+    width = len(header)
     index = 0 if skipped else 1  # `first`, `end`, `index`: positions in `lines`
     total = len(lines)
     while index < total:
@@ -489,7 +499,12 @@ def _csv_records(
                 index = first + 1  # read on from the next line
                 break
             end = base + reader.line_num
-            verdict = _check_record(lines, first, end, skipped, values, delimiter, len(header), email_column, settled)
+            # the everyday case, one complete line that is not the last, needs no closer look
+            verdict = (
+                None
+                if end - first == 1 and end != total
+                else _check_record(lines, first, end, skipped, values, delimiter, width, email_column, settled)
+            )
             if verdict == "defer":
                 consumed.append(first)
                 return
@@ -497,9 +512,12 @@ def _csv_records(
                 yield number, verdict
                 index = first + 1  # the lines it swallowed are read on their own
                 break
-            if not any(v.strip() for v in values):
+            if not "".join(values).strip():  # nothing but blanks
                 continue
-            if len(values) > len(header):
+            if len(values) == width:
+                yield number, dict(zip(header, values, strict=True))
+                continue
+            if len(values) > width:
                 yield (
                     number,
                     f"{len(values)} values but the header has {len(header)} columns: "
@@ -684,31 +702,56 @@ def _mapped(
         lookup = {}
     where = {k.strip().lower(): v.strip().lower() for k, v in source.where.items()}
     wanted_columns = [(fld, header.strip().lower()) for fld, header in source.columns.items()]
-    keys: dict[str, str] = {}  # each title as matched (a csv repeats the same ones on every row)
+    memo = _Memo(practice_tz, webinar_tz, source)
+    file = path.name
+    titles: tuple[str, ...] = ()
+    plan: _Plan = ([], [])
     for line, row in raw:
         if isinstance(row, str):
             result.problems.append(RowProblem(line, row))
             continue
         if not lookup or source.format == "jsonl":
             lookup.update((k.strip().lower(), k) for k in row)
-        lowered: dict[str, str] = {}
-        for title, value in row.items():
-            if title is None:
-                continue
-            key = keys.get(title)
-            if key is None:
-                key = keys[title] = title.strip().lower()
-            lowered[key] = (value or "").strip()
-        if where and any(lowered.get(column, "").lower() != wanted for column, wanted in where.items()):
+        keys = tuple(row)
+        if keys != titles:  # a csv has the same titles on every row: matched once
+            titles, plan = keys, _plan(keys, wanted_columns, where)
+        columns, conditions = plan
+        if conditions and any((_cell(row, title)).lower() != wanted for title, wanted in conditions):
             result.filtered += 1
             continue
-        values = {fld: lowered.get(header, "") for fld, header in wanted_columns}
+        values = {fld: (row[title] or "").strip() if title is not None else "" for fld, title in columns}
         try:
-            signup = _to_signup(line, values, practice_tz, result, file=path.name, webinar_tz=webinar_tz)
+            signup = _to_signup(line, values, practice_tz, result, file=file, webinar_tz=webinar_tz, memo=memo)
         except ValueError as exc:
             result.problems.append(RowProblem(line, str(exc)))
             continue
         yield signup
+
+
+#: for each of funnel's fields, the row's title that fills it (None: no such column); then
+#: for each `where:` condition, the title and the value it must have
+_Plan = tuple[list[tuple[str, "str | None"]], list[tuple["str | None", str]]]
+
+
+def _plan(titles: tuple[str, ...], wanted_columns: list[tuple[str, str]], where: dict[str, str]) -> _Plan:
+    """Which title fills which field, matched as headers match (case and stray spaces aside; the last one wins).
+
+    Worked out once per set of titles rather than lowering every title of every row.
+    """
+    by_key: dict[str, str] = {}
+    for title in titles:
+        if title is not None:
+            by_key[title.strip().lower()] = title
+    columns = [(fld, by_key.get(header)) for fld, header in wanted_columns]
+    conditions = [(by_key.get(column), wanted) for column, wanted in where.items()]
+    return columns, conditions
+
+
+def _cell(row: dict[str, str], title: str | None) -> str:
+    """A row's value under `title`, stripped ("" when there is no such column)."""
+    if title is None:
+        return ""
+    return (row[title] or "").strip()
 
 
 def _require_columns(name: str, source: Source, path: Path, lookup: dict[str, str], where: dict[str, str]) -> None:
@@ -734,6 +777,7 @@ def _to_signup(
     *,
     file: str = "",
     webinar_tz: ZoneInfo | None = None,
+    memo: _Memo | None = None,
 ) -> SignupRow:
     address = values.get("email", "")
     if not address:
@@ -745,25 +789,17 @@ def _to_signup(
             f"{_shown(address)} is not a valid email address ({exc}): correct it, or delete the row "
             "(no mail provider can deliver to it)"
         ) from None
-    tz_name = clean_line(values.get("timezone")) or None
-    tz = practice_tz
-    if tz_name:
-        try:
-            tz = zone(tz_name)
-        except ValueError as exc:
-            result.problems.append(RowProblem(line, f"{exc}; used the practice's timezone", warning=True))
-            tz_name = None
-    start = None
-    if values.get("webinar_start"):
-        try:
-            # a live webinar is one moment: a start without an offset is read in the
-            # webinar's zone; an evergreen one (webinar_tz None) in the registrant's own
-            start = parse_instant(values["webinar_start"], webinar_tz or tz)
-        except OverflowError:
-            start = None  # beyond what a date can hold: refused just below
-        start = _schedulable(values["webinar_start"], start)
+    memo = memo or _Memo(practice_tz, webinar_tz)
+    tz_name, tz, zone_problem = memo.zone(values.get("timezone"))
+    if zone_problem:
+        result.problems.append(RowProblem(line, zone_problem, warning=True))
+    start = memo.start(values["webinar_start"], tz) if values.get("webinar_start") else None
     discreet = _discreet(line, values.get("discreet"), result)
-    extra = {k: clean_text(v) for k, v in values.items() if k not in KNOWN_FIELDS and clean_text(v)}
+    extra = {}
+    for key in memo.extra if memo.extra is not None else [k for k in values if k not in KNOWN_FIELDS]:
+        text = clean_text(values.get(key))
+        if text:
+            extra[key] = text
     return SignupRow(
         line=line,
         email=email,
@@ -775,6 +811,70 @@ def _to_signup(
         fields=extra,
         file=file,
     )
+
+
+class _Memo:
+    """What repeats from row to row of one read, worked out once: zones, webinar starts, extra fields.
+
+    An export of 100,000 registrations for one webinar holds a handful of zone
+    names and start times; looking them up and parsing them again for every
+    row was a good part of a row's cost. Results (and refusals) are the same
+    as working them out each time.
+    """
+
+    #: distinct values remembered per kind; a file with more (hostile, or odd) starts over
+    LIMIT = 4096
+
+    def __init__(self, practice_tz: ZoneInfo, webinar_tz: ZoneInfo | None, source: Source | None = None) -> None:
+        self.practice_tz = practice_tz
+        self.webinar_tz = webinar_tz
+        #: the names of a source's own extra fields (None: whatever a row brings)
+        self.extra = [f for f in source.columns if f not in KNOWN_FIELDS] if source is not None else None
+        self._zones: dict[str | None, tuple[str | None, ZoneInfo, str | None]] = {}
+        self._starts: dict[tuple[str, ZoneInfo], datetime | str] = {}
+
+    def zone(self, value: str | None) -> tuple[str | None, ZoneInfo, str | None]:
+        """The zone name kept (None: the practice's), the zone to read times in, and a warning."""
+        known = self._zones.get(value)
+        if known is None:
+            if len(self._zones) >= self.LIMIT:
+                self._zones.clear()
+            known = self._zones[value] = self._zone(value)
+        return known
+
+    def _zone(self, value: str | None) -> tuple[str | None, ZoneInfo, str | None]:
+        name = clean_line(value) or None
+        if not name:
+            return None, self.practice_tz, None
+        try:
+            return name, zone(name), None
+        except ValueError as exc:
+            return None, self.practice_tz, f"{exc}; used the practice's timezone"
+
+    def start(self, text: str, tz: ZoneInfo) -> datetime:
+        """A webinar start as UTC; ValueError saying why it cannot be used."""
+        key = (text, tz)
+        known = self._starts.get(key)
+        if known is None:
+            if len(self._starts) >= self.LIMIT:
+                self._starts.clear()
+            try:
+                known = self._start(text, tz)
+            except ValueError as exc:
+                known = str(exc)
+            self._starts[key] = known
+        if isinstance(known, str):
+            raise ValueError(known)
+        return known
+
+    def _start(self, text: str, tz: ZoneInfo) -> datetime:
+        try:
+            # a live webinar is one moment: a start without an offset is read in the
+            # webinar's zone; an evergreen one (webinar_tz None) in the registrant's own
+            start = parse_instant(text, self.webinar_tz or tz)
+        except OverflowError:
+            start = None  # beyond what a date can hold: refused just below
+        return _schedulable(text, start)
 
 
 def signup_from_values(

@@ -1,0 +1,129 @@
+"""The import's set-based statements (funnel.bulk), on the database of the pass.
+
+They bypass SQLAlchemy's per-row work, so what they store must be exactly
+what SQLAlchemy stores for the same values, and "which rows did this insert
+create" must be answered right, conflicts and all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+from conftest import Project
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from funnel.bulk import InsertIgnore, probe_in, roomy_cache
+from funnel.db import make_engine
+from funnel.ingest import insert_ignore
+from funnel.models import Contact
+
+COLUMNS = (
+    "email_hash",
+    "email",
+    "first_name",
+    "last_name",
+    "timezone",
+    "discreet",
+    "fields",
+    "created_at",
+    "updated_at",
+    "first_source",
+)
+#: an aware time in another zone, a naive one, a JSON object and an empty one, both booleans
+DENVER = datetime(2027, 1, 14, 19, 0, 0, 123456, tzinfo=ZoneInfo("America/Denver"))
+NAIVE = datetime(2027, 1, 10, 9, 0)
+
+
+def contact(key: str, *, discreet: bool = False, fields: dict[str, str] | None = None) -> dict[str, object]:
+    return {
+        "email_hash": key,
+        "email": f"{key}@example.test",
+        "first_name": "Zoë",
+        "last_name": None,
+        "timezone": "America/Denver",
+        "discreet": discreet,
+        "fields": fields if fields is not None else {},
+        "created_at": DENVER,
+        "updated_at": NAIVE,
+        "first_source": "registrations",
+    }
+
+
+@pytest.fixture
+def engine(project: Project) -> Iterator[Engine]:
+    made = make_engine(project.database_url)
+    yield made
+    made.dispose()
+
+
+def stored(engine: Engine) -> dict[str, tuple[object, ...]]:
+    """Each contact's values as the database holds them (raw, through the driver), by hash."""
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql(f"SELECT {', '.join(COLUMNS)} FROM contacts").fetchall()
+    return {row[0]: tuple(row[1:]) for row in rows}
+
+
+def test_values_are_stored_exactly_as_sqlalchemy_stores_them(engine: Engine) -> None:
+    values = [
+        contact("a1", discreet=True, fields={"company": "Acme", "note": "ünïcode"}),
+        contact("a2"),
+    ]
+    with Session(engine) as session:
+        insert_ignore(session, Contact.__table__, values, ("email_hash",))  # type: ignore[attr-defined]
+        InsertIgnore(session, Contact.__table__, COLUMNS, ("email_hash",)).run(  # type: ignore[attr-defined]
+            [tuple(v[c] for c in COLUMNS) for v in (dict(values[0], email_hash="b1"), dict(values[1], email_hash="b2"))]
+        )
+        session.commit()
+    raw = stored(engine)
+    assert raw["b1"] == raw["a1"] and raw["b2"] == raw["a2"]
+    with Session(engine) as session:
+        read = {c.email_hash: c for c in session.exec(select(Contact))}
+    assert read["b1"].created_at == DENVER.astimezone(UTC) and read["b1"].updated_at == NAIVE.replace(tzinfo=UTC)
+    assert read["b1"].fields == {"company": "Acme", "note": "ünïcode"} and read["b1"].discreet is True
+    assert read["b2"].fields == {} and read["b2"].discreet is False
+
+
+def test_returning_answers_only_the_rows_it_inserted(engine: Engine) -> None:
+    with Session(engine) as session:
+        writer = InsertIgnore(session, Contact.__table__, COLUMNS, ("email_hash",))  # type: ignore[attr-defined]
+        first = writer.returning([tuple(contact(k)[c] for c in COLUMNS) for k in ("k1", "k2")], ("email_hash", "id"))
+        # k2 is there already (as if a concurrent worker had just made it): only k3 and k4 are new
+        again = writer.returning(
+            [tuple(contact(k)[c] for c in COLUMNS) for k in ("k2", "k3", "k4")], ("email_hash", "id")
+        )
+        session.commit()
+        ids = dict(session.exec(select(Contact.email_hash, Contact.id)).all())
+    assert first is not None and again is not None
+    assert sorted(first) == sorted((k, ids[k]) for k in ("k1", "k2"))
+    assert sorted(again) == sorted((k, ids[k]) for k in ("k3", "k4"))
+    assert len(ids) == 4
+
+
+def test_probe_reads_keys_in_chunks(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("funnel.bulk.PROBE_CHUNK", 2)
+    keys = [f"p{i}" for i in range(5)]
+    with Session(engine) as session:
+        insert_ignore(session, Contact.__table__, [contact(k) for k in keys[:3]], ("email_hash",))  # type: ignore[attr-defined]
+        found = probe_in(session, "SELECT email_hash FROM contacts WHERE email_hash IN", keys)
+        counted = probe_in(
+            session, "SELECT email_hash FROM contacts WHERE first_name = {mark} AND email_hash IN", keys, "Zoë"
+        )
+    assert sorted(k for (k,) in found) == keys[:3]
+    assert sorted(k for (k,) in counted) == keys[:3]
+
+
+@pytest.mark.sqlite_only(reason="the page cache is a setting of a SQLite connection")
+def test_the_import_cache_is_given_back(engine: Engine) -> None:
+    with Session(engine) as session:
+        before = session.connection().exec_driver_sql("PRAGMA cache_size").scalar()
+        with roomy_cache(session):
+            during = session.connection().exec_driver_sql("PRAGMA cache_size").scalar()
+        after = session.connection().exec_driver_sql("PRAGMA cache_size").scalar()
+        with pytest.raises(RuntimeError), roomy_cache(session):
+            raise RuntimeError("an import that fails half-way")
+        failed = session.connection().exec_driver_sql("PRAGMA cache_size").scalar()
+    assert during == -32768 and after == before == failed
