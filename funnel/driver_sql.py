@@ -6,8 +6,11 @@ each execution pays for building, cache-key generation and parameter
 expansion several times what the database itself takes; the handful of
 statements here are plain SQL strings instead, run on the session's own
 connection (so inside its transaction) with `exec_driver_sql`. Values are
-converted with each column's own bind processor, so what is stored is
-byte-for-byte what the ORM would store (e.g. UTC datetimes on SQLite).
+converted with the bind processor of each column's type *for this dialect*
+(`dialect_impl`: on SQLite a datetime becomes SQLAlchemy's own text form, not
+the driver's), so what is stored is byte-for-byte what the ORM would store;
+`tests/test_bulk.py` checks it. Inserts go through `funnel.bulk.InsertIgnore`,
+the import's prepared statement.
 
 SQL is written with `?` marks and no `?` or `%` anywhere else; on
 PostgreSQL (psycopg) the marks become `%s`.
@@ -21,6 +24,8 @@ from typing import Any
 from sqlalchemy import Column, Table
 from sqlmodel import Session
 
+from funnel.bulk import placeholder
+
 
 class DriverSQL:
     """Plain-SQL execution on a session's connection, with the dialect's parameter marks."""
@@ -29,10 +34,11 @@ class DriverSQL:
         self.session = session
         self.dialect = session.get_bind().dialect
         self.postgres = self.dialect.name == "postgresql"
+        self._mark = placeholder(self.dialect)
         self._processors: dict[Column[Any], Callable[[Any], Any]] = {}
 
     def _sql(self, sql: str) -> str:
-        return sql.replace("?", "%s") if self.postgres else sql
+        return sql if self._mark == "?" else sql.replace("?", self._mark)
 
     @staticmethod
     def marks(count: int) -> str:
@@ -52,7 +58,7 @@ class DriverSQL:
         """The column type's bind processor for this dialect (identity when it has none)."""
         found = self._processors.get(column)
         if found is None:
-            processor = column.type.bind_processor(self.dialect)
+            processor = column.type.dialect_impl(self.dialect).bind_processor(self.dialect)
             found = self._processors[column] = processor if processor is not None else _same
         return found
 
@@ -63,18 +69,6 @@ class DriverSQL:
         self.executemany(
             f"UPDATE {table.name} SET {assignments} WHERE id = ?",  # noqa: S608  # names come from our own tables
             ([*(c(v) for c, v in zip(convert, values, strict=True)), row_id] for row_id, values in rows),
-        )
-
-    def insert_ignore(self, table: Table, rows: list[dict[str, Any]], keys: Sequence[str]) -> None:
-        """`INSERT ... ON CONFLICT (keys) DO NOTHING` for rows that all have the same columns."""
-        if not rows:
-            return
-        columns = list(rows[0])
-        convert = [self.converter(table.c[name]) for name in columns]
-        self.executemany(
-            f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({self.marks(len(columns))})"  # noqa: S608
-            f" ON CONFLICT ({', '.join(keys)}) DO NOTHING",
-            ([c(row[name]) for c, name in zip(convert, columns, strict=True)] for row in rows),
         )
 
 

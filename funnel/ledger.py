@@ -42,6 +42,7 @@ from sqlalchemy import ColumnElement, Table, and_, select, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
+from funnel.bulk import InsertIgnore
 from funnel.driver_sql import DriverSQL
 from funnel.models import Enrollment, StepRun
 from funnel.workers import dead_runs
@@ -191,7 +192,11 @@ class Ledger:
             {**v, "status": CLAIMED, "run_id": self.run_id, "transport": self.transport, "decided_at": self.now}
             for v in values
         ]
-        self.sql.insert_ignore(_table(), rows, ("enrollment_id", "step_id"))
+        if rows:
+            columns = list(rows[0])
+            InsertIgnore(self.session, _table(), columns, ("enrollment_id", "step_id")).run(
+                [[row[name] for name in columns] for row in rows]
+            )
         taken: dict[str, StepRow] = {}
         wanted = [v["send_id"] for v in values]
         for start in range(0, len(wanted), 500):

@@ -127,3 +127,29 @@ def test_the_import_cache_is_given_back(engine: Engine) -> None:
             raise RuntimeError("an import that fails half-way")
         failed = session.connection().exec_driver_sql("PRAGMA cache_size").scalar()
     assert during == -32768 and after == before == failed
+
+
+def test_a_runs_deferred_writes_store_values_exactly_as_sqlalchemy_stores_them(engine: Engine) -> None:
+    """`funnel.deferred` and `funnel.driver_sql` (a run's per-email writes) write through the
+    driver too: a datetime on SQLite must be SQLAlchemy's own text, or stored times would sort
+    and compare differently from the ones the ORM wrote beside them."""
+    from funnel.deferred import DeferredWrites
+
+    with Session(engine) as session:
+        insert_ignore(session, Contact.__table__, [contact("orm"), contact("deferred")], ("email_hash",))  # type: ignore[attr-defined]
+        session.commit()
+        people = {c.email_hash: c for c in session.exec(select(Contact))}
+        for moment in (DENVER, datetime(2027, 1, 10, 17, 0, tzinfo=UTC)):  # with and without microseconds
+            people["orm"].last_marketing_at = moment
+            people["orm"].discreet = True
+            session.add(people["orm"])
+            session.commit()
+            writes = DeferredWrites()
+            writes.set(people["deferred"], last_marketing_at=moment, discreet=True)
+            assert people["deferred"].last_marketing_at == moment  # the run reads its own value at once
+            writes.write(session)
+            session.commit()
+            with engine.connect() as conn:
+                rows = conn.exec_driver_sql("SELECT email_hash, last_marketing_at, discreet FROM contacts").fetchall()
+            raw = {row[0]: tuple(row[1:]) for row in rows}
+            assert raw["deferred"] == raw["orm"], moment
