@@ -17,9 +17,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import cast
-
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from typing import Any, cast
 
 from funnel.errors import TransportError
 from funnel.transports.base import OutgoingEmail, SendResult, Transport
@@ -73,6 +71,11 @@ class Dispatcher:
         self._pool = ThreadPoolExecutor(max_workers=max(1, transport.concurrency), thread_name_prefix="send")
         self._done: queue.SimpleQueue[Future[Outcome]] = queue.SimpleQueue()
         self._in_flight = 0
+        #: outcomes finished (by the sender threads) and taken (by the main thread), for `wait_for`
+        self._room = threading.Condition()
+        self._done_count = 0
+        self._taken_count = 0
+        self._wake_at = 0
         self._halt = threading.Event()  # set by a fatal error or by close()
         self._requested = stop or threading.Event()  # set from outside (SIGTERM)
         self._pause_lock = threading.Lock()
@@ -80,7 +83,7 @@ class Dispatcher:
         self._sleep = sleep
         self.fatal: TransportError | None = None
         self._max_attempts = max_attempts
-        self._backoff = wait_exponential_jitter(multiplier=backoff_initial, max=backoff_max)
+        self._backoff_initial, self._backoff_max = backoff_initial, backoff_max
 
     # ----------------------------------------------------------------- main thread
 
@@ -95,17 +98,36 @@ class Dispatcher:
             done.extend(self._take(block=True))
         future = self._pool.submit(self._run, job)
         self._in_flight += 1
-        future.add_done_callback(self._done.put)
+        future.add_done_callback(self._finished)
         return done
+
+    def _finished(self, future: Future[Outcome]) -> None:
+        """(Sender thread.) Queue the outcome; wake the main thread only once what it waits for is done."""
+        self._done.put(future)
+        with self._room:
+            self._done_count += 1
+            if self._done_count >= self._wake_at:
+                self._room.notify()
 
     @property
     def in_flight(self) -> int:
         """Jobs submitted whose outcome has not been taken back yet."""
         return self._in_flight
 
-    def wait(self) -> list[Outcome]:
-        """Wait for at least one job in flight to finish (none: return at once)."""
-        return self._take(block=True)
+    def wait_for(self, count: int) -> list[Outcome]:
+        """Wait until `count` more jobs in flight have finished (all of them, if fewer are in flight).
+
+        The main thread sleeps until then instead of waking for each outcome:
+        with the transport's threads busy, every needless wake-up is a switch
+        of threads (and of the GIL) that costs CPU on every email.
+        """
+        count = min(count, self._in_flight)
+        with self._room:
+            self._wake_at = self._taken_count + count
+            while self._done_count < self._wake_at:
+                self._room.wait()
+            self._wake_at = 0
+        return self._take(block=False)
 
     def collect(self) -> list[Outcome]:
         """Outcomes finished so far, without waiting."""
@@ -129,6 +151,7 @@ class Dispatcher:
             except queue.Empty:
                 break
         self._in_flight -= len(finished)
+        self._taken_count += len(finished)
         return [future.result() for future in finished]
 
     def close(self) -> None:
@@ -160,6 +183,8 @@ class Dispatcher:
                 if not _worth_retrying(error) or self._max_attempts < 2:
                     raise
                 self._sleep(self._delay(error, attempt_number=1))
+                from tenacity import Retrying, retry_if_exception, stop_after_attempt  # (and asyncio): only on a retry
+
                 retrying = Retrying(
                     stop=stop_after_attempt(self._max_attempts - 1),
                     wait=self._wait_strategy,
@@ -183,7 +208,7 @@ class Dispatcher:
             return Outcome(job, "failed", error=wrapped, attempts=attempts)
         return Outcome(job, "sent", result=result, attempts=attempts)
 
-    def _wait_strategy(self, state: RetryCallState) -> float:
+    def _wait_strategy(self, state: Any) -> float:
         """Tenacity's wait after its n-th attempt, which is the job's (n + 1)-th (the first ran before)."""
         error = state.outcome.exception() if state.outcome else None
         return self._delay(error, attempt_number=state.attempt_number + 1)
@@ -196,7 +221,10 @@ class Dispatcher:
             with self._pause_lock:
                 self._pause_until = max(self._pause_until, time.monotonic() + delay)
             return delay
-        return float(self._backoff(cast(RetryCallState, _Attempt(attempt_number))))
+        from tenacity import wait_exponential_jitter
+
+        backoff = wait_exponential_jitter(multiplier=self._backoff_initial, max=self._backoff_max)
+        return float(backoff(cast(Any, _Attempt(attempt_number))))
 
     def _wait_for_pause(self) -> None:
         with self._pause_lock:

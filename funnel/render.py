@@ -57,13 +57,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import css_inline
-from inscriptis import get_text
-from inscriptis.css_profiles import CSS_PROFILES
-from inscriptis.model.config import ParserConfig
 from jinja2 import (
     Environment,
     FileSystemLoader,
@@ -565,7 +563,6 @@ class Renderer:
         self._pages: dict[str, str] = {}
         self._markdown = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
         self._inliner = css_inline.CSSInliner(keep_style_tags=True, load_remote_stylesheets=False)
-        self._text_config = ParserConfig(css=CSS_PROFILES["strict"], display_links=True)
         self.layout_html = self._load(self._html_env, "layout.html")
         self.layout_text = self._load_optional(self._text_env, "layout.txt")
         self._mapped_fields = {
@@ -736,7 +733,7 @@ class Renderer:
             text_body = tokens_to_text(tokens)
         else:
             html_body = Markup(self._run(body, context, step.template))
-            text_body = get_text(str(html_body), self._text_config).strip()
+            text_body = _html_to_text(str(html_body))
         text = self._with_preheader(self._wrap_text(text_body, context), context)
         html = None
         if not discreet:
@@ -960,7 +957,7 @@ class Renderer:
 
     def _compile_shape(self, kind: str, source: str) -> _Body:
         if kind != "md":
-            text = get_text(source, self._text_config).strip()
+            text = _html_to_text(source)
             return _Body(html=source, text=text, url_slots=frozenset(), html_text=True)
         if re.search(r"<[^<>\s]*" + re.escape(self._prefix), source):
             return _Body(html="", text="", url_slots=frozenset(), direct=True)  # an autolink around a value
@@ -1047,6 +1044,22 @@ class Renderer:
                 raise TemplateError(f"{name}: {exc.message or exc}: {hint}") from None
             line = _template_line(exc, template)
             raise TemplateError(f"{self.config.templates_dir}/{name}:{line}: {exc.message or exc}: {hint}") from None
+
+
+@lru_cache(maxsize=1)
+def _text_config() -> Any:
+    """inscriptis' settings; inscriptis (and lxml behind it) load only for a step written in HTML."""
+    from inscriptis.css_profiles import CSS_PROFILES
+    from inscriptis.model.config import ParserConfig
+
+    return ParserConfig(css=CSS_PROFILES["strict"], display_links=True)
+
+
+def _html_to_text(html: str) -> str:
+    """The plain-text part of an HTML body (links kept as text)."""
+    from inscriptis import get_text
+
+    return get_text(html, _text_config()).strip()
 
 
 def _hint(exc: JinjaTemplateError) -> str:

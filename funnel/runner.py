@@ -439,7 +439,7 @@ class Runner:
         outcomes = dispatcher.collect()
         wanted = min(len(waiting), batch)
         while window - dispatcher.in_flight < wanted and not dispatcher.stopped:
-            outcomes.extend(dispatcher.wait())
+            outcomes.extend(dispatcher.wait_for(wanted - (window - dispatcher.in_flight)))
         self._record(outcomes)
         if dispatcher.stopped:
             return

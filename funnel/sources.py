@@ -43,8 +43,6 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from email_validator import EmailNotValidError, validate_email
-
 from funnel.config import KNOWN_FIELDS, Source
 from funnel.errors import SourceError
 from funnel.timeutil import parse_instant, zone
@@ -157,6 +155,8 @@ _PLAIN_DOMAIN = re.compile(r'[^\s@<>"()\[\],;:\\]{1,255}\Z')
 
 def _validated(text: str) -> str:
     """The full check by email-validator: syntax only, no DNS look-up."""
+    from email_validator import EmailNotValidError, validate_email  # loaded by the first run that reads a row
+
     try:
         result = validate_email(text, check_deliverability=False, test_environment=True, allow_smtputf8=False)
     except EmailNotValidError as exc:
@@ -171,6 +171,8 @@ def _domain_forms(domain: str) -> tuple[str, str] | None:
     Remembered per domain: a list of 100,000 people has a few hundred domains,
     and the domain (IDNA, special-use names) is the costly part of the check.
     """
+    from email_validator import EmailNotValidError, validate_email
+
     try:
         result = validate_email(f"a@{domain}", check_deliverability=False, test_environment=True, allow_smtputf8=False)
     except EmailNotValidError:
