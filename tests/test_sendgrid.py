@@ -262,6 +262,22 @@ def test_send_makes_the_official_clients_own_request(fake: FakeSendGrid) -> None
         assert mine["headers"] == theirs["headers"]
 
 
+def test_https_uses_one_verifying_tls_context() -> None:
+    """Each sending thread's opener makes HTTPS connections with one shared default context: the
+    certificate bundle is loaded once, not for every email, and verification stays as strict."""
+    import ssl
+    import urllib.request
+
+    from funnel.transports.sendgrid import _opener
+
+    contexts = []
+    for opener in (_opener(), _opener()):
+        (https,) = [h for h in opener.handlers if isinstance(h, urllib.request.HTTPSHandler)]
+        contexts.append(https._context)  # the context urllib hands to http.client for each connection
+    assert contexts[0] is contexts[1]
+    assert contexts[0].verify_mode == ssl.CERT_REQUIRED and contexts[0].check_hostname
+
+
 def test_send_sandbox_200(fake: FakeSendGrid) -> None:
     result = transport_for(fake, sandbox=True).send(make_email())
     assert fake.accepted[0]["status"] == 200
