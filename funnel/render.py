@@ -53,7 +53,7 @@ import re
 import secrets
 import threading
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -485,12 +485,17 @@ class _SourceLoader(FileSystemLoader):
 
     def __init__(self, folder: str) -> None:
         super().__init__(folder)
-        self.sources: dict[str, str] = {}
+        #: name -> the syntax tree of the source last compiled
+        self.trees: dict[str, nodes.Template] = {}
 
-    def get_source(self, environment: Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
-        source, filename, uptodate = super().get_source(environment, template)
-        self.sources[template] = source
-        return source, filename, uptodate
+    def load(self, environment: Environment, name: str, globals: MutableMapping[str, Any] | None = None) -> Template:
+        """Jinja's `BaseLoader.load` (without a bytecode cache), parsing once: the tree that is
+        compiled is kept for the `_Plan`, instead of parsing the file a second time for it."""
+        source, filename, uptodate = self.get_source(environment, name)
+        tree = environment.parse(source, name, filename)
+        self.trees[name] = tree
+        code = environment.compile(tree, name, filename)
+        return environment.template_class.from_code(environment, code, environment.make_globals(globals), uptodate)
 
 
 class _Sandbox(SandboxedEnvironment):
@@ -554,6 +559,9 @@ class Renderer:
         self._text_env = _environment(self.folder, autoescape=False, slots=True)
         #: template -> its `_Plan` (None: rendered every time), and its remembered outputs
         self._plans: dict[Template, _Plan | None] = {}
+        #: the syntax tree each template was compiled from, until its plan is worked out (on first use:
+        #: a run renders few of the steps it compiles, and the analysis costs as much as compiling)
+        self._trees: dict[Template, tuple[Environment, nodes.Template]] = {}
         self._memos: dict[Template, dict[tuple[Any, ...], tuple[str, tuple[tuple[str, ...], ...]]]] = {}
         self._prefix = f"fnl{secrets.token_hex(4)}x"
         self._token = re.compile(re.escape(self._prefix) + r"(\d+)z")
@@ -599,16 +607,25 @@ class Renderer:
         except TemplateSyntaxError as exc:
             raise TemplateError(_syntax_message(self.config.templates_dir, name, exc)) from None
         assert isinstance(env.loader, _SourceLoader)
-        self._plans[template] = _plan(env, env.parse(env.loader.sources[name], name, template.filename))
+        self._trees[template] = (env, env.loader.trees[name])
         return template
 
     def _from_string(self, source: str) -> Template:
         """Compile a subject or preheader (raises TemplateSyntaxError), with its `_Plan`."""
         ast = self._text_env.parse(source)
-        plan = _plan(self._text_env, ast)
         template = self._text_env.from_string(ast)
-        self._plans[template] = plan
+        self._trees[template] = (self._text_env, ast)
         return template
+
+    def _plan_of(self, template: Template) -> _Plan | None:
+        """The template's `_Plan` (None: not remembered), worked out the first time it is rendered."""
+        try:
+            return self._plans[template]
+        except KeyError:
+            pass
+        tree = self._trees.pop(template, None)
+        plan = self._plans[template] = _plan(*tree) if tree is not None else None
+        return plan
 
     def _load_optional(self, env: Environment, name: str) -> Template | None:
         if not (self.folder / name).is_file():
@@ -837,7 +854,7 @@ class Renderer:
             with self._slotting(values):
                 return self._run(template, context, name)
 
-        plan = self._plans.get(template)
+        plan = self._plan_of(template)
         if plan is None:
             return ordinary()
         try:

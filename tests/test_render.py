@@ -970,7 +970,7 @@ def test_remembered_renders_equal_direct_rendering_whatever_the_reader(
     assert renderer.layout_text is not None
     remembered = [renderer.layout_html, renderer.layout_text, *renderer._subjects.values()]
     remembered += [*renderer._preheaders.values(), *(template for _, template in renderer._bodies.values())]
-    assert all(renderer._plans[template] is not None for template in remembered)
+    assert all(renderer._plan_of(template) is not None for template in remembered)
     sequence = config.sequences["welcome"]
     fields = {"city": city} if city is not None else {}
     if message is not None:
@@ -991,7 +991,7 @@ def test_a_remembered_template_raises_the_same_errors(tmp_path: Path) -> None:
     """Errors are never remembered: each reader gets the error rendering her would raise."""
     config = project(tmp_path, templates={"layout.txt": "{{ content }}\nFor {{ contact.first_name }}\n"})
     renderer = Renderer(config)
-    assert renderer.layout_text is not None and renderer._plans[renderer.layout_text] is not None
+    assert renderer.layout_text is not None and renderer._plan_of(renderer.layout_text) is not None
     sequence = config.sequences["welcome"]
     hello, reminder = sequence.step("hello"), sequence.step("reminder")
     assert hello is not None and reminder is not None
@@ -1019,7 +1019,7 @@ def test_templates_that_use_a_readers_value_otherwise_are_rendered_every_time(tm
     layout = "{{ content }}\n{% filter upper %}{{ unsubscribe_url }}{% endfilter %}\n"
     config = project(tmp_path, yaml=yaml, templates={"layout.txt": layout})
     renderer = Renderer(config)
-    assert renderer.layout_text is not None and renderer._plans[renderer.layout_text] is None
+    assert renderer.layout_text is not None and renderer._plan_of(renderer.layout_text) is None
     sequence = config.sequences["welcome"]
     step = sequence.step("hello")
     assert step is not None
@@ -1077,7 +1077,9 @@ def test_the_shipped_templates_are_all_remembered(tmp_path: Path) -> None:
     shutil.copy(REPO / "sequences.yaml", root / "sequences.yaml")
     shutil.copytree(REPO / "email_templates", root / "email_templates")
     renderer = Renderer(load_config(root / "sequences.yaml"))
-    unplanned = [template.name or "a subject or preheader" for template, plan in renderer._plans.items() if not plan]
+    compiled = [*renderer._trees]  # every template it compiled, none rendered yet
+    assert len(compiled) > 30
+    unplanned = [template.name or "a subject or preheader" for template in compiled if not renderer._plan_of(template)]
     assert unplanned == []
 
 
