@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import email
 import email.policy
+from dataclasses import replace
 from datetime import UTC, datetime
 from email.message import EmailMessage
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from funnel.transports.base import Address, OutgoingEmail
+from funnel.transports.base import Address, Attachment, OutgoingEmail
 from funnel.transports.outbox import build_message, message_bytes
 
 _NAMES = st.one_of(
@@ -61,7 +62,17 @@ def _seen(message: EmailMessage) -> dict[str, object]:
     }
     headers["X-Funnel-Send-Id"] = str(message["X-Funnel-Send-Id"])
     headers["Message-ID"] = str(message["Message-ID"]).split(".")[-1]  # the send id and domain (the rest is random)
-    parts = [(part.get_content_type(), part.get_content()) for part in message.walk() if not part.is_multipart()]
+    parts = [
+        (
+            part.get_content_type(),
+            part.get_content(),
+            part.get_content_disposition(),
+            part.get_filename(),
+            part.get_param("method"),
+        )
+        for part in message.walk()
+        if not part.is_multipart()
+    ]
     return {"headers": headers, "type": message.get_content_type(), "parts": parts}
 
 
@@ -83,6 +94,24 @@ def test_outbox_file_reads_as_the_message_build_message_makes(
     name: str | None, subject: str, text: str, html: str | None
 ) -> None:
     outgoing = _email(name, subject, text, html)
+    assert _outcome(message_bytes, outgoing) == _outcome(build_message, outgoing)
+
+
+_CALENDARS = st.one_of(
+    st.just("BEGIN:VCALENDAR\r\nMETHOD:PUBLISH\r\nSUMMARY:Relationship 911 — live\r\nEND:VCALENDAR\r\n"),
+    st.text(st.characters(blacklist_categories=("Cs",)), max_size=300),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(name=_NAMES, subject=_SUBJECTS, text=_BODIES, html=st.one_of(st.none(), _BODIES), calendar=_CALENDARS)
+def test_an_outbox_file_with_an_invitation_reads_as_build_message_makes(
+    name: str | None, subject: str, text: str, html: str | None, calendar: str
+) -> None:
+    """The calendar invitation (multipart/mixed around the letter) is written directly too: the
+    100,000 confirmations of a big import each carry one."""
+    invite = Attachment("invite.ics", calendar.encode("utf-8"), "text/calendar", (("method", "PUBLISH"),))
+    outgoing = replace(_email(name, subject, text, html), attachments=(invite,))
     assert _outcome(message_bytes, outgoing) == _outcome(build_message, outgoing)
 
 

@@ -17,7 +17,7 @@ from email.utils import format_datetime, formataddr, make_msgid
 from pathlib import Path
 
 from funnel.errors import TransportError
-from funnel.transports.base import Address, OutgoingEmail, SendResult
+from funnel.transports.base import Address, Attachment, OutgoingEmail, SendResult
 
 #: RFC 5322 allows 998 characters a line; folding the long unsubscribe URL at 78
 #: would turn it into an encoded word that mail clients cannot use for RFC 8058
@@ -80,12 +80,12 @@ def message_bytes(email: OutgoingEmail) -> tuple[bytes, str]:
     """The .eml file's bytes and its Message-ID, written directly (about ten times faster).
 
     The same RFC 5322 message `build_message` makes (headers, multipart/alternative,
-    7bit or 8bit UTF-8 parts, CRLF line endings): tests/test_outbox.py parses both and
-    compares them. Anything unusual (a line over 998 bytes, a header that is not plain
-    text) is left to `build_message`, which folds and encodes by the book.
+    inside multipart/mixed when there is an attachment such as the calendar
+    invitation, 7bit or 8bit UTF-8 parts, CRLF line endings): tests/test_outbox.py
+    parses both and compares them. Anything unusual (a line over 998 bytes, a
+    header that is not plain text, an attachment that is not plain UTF-8 text) is
+    left to `build_message`, which folds and encodes by the book.
     """
-    if email.attachments:  # multipart/mixed around the letter (the calendar invitation): by the book
-        return _slow(email)
     domain = email.sender.email.rpartition("@")[2] or "localhost"
     message_id = make_msgid(idstring=email.send_id, domain=domain)
     headers = [("From", _address(email.sender)), ("To", _address(email.to))]
@@ -98,37 +98,83 @@ def message_bytes(email: OutgoingEmail) -> tuple[bytes, str]:
     headers.extend(email.headers)
     headers.append(("X-Funnel-Send-Id", email.send_id))
     head = _CRLF.join(f"{name}: {value}" for name, value in headers)
-    text = _part_body(email.text)
-    html = _part_body(email.html) if email.html is not None else b""
     unfolded = (value.replace(_CRLF + " ", "").replace(_CRLF + "\t", "") for _, value in headers)
-    if not all(_PLAIN.match(value) for value in unfolded) or text is None or html is None:
+    if not all(_PLAIN.match(value) for value in unfolded):
         return _slow(email)
     if max(map(len, head.split(_CRLF))) > 998 or any("\r" in v or "\n" in v for _, v in email.headers):
         return _slow(email)
-    if email.html is None:
-        top = f"MIME-Version: 1.0{_CRLF}{_part_headers('plain', text)}{_CRLF}{_CRLF}"
-        return head.encode("ascii") + _CRLF.encode() + top.encode("ascii") + text, message_id
-    boundary = "===============" + str(secrets.randbelow(10**19)).zfill(19) + "=="
-    if boundary.encode() in text or boundary.encode() in html:
+    letter = _letter(email)
+    attachments = [_attachment_part(attachment) for attachment in email.attachments]
+    if letter is None or None in attachments:
         return _slow(email)
-    separator = f"--{boundary}{_CRLF}".encode()
+    if attachments:
+        boundary = _boundary()
+        parts = [letter, *(part for part in attachments if part is not None)]
+        if any(boundary.encode() in part for part in parts):
+            return _slow(email)
+        letter = _multipart("mixed", boundary, parts)
+    return head.encode("ascii") + f"{_CRLF}MIME-Version: 1.0{_CRLF}".encode() + letter, message_id
+
+
+def _letter(email: OutgoingEmail) -> bytes | None:
+    """The letter's own part, headers first: text/plain, or multipart/alternative of text and HTML."""
+    text = _part_body(email.text)
+    if text is None:
+        return None
+    plain = f"{_part_headers('plain', text)}{_CRLF}{_CRLF}".encode() + text
+    if email.html is None:
+        return plain
+    html = _part_body(email.html)
+    if html is None:
+        return None
+    boundary = _boundary()
+    if boundary.encode() in text or boundary.encode() in html:
+        return None
+    return _multipart(
+        "alternative",
+        boundary,
+        [plain, f"{_part_headers('html', html)}{_CRLF}{_CRLF}".encode() + html],
+    )
+
+
+def _attachment_part(attachment: Attachment) -> bytes | None:
+    """An attachment as `add_attachment` writes a text one (7bit/8bit UTF-8); None when it is not plain text."""
+    maintype, _, subtype = attachment.content_type.partition("/")
+    params = [(name, value) for name, value in attachment.params]
+    named = [*params, ("filename", attachment.filename)]
+    plain = all(_TOKEN.match(name) and _VALUE.match(value) for name, value in named)
+    if maintype != "text" or not _TOKEN.match(subtype) or not plain:
+        return None
+    try:
+        body = _part_body(attachment.content.decode("utf-8"))
+    except UnicodeDecodeError:
+        return None
+    if body is None:
+        return None
+    kind = f'text/{subtype}; charset="utf-8"' + "".join(f'; {name}="{value}"' for name, value in params)
+    encoding = "7bit" if body.isascii() else "8bit"
     return (
-        b"".join(
-            (
-                head.encode("ascii"),
-                f'{_CRLF}MIME-Version: 1.0{_CRLF}Content-Type: multipart/alternative; boundary="{boundary}"'.encode(),
-                (_CRLF * 2).encode(),
-                separator,
-                f"{_part_headers('plain', text)}{_CRLF}{_CRLF}".encode(),
-                text,
-                _CRLF.encode(),  # the line break before a boundary belongs to the boundary
-                separator,
-                f"{_part_headers('html', html)}{_CRLF}{_CRLF}".encode(),
-                html,
-                f"{_CRLF}--{boundary}--{_CRLF}".encode(),
-            )
-        ),
-        message_id,
+        f"Content-Type: {kind}{_CRLF}Content-Transfer-Encoding: {encoding}{_CRLF}"
+        f'Content-Disposition: attachment; filename="{attachment.filename}"{_CRLF}{_CRLF}'
+    ).encode() + body
+
+
+#: a MIME token (a subtype, a parameter name) and a parameter value written between quotes as it is
+_TOKEN = re.compile(r"[A-Za-z0-9!#$&^_.+-]{1,64}\Z")
+_VALUE = re.compile(r"[A-Za-z0-9 !#$%&'()*+,./:;<=>?@\[\]^_`{|}~-]{1,200}\Z")
+
+
+def _boundary() -> str:
+    return "===============" + str(secrets.randbelow(10**19)).zfill(19) + "=="
+
+
+def _multipart(subtype: str, boundary: str, parts: list[bytes]) -> bytes:
+    """A multipart part, its header first: each part after its boundary line, and the closing boundary."""
+    separator = f"{_CRLF}--{boundary}{_CRLF}".encode()  # the line break before a boundary belongs to it
+    return (
+        f'Content-Type: multipart/{subtype}; boundary="{boundary}"{_CRLF}{_CRLF}--{boundary}{_CRLF}'.encode()
+        + separator.join(parts)
+        + f"{_CRLF}--{boundary}--{_CRLF}".encode()
     )
 
 
