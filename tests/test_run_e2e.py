@@ -73,11 +73,15 @@ def test_weeks_of_cron_runs_follow_every_rule(project: Project, funnel) -> None:
     start = datetime(2026, 12, 1, 16, 0, tzinfo=UTC)
     # cron as the practice would run it, thinned out where nothing is due
     times = clock(start, datetime(2027, 1, 13, 4, tzinfo=UTC), timedelta(hours=12))
-    times += clock(datetime(2027, 1, 13, 16, tzinfo=UTC), datetime(2027, 1, 30, tzinfo=UTC), timedelta(hours=1))
+    # hourly around each webinar (reminders, Lia's late registration, Grace's new date), every
+    # three hours in between (follow-ups only need a run inside the reader's send window)
+    times += clock(datetime(2027, 1, 13, 16, tzinfo=UTC), datetime(2027, 1, 16, tzinfo=UTC), timedelta(hours=1))
+    times += clock(datetime(2027, 1, 16, tzinfo=UTC), datetime(2027, 1, 27, 12, tzinfo=UTC), timedelta(hours=3))
+    times += clock(datetime(2027, 1, 27, 12, tzinfo=UTC), datetime(2027, 1, 30, tzinfo=UTC), timedelta(hours=1))
     times += clock(datetime(2027, 1, 30, 16, tzinfo=UTC), datetime(2027, 4, 1, tzinfo=UTC), timedelta(hours=12))
     # a run between Lia's late registration and the start: seen only at the start, she
     # would get no confirmation at all (nothing about a webinar that has begun, issue 6)
-    times = sorted([*times, datetime(2027, 1, 15, 1, 30, tzinfo=UTC)])
+    times = sorted({*times, datetime(2027, 1, 15, 1, 30, tzinfo=UTC)})
     events = {
         # Grace moves to a later webinar before her first one: rescheduled, not re-enrolled
         datetime(2027, 1, 10, 0, tzinfo=UTC): lambda: project.append(
