@@ -39,6 +39,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "sqlite_only(reason): the test is about the SQLite file itself (its lock file, WAL, bytes on disk); "
         "the PostgreSQL pass (FUNNEL_TEST_DATABASE=postgres) leaves it out with that reason",
     )
+    config.addinivalue_line(
+        "markers",
+        "long_running: a test of minutes (weeks of cron runs); collected first, so that an xdist worker "
+        "starts it at once and the others share the rest meanwhile, instead of it finishing last",
+    )
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -46,7 +51,9 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """In the PostgreSQL pass, tests about the SQLite file are left out, each with its own reason."""
+    """Long tests go first (see the `long_running` marker); in the PostgreSQL pass, tests about
+    the SQLite file are left out, each with its own reason."""
+    items.sort(key=lambda item: item.get_closest_marker("long_running") is None)  # stable: the rest keep their order
     if TEST_DATABASE != "postgres":
         return
     for item in items:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from zoneinfo import ZoneInfo
 
+import pytest
 from conftest import Project, database_rows
 
 from funnel.config import load_config
@@ -60,6 +61,7 @@ def test_same_address_in_any_case_is_one_contact(example_project: Project, funne
     assert shown.json()["email"] == "ana.reyes@example.test"
 
 
+@pytest.mark.long_running
 def test_weeks_of_cron_runs_follow_every_rule(project: Project, funnel) -> None:
     project.write(
         "signups/webinar-registrations.csv",
