@@ -23,6 +23,7 @@ import secrets
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -125,6 +126,7 @@ class FakeSendGrid:
         self._rejects: dict[str, tuple[int, str]] = {}
         self._status_for_all: int | None = None
         self._delay = 0.0
+        self._on_mail: Callable[[dict[str, Any]], None] | None = None
         self._requests: list[dict[str, Any]] = []
         self._suppressions: dict[str, list[dict[str, Any]]] = {name: [] for name in SUPPRESSION_ENDPOINTS}
         self._server: _Server | None = None
@@ -219,6 +221,11 @@ class FakeSendGrid:
         with self._lock:
             self._status_for_all = status
 
+    def on_mail(self, hook: Callable[[dict[str, Any]], None] | None) -> None:
+        """Call `hook(record)` for each mail/send request before answering it (on the server thread)."""
+        with self._lock:
+            self._on_mail = hook
+
     def delay(self, seconds: float) -> None:
         """Wait this long before answering each request from now on (0: no delay)."""
         with self._lock:
@@ -266,6 +273,7 @@ class FakeSendGrid:
 
     def _handle(self, handler: _Handler) -> None:
         """Answer one request; runs on a server worker thread."""
+        arrived = time.time()  # before the body is read: when the request reached the fake
         parts = urlsplit(handler.path)
         length = int(handler.headers.get("Content-Length") or 0)
         raw = handler.rfile.read(length) if length else b""
@@ -281,7 +289,7 @@ class FakeSendGrid:
             "query": {k: v[-1] for k, v in parse_qs(parts.query).items()},
             "headers": dict(handler.headers.items()),
             "body": body,
-            "time": time.time(),
+            "time": arrived,
             "status": None,
         }
 
@@ -290,6 +298,9 @@ class FakeSendGrid:
             fault = self._faults.popleft() if self._faults else None
             status_for_all = self._status_for_all
             rejects = dict(self._rejects)
+            on_mail = self._on_mail if parts.path == "/v3/mail/send" else None
+        if on_mail is not None:
+            on_mail(record)
         if delay:
             self._stopping.wait(delay)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from conftest import Project
-from fake_sendgrid import FakeSendGrid
+from fake_sendgrid import FakeSendGrid, _recipients
 
 from funnel.config import load_config
 from funnel.db import make_engine
@@ -562,6 +562,66 @@ def test_unsubscribe_and_forget_during_a_run_stop_emails_it_already_claimed(proj
         )
     engine.dispose()
     assert reasons == ["erased", "unsubscribed"]
+
+
+def test_an_unsubscribe_after_the_hand_over_stops_the_request_not_yet_started(project: Project, funnel, fake) -> None:
+    """Suppression is read again on the sender thread right before each request, not only per batch.
+
+    One sender thread (concurrency 1): while the first email's request is at the fake, the other
+    is already handed over (`sending`: the window is two batches). Her unsubscribe lands then; her
+    request, which starts only after the first one's answer, must not go out.
+    """
+    import sqlalchemy
+
+    people = set(registrations(project, 2))
+    set_delivery(project, concurrency=1)
+    env = sendgrid_env(fake)
+    engine = make_engine(project.database_url)
+    seen: list[str] = []
+    failures: list[str] = []
+
+    def status_of(address: str) -> tuple[str, str | None]:
+        with engine.connect() as conn:
+            row = conn.execute(
+                sqlalchemy.text(
+                    "SELECT s.status, s.reason FROM step_runs s JOIN enrollments e ON e.id = s.enrollment_id"
+                    " JOIN contacts c ON c.id = e.contact_id WHERE c.email = :email AND s.step_id = 'registered'"
+                ),
+                {"email": address},
+            ).one_or_none()
+        return (row[0], row[1]) if row else ("", None)
+
+    def unsubscribe_the_other(record: dict[str, Any]) -> None:
+        """(The fake's thread, while the first request waits for its answer.)"""
+        seen.extend(_recipients(record["body"]))
+        if len(seen) > 1:
+            return
+        (other,) = people - set(seen)
+        try:
+            wait_until(lambda: status_of(other)[0] == "sending", seconds=30)
+            done = subprocess.run(
+                [sys.executable, "-m", "funnel", "contacts", "unsubscribe", other, "--now", NOW],
+                cwd=project.root,
+                env={**os.environ, **env},
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.returncode == 0, done.stderr
+        except AssertionError as exc:  # raised on the fake's thread: carried to the test
+            failures.append(str(exc))
+
+    fake.on_mail(unsubscribe_the_other)
+    try:
+        result = funnel("run", "--now", NOW, env=env)
+    finally:
+        fake.on_mail(None)
+    assert result.code == 0, result.err
+    assert failures == []
+    assert len(seen) == 1, seen
+    (other,) = people - set(seen)
+    assert status_of(other) == ("skipped", "unsubscribed")
+    engine.dispose()
 
 
 def test_the_confirmation_carries_the_calendar_invitation_through_sendgrid(project: Project, funnel, fake) -> None:

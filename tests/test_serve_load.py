@@ -217,18 +217,22 @@ def test_nothing_lost_nothing_counted_twice_no_server_error(load: Load) -> None:
     assert sent_rows == sum(sent_to.values()), (summary, sent_rows, sum(sent_to.values()))
 
 
-#: how long a request that has passed its last suppression check may still take to reach the fake
-#: (opening a connection and writing the body, on a loaded 2-core machine): an email whose request
-#: was under way before the unsubscribe was stored is not a late one
-IN_FLIGHT = 0.05
+#: how long a request that has passed its last suppression check may still take to reach the fake:
+#: opening a connection, writing the body and waiting for the CPU among the run's eight sender
+#: threads, the server, the clients and three other test workers on a 2-core machine. 50 ms proved
+#: too little (a request 92 ms after the acknowledgement, once in a full suite run), so wall-clock
+#: time here only bounds lateness under load; that the check right before each request stops an
+#: email already handed over is proven without clocks by test_delivery's
+#: `test_an_unsubscribe_after_the_hand_over_stops_the_request_not_yet_started`.
+IN_FLIGHT = 0.3
 
 
 def test_no_email_handed_over_after_the_unsubscribe_was_acknowledged(load: Load) -> None:
-    """The fake SendGrid notes when each request arrives; none may follow that person's acknowledged unsubscribe.
+    """The fake SendGrid notes when each request arrives; none may follow that person's acknowledged
+    unsubscribe by more than a request's time on the way (`IN_FLIGHT`).
 
     Suppression is read for each batch at the hand-over and again on the sender thread right before
-    each request (see the README's "Never twice"); without the second read, requests arrived up to
-    1.6 s after the acknowledgement. What remains is the request already on the wire (`IN_FLIGHT`).
+    each request (see the README's "Never twice").
     """
     acknowledged = load.tally.acknowledged
     late = [
