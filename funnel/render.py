@@ -59,6 +59,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
+from types import CodeType
 from typing import Any
 
 import css_inline
@@ -476,8 +477,41 @@ def _plan(env: Environment, ast: nodes.Template) -> _Plan | None:
     return _Plan(personal=tuple(sorted(personal)), values=tuple(sorted(values)))
 
 
+#: (environment's kind, template name, source) -> (its syntax tree, its compiled code): see `_compiled`
+_COMPILED: dict[tuple[tuple[bool, ...], str | None, str | None, str], tuple[nodes.Template, CodeType]] = {}
+#: how many compiled sources `_COMPILED` keeps (a few versions of one project; past it, it starts afresh)
+_COMPILED_MAX = 2048
+_COMPILED_LOCK = threading.Lock()
+
+
+def _compiled(env: Environment, name: str | None, filename: str | None, source: str) -> tuple[nodes.Template, CodeType]:
+    """The syntax tree and code Jinja makes of `source`, once per process.
+
+    A Renderer compiles every step's template, subject and preheader when it
+    starts (so a broken one stops a run before anything is sent): about 60 ms
+    for the shipped project, most of what `funnel run` costs when little is
+    due. The code depends only on the source, the template's name and how the
+    environment is set up (`kind`, see `_environment`), and its file's name
+    (render errors find their line by it in the traceback), so a process that
+    makes several Renderers (`funnel serve`, a scheduler or test calling the
+    CLI in-process) compiles each source once. Syntax errors are not kept.
+    The tree is the one the code was compiled from, for `_plan`; nothing
+    changes it after compiling.
+    """
+    key = (env.kind, name, filename, source)  # type: ignore[attr-defined]  # set by `_environment`
+    known = _COMPILED.get(key)
+    if known is None:
+        tree = env.parse(source, name, filename)
+        code = env.compile(tree, name, filename)
+        with _COMPILED_LOCK:
+            if len(_COMPILED) >= _COMPILED_MAX:
+                _COMPILED.clear()
+            known = _COMPILED[key] = (tree, code)
+    return known
+
+
 class _SourceLoader(FileSystemLoader):
-    """Templates from a folder, keeping the source of each as it was last read (and compiled).
+    """Templates from a folder, keeping the syntax tree of the source each was compiled from.
 
     A template's `_Plan` must describe the source that was compiled, not the
     file as it may be a moment later.
@@ -492,9 +526,8 @@ class _SourceLoader(FileSystemLoader):
         """Jinja's `BaseLoader.load` (without a bytecode cache), parsing once: the tree that is
         compiled is kept for the `_Plan`, instead of parsing the file a second time for it."""
         source, filename, uptodate = self.get_source(environment, name)
-        tree = environment.parse(source, name, filename)
+        tree, code = _compiled(environment, name, filename, source)
         self.trees[name] = tree
-        code = environment.compile(tree, name, filename)
         return environment.template_class.from_code(environment, code, environment.make_globals(globals), uptodate)
 
 
@@ -542,6 +575,8 @@ def _environment(folder: Path, *, autoescape: bool, markdown: bool = False, slot
         keep_trailing_newline=True,
         finalize=_slot_or(finalize) if slots else finalize,
     )
+    #: what the compiled code depends on besides the source (see `_compiled`)
+    env.kind = (autoescape, markdown, slots)  # type: ignore[attr-defined]
     env.filters["format_date"] = format_date
     env.filters["format_time"] = format_time
     return env
@@ -612,9 +647,10 @@ class Renderer:
 
     def _from_string(self, source: str) -> Template:
         """Compile a subject or preheader (raises TemplateSyntaxError), with its `_Plan`."""
-        ast = self._text_env.parse(source)
-        template = self._text_env.from_string(ast)
-        self._trees[template] = (self._text_env, ast)
+        env = self._text_env
+        ast, code = _compiled(env, None, None, source)
+        template = env.template_class.from_code(env, code, env.make_globals(None), None)
+        self._trees[template] = (env, ast)
         return template
 
     def _plan_of(self, template: Template) -> _Plan | None:

@@ -130,6 +130,21 @@ def test_minimal_project_loads(tmp_path: Path) -> None:
     assert config.fingerprint
 
 
+def test_loading_the_same_file_again_gives_the_same_config_and_an_edit_is_read(tmp_path: Path) -> None:
+    """A process keeps the parse of a text it has read (`funnel serve`, in-process CLI calls)."""
+    path = write_project(tmp_path)
+    first, second = load_config(path), load_config(path)
+    assert first == second and first is not second
+    assert first.source_lines == second.source_lines and first.source_lines
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text.replace("America/Denver", "America/Chicago", 1), encoding="utf-8")
+    assert load_config(path).practice.timezone == "America/Chicago"
+    path.write_text(text.replace("America/Denver", "Mars/Olympus", 1), encoding="utf-8")
+    assert "Mars/Olympus" in only_problem(path)
+    path.write_text(text, encoding="utf-8")
+    assert load_config(path) == first
+
+
 def test_shipped_sequences_yaml_loads_without_problems() -> None:
     config = load_config(REPO / "sequences.yaml")
     assert config.practice.postal_address

@@ -480,6 +480,34 @@ def test_rendering_does_not_reread_template_files(tmp_path: Path) -> None:
     assert fresh.html is not None and "changed layout" in fresh.html
 
 
+def test_a_second_renderer_in_one_process_compiles_only_what_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Renderers of one process share compiled sources (`funnel serve`, in-process CLI calls): an
+    edited file is compiled afresh, and render errors still name their file and line."""
+    config = project(tmp_path, templates={"reminder.md": "Line one.\n\nHi {{ contact.nickname }}!\n"})
+    compiled: list[str | None] = []
+    original = jinja2.Environment.compile
+
+    def counting(self: jinja2.Environment, source: object, name: str | None = None, *args: object) -> object:
+        compiled.append(name)
+        return original(self, source, name, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(jinja2.Environment, "compile", counting)
+    Renderer(config)
+    assert "hello.md" in compiled and "layout.html" in compiled
+    compiled.clear()
+    again = Renderer(config)
+    assert compiled == []
+    with pytest.raises(TemplateError) as info:
+        render(config, "reminder", renderer=again)
+    assert str(info.value).startswith("email_templates/reminder.md:3: ")
+    (tmp_path / "email_templates" / "hello.md").write_text("Edited {{ contact.first_name }}.\n", encoding="utf-8")
+    edited = Renderer(config)
+    assert compiled == ["hello.md"]
+    assert "Edited Ann." in render(config, renderer=edited).text
+
+
 # --------------------------------------------------------------------------- funnel check
 
 
