@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -172,15 +172,17 @@ class Ledger:
     def rows_of(self, enrollment_ids: list[int]) -> dict[int, dict[str, StepRow]]:
         """Every step row of these enrollments, by enrollment and step id (plain rows, no ORM objects)."""
         found: dict[int, dict[str, StepRow]] = {}
-        for start in range(0, len(enrollment_ids), 500):
-            chunk = enrollment_ids[start : start + 500]
-            for row in self.sql.execute(
-                f"SELECT {_ROW_COLUMNS} FROM step_runs WHERE enrollment_id IN ({self.sql.marks(len(chunk))})",  # noqa: S608
-                chunk,
-            ):
-                step_row = _step_row(row)
-                found.setdefault(step_row.enrollment_id, {})[step_row.step_id] = step_row
+        for step_row in self._rows_where("enrollment_id", enrollment_ids):
+            found.setdefault(step_row.enrollment_id, {})[step_row.step_id] = step_row
         return found
+
+    def _rows_where(self, column: str, values: list[Any]) -> Iterator[StepRow]:
+        """The step rows whose `column` is one of `values`, read in chunks of 500 marks."""
+        for start in range(0, len(values), 500):
+            chunk = values[start : start + 500]
+            sql = f"SELECT {_ROW_COLUMNS} FROM step_runs WHERE {column} IN ({self.sql.marks(len(chunk))})"  # noqa: S608
+            for row in self.sql.execute(sql, chunk):
+                yield _step_row(row)
 
     def claim_new(self, values: list[dict[str, Any]]) -> dict[str, StepRow]:
         """Insert `claimed` rows (insert-or-ignore); return the ones this run got, by send id.
@@ -197,17 +199,8 @@ class Ledger:
             InsertIgnore(self.session, _table(), columns, ("enrollment_id", "step_id")).run(
                 [[row[name] for name in columns] for row in rows]
             )
-        taken: dict[str, StepRow] = {}
         wanted = [v["send_id"] for v in values]
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start : start + 500]
-            for row in self.sql.execute(
-                f"SELECT {_ROW_COLUMNS} FROM step_runs WHERE send_id IN ({self.sql.marks(len(chunk))})",  # noqa: S608
-                chunk,
-            ):
-                step_row = _step_row(row)
-                taken[step_row.send_id or ""] = step_row
-        return taken
+        return {step_row.send_id or "": step_row for step_row in self._rows_where("send_id", wanted)}
 
     def retake(self, row: StepRow) -> StepRow | None:
         """Claim a step whose last attempt failed in a way worth retrying (None: someone else has it)."""
