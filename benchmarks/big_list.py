@@ -28,6 +28,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from send_throughput import installed
+
 REPO = Path(__file__).resolve().parent.parent
 HEADER = "Email,First Name,Last Name,Webinar Start,Time Zone,Discreet\n"
 ZONES = ["America/Denver", "America/New_York", "America/Los_Angeles", "America/Chicago", ""]
@@ -73,7 +75,7 @@ def timed(folder: Path, *args: str) -> Timing:
         [sys.executable, "-m", "funnel", *args],
         cwd=folder,
         stdout=subprocess.DEVNULL,
-        env={**os.environ, "FUNNEL_SECRET_KEY": "bench"},
+        env=installed({**os.environ, "FUNNEL_SECRET_KEY": "bench"}),
     )
     _, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - started

@@ -27,7 +27,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from send_throughput import KEY, FakeServer, make_project
+from send_throughput import KEY, FakeServer, installed, make_project
 
 ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -73,13 +73,15 @@ def time_workers(workers: int, n: int, latency: float, concurrency: int, admin_u
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             make_project(folder, n, concurrency)
-            env = {
-                **os.environ,
-                "SENDGRID_API_KEY": KEY,
-                "FUNNEL_SENDGRID_HOST": fake.url,
-                "FUNNEL_DATABASE_URL": url,
-                "NO_PROXY": "127.0.0.1,localhost",
-            }
+            env = installed(
+                {
+                    **os.environ,
+                    "SENDGRID_API_KEY": KEY,
+                    "FUNNEL_SENDGRID_HOST": fake.url,
+                    "FUNNEL_DATABASE_URL": url,
+                    "NO_PROXY": "127.0.0.1,localhost",
+                }
+            )
             funnel = [sys.executable, "-m", "funnel", "run"]
             # enroll everyone first (nothing is due yet): the timed runs only send
             subprocess.run([*funnel, "--now", "2027-01-10T16:00:00Z"], cwd=folder, env=env, check=True)
