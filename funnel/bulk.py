@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Integer, Table
@@ -42,12 +43,15 @@ def placeholder(dialect: Dialect) -> str:
 def _converted_column(process: Callable[[Any], Any], values: Sequence[Any]) -> list[Any]:
     """`process` applied to one column of a batch, once per distinct value.
 
-    (Values that compare equal convert equally for every type funnel stores,
-    datetimes in other zones included.) Unhashable values (JSON objects) are
-    converted one by one, but an empty one only once.
+    Distinct by type and value, and for a datetime by its `fold` too: two
+    wall times of one zone that differ only in fold (the repeated hour when
+    the clocks go back) compare equal but are different instants, and `True`
+    equals `1`. Unhashable values (JSON objects) are converted one by one, but
+    an empty one only once.
     """
     try:
-        distinct = set(values)
+        keys = [_distinct_key(value) for value in values]
+        distinct = dict(zip(keys, values, strict=True))  # hashing: TypeError for a JSON object
     except TypeError:
         empty: list[Any] = []
         out = []
@@ -59,8 +63,18 @@ def _converted_column(process: Callable[[Any], Any], values: Sequence[Any]) -> l
             else:
                 out.append(process(value))
         return out
-    converted = {value: process(value) for value in distinct}
-    return list(map(converted.__getitem__, values))
+    converted = {key: process(value) for key, value in distinct.items()}
+    return list(map(converted.__getitem__, keys))
+
+
+def _distinct_key(value: Any) -> Any:
+    """What makes two values of a column convert alike (see `_converted_column`)."""
+    kind = type(value)
+    if kind is str:  # most values: the text is its own key (no other key is a str)
+        return value
+    if kind is datetime:
+        return (kind, value, value.fold, value.tzinfo)
+    return (kind, value)
 
 
 class InsertIgnore:

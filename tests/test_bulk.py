@@ -153,3 +153,23 @@ def test_a_runs_deferred_writes_store_values_exactly_as_sqlalchemy_stores_them(e
                 rows = conn.exec_driver_sql("SELECT email_hash, last_marketing_at, discreet FROM contacts").fetchall()
             raw = {row[0]: tuple(row[1:]) for row in rows}
             assert raw["deferred"] == raw["orm"], moment
+
+
+def test_values_equal_but_not_alike_are_converted_each_on_its_own() -> None:
+    """The repeated hour when clocks go back: two wall times equal as Python compares them within one
+    zone, but an hour apart; and True, which equals 1. Each keeps its own conversion."""
+    from sqlalchemy.dialects import sqlite
+
+    from funnel.bulk import _converted_column
+    from funnel.models import UTCDateTime
+
+    new_york = ZoneInfo("America/New_York")
+    first = datetime(2026, 11, 1, 1, 30, tzinfo=new_york)
+    second = first.replace(fold=1)
+    assert first == second
+    dialect = sqlite.dialect()
+    process = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
+    assert process is not None
+    assert _converted_column(process, [first, second, first]) == [process(first), process(second), process(first)]
+    assert process(first) != process(second)
+    assert _converted_column(repr, [True, 1, 1.0, "1", True]) == ["True", "1", "1.0", "'1'", "True"]
