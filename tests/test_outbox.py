@@ -97,6 +97,25 @@ def test_outbox_file_reads_as_the_message_build_message_makes(
     assert _outcome(message_bytes, outgoing) == _outcome(build_message, outgoing)
 
 
+#: line breaks of every kind `str.splitlines` knows, and other controls, in names and subjects
+_BROKEN = st.text(
+    st.one_of(st.sampled_from("\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029\x00\t"), st.characters(codec="utf-8")),
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=st.one_of(st.none(), _BROKEN), subject=_BROKEN)
+def test_names_and_subjects_with_line_breaks_are_refused_or_written_as_build_message_does(
+    name: str | None, subject: str
+) -> None:
+    """No line break of any kind reaches a header the fast writer writes: what `build_message`
+    refuses it refuses, what it writes it writes the same."""
+    outgoing = _email(name, subject, "Hi,\n", None)
+    assert _outcome(message_bytes, outgoing) == _outcome(build_message, outgoing)
+
+
 _CALENDARS = st.one_of(
     st.just("BEGIN:VCALENDAR\r\nMETHOD:PUBLISH\r\nSUMMARY:Relationship 911 — live\r\nEND:VCALENDAR\r\n"),
     st.text(st.characters(blacklist_categories=("Cs",)), max_size=300),

@@ -73,6 +73,8 @@ def build_message(email: OutgoingEmail) -> EmailMessage:
 
 #: a header value written as it is: printable ASCII, no line break
 _PLAIN = re.compile(r"[ -~]*\Z")
+#: anything `str.splitlines` breaks a line at: never written into a header by the fast path
+_LINE_BREAK = re.compile(r"[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]")
 _CRLF = "\r\n"
 
 
@@ -86,6 +88,9 @@ def message_bytes(email: OutgoingEmail) -> tuple[bytes, str]:
     header that is not plain text, an attachment that is not plain UTF-8 text) is
     left to `build_message`, which folds and encodes by the book.
     """
+    raw = [email.subject, email.sender.name or "", email.to.name or "", *(value for _, value in email.headers)]
+    if any(_LINE_BREAK.search(value) for value in raw):  # build_message refuses (or folds) these by the book
+        return _slow(email)
     domain = email.sender.email.rpartition("@")[2] or "localhost"
     message_id = make_msgid(idstring=email.send_id, domain=domain)
     headers = [("From", _address(email.sender)), ("To", _address(email.to))]
