@@ -53,6 +53,7 @@ import re
 import secrets
 import threading
 import traceback
+from bisect import bisect_right
 from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -60,7 +61,7 @@ from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from types import CodeType
-from typing import Any
+from typing import Any, cast
 
 import css_inline
 from jinja2 import (
@@ -81,15 +82,17 @@ from jinja2 import (
 )
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 from markdown_it import MarkdownIt
-from markdown_it.common.utils import escapeHtml
 from markdown_it.token import Token
 from markupsafe import Markup
 
 from funnel.config import KNOWN_FIELDS, Config, Sequence, Step
 from funnel.errors import TemplateError
 
-_MD_PUNCT = re.compile(r"([\\`*_{}\[\]()#+\-.!<>|~])")
-_MD_UNESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!<>|~])")
+#: Markdown syntax a reader's value may hold, backslash-escaped when it is printed into a Markdown
+#: template: `&` (an entity such as `&copy;` would show as ©) and `=` (a line of them under a line
+#: makes a heading) too
+_MD_PUNCT = re.compile(r"([\\`*_{}\[\]()#+\-.!<>|~&=])")
+_MD_UNESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!<>|~&=])")
 
 
 class EmptyValueError(TemplateRuntimeError):
@@ -156,10 +159,62 @@ def markdown_escape(value: Any) -> Any:
     return _MD_PUNCT.sub(r"\\\1", str(value))
 
 
+#: a tag as html5ever writes it: attribute values always in double quotes (a `>` may be inside them)
+_TAG = re.compile(r'<[^>"]*(?:"[^"]*"[^>"]*)*>')
+_TAG_NAME = re.compile(r"<([A-Za-z][A-Za-z0-9]*)")
+#: elements whose text the serialiser writes as it is (not escaped)
+_RAW_TEXT = frozenset({"style", "script", "xmp", "iframe", "noembed", "noframes", "noscript", "plaintext"})
+
+
+def _markup_spans(html: str) -> list[tuple[int, int, str]]:
+    """The (start, end, kind) of every tag ("tag") and of every comment or raw text ("raw") in
+    serialised HTML, in order; what lies between them is text."""
+    spans: list[tuple[int, int, str]] = []
+    at, end = 0, len(html)
+    while (start := html.find("<", at)) >= 0:
+        if html.startswith("<!--", start):
+            close = html.find("-->", start + 4)
+            at = end if close < 0 else close + 3
+            spans.append((start, at, "raw"))
+            continue
+        tag = _TAG.match(html, start)
+        if tag is None:
+            spans.append((start, end, "raw"))
+            break
+        spans.append((start, tag.end(), "tag"))
+        at = tag.end()
+        name = _TAG_NAME.match(html, start)
+        if name is not None and name.group(1).lower() in _RAW_TEXT:
+            close_tag = re.compile(rf"</{name.group(1)}", re.IGNORECASE).search(html, at)
+            stop = close_tag.start() if close_tag else end
+            spans.append((at, stop, "raw"))
+            at = stop
+    return spans
+
+
 class _Personal(str):
     """A value of the recipient's own: printed as a slot token while a shape is compiled."""
 
     __slots__ = ()
+
+
+#: line breaks of every kind `str.splitlines` knows, and the control characters besides them and tab
+_LINE_BREAKS = re.compile(r"[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]+")
+_CONTROLS = re.compile(r"[\x00-\x08\x0e-\x1b\x1f\x7f]")
+
+
+def _one_line(text: str) -> str:
+    """A reader's value as an email shows it: line breaks as one space, control characters dropped.
+
+    A value is printed into running text (a greeting, a sentence), never as a
+    block of its own: a message typed on a form with blank lines, `===` on a
+    line, or a stray NUL from an old export must not make paragraphs, headings
+    or odd bytes in the email, and must show the same whichever way the email
+    is rendered (see `_Plan`).
+    """
+    if text.isprintable():
+        return text
+    return _CONTROLS.sub("", _LINE_BREAKS.sub(" ", text))
 
 
 def _personal(value: Any) -> Any:
@@ -604,6 +659,8 @@ class Renderer:
         #: source -> its pieces around slot tokens (see `_fill`)
         self._cut: dict[str, tuple[tuple[str, ...], tuple[tuple[int, str], ...]]] = {}
         self._pages: dict[str, str] = {}
+        #: inlined page -> where each of its slot tokens stands (see `_html_contexts`)
+        self._contexts: dict[str, tuple[str | None, ...]] = {}
         self._markdown = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
         self._inliner = css_inline.CSSInliner(keep_style_tags=True, load_remote_stylesheets=False)
         self.layout_html = self._load(self._html_env, "layout.html")
@@ -746,7 +803,7 @@ class Renderer:
             return self._render_direct(
                 sequence_id, sequence, step, contact, webinar, unsubscribe_url, discreet=discreet
             )
-        text_body = self._fill(body.text, lambda index: fill(index, False))
+        text_body = self._fill(body.text, fill)
         text = self._with_preheader(self._wrap_text_remembered(text_body, context), context)
         html = None
         if not discreet:
@@ -758,7 +815,12 @@ class Renderer:
                 page = self._inliner.inline(page_source)
                 if len(self._pages) < _MAX_SHAPES:
                     self._pages[page_source] = page
-            html = self._fill(page, lambda index: fill(index, True))
+            where = self._html_contexts(page)
+            if None in where:  # a value in a comment, a <style>, a tag's name: the serialiser decides
+                return self._render_direct(
+                    sequence_id, sequence, step, contact, webinar, unsubscribe_url, discreet=discreet
+                )
+            html = self._fill(page, fill, cast(tuple[str, ...], where))
         return Rendered(subject=subject, text=text, html=html)
 
     def _render_direct(
@@ -812,12 +874,18 @@ class Renderer:
             webinar = replace(webinar, start=_NoWebinarStart(name="webinar.start"))  # type: ignore[arg-type]
         # blank values (and mapped fields a row left empty) as `_Empty`: falsy, refused when printed bare
         fields = dict(self._blank_fields)  # the same order as ever: mapped fields first, then the row's
+        # a value shown on one line; one that is only white space then is blank too
         for key, value in contact.fields.items():
-            fields[key] = _blank(f"contact.fields.{key}") if value is None or value == "" else _personal(value)
+            if isinstance(value, str):
+                value = _one_line(value)
+            blank = value is None or (isinstance(value, str) and not value.strip())
+            fields[key] = _blank(f"contact.fields.{key}") if blank else _personal(value)
+        first_name = _one_line(contact.first_name) if contact.first_name else ""
+        last_name = _one_line(contact.last_name) if contact.last_name else ""
         personal = TemplateContact(
-            email=_personal(contact.email),
-            first_name=_personal(contact.first_name) if contact.first_name else _blank("contact.first_name"),
-            last_name=_personal(contact.last_name) if contact.last_name else _blank("contact.last_name"),
+            email=_personal(_one_line(contact.email)),
+            first_name=_personal(first_name) if first_name.strip() else _blank("contact.first_name"),
+            last_name=_personal(last_name) if last_name.strip() else _blank("contact.last_name"),
             fields=fields,
             discreet=discreet,
         )
@@ -950,25 +1018,48 @@ class Renderer:
         """`source` with its slot tokens replaced by `values` as they are (a subject, the text layout)."""
         if not values:
             return source
-        return self._fill(source, lambda index: values[index] if index < len(values) else None)
+        return self._fill(source, lambda index, _where: values[index] if index < len(values) else None)
 
-    def _fill(self, source: str, fill: Callable[[int], str | None]) -> str:
-        """`source` with each slot token replaced by `fill(its number)`, or left as written for None.
+    def _fill(self, source: str, fill: Callable[[int, str], str | None], where: tuple[str, ...] | None = None) -> str:
+        """`source` with each slot token replaced by `fill(its number, where it is)`, or left as written for None.
 
-        The same as `self._token.sub` with that function, but the sources filled
-        (a shape's text, an inlined page, a remembered output) come back for
-        every reader: each is cut at its tokens once (`_pieces`), and an email
-        only joins the pieces with its values instead of scanning the page.
+        `where` holds each token's place in an HTML page (`_html_contexts`); in
+        any other source every token is "text". The same as `self._token.sub`,
+        but the sources filled (a shape's text, an inlined page, a remembered
+        output) come back for every reader: each is cut at its tokens once
+        (`_pieces`), and an email only joins the pieces with its values
+        instead of scanning the page.
         """
         texts, tokens = self._pieces(source)
         if not tokens:
             return source
         out = [texts[0]]
-        for (index, written), text in zip(tokens, texts[1:], strict=True):
-            value = fill(index)
+        for position, ((index, written), text) in enumerate(zip(tokens, texts[1:], strict=True)):
+            value = fill(index, where[position] if where is not None else "text")
             out.append(written if value is None else value)
             out.append(text)
         return "".join(out)
+
+    def _html_contexts(self, page: str) -> tuple[str | None, ...]:
+        """Where each slot token of an inlined page stands: "html" (text), "attr" (a quoted attribute
+        value) or None (anywhere else: a comment, raw text such as <style>, a tag's name)."""
+        found = self._contexts.get(page)
+        if found is None:
+            spans = _markup_spans(page)
+            starts = [start for start, _end, _kind in spans]
+            places: list[str | None] = []
+            for match in self._token.finditer(page):
+                at = bisect_right(starts, match.start()) - 1
+                if at < 0 or match.start() >= spans[at][1]:
+                    places.append("html")
+                elif spans[at][2] == "tag" and page.count('"', spans[at][0], match.start()) % 2 == 1:
+                    places.append("attr")
+                else:
+                    places.append(None)
+            found = tuple(places)
+            if len(self._contexts) < _MAX_SHAPES:
+                self._contexts[page] = found
+        return found
 
     def _pieces(self, source: str) -> tuple[tuple[str, ...], tuple[tuple[int, str], ...]]:
         """`source` cut at its slot tokens: the texts around them, and each token's number and text."""
@@ -1017,6 +1108,10 @@ class Renderer:
         tokens = self._markdown.parse(source)
         url_slots: set[int] = set()
         for token in tokens:
+            if _in_code(token, self._prefix):
+                # Markdown shows a value's backslash escapes inside code as they are; rendered
+                # directly, both paths write the same (see the README on values in code)
+                return _Body(html="", text="", url_slots=frozenset(), direct=True)
             for child in token.children or []:
                 for name in ("href", "src"):
                     target = child.attrGet(name)
@@ -1025,7 +1120,7 @@ class Renderer:
         html = self._markdown.renderer.render(tokens, self._markdown.options, {})
         return _Body(html=html, text=tokens_to_text(tokens), url_slots=frozenset(url_slots))
 
-    def _filler(self, body: _Body, values: list[str]) -> Callable[[int, bool], str | None] | None:
+    def _filler(self, body: _Body, values: list[str]) -> Callable[[int, str], str | None] | None:
         """The function that fills slot tokens with `values`, or None when this email must render directly."""
         if body.direct:
             return None
@@ -1038,15 +1133,18 @@ class Renderer:
                 return None
             urls[index] = url
 
-        def fill(index: int, html: bool) -> str | None:
+        def fill(index: int, where: str) -> str | None:
             # `values` is read when filling: the layout adds its own slots after the body's
             if index >= len(values):  # a token-like string that is not ours: leave it as written
                 return None
             value = urls.get(index, values[index])
-            if not html:
+            if where == "text":
                 return " ".join(value.split()) if body.html_text else value
-            # as the HTML serialiser writes text, plus quotes so a value is safe in an attribute too
-            return escapeHtml(value).replace("'", "&#39;").replace("\xa0", "&nbsp;")
+            # as css_inline's serialiser (html5ever) writes text and double-quoted attribute values
+            value = value.replace("&", "&amp;").replace("\xa0", "&nbsp;")
+            if where == "attr":
+                return value.replace('"', "&quot;")
+            return value.replace("<", "&lt;").replace(">", "&gt;")
 
         return fill
 
@@ -1108,11 +1206,37 @@ def _text_config() -> Any:
     return ParserConfig(css=CSS_PROFILES["strict"], display_links=True)
 
 
-def _html_to_text(html: str) -> str:
-    """The plain-text part of an HTML body (links kept as text)."""
-    from inscriptis import get_text
+def _in_code(token: Token, prefix: str) -> bool:
+    """Whether a slot token stands inside a code span, an indented code block or a fence."""
+    if token.type in ("code_block", "fence") and prefix in token.content:
+        return True
+    return any(child.type == "code_inline" and prefix in child.content for child in token.children or [])
 
-    return get_text(html, _text_config()).strip()
+
+def _html_to_text(html: str) -> str:
+    """The plain-text part of an HTML body (links kept as text).
+
+    inscriptis unescapes the text lxml has already decoded a second time
+    (`canvas/block.py`), so a reader named `&copy;` (written `&amp;copy;` in
+    the HTML) would read "©", and a link `?a=1&copy=2` would change. Each `&`
+    in the parsed tree's text and link targets is therefore written as
+    `&amp;`, which that second unescape turns back into `&`.
+    """
+    from inscriptis import Inscriptis, _get_html_tree
+
+    tree = _get_html_tree(html)
+    if tree is None:
+        return ""
+    for element in tree.iter():
+        if isinstance(element.text, str) and "&" in element.text:
+            element.text = element.text.replace("&", "&amp;")
+        if isinstance(element.tail, str) and "&" in element.tail:
+            element.tail = element.tail.replace("&", "&amp;")
+        for name in ("href", "src"):
+            value = element.get(name) if isinstance(element.tag, str) else None
+            if value is not None and "&" in value:
+                element.set(name, value.replace("&", "&amp;"))
+    return str(Inscriptis(tree, _text_config()).get_text()).strip()
 
 
 def _hint(exc: JinjaTemplateError) -> str:

@@ -791,6 +791,20 @@ def test_a_readers_value_in_a_link_target_is_checked_like_markdown_does(tmp_path
     assert "<script>" not in out.html
 
 
+def _tag_names(html: str) -> set[str]:
+    """Every element name in an HTML document, as a browser's parser reads it."""
+    from html.parser import HTMLParser
+
+    names: set[str] = set()
+
+    class Collect(HTMLParser):
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            names.add(tag)
+
+    Collect().feed(html)
+    return names
+
+
 def _attribute_names(html: str) -> set[str]:
     """Every attribute name in an HTML document, as a browser's parser reads it."""
     from html.parser import HTMLParser
@@ -1013,6 +1027,92 @@ def test_remembered_renders_equal_direct_rendering_whatever_the_reader(
         direct = renderer._render_direct("welcome", sequence, step, contact, seminar, UNSUB, discreet=discreet)
         assert fast == direct
     assert any(renderer._memos.values())
+
+
+#: values people type or old exports hold that are not plain words: quotes, things that look like
+#: markup, entities or Markdown, line breaks, controls, no-break spaces
+_AWKWARD = st.one_of(
+    st.sampled_from(
+        [
+            "O'Brien",
+            'Ann "Annie" Lee',
+            "&copy;",
+            "Bob &amp; Sue",
+            "&#65;&#x42;",
+            "a\n===",
+            "x\n=",
+            "Line1\n\nLine2",
+            "a  \nb",
+            "a\n    code",
+            "A\x00B",
+            "A\rB",
+            "\xa0x\xa0",
+            "<b>x</b>",
+            "x = y & z",
+            "#1 fan",
+            "<!-- x -->",
+            "a > b",
+            '"><script>alert(1)</script>',
+            "Zoë\u2028Ann",
+        ]
+    ),
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30),
+)
+
+AWKWARD_LAYOUT_HTML = MEMO_LAYOUT_HTML.replace(
+    "<p>{% if contact.first_name %}",
+    "<p title=\"{{ contact.first_name or 'friend' }}\" class=\"{{ contact.last_name or 'none' }}\">"
+    "<!-- for {{ step.id }} -->{% if contact.first_name %}",
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(first=_AWKWARD, last=_AWKWARD, city=_AWKWARD, message=_AWKWARD, discreet=st.booleans())
+def test_remembered_renders_equal_direct_rendering_for_awkward_values(
+    tmp_path: Path, first: str, last: str, city: str, message: str, discreet: bool
+) -> None:
+    """Quotes, entities, Markdown, line breaks and controls in a reader's values come out byte for
+    byte as rendering her directly writes them, in text, in attributes and in the text part; and no
+    value makes markup (a heading, a paragraph, a tag) of its own."""
+    key = f"awkward:{tmp_path}"
+    if key not in _RENDERERS:
+        config = project(
+            tmp_path,
+            yaml=MEMO_YAML,
+            templates={"layout.html": AWKWARD_LAYOUT_HTML, "layout.txt": MEMO_LAYOUT_TXT, "hello.md": MEMO_HELLO_MD},
+        )
+        _RENDERERS[key] = Renderer(config)
+    renderer = _RENDERERS[key]
+    config = renderer.config
+    sequence = config.sequences["welcome"]
+    contact = TemplateContact(
+        email="ann@example.test", first_name=first, last_name=last, fields={"city": city, "message": message}
+    )
+    for step_id in ("hello", "reminder", "page"):
+        step = sequence.step(step_id)
+        assert step is not None
+        fast = renderer.render("welcome", sequence, step, contact, webinar(), UNSUB, discreet=discreet)
+        direct = renderer._render_direct("welcome", sequence, step, contact, webinar(), UNSUB, discreet=discreet)
+        assert fast == direct
+        if fast.html is not None:
+            made = _tag_names(fast.html) - {"h1"} if step_id == "page" else _tag_names(fast.html)
+            assert not made & {"h1", "h2", "script", "b", "pre", "code"}, made
+            assert {"onmouseover", "onclick"}.isdisjoint(_attribute_names(fast.html))
+        assert "\x00" not in fast.text and "\r" not in fast.text
+
+
+def test_a_readers_value_in_code_renders_the_same_both_ways(tmp_path: Path) -> None:
+    """Inside a code span or block Markdown shows escapes as written: such a shape renders directly."""
+    templates = {"hello.md": "Code: `{{ contact.fields.get('city') or 'x' }}`\n\n    {{ contact.email }}\n"}
+    config = project(tmp_path, templates=templates)
+    renderer = Renderer(config)
+    sequence = config.sequences["welcome"]
+    step = sequence.step("hello")
+    assert step is not None
+    contact = TemplateContact(email="ann.lee@example.test", first_name="Ann", fields={"city": "Fort-Collins"})
+    for discreet in (False, True):
+        fast = renderer.render("welcome", sequence, step, contact, webinar(), UNSUB, discreet=discreet)
+        assert fast == renderer._render_direct("welcome", sequence, step, contact, webinar(), UNSUB, discreet=discreet)
 
 
 def test_a_remembered_template_raises_the_same_errors(tmp_path: Path) -> None:
