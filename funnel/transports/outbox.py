@@ -33,7 +33,13 @@ def build_message(email: OutgoingEmail) -> EmailMessage:
 
     With attachments (the calendar invitation) it is multipart/mixed: that
     message first, then each attachment.
+
+    Raises ValueError for a line break of any kind in a header value: the
+    standard library refuses CR LF but writes a lone CR (or NEL, U+2028, ...)
+    into the header, where a mail program may read it as the end of the headers.
     """
+    if any(_LINE_BREAK.search(value) for value in _header_texts(email)):
+        raise ValueError("a header value may not contain a line break")
     message = EmailMessage(policy=_POLICY)
     message["From"] = _header_address(email.sender)
     message["To"] = _header_address(email.to)
@@ -78,6 +84,12 @@ _LINE_BREAK = re.compile(r"[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]")
 _CRLF = "\r\n"
 
 
+def _header_texts(email: OutgoingEmail) -> list[str]:
+    """The free text of an email's headers: subject, names, extra header values."""
+    names = [address.name or "" for address in (email.sender, email.to, email.reply_to) if address is not None]
+    return [email.subject, *names, *(value for _, value in email.headers)]
+
+
 def message_bytes(email: OutgoingEmail) -> tuple[bytes, str]:
     """The .eml file's bytes and its Message-ID, written directly (about ten times faster).
 
@@ -88,9 +100,8 @@ def message_bytes(email: OutgoingEmail) -> tuple[bytes, str]:
     header that is not plain text, an attachment that is not plain UTF-8 text) is
     left to `build_message`, which folds and encodes by the book.
     """
-    raw = [email.subject, email.sender.name or "", email.to.name or "", *(value for _, value in email.headers)]
-    if any(_LINE_BREAK.search(value) for value in raw):  # build_message refuses (or folds) these by the book
-        return _slow(email)
+    if any(_LINE_BREAK.search(value) for value in _header_texts(email)):
+        return _slow(email)  # which refuses it
     domain = email.sender.email.rpartition("@")[2] or "localhost"
     message_id = make_msgid(idstring=email.send_id, domain=domain)
     headers = [("From", _address(email.sender)), ("To", _address(email.to))]
