@@ -83,16 +83,16 @@ from jinja2 import (
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from funnel.config import KNOWN_FIELDS, Config, Sequence, Step
 from funnel.errors import TemplateError
 
 #: Markdown syntax a reader's value may hold, backslash-escaped when it is printed into a Markdown
-#: template: `&` (an entity such as `&copy;` would show as ©) and `=` (a line of them under a line
-#: makes a heading) too
-_MD_PUNCT = re.compile(r"([\\`*_{}\[\]()#+\-.!<>|~&=])")
-_MD_UNESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!<>|~&=])")
+#: template: `&` (an entity such as `&copy;` would show as ©), `=` (a line of them under a line
+#: makes a heading) and quotes (they end a link's title) too
+_MD_PUNCT = re.compile(r"([\\`*_{}\[\]()#+\-.!<>|~&=\"'])")
+_MD_UNESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!<>|~&=\"'])")
 
 
 class EmptyValueError(TemplateRuntimeError):
@@ -159,9 +159,14 @@ def markdown_escape(value: Any) -> Any:
     return _MD_PUNCT.sub(r"\\\1", str(value))
 
 
+#: a tag in a template's source, its attribute values in double or single quotes (or none)
+_SOURCE_TAG = re.compile(r"""<[A-Za-z][^>"']*(?:(?:"[^"]*"|'[^']*')[^>"']*)*>""")
+_QUOTED = re.compile(r""""[^"]*"|'[^']*'""")
 #: a tag as html5ever writes it: attribute values always in double quotes (a `>` may be inside them)
 _TAG = re.compile(r'<[^>"]*(?:"[^"]*"[^>"]*)*>')
 _TAG_NAME = re.compile(r"<([A-Za-z][A-Za-z0-9]*)")
+#: the last attribute opened before a point in a tag: its name
+_ATTRIBUTE = re.compile(r'([^\s="]+)="[^"]*\Z')
 #: elements whose text the serialiser writes as it is (not escaped)
 _RAW_TEXT = frozenset({"style", "script", "xmp", "iframe", "noembed", "noframes", "noscript", "plaintext"})
 
@@ -185,7 +190,7 @@ def _markup_spans(html: str) -> list[tuple[int, int, str]]:
         at = tag.end()
         name = _TAG_NAME.match(html, start)
         if name is not None and name.group(1).lower() in _RAW_TEXT:
-            close_tag = re.compile(rf"</{name.group(1)}", re.IGNORECASE).search(html, at)
+            close_tag = re.compile(rf"</{name.group(1)}(?=[\s/>])", re.IGNORECASE).search(html, at)
             stop = close_tag.start() if close_tag else end
             spans.append((at, stop, "raw"))
             at = stop
@@ -204,17 +209,19 @@ _CONTROLS = re.compile(r"[\x00-\x08\x0e-\x1b\x1f\x7f]")
 
 
 def _one_line(text: str) -> str:
-    """A reader's value as an email shows it: line breaks as one space, control characters dropped.
+    """A reader's value as an email shows it: line breaks as one space, control characters dropped,
+    no white space at either end.
 
     A value is printed into running text (a greeting, a sentence), never as a
     block of its own: a message typed on a form with blank lines, `===` on a
-    line, or a stray NUL from an old export must not make paragraphs, headings
-    or odd bytes in the email, and must show the same whichever way the email
-    is rendered (see `_Plan`).
+    line, a name ending in two spaces (a Markdown line break) or starting with
+    a tab (a code block), or a stray NUL from an old export must not make
+    paragraphs, headings or odd bytes in the email, and must show the same
+    whichever way the email is rendered (see `_Plan`).
     """
-    if text.isprintable():
-        return text
-    return _CONTROLS.sub("", _LINE_BREAKS.sub(" ", text))
+    if not text.isprintable():
+        text = _CONTROLS.sub("", _LINE_BREAKS.sub(" ", text))
+    return text.strip()
 
 
 def _personal(value: Any) -> Any:
@@ -292,8 +299,11 @@ class _Body:
     url_slots: frozenset[int]
     #: the shape cannot be compiled faithfully (e.g. an autolink around a slot): render directly
     direct: bool = False
-    #: an `.html` body: its text part shows a value's white space as a browser would (runs folded)
+    #: an `.html` body: its text part is made from the filled HTML for each reader (inscriptis), since
+    #: how a value's white space and entities read depends on where it stands (<pre>, a table)
     html_text: bool = False
+    #: the Markdown has a backtick: a value with one could close a code span, so it renders directly
+    backticks: bool = False
 
 
 #: how many shapes one step (or the layout) keeps; past it, new shapes are rendered without caching
@@ -653,7 +663,7 @@ class Renderer:
         #: a run renders few of the steps it compiles, and the analysis costs as much as compiling)
         self._trees: dict[Template, tuple[Environment, nodes.Template]] = {}
         self._memos: dict[Template, dict[tuple[Any, ...], tuple[str, tuple[tuple[str, ...], ...]]]] = {}
-        self._prefix = f"fnl{secrets.token_hex(4)}x"
+        self._prefix = f"fnl{secrets.token_hex(8)}x"
         self._token = re.compile(re.escape(self._prefix) + r"(\d+)z")
         self._shapes: dict[tuple[str, str, str], _Body] = {}
         #: source -> its pieces around slot tokens (see `_fill`)
@@ -699,8 +709,24 @@ class Renderer:
         except TemplateSyntaxError as exc:
             raise TemplateError(_syntax_message(self.config.templates_dir, name, exc)) from None
         assert isinstance(env.loader, _SourceLoader)
+        if env is self._html_env:
+            self._check_tags(name, env.loader.get_source(env, name)[0])
         self._trees[template] = (env, env.loader.trees[name])
         return template
+
+    def _check_tags(self, name: str, source: str) -> None:
+        """Refuse a value printed inside an HTML tag outside quotes (`class={{ x }}`, `<p {{ x }}>`).
+
+        Autoescaping makes a value safe inside a quoted attribute, not in a bare
+        one: a person named `x onmouseover=...` would add an attribute of her own.
+        """
+        for tag in _SOURCE_TAG.finditer(source):
+            if "{{" in _QUOTED.sub("", tag.group(0)):
+                line = source.count("\n", 0, tag.start()) + 1
+                raise TemplateError(
+                    f"{self.config.templates_dir}/{name}:{line}: a value printed inside an HTML tag must be in a "
+                    'quoted attribute: write title="{{ ... }}" (in a bare one, a value could add attributes)'
+                )
 
     def _from_string(self, source: str) -> Template:
         """Compile a subject or preheader (raises TemplateSyntaxError), with its `_Plan`."""
@@ -803,7 +829,10 @@ class Renderer:
             return self._render_direct(
                 sequence_id, sequence, step, contact, webinar, unsubscribe_url, discreet=discreet
             )
-        text_body = self._fill(body.text, fill)
+        if body.html_text:
+            text_body = _html_to_text(self._fill(body.html, lambda index, _where: _escaped(fill(index, "text"))))
+        else:
+            text_body = self._fill(body.text, fill)
         text = self._with_preheader(self._wrap_text_remembered(text_body, context), context)
         html = None
         if not discreet:
@@ -812,7 +841,7 @@ class Renderer:
             )
             page = self._pages.get(page_source)
             if page is None:
-                page = self._inliner.inline(page_source)
+                page = self._inline(page_source)
                 if len(self._pages) < _MAX_SHAPES:
                     self._pages[page_source] = page
             where = self._html_contexts(page)
@@ -852,7 +881,7 @@ class Renderer:
         text = self._with_preheader(self._wrap_text(text_body, context), context)
         html = None
         if not discreet:
-            html = self._inliner.inline(self._run(self.layout_html, {**context, "content": html_body}, "layout.html"))
+            html = self._inline(self._run(self.layout_html, {**context, "content": html_body}, "layout.html"))
         return Rendered(subject=subject, text=text, html=html)
 
     def _context(
@@ -1042,18 +1071,27 @@ class Renderer:
 
     def _html_contexts(self, page: str) -> tuple[str | None, ...]:
         """Where each slot token of an inlined page stands: "html" (text), "attr" (a quoted attribute
-        value) or None (anywhere else: a comment, raw text such as <style>, a tag's name)."""
+        value) or None: anywhere the serialiser or the CSS inliner treats a value otherwise (a comment,
+        raw text such as <style>, a tag's name, a style attribute, an attribute an attribute
+        selector of the page's CSS may match, script, CDATA, SVG or MathML)."""
         found = self._contexts.get(page)
         if found is None:
             spans = _markup_spans(page)
             starts = [start for start, _end, _kind in spans]
+            lowered = page.lower()
+            foreign = any(mark in lowered for mark in ("<script", "<![cdata[", "<svg", "<math"))
+            selectors = any(kind == "raw" and "[" in page[start:end] for start, end, kind in spans)
             places: list[str | None] = []
             for match in self._token.finditer(page):
                 at = bisect_right(starts, match.start()) - 1
-                if at < 0 or match.start() >= spans[at][1]:
+                if foreign:
+                    places.append(None)
+                elif at < 0 or match.start() >= spans[at][1]:
                     places.append("html")
                 elif spans[at][2] == "tag" and page.count('"', spans[at][0], match.start()) % 2 == 1:
-                    places.append("attr")
+                    attribute = _ATTRIBUTE.search(page, spans[at][0], match.start())
+                    styled = attribute is not None and attribute.group(1).lower() == "style"
+                    places.append(None if styled or selectors else "attr")
                 else:
                     places.append(None)
             found = tuple(places)
@@ -1101,28 +1139,32 @@ class Renderer:
 
     def _compile_shape(self, kind: str, source: str) -> _Body:
         if kind != "md":
-            text = _html_to_text(source)
-            return _Body(html=source, text=text, url_slots=frozenset(), html_text=True)
+            return _Body(html=source, text="", url_slots=frozenset(), html_text=True)
+        direct = _Body(html="", text="", url_slots=frozenset(), direct=True)
         if re.search(r"<[^<>\s]*" + re.escape(self._prefix), source):
-            return _Body(html="", text="", url_slots=frozenset(), direct=True)  # an autolink around a value
+            return direct  # an autolink around a value
+        if re.search(r"[*_]" + re.escape(self._prefix) + r"|" + re.escape(self._prefix) + r"\d+z[*_]", source):
+            return direct  # emphasis next to a value: whether it opens or closes depends on her first or last character
         tokens = self._markdown.parse(source)
         url_slots: set[int] = set()
         for token in tokens:
             if _in_code(token, self._prefix):
                 # Markdown shows a value's backslash escapes inside code as they are; rendered
                 # directly, both paths write the same (see the README on values in code)
-                return _Body(html="", text="", url_slots=frozenset(), direct=True)
+                return direct
+            if _link_text_decides(token.children or [], self._prefix):
+                return direct
             for child in token.children or []:
                 for name in ("href", "src"):
                     target = child.attrGet(name)
                     if target is not None:
                         url_slots.update(int(m.group(1)) for m in self._token.finditer(str(target)))
         html = self._markdown.renderer.render(tokens, self._markdown.options, {})
-        return _Body(html=html, text=tokens_to_text(tokens), url_slots=frozenset(url_slots))
+        return _Body(html=html, text=tokens_to_text(tokens), url_slots=frozenset(url_slots), backticks="`" in source)
 
     def _filler(self, body: _Body, values: list[str]) -> Callable[[int, str], str | None] | None:
         """The function that fills slot tokens with `values`, or None when this email must render directly."""
-        if body.direct:
+        if body.direct or (body.backticks and any("`" in value for value in values)):
             return None
         urls: dict[int, str] = {}
         for index in body.url_slots:
@@ -1139,7 +1181,7 @@ class Renderer:
                 return None
             value = urls.get(index, values[index])
             if where == "text":
-                return " ".join(value.split()) if body.html_text else value
+                return value
             # as css_inline's serialiser (html5ever) writes text and double-quoted attribute values
             value = value.replace("&", "&amp;").replace("\xa0", "&nbsp;")
             if where == "attr":
@@ -1147,6 +1189,17 @@ class Renderer:
             return value.replace("<", "&lt;").replace(">", "&gt;")
 
         return fill
+
+    def _inline(self, page: str) -> str:
+        """The page with its CSS inlined; CSS the inliner cannot read (a reader's value in a style
+        attribute, say) fails this email with a TemplateError naming the layout."""
+        try:
+            return str(self._inliner.inline(page))
+        except css_inline.InlineError as exc:
+            raise TemplateError(
+                f"{self.config.templates_dir}/layout.html: its CSS cannot be read for this email ({exc}): "
+                "keep people's values out of style attributes and <style>"
+            ) from None
 
     def _wrap_text(self, body: str, context: dict[str, Any]) -> str:
         if self.layout_text is None:
@@ -1206,37 +1259,72 @@ def _text_config() -> Any:
     return ParserConfig(css=CSS_PROFILES["strict"], display_links=True)
 
 
+def _escaped(value: str | None) -> str | None:
+    """A value as autoescaping writes it into HTML (None stays None)."""
+    return None if value is None else str(escape(value))
+
+
+def _link_text_decides(children: list[Token], prefix: str) -> bool:
+    """Whether the text part of a link depends on a reader's value beyond printing it.
+
+    The text part adds a link's target after its words unless the words are
+    the target (`_inline_text`): with a value in the words, or in the target
+    while the words could be an address (a `:`, `@` or `.`), only her values
+    can tell.
+    """
+    opened: list[tuple[str, list[str]]] = []
+    for child in children:
+        if child.type == "link_open":
+            opened.append((str(child.attrGet("href") or ""), []))
+        elif child.type == "link_close" and opened:
+            href, words = opened.pop()
+            label = "".join(words)
+            if prefix in label or (prefix in href and any(mark in label for mark in ":@.")):
+                return True
+        elif opened and child.type in ("text", "code_inline"):
+            opened[-1][1].append(child.content)
+    return False
+
+
 def _in_code(token: Token, prefix: str) -> bool:
     """Whether a slot token stands inside a code span, an indented code block or a fence."""
-    if token.type in ("code_block", "fence") and prefix in token.content:
+    if token.type in ("code_block", "fence") and (prefix in token.content or prefix in token.info):
         return True
     return any(child.type == "code_inline" and prefix in child.content for child in token.children or [])
+
+
+#: stands for `&` while inscriptis works (see `_html_to_text`): a private-use character
+_AMPERSAND = "\ue000"
 
 
 def _html_to_text(html: str) -> str:
     """The plain-text part of an HTML body (links kept as text).
 
-    inscriptis unescapes the text lxml has already decoded a second time
-    (`canvas/block.py`), so a reader named `&copy;` (written `&amp;copy;` in
+    inscriptis unescapes the text lxml has already decoded once more (and a
+    table cell's twice), so a reader named `&copy;` (written `&amp;copy;` in
     the HTML) would read "©", and a link `?a=1&copy=2` would change. Each `&`
-    in the parsed tree's text and link targets is therefore written as
-    `&amp;`, which that second unescape turns back into `&`.
+    in the parsed tree's text and link targets therefore stands in as a
+    private-use character while inscriptis works, and is put back after. (A
+    page that holds that character itself keeps inscriptis' own reading.)
     """
     from inscriptis import Inscriptis, _get_html_tree
 
     tree = _get_html_tree(html)
     if tree is None:
         return ""
-    for element in tree.iter():
-        if isinstance(element.text, str) and "&" in element.text:
-            element.text = element.text.replace("&", "&amp;")
-        if isinstance(element.tail, str) and "&" in element.tail:
-            element.tail = element.tail.replace("&", "&amp;")
-        for name in ("href", "src"):
-            value = element.get(name) if isinstance(element.tag, str) else None
-            if value is not None and "&" in value:
-                element.set(name, value.replace("&", "&amp;"))
-    return str(Inscriptis(tree, _text_config()).get_text()).strip()
+    stand_in = _AMPERSAND not in html
+    if stand_in:
+        for element in tree.iter():
+            if isinstance(element.text, str) and "&" in element.text:
+                element.text = element.text.replace("&", _AMPERSAND)
+            if isinstance(element.tail, str) and "&" in element.tail:
+                element.tail = element.tail.replace("&", _AMPERSAND)
+            for name in ("href", "src"):
+                value = element.get(name) if isinstance(element.tag, str) else None
+                if value is not None and "&" in value:
+                    element.set(name, value.replace("&", _AMPERSAND))
+    text = str(Inscriptis(tree, _text_config()).get_text()).strip()
+    return text.replace(_AMPERSAND, "&") if stand_in else text
 
 
 def _hint(exc: JinjaTemplateError) -> str:
@@ -1347,6 +1435,6 @@ def _inline_text(children: list[Token]) -> str:
             label = "".join(parts[start:]).strip()
             if href and href != label and not href.startswith("mailto:" + label):
                 parts.append(f" ({href})")
-        elif kind == "image":
-            parts.append(child.content)
+        elif kind == "image":  # its words as parsed (its `content` keeps Markdown's backslashes)
+            parts.append("".join(c.content for c in child.children or [] if c.type in ("text", "code_inline")))
     return "".join(parts)

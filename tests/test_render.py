@@ -1054,32 +1054,80 @@ _AWKWARD = st.one_of(
             "a > b",
             '"><script>alert(1)</script>',
             "Zoë\u2028Ann",
+            "x`y",
+            "Ann  ",
+            "\tAnn",
+            " Denver",
+            "Ann\u3000",
+            "A+B",
+            "python extra",
+            "mailto:ann@example.test",
+            "x onmouseover=alert(1)",
         ]
     ),
     st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30),
 )
 
+#: values in text, in double- and single-quoted attributes, next to a comment and in a <textarea>:
+#: all filled in by the fast path
 AWKWARD_LAYOUT_HTML = MEMO_LAYOUT_HTML.replace(
     "<p>{% if contact.first_name %}",
     "<p title=\"{{ contact.first_name or 'friend' }}\" class=\"{{ contact.last_name or 'none' }}\">"
-    "<!-- for {{ step.id }} -->{% if contact.first_name %}",
+    "<span title='{{ contact.fields.city or \"x\" }}'><!-- for {{ step.id }} --></span>{% if contact.first_name %}",
+).replace("</body>", "<textarea>{{ contact.first_name or 'x' }}</textarea></body>")
+
+#: Markdown around values as a therapist's template might put them: filled in by the fast path
+AWKWARD_HELLO_MD = (
+    MEMO_HELLO_MD
+    + "\n# {{ contact.fields.city or 'Home' }}\n\n"
+    + "Write to [us](https://a.test/x \"{{ contact.first_name or 'x' }}\").\n\n"
+    + "Dear {{ contact.first_name or 'x' }}, see ![{{ contact.last_name or 'a photo' }}](https://a.test/i.png).\n\n"
+    + "> {{ contact.fields.message or 'quiet' }}\n\n"
+    + "- {{ contact.fields.city or 'nowhere' }}\n- **Dear** {{ contact.last_name or 'x' }} **now**\n"
 )
 
+#: where only her values can tell what Markdown or the CSS inliner makes of them: rendered directly
+TRICKY_HELLO_MD = (
+    MEMO_HELLO_MD
+    + "\nWrite to [{{ contact.email }}](mailto:{{ contact.email }}) or [{{ contact.first_name or 'x' }}](https://a.test).\n\n"
+    + "Dear *{{ contact.first_name or 'x' }}*, x*{{ contact.last_name or 'y' }}*y.\n\n"
+    + "- Use `a` or `b {{ contact.first_name or 'c' }} d\n\n"
+    + "```{{ contact.last_name or 'text' }}\ncode\n```\n"
+)
+TRICKY_LAYOUT_HTML = MEMO_LAYOUT_HTML.replace(
+    "<p>{% if contact.first_name %}",
+    "<p style=\"color: {{ contact.fields.message or 'red' }}\">{% if contact.first_name %}",
+)
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+#: an HTML step: values in text, a <pre>, a table cell and an attribute
+AWKWARD_PAGE_HTML = (
+    "<h1>Hello {{ contact.first_name or 'there' }}</h1>\n"
+    "<pre>{{ contact.last_name or 'x' }}</pre>\n"
+    "<table><tr><td>{{ contact.fields.city or 'y' }}</td></tr></table>\n"
+    "<p title=\"{{ contact.fields.message or 'm' }}\">Dear {{ contact.first_name or 'you' }}, welcome</p>\n"
+)
+
+_TEMPLATE_SETS = {
+    "filled": {"layout.html": AWKWARD_LAYOUT_HTML, "hello.md": AWKWARD_HELLO_MD, "page.html": AWKWARD_PAGE_HTML},
+    "direct": {"layout.html": TRICKY_LAYOUT_HTML, "hello.md": TRICKY_HELLO_MD, "page.html": AWKWARD_PAGE_HTML},
+}
+
+
+@pytest.mark.parametrize("templates", sorted(_TEMPLATE_SETS))
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(first=_AWKWARD, last=_AWKWARD, city=_AWKWARD, message=_AWKWARD, discreet=st.booleans())
 def test_remembered_renders_equal_direct_rendering_for_awkward_values(
-    tmp_path: Path, first: str, last: str, city: str, message: str, discreet: bool
+    tmp_path: Path, templates: str, first: str, last: str, city: str, message: str, discreet: bool
 ) -> None:
     """Quotes, entities, Markdown, line breaks and controls in a reader's values come out byte for
     byte as rendering her directly writes them, in text, in attributes and in the text part; and no
-    value makes markup (a heading, a paragraph, a tag) of its own."""
-    key = f"awkward:{tmp_path}"
+    value makes markup (a heading, a tag, an attribute) of its own. "filled": templates whose values
+    the fast path fills in; "direct": values where only the value can tell what the Markdown or the
+    CSS inliner makes of it, which the fast path must send down the direct path."""
+    key = f"awkward:{templates}:{tmp_path}"
     if key not in _RENDERERS:
         config = project(
-            tmp_path,
-            yaml=MEMO_YAML,
-            templates={"layout.html": AWKWARD_LAYOUT_HTML, "layout.txt": MEMO_LAYOUT_TXT, "hello.md": MEMO_HELLO_MD},
+            tmp_path, yaml=MEMO_YAML, templates={**_TEMPLATE_SETS[templates], "layout.txt": MEMO_LAYOUT_TXT}
         )
         _RENDERERS[key] = Renderer(config)
     renderer = _RENDERERS[key]
@@ -1091,14 +1139,21 @@ def test_remembered_renders_equal_direct_rendering_for_awkward_values(
     for step_id in ("hello", "reminder", "page"):
         step = sequence.step(step_id)
         assert step is not None
-        fast = renderer.render("welcome", sequence, step, contact, webinar(), UNSUB, discreet=discreet)
+        try:
+            fast = renderer.render("welcome", sequence, step, contact, webinar(), UNSUB, discreet=discreet)
+        except TemplateError as error:  # a value the CSS inliner cannot read in a style attribute
+            with pytest.raises(TemplateError) as same:
+                renderer._render_direct("welcome", sequence, step, contact, webinar(), UNSUB, discreet=discreet)
+            assert str(same.value) == str(error) and templates == "direct"
+            continue
         direct = renderer._render_direct("welcome", sequence, step, contact, webinar(), UNSUB, discreet=discreet)
         assert fast == direct
         if fast.html is not None:
-            made = _tag_names(fast.html) - {"h1"} if step_id == "page" else _tag_names(fast.html)
-            assert not made & {"h1", "h2", "script", "b", "pre", "code"}, made
+            assert not _tag_names(fast.html) & {"h2", "script", "b"}, _tag_names(fast.html)
             assert {"onmouseover", "onclick"}.isdisjoint(_attribute_names(fast.html))
         assert "\x00" not in fast.text and "\r" not in fast.text
+    if templates == "filled":  # the fast path did the work: shapes compiled and pages filled
+        assert any(not body.direct for body in renderer._shapes.values()) and renderer._contexts
 
 
 def test_a_readers_value_in_code_renders_the_same_both_ways(tmp_path: Path) -> None:
@@ -1113,6 +1168,45 @@ def test_a_readers_value_in_code_renders_the_same_both_ways(tmp_path: Path) -> N
     for discreet in (False, True):
         fast = renderer.render("welcome", sequence, step, contact, webinar(), UNSUB, discreet=discreet)
         assert fast == renderer._render_direct("welcome", sequence, step, contact, webinar(), UNSUB, discreet=discreet)
+
+
+@pytest.mark.parametrize(
+    "tag", ["<p class={{ contact.first_name or 'x' }}>", "<p {{ contact.first_name or 'x' }}>", "<img alt={{ x }}>"]
+)
+def test_a_value_in_a_bare_attribute_is_refused_with_its_line(tmp_path: Path, tag: str) -> None:
+    """Autoescaping keeps a value inside a quoted attribute only: `x onmouseover=...` would add one."""
+    layout = LAYOUT_HTML.replace("<body>", f"<body>\n{tag}x</p>", 1)
+    assert layout != LAYOUT_HTML
+    config = project(tmp_path, templates={"layout.html": layout})
+    with pytest.raises(TemplateError) as info:
+        Renderer(config)
+    line = layout.splitlines().index(f"{tag}x</p>") + 1
+    assert str(info.value).startswith(f"email_templates/layout.html:{line}: a value printed inside an HTML tag")
+
+
+def test_values_in_quoted_attributes_and_conditions_inside_tags_are_fine(tmp_path: Path) -> None:
+    layout = LAYOUT_HTML.replace(
+        "<body>",
+        "<body>\n<p title='{{ contact.first_name or \"x\" }}' {% if contact.discreet %}hidden{% endif %}"
+        " class=\"a {{ contact.last_name or 'b' }}\">x</p>",
+        1,
+    )
+    config = project(tmp_path, templates={"layout.html": layout})
+    out = render(config, contact=TemplateContact(email="a@example.test", first_name="x onmouseover=alert(1)"))
+    assert out.html is not None and "onmouseover" not in _attribute_names(out.html)
+
+
+def test_the_text_of_an_html_step_shows_entities_as_written_also_in_tables() -> None:
+    """inscriptis unescapes once more than HTML does (twice in a table cell): undone."""
+    from funnel.render import _html_to_text
+
+    html = (
+        "<table><tr><td>Tom &amp;amp; Jerry &amp;lt;b&amp;gt; &copy;</td></tr></table>"
+        '<p>Tom &amp;amp; Jerry &amp;copy; <a href="https://x.test/?a=1&amp;copy=2">l</a></p>'
+    )
+    assert (
+        _html_to_text(html) == "Tom &amp; Jerry &lt;b&gt; ©\n\n\nTom &amp; Jerry &copy; [l](https://x.test/?a=1&copy=2)"
+    )
 
 
 def test_a_remembered_template_raises_the_same_errors(tmp_path: Path) -> None:
