@@ -903,18 +903,17 @@ class Renderer:
             webinar = replace(webinar, start=_NoWebinarStart(name="webinar.start"))  # type: ignore[arg-type]
         # blank values (and mapped fields a row left empty) as `_Empty`: falsy, refused when printed bare
         fields = dict(self._blank_fields)  # the same order as ever: mapped fields first, then the row's
-        # a value shown on one line; one that is only white space then is blank too
+        # each value shown on one line (`_one_line`): one that was only white space is blank too
         for key, value in contact.fields.items():
             if isinstance(value, str):
                 value = _one_line(value)
-            blank = value is None or (isinstance(value, str) and not value.strip())
-            fields[key] = _blank(f"contact.fields.{key}") if blank else _personal(value)
-        first_name = _one_line(contact.first_name) if contact.first_name else ""
-        last_name = _one_line(contact.last_name) if contact.last_name else ""
+            fields[key] = _blank(f"contact.fields.{key}") if value is None or value == "" else _personal(value)
+        first_name = _one_line(contact.first_name or "")
+        last_name = _one_line(contact.last_name or "")
         personal = TemplateContact(
             email=_personal(_one_line(contact.email)),
-            first_name=_personal(first_name) if first_name.strip() else _blank("contact.first_name"),
-            last_name=_personal(last_name) if last_name.strip() else _blank("contact.last_name"),
+            first_name=_personal(first_name) if first_name else _blank("contact.first_name"),
+            last_name=_personal(last_name) if last_name else _blank("contact.last_name"),
             fields=fields,
             discreet=discreet,
         )
