@@ -91,8 +91,8 @@ from funnel.errors import TemplateError
 #: Markdown syntax a reader's value may hold, backslash-escaped when it is printed into a Markdown
 #: template: `&` (an entity such as `&copy;` would show as ©), `=` (a line of them under a line
 #: makes a heading) and quotes (they end a link's title) too
-_MD_PUNCT = re.compile(r"([\\`*_{}\[\]()#+\-.!<>|~&=\"'])")
-_MD_UNESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!<>|~&=\"'])")
+_MD_PUNCT = re.compile(r"([\\`*_{}\[\]()#+\-.!<>|~&=\"';])")
+_MD_UNESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!<>|~&=\"';])")
 
 
 class EmptyValueError(TemplateRuntimeError):
@@ -159,6 +159,12 @@ def markdown_escape(value: Any) -> Any:
     return _MD_PUNCT.sub(r"\\\1", str(value))
 
 
+#: Jinja's statements and comments, blanked before a template's HTML tags are looked at
+_JINJA_TAG = re.compile(r"\{%.*?%\}|\{#.*?#\}", re.DOTALL)
+#: a value as (part of) a tag's name: `<{{ x }}>`, `</ {{ x }}>`
+_VALUE_AS_TAG = re.compile(r"<\s*/?\s*\{\{")
+#: an odd number of backslashes right before `{{` in Markdown
+_BACKSLASH_VALUE = re.compile(r"(?<!\\)(?:\\\\)*\\\{\{")
 #: a tag in a template's source, its attribute values in double or single quotes (or none)
 _SOURCE_TAG = re.compile(r"""<[A-Za-z][^>"']*(?:(?:"[^"]*"|'[^']*')[^>"']*)*>""")
 _QUOTED = re.compile(r""""[^"]*"|'[^']*'""")
@@ -205,12 +211,12 @@ class _Personal(str):
 
 #: line breaks of every kind `str.splitlines` knows, and the control characters besides them and tab
 _LINE_BREAKS = re.compile(r"[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]+")
-_CONTROLS = re.compile(r"[\x00-\x08\x0e-\x1b\x1f\x7f]")
+_CONTROLS = re.compile(r"[\x00-\x08\x0e-\x1b\x1f\x7f\ud800-\udfff]")
 
 
 def _one_line(text: str) -> str:
-    """A reader's value as an email shows it: line breaks as one space, control characters dropped,
-    no white space at either end.
+    """A reader's value as an email shows it: line breaks as one space, control characters (and
+    lone surrogates, which no email can carry) dropped, no white space at either end.
 
     A value is printed into running text (a greeting, a sentence), never as a
     block of its own: a message typed on a form with blank lines, `===` on a
@@ -304,6 +310,8 @@ class _Body:
     html_text: bool = False
     #: the Markdown has a backtick: a value with one could close a code span, so it renders directly
     backticks: bool = False
+    #: url slot -> the words of its link: a target equal to them changes the text part (`_inline_text`)
+    url_words: dict[int, str] = field(default_factory=dict)
 
 
 #: how many shapes one step (or the layout) keeps; past it, new shapes are rendered without caching
@@ -711,22 +719,41 @@ class Renderer:
         assert isinstance(env.loader, _SourceLoader)
         if env is self._html_env:
             self._check_tags(name, env.loader.get_source(env, name)[0])
+        elif env is self._md_env:
+            self._check_backslashes(name, env.loader.get_source(env, name)[0])
         self._trees[template] = (env, env.loader.trees[name])
         return template
 
     def _check_tags(self, name: str, source: str) -> None:
-        """Refuse a value printed inside an HTML tag outside quotes (`class={{ x }}`, `<p {{ x }}>`).
+        """Refuse a value printed inside an HTML tag outside quotes (`class={{ x }}`, `<p {{ x }}>`,
+        `<{{ x }}>`).
 
         Autoescaping makes a value safe inside a quoted attribute, not in a bare
         one: a person named `x onmouseover=...` would add an attribute of her own.
+        Jinja's own tags are blanked first, so a `>` in `{% if a > b %}` does not
+        end the HTML tag for this check.
         """
-        for tag in _SOURCE_TAG.finditer(source):
-            if "{{" in _QUOTED.sub("", tag.group(0)):
-                line = source.count("\n", 0, tag.start()) + 1
-                raise TemplateError(
-                    f"{self.config.templates_dir}/{name}:{line}: a value printed inside an HTML tag must be in a "
-                    'quoted attribute: write title="{{ ... }}" (in a bare one, a value could add attributes)'
-                )
+        bare = _JINJA_TAG.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), source)
+        found = _VALUE_AS_TAG.search(bare)
+        tags = (tag for tag in _SOURCE_TAG.finditer(bare) if "{{" in _QUOTED.sub("", tag.group(0)))
+        start = found.start() if found else next((tag.start() for tag in tags), None)
+        if start is not None:
+            line = source.count("\n", 0, start) + 1
+            raise TemplateError(
+                f"{self.config.templates_dir}/{name}:{line}: a value printed inside an HTML tag must be in a "
+                'quoted attribute: write title="{{ ... }}" (in a bare one, a value could add attributes)'
+            )
+
+    def _check_backslashes(self, name: str, source: str) -> None:
+        """Refuse a backslash right before `{{ }}` in Markdown: it would undo the escaping of the
+        value's first character (a Windows path `C:\\Users\\{{ name }}` needs `\\\\`)."""
+        found = _BACKSLASH_VALUE.search(source)
+        if found is not None:
+            line = source.count("\n", 0, found.start()) + 1
+            raise TemplateError(
+                f"{self.config.templates_dir}/{name}:{line}: a backslash right before {{{{ }}}} would let the "
+                "value's first character act as Markdown: write two backslashes for one"
+            )
 
     def _from_string(self, source: str) -> Template:
         """Compile a subject or preheader (raises TemplateSyntaxError), with its `_Plan`."""
@@ -1085,6 +1112,8 @@ class Renderer:
                 at = bisect_right(starts, match.start()) - 1
                 if foreign:
                     places.append(None)
+                elif page.endswith(("&amp;", "&amp;#"), 0, match.start()):
+                    places.append(None)  # the template's `&` before a value: together a character reference?
                 elif at < 0 or match.start() >= spans[at][1]:
                     places.append("html")
                 elif spans[at][2] == "tag" and page.count('"', spans[at][0], match.start()) % 2 == 1:
@@ -1142,24 +1171,33 @@ class Renderer:
         direct = _Body(html="", text="", url_slots=frozenset(), direct=True)
         if re.search(r"<[^<>\s]*" + re.escape(self._prefix), source):
             return direct  # an autolink around a value
-        if re.search(r"[*_]" + re.escape(self._prefix) + r"|" + re.escape(self._prefix) + r"\d+z[*_]", source):
-            return direct  # emphasis next to a value: whether it opens or closes depends on her first or last character
-        tokens = self._markdown.parse(source)
+        if _DECIDED_BY_VALUE(self._prefix).search(source):
+            return direct  # emphasis, an entity or a list marker that only her value can complete
+        references: dict[str, Any] = {}
+        tokens = self._markdown.parse(source, references)
+        if references.get("references") and self._prefix in source:
+            return direct  # a value could complete a reference's label: `[Hi {{ name }}]` + `[hi ann]: ...`
         url_slots: set[int] = set()
+        url_words: dict[int, str] = {}
         for token in tokens:
             if _in_code(token, self._prefix):
                 # Markdown shows a value's backslash escapes inside code as they are; rendered
                 # directly, both paths write the same (see the README on values in code)
                 return direct
-            if _link_text_decides(token.children or [], self._prefix):
+            links = _value_links(token.children or [], self._token)
+            if links is None:
                 return direct
-            for child in token.children or []:
-                for name in ("href", "src"):
-                    target = child.attrGet(name)
-                    if target is not None:
-                        url_slots.update(int(m.group(1)) for m in self._token.finditer(str(target)))
+            for index, words in links.items():
+                url_slots.add(index)
+                url_words[index] = words
         html = self._markdown.renderer.render(tokens, self._markdown.options, {})
-        return _Body(html=html, text=tokens_to_text(tokens), url_slots=frozenset(url_slots), backticks="`" in source)
+        return _Body(
+            html=html,
+            text=tokens_to_text(tokens),
+            url_slots=frozenset(url_slots),
+            backticks="`" in source,
+            url_words=url_words,
+        )
 
     def _filler(self, body: _Body, values: list[str]) -> Callable[[int, str], str | None] | None:
         """The function that fills slot tokens with `values`, or None when this email must render directly."""
@@ -1172,6 +1210,9 @@ class Renderer:
             url = self._markdown.normalizeLink(values[index])
             if not self._markdown.validateLink(url):
                 return None
+            words = body.url_words.get(index)
+            if words is not None and (url == words or url.startswith("mailto:" + words)):
+                return None  # the text part leaves such a target out: as rendering her directly does
             urls[index] = url
 
         def fill(index: int, where: str) -> str | None:
@@ -1263,26 +1304,56 @@ def _escaped(value: str | None) -> str | None:
     return None if value is None else str(escape(value))
 
 
-def _link_text_decides(children: list[Token], prefix: str) -> bool:
-    """Whether the text part of a link depends on a reader's value beyond printing it.
+@lru_cache(maxsize=64)
+def _DECIDED_BY_VALUE(prefix: str) -> re.Pattern[str]:  # noqa: N802  # a compiled pattern, named as one
+    """Markdown around a slot token where the reader's value decides what the template's text makes:
+    `*` or `_` next to it (whether emphasis opens or closes depends on her first or last character),
+    `&` or `&#` before it (a character reference), or a line starting with it followed by `.` or `)`
+    (a number makes an ordered list)."""
+    token = re.escape(prefix) + r"\d+z"
+    return re.compile(
+        rf"[*_]{token}|{token}[*_]|&#?{token}|(?m:^[^\S\n]*(?:(?:[>*+-]|\d+[.)])[^\S\n]*)*{token}[.)])"
+    )
 
-    The text part adds a link's target after its words unless the words are
-    the target (`_inline_text`): with a value in the words, or in the target
-    while the words could be an address (a `:`, `@` or `.`), only her values
-    can tell.
+
+def _value_links(children: list[Token], token: re.Pattern[str]) -> dict[int, str] | None:
+    """The links and images whose target is a reader's value: slot number -> the link's words.
+
+    None when only her values could tell what such a link makes: a value in
+    a link's words (the text part leaves out a target equal to its words,
+    `_inline_text`), or a target that is a value with other text around it
+    (whether it is a safe link, and how it is normalised, depends on the
+    whole). A target that is one value alone is checked and normalised as a
+    whole when filled (`Renderer._filler`), and compared with the words.
     """
+    found: dict[int, str] = {}
     opened: list[tuple[str, list[str]]] = []
     for child in children:
+        if child.type in ("link_open", "image"):
+            target = str(child.attrGet("href") or child.attrGet("src") or "")
+            if token.search(target) and not token.fullmatch(target):
+                return None
         if child.type == "link_open":
             opened.append((str(child.attrGet("href") or ""), []))
         elif child.type == "link_close" and opened:
             href, words = opened.pop()
             label = "".join(words)
-            if prefix in label or (prefix in href and any(mark in label for mark in ":@.")):
-                return True
+            if token.search(label):
+                return None
+            if token.fullmatch(href):
+                found[int(token.fullmatch(href).group(1))] = label  # type: ignore[union-attr]
+            if opened:
+                opened[-1][1].append(label)
         elif opened and child.type in ("text", "code_inline"):
             opened[-1][1].append(child.content)
-    return False
+        elif opened and child.type == "image":
+            opened[-1][1].append(_words(child))
+    return found
+
+
+def _words(image: Token) -> str:
+    """An image's words (its alt text) as parsed: its `content` keeps Markdown's backslashes."""
+    return "".join(c.content for c in image.children or [] if c.type in ("text", "code_inline"))
 
 
 def _in_code(token: Token, prefix: str) -> bool:
@@ -1292,8 +1363,8 @@ def _in_code(token: Token, prefix: str) -> bool:
     return any(child.type == "code_inline" and prefix in child.content for child in token.children or [])
 
 
-#: stands for `&` while inscriptis works (see `_html_to_text`): a private-use character
-_AMPERSAND = "\ue000"
+#: characters that may stand for `&` while inscriptis works (see `_html_to_text`): private use
+_AMPERSANDS = tuple(chr(code) for code in range(0xE000, 0xE100))
 
 
 def _html_to_text(html: str) -> str:
@@ -1303,27 +1374,27 @@ def _html_to_text(html: str) -> str:
     table cell's twice), so a reader named `&copy;` (written `&amp;copy;` in
     the HTML) would read "©", and a link `?a=1&copy=2` would change. Each `&`
     in the parsed tree's text and link targets therefore stands in as a
-    private-use character while inscriptis works, and is put back after. (A
-    page that holds that character itself keeps inscriptis' own reading.)
+    private-use character the page does not hold while inscriptis works, and
+    is put back after.
     """
     from inscriptis import Inscriptis, _get_html_tree
 
     tree = _get_html_tree(html)
     if tree is None:
         return ""
-    stand_in = _AMPERSAND not in html
-    if stand_in:
+    stand_in = next((c for c in _AMPERSANDS if c not in html), None)
+    if stand_in is not None:
         for element in tree.iter():
             if isinstance(element.text, str) and "&" in element.text:
-                element.text = element.text.replace("&", _AMPERSAND)
+                element.text = element.text.replace("&", stand_in)
             if isinstance(element.tail, str) and "&" in element.tail:
-                element.tail = element.tail.replace("&", _AMPERSAND)
+                element.tail = element.tail.replace("&", stand_in)
             for name in ("href", "src"):
                 value = element.get(name) if isinstance(element.tag, str) else None
                 if value is not None and "&" in value:
-                    element.set(name, value.replace("&", _AMPERSAND))
+                    element.set(name, value.replace("&", stand_in))
     text = str(Inscriptis(tree, _text_config()).get_text()).strip()
-    return text.replace(_AMPERSAND, "&") if stand_in else text
+    return text.replace(stand_in, "&") if stand_in is not None else text
 
 
 def _hint(exc: JinjaTemplateError) -> str:
@@ -1434,6 +1505,6 @@ def _inline_text(children: list[Token]) -> str:
             label = "".join(parts[start:]).strip()
             if href and href != label and not href.startswith("mailto:" + label):
                 parts.append(f" ({href})")
-        elif kind == "image":  # its words as parsed (its `content` keeps Markdown's backslashes)
-            parts.append("".join(c.content for c in child.children or [] if c.type in ("text", "code_inline")))
+        elif kind == "image":
+            parts.append(_words(child))
     return "".join(parts)

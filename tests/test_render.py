@@ -1196,6 +1196,78 @@ def test_values_in_quoted_attributes_and_conditions_inside_tags_are_fine(tmp_pat
     assert out.html is not None and "onmouseover" not in _attribute_names(out.html)
 
 
+@pytest.mark.parametrize(
+    ("markdown", "value"),
+    [
+        ("[Open]({{ contact.first_name }}:alert%281%29)\n", "javascript"),
+        ("[Open]({{ contact.first_name }}{{ contact.last_name or '' }})\n", "javascript:alert(1)"),
+        ("Thanks!\n{{ contact.first_name }}. That is your seat number.\n", "1"),
+        ("- {{ contact.first_name }}) y\n", "6"),
+        ("Tom &{{ contact.first_name }};\n", "copy"),
+        ("Tom &#{{ contact.first_name }};\n", "65"),
+        ("Tom &amp{{ contact.first_name }}\n", ";"),
+        # the template's own reference, completed by her name: rendered directly, a link to the template's URL
+        ("[Hi {{ contact.first_name }}]\n\n[hi ann]: https://practice.test/ann\n", "Ann"),
+        ("[Profile](https://x.test/u/{{ contact.first_name }})\n", "x:@y"),
+        ("[Profile](https://x.test/u/{{ contact.first_name }})\n", "a%"),
+        ("[here]({{ contact.first_name }})\n", "here"),
+        ("[Email]({{ contact.first_name }})\n", "mailto:Emailme@x.test"),
+        ("[![{{ contact.first_name }}](i.png)](https://a.test)\n", "https://a.test"),
+        ("Hi {{ contact.first_name }}\n", "Ann\ud800"),
+    ],
+)
+def test_where_the_template_and_the_value_decide_together_both_paths_agree(
+    tmp_path: Path, markdown: str, value: str
+) -> None:
+    """Third break-it session: template text next to a value that only the value can complete."""
+    config = project(tmp_path, templates={"hello.md": markdown})
+    renderer = Renderer(config)
+    sequence = config.sequences["welcome"]
+    step = sequence.step("hello")
+    assert step is not None
+    contact = TemplateContact(email="ann@example.test", first_name=value, last_name=value)
+    for discreet in (False, True):
+        fast = renderer.render("welcome", sequence, step, contact, webinar(), UNSUB, discreet=discreet)
+        assert fast == renderer._render_direct("welcome", sequence, step, contact, webinar(), UNSUB, discreet=discreet)
+        assert "\ud800" not in fast.text
+        if fast.html is not None:
+            assert 'href="javascript' not in fast.html
+
+
+@pytest.mark.parametrize(
+    ("name", "source", "line"),
+    [
+        ("layout.html", LAYOUT_HTML.replace("<body>", "<body>\n<{{ contact.first_name or 'x' }}>hi", 1), 5),
+        (
+            "layout.html",
+            LAYOUT_HTML.replace("<body>", "<body>\n<p {% if 2 > 1 %}{{ contact.email }}{% endif %}>", 1),
+            5,
+        ),
+        ("hello.md", "Hi.\n\nFolder: C:\\Users\\{{ contact.first_name or 'x' }}\n", 3),
+    ],
+)
+def test_templates_a_value_could_escape_from_are_refused_with_their_line(
+    tmp_path: Path, name: str, source: str, line: int
+) -> None:
+    assert source.splitlines()[line - 1]
+    config = project(tmp_path, templates={name: source})
+    with pytest.raises(TemplateError) as info:
+        Renderer(config)
+    assert str(info.value).startswith(f"email_templates/{name}:{line}: ")
+
+
+def test_a_double_backslash_before_a_value_is_a_backslash(tmp_path: Path) -> None:
+    config = project(tmp_path, templates={"hello.md": "Folder: C:\\\\Users\\\\{{ contact.first_name or 'x' }}\n"})
+    out = render(config, contact=TemplateContact(email="a@example.test", first_name="<http://evil.test>"))
+    assert "C:\\Users\\<http://evil.test>" in out.text
+
+
+def test_a_private_use_character_in_a_value_keeps_the_text_part_as_typed() -> None:
+    from funnel.render import _html_to_text
+
+    assert _html_to_text("<p>\ue000Ann Tom &amp;copy; Jerry</p>") == "\ue000Ann Tom &copy; Jerry"
+
+
 def test_the_text_of_an_html_step_shows_entities_as_written_also_in_tables() -> None:
     """inscriptis unescapes once more than HTML does (twice in a table cell): undone."""
     from funnel.render import _html_to_text
