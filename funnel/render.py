@@ -673,6 +673,7 @@ class Renderer:
         self._memos: dict[Template, dict[tuple[Any, ...], tuple[str, tuple[tuple[str, ...], ...]]]] = {}
         self._prefix = f"fnl{secrets.token_hex(8)}x"
         self._token = re.compile(re.escape(self._prefix) + r"(\d+)z")
+        self._value_decides = _value_decides(self._prefix)
         self._shapes: dict[tuple[str, str, str], _Body] = {}
         #: source -> its pieces around slot tokens (see `_fill`)
         self._cut: dict[str, tuple[tuple[str, ...], tuple[tuple[int, str], ...]]] = {}
@@ -1171,7 +1172,7 @@ class Renderer:
         direct = _Body(html="", text="", url_slots=frozenset(), direct=True)
         if re.search(r"<[^<>\s]*" + re.escape(self._prefix), source):
             return direct  # an autolink around a value
-        if _DECIDED_BY_VALUE(self._prefix).search(source):
+        if self._value_decides.search(source):
             return direct  # emphasis, an entity or a list marker that only her value can complete
         references: dict[str, Any] = {}
         tokens = self._markdown.parse(source, references)
@@ -1304,16 +1305,13 @@ def _escaped(value: str | None) -> str | None:
     return None if value is None else str(escape(value))
 
 
-@lru_cache(maxsize=64)
-def _DECIDED_BY_VALUE(prefix: str) -> re.Pattern[str]:  # noqa: N802  # a compiled pattern, named as one
+def _value_decides(prefix: str) -> re.Pattern[str]:
     """Markdown around a slot token where the reader's value decides what the template's text makes:
     `*` or `_` next to it (whether emphasis opens or closes depends on her first or last character),
     `&` or `&#` before it (a character reference), or a line starting with it followed by `.` or `)`
     (a number makes an ordered list)."""
     token = re.escape(prefix) + r"\d+z"
-    return re.compile(
-        rf"[*_]{token}|{token}[*_]|&#?{token}|(?m:^[^\S\n]*(?:(?:[>*+-]|\d+[.)])[^\S\n]*)*{token}[.)])"
-    )
+    return re.compile(rf"[*_]{token}|{token}[*_]|&#?{token}|(?m:^[^\S\n]*(?:(?:[>*+-]|\d+[.)])[^\S\n]*)*{token}[.)])")
 
 
 def _value_links(children: list[Token], token: re.Pattern[str]) -> dict[int, str] | None:
@@ -1340,8 +1338,9 @@ def _value_links(children: list[Token], token: re.Pattern[str]) -> dict[int, str
             label = "".join(words)
             if token.search(label):
                 return None
-            if token.fullmatch(href):
-                found[int(token.fullmatch(href).group(1))] = label  # type: ignore[union-attr]
+            whole = token.fullmatch(href)
+            if whole is not None:
+                found[int(whole.group(1))] = label
             if opened:
                 opened[-1][1].append(label)
         elif opened and child.type in ("text", "code_inline"):
@@ -1377,11 +1376,16 @@ def _html_to_text(html: str) -> str:
     private-use character the page does not hold while inscriptis works, and
     is put back after.
     """
-    from inscriptis import Inscriptis, _get_html_tree
+    from inscriptis import Inscriptis
+    from lxml.etree import ParserError
+    from lxml.html import document_fromstring
 
-    tree = _get_html_tree(html)
-    if tree is None:
+    if not html.strip():
         return ""
+    try:
+        tree = document_fromstring(html.strip())
+    except ParserError:  # as inscriptis' own `get_text` reads what lxml cannot
+        tree = document_fromstring("<pre>" + html.strip() + "</pre>")
     stand_in = next((c for c in _AMPERSANDS if c not in html), None)
     if stand_in is not None:
         for element in tree.iter():
