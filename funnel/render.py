@@ -159,15 +159,75 @@ def markdown_escape(value: Any) -> Any:
     return _MD_PUNCT.sub(r"\\\1", str(value))
 
 
-#: Jinja's statements and comments, blanked before a template's HTML tags are looked at
-_JINJA_TAG = re.compile(r"\{%.*?%\}|\{#.*?#\}", re.DOTALL)
-#: a value as (part of) a tag's name: `<{{ x }}>`, `</ {{ x }}>`
-_VALUE_AS_TAG = re.compile(r"<\s*/?\s*\{\{")
-#: an odd number of backslashes right before `{{` in Markdown
-_BACKSLASH_VALUE = re.compile(r"(?<!\\)(?:\\\\)*\\\{\{")
-#: a tag in a template's source, its attribute values in double or single quotes (or none)
+#: `{% raw %}...{% endraw %}`: literal text, never a value
+_JINJA_RAW = re.compile(r"\{%-?\s*raw\s*-?%\}.*?\{%-?\s*endraw\s*-?%\}", re.DOTALL)
+_JINJA_COMMENT = re.compile(r"\{#.*?#\}", re.DOTALL)
+_JINJA_STATEMENT = re.compile(r"\{%.*?%\}", re.DOTALL)
+_JINJA_VALUE = re.compile(r"\{\{.*?\}\}", re.DOTALL)
+#: an HTML comment that is only a comment (an Outlook `<!--[if mso]>` one holds markup Outlook reads)
+_HTML_COMMENT = re.compile(r"<!--(?!\[if).*?-->", re.DOTALL)
+#: a tag in a template's source once Jinja is neutralised, attribute values in double or single quotes
 _SOURCE_TAG = re.compile(r"""<[A-Za-z][^>"']*(?:(?:"[^"]*"|'[^']*')[^>"']*)*>""")
 _QUOTED = re.compile(r""""[^"]*"|'[^']*'""")
+_VALUE_MARK = "{{v}}"
+
+
+def _keep_lines(text: str, fill: str = " ") -> str:
+    """`text` with every character but line breaks replaced by `fill` (offsets and lines stay)."""
+    return re.sub(r"[^\n]", fill, text)
+
+
+def _neutralised(source: str) -> str:
+    """A template's source as HTML sees it around the values, offsets kept: raw blocks and
+    comments blank, each statement a run of letters (so `<{% if x %}p{% endif %}` still starts a
+    tag), each printed value `{{v}}` padded (its own quotes and `>` hidden)."""
+    source = _JINJA_RAW.sub(lambda m: _keep_lines(m.group(0)), source)
+    source = _JINJA_COMMENT.sub(lambda m: _keep_lines(m.group(0)), source)
+    source = _JINJA_STATEMENT.sub(lambda m: _keep_lines(m.group(0), "x"), source)
+    return _JINJA_VALUE.sub(lambda m: _VALUE_MARK + _keep_lines(m.group(0)[len(_VALUE_MARK) :]), source)
+
+
+def unquoted_value(source: str) -> int | None:
+    """Where an HTML template prints a value inside a tag outside quotes, or as a tag's name (the
+    offset), or None.
+
+    Autoescaping makes a value safe inside a quoted attribute, not in a bare
+    one: a person named `x onmouseover=...` would add an attribute of her own,
+    and `<{{ x }}>` lets her name the tag.
+    """
+    html = _neutralised(source)
+    html = _HTML_COMMENT.sub(lambda m: _keep_lines(m.group(0)), html)
+    text = list(html)
+    for tag in _SOURCE_TAG.finditer(html):
+        if "{{" in _QUOTED.sub("", tag.group(0)):
+            return tag.start()
+        text[tag.start() : tag.end()] = _keep_lines(tag.group(0))
+    found = re.search(r"<\{\{", "".join(text))  # `<` right before a value: her text names the tag
+    return found.start() if found else None
+
+
+#: an odd number of backslashes right before a value, with only Jinja's statements and comments
+#: (blanked to NUL) between (`{{-` also eats the white space before it)
+_BACKSLASH_VALUE = re.compile(r"(?<!\\)(?:\\\\)*\\\x00*(?:\{\{|\s*\{\{-)")
+#: Markdown code: a fenced block, or a code span on one line
+_MD_CODE = re.compile(r"(?ms)^ {0,3}(```|~~~).*?^ {0,3}\1|`[^`\n]*`")
+
+
+def backslashed_value(source: str) -> int | None:
+    """Where a Markdown template has a backslash right before a value (the offset), or None.
+
+    It would undo the escaping of the value's first character. Inside code
+    Markdown reads backslashes as they are, so there it is fine; Jinja's
+    statements and comments in between count as nothing.
+    """
+    source = _JINJA_RAW.sub(lambda m: _keep_lines(m.group(0)), source)
+    source = _JINJA_COMMENT.sub(lambda m: _keep_lines(m.group(0), "\x00"), source)
+    source = _JINJA_STATEMENT.sub(lambda m: _keep_lines(m.group(0), "\x00"), source)
+    source = _MD_CODE.sub(lambda m: _keep_lines(m.group(0)), source)
+    found = _BACKSLASH_VALUE.search(source)
+    return found.start() if found else None
+
+
 #: a tag as html5ever writes it: attribute values always in double quotes (a `>` may be inside them)
 _TAG = re.compile(r'<[^>"]*(?:"[^"]*"[^>"]*)*>')
 _TAG_NAME = re.compile(r"<([A-Za-z][A-Za-z0-9]*)")
@@ -583,6 +643,24 @@ def _compiled(env: Environment, name: str | None, filename: str | None, source: 
     return known
 
 
+def _refuse_unsafe(environment: Environment, where: str, source: str) -> None:
+    """Refuse a template a reader's value could escape from, naming `where:line` (any file the
+    loader reads: a layout, a step, or a part they include, import or extend)."""
+    autoescape, markdown, _slots = environment.kind  # type: ignore[attr-defined]  # set by `_environment`
+    if autoescape and (at := unquoted_value(source)) is not None:
+        line = source.count("\n", 0, at) + 1
+        raise TemplateError(
+            f"{where}:{line}: a value printed inside an HTML tag must be in a quoted attribute: write "
+            'title="{{ ... }}" (in a bare one, or as a tag\'s name, a value could add attributes)'
+        )
+    if markdown and (at := backslashed_value(source)) is not None:
+        line = source.count("\n", 0, at) + 1
+        raise TemplateError(
+            f"{where}:{line}: a backslash right before {{{{ }}}} would let the value's first character act "
+            "as Markdown: write two backslashes for one"
+        )
+
+
 class _SourceLoader(FileSystemLoader):
     """Templates from a folder, keeping the syntax tree of the source each was compiled from.
 
@@ -590,8 +668,10 @@ class _SourceLoader(FileSystemLoader):
     file as it may be a moment later.
     """
 
-    def __init__(self, folder: str) -> None:
+    def __init__(self, folder: str, label: str) -> None:
         super().__init__(folder)
+        #: the folder as errors name it (`email_templates`)
+        self.label = label
         #: name -> the syntax tree of the source last compiled
         self.trees: dict[str, nodes.Template] = {}
 
@@ -599,6 +679,7 @@ class _SourceLoader(FileSystemLoader):
         """Jinja's `BaseLoader.load` (without a bytecode cache), parsing once: the tree that is
         compiled is kept for the `_Plan`, instead of parsing the file a second time for it."""
         source, filename, uptodate = self.get_source(environment, name)
+        _refuse_unsafe(environment, f"{self.label}/{name}", source)
         tree, code = _compiled(environment, name, filename, source)
         self.trees[name] = tree
         return environment.template_class.from_code(environment, code, environment.make_globals(globals), uptodate)
@@ -639,10 +720,12 @@ class _Sandbox(SandboxedEnvironment):
         return verdict
 
 
-def _environment(folder: Path, *, autoescape: bool, markdown: bool = False, slots: bool = False) -> Environment:
+def _environment(
+    folder: Path, label: str, *, autoescape: bool, markdown: bool = False, slots: bool = False
+) -> Environment:
     finalize = markdown_escape if markdown else refuse_empty
     env = _Sandbox(
-        loader=_SourceLoader(str(folder)),
+        loader=_SourceLoader(str(folder), label),
         undefined=StrictUndefined,
         autoescape=autoescape,
         keep_trailing_newline=True,
@@ -661,10 +744,11 @@ class Renderer:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.folder = config.templates_path
-        self._md_env = _environment(self.folder, autoescape=False, markdown=True, slots=True)
-        self._html_env = _environment(self.folder, autoescape=True, slots=True)
+        label = config.templates_dir
+        self._md_env = _environment(self.folder, label, autoescape=False, markdown=True, slots=True)
+        self._html_env = _environment(self.folder, label, autoescape=True, slots=True)
         # slots too: layout.txt, subjects and preheaders are remembered with slot tokens (see `_Plan`)
-        self._text_env = _environment(self.folder, autoescape=False, slots=True)
+        self._text_env = _environment(self.folder, label, autoescape=False, slots=True)
         #: template -> its `_Plan` (None: rendered every time), and its remembered outputs
         self._plans: dict[Template, _Plan | None] = {}
         #: the syntax tree each template was compiled from, until its plan is worked out (on first use:
@@ -718,43 +802,8 @@ class Renderer:
         except TemplateSyntaxError as exc:
             raise TemplateError(_syntax_message(self.config.templates_dir, name, exc)) from None
         assert isinstance(env.loader, _SourceLoader)
-        if env is self._html_env:
-            self._check_tags(name, env.loader.get_source(env, name)[0])
-        elif env is self._md_env:
-            self._check_backslashes(name, env.loader.get_source(env, name)[0])
         self._trees[template] = (env, env.loader.trees[name])
         return template
-
-    def _check_tags(self, name: str, source: str) -> None:
-        """Refuse a value printed inside an HTML tag outside quotes (`class={{ x }}`, `<p {{ x }}>`,
-        `<{{ x }}>`).
-
-        Autoescaping makes a value safe inside a quoted attribute, not in a bare
-        one: a person named `x onmouseover=...` would add an attribute of her own.
-        Jinja's own tags are blanked first, so a `>` in `{% if a > b %}` does not
-        end the HTML tag for this check.
-        """
-        bare = _JINJA_TAG.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), source)
-        found = _VALUE_AS_TAG.search(bare)
-        tags = (tag for tag in _SOURCE_TAG.finditer(bare) if "{{" in _QUOTED.sub("", tag.group(0)))
-        start = found.start() if found else next((tag.start() for tag in tags), None)
-        if start is not None:
-            line = source.count("\n", 0, start) + 1
-            raise TemplateError(
-                f"{self.config.templates_dir}/{name}:{line}: a value printed inside an HTML tag must be in a "
-                'quoted attribute: write title="{{ ... }}" (in a bare one, a value could add attributes)'
-            )
-
-    def _check_backslashes(self, name: str, source: str) -> None:
-        """Refuse a backslash right before `{{ }}` in Markdown: it would undo the escaping of the
-        value's first character (a Windows path `C:\\Users\\{{ name }}` needs `\\\\`)."""
-        found = _BACKSLASH_VALUE.search(source)
-        if found is not None:
-            line = source.count("\n", 0, found.start()) + 1
-            raise TemplateError(
-                f"{self.config.templates_dir}/{name}:{line}: a backslash right before {{{{ }}}} would let the "
-                "value's first character act as Markdown: write two backslashes for one"
-            )
 
     def _from_string(self, source: str) -> Template:
         """Compile a subject or preheader (raises TemplateSyntaxError), with its `_Plan`."""

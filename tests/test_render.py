@@ -1256,6 +1256,58 @@ def test_templates_a_value_could_escape_from_are_refused_with_their_line(
     assert str(info.value).startswith(f"email_templates/{name}:{line}: ")
 
 
+@pytest.mark.parametrize(
+    "html",
+    [
+        '<p><a href="https://practice.test/book"'
+        ' title="{{ webinar.title if webinar else "Let\'s talk" }}">Book</a></p>\n'
+        '<p>If you\'re not sure, just reply, {{ contact.first_name or "friend" }}.</p>',
+        "<p>Groups are small (< {{ practice.name }} people).</p>",
+        '<a href="mailto:{{ contact.email }}" title="{{ practice.name }} <{{ contact.email }}>">x</a>',
+        "<!-- <img src={{ practice.name }}> -->",
+        "{% raw %}<p class={{x}}>{% endraw %}",
+        '<p class="a" {% if contact.discreet %}hidden{% endif %}>x</p>',
+        "<p class=\"{{ 'a > b' }}\">x</p>",
+        "<p title='{{ contact.first_name or \"x\" }}'>x</p>",
+        '<!--[if mso]><v:roundrect href="{{ unsubscribe_url }}"></v:roundrect><![endif]-->',
+        "<p>5 > 3 and {{ practice.name }} < 7</p>",
+    ],
+)
+def test_legitimate_html_around_values_is_accepted(tmp_path: Path, html: str) -> None:
+    """Fourth break-it session: the checks read Jinja's own quotes and `>` as Jinja, not as HTML."""
+    layout = LAYOUT_HTML.replace("<body>", f"<body>\n{html}", 1)
+    config = project(tmp_path, templates={"layout.html": layout})
+    out = render(config, contact=TemplateContact(email="a@example.test", first_name="x onmouseover=alert(1)"))
+    assert out.html is not None and "onmouseover" not in _attribute_names(out.html)
+
+
+@pytest.mark.parametrize(
+    "markdown",
+    [
+        "```\nC:\\Users\\{{ practice.name }}\n```\n",
+        "Open `\\\\server\\{{ practice.name }}` now.\n",
+        "{# old: C:\\Users\\{{ contact.first_name }} #}Hi.\n",
+        "\\*{{ practice.name }}\n",
+    ],
+)
+def test_backslashes_in_code_comments_or_escaping_template_text_are_accepted(tmp_path: Path, markdown: str) -> None:
+    config = project(tmp_path, templates={"hello.md": markdown})
+    render(config, contact=TemplateContact(email="a@example.test", first_name="Ann"))
+
+
+def test_an_included_part_a_value_could_escape_from_is_refused_with_its_file_and_line(tmp_path: Path) -> None:
+    """The checks apply to every file the templates load: a part included by an .html step too."""
+    templates = {
+        "page.html": "<p>Hi</p>\n{% include 'button.html' %}\n",
+        "button.html": '<p>Book</p>\n<a href="{{ unsubscribe_url }}"'
+        " class={{ contact.first_name or 'x' }}>Book</a>\n",
+    }
+    config = project(tmp_path, templates=templates)
+    with pytest.raises(TemplateError) as info:
+        render(config, "page", contact=TemplateContact(email="a@example.test", first_name="Ann"))
+    assert str(info.value).startswith("email_templates/button.html:2: a value printed inside an HTML tag")
+
+
 def test_a_double_backslash_before_a_value_is_a_backslash(tmp_path: Path) -> None:
     config = project(tmp_path, templates={"hello.md": "Folder: C:\\\\Users\\\\{{ contact.first_name or 'x' }}\n"})
     out = render(config, contact=TemplateContact(email="a@example.test", first_name="<http://evil.test>"))
