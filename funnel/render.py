@@ -164,8 +164,9 @@ _JINJA_RAW = re.compile(r"\{%-?\s*raw\s*-?%\}.*?\{%-?\s*endraw\s*-?%\}", re.DOTA
 _JINJA_COMMENT = re.compile(r"\{#.*?#\}", re.DOTALL)
 _JINJA_STATEMENT = re.compile(r"\{%.*?%\}", re.DOTALL)
 _JINJA_VALUE = re.compile(r"\{\{.*?\}\}", re.DOTALL)
-#: an HTML comment that is only a comment (an Outlook `<!--[if mso]>` one holds markup Outlook reads)
-_HTML_COMMENT = re.compile(r"<!--(?!\[if).*?-->", re.DOTALL)
+#: an HTML comment that is only a comment (an Outlook `<!--[if mso]>` one holds markup Outlook reads,
+#: and `<!--[if !mso]><!-->` ends at once: what follows is for every other client)
+_HTML_COMMENT = re.compile(r"<!--(?!\[if|>).*?-->", re.DOTALL)
 #: a tag in a template's source once Jinja is neutralised, attribute values in double or single quotes
 _SOURCE_TAG = re.compile(r"""<[A-Za-z][^>"']*(?:(?:"[^"]*"|'[^']*')[^>"']*)*>""")
 _QUOTED = re.compile(r""""[^"]*"|'[^']*'""")

@@ -1244,6 +1244,25 @@ def test_where_the_template_and_the_value_decide_together_both_paths_agree(
             5,
         ),
         ("hello.md", "Hi.\n\nFolder: C:\\Users\\{{ contact.first_name or 'x' }}\n", 3),
+        ("hello.md", "Hi.\n\nC:\\Users\\{% if contact.first_name %}{{ contact.first_name }}{% endif %}\n", 3),
+        ("hello.md", "Hi.\n\nC:\\Users\\{# the name #}{{ contact.first_name or 'x' }}\n", 3),
+        (
+            "layout.html",
+            LAYOUT_HTML.replace("<body>", '<body>\n<{% if 1 %}p{% endif %} class="a" {{ contact.email }}>', 1),
+            5,
+        ),
+        (
+            "layout.html",
+            LAYOUT_HTML.replace("<body>", "<body>\n<a title=\"{{ 'a > b' }}\" class={{ contact.email }}>", 1),
+            5,
+        ),
+        (
+            "layout.html",
+            LAYOUT_HTML.replace(
+                "<body>", "<body>\n<!--[if !mso]><!-->\n<p class={{ contact.email }}>x</p>\n<!--<![endif]-->", 1
+            ),
+            6,
+        ),
     ],
 )
 def test_templates_a_value_could_escape_from_are_refused_with_their_line(
