@@ -618,7 +618,9 @@ _COMPILED_MAX = 2048
 _COMPILED_LOCK = threading.Lock()
 
 
-def _compiled(env: Environment, name: str | None, filename: str | None, source: str) -> tuple[nodes.Template, CodeType]:
+def _compiled(
+    env: Environment, name: str | None, filename: str | None, source: str, where: str = ""
+) -> tuple[nodes.Template, CodeType]:
     """The syntax tree and code Jinja makes of `source`, once per process.
 
     A Renderer compiles every step's template, subject and preheader when it
@@ -630,11 +632,14 @@ def _compiled(env: Environment, name: str | None, filename: str | None, source: 
     makes several Renderers (`funnel serve`, a scheduler or test calling the
     CLI in-process) compiles each source once. Syntax errors are not kept.
     The tree is the one the code was compiled from, for `_plan`; nothing
-    changes it after compiling.
+    changes it after compiling. A template file (`where` names it) is first
+    checked by `_refuse_unsafe`, once with its compiling; a refused one is not kept.
     """
     key = (env.kind, name, filename, source)  # type: ignore[attr-defined]  # set by `_environment`
     known = _COMPILED.get(key)
     if known is None:
+        if where:
+            _refuse_unsafe(env, where, source)
         tree = env.parse(source, name, filename)
         code = env.compile(tree, name, filename)
         with _COMPILED_LOCK:
@@ -680,8 +685,7 @@ class _SourceLoader(FileSystemLoader):
         """Jinja's `BaseLoader.load` (without a bytecode cache), parsing once: the tree that is
         compiled is kept for the `_Plan`, instead of parsing the file a second time for it."""
         source, filename, uptodate = self.get_source(environment, name)
-        _refuse_unsafe(environment, f"{self.label}/{name}", source)
-        tree, code = _compiled(environment, name, filename, source)
+        tree, code = _compiled(environment, name, filename, source, where=f"{self.label}/{name}")
         self.trees[name] = tree
         return environment.template_class.from_code(environment, code, environment.make_globals(globals), uptodate)
 

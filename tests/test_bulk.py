@@ -18,21 +18,11 @@ from sqlmodel import Session, select
 
 from funnel.bulk import InsertIgnore, probe_in, roomy_cache
 from funnel.db import make_engine
-from funnel.ingest import insert_ignore
+from funnel.ingest import _CONTACT_COLUMNS, insert_ignore
 from funnel.models import Contact
 
-COLUMNS = (
-    "email_hash",
-    "email",
-    "first_name",
-    "last_name",
-    "timezone",
-    "discreet",
-    "fields",
-    "created_at",
-    "updated_at",
-    "first_source",
-)
+#: the contact columns the import writes
+COLUMNS = _CONTACT_COLUMNS
 #: an aware time in another zone, a naive one, a JSON object and an empty one, both booleans
 DENVER = datetime(2027, 1, 14, 19, 0, 0, 123456, tzinfo=ZoneInfo("America/Denver"))
 NAIVE = datetime(2027, 1, 10, 9, 0)
