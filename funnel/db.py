@@ -22,6 +22,7 @@ from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, create_engine
 
 from funnel import models  # noqa: F401  (registers the tables)
+from funnel.bulk import dialect_insert
 from funnel.errors import ConfigError, FunnelError, LockedError, MigrationError
 from funnel.migrations import HEAD
 
@@ -228,20 +229,14 @@ def _switch_to_wal(cursor: Any, seconds: float = 30.0) -> None:
 
 def put_setting(session: Session, key: str, value: str) -> None:
     """Insert or replace one setting; safe when several runs write it at once."""
-    from sqlalchemy.dialects.postgresql import insert as pg_insert
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    builder = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    builder = dialect_insert(session.get_bind().dialect.name)
     statement = builder(models.Setting).values(key=key, value=value)
     session.execute(statement.on_conflict_do_update(index_elements=["key"], set_={"value": value}))
 
 
 def get_or_put_setting(session: Session, key: str, value: str) -> str:
     """The stored value of `key`, storing `value` first if there is none (first writer wins)."""
-    from sqlalchemy.dialects.postgresql import insert as pg_insert
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    builder = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    builder = dialect_insert(session.get_bind().dialect.name)
     session.execute(builder(models.Setting).values(key=key, value=value).on_conflict_do_nothing(index_elements=["key"]))
     session.commit()
     stored = session.get(models.Setting, key)

@@ -33,11 +33,10 @@ from email.parser import BytesParser, HeaderParser
 from email.utils import getaddresses, parseaddr
 
 from sqlalchemy import and_, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
+from funnel.bulk import dialect_insert
 from funnel.config import Config
 from funnel.errors import FunnelError
 from funnel.models import Contact, Enrollment, InboundMessage
@@ -249,7 +248,7 @@ def receive(session: Session, config: Config, reply: Reply, now: datetime) -> Re
         "auto_reply": reply.auto_reply,
     }
     status = "loop" if is_loop(config, reply) else "stored"
-    builder = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    builder = dialect_insert(session.get_bind().dialect.name)
     table = InboundMessage.__table__  # type: ignore[attr-defined]  # SQLModel does not declare __table__ for mypy
     inserted = session.execute(
         builder(table)

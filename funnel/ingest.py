@@ -32,11 +32,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Table, and_, delete, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col
 
-from funnel.bulk import InsertIgnore, probe_in, roomy_cache
+from funnel.bulk import InsertIgnore, dialect_insert, probe_in, roomy_cache
 from funnel.config import Config, Source
 from funnel.models import Contact, Enrollment, PendingTag, StepRun, Tag
 from funnel.schedule import first_look
@@ -86,8 +84,7 @@ def insert_ignore(session: Session, table: Table, rows: list[dict[str, Any]], ke
     """
     if not rows:
         return
-    dialect = session.get_bind().dialect.name
-    builder = pg_insert if dialect == "postgresql" else sqlite_insert
+    builder = dialect_insert(session.get_bind().dialect.name)
     session.execute(builder(table).on_conflict_do_nothing(index_elements=list(keys)), rows)
 
 

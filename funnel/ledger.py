@@ -344,7 +344,12 @@ class SuppressionCheck:
     no pool checkout per email. `close()` gives them back.
     """
 
-    _QUERY = "SELECT erased_at, unsubscribed_at, suppressed_reason FROM contacts WHERE id = {mark}"
+    #: a row only for someone suppressed: an empty answer takes SQLite one step instead of two, and
+    #: every step lets the GIL go (with eight senders busy, each costs a switch of threads)
+    _QUERY = (
+        "SELECT erased_at, unsubscribed_at, suppressed_reason FROM contacts WHERE id = {mark}"
+        " AND (erased_at IS NOT NULL OR unsubscribed_at IS NOT NULL OR suppressed_reason <> '')"
+    )
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -363,7 +368,7 @@ class SuppressionCheck:
             cursor = self._local.cursor = self._open()
         cursor.execute(self._sql, (contact_id,))
         rows = cursor.fetchall()  # read to the end: SQLite then ends the statement's read snapshot
-        if not rows:  # not committed yet: the hand-over's own read covered her
+        if not rows:  # not suppressed, or not committed yet (the hand-over's own read covered her)
             return None
         erased_at, unsubscribed_at, suppressed_reason = rows[0]
         return "erased" if erased_at else "unsubscribed" if unsubscribed_at else suppressed_reason

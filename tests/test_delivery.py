@@ -657,3 +657,55 @@ def test_the_confirmation_carries_the_calendar_invitation_through_sendgrid(proje
         "ana@example.test": "Relationship 911: Helping Women Move Through The Crisis Of Betrayal",
         "carla@example.test": "Appointment",  # discreet
     }
+
+
+def test_the_check_before_each_request_reads_every_kind_of_suppression_and_the_latest_commit(project: Project) -> None:
+    """`SuppressionCheck` (a sender thread's read right before a request): each reason, an empty reason,
+    a person not committed yet, and an unsubscribe committed by another connection after its first read."""
+    from datetime import UTC, datetime
+
+    from sqlmodel import Session
+
+    from funnel.db import migrate
+    from funnel.ledger import SuppressionCheck
+    from funnel.models import Contact
+
+    engine = make_engine(project.database_url)
+    migrate(engine)
+    when = datetime(2027, 1, 10, tzinfo=UTC)
+    people = {
+        "clear": {},
+        "blank reason": {"suppressed_reason": ""},
+        "erased": {"erased_at": when, "unsubscribed_at": when},
+        "unsubscribed": {"unsubscribed_at": when, "suppressed_reason": "bounce"},
+        "bounced": {"suppressed_reason": "bounce"},
+    }
+    with Session(engine) as session:
+        rows = {
+            name: Contact(email_hash=name, created_at=when, updated_at=when, **values)  # type: ignore[arg-type]
+            for name, values in people.items()
+        }
+        session.add_all(rows.values())
+        session.commit()
+        ids = {name: row.id or 0 for name, row in rows.items()}
+    check = SuppressionCheck(engine)
+    try:
+        found = {name: check(contact_id) for name, contact_id in ids.items()}
+        assert found == {
+            "clear": None,
+            "blank reason": None,
+            "erased": "erased",
+            "unsubscribed": "unsubscribed",
+            "bounced": "bounce",
+        }
+        assert check(max(ids.values()) + 1000) is None  # not committed yet: the hand-over's read covered her
+        assert check(0) is None
+        with Session(engine) as session:
+            clear = session.get(Contact, ids["clear"])
+            assert clear is not None
+            clear.unsubscribed_at = when
+            session.commit()
+        assert check(ids["clear"]) == "unsubscribed"  # the same thread's connection sees the newer commit
+    finally:
+        check.close()
+        engine.dispose()
