@@ -6,8 +6,8 @@ email). Setting them on the ORM objects makes each one dirty, and flushing
 dirty objects costs the unit of work's bookkeeping per row, several times
 what the email's own database writes cost. So the new values are set on the
 objects as if loaded (`set_committed_value`: what the run reads stays right,
-nothing is flushed) and written with one executemany UPDATE per table and set
-of columns, by primary key (plain SQL, see `funnel.driver_sql`), right before
+nothing is flushed) and written with one UPDATE per table and set of columns
+(`DriverSQL.update_each`), by primary key (plain SQL, see `funnel.driver_sql`), right before
 the run commits.
 
 The caller must call `write` before every commit (and before a statement
@@ -43,7 +43,7 @@ class DeferredWrites:
         return len(self._changes)
 
     def write(self, session: Session) -> None:
-        """One executemany UPDATE per (table, columns changed); the caller commits."""
+        """One UPDATE per (table, columns changed) for all its rows; the caller commits."""
         if not self._changes:
             return
         groups: dict[tuple[Table, tuple[str, ...]], list[tuple[int, list[Any]]]] = defaultdict(list)

@@ -65,11 +65,63 @@ class DriverSQL:
     def update_by_id(self, table: Table, columns: Sequence[str], rows: Iterable[tuple[int, Sequence[Any]]]) -> None:
         """`UPDATE table SET columns WHERE id = ?` for each (id, values), values converted per column."""
         convert = [self.converter(table.c[name]) for name in columns]
-        assignments = ", ".join(f"{name} = ?" for name in columns)
-        self.executemany(
-            f"UPDATE {table.name} SET {assignments} WHERE id = ?",  # noqa: S608  # names come from our own tables
-            ([*(c(v) for c, v in zip(convert, values, strict=True)), row_id] for row_id, values in rows),
+        self.update_each(
+            table.name,
+            columns,
+            [(*(c(v) for c, v in zip(convert, values, strict=True)), row_id) for row_id, values in rows],
         )
+
+    def update_each(
+        self,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        *,
+        add: Sequence[str] = (),
+        where: str = "",
+        params: Sequence[Any] = (),
+    ) -> None:
+        """For each row (its values for `columns`, then its id): `UPDATE table SET column = value, ...
+        WHERE id = ? [AND where]`, where a column named in `add` is added to instead (`n = n + value`).
+
+        On SQLite, one statement for a whole batch (`UPDATE ... FROM` a list of
+        VALUES), not `executemany`: the driver takes a step per row and lets the
+        GIL go at every step, and in a run each of those hand-overs, with the
+        sending threads waiting for the GIL, costs a switch of threads. `where`
+        may name only the table's own columns, unqualified; its `params` follow
+        the rows'. On PostgreSQL, psycopg's `executemany` (it sends them in one
+        pipeline).
+        """
+        if not rows:
+            return
+        if self.postgres:
+            assignments = ", ".join(f"{c} = {c} + ?" if c in add else f"{c} = ?" for c in columns)
+            condition = f" AND {where}" if where else ""
+            self.executemany(
+                f"UPDATE {table} SET {assignments} WHERE id = ?{condition}",  # noqa: S608  # our own names
+                ([*row, *params] for row in rows),
+            )
+            return
+        # the VALUES' columns are v0, v1, ... and vid: no name the table has, so `where` and `n + ...` read the table's
+        names = [f"v{i}" for i in range(len(columns))]
+        assignments = ", ".join(
+            f"{c} = {c} + v.{n}" if c in add else f"{c} = v.{n}" for c, n in zip(columns, names, strict=True)
+        )
+        condition = f" AND {where}" if where else ""
+        row_marks = "(" + ", ".join("?" * (len(columns) + 1)) + ")"
+        per_statement = max(1, min(_ROWS_PER_UPDATE, _SQLITE_MAX_MARKS // (len(columns) + 1 + len(params))))
+        for start in range(0, len(rows), per_statement):
+            chunk = rows[start : start + per_statement]
+            self.execute(
+                f"WITH v({', '.join(names)}, vid) AS (VALUES {', '.join([row_marks] * len(chunk))})"  # noqa: S608
+                f" UPDATE {table} SET {assignments} FROM v WHERE {table}.id = v.vid{condition}",
+                [*(value for row in chunk for value in row), *params],
+            )
+
+
+#: rows per `update_each` statement on SQLite, and the bound values SQLite takes in one (3.32+)
+_ROWS_PER_UPDATE = 500
+_SQLITE_MAX_MARKS = 32766
 
 
 def _same(value: Any) -> Any:

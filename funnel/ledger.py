@@ -52,6 +52,9 @@ SENDING = "sending"
 #: rows that belong to a run until it records their outcome
 IN_HAND = (CLAIMED, SENDING)
 
+#: the contacts no email may go to (see `Contact.suppression`), as SQL
+_SUPPRESSED = "(erased_at IS NOT NULL OR unsubscribed_at IS NOT NULL OR suppressed_reason <> '')"
+
 UNKNOWN_REASON = "the run sending it stopped mid-request: not sent again (check whether it arrived)"
 
 
@@ -245,22 +248,34 @@ class Ledger:
         if not batch:
             return HandOver(set(), {})
         ids = [step_run_id for step_run_id, _ in batch]
-        handed = {
-            row[0]
-            for row in self.sql.execute(
-                f"UPDATE step_runs SET status = '{SENDING}' WHERE id IN ({self.sql.marks(len(ids))})"  # noqa: S608
-                f" AND status = '{CLAIMED}' AND run_id = ? RETURNING id",
-                [*ids, self.run_id],
-            )
-        }
+        marks = self.sql.marks(len(ids))
+        mine = f"id IN ({marks}) AND run_id = ?"
+        taken = self.sql.execute(
+            f"UPDATE step_runs SET status = '{SENDING}' WHERE {mine} AND status = '{CLAIMED}'", [*ids, self.run_id]
+        ).rowcount
+        if taken == len(ids):  # the usual case, with no rows to read back
+            handed = set(ids)
+        else:  # another worker took some back: the rows this statement moved are the ones now sending for us
+            handed = {
+                row[0]
+                for row in self.sql.execute(
+                    f"SELECT id FROM step_runs WHERE {mine} AND status = '{SENDING}'", [*ids, self.run_id]
+                )
+            }
         contact_ids = sorted({contact_id for step_run_id, contact_id in batch if step_run_id in handed})
         stopped: dict[int, str] = {}
         if contact_ids:
-            # locked in id order, as deciding does: workers never deadlock
-            lock = " FOR SHARE" if self.sql.postgres else ""
+            if self.sql.postgres:
+                # every one of them share-locked until the commit, in id order (as deciding locks them:
+                # workers never deadlock), so an unsubscribe either came first or waits for the hand-over
+                only, lock = "", " ORDER BY id FOR SHARE"
+            else:
+                # the write above holds SQLite's lock until the commit; a row only for someone
+                # suppressed, as in `SuppressionCheck` (each row read lets the GIL go)
+                only, lock = f" AND {_SUPPRESSED}", ""
             for contact_id, erased_at, unsubscribed_at, suppressed_reason in self.sql.execute(
                 "SELECT id, erased_at, unsubscribed_at, suppressed_reason FROM contacts"  # noqa: S608
-                f" WHERE id IN ({self.sql.marks(len(contact_ids))}) ORDER BY id{lock}",
+                f" WHERE id IN ({self.sql.marks(len(contact_ids))}){only}{lock}",
                 contact_ids,
             ):
                 reason = "erased" if erased_at else "unsubscribed" if unsubscribed_at else suppressed_reason
@@ -281,7 +296,7 @@ class Ledger:
     # ----------------------------------------------------------------- record
 
     def record(self, outcomes: list[dict[str, Any]]) -> None:
-        """Store the outcomes of handed-over rows, in one executemany statement.
+        """Store the outcomes of handed-over rows, in one statement (`DriverSQL.update_each`).
 
         Each dict holds `id`, `status`, `reason`, `retryable`, `attempts` (added
         to the row's count), `sent_at` and `message_id`. Only a row this run
@@ -295,9 +310,9 @@ class Ledger:
         table = _table()
         when = self.sql.converter(table.c.sent_at)
         flag = self.sql.converter(table.c.retryable)
-        self.sql.executemany(
-            "UPDATE step_runs SET status = ?, reason = ?, retryable = ?, attempts = attempts + ?,"
-            f" sent_at = ?, message_id = ? WHERE id = ? AND run_id = ? AND status = '{SENDING}'",
+        self.sql.update_each(
+            "step_runs",
+            ("status", "reason", "retryable", "attempts", "sent_at", "message_id"),
             [
                 (
                     o["status"],
@@ -307,10 +322,12 @@ class Ledger:
                     when(o["sent_at"]),
                     o["message_id"],
                     o["id"],
-                    self.run_id,
                 )
                 for o in outcomes
             ],
+            add=("attempts",),
+            where=f"run_id = ? AND status = '{SENDING}'",
+            params=(self.run_id,),
         )
 
     # ----------------------------------------------------------------- give back
@@ -346,10 +363,7 @@ class SuppressionCheck:
 
     #: a row only for someone suppressed: an empty answer takes SQLite one step instead of two, and
     #: every step lets the GIL go (with eight senders busy, each costs a switch of threads)
-    _QUERY = (
-        "SELECT erased_at, unsubscribed_at, suppressed_reason FROM contacts WHERE id = {mark}"
-        " AND (erased_at IS NOT NULL OR unsubscribed_at IS NOT NULL OR suppressed_reason <> '')"
-    )
+    _QUERY = f"SELECT erased_at, unsubscribed_at, suppressed_reason FROM contacts WHERE id = {{mark}} AND {_SUPPRESSED}"
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine

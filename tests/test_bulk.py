@@ -163,3 +163,47 @@ def test_values_equal_but_not_alike_are_converted_each_on_its_own() -> None:
     assert _converted_column(process, [first, second, first]) == [process(first), process(second), process(first)]
     assert process(first) != process(second)
     assert _converted_column(repr, [True, 1, 1.0, "1", True]) == ["True", "1", "1.0", "'1'", "True"]
+
+
+@pytest.mark.parametrize("per_statement", [500, 2])
+def test_update_each_writes_every_row_as_its_own_update_would(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, per_statement: int
+) -> None:
+    """`DriverSQL.update_each` (a run's outcomes and deferred writes: one `UPDATE ... FROM VALUES` a batch on
+    SQLite): each row by its id, a column added to, a condition with its own value, in chunks too."""
+    from funnel import driver_sql
+    from funnel.driver_sql import DriverSQL
+
+    monkeypatch.setattr(driver_sql, "_ROWS_PER_UPDATE", per_statement)
+    people = [contact(key) for key in "abcde"]
+    people[3]["timezone"] = "Europe/Paris"  # d: not matched by the condition
+    with Session(engine) as session:
+        insert_ignore(session, Contact.__table__, people, ("email_hash",))  # type: ignore[attr-defined]
+        session.connection().exec_driver_sql("UPDATE contacts SET unsubscribed_step_run_id = 10")
+        ids = {c.email_hash: c.id for c in session.exec(select(Contact))}
+        DriverSQL(session).update_each(
+            "contacts",
+            ("first_name", "unsubscribed_step_run_id", "discreet"),
+            [("A", 5, True, ids["a"]), ("C", 7, False, ids["c"]), ("D", 1, True, ids["d"]), ("E", -10, True, ids["e"])],
+            add=("unsubscribed_step_run_id",),
+            where="timezone = ?",
+            params=("America/Denver",),
+        )
+        session.commit()
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT email_hash, first_name, unsubscribed_step_run_id, discreet FROM contacts ORDER BY email_hash"
+        ).fetchall()
+    assert [tuple(row) for row in rows] == [
+        ("a", "A", 15, True if engine.dialect.name == "postgresql" else 1),
+        ("b", "Zoë", 10, False if engine.dialect.name == "postgresql" else 0),
+        ("c", "C", 17, False if engine.dialect.name == "postgresql" else 0),
+        ("d", "Zoë", 10, False if engine.dialect.name == "postgresql" else 0),
+        ("e", "E", 0, True if engine.dialect.name == "postgresql" else 1),
+    ]
+    if engine.dialect.name == "sqlite":  # stored with the column's own types, as a bound value would be
+        with engine.connect() as conn:
+            kinds = conn.exec_driver_sql(
+                "SELECT DISTINCT typeof(first_name), typeof(unsubscribed_step_run_id), typeof(discreet) FROM contacts"
+            ).fetchall()
+        assert [tuple(k) for k in kinds] == [("text", "integer", "integer")]
