@@ -207,3 +207,27 @@ def test_update_each_writes_every_row_as_its_own_update_would(
                 "SELECT DISTINCT typeof(first_name), typeof(unsubscribed_step_run_id), typeof(discreet) FROM contacts"
             ).fetchall()
         assert [tuple(k) for k in kinds] == [("text", "integer", "integer")]
+
+
+def test_a_driver_error_in_a_runs_plain_sql_is_sqlalchemys_exception_for_it(engine: Engine) -> None:
+    """`DriverSQL` runs on the driver's cursor; what the driver raises must still reach callers (and
+    `funnel run`'s "the database refused the command" message) as SQLAlchemy's own exception class."""
+    from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
+
+    from funnel.driver_sql import DriverSQL
+
+    with Session(engine) as session:
+        insert_ignore(session, Contact.__table__, [contact("a")], ("email_hash",))  # type: ignore[attr-defined]
+        sql = DriverSQL(session)
+        assert [tuple(row) for row in sql.execute("SELECT email_hash FROM contacts WHERE email_hash = ?", ["a"])] == [
+            ("a",)
+        ]
+        with pytest.raises(DBAPIError) as raised:
+            sql.execute("SELECT nothing FROM no_such_table WHERE id = ?", [1])
+        expected = ProgrammingError if engine.dialect.name == "postgresql" else OperationalError
+        assert type(raised.value) is expected
+        assert isinstance(raised.value.orig, engine.dialect.loaded_dbapi.Error)
+        assert "no_such_table" in str(raised.value)
+        session.rollback()
+        with pytest.raises(DBAPIError):
+            sql.executemany("UPDATE no_such_table SET x = ? WHERE id = ?", [(1, 2), (3, 4)])
