@@ -23,7 +23,9 @@ subject).
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from funnel.config import Config, Step
 from funnel.transports.base import Attachment
@@ -106,8 +108,8 @@ def invitation(
         title = webinar.title
         lines = [webinar.title, f"Join: {webinar.join_url}" if webinar.join_url else "", practice.name]
         description = "\n\n".join(line for line in lines if line)
-    content = webinar_event(
-        uid=event_uid(person_key, webinar_id or "", practice.from_email.rpartition("@")[2] or "funnel"),
+    content = _event_for(
+        event_uid(person_key, webinar_id or "", practice.from_email.rpartition("@")[2] or "funnel"),
         title=title,
         start=start,
         length=webinar.duration.approx,
@@ -119,3 +121,40 @@ def invitation(
     )
     # `name` too: older Outlook names the file from the content type, not the disposition
     return (Attachment(FILENAME, content, CONTENT_TYPE, params=(("method", METHOD), ("name", FILENAME))),)
+
+
+#: events already written this process, with a stand-in UID: (domain, the event's other values) -> bytes
+_EVENTS: dict[tuple[Any, ...], bytes | None] = {}
+_MAX_EVENTS = 256
+#: a UID's digest as `event_uid` writes it: 32 hex digits
+_DIGEST = re.compile(r"[0-9a-f]{32}\Z")
+
+
+def _event_for(uid: str, **event: Any) -> bytes:
+    """`webinar_event(uid=uid, **event)`, from a copy written once per run for everyone with the same webinar.
+
+    Writing the file with icalendar costs about half of a confirmation's CPU,
+    and only the UID differs from one person to the next. So the file is
+    written once with a stand-in digest of the same length (its lines fold at
+    the same places) and each person's digest takes its place; a file where the
+    stand-in does not appear exactly once as written (a domain icalendar
+    escapes, say) is written for every person as before. A test compares both
+    ways of writing it.
+    """
+    digest, _at, domain = uid.partition("@")
+    if not _DIGEST.match(digest):
+        return webinar_event(uid=uid, **event)
+    stand_in = f"{_STAND_IN}@{domain}"
+    key = (domain, *sorted(event.items()))
+    if key not in _EVENTS:
+        written = webinar_event(uid=stand_in, **event)
+        if len(_EVENTS) >= _MAX_EVENTS:
+            _EVENTS.clear()
+        _EVENTS[key] = written if written.count(stand_in.encode()) == 1 else None
+    cached = _EVENTS[key]
+    if cached is None:
+        return webinar_event(uid=uid, **event)
+    return cached.replace(stand_in.encode(), uid.encode())
+
+
+_STAND_IN = "f" * 32

@@ -115,3 +115,33 @@ def test_a_discreet_event_keeps_the_link_out_of_its_location(config: Config) -> 
     assert "LOCATION" not in event
     (plain,) = make(config)
     assert str(event_of(plain.content)[1]["LOCATION"]) == config.webinars["relationship-911"].join_url
+
+
+@pytest.mark.parametrize(
+    "domain",
+    [
+        "practice.example",
+        "a" * 38 + ".example",  # the UID line folds (after the digest, which starts every UID line)
+        "b" * 150 + ".example",  # folds twice
+        "x.example,with;odd\\chars",  # escaped: no stand-in found as written, written for each person
+    ],
+)
+def test_an_event_written_once_per_webinar_is_the_event_written_for_each_person(domain: str) -> None:
+    """`_event_for` writes the file once with a stand-in UID and puts each person's in; it must be
+    byte for byte what icalendar writes for her, however the UID line folds."""
+    from funnel.invitation import _event_for, webinar_event
+
+    for discreet in (False, True):
+        event = {
+            "title": "Relationship 911" if not discreet else "Appointment",
+            "start": START,
+            "length": timedelta(minutes=75),
+            "join_url": "https://zoom.example/j/123",
+            "description": "" if discreet else "Relationship 911\n\nJoin: https://zoom.example/j/123",
+            "now": NOW,
+            "location": not discreet,
+        }
+        for person in ("hash-of-ana", "hash-of-bea", "hash-of-cleo"):
+            uid = event_uid(person, "relationship-911", domain)
+            assert _event_for(uid, **event) == webinar_event(uid=uid, **event), (domain, person, discreet)
+        assert _event_for("not-a-digest@" + domain, **event) == webinar_event(uid="not-a-digest@" + domain, **event)
