@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from funnel.collector import use_fewer_collections
 from funnel.config import Config, load_config
 from funnel.errors import ConfigError, FunnelError, UsageError
 from funnel.timeutil import parse_instant
@@ -871,6 +872,7 @@ def db_backup(config_path: Path | None, debug: bool, file: Path) -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    use_fewer_collections()  # see funnel.collector: most of funnel's libraries load after this
     try:
         cli.main(prog_name="funnel", standalone_mode=False)
     except click.exceptions.NoSuchOption as exc:

@@ -45,6 +45,7 @@ from sqlmodel import Session, col
 
 from funnel import schedule
 from funnel.changes import introduced_steps
+from funnel.collector import fewer_collections
 from funnel.config import Config, Sequence, Step
 from funnel.db import put_setting
 from funnel.deferred import DeferredWrites
@@ -207,6 +208,10 @@ class Runner:
     # ----------------------------------------------------------------- the run
 
     def run(self) -> RunSummary:
+        with fewer_collections():
+            return self._run()
+
+    def _run(self) -> RunSummary:
         started = time.monotonic()
         try:
             self._start()

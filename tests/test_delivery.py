@@ -709,3 +709,54 @@ def test_the_check_before_each_request_reads_every_kind_of_suppression_and_the_l
     finally:
         check.close()
         engine.dispose()
+
+
+def test_a_run_collects_cyclic_garbage_less_often_and_leaves_the_collector_as_it_was(project: Project, funnel) -> None:
+    """`fewer_collections` around every run (an in-process caller, `funnel serve` or the tests, gets
+    its own settings back), also when the run fails; cycles made during a run are still collected."""
+    import gc
+
+    from funnel.collector import THRESHOLDS as RUN_GC_THRESHOLDS
+    from funnel.collector import fewer_collections
+
+    before, frozen = gc.get_threshold(), gc.get_freeze_count()
+    registrations(project, 3)
+    assert funnel("run", "--now", NOW).code == 0
+    assert (gc.get_threshold(), gc.get_freeze_count()) == (before, frozen)
+
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom), fewer_collections():
+        assert gc.get_threshold() == RUN_GC_THRESHOLDS
+        assert gc.get_freeze_count() >= frozen
+        raise Boom
+    assert (gc.get_threshold(), gc.get_freeze_count()) == (before, frozen)
+
+    class Cycle:
+        def __init__(self) -> None:
+            self.me = self
+
+    with fewer_collections():
+        import weakref
+
+        cycle = Cycle()
+        gone = weakref.ref(cycle)
+        del cycle
+        gc.collect()
+        assert gone() is None
+
+
+def test_the_funnel_program_sets_the_collector_for_its_whole_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+
+    from funnel.cli import main
+    from funnel.collector import THRESHOLDS
+
+    before = gc.get_threshold()
+    monkeypatch.setattr(sys, "argv", ["funnel", "--help"])
+    try:
+        main()  # prints the help and returns
+        assert gc.get_threshold() == THRESHOLDS
+    finally:
+        gc.set_threshold(*before)
