@@ -119,10 +119,14 @@ class DriverSQL:
                 ([*row, *params] for row in rows),
             )
             return
-        # the VALUES' columns are v0, v1, ... and vid: no name the table has, so `where` and `n + ...` read the table's
-        names = [f"v{i}" for i in range(len(columns))]
+        # SQLite names the columns of a VALUES list column1, column2, ...: no name a table of ours has,
+        # so `where` and `n = n + ...` read the table's own. The statement must start with UPDATE:
+        # Python's sqlite3 opens its transaction only before INSERT, UPDATE, DELETE and REPLACE (a
+        # `WITH ... UPDATE` would be committed on its own, outside the run's transaction)
+        names = [f"v.column{i + 1}" for i in range(len(columns))]
+        key = f"v.column{len(columns) + 1}"
         assignments = ", ".join(
-            f"{c} = {c} + v.{n}" if c in add else f"{c} = v.{n}" for c, n in zip(columns, names, strict=True)
+            f"{c} = {c} + {n}" if c in add else f"{c} = {n}" for c, n in zip(columns, names, strict=True)
         )
         condition = f" AND {where}" if where else ""
         row_marks = "(" + ", ".join("?" * (len(columns) + 1)) + ")"
@@ -130,8 +134,8 @@ class DriverSQL:
         for start in range(0, len(rows), per_statement):
             chunk = rows[start : start + per_statement]
             self.execute(
-                f"WITH v({', '.join(names)}, vid) AS (VALUES {', '.join([row_marks] * len(chunk))})"  # noqa: S608
-                f" UPDATE {table} SET {assignments} FROM v WHERE {table}.id = v.vid{condition}",
+                f"UPDATE {table} SET {assignments} FROM (VALUES {', '.join([row_marks] * len(chunk))}) AS v"  # noqa: S608
+                f" WHERE {table}.id = {key}{condition}",
                 [*(value for row in chunk for value in row), *params],
             )
 

@@ -138,3 +138,36 @@ def test_outcomes_for_rows_that_are_no_longer_this_runs_are_not_written(engine: 
         ledger.record([{**outcome, "id": step_run_id, "message_id": None} for step_run_id, _ in batch])
         session.commit()
     assert _statuses(engine) == {batch[0][0]: ("unknown", None, ours), batch[1][0]: ("sending", None, other)}
+
+
+def test_recorded_outcomes_belong_to_the_sessions_transaction(engine: Engine) -> None:
+    """Found by a break-it session: on SQLite a statement starting with WITH opened no transaction in
+    Python's sqlite3, so the outcomes were committed on their own, apart from the enrollment's and the
+    contact's changes that go with them. A rollback (the process dying before the checkpoint) must
+    undo them, as on PostgreSQL: the row is then still `sending`, reported unknown by the next run."""
+    with Session(engine) as session:
+        (ours,) = _runs(session, 1)
+        batch = _people(session, [{}, {}], ours)
+        ledger = Ledger(session, ours, NOW, "outbox")
+        ledger.hand_over(batch)
+        session.commit()  # the hand-over's checkpoint
+        outcome = {"status": "sent", "reason": None, "retryable": False, "attempts": 1, "sent_at": NOW}
+        ledger.record([{**outcome, "id": step_run_id, "message_id": "m"} for step_run_id, _ in batch])
+        session.rollback()
+    assert _statuses(engine) == {step_run_id: ("sending", None, ours) for step_run_id, _ in batch}
+
+
+def test_deferred_writes_belong_to_the_sessions_transaction(engine: Engine) -> None:
+    from funnel.deferred import DeferredWrites
+
+    with Session(engine) as session:
+        (ours,) = _runs(session, 1)
+        _people(session, [{}], ours)
+        enrollment = session.exec(select(Enrollment)).one()
+        writes = DeferredWrites()
+        writes.set(enrollment, status="finished", ended_at=NOW, next_due_at=None)
+        writes.write(session)
+        session.rollback()
+    with Session(engine) as session:
+        stored = session.exec(select(Enrollment)).one()
+        assert (stored.status, stored.ended_at) == ("active", None)
