@@ -15,12 +15,13 @@ containers instead of 700 leaves memory as it was (the import's peak stayed at
 - Every run is inside `fewer_collections`, which also freezes what was loaded
   before it (modules, the configuration, the compiled templates: they live as
   long as the process) out of the collector's view, and gives a caller that
-  runs in its own process (`funnel serve`, the tests) its settings back.
+  runs it in its own process (`funnel serve`, the tests) its settings back.
 """
 
 from __future__ import annotations
 
 import gc
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -33,14 +34,36 @@ def use_fewer_collections() -> None:
     gc.set_threshold(*THRESHOLDS)
 
 
+_lock = threading.Lock()
+#: runs inside `fewer_collections` now, and what the first of them found (restored by the last)
+_depth = 0
+_found: tuple[tuple[int, int, int], bool] = ((700, 10, 10), False)
+
+
 @contextmanager
 def fewer_collections() -> Iterator[None]:
-    """Collect less often while inside, with what exists now frozen; as before after."""
-    previous = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(*THRESHOLDS)
+    """Collect less often while inside, with what exists now frozen; as before after.
+
+    Runs overlapping in threads of one process share one collector: the first
+    in sets it and the last out restores it. A caller that froze objects of its
+    own keeps them frozen (nothing more is frozen then, nor unfrozen after).
+    """
+    global _depth, _found
+    with _lock:
+        if _depth == 0:
+            freeze = gc.get_freeze_count() == 0
+            _found = (gc.get_threshold(), freeze)
+            if freeze:
+                gc.freeze()
+            gc.set_threshold(*THRESHOLDS)
+        _depth += 1
     try:
         yield
     finally:
-        gc.set_threshold(*previous)
-        gc.unfreeze()
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                thresholds, froze = _found
+                gc.set_threshold(*thresholds)
+                if froze:
+                    gc.unfreeze()

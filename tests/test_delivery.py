@@ -760,3 +760,40 @@ def test_the_funnel_program_sets_the_collector_for_its_whole_process(monkeypatch
         assert gc.get_threshold() == THRESHOLDS
     finally:
         gc.set_threshold(*before)
+
+
+def test_the_collector_is_given_back_as_found_with_objects_the_caller_froze_and_runs_in_threads() -> None:
+    """Found by a break-it session: leaving `fewer_collections` unfroze what the caller had frozen,
+    and two runs overlapping in threads left the process with the runs' thresholds."""
+    import gc
+
+    from funnel.collector import THRESHOLDS, fewer_collections
+
+    before = gc.get_threshold()
+    keep = [[i] for i in range(1000)]
+    gc.freeze()
+    try:
+        with fewer_collections():
+            assert gc.get_threshold() == THRESHOLDS
+        # still frozen (a frozen object that lost its last reference is freed all the same: no exact count)
+        assert gc.get_freeze_count() > 0 and gc.get_threshold() == before
+    finally:
+        gc.unfreeze()
+    del keep
+
+    inside, first_out = threading.Barrier(2), threading.Event()
+
+    def run(wait_for: threading.Event | None) -> None:
+        with fewer_collections():
+            inside.wait(timeout=10)
+            if wait_for is not None:
+                wait_for.wait(timeout=10)
+        if wait_for is None:
+            first_out.set()
+
+    threads = [threading.Thread(target=run, args=(None,)), threading.Thread(target=run, args=(first_out,))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert (gc.get_threshold(), gc.get_freeze_count()) == (before, 0)
