@@ -41,6 +41,8 @@ class DriverSQL:
         self.postgres = self.dialect.name == "postgresql"
         self._mark = placeholder(self.dialect)
         self._processors: dict[Column[Any], Callable[[Any], Any]] = {}
+        #: what the driver raises (raised on as SQLAlchemy's exception for it)
+        self._error: type[Exception] = self.dialect.loaded_dbapi.Error
 
     def _sql(self, sql: str) -> str:
         return sql if self._mark == "?" else sql.replace("?", self._mark)
@@ -61,13 +63,12 @@ class DriverSQL:
 
     def _run(self, method: str, statement: str, params: Any) -> Any:
         cursor = self.session.connection().connection.cursor()
-        error = self.dialect.loaded_dbapi.Error
         try:
             getattr(cursor, method)(statement, params)
-        except error as exc:
+        except self._error as exc:
             cursor.close()
             raise DBAPIError.instance(
-                statement, params, exc, error, dialect=self.dialect, ismulti=method == "executemany"
+                statement, params, exc, self._error, dialect=self.dialect, ismulti=method == "executemany"
             ) from exc
         return cursor
 
@@ -111,11 +112,15 @@ class DriverSQL:
         """
         if not rows:
             return
+        condition = f" AND {where}" if where else ""
+
+        def assignments(values: Sequence[str]) -> str:
+            pairs = zip(columns, values, strict=True)
+            return ", ".join(f"{c} = {c} + {v}" if c in add else f"{c} = {v}" for c, v in pairs)
+
         if self.postgres:
-            assignments = ", ".join(f"{c} = {c} + ?" if c in add else f"{c} = ?" for c in columns)
-            condition = f" AND {where}" if where else ""
             self.executemany(
-                f"UPDATE {table} SET {assignments} WHERE id = ?{condition}",  # noqa: S608  # our own names
+                f"UPDATE {table} SET {assignments(['?'] * len(columns))} WHERE id = ?{condition}",  # noqa: S608
                 ([*row, *params] for row in rows),
             )
             return
@@ -125,16 +130,12 @@ class DriverSQL:
         # `WITH ... UPDATE` would be committed on its own, outside the run's transaction)
         names = [f"v.column{i + 1}" for i in range(len(columns))]
         key = f"v.column{len(columns) + 1}"
-        assignments = ", ".join(
-            f"{c} = {c} + {n}" if c in add else f"{c} = {n}" for c, n in zip(columns, names, strict=True)
-        )
-        condition = f" AND {where}" if where else ""
         row_marks = "(" + ", ".join("?" * (len(columns) + 1)) + ")"
         per_statement = max(1, min(_ROWS_PER_UPDATE, _SQLITE_MAX_MARKS // (len(columns) + 1 + len(params))))
         for start in range(0, len(rows), per_statement):
             chunk = rows[start : start + per_statement]
             self.execute(
-                f"UPDATE {table} SET {assignments} FROM (VALUES {', '.join([row_marks] * len(chunk))}) AS v"  # noqa: S608
+                f"UPDATE {table} SET {assignments(names)} FROM (VALUES {', '.join([row_marks] * len(chunk))}) AS v"  # noqa: S608
                 f" WHERE {table}.id = {key}{condition}",
                 [*(value for row in chunk for value in row), *params],
             )

@@ -128,6 +128,8 @@ _EVENTS: dict[tuple[Any, ...], bytes | None] = {}
 _MAX_EVENTS = 256
 #: a UID's digest as `event_uid` writes it: 32 hex digits
 _DIGEST = re.compile(r"[0-9a-f]{32}\Z")
+#: the digest the file is written with once, replaced by each person's (the same length: the same folds)
+_STAND_IN = "f" * 32
 
 
 def _event_for(uid: str, **event: Any) -> bytes:
@@ -155,6 +157,3 @@ def _event_for(uid: str, **event: Any) -> bytes:
     if cached is None:
         return webinar_event(uid=uid, **event)
     return cached.replace(stand_in.encode(), uid.encode())
-
-
-_STAND_IN = "f" * 32

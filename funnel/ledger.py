@@ -55,6 +55,12 @@ IN_HAND = (CLAIMED, SENDING)
 #: the contacts no email may go to (see `Contact.suppression`), as SQL
 _SUPPRESSED = "(erased_at IS NOT NULL OR unsubscribed_at IS NOT NULL OR suppressed_reason <> '')"
 
+
+def _suppression(erased_at: Any, unsubscribed_at: Any, suppressed_reason: str | None) -> str | None:
+    """Why no email may go to a contact, from its columns (as `Contact.suppression`), or None/''."""
+    return "erased" if erased_at else "unsubscribed" if unsubscribed_at else suppressed_reason
+
+
 UNKNOWN_REASON = "the run sending it stopped mid-request: not sent again (check whether it arrived)"
 
 
@@ -273,12 +279,12 @@ class Ledger:
                 # the write above holds SQLite's lock until the commit; a row only for someone
                 # suppressed, as in `SuppressionCheck` (each row read lets the GIL go)
                 only, lock = f" AND {_SUPPRESSED}", ""
-            for contact_id, erased_at, unsubscribed_at, suppressed_reason in self.sql.execute(
+            for contact_id, *columns in self.sql.execute(
                 "SELECT id, erased_at, unsubscribed_at, suppressed_reason FROM contacts"  # noqa: S608
                 f" WHERE id IN ({self.sql.marks(len(contact_ids))}){only}{lock}",
                 contact_ids,
             ):
-                reason = "erased" if erased_at else "unsubscribed" if unsubscribed_at else suppressed_reason
+                reason = _suppression(*columns)
                 if reason:
                     stopped[contact_id] = reason
         suppressed = {
@@ -384,8 +390,7 @@ class SuppressionCheck:
         rows = cursor.fetchall()  # read to the end: SQLite then ends the statement's read snapshot
         if not rows:  # not suppressed, or not committed yet (the hand-over's own read covered her)
             return None
-        erased_at, unsubscribed_at, suppressed_reason = rows[0]
-        return "erased" if erased_at else "unsubscribed" if unsubscribed_at else suppressed_reason
+        return _suppression(*rows[0])
 
     def _open(self) -> Any:
         """This thread's connection, in autocommit (a read outside any transaction sees the latest commit)."""
