@@ -220,11 +220,11 @@ def test_nothing_lost_nothing_counted_twice_no_server_error(load: Load) -> None:
 #: how long a request that has passed its last suppression check may still take to reach the fake:
 #: opening a connection, writing the body and waiting for the CPU among the run's eight sender
 #: threads, the server, the clients and three other test workers on a 2-core machine. 50 ms proved
-#: too little (a request 92 ms after the acknowledgement, once in a full suite run), so wall-clock
-#: time here only bounds lateness under load; that the check right before each request stops an
-#: email already handed over is proven without clocks by test_delivery's
-#: `test_an_unsubscribe_after_the_hand_over_stops_the_request_not_yet_started`.
-IN_FLIGHT = 0.3
+#: too little (92 ms once), and so did 300 ms on a slower machine (427 ms once, in a fresh clone's
+#: CI run, 2026-11-28). Wall-clock time here only bounds lateness under load, loosely; that the
+#: check right before each request stops an email already handed over is proven without clocks by
+#: test_delivery's `test_an_unsubscribe_after_the_hand_over_stops_the_request_not_yet_started`.
+IN_FLIGHT = 1.0
 
 
 def test_no_email_handed_over_after_the_unsubscribe_was_acknowledged(load: Load) -> None:
