@@ -31,6 +31,8 @@ from sqlmodel import Session
 PROBE_CHUNK = 1000
 #: SQLite page cache during an import, in KiB (the default is 2,000)
 IMPORT_CACHE_KIB = 32768
+#: SQLite's largest row id: once a table holds it, new rows get free ids at random
+_LARGEST_ROWID = 2**63 - 1
 #: rows per multi-row INSERT ... RETURNING: with 10 columns, well under SQLite's limit of 32,766 values
 ROWS_PER_STATEMENT = 500
 
@@ -176,27 +178,34 @@ class InsertIgnore:
         return found
 
     def _returning_by_id(self, rows: Sequence[Sequence[Any]], columns: Sequence[str]) -> list[tuple[Any, ...]]:
-        """SQLite: one `executemany`, then the rows of `rows`' keys with ids above the largest before it.
+        """SQLite: one `executemany`; which rows went in and their ids follow from how SQLite gives ids.
 
         Cheaper there than a many-row INSERT ... RETURNING (which SQLite runs
         about half as fast). SQLite gives a new row the largest id + 1, and
-        the write lock of the transaction keeps other writers out meanwhile;
-        a row with the same key that another process committed in between is
-        taken as inserted here (its values are the ones this caller meant to
-        write, or close: as if its row had come last). Were ids ever to run
-        out (2**63), SQLite would pick free ones below: such rows are not
-        answered, and the caller finds them as rows that were there already.
+        the transaction's write lock, taken by this insert if not before,
+        keeps other writers out until the commit: the rows that went in (the
+        insert's row count) hold the ids just below the largest one now. So
+        when all of them went in, nothing is read back; when some were there
+        already, only the rows with those ids are read. Once a table holds
+        the largest possible id SQLite picks free ones at random: nothing is
+        answered then, and the caller finds the rows as ones that were there.
         """
         assert self.key_position is not None and self.id_column is not None
         quote, identity = self.quote, self.quote(self.id_column)
         connection = self.session.connection()
-        largest = connection.exec_driver_sql(f"SELECT max({identity}) FROM {self.table_name}").scalar()
-        self.run(rows)
-        query = f"SELECT {quote(self.key_column)}, {', '.join(quote(c) for c in columns)} FROM {self.table_name}"
-        if largest is not None:
-            query += f" WHERE {identity} > {int(largest)}"
-        wanted = {row[self.key_position] for row in rows}
-        return [tuple(found[1:]) for found in connection.exec_driver_sql(query).fetchall() if found[0] in wanted]
+        inserted = connection.exec_driver_sql(self.sql, self._params(rows)).rowcount  # type: ignore[arg-type]
+        if not inserted:
+            return []
+        largest = int(connection.exec_driver_sql(f"SELECT max({identity}) FROM {self.table_name}").scalar_one())
+        if largest >= _LARGEST_ROWID:
+            return []
+        first = largest - inserted + 1
+        if inserted == len(rows) and set(columns) <= {self.key_column, self.id_column}:
+            at = self.key_position
+            given = {self.key_column: [row[at] for row in rows], self.id_column: range(first, largest + 1)}
+            return list(zip(*(given[name] for name in columns), strict=True))
+        query = f"SELECT {', '.join(quote(c) for c in columns)} FROM {self.table_name} WHERE {identity} >= {first}"
+        return [tuple(found) for found in connection.exec_driver_sql(query).fetchall()]
 
     def _params(self, rows: Sequence[Sequence[Any]]) -> Sequence[Sequence[Any]]:
         """Rows with their values as the driver takes them (as SQLAlchemy would bind them)."""

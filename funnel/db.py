@@ -17,9 +17,9 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 from sqlalchemy import event, inspect, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import OperationalError
-from sqlmodel import Session, create_engine
+from sqlmodel import Session, SQLModel, create_engine
 
 from funnel import models  # noqa: F401  (registers the tables)
 from funnel.bulk import dialect_insert
@@ -66,6 +66,16 @@ def make_engine(url: str) -> Engine:
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     try:
+        _migrated(engine, parsed)
+    except BaseException:
+        engine.dispose()  # the caller gets no engine to close: its connections go now
+        raise
+    return engine
+
+
+def _migrated(engine: Engine, parsed: URL) -> None:
+    """`migrate`, with its failures told in one sentence."""
+    try:
         migrate(engine)
     except FunnelError:
         raise
@@ -78,7 +88,6 @@ def make_engine(url: str) -> Engine:
         ) from exc
     except Exception as exc:
         raise MigrationError(_migration_failed(exc)) from exc
-    return engine
 
 
 def _check_sqlite_file(path: Path) -> None:
@@ -121,10 +130,11 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def migrate(engine: Engine, *, wait: float = MIGRATION_WAIT) -> None:
-    """Bring the schema up to `migrations.HEAD` with alembic, one command at a time.
+    """Bring the schema up to `migrations.HEAD`, one command at a time.
 
     The usual case, a database already at HEAD, costs one query and does not
-    load alembic. Several commands starting at once on a new database (two
+    load alembic; nor does a new database (`_create_at_head`). An older one
+    is upgraded by alembic's migrations. Several commands starting at once on a new database (two
     cron runs, `funnel serve`, `contacts ...`) take turns: on PostgreSQL
     through an advisory lock held by the migrating transaction, on SQLite
     through a file lock beside the database (SQLite's own locking does not
@@ -177,11 +187,6 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _upgrade(engine: Engine) -> None:
-    from alembic import command
-    from alembic.config import Config as AlembicConfig
-
-    settings = AlembicConfig()
-    settings.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_SCHEMA_LOCK_KEY})
@@ -189,11 +194,39 @@ def _upgrade(engine: Engine) -> None:
             # pysqlite opens no transaction before DDL: take the write lock now, so two first
             # runs at once take turns instead of both creating the tables (busy_timeout waits)
             conn.exec_driver_sql("BEGIN IMMEDIATE")
-        settings.attributes["connection"] = conn
         tables = inspect(conn)
-        if tables.has_table("contacts") and not tables.has_table("alembic_version"):
+        has_versions, has_contacts = tables.has_table("alembic_version"), tables.has_table("contacts")
+        if not has_versions and not has_contacts:
+            _create_at_head(conn)
+            return
+        from alembic import command
+        from alembic.config import Config as AlembicConfig
+
+        settings = AlembicConfig()
+        settings.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+        settings.attributes["connection"] = conn
+        if has_contacts and not has_versions:
             command.stamp(settings, "0001")  # made by the first versions, before migrations existed
         command.upgrade(settings, "head")
+
+
+def _create_at_head(conn: Connection) -> None:
+    """A new database: the models' tables at once, marked as at HEAD, in the caller's transaction.
+
+    What running every migration from nothing builds (tests/test_db.py
+    compares the two schemas, table by table, on both databases), without
+    loading alembic: with its dialect modules that is about a fifth of a
+    second, at the start of every first run. `checkfirst=False`: a table of
+    the same name left by something else is an error, as it would be for
+    the migrations, not a table silently taken over.
+    """
+    SQLModel.metadata.create_all(conn, checkfirst=False)
+    # alembic's own version table, as alembic makes it
+    conn.exec_driver_sql(
+        "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL, "
+        "CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))"
+    )
+    conn.execute(text("INSERT INTO alembic_version (version_num) VALUES (:head)"), {"head": HEAD})
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

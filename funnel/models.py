@@ -87,7 +87,8 @@ class Tag(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("contact_id", "tag"),)
 
     id: int | None = Field(default=None, primary_key=True)
-    contact_id: int = Field(foreign_key="contacts.id", index=True)
+    #: no index of its own: the unique constraint's index starts with it (migration 0005)
+    contact_id: int = Field(foreign_key="contacts.id")
     tag: str
     source: str | None = None
     added_at: datetime = Field(sa_type=UTCDateTime)
@@ -120,7 +121,8 @@ class Enrollment(SQLModel, table=True):
     )
 
     id: int | None = Field(default=None, primary_key=True)
-    contact_id: int = Field(foreign_key="contacts.id", index=True)
+    #: no index of its own: the unique constraint's index starts with it (migration 0005)
+    contact_id: int = Field(foreign_key="contacts.id")
     sequence: str
     status: str = "active"  # active | paused | finished | exited
     enrolled_at: datetime = Field(sa_type=UTCDateTime)
@@ -150,7 +152,8 @@ class StepRun(SQLModel, table=True):
     )
 
     id: int | None = Field(default=None, primary_key=True)
-    enrollment_id: int = Field(foreign_key="enrollments.id", index=True)
+    #: no index of its own: the unique constraint's index starts with it (migration 0005)
+    enrollment_id: int = Field(foreign_key="enrollments.id")
     sequence: str
     step_id: str
     status: str

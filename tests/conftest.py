@@ -268,6 +268,13 @@ def postgres_url() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture
+def second_postgres_url() -> Iterator[str]:
+    """Another fresh, empty PostgreSQL database, for tests that compare two."""
+    with _fresh_postgres_database() as url:
+        yield url
+
+
 @pytest.fixture(scope="session")
 def _postgres_template() -> Iterator[str]:
     """One database migrated to HEAD per test session (per xdist worker), copied for each test."""

@@ -7,12 +7,12 @@ create" must be answered right, conflicts and all.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
-from conftest import Project
+from conftest import Project, Result
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
@@ -91,6 +91,75 @@ def test_returning_answers_only_the_rows_it_inserted(engine: Engine) -> None:
     assert sorted(first) == sorted((k, ids[k]) for k in ("k1", "k2"))
     assert sorted(again) == sorted((k, ids[k]) for k in ("k3", "k4"))
     assert len(ids) == 4
+
+
+def rows_of(*keys: str) -> list[tuple[object, ...]]:
+    return [tuple(contact(k)[c] for c in COLUMNS) for k in keys]
+
+
+def test_returning_with_a_key_twice_in_one_batch_or_nothing_new(engine: Engine) -> None:
+    with Session(engine) as session:
+        writer = InsertIgnore(session, Contact.__table__, COLUMNS, ("email_hash",))  # type: ignore[attr-defined]
+        twice = writer.returning(rows_of("d1", "d2", "d1", "d3"), ("email_hash", "id"))
+        nothing = writer.returning(rows_of("d3", "d1"), ("email_hash", "id"))
+        # other columns than the key and the id are read back, for the rows that went in only
+        more = writer.returning(rows_of("d4", "d2"), ("id", "first_name", "email_hash"))
+        session.commit()
+        ids = dict(session.exec(select(Contact.email_hash, Contact.id)).all())
+    assert sorted(twice or []) == sorted((k, ids[k]) for k in ("d1", "d2", "d3"))
+    assert nothing == []
+    assert more == [(ids["d4"], "Zoë", "d4")]
+
+
+def test_returning_reads_nothing_back_when_every_row_went_in(engine: Engine) -> None:
+    """SQLite: the ids follow from the row count and the largest id; the rows are not read again."""
+    from sqlalchemy import event
+
+    statements: list[str] = []
+    with Session(engine) as session:
+        writer = InsertIgnore(session, Contact.__table__, COLUMNS, ("email_hash",))  # type: ignore[attr-defined]
+        writer.returning(rows_of("e0"), ("email_hash", "id"))
+        note = lambda *args: statements.append(args[2])  # noqa: E731
+        event.listen(engine, "before_cursor_execute", note)
+        answered = writer.returning(rows_of(*(f"e{i}" for i in range(1, 40))), ("email_hash", "id"))
+        event.remove(engine, "before_cursor_execute", note)
+        session.commit()
+        ids = dict(session.exec(select(Contact.email_hash, Contact.id)).all())
+    assert answered == [(f"e{i}", ids[f"e{i}"]) for i in range(1, 40)]  # in the order given
+    if engine.dialect.name == "sqlite":
+        assert not [s for s in statements if "email_hash" in s and s.lstrip().upper().startswith("SELECT")]
+
+
+@pytest.mark.sqlite_only(reason="SQLite gives ids at random only once a table holds the largest possible one")
+def test_returning_once_the_largest_id_is_taken_answers_nothing_and_the_import_still_works(
+    engine: Engine, project: Project, funnel: Callable[..., Result]
+) -> None:
+    """Ids given at random cannot be told from the rows that were there: none are answered, and the
+    import reads them as contacts it found, enrolling each once."""
+    from funnel.bulk import _LARGEST_ROWID
+
+    with Session(engine) as session:
+        writer = InsertIgnore(session, Contact.__table__, COLUMNS, ("email_hash",))  # type: ignore[attr-defined]
+        session.connection().exec_driver_sql(
+            f"INSERT INTO contacts (id, email_hash, discreet, fields, created_at, updated_at) "
+            f"VALUES ({_LARGEST_ROWID}, 'top', 0, '{{}}', '2027-01-01 00:00:00', '2027-01-01 00:00:00')"
+        )
+        assert writer.returning(rows_of("r1", "r2"), ("email_hash", "id")) == []
+        session.commit()
+        assert set(session.exec(select(Contact.email_hash))) == {"top", "r1", "r2"}
+    engine.dispose()
+    project.write("signups/webinar-registrations.csv", "Email,First Name\nana@example.test,Ana\nbea@example.test,Bea\n")
+    result = funnel("run", "--now", "2027-01-10T03:00:00Z")
+    assert result.code == 0, result.err
+    with Session(engine) as session:
+        enrolled = (
+            session.connection()
+            .exec_driver_sql(
+                "SELECT c.email, count(*) FROM enrollments e JOIN contacts c ON c.id = e.contact_id GROUP BY c.email"
+            )
+            .fetchall()
+        )
+    assert sorted(enrolled) == [("ana@example.test", 1), ("bea@example.test", 1)]
 
 
 def test_probe_reads_keys_in_chunks(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:

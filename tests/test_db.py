@@ -14,10 +14,12 @@ from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from conftest import REGISTRATIONS, Project
+from sqlalchemy import inspect
 from sqlmodel import SQLModel, create_engine
 
 import funnel
 from funnel.db import current_revision, make_engine
+from funnel.errors import MigrationError
 from funnel.migrations import HEAD
 
 
@@ -27,20 +29,111 @@ def test_head_constant_is_the_newest_migration() -> None:
     assert ScriptDirectory.from_config(settings).get_current_head() == HEAD
 
 
+def _migrated_from_nothing(url: str) -> None:
+    """Every migration, from an empty database to HEAD, as alembic runs them."""
+    settings = AlembicConfig()
+    settings.set_main_option("script_location", str(Path(funnel.__file__).parent / "migrations"))
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            settings.attributes["connection"] = conn
+            command.upgrade(settings, "head")
+    finally:
+        engine.dispose()
+
+
+def _schema(url: str) -> dict[str, dict[str, object]]:
+    """Everything a database says of its tables: columns, keys, indexes, constraints."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            found = inspect(conn)
+            return {
+                table: {
+                    # in any order: a column a later migration adds comes last in the upgraded table
+                    "columns": sorted(
+                        (c["name"], str(c["type"]), c["nullable"], c.get("default")) for c in found.get_columns(table)
+                    ),
+                    "primary key": found.get_pk_constraint(table)["constrained_columns"],
+                    "foreign keys": sorted(
+                        (fk["constrained_columns"], fk["referred_table"], fk["referred_columns"])
+                        for fk in found.get_foreign_keys(table)
+                    ),
+                    "indexes": sorted(
+                        (i["name"], i["column_names"], bool(i["unique"])) for i in found.get_indexes(table)
+                    ),
+                    "unique": sorted(u["column_names"] for u in found.get_unique_constraints(table)),
+                }
+                for table in sorted(found.get_table_names())
+            }
+    finally:
+        engine.dispose()
+
+
+def _two_urls(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> tuple[str, str]:
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'migrated.db'}", f"sqlite:///{tmp_path / 'new.db'}"
+    return request.getfixturevalue("postgres_url"), request.getfixturevalue("second_postgres_url")
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_migrations_build_exactly_the_schema_the_models_describe(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'funnel.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
-    engine = make_engine(url)
+    url, _ = _two_urls(backend, tmp_path, request)
+    _migrated_from_nothing(url)
+    engine = make_engine(url)  # finds HEAD and changes nothing
     try:
         assert current_revision(engine) == HEAD
         with engine.connect() as conn:
             differences = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
         assert differences == []
-        make_engine(url).dispose()  # a second start finds HEAD and changes nothing
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_new_database_gets_the_very_schema_the_migrations_build(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A first start creates the models' tables directly; they are what every migration in turn builds."""
+    migrated, new = _two_urls(backend, tmp_path, request)
+    _migrated_from_nothing(migrated)
+    make_engine(new).dispose()
+    assert _schema(new) == _schema(migrated)
+    engine = make_engine(new)  # a second start finds HEAD and changes nothing
+    try:
+        assert current_revision(engine) == HEAD
+        with engine.connect() as conn:
+            assert compare_metadata(MigrationContext.configure(conn), SQLModel.metadata) == []
+    finally:
+        engine.dispose()
+
+
+def test_a_first_start_does_not_load_alembic(tmp_path: Path) -> None:
+    """About a fifth of a second at every first run; alembic is for upgrading an older schema."""
+    script = (
+        "import sys; from funnel.db import make_engine, current_revision; "
+        "engine = make_engine(sys.argv[1]); print(current_revision(engine), 'alembic' in sys.modules)"
+    )
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    done = subprocess.run([sys.executable, "-c", script, url], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == [HEAD, "False"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_new_database_with_a_table_of_ours_left_by_something_else_is_refused(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Not silently taken over: a `runs` table of another program is an error, as the migrations would make it."""
+    url, _ = _two_urls(backend, tmp_path, request)
+    other = create_engine(url)
+    with other.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE runs (name VARCHAR(10))")
+    other.dispose()
+    with pytest.raises(MigrationError, match="could not be brought up to date"):
+        make_engine(url)
+    assert list(_schema(url)) == ["runs"]  # and nothing else was made
 
 
 def test_a_database_made_before_migrations_is_adopted(tmp_path: Path) -> None:
