@@ -272,14 +272,16 @@ def read_source_file(
             consumed_box: list[int] = []
             records = _csv_records(plan, lines, base, settled, consumed_box)
             result.stream = _streamed(
-                _mapped(source, path, records, practice_tz, result, webinar_tz=webinar_tz),
+                _mapped(source, path, records, practice_tz, result, webinar_tz=webinar_tz, header=plan[1]),
                 lambda: _finish_read(result, data, current, text, codec, bom, offset, lines, base, consumed_box[0]),
             )
             return result
-        raw, consumed = _csv_rows(name, source, path, header_line, lines, base, settled)
+        raw, consumed = _csv_rows(plan, lines, base, settled)
+        header = plan[1] if plan is not None else None
     else:
         raw, consumed = _jsonl_rows(source, lines, base, settled)
-    _map_rows(name, source, path, iter(raw), practice_tz, result, webinar_tz=webinar_tz)
+        header = None
+    _map_rows(name, source, path, iter(raw), practice_tz, result, webinar_tz=webinar_tz, header=header)
     return _finish_read(result, data, current, text, codec, bom, offset, lines, base, consumed)
 
 
@@ -449,10 +451,9 @@ def _letter(position: int) -> str:
 
 
 def _csv_rows(
-    name: str, source: Source, path: Path, header_line: str, lines: list[str], skipped: int, settled: bool
-) -> tuple[list[tuple[int, dict[str, str] | str]], int]:
+    plan: _CsvPlan | None, lines: list[str], skipped: int, settled: bool
+) -> tuple[list[tuple[int, _Record]], int]:
     """Rows of `lines` (the file's lines after the first `skipped`), and how many of them were fully read."""
-    plan = _csv_header(name, source, path, header_line, settled)
     if plan is None:
         return [], 0
     consumed: list[int] = []
@@ -484,8 +485,12 @@ def _csv_header(name: str, source: Source, path: Path, header_line: str, settled
 
 def _csv_records(
     plan: _CsvPlan, lines: list[str], skipped: int, settled: bool, consumed: list[int]
-) -> Iterator[tuple[int, dict[str, str] | str]]:
-    """The records of `lines` one by one; how many lines were fully read is put in `consumed` at the end."""
+) -> Iterator[tuple[int, _Record]]:
+    """The records of `lines` one by one; how many lines were fully read is put in `consumed` at the end.
+
+    A record is its values in the header's order, one for every column (a
+    short row is filled with blanks), or why it is refused.
+    """
     delimiter, header, email_column = plan
     width = len(header)
     index = 0 if skipped else 1  # `first`, `end`, `index`: positions in `lines`
@@ -522,7 +527,7 @@ def _csv_records(
             if not "".join(values).strip():  # nothing but blanks
                 continue
             if len(values) == width:
-                yield number, dict(zip(header, values, strict=True))
+                yield number, values
                 continue
             if len(values) > width:
                 yield (
@@ -532,7 +537,7 @@ def _csv_records(
                 )
                 continue
             # a short row (trailing empty columns left out) still has every header
-            yield number, {h: (values[i] if i < len(values) else "") for i, h in enumerate(header)}
+            yield number, values + [""] * (width - len(values))
     consumed.append(total)
 
 
@@ -599,12 +604,10 @@ def _quote_left_open(raw: str, delimiter: str) -> bool:
     return False
 
 
-def _jsonl_rows(
-    source: Source, lines: list[str], skipped: int, settled: bool
-) -> tuple[list[tuple[int, dict[str, str] | str]], int]:
+def _jsonl_rows(source: Source, lines: list[str], skipped: int, settled: bool) -> tuple[list[tuple[int, _Record]], int]:
     # only \n, \r\n and \r end a line: U+2028 and friends are legal inside JSON strings
     used = _used_columns(source)
-    out: list[tuple[int, dict[str, str] | str]] = []
+    out: list[tuple[int, _Record]] = []
     for index, raw in enumerate(lines):
         number = skipped + index + 1
         if index == len(lines) - 1 and not raw.endswith(_ENDINGS) and not settled:
@@ -678,15 +681,16 @@ def _map_rows(
     name: str,
     source: Source,
     path: Path,
-    raw: Iterator[tuple[int, dict[str, str] | str]],
+    raw: Iterator[tuple[int, _Record]],
     practice_tz: ZoneInfo,
     result: FileRead,
     *,
     check_columns: bool = True,
     webinar_tz: ZoneInfo | None = None,
+    header: list[str] | None = None,
 ) -> None:
     lookup: dict[str, str] = {}
-    result.rows.extend(_mapped(source, path, raw, practice_tz, result, lookup, webinar_tz=webinar_tz))
+    result.rows.extend(_mapped(source, path, raw, practice_tz, result, lookup, webinar_tz=webinar_tz, header=header))
     where = {k.strip().lower(): v.strip().lower() for k, v in source.where.items()}
     if lookup and check_columns:
         _require_columns(name, source, path, lookup, where)
@@ -695,14 +699,21 @@ def _map_rows(
 def _mapped(
     source: Source,
     path: Path,
-    raw: Iterator[tuple[int, dict[str, str] | str]],
+    raw: Iterator[tuple[int, _Record]],
     practice_tz: ZoneInfo,
     result: FileRead,
     lookup: dict[str, str] | None = None,
     *,
     webinar_tz: ZoneInfo | None = None,
+    header: list[str] | None = None,
 ) -> Iterator[SignupRow]:
-    """Accepted rows one by one; problems and filtered rows are counted in `result` on the way."""
+    """Accepted rows one by one; problems and filtered rows are counted in `result` on the way.
+
+    A row is an object by title (jsonl, a form), or with `header` a CSV
+    record: its values in the header's order, looked up by position (no
+    dictionary made per row; the same columns are read, the last of two
+    same-named titles winning as before).
+    """
     # columns seen: a csv's header (every row has it); for jsonl, the keys of any object,
     # since one object may leave a key out while the others have it
     if lookup is None:
@@ -713,15 +724,21 @@ def _mapped(
     file = path.name
     titles: tuple[str, ...] = ()
     plan: _Plan = ([], [])
+    if header is not None:
+        plan = _by_position(_plan(tuple(header), wanted_columns, where), header)
     for line, row in raw:
         if isinstance(row, str):
             result.problems.append(RowProblem(line, row))
             continue
-        if not lookup or source.format == "jsonl":
-            lookup.update((k.strip().lower(), k) for k in row)
-        keys = tuple(row)
-        if keys != titles:  # a csv has the same titles on every row: matched once
-            titles, plan = keys, _plan(keys, wanted_columns, where)
+        if header is not None:
+            if not lookup:
+                lookup.update((k.strip().lower(), k) for k in header)
+        else:
+            if not lookup or source.format == "jsonl":
+                lookup.update((k.strip().lower(), k) for k in row)
+            keys = tuple(row)
+            if keys != titles:  # rows with the same titles (most of them): matched once
+                titles, plan = keys, _plan(keys, wanted_columns, where)
         columns, conditions = plan
         if conditions and any((_cell(row, title)).lower() != wanted for title, wanted in conditions):
             result.filtered += 1
@@ -737,7 +754,10 @@ def _mapped(
 
 #: for each of funnel's fields, the row's title that fills it (None: no such column); then
 #: for each `where:` condition, the title and the value it must have
-_Plan = tuple[list[tuple[str, "str | None"]], list[tuple["str | None", str]]]
+#: (a title is a key of the row, or with a CSV header a column's position)
+_Plan = tuple[list[tuple[str, Any]], list[tuple[Any, str]]]
+#: one row to map: an object by title, or a CSV record (values in the header's order); or why it was refused
+_Record = dict[str, str] | list[str] | str
 
 
 def _plan(titles: tuple[str, ...], wanted_columns: list[tuple[str, str]], where: dict[str, str]) -> _Plan:
@@ -754,7 +774,17 @@ def _plan(titles: tuple[str, ...], wanted_columns: list[tuple[str, str]], where:
     return columns, conditions
 
 
-def _cell(row: dict[str, str], title: str | None) -> str:
+def _by_position(plan: _Plan, header: list[str]) -> _Plan:
+    """`plan` with each title replaced by its column's position (the last column of that title)."""
+    last = {title: position for position, title in enumerate(header)}
+    columns, conditions = plan
+    return (
+        [(fld, None if title is None else last[title]) for fld, title in columns],
+        [(None if title is None else last[title], wanted) for title, wanted in conditions],
+    )
+
+
+def _cell(row: Any, title: Any) -> str:
     """A row's value under `title`, stripped ("" when there is no such column)."""
     if title is None:
         return ""

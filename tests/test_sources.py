@@ -1057,6 +1057,27 @@ def test_a_streamed_read_gives_what_a_whole_read_gives(tmp_path: Path, text: str
     assert _streamed(path, source, whole.fingerprint) == read(path, source, previous=whole.fingerprint)
 
 
+def test_csv_values_are_found_by_their_column_whatever_the_order_case_and_short_rows(tmp_path: Path) -> None:
+    """CSV records are read by position: the titles' case and spaces, a repeated unused title, rows
+    that leave trailing columns out and `where:` all work as matching by title does."""
+    text = (
+        " attended ,Notes,EMAIL,Notes,first name\n"
+        "Yes,a,ann@example.test,b,Ann\n"
+        "no,a,bob@example.test,b,Bob\n"
+        "YES,,carla@example.test\n"  # short: no second Notes, no first name
+        "yes\n"  # shorter still: no address
+    )
+    path = write(tmp_path, text)
+    source = csv_source(columns={"email": "Email", "first_name": "First Name"}, where={"Attended": "yes"})
+    for result in (read(path, source), _streamed(path, source)):
+        assert [(row.email, row.first_name, row.line) for row in result.rows] == [
+            ("ann@example.test", "Ann", 2),
+            ("carla@example.test", None, 4),
+        ]
+        assert result.filtered == 1
+        assert [(p.line, "no email address" in p.message) for p in result.problems] == [(5, True)]
+
+
 def test_a_streamed_read_refuses_a_bad_header_before_any_row(tmp_path: Path) -> None:
     path = write(tmp_path, "Name,Other\nAnn,x\n")
     with pytest.raises(SourceError, match="no column 'Email'"):
