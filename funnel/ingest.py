@@ -346,6 +346,10 @@ def _created(session: Session, latest: dict[str, SignupRow], hashes: list[str]) 
     return {key: _fresh(contact_id, latest[key]) for key, contact_id in found}
 
 
+#: the `fields` of a row that has none: one object, so its JSON is made once a batch (never changed)
+_NO_FIELDS: dict[str, str] = {}
+
+
 def _new_contact(key: str, row: SignupRow, source_name: str, now: datetime) -> tuple[Any, ...]:
     """A contacts row in `_CONTACT_COLUMNS` order."""
     return (
@@ -355,7 +359,7 @@ def _new_contact(key: str, row: SignupRow, source_name: str, now: datetime) -> t
         row.last_name,
         row.timezone,
         bool(row.discreet),
-        row.fields,
+        row.fields or _NO_FIELDS,
         now,
         now,
         source_name,
