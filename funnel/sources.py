@@ -140,14 +140,14 @@ def normalize_email(value: str) -> str:
     # the fast path: a plain address on a domain already checked; it accepts exactly
     # what email-validator accepts (tests/test_sources.py compares them on generated addresses)
     local, _, domain = text.partition("@")
-    if len(local) <= 64 and _PLAIN_LOCAL.match(local) and _PLAIN_DOMAIN.match(domain):
+    # (a domain of at most 255 characters: no longer can be valid, nor fill the cache's memory)
+    if len(local) <= 64 and len(domain) <= 255 and _PLAIN_LOCAL.match(local):
         known = _domain_forms(domain)
         if known is not None:
-            ascii_domain, unicode_domain = known
+            ascii_domain, longest_domain = known
             # the lengths email-validator checks (RFC 5321): the address as given, and both its forms
             given = len(text) if text.isascii() else len(text.encode())
-            longest = max(given, len(local) + 1 + _longest_form(ascii_domain, unicode_domain))
-            if longest <= 254:
+            if given <= 254 and len(local) + 1 + longest_domain <= 254:
                 return f"{local}@{ascii_domain}".lower()
     return _validated(text)
 
@@ -170,25 +170,22 @@ def _validated(text: str) -> str:
 
 
 @lru_cache(maxsize=65536)
-def _domain_forms(domain: str) -> tuple[str, str] | None:
-    """A domain's ASCII (punycode) and Unicode forms, as email-validator gives them, or None if it refuses it.
+def _domain_forms(domain: str) -> tuple[str, int] | None:
+    """A plain domain's ASCII (punycode) form as email-validator gives it, and the longer of its two
+    forms in bytes; None if it is not plain or email-validator refuses it (the full check decides then).
 
     Remembered per domain: a list of 100,000 people has a few hundred domains,
     and the domain (IDNA, special-use names) is the costly part of the check.
     """
+    if not _PLAIN_DOMAIN.match(domain):
+        return None
     from email_validator import EmailNotValidError, validate_email
 
     try:
         result = validate_email(f"a@{domain}", check_deliverability=False, test_environment=True, allow_smtputf8=False)
     except EmailNotValidError:
         return None
-    return result.ascii_domain, result.domain
-
-
-@lru_cache(maxsize=65536)
-def _longest_form(ascii_domain: str, unicode_domain: str) -> int:
-    """The longer of a domain's two forms, in bytes (remembered, like the forms themselves)."""
-    return max(len(unicode_domain.encode()), len(ascii_domain))
+    return result.ascii_domain, max(len(result.domain.encode()), len(result.ascii_domain))
 
 
 def email_hash(normalized: str) -> str:

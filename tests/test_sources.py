@@ -176,6 +176,14 @@ def test_normalize_email_fast_path_refuses_what_email_validator_refuses(raw: str
     assert _outcome(normalize_email, raw)[0] == "refused"
 
 
+def test_a_domain_too_long_to_be_valid_is_refused_and_not_remembered() -> None:
+    """A hostile export's 5,000-character domains must not fill the domain cache's memory."""
+    _domain_forms.cache_clear()
+    for n in range(3):
+        assert _outcome(normalize_email, f"a{n}@" + "b" * 5000 + ".test")[0] == "refused"
+    assert _domain_forms.cache_info().currsize == 0
+
+
 # --------------------------------------------------------------------------- csv basics
 
 
