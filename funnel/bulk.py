@@ -157,7 +157,7 @@ class InsertIgnore:
             cursor.close()
         return found
 
-    def _returning_by_id(self, rows: Sequence[Sequence[Any]], columns: Sequence[str]) -> list[tuple[Any, ...]]:
+    def _returning_by_id(self, rows: Sequence[Sequence[Any]], columns: Sequence[str]) -> list[tuple[Any, ...]] | None:
         """SQLite: one `executemany`; which rows went in and their ids follow from how SQLite gives ids.
 
         Cheaper there than a many-row INSERT ... RETURNING (which SQLite runs
@@ -167,16 +167,21 @@ class InsertIgnore:
         insert's row count) hold the ids just below the largest one now. So
         when all of them went in, nothing is read back; when some were there
         already, only the rows with those ids are read. Once a table holds
-        the largest possible id SQLite picks free ones at random: nothing is
-        answered then, and the caller finds the rows as ones that were there.
+        the largest possible id SQLite picks free ones at random: then None
+        (nothing inserted: the caller looks first and inserts with `run`).
+        The one batch that reaches that id is answered as none inserted (its
+        rows are found as ones that were there: right, but not counted new).
         """
         assert self.key_position is not None and self.id_column is not None
         quote, identity = self.quote, self.quote(self.id_column)
         connection = self.session.connection()
+        largest_sql = f"SELECT max({identity}) FROM {self.table_name}"
+        if connection.exec_driver_sql(largest_sql).scalar() == _LARGEST_ROWID:
+            return None
         inserted = connection.exec_driver_sql(self.sql, self._params(rows)).rowcount  # type: ignore[arg-type]
         if not inserted:
             return []
-        largest = int(connection.exec_driver_sql(f"SELECT max({identity}) FROM {self.table_name}").scalar_one())
+        largest = int(connection.exec_driver_sql(largest_sql).scalar_one())
         if largest >= _LARGEST_ROWID:
             return []
         first = largest - inserted + 1

@@ -220,7 +220,8 @@ def _create_at_head(conn: Connection) -> None:
     the same name left by something else is an error, as it would be for
     the migrations, not a table silently taken over.
     """
-    SQLModel.metadata.create_all(conn, checkfirst=False)
+    # funnel's own tables only: a program that uses funnel beside SQLModel models of its own shares the registry
+    SQLModel.metadata.create_all(conn, tables=models.funnel_tables(), checkfirst=False)
     # alembic's own version table, as alembic makes it
     conn.exec_driver_sql(
         "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL, "

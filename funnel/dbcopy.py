@@ -14,12 +14,12 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy import Table, func, insert, select, text
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlmodel import SQLModel
 
 from funnel.db import make_engine, run_lock
 from funnel.errors import FunnelError, UsageError
+from funnel.models import funnel_tables
 
 #: rows read and written per round trip: small enough to stay lean on a big list
 BATCH_SIZE = 2000
@@ -31,11 +31,6 @@ def shown(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return "the given URL"
-
-
-def funnel_tables() -> list[Table]:
-    """Every funnel table, parents before children (so foreign keys hold while copying)."""
-    return [table for table in SQLModel.metadata.sorted_tables if table.name != "alembic_version"]
 
 
 def row_counts(conn: Connection) -> dict[str, int]:

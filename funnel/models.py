@@ -19,7 +19,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Index, TypeDecorator, UniqueConstraint
+from sqlalchemy import JSON, DateTime, Index, Table, TypeDecorator, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -293,3 +293,19 @@ class InboundMessage(SQLModel, table=True):
     forwarded_at: datetime | None = _when()
     forward_error: str | None = None
     content: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+
+
+def funnel_tables() -> list[Table]:
+    """funnel's own tables, parents before children (so foreign keys hold in that order).
+
+    Taken from this module's models, not from all of SQLModel's registry: a
+    program that uses funnel beside SQLModel models of its own shares that
+    registry, and its tables are not funnel's to create or copy.
+    """
+    ours = {
+        value.__table__
+        for value in globals().values()
+        if isinstance(value, type) and issubclass(value, SQLModel) and value.__module__ == __name__
+        if hasattr(value, "__table__")
+    }
+    return [table for table in SQLModel.metadata.sorted_tables if table in ours]

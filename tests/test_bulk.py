@@ -131,11 +131,11 @@ def test_returning_reads_nothing_back_when_every_row_went_in(engine: Engine) -> 
 
 
 @pytest.mark.sqlite_only(reason="SQLite gives ids at random only once a table holds the largest possible one")
-def test_returning_once_the_largest_id_is_taken_answers_nothing_and_the_import_still_works(
+def test_once_the_largest_id_is_taken_the_import_looks_first_and_still_counts_right(
     engine: Engine, project: Project, funnel: Callable[..., Result]
 ) -> None:
-    """Ids given at random cannot be told from the rows that were there: none are answered, and the
-    import reads them as contacts it found, enrolling each once."""
+    """Ids given at random cannot be told from the rows that were there: `returning` declines before
+    inserting, and the import looks people up first, enrolling each once and counting the new ones."""
     from funnel.bulk import _LARGEST_ROWID
 
     with Session(engine) as session:
@@ -144,13 +144,16 @@ def test_returning_once_the_largest_id_is_taken_answers_nothing_and_the_import_s
             f"INSERT INTO contacts (id, email_hash, discreet, fields, created_at, updated_at) "
             f"VALUES ({_LARGEST_ROWID}, 'top', 0, '{{}}', '2027-01-01 00:00:00', '2027-01-01 00:00:00')"
         )
-        assert writer.returning(rows_of("r1", "r2"), ("email_hash", "id")) == []
+        assert writer.returning(rows_of("r1", "r2"), ("email_hash", "id")) is None
         session.commit()
-        assert set(session.exec(select(Contact.email_hash))) == {"top", "r1", "r2"}
+        assert set(session.exec(select(Contact.email_hash))) == {"top"}  # nothing inserted
     engine.dispose()
     project.write("signups/webinar-registrations.csv", "Email,First Name\nana@example.test,Ana\nbea@example.test,Bea\n")
-    result = funnel("run", "--now", "2027-01-10T03:00:00Z")
+    result = funnel("run", "--now", "2027-01-10T03:00:00Z", "--json")
     assert result.code == 0, result.err
+    summary = result.json()
+    assert isinstance(summary, dict)
+    assert summary["sources"]["webinar-registrations"]["created"] == 2, summary["sources"]
     with Session(engine) as session:
         enrolled = (
             session.connection()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -134,6 +135,50 @@ def test_a_new_database_with_a_table_of_ours_left_by_something_else_is_refused(
     with pytest.raises(MigrationError, match="could not be brought up to date"):
         make_engine(url)
     assert list(_schema(url)) == ["runs"]  # and nothing else was made
+
+
+def test_a_new_database_holds_funnels_tables_only(tmp_path: Path) -> None:
+    """A program using funnel beside SQLModel models of its own: its tables are not created in
+    funnel's database, nor copied by `funnel db copy` (in a process of its own: the registry is global)."""
+    script = """
+import json, sys
+from sqlalchemy import inspect
+from sqlmodel import Field, SQLModel
+class Widget(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+from funnel.db import make_engine
+from funnel.models import funnel_tables
+engine = make_engine(sys.argv[1])
+with engine.connect() as conn:
+    print(json.dumps(sorted(inspect(conn).get_table_names())))
+print(json.dumps(sorted(t.name for t in funnel_tables())))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script, f"sqlite:///{tmp_path / 'new.db'}"], capture_output=True, text=True, check=True
+    )
+    made, copied = (json.loads(line) for line in done.stdout.splitlines())
+    assert "widget" not in made and "widget" not in copied and "contacts" in copied
+    assert made == sorted([*copied, "alembic_version"])
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_an_index_someone_already_dropped_does_not_stop_the_upgrade(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url, _ = _two_urls(backend, tmp_path, request)
+    settings = AlembicConfig()
+    settings.set_main_option("script_location", str(Path(funnel.__file__).parent / "migrations"))
+    old = create_engine(url)
+    with old.begin() as conn:
+        settings.attributes["connection"] = conn
+        command.upgrade(settings, "0004")
+        conn.exec_driver_sql("DROP INDEX ix_tags_contact_id")
+    old.dispose()
+    engine = make_engine(url)
+    try:
+        assert current_revision(engine) == HEAD
+    finally:
+        engine.dispose()
 
 
 def test_a_database_made_before_migrations_is_adopted(tmp_path: Path) -> None:

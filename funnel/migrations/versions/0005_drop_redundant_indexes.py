@@ -32,8 +32,9 @@ _REDUNDANT = (
 
 
 def upgrade() -> None:
+    # if_exists: an index someone already dropped by hand must not stop every later start
     for index, table, _ in _REDUNDANT:
-        op.drop_index(index, table_name=table)
+        op.drop_index(index, table_name=table, if_exists=True)
 
 
 def downgrade() -> None:
