@@ -309,7 +309,8 @@ def evaluate(
             skips.append(Skip(step, due, "added after its time"))
             continue
         window_start = opening(step, due, gapless, delivery)
-        start = opening(step, due, contact, delivery)
+        # (one and the same question when she has had no marketing email yet: asked once)
+        start = window_start if gapless is contact else opening(step, due, contact, delivery)
         if now < window_start:
             waits.append(start)
             continue
