@@ -192,6 +192,16 @@ def email_hash(normalized: str) -> str:
     return hashlib.sha256(normalized.encode("utf-8")).hexdigest()
 
 
+def title_key(title: str) -> str:
+    """How a column's title is matched: case, stray or doubled spaces and invisible characters aside.
+
+    The same for sequences.yaml's `columns:` and `where:` as for a file's
+    header (whose titles are cleaned the same way when read), so
+    "First  Name" in one matches "first name" in the other.
+    """
+    return clean_line(title).lower()
+
+
 def clean_line(value: str | None) -> str:
     """One line of text for a name or a header: no control characters, single spaces."""
     if not value:
@@ -417,7 +427,7 @@ def _sniff_delimiter(header_line: str) -> str:
 
 
 def _used_columns(source: Source) -> set[str]:
-    return {h.strip().lower() for h in source.columns.values()} | {k.strip().lower() for k in source.where}
+    return {title_key(h) for h in source.columns.values()} | {title_key(k) for k in source.where}
 
 
 def _check_header(name: str, source: Source, path: Path, header: list[str]) -> None:
@@ -425,7 +435,7 @@ def _check_header(name: str, source: Source, path: Path, header: list[str]) -> N
     used = _used_columns(source)
     seen: dict[str, int] = {}
     for position, title in enumerate(header, 1):
-        key = title.strip().lower()
+        key = title_key(title)
         if key not in used:
             continue
         if key in seen:
@@ -435,8 +445,8 @@ def _check_header(name: str, source: Source, path: Path, header: list[str]) -> N
             )
         seen[key] = position
     if any(h.strip() for h in header):
-        where = {k.strip().lower(): v for k, v in source.where.items()}
-        _require_columns(name, source, path, {h.strip().lower(): h for h in header}, where)
+        where = {title_key(k): v for k, v in source.where.items()}
+        _require_columns(name, source, path, {title_key(h): h for h in header}, where)
 
 
 def _letter(position: int) -> str:
@@ -475,7 +485,7 @@ def _csv_header(name: str, source: Source, path: Path, header_line: str, settled
         raise SourceError(f"{path}:1: the header row cannot be read ({exc})") from None
     _check_header(name, source, path, header)
     lowered = [h.lower() for h in header]
-    email_header = source.columns["email"].strip().lower()
+    email_header = title_key(source.columns["email"])
     email_column = lowered.index(email_header) if email_header in lowered else None
     return delimiter, header, email_column
 
@@ -688,7 +698,7 @@ def _map_rows(
 ) -> None:
     lookup: dict[str, str] = {}
     result.rows.extend(_mapped(source, path, raw, practice_tz, result, lookup, webinar_tz=webinar_tz, header=header))
-    where = {k.strip().lower(): v.strip().lower() for k, v in source.where.items()}
+    where = {title_key(k): v.strip().lower() for k, v in source.where.items()}
     if lookup and check_columns:
         _require_columns(name, source, path, lookup, where)
 
@@ -715,8 +725,8 @@ def _mapped(
     # since one object may leave a key out while the others have it
     if lookup is None:
         lookup = {}
-    where = {k.strip().lower(): v.strip().lower() for k, v in source.where.items()}
-    wanted_columns = [(fld, header.strip().lower()) for fld, header in source.columns.items()]
+    where = {title_key(k): v.strip().lower() for k, v in source.where.items()}
+    wanted_columns = [(fld, title_key(header)) for fld, header in source.columns.items()]
     memo = _Memo(practice_tz, webinar_tz, source)
     file = path.name
     titles: tuple[str, ...] = ()
@@ -729,10 +739,10 @@ def _mapped(
             continue
         if header is not None:
             if not lookup:
-                lookup.update((k.strip().lower(), k) for k in header)
+                lookup.update((title_key(k), k) for k in header)
         else:
             if not lookup or source.format == "jsonl":
-                lookup.update((k.strip().lower(), k) for k in row)
+                lookup.update((title_key(k), k) for k in row)
             keys = tuple(row)
             if keys != titles:  # rows with the same titles (most of them): matched once
                 titles, plan = keys, _plan(keys, wanted_columns, where)
@@ -765,7 +775,7 @@ def _plan(titles: tuple[str, ...], wanted_columns: list[tuple[str, str]], where:
     by_key: dict[str, str] = {}
     for title in titles:
         if title is not None:
-            by_key[title.strip().lower()] = title
+            by_key[title_key(title)] = title
     columns = [(fld, by_key.get(header)) for fld, header in wanted_columns]
     conditions = [(by_key.get(column), wanted) for column, wanted in where.items()]
     return columns, conditions
@@ -790,7 +800,7 @@ def _cell(row: Any, title: Any) -> str:
 
 def _require_columns(name: str, source: Source, path: Path, lookup: dict[str, str], where: dict[str, str]) -> None:
     header = source.columns["email"]
-    if header.strip().lower() not in lookup:
+    if title_key(header) not in lookup:
         found = ", ".join(sorted(clean_line(v) for v in lookup.values())) or "none"
         raise SourceError(
             f"{path.name}: no column {header!r} for the email address (columns found: {found}): "

@@ -1086,6 +1086,33 @@ def test_csv_values_are_found_by_their_column_whatever_the_order_case_and_short_
         assert [(p.line, "no email address" in p.message) for p in result.problems] == [(5, True)]
 
 
+@pytest.mark.parametrize(
+    ("configured", "header"),
+    [("First  Name", "Email,first name"), ("First Name", "Email,First  Name"), ("first\tname ", "Email, FIRST NAME")],
+)
+def test_titles_match_whatever_their_spaces_in_the_file_and_in_sequences_yaml(
+    tmp_path: Path, configured: str, header: str
+) -> None:
+    """A doubled space (or a tab) on either side was silently never matched: the column was left empty."""
+    path = write(tmp_path, header + "\nann@example.test,Ann\n")
+    source = csv_source(columns={"email": "Email", "first_name": configured}, where={configured: "ann"})
+    for result in (read(path, source), _streamed(path, source)):
+        assert [(row.email, row.first_name) for row in result.rows] == [("ann@example.test", "Ann")]
+    jsonl = write(tmp_path, '{"Email": "bea@example.test", "' + header.split(",")[1] + '": "Bea"}\n', "f.jsonl")
+    read_jsonl = read(jsonl, jsonl_source(columns={"email": "Email", "first_name": configured}))
+    assert [(row.email, row.first_name) for row in read_jsonl.rows] == [("bea@example.test", "Bea")]
+
+
+def test_a_form_posts_fields_are_matched_as_file_headers_are() -> None:
+    from funnel.web.forms import _urlencoded_fields, map_fields
+
+    source = Source.model_validate(
+        {"format": "form", "columns": {"email": "Email", "first_name": "First  Name", "message": "message"}}
+    )
+    posted = _urlencoded_fields(b"EMAIL=ann%40example.test&first+name=Ann&Message=hi")
+    assert map_fields(source, posted) == {"email": "ann@example.test", "first_name": "Ann", "message": "hi"}
+
+
 def test_a_streamed_read_refuses_a_bad_header_before_any_row(tmp_path: Path) -> None:
     path = write(tmp_path, "Name,Other\nAnn,x\n")
     with pytest.raises(SourceError, match="no column 'Email'"):

@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse,
 
 from funnel.config import Config, Source
 from funnel.intake import Evidence, accept_form
-from funnel.sources import SignupRow, normalize_email, signup_from_values
+from funnel.sources import SignupRow, normalize_email, signup_from_values, title_key
 from funnel.timeutil import zone
 from funnel.web.deps import MAX_BODY, get_config, get_engine, get_now, read_body
 from funnel.web.pages import page
@@ -130,7 +130,7 @@ def _urlencoded_fields(body: bytes) -> dict[str, str]:
         raise BadInput(400, 'the form is not UTF-8 text: add accept-charset="UTF-8" to the <form>') from None
     except ValueError:
         raise BadInput(400, f"the form has more than {MAX_FIELDS} fields") from None
-    return {name.strip().lower(): value for name, value in pairs}
+    return {title_key(name): value for name, value in pairs}
 
 
 def _json_fields(body: bytes) -> dict[str, str]:
@@ -144,7 +144,7 @@ def _json_fields(body: bytes) -> dict[str, str]:
         raise BadInput(400, f"the form has more than {MAX_FIELDS} fields")
     fields: dict[str, str] = {}
     for name, value in data.items():
-        key = name.strip().lower()
+        key = title_key(name)
         if value is None:
             fields[key] = ""
         elif isinstance(value, bool):
@@ -157,10 +157,10 @@ def _json_fields(body: bytes) -> dict[str, str]:
 
 
 def map_fields(source: Source, fields: dict[str, str]) -> dict[str, str]:
-    """funnel's fields from the posted ones through `columns` (case-insensitive), cleaned."""
+    """funnel's fields from the posted ones through `columns` (matched as file headers are: `title_key`), cleaned."""
     values: dict[str, str] = {}
     for field, header in source.columns.items():
-        raw = fields.get(header.strip().lower(), "")
+        raw = fields.get(title_key(header), "")
         values[field] = clean_line(raw) if field in _ONE_LINE else clean_block(raw)
     return values
 
