@@ -45,7 +45,7 @@ from zoneinfo import ZoneInfo
 
 from funnel.config import KNOWN_FIELDS, Source
 from funnel.errors import SourceError
-from funnel.timeutil import parse_instant, zone
+from funnel.timeutil import parse_instant, wall_time_doubt, zone
 
 TRUTHY = frozenset({"yes", "true", "1", "on", "y"})
 #: the only values that turn discretion off; a blank says nothing
@@ -837,7 +837,9 @@ def _to_signup(
     tz_name, tz, zone_problem = memo.zone(values.get("timezone"))
     if zone_problem:
         result.problems.append(RowProblem(line, zone_problem, warning=True))
-    start = memo.start(values["webinar_start"], tz) if values.get("webinar_start") else None
+    start, doubt = memo.start(values["webinar_start"], tz) if values.get("webinar_start") else (None, None)
+    if doubt:
+        result.problems.append(RowProblem(line, doubt, warning=True))
     discreet = _discreet(line, values.get("discreet"), result)
     extra = {}
     for key in memo.extra if memo.extra is not None else [k for k in values if k not in KNOWN_FIELDS]:
@@ -875,7 +877,7 @@ class _Memo:
         #: the names of a source's own extra fields (None: whatever a row brings)
         self.extra = [f for f in source.columns if f not in KNOWN_FIELDS] if source is not None else None
         self._zones: dict[str | None, tuple[str | None, ZoneInfo, str | None]] = {}
-        self._starts: dict[tuple[str, ZoneInfo], datetime | str] = {}
+        self._starts: dict[tuple[str, ZoneInfo], tuple[datetime, str | None] | str] = {}
 
     def zone(self, value: str | None) -> tuple[str | None, ZoneInfo, str | None]:
         """The zone name kept (None: the practice's), the zone to read times in, and a warning."""
@@ -895,8 +897,8 @@ class _Memo:
         except ValueError as exc:
             return None, self.practice_tz, f"{exc}; used the practice's timezone"
 
-    def start(self, text: str, tz: ZoneInfo) -> datetime:
-        """A webinar start as UTC; ValueError saying why it cannot be used."""
+    def start(self, text: str, tz: ZoneInfo) -> tuple[datetime, str | None]:
+        """A webinar start as UTC, with a warning when its wall time is doubtful; ValueError saying why not."""
         key = (text, tz)
         known = self._starts.get(key)
         if known is None:
@@ -911,14 +913,16 @@ class _Memo:
             raise ValueError(known)
         return known
 
-    def _start(self, text: str, tz: ZoneInfo) -> datetime:
+    def _start(self, text: str, tz: ZoneInfo) -> tuple[datetime, str | None]:
+        # a live webinar is one moment: a start without an offset is read in the
+        # webinar's zone; an evergreen one (webinar_tz None) in the registrant's own
+        read_in = self.webinar_tz or tz
         try:
-            # a live webinar is one moment: a start without an offset is read in the
-            # webinar's zone; an evergreen one (webinar_tz None) in the registrant's own
-            start = parse_instant(text, self.webinar_tz or tz)
+            start = parse_instant(text, read_in)
         except OverflowError:
             start = None  # beyond what a date can hold: refused just below
-        return _schedulable(text, start)
+        doubt = wall_time_doubt(text, read_in)
+        return _schedulable(text, start), f"webinar start {doubt}" if doubt else None
 
 
 def signup_from_values(

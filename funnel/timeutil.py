@@ -145,6 +145,46 @@ def parse_instant(text: str, default_tz: ZoneInfo | None = None) -> datetime:
     return value.astimezone(UTC)
 
 
+def wall_time_doubt(text: str, tz: ZoneInfo) -> str | None:
+    """Why a start written without an offset is not one clear moment in `tz`, or None.
+
+    A wall time in the hour the clocks go back happens twice: `parse_instant`
+    reads it as the first. One in the hour they skip never happens: it is
+    read with the offset from before the change (02:30 becomes 03:30). Both
+    are worth a word to the person who wrote it, who may have meant the other.
+    """
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        return None
+    if value.tzinfo is not None:
+        return None
+    first, second = value.replace(tzinfo=tz, fold=0), value.replace(tzinfo=tz, fold=1)
+    try:
+        if first.utcoffset() == second.utcoffset():
+            return None
+        read_as = first.astimezone(UTC).astimezone(tz)
+    except OverflowError:  # year 1 or 9999: refused as a date elsewhere
+        return None
+    shown = value.strftime("%Y-%m-%d %H:%M")
+    if read_as.replace(tzinfo=None) == value:
+        return (
+            f"{shown} happens twice in {tz.key} (the clocks go back that night); read as the first, "
+            f"{read_as:%H:%M} {read_as.tzname()}: write the offset (e.g. {_offset(second)}) if the second was meant"
+        )
+    return (
+        f"{shown} does not exist in {tz.key} (the clocks go forward that night); read as "
+        f"{read_as:%H:%M} {read_as.tzname()}: correct the time if another was meant"
+    )
+
+
+def _offset(value: datetime) -> str:
+    offset = value.utcoffset() or timedelta(0)
+    minutes = int(offset.total_seconds()) // 60
+    sign = "-" if minutes < 0 else "+"
+    return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+
+
 def describe_delay(delta: timedelta) -> str:
     """`late by 4 days`-style wording: the largest whole unit, rounded down."""
     seconds = int(delta.total_seconds())

@@ -1030,6 +1030,31 @@ def test_an_evergreen_webinar_start_is_read_in_each_registrants_zone(tmp_path: P
     assert result.rows[0].webinar_start == datetime(2027, 1, 15, 3, 0, tzinfo=UTC)  # 19:00 PST
 
 
+def test_a_webinar_start_that_happens_twice_or_never_is_read_with_a_warning(tmp_path: Path) -> None:
+    """The night the clocks change: the row is kept, read as before, and its line says how it was read."""
+    text = (
+        "Email,Webinar Start,Time Zone\n"
+        "ann@example.test,2026-11-01 01:30,America/New_York\n"  # happens twice
+        "bob@example.test,2026-03-08 02:30,America/New_York\n"  # never happens
+        "cat@example.test,2026-11-01 01:30-05:00,America/New_York\n"  # an offset: one moment
+        "dan@example.test,2026-11-02 01:30,America/New_York\n"  # an ordinary night
+    )
+    path = write(tmp_path, text)
+    source = csv_source(columns={"email": "Email", "webinar_start": "Webinar Start", "timezone": "Time Zone"})
+    result = read_source_file("test-source", source, path, DENVER, None, webinar_tz=None)  # each in her own zone
+    assert [row.webinar_start for row in result.rows] == [
+        datetime(2026, 11, 1, 5, 30, tzinfo=UTC),
+        datetime(2026, 3, 8, 7, 30, tzinfo=UTC),
+        datetime(2026, 11, 1, 6, 30, tzinfo=UTC),
+        datetime(2026, 11, 2, 6, 30, tzinfo=UTC),
+    ]
+    notes = {problem.line: problem.message for problem in result.problems}
+    assert all(problem.warning for problem in result.problems) and sorted(notes) == [2, 3]
+    assert "2026-11-01 01:30 happens twice in America/New_York" in notes[2]
+    assert "read as the first, 01:30 EDT" in notes[2] and "-05:00" in notes[2]
+    assert "2026-03-08 02:30 does not exist in America/New_York" in notes[3] and "read as 03:30 EDT" in notes[3]
+
+
 # --------------------------------------------------------------------------- streaming
 
 
