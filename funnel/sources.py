@@ -35,6 +35,7 @@ import itertools
 import json
 import re
 import time
+import unicodedata
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -196,10 +197,16 @@ def title_key(title: str) -> str:
     """How a column's title is matched: case, stray or doubled spaces and invisible characters aside.
 
     The same for sequences.yaml's `columns:` and `where:` as for a file's
-    header (whose titles are cleaned the same way when read), so
-    "First  Name" in one matches "first name" in the other.
+    header, a JSONL key and a form field, so "First  Name" in one matches
+    "first name" in another. Beyond ASCII, the Unicode form is made one
+    (NFKC: "é" typed as e + accent, as macOS writes it, or a full-width "Ｅ")
+    and invisible format characters (a zero-width space, a soft hyphen, a
+    direction mark) are dropped: none of them can be seen in a spreadsheet.
     """
-    return clean_line(title).lower()
+    if title.isascii():
+        return clean_line(title).lower()
+    text = "".join(ch for ch in unicodedata.normalize("NFKC", title) if unicodedata.category(ch) != "Cf")
+    return clean_line(text).casefold()
 
 
 def clean_line(value: str | None) -> str:
@@ -484,7 +491,7 @@ def _csv_header(name: str, source: Source, path: Path, header_line: str, settled
     except csv.Error as exc:
         raise SourceError(f"{path}:1: the header row cannot be read ({exc})") from None
     _check_header(name, source, path, header)
-    lowered = [h.lower() for h in header]
+    lowered = [title_key(h) for h in header]
     email_header = title_key(source.columns["email"])
     email_column = lowered.index(email_header) if email_header in lowered else None
     return delimiter, header, email_column
@@ -636,11 +643,11 @@ def _jsonl_rows(source: Source, lines: list[str], skipped: int, settled: bool) -
         problem = None
         for key, item in value:
             title = clean_line(str(key))
-            lowered = title.lower()
+            lowered = title_key(title)
             if lowered in used and lowered in seen:
-                problem = f"the keys {seen[lowered]!r} and {title!r} both fill the same column: keep one of them"
+                problem = f"the keys {seen[lowered]!r} and {str(key)!r} both fill the same column: keep one of them"
                 break
-            seen[lowered] = title
+            seen[lowered] = str(key)
             row[title] = _text(item)
         out.append((number, problem or row))
     return out, len(lines)

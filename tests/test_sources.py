@@ -1128,6 +1128,28 @@ def test_titles_match_whatever_their_spaces_in_the_file_and_in_sequences_yaml(
     assert [(row.email, row.first_name) for row in read_jsonl.rows] == [("bea@example.test", "Bea")]
 
 
+def test_titles_match_through_invisible_characters_and_unicode_forms(tmp_path: Path) -> None:
+    """A zero-width space, a direction mark or a word joiner cannot be seen in a spreadsheet, and
+    macOS writes "é" as e + accent: such a title silently lost its column (a name, a webinar date)."""
+    header = "E\uff4dail,Pre\u0301nom\u200b,Webinar Start\u200e,Time\u2060 Zone\n"
+    path = write(tmp_path, header + "ann@example.test,Ann,2027-01-14 19:00,America/Denver\n")
+    source = csv_source(
+        columns={"email": "Email", "first_name": "Prénom", "webinar_start": "Webinar Start", "timezone": "Time Zone"}
+    )
+    for result in (read(path, source), _streamed(path, source)):
+        assert [(r.email, r.first_name, r.timezone) for r in result.rows] == [
+            ("ann@example.test", "Ann", "America/Denver")
+        ]
+        assert result.rows[0].webinar_start == datetime(2027, 1, 15, 2, 0, tzinfo=UTC)
+
+
+def test_two_jsonl_keys_for_one_column_are_named_as_the_file_writes_them(tmp_path: Path) -> None:
+    path = write(tmp_path, '{"email": "ann@example.test", "name": "Ann", "NAME\\t": "Bea"}\n', name="f.jsonl")
+    result = read(path, jsonl_source())
+    assert result.rows == []
+    assert "the keys 'name' and 'NAME\\t' both fill the same column" in result.problems[0].message
+
+
 def test_a_form_posts_fields_are_matched_as_file_headers_are() -> None:
     from funnel.web.forms import _urlencoded_fields, map_fields
 
