@@ -66,6 +66,34 @@ PAGE = 400
 __all__ = ["PAGE", "UNKNOWN_REASON", "RunSummary", "Runner", "compose_email", "contact_zone", "render_for"]
 
 
+#: line numbers shown for rows that share one message; the rest are counted
+_LINES_SHOWN = 5
+
+
+def problem_lines(path: str, problems: Iterable[Any]) -> tuple[list[str], list[str], int]:
+    """A file's row warnings and refusals as `path:line: message` lines, and how many rows were refused.
+
+    Rows with the very same message (50,000 registrations for one webinar
+    whose start falls in the hour the clocks go back, a zone misspelt the
+    same way) make one line naming the first row and counting the others,
+    not 50,000 lines in the cron mail.
+    """
+    grouped: dict[tuple[str, bool], list[int]] = {}
+    for problem in problems:
+        grouped.setdefault((problem.message, problem.warning), []).append(problem.line)
+    warnings: list[str] = []
+    refusals: list[str] = []
+    for (message, warning), lines in grouped.items():
+        text = f"{path}:{lines[0]}: {message}" + ("" if warning else " (row skipped)")
+        if len(lines) > 1:
+            shown = ", ".join(str(n) for n in lines[1 : 1 + _LINES_SHOWN])
+            more = len(lines) - 1 - _LINES_SHOWN
+            text += f" (the same on {len(lines) - 1:,} more row(s): line {shown}"
+            text += f" and {more:,} more)" if more > 0 else ")"
+        (warnings if warning else refusals).append(text)
+    return warnings, refusals, sum(len(lines) for (_, warning), lines in grouped.items() if not warning)
+
+
 @dataclass
 class RunSummary:
     """What one run did; `--json` prints it."""
@@ -324,14 +352,9 @@ class Runner:
     def _note_source(
         self, name: str, path: str, report: dict[str, Any], problems: Iterable[Any], filtered: int, result: IngestResult
     ) -> None:
-        rejected = 0
-        for problem in problems:
-            line = f"{path}:{problem.line}: {problem.message}"
-            if problem.warning:
-                self.summary.warnings.append(line)
-            else:
-                rejected += 1
-                self.summary.problems.append(line + " (row skipped)")
+        warnings, refusals, rejected = problem_lines(path, problems)
+        self.summary.warnings.extend(warnings)
+        self.summary.problems.extend(refusals)
         report.update(
             status="read",
             imported=result.imported,

@@ -583,3 +583,21 @@ def test_without_a_webinar_date_the_confirmation_goes_without_the_calendar(proje
     ]
     (message,) = project.messages()
     assert message.get_content_type() == "multipart/alternative"
+
+
+def test_rows_with_the_same_problem_make_one_line_counting_the_others(project: Project, funnel) -> None:
+    """50,000 registrations with one misspelt zone, or one doubtful webinar start, are not 50,000 lines."""
+    rows = "".join(f"p{n}@example.test,P{n},,2027-01-14 19:00,Mars/Base,\n" for n in range(8))
+    rows += "bad-address,Bad,,,,\nalso-bad,Bad,,,,\nlast@example.test,L,,2027-01-14 19:00,Venus/Base,\n"
+    project.write("signups/webinar-registrations.csv", HEADER + rows)
+    result = funnel("run", "--now", "2027-01-10T03:00:00Z", "--json")
+    assert result.code == 0, result.err
+    summary = result.json()
+    path = "signups/webinar-registrations.csv"
+    mars, venus = summary["warnings"]
+    assert mars.startswith(f"{path}:2: ") and "Mars/Base" in mars
+    assert mars.endswith("(the same on 7 more row(s): line 3, 4, 5, 6, 7 and 2 more)")
+    assert venus.startswith(f"{path}:12: ") and "Venus/Base" in venus and "the same on" not in venus
+    assert [p.split(": ")[0] for p in summary["problems"]] == [f"{path}:10", f"{path}:11"]  # each its own address
+    assert summary["sources"]["webinar-registrations"]["rejected"] == 2
+    assert summary["imported"] == 9
