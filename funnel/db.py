@@ -21,7 +21,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, SQLModel, create_engine
 
-from funnel import models  # noqa: F401  (registers the tables)
+from funnel import models  # (importing it registers the tables)
 from funnel.bulk import dialect_insert
 from funnel.errors import ConfigError, FunnelError, LockedError, MigrationError
 from funnel.migrations import HEAD
@@ -134,8 +134,8 @@ def migrate(engine: Engine, *, wait: float = MIGRATION_WAIT) -> None:
 
     The usual case, a database already at HEAD, costs one query and does not
     load alembic; nor does a new database (`_create_at_head`). An older one
-    is upgraded by alembic's migrations. Several commands starting at once on a new database (two
-    cron runs, `funnel serve`, `contacts ...`) take turns: on PostgreSQL
+    is upgraded by alembic's migrations. Several commands starting at once
+    on a new database (two cron runs, `funnel serve`, `contacts ...`) take turns: on PostgreSQL
     through an advisory lock held by the migrating transaction, on SQLite
     through a file lock beside the database (SQLite's own locking does not
     stop two processes that both saw "no schema" from both creating it). The

@@ -261,6 +261,34 @@ def funnel_server(project: Project) -> Iterator[Callable[..., object]]:
             server.stop()
 
 
+def alembic_settings() -> Any:
+    """alembic's settings for funnel's migrations (no alembic.ini: funnel passes the connection in)."""
+    from alembic.config import Config as AlembicConfig
+
+    import funnel
+
+    settings = AlembicConfig()
+    settings.set_main_option("script_location", str(Path(funnel.__file__).parent / "migrations"))
+    return settings
+
+
+def migrate_with_alembic(url: str, revision: str, *after: str) -> None:
+    """An empty database brought to `revision` by alembic's migrations, then the SQL in `after`, in one transaction."""
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    settings = alembic_settings()
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            settings.attributes["connection"] = conn
+            command.upgrade(settings, revision)
+            for statement in after:
+                conn.exec_driver_sql(statement)
+    finally:
+        engine.dispose()
+
+
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL database on the local server (started by .ci/run), dropped afterwards."""

@@ -9,36 +9,29 @@ import sys
 from pathlib import Path
 
 import pytest
-from alembic import command
 from alembic.autogenerate import compare_metadata
-from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from conftest import REGISTRATIONS, Project
+from conftest import REGISTRATIONS, Project, alembic_settings, migrate_with_alembic
 from sqlalchemy import inspect
 from sqlmodel import SQLModel, create_engine
 
-import funnel
 from funnel.db import current_revision, make_engine
 from funnel.errors import MigrationError
 from funnel.migrations import HEAD
 
 
 def test_head_constant_is_the_newest_migration() -> None:
-    settings = AlembicConfig()
-    settings.set_main_option("script_location", str(Path(funnel.__file__).parent / "migrations"))
-    assert ScriptDirectory.from_config(settings).get_current_head() == HEAD
+    assert ScriptDirectory.from_config(alembic_settings()).get_current_head() == HEAD
 
 
-def _migrated_from_nothing(url: str) -> None:
-    """Every migration, from an empty database to HEAD, as alembic runs them."""
-    settings = AlembicConfig()
-    settings.set_main_option("script_location", str(Path(funnel.__file__).parent / "migrations"))
-    engine = create_engine(url)
+def _assert_at_head_as_the_models_describe(url: str) -> None:
+    """funnel starts on it without changing anything, and the models find nothing to add or alter."""
+    engine = make_engine(url)
     try:
-        with engine.begin() as conn:
-            settings.attributes["connection"] = conn
-            command.upgrade(settings, "head")
+        assert current_revision(engine) == HEAD
+        with engine.connect() as conn:
+            assert compare_metadata(MigrationContext.configure(conn), SQLModel.metadata) == []
     finally:
         engine.dispose()
 
@@ -82,15 +75,8 @@ def test_migrations_build_exactly_the_schema_the_models_describe(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     url, _ = _two_urls(backend, tmp_path, request)
-    _migrated_from_nothing(url)
-    engine = make_engine(url)  # finds HEAD and changes nothing
-    try:
-        assert current_revision(engine) == HEAD
-        with engine.connect() as conn:
-            differences = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
-        assert differences == []
-    finally:
-        engine.dispose()
+    migrate_with_alembic(url, "head")
+    _assert_at_head_as_the_models_describe(url)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -99,16 +85,10 @@ def test_a_new_database_gets_the_very_schema_the_migrations_build(
 ) -> None:
     """A first start creates the models' tables directly; they are what every migration in turn builds."""
     migrated, new = _two_urls(backend, tmp_path, request)
-    _migrated_from_nothing(migrated)
+    migrate_with_alembic(migrated, "head")
     make_engine(new).dispose()
     assert _schema(new) == _schema(migrated)
-    engine = make_engine(new)  # a second start finds HEAD and changes nothing
-    try:
-        assert current_revision(engine) == HEAD
-        with engine.connect() as conn:
-            assert compare_metadata(MigrationContext.configure(conn), SQLModel.metadata) == []
-    finally:
-        engine.dispose()
+    _assert_at_head_as_the_models_describe(new)  # a second start finds HEAD and changes nothing
 
 
 def test_a_first_start_does_not_load_alembic(tmp_path: Path) -> None:
@@ -166,14 +146,7 @@ def test_an_index_someone_already_dropped_does_not_stop_the_upgrade(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     url, _ = _two_urls(backend, tmp_path, request)
-    settings = AlembicConfig()
-    settings.set_main_option("script_location", str(Path(funnel.__file__).parent / "migrations"))
-    old = create_engine(url)
-    with old.begin() as conn:
-        settings.attributes["connection"] = conn
-        command.upgrade(settings, "0004")
-        conn.exec_driver_sql("DROP INDEX ix_tags_contact_id")
-    old.dispose()
+    migrate_with_alembic(url, "0004", "DROP INDEX ix_tags_contact_id")
     engine = make_engine(url)
     try:
         assert current_revision(engine) == HEAD
@@ -183,15 +156,8 @@ def test_an_index_someone_already_dropped_does_not_stop_the_upgrade(
 
 def test_a_database_made_before_migrations_is_adopted(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'old.db'}"
-    old = create_engine(url)
     # the schema those versions made is revision 0001's (today's models have later tables)
-    settings = AlembicConfig()
-    settings.set_main_option("script_location", str(Path(funnel.__file__).parent / "migrations"))
-    with old.begin() as conn:
-        settings.attributes["connection"] = conn
-        command.upgrade(settings, "0001")
-        conn.exec_driver_sql("DROP TABLE alembic_version")
-    old.dispose()
+    migrate_with_alembic(url, "0001", "DROP TABLE alembic_version")
     engine = make_engine(url)
     assert current_revision(engine) == HEAD
     engine.dispose()

@@ -15,12 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from conftest import Project, Result
+from conftest import Project, Result, migrate_with_alembic
 from sqlalchemy import Connection, MetaData, create_engine, insert, select
 
-import funnel
 from funnel.db import current_revision, make_engine
 from funnel.migrations import HEAD
 from funnel.sources import email_hash
@@ -30,15 +27,7 @@ FIRST_RELEASE = "0001"
 
 def build_first_release(url: str) -> None:
     """An empty database brought to revision 0001 only, as the first release made it."""
-    settings = AlembicConfig()
-    settings.set_main_option("script_location", str(Path(funnel.__file__).parent / "migrations"))
-    engine = create_engine(url)
-    try:
-        with engine.begin() as conn:
-            settings.attributes["connection"] = conn
-            command.upgrade(settings, FIRST_RELEASE)
-    finally:
-        engine.dispose()
+    migrate_with_alembic(url, FIRST_RELEASE)
 
 
 def at(text: str) -> datetime:
