@@ -272,8 +272,10 @@ class Event(SQLModel, table=True):
 class InboundMessage(SQLModel, table=True):
     """A reply that came in through SendGrid Inbound Parse, stored before it is forwarded.
 
-    `message_key` is the Message-ID (or a digest when there is none), unique,
-    so a POST that SendGrid retries is recognised and forwarded only once.
+    `message_key` is `post:` and a digest of the whole post (every field and
+    file; rows stored before issue 16 hold `mid:` and the Message-ID), unique,
+    so a POST that SendGrid retries is recognised and forwarded only once,
+    and two replies that share words or a Message-ID are both kept.
     `content` holds what the forward needs (sender, subject, text, html) and is
     emptied once the forward has gone out: the therapist's inbox keeps the
     words, the database only that a reply came and when.

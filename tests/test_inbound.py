@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
 import json
+import os
+import tracemalloc
 from collections.abc import Callable
 from email.utils import parseaddr
 from pathlib import Path
@@ -15,7 +18,7 @@ from conftest import Project
 
 from funnel.config import load_config
 from funnel.errors import ConfigError
-from funnel.inbound import parse_form, read_reply
+from funnel.inbound import parse_form, read_checks, read_reply
 
 NOW = "2026-12-08T16:00:00Z"
 HEADER = "Email,First Name,Last Name,Webinar Start,Time Zone,Discreet\n"
@@ -229,7 +232,7 @@ def test_fields_are_decoded_with_the_charsets_sendgrid_names() -> None:
     body += b"Content-Type: application/pdf\r\n\r\n%PDF-1\r\n" + f"--{boundary}--\r\n".encode()
     reply = read_reply(parse_form(f"multipart/form-data; boundary={boundary}", body))
     assert reply.text == "Merci, c'est très gentil"
-    assert reply.sender == "zoe@example.test" and reply.sender_name == "Zoe" and reply.key == "mid:<l@x>"
+    assert reply.sender == "zoe@example.test" and reply.sender_name == "Zoe" and reply.key.startswith("post:")
     assert reply.attachments == 1
 
 
@@ -246,7 +249,7 @@ def test_a_raw_mime_post_is_read_too() -> None:
     )
     reply = read_reply(parse_form(f"multipart/form-data; boundary={boundary}", body))
     assert reply.sender == "ana@example.test" and reply.subject == "Re: hi" and "Hello there" in reply.text
-    assert reply.key == "mid:<raw@x>"
+    assert reply.key.startswith("post:") and reply.verified is False  # no SPF or DKIM verdict came with it
 
 
 def test_forwarding_to_the_reply_address_itself_is_a_config_error(project: Project) -> None:
@@ -353,3 +356,230 @@ def test_a_retried_post_on_postgresql_does_not_pause_her_again_after_a_resume(
     ana = json.loads(funnel_process("contacts", "show", "ana@example.test", "--json", env=env).stdout)
     assert [e["status"] for e in ana["enrollments"]] == ["active"]
     assert len(forwards(project)) == 1
+
+
+# --------------------------------------------------------------------------- issue 16: 3.1, 3.11, 3.12, 3.13
+
+
+def raw_post(
+    raw: bytes, spf: str = "pass", dkim: str = "{@example.test : pass}", envelope_from: str = "ana@example.test"
+) -> dict[str, Any]:
+    """A "Send Raw" post: the whole message as `email`, and SendGrid's checks beside it as always."""
+    return {
+        "email": (None, raw),
+        "to": (None, REPLY_ADDRESS.encode()),
+        "envelope": (None, json.dumps({"to": [REPLY_ADDRESS], "from": envelope_from}).encode()),
+        "charsets": (None, b'{"to":"UTF-8"}'),
+        "SPF": (None, spf.encode()),
+        "dkim": (None, dkim.encode()),
+        "spam_score": (None, b"0.1"),
+        "sender_ip": (None, b"192.0.2.10"),
+    }
+
+
+def test_a_forged_reply_pauses_nothing_and_says_so_first_only_a_verified_one_pauses(
+    project: Project, funnel: Callable[..., Any], funnel_server: Callable[..., Any]
+) -> None:
+    """Issue 16, 3.1: the person most likely to forge her address is the one she hides these emails
+    from. A reply pauses her only when SendGrid saw SPF pass for her domain (the envelope sender's
+    domain aligned with From) or a DKIM pass signed by her domain; otherwise nothing pauses."""
+    with_inbound(project)
+    project.write("signups/webinar-registrations.csv", HEADER + ANA)
+    funnel("run", "--now", NOW)
+    server = funnel_server("--now", NOW, env={"FUNNEL_INBOUND_KEY": KEY})
+    url = f"/webhooks/inbound?key={KEY}"
+
+    def forged(n: int, spf: str, envelope_from: str, dkim: str | None) -> dict[str, Any]:
+        fields = parse_post(message_id=f"<forged{n}@x>", text=f"Stop sending these. ({n})")
+        fields["SPF"] = (None, spf.encode())
+        fields["envelope"] = (None, json.dumps({"to": [REPLY_ADDRESS], "from": envelope_from}).encode())
+        if dkim is not None:
+            fields["dkim"] = (None, dkim.encode())
+        return fields
+
+    with server.client() as http:
+        attempts = [
+            forged(1, "softfail", "ana@example.test", None),  # her domain's SPF says: not from here
+            forged(2, "pass", "him@evil.test", "{@evil.test : pass}"),  # passes, but for another domain
+            forged(3, "none", "ana@example.test", "{@example.test : fail}"),
+            forged(4, "pass", "ana@example.test.evil.test", "none"),  # a look-alike domain
+        ]
+        for fields in attempts:
+            answer = http.post(url, files=fields)
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["paused"] == 0 and answer.json()["status"] == "forwarded"
+        raw = b"Message-ID: <raw-forged@x>\r\nFrom: Ana <ana@example.test>\r\nSubject: Re: hi\r\n\r\nStop. (raw)\r\n"
+        assert http.post(url, files=raw_post(raw, spf="fail", dkim="{@evil.test : pass}")).json()["paused"] == 0
+        assert funnel("contacts", "show", "ana@example.test", "--json").json()["enrollments"][0]["status"] == "active"
+
+        # her own mail server signed it: SPF softfail (forwarded through another server) does not matter
+        verified = forged(5, "softfail", "bounces@mailer.other.test", "{@other.test : pass, @example.test : pass}")
+        assert http.post(url, files=verified).json()["paused"] == 1
+    server.stop()
+    assert "example.test" not in server.stderr and "Stop sending" not in server.stderr
+
+    mails = forwards(project)
+    assert len(mails) == 6
+    for mail in mails[:5]:
+        first = mail.get_body(preferencelist=("plain",)).get_content().splitlines()[0]
+        assert "could not be verified" in first and "nothing was paused" in first, first
+    last = mails[5].get_body(preferencelist=("plain",)).get_content()
+    assert "could not be verified" not in last and "funnel contacts resume ana@example.test" in last
+
+
+@pytest.mark.parametrize(
+    ("fields", "address", "verified"),
+    [
+        ({"SPF": "pass", "envelope": '{"from": "ana@example.test"}'}, "ana@example.test", True),
+        ({"SPF": "pass", "envelope": '{"from": "b@mail.example.test"}'}, "ana@example.test", True),
+        ({"SPF": "pass", "envelope": '{"from": "b@example.test"}'}, "ana@mail.example.test", True),
+        ({"SPF": "Pass", "envelope": '{"from": "ANA@Example.Test"}'}, "ana@example.test", True),
+        ({"SPF": "pass", "envelope": '{"from": "x@evil.test"}'}, "ana@example.test", False),
+        ({"SPF": "pass", "envelope": '{"from": "x@badexample.test"}'}, "ana@example.test", False),
+        ({"SPF": "pass", "envelope": '{"from": "x@test"}'}, "ana@example.test", False),  # a bare top-level domain
+        ({"SPF": "pass"}, "ana@example.test", False),  # SPF of what? no envelope sender
+        ({"SPF": "softfail", "envelope": '{"from": "ana@example.test"}'}, "ana@example.test", False),
+        ({"SPF": "neutral", "envelope": '{"from": "ana@example.test"}'}, "ana@example.test", False),
+        ({"dkim": "{@example.test : pass}"}, "ana@example.test", True),
+        ({"dkim": "{@evil.test : pass, @example.test : pass}"}, "ana@example.test", True),
+        ({"dkim": "{@example.test : fail, @evil.test : pass}"}, "ana@example.test", False),
+        ({"dkim": "{@evil.test : pass}"}, "ana@example.test", False),
+        ({"dkim": "{@example.test : passed}"}, "ana@example.test", False),
+        ({"dkim": "none"}, "ana@example.test", False),
+        ({"dkim": "{}"}, "ana@example.test", False),
+        ({}, "ana@example.test", False),
+        ({"SPF": "pass", "envelope": '{"from": "ana@example.test"}'}, None, False),
+    ],
+)
+def test_sendgrid_checks_vouch_only_for_the_senders_own_domain(
+    fields: dict[str, str], address: str | None, verified: bool
+) -> None:
+    checks = read_checks({k: v.encode() for k, v in fields.items()})
+    assert checks.vouch_for(address) is verified
+
+
+def test_replies_are_told_apart_by_the_whole_post_not_by_their_words_or_message_id(
+    project: Project, funnel: Callable[..., Any], funnel_server: Callable[..., Any]
+) -> None:
+    """Issue 16, 3.11: "thank you" twice without a Message-ID, or a client that reuses one, are two
+    replies; only SendGrid's retry (the very same post again) is one."""
+    with_inbound(project)
+    server = funnel_server("--now", NOW, env={"FUNNEL_INBOUND_KEY": KEY})
+    url = f"/webhooks/inbound?key={KEY}"
+
+    def post(date: str, message_id: str = "", text: str = "Thank you.") -> dict[str, Any]:
+        fields = parse_post(message_id=message_id, text=text, extra_headers=f"Date: {date}\n")
+        if not message_id:  # no Message-ID header at all
+            headers = fields["headers"][1].decode().replace("Message-ID: \n", "")
+            fields["headers"] = (None, headers.encode())
+        return fields
+
+    with server.client() as http:
+        first = post("Tue, 8 Dec 2026 15:00:00 +0000")
+        assert http.post(url, files=first).json()["new"] is True
+        assert http.post(url, files=first).json()["new"] is False  # SendGrid's retry
+        assert http.post(url, files=post("Tue, 8 Dec 2026 15:40:00 +0000")).json()["new"] is True
+        reused = "<same@broken-client.test>"
+        assert http.post(url, files=post("Tue, 8 Dec 2026 15:50:00 +0000", reused, "One")).json()["new"] is True
+        answer = http.post(url, files=post("Tue, 8 Dec 2026 15:55:00 +0000", reused, "Two"))
+        assert {**answer.json(), "id": None} == {"id": None, "new": True, "paused": 0, "status": "forwarded"}
+    assert len(forwards(project)) == 4
+
+
+def test_a_raw_post_with_malformed_headers_is_stored_and_forwarded_never_500(
+    project: Project, funnel: Callable[..., Any], funnel_server: Callable[..., Any]
+) -> None:
+    """Issue 16, 3.12: a 500 makes SendGrid retry for three days and then drop the reply, so a
+    message whose headers cannot be read is still stored and forwarded as it came."""
+    with_inbound(project)
+    project.write("signups/webinar-registrations.csv", HEADER + ANA)
+    funnel("run", "--now", NOW)
+    server = funnel_server("--now", NOW, env={"FUNNEL_INBOUND_KEY": KEY})
+    url = f"/webhooks/inbound?key={KEY}"
+    raws = [
+        b"Message-ID: <<<>>>\r\nFrom: Ana <ana@example.test>\r\nSubject: Re: hi\r\n\r\nFirst words.\r\n",
+        b'From: "Ana <ana@example.test\r\nSubject: =?utf-8?q?\xff?=\r\nContent-Type: multipart/mixed; boundary=\r\n'
+        b"\r\nSecond words.\r\n",
+        b"From: Ana <ana@example.test>\r\nContent-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\r\n"
+        b'Content-Type: text/plain; charset="utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n!!Third words.\r\n',
+        b"\xff\xfe\x00garbage without any header\r\n\r\nFourth words.",
+    ]
+    with server.client() as http:
+        for raw in raws:
+            answer = http.post(url, files=raw_post(raw))
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["status"] == "forwarded" and answer.json()["new"] is True
+            assert http.post(url, files=raw_post(raw)).json()["new"] is False
+    server.stop()
+    assert "words" not in server.stderr
+    texts = [m.get_body(preferencelist=("plain",)).get_content() for m in forwards(project)]
+    assert len(texts) == 4
+    for text, words in zip(texts, ("First", "Second", "Third", "Fourth"), strict=True):
+        assert f"{words} words." in text
+
+
+def big_post(tmp: Path, raw: bool, attachment_mb: int = 28) -> tuple[str, Path]:
+    """A SendGrid post of about 29 MB written to a file (a reply with a large photo attached)."""
+    boundary = "xYzZY-big"
+    photo = os.urandom(attachment_mb * 1024 * 1024 * (3 if raw else 4) // 4)  # base64 takes 4 bytes for 3
+    path = tmp / ("raw.post" if raw else "parsed.post")
+    with path.open("wb") as out:
+
+        def field(name: str, value: bytes, filename: str = "") -> None:
+            extra = f'; filename="{filename}"' if filename else ""
+            out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"{extra}\r\n\r\n'.encode())
+            out.write(value + b"\r\n")
+
+        field("envelope", b'{"to":["reply@x.test"],"from":"ana@example.test"}')
+        field("SPF", b"pass")
+        if raw:
+            out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="email"\r\n\r\n'.encode())
+            out.write(
+                b"From: Ana <ana@example.test>\r\nSubject: photo\r\nContent-Type: multipart/mixed; boundary=m1\r\n\r\n"
+                b"--m1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHere it is.\r\n"
+                b"--m1\r\nContent-Type: image/jpeg\r\nContent-Transfer-Encoding: base64\r\n"
+                b'Content-Disposition: attachment; filename="p.jpg"\r\n\r\n'
+            )
+            out.write(base64.encodebytes(photo))
+            out.write(b"--m1--\r\n\r\n")
+        else:
+            field("headers", b"From: Ana <ana@example.test>\nSubject: photo\n")
+            field("from", b"Ana <ana@example.test>")
+            field("text", b"Here it is.")
+            field("attachments", b"1")
+            field("attachment1", photo, filename="p.jpg")
+        out.write(f"--{boundary}--\r\n".encode())
+    return f"multipart/form-data; boundary={boundary}", path
+
+
+@pytest.mark.parametrize("raw", [False, True], ids=["parsed", "raw"])
+def test_a_29_mb_post_is_read_in_bounded_memory(tmp_path: Path, raw: bool) -> None:
+    """Issue 16, 3.13: a 29 MB reply took about 460 MB. The post is read from a (spooled) file and
+    only what is forwarded is kept: the peak stays a small fraction of the post's size."""
+    content_type, path = big_post(tmp_path, raw)
+    assert path.stat().st_size > 28 * 1024 * 1024
+    tracemalloc.start()
+    try:
+        with path.open("rb") as stream:
+            reply = read_reply(parse_form(content_type, stream))
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert reply.text.strip() == "Here it is." and reply.attachments == 1 and reply.sender == "ana@example.test"
+    assert peak < 8 * 1024 * 1024, f"peak {peak / 2**20:.1f} MiB"
+
+
+def test_a_29_mb_reply_through_funnel_serve_is_forwarded_without_its_attachment(
+    project: Project, funnel: Callable[..., Any], funnel_server: Callable[..., Any], tmp_path: Path
+) -> None:
+    with_inbound(project)
+    server = funnel_server("--now", NOW, env={"FUNNEL_INBOUND_KEY": KEY})
+    content_type, path = big_post(tmp_path, raw=False)
+    with server.client() as http, path.open("rb") as body:
+        answer = http.post(f"/webhooks/inbound?key={KEY}", content=body, headers={"content-type": content_type})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["status"] == "forwarded"
+        assert http.get("/healthz").status_code == 200
+    [mail] = forwards(project)
+    text = mail.get_body(preferencelist=("plain",)).get_content()
+    assert "Here it is." in text and "1 attachment(s), not forwarded" in text

@@ -25,7 +25,7 @@ from funnel.events import store_events
 from funnel.tracking import WebhookRefused, load_public_key, parse_events
 from funnel.tracking import check_post as check_event_post
 from funnel.transports import make_transport
-from funnel.web.deps import get_config, get_engine, get_now, read_body
+from funnel.web.deps import get_config, get_engine, get_now, read_body, spool_body
 
 router = APIRouter()
 log = logging.getLogger("funnel.web.webhooks")
@@ -79,11 +79,19 @@ async def inbound_reply(request: Request, key: str | None = None) -> Response:
     if not hmac.compare_digest((key or "").encode("utf-8"), expected.encode("utf-8")):
         raise HTTPException(403, "wrong or missing key")
     config, engine, now = get_config(request), get_engine(request), get_now(request)
-    body = await read_body(request, inbound.MAX_BODY)
+    content_type = request.headers.get("content-type", "")
+    body = await spool_body(request, inbound.MAX_BODY, inbound.SPOOL_IN_MEMORY)
+
+    def read() -> inbound.Reply:
+        return inbound.read_reply(inbound.parse_form(content_type, body))
+
     try:
-        reply = inbound.read_reply(inbound.parse_form(request.headers.get("content-type", ""), body))
+        # up to 30 MB parsed: in the thread pool, so no other request waits for it
+        reply = await run_in_threadpool(read)
     except inbound.InboundError as exc:
         return JSONResponse({"error": str(exc)}, status_code=400)
+    finally:
+        body.close()
 
     def store() -> inbound.Received:
         with Session(engine, expire_on_commit=False) as session:
