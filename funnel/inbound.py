@@ -243,6 +243,7 @@ def parse_form(content_type: str, body: bytes | IO[bytes]) -> Form:
             "on_part_end": on_part_end,
         },
         max_header_count=32,
+        max_header_size=FIELD_CAP,  # an attachment's long file name must not cost the reply
     )
     try:
         while chunk := stream.read(CHUNK):

@@ -18,7 +18,7 @@ from conftest import Project
 
 from funnel.config import load_config
 from funnel.errors import ConfigError
-from funnel.inbound import parse_form, read_checks, read_reply
+from funnel.inbound import TEXT_CAP, parse_form, read_checks, read_reply
 
 NOW = "2026-12-08T16:00:00Z"
 HEADER = "Email,First Name,Last Name,Webinar Start,Time Zone,Discreet\n"
@@ -583,3 +583,38 @@ def test_a_29_mb_reply_through_funnel_serve_is_forwarded_without_its_attachment(
     [mail] = forwards(project)
     text = mail.get_body(preferencelist=("plain",)).get_content()
     assert "Here it is." in text and "1 attachment(s), not forwarded" in text
+
+
+def test_a_raw_message_keeps_its_words_and_counts_what_it_drops() -> None:
+    """Send Raw is read line by line: nested parts are followed, attachments (a PDF, a forwarded
+    message, a text file) are counted and their bytes skipped, encoded words decoded."""
+    raw = (
+        b"From: =?utf-8?q?Ana_R=C3=A9yes?= <ana@example.test>\r\nSubject: =?utf-8?q?R=C3=A9:_hi?=\r\n"
+        b'Content-Type: multipart/mixed; boundary="outer"\r\n\r\npreamble\r\n--outer\r\n'
+        b'Content-Type: multipart/alternative; boundary="inner"\r\n\r\n--inner\r\n'
+        b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+        b"Caf=C3=A9 words\r\n--inner\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>Caf\xc3\xa9 words</p>\r\n"
+        b'--inner--\r\n--outer\r\nContent-Type: application/pdf; name="x.pdf"\r\n'
+        b'Content-Disposition: attachment; filename="x.pdf"\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0=\r\n'
+        b"--outer\r\nContent-Type: message/rfc822\r\n\r\nFrom: x@y.test\r\nSubject: fwd\r\n\r\ninner words\r\n"
+        b'--outer\r\nContent-Type: text/plain; name="notes.txt"\r\nContent-Disposition: attachment; filename="n.txt"'
+        b"\r\n\r\nnotes\r\n--outer--\r\nepilogue\r\n"
+    )
+    for line_end in (b"\r\n", b"\n"):
+        body = b'--b0\r\nContent-Disposition: form-data; name="email"\r\n\r\n' + raw.replace(b"\r\n", line_end)
+        reply = read_reply(parse_form("multipart/form-data; boundary=b0", body + b"\r\n--b0--\r\n"))
+        assert (reply.text.strip(), reply.html and reply.html.strip()) == ("Café words", "<p>Café words</p>")
+        assert reply.attachments == 3 and reply.sender_name == "Ana Réyes" and reply.subject == "Ré: hi"
+        assert not reply.unreadable and not reply.truncated
+
+
+def test_words_past_the_cap_are_cut_and_the_forward_would_say_so() -> None:
+    words = ("a few words " * 200_000).encode()  # 2.4 MB of text: no person's reply
+    fields = {name: value for name, (_none, value) in parse_post(text=words).items()}
+    body = b"".join(
+        b'--b1\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n' % (name.encode(), value)
+        for name, value in fields.items()
+    )
+    reply = read_reply(parse_form("multipart/form-data; boundary=b1", body + b"--b1--\r\n"))
+    assert reply.truncated and len(reply.text) == TEXT_CAP and reply.text.startswith("a few words")
+    assert reply.verified  # SPF pass for ana@example.test's own domain
