@@ -586,6 +586,8 @@ def contacts_show(config_path: Path | None, debug: bool, as_json: bool, email: s
             out.print(f"  {event['at']}  {event['kind']:<18} {email_of}{why}", markup=False)
     for reply in data.get("replies", []):
         paused = f", paused {reply['paused']} sequence(s)" if reply["paused"] else ""
+        if not reply.get("verified", True):
+            paused = ", not verified as sent by this person: paused nothing"
         out.print(f"\nreplied {reply['received_at']} ({reply['status']}{paused})")
 
 

@@ -185,7 +185,13 @@ def describe(session: Session, config: Config, contact: Contact) -> dict[str, An
         ],
         "events": _events(session, contact),
         "replies": [
-            {"received_at": _iso(r.received_at), "status": r.status, "auto_reply": r.auto_reply, "paused": r.paused}
+            {
+                "received_at": _iso(r.received_at),
+                "status": r.status,
+                "auto_reply": r.auto_reply,
+                "verified": r.verified,
+                "paused": r.paused,
+            }
             for r in session.scalars(
                 select(InboundMessage)
                 .where(col(InboundMessage.contact_id) == contact.id)

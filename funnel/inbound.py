@@ -646,7 +646,6 @@ def receive(session: Session, config: Config, reply: Reply, now: datetime) -> Re
         "html": reply.html,
         "attachments": reply.attachments,
         "auto_reply": reply.auto_reply,
-        "verified": verified,
         "spam_score": reply.checks.spam_score,
         "truncated": reply.truncated,
         "unreadable": reply.unreadable,
@@ -663,6 +662,7 @@ def receive(session: Session, config: Config, reply: Reply, now: datetime) -> Re
             received_at=now,
             status=status,
             auto_reply=reply.auto_reply,
+            verified=verified,
             paused=0,
             content={} if status == "loop" else content,
         )
@@ -790,7 +790,7 @@ def forward_email(config: Config, row: InboundMessage, now: datetime) -> Outgoin
     who = f"{name} <{sender}>" if name else str(sender)
     subject = str(content.get("subject") or "(no subject)")
     notes = [f"{who} wrote back on {isoformat_z(row.received_at)}."]
-    if not content.get("verified", True):  # rows stored before checks were read had paused already
+    if not row.verified:
         notes.insert(
             0,
             f"This reply could not be verified as sent by {sender} (SendGrid's SPF and DKIM checks did not pass "

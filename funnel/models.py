@@ -19,7 +19,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Index, Table, TypeDecorator, UniqueConstraint
+from sqlalchemy import JSON, DateTime, Index, Table, TypeDecorator, UniqueConstraint, true
 from sqlmodel import Field, SQLModel
 
 
@@ -280,6 +280,8 @@ class InboundMessage(SQLModel, table=True):
     emptied once the forward has gone out: the therapist's inbox keeps the
     words, the database only that a reply came and when.
     status: stored | forwarded | failed (the forward did not go out; SendGrid's retry tries again)
+    `verified` keeps, after the words are gone, whether the reply could have
+    paused her (a forged From: is forwarded, marked, and pauses nothing).
     """
 
     __tablename__ = "inbound_messages"
@@ -291,6 +293,8 @@ class InboundMessage(SQLModel, table=True):
     received_at: datetime = Field(sa_type=UTCDateTime)
     status: str = "stored"
     auto_reply: bool = False
+    #: SendGrid's SPF or DKIM check passed for the sender's own domain; only such a reply pauses anyone
+    verified: bool = Field(default=True, sa_column_kwargs={"server_default": true()})
     paused: int = 0
     forwarded_at: datetime | None = _when()
     forward_error: str | None = None

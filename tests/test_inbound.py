@@ -108,7 +108,13 @@ def test_a_reply_pauses_her_sequences_is_forwarded_once_and_resume_takes_it_back
     assert enrollment["status"] == "paused" and enrollment["reason"] == "replied by email"
     assert enrollment["paused_at"] == "2026-12-08T16:00:00Z"
     assert shown["replies"] == [
-        {"received_at": "2026-12-08T16:00:00Z", "status": "forwarded", "auto_reply": False, "paused": 1}
+        {
+            "received_at": "2026-12-08T16:00:00Z",
+            "status": "forwarded",
+            "auto_reply": False,
+            "verified": True,
+            "paused": 1,
+        }
     ]
     assert all(step["status"] in ("sent", "pending") for step in enrollment["steps"])
 
@@ -410,7 +416,10 @@ def test_a_forged_reply_pauses_nothing_and_says_so_first_only_a_verified_one_pau
             assert answer.json()["paused"] == 0 and answer.json()["status"] == "forwarded"
         raw = b"Message-ID: <raw-forged@x>\r\nFrom: Ana <ana@example.test>\r\nSubject: Re: hi\r\n\r\nStop. (raw)\r\n"
         assert http.post(url, files=raw_post(raw, spf="fail", dkim="{@evil.test : pass}")).json()["paused"] == 0
-        assert funnel("contacts", "show", "ana@example.test", "--json").json()["enrollments"][0]["status"] == "active"
+        shown = funnel("contacts", "show", "ana@example.test", "--json").json()
+        assert shown["enrollments"][0]["status"] == "active"
+        assert [(r["verified"], r["paused"]) for r in shown["replies"]] == [(False, 0)] * 5
+        assert "not verified as sent by this person" in funnel("contacts", "show", "ana@example.test").out
 
         # her own mail server signed it: SPF softfail (forwarded through another server) does not matter
         verified = forged(5, "softfail", "bounces@mailer.other.test", "{@other.test : pass, @example.test : pass}")
