@@ -206,6 +206,8 @@ def parse_form(content_type: str, body: bytes | IO[bytes]) -> Form:
         if filename is not None:
             state["files"] += 1
         elif text_name == "email":
+            if state["raw"] is not None:  # a second `email` field: the last one counts, as for any field
+                state["raw"].close()
             state["raw"] = state["sink"] = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
         else:
             state["sink"] = bytearray()
