@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from funnel.collector import use_fewer_collections
-from funnel.config import Config, load_config
+from funnel.config import Config, environment_problems, load_config
 from funnel.errors import ConfigError, FunnelError, UsageError
 from funnel.timeutil import parse_instant
 
@@ -175,8 +175,12 @@ def handle_errors(func: F) -> F:
             if database:
                 click.echo(f"funnel: {database}", err=True)
                 sys.exit(EXIT_CONFIG)
+            from funnel.logsafe import database_message
+
+            # a database's error text quotes the values it failed on (PostgreSQL's DETAIL): not those
+            said = database_message(exc) or exc
             click.echo(
-                f"funnel: unexpected {exc.__class__.__name__}: {safe(exc)} (run again with --debug for details)",
+                f"funnel: unexpected {exc.__class__.__name__}: {safe(said)} (run again with --debug for details)",
                 err=True,
             )
             sys.exit(EXIT_FAILED)
@@ -241,7 +245,7 @@ def check(config_path: Path | None, debug: bool, now: datetime) -> None:
 
     for warning in example_warnings(config):  # warnings only: the exit code stays 0
         click.echo(warning, err=True)
-    problems = check_templates(config, now)
+    problems = environment_problems(config) + check_templates(config, now)
     for problem in problems:
         click.echo(problem, err=True)
     if problems:
@@ -731,7 +735,9 @@ def serve(config_path: Path | None, debug: bool, now: datetime | None, host: str
     from funnel.web.serve import serve as run_server
 
     config = _config(config_path)
-    run_server(config, _engine(config), host, port, now)
+    for problem in environment_problems(config):  # the server does the safe thing; the file should agree
+        click.echo(f"funnel serve: warning: {safe(problem)}", err=True)
+    run_server(config, _engine(config), host, port, now, debug=debug)
 
 
 # --------------------------------------------------------------------------- report, suppressions

@@ -528,6 +528,25 @@ def load_config(explicit: str | os.PathLike[str] | None = None, *, check_files: 
     return config
 
 
+def environment_problems(config: Config) -> list[str]:
+    """Settings in the file that contradict the environment, each as `file:line: message`.
+
+    `funnel check` reports them (exit 1); other commands go on, since the
+    code already does the safe thing (with a verification key set the
+    webhook verifies every post, `webhook_unsigned` or not), but the file
+    should not say otherwise.
+    """
+    problems = []
+    if config.tracking.webhook_unsigned and os.environ.get("FUNNEL_SENDGRID_WEBHOOK_KEY", "").strip():
+        line = config.line_of("tracking", "webhook_unsigned") or config.line_of("tracking") or 1
+        problems.append(
+            f"{config.path.name}:{line}: tracking.webhook_unsigned is true while FUNNEL_SENDGRID_WEBHOOK_KEY "
+            "is set: the webhook verifies every post with the key and refuses unsigned ones, so remove the line "
+            "(it is only for a SendGrid account that does not sign its webhook)"
+        )
+    return problems
+
+
 def _has_inner(err: Any, locs: list[tuple[Any, ...]]) -> bool:
     """Whether another error lies inside `err`'s location (e.g. an item of that list)."""
     loc = tuple(err["loc"])

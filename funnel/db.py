@@ -49,7 +49,9 @@ def make_engine(url: str) -> Engine:
             f"FUNNEL_DATABASE_URL {url!r} is not a database URL: "
             "write sqlite:///path/to/funnel.db or postgresql+psycopg://user@host/db"
         ) from None
-    kwargs: dict[str, Any] = {}
+    # a failing statement's error text never carries its values (addresses, names, the words of a
+    # form or a reply): errors are logged and printed, and people's data stays out of logs
+    kwargs: dict[str, Any] = {"hide_parameters": True}
     if parsed.get_backend_name() == "sqlite":
         kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
         if parsed.database and parsed.database != ":memory:":

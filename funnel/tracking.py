@@ -137,9 +137,12 @@ def check_post(
 ) -> str:
     """Decide whether a webhook post may be read; returns "signed" or "unsigned", or raises WebhookRefused.
 
-    `headers` are matched without regard to case. With a key configured, a
-    signed post must verify; without one, signed posts cannot be checked and
-    are treated as unsigned.
+    `headers` are matched without regard to case. With a key configured,
+    every post must be signed and verify, whatever `allow_unsigned` says: a
+    practice that set the key wants its webhook verified, and an unsigned
+    post beside it could only be forged (`funnel check` refuses the two
+    together). Without a key, signed posts cannot be checked and are treated
+    as unsigned.
     """
     lowered = {name.lower(): value for name, value in headers.items()}
     signature = lowered.get(SIGNATURE_HEADER.lower(), "").strip()
