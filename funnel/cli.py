@@ -25,6 +25,7 @@ import click
 from funnel.collector import use_fewer_collections
 from funnel.config import Config, environment_problems, load_config
 from funnel.errors import ConfigError, FunnelError, UsageError
+from funnel.private import make_private_dir, write_private
 from funnel.timeutil import parse_instant
 
 if TYPE_CHECKING:
@@ -451,11 +452,12 @@ def preview(
     stem = f"{sequence}--{step}"  # ids are letters, digits, - and _ (config.SAFE_ID): no path tricks
     written = []
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / f"{stem}.txt").write_text(rendered.text, encoding="utf-8")
+        # 0600: a preview for a real contact (--email) holds her name and address
+        make_private_dir(out_dir)
+        write_private(out_dir / f"{stem}.txt", rendered.text.encode("utf-8"))
         written.append(out_dir / f"{stem}.txt")
         if rendered.html is not None:
-            (out_dir / f"{stem}.html").write_text(rendered.html, encoding="utf-8")
+            write_private(out_dir / f"{stem}.html", rendered.html.encode("utf-8"))
             written.insert(0, out_dir / f"{stem}.html")
     except OSError as exc:
         raise UsageError(
