@@ -37,8 +37,10 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED = 0, 1, 2, 75
 #: years `--now` may name (a simulation far outside them is a typo)
 EARLIEST_NOW, LATEST_NOW = 2000, 2199
 #: C0 and C1 control characters and DEL: never printed raw (a name could move the
-#: cursor, hide text or retitle the terminal); shown as \x1b-style escapes instead
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+#: cursor, hide text or retitle the terminal); shown as \x1b-style escapes instead. Lone surrogates
+#: too (JSON's "\ud800", stored by an older release or another program): no terminal or file takes them
+#: as UTF-8, and printing one crashed `contacts show --json` and `export` for that person
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def safe(value: object) -> str:

@@ -9,7 +9,11 @@ content type we do not read (415), a missing or invalid address (422,
 naming the form field). A bot that fills the hidden `website` field gets the
 same answer as a person and nothing is stored. One address may post
 `serve.form_burst` times at once and `serve.form_per_minute` more a minute
-(429 with Retry-After). CORS headers go only to `serve.cors_origins`.
+(429 with Retry-After); "address" is `client.client_ip` (forwarded headers
+only from `serve.trusted_proxies`), an IPv6 visitor counted by her /64.
+Text that is not Unicode (a lone surrogate such as "\\ud800", which JSON can
+spell but no database can store) is a 422 naming the field. CORS headers go
+only to `serve.cors_origins`.
 """
 
 from __future__ import annotations
@@ -144,6 +148,14 @@ def _json_fields(body: bytes) -> dict[str, str]:
         raise BadInput(400, f"the form has more than {MAX_FIELDS} fields")
     fields: dict[str, str] = {}
     for name, value in data.items():
+        if _SURROGATE.search(name) or (isinstance(value, str) and _SURROGATE.search(value)):
+            shown = _escaped(name)
+            raise BadInput(
+                422,
+                f"the field {shown!r} holds text that is not Unicode (a lone surrogate such as \\ud800): "
+                "send the text as the person typed it",
+                shown,
+            )
         key = title_key(name)
         if value is None:
             fields[key] = ""
@@ -154,6 +166,15 @@ def _json_fields(body: bytes) -> dict[str, str]:
         else:
             raise BadInput(422, f"the field {name!r} must be text, not a list or an object", name)
     return fields
+
+
+#: half of a UTF-16 pair on its own: JSON's "\\ud800" decodes to it; no database and no UTF-8 output takes it
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _escaped(text: str) -> str:
+    """`text` with each lone surrogate written as its escape (\\ud800), so the answer itself can be sent."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def map_fields(source: Source, fields: dict[str, str]) -> dict[str, str]:
