@@ -362,6 +362,9 @@ class Serve(_Model):
     #: form posts one IP address may make at once, and how many more per minute after that
     form_burst: int = Field(default=10, ge=1, le=10_000)
     form_per_minute: float = Field(default=2.0, gt=0, le=10_000)
+    #: peers whose X-Forwarded-For / Forwarded headers are believed (IPs or CIDR blocks): the
+    #: reverse proxy. Default: loopback, where the README's proxy runs; [] believes no header.
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -380,6 +383,29 @@ class Serve(_Model):
                 )
             origins.append(origin.lower())
         return tuple(origins)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxies(cls, value: Any) -> Any:
+        """Each entry an address or a network (10.0.0.0/8, 2001:db8::/32), kept in its normal form."""
+        import ipaddress
+
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list | tuple):
+            raise ValueError("trusted_proxies needs a list of addresses like [127.0.0.1, '::1']")
+        networks = []
+        for item in value:
+            try:
+                networks.append(str(ipaddress.ip_network(str(item).strip(), strict=False)))
+            except ValueError:
+                raise ValueError(
+                    f"{item!r} is not an IP address or network: write the reverse proxy's address, "
+                    "like 127.0.0.1, '::1' or 10.0.0.0/8"
+                ) from None
+        return tuple(networks)
 
 
 class Config(_Model):

@@ -23,6 +23,7 @@ import math
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl
@@ -35,6 +36,7 @@ from funnel.config import Config, Source
 from funnel.intake import Evidence, accept_form
 from funnel.sources import SignupRow, normalize_email, signup_from_values, title_key
 from funnel.timeutil import zone
+from funnel.web.client import client_ip, rate_key
 from funnel.web.deps import MAX_BODY, get_config, get_engine, get_now, read_body
 from funnel.web.pages import page
 
@@ -47,6 +49,8 @@ MAX_FIELDS = 50
 #: funnel's own one-line fields; anything else (a message) may keep its line breaks
 _ONE_LINE = ("email", "first_name", "last_name", "timezone", "webinar_start", "discreet")
 _MAX_NAME = 200
+#: visitors the rate limiter remembers at most (about 150 bytes each)
+MAX_BUCKETS = 10_000
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _CONTROL_KEEP_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
@@ -61,36 +65,44 @@ class BadInput(Exception):
 
 
 class RateLimiter:
-    """A token bucket per client address, in memory: `burst` posts at once, `per_minute` more after.
+    """A token bucket per visitor, in memory: `burst` posts at once, `per_minute` more after.
 
+    Visitors are counted by `client.rate_key` (an IPv4 address, an IPv6 /64).
     In memory is enough for one `funnel serve` process (a restart forgives
-    everyone); the buckets of idle addresses are dropped so memory stays small.
+    everyone). The table is bounded: an OrderedDict in least-recently-posted
+    order, so each post costs O(1) on the event loop however many visitors
+    came before, and past `max_buckets` the visitor idle the longest is
+    forgotten (her bucket would be full again soon, or the server is under a
+    flood where forgetting the oldest is the only bounded choice).
     """
 
-    def __init__(self, burst: int, per_minute: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        burst: int,
+        per_minute: float,
+        clock: Callable[[], float] = time.monotonic,
+        max_buckets: int = MAX_BUCKETS,
+    ) -> None:
         self.burst, self.rate, self.clock = float(burst), per_minute / 60.0, clock
-        self._buckets: dict[str, tuple[float, float]] = {}
+        self.max_buckets = max_buckets
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def take(self, key: str) -> float:
-        """0 when a post is allowed now (and counted); else the seconds until one is."""
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def take(self, ip: str) -> float:
+        """0 when a post from `ip` is allowed now (and counted); else the seconds until one is."""
+        key = rate_key(ip)
         with self._lock:
             now = self.clock()
-            tokens, then = self._buckets.get(key, (self.burst, now))
-            tokens = min(self.burst, tokens + (now - then) * self.rate)
-            if tokens >= 1:
-                self._buckets[key] = (tokens - 1, now)
-                if len(self._buckets) > 10_000:
-                    self._forget_idle(now)
-                return 0.0
-            self._buckets[key] = (tokens, now)
-            return (1 - tokens) / self.rate
-
-    def _forget_idle(self, now: float) -> None:
-        full_after = self.burst / self.rate
-        for key, (_tokens, then) in list(self._buckets.items()):
-            if now - then >= full_after:
-                del self._buckets[key]
+            tokens, then = self._buckets.pop(key, (self.burst, now))
+            tokens = min(self.burst, tokens + max(0.0, now - then) * self.rate)
+            allowed = tokens >= 1
+            self._buckets[key] = (tokens - 1 if allowed else tokens, now)  # now the most recent
+            while len(self._buckets) > self.max_buckets:
+                self._buckets.popitem(last=False)
+            return 0.0 if allowed else (1 - tokens) / self.rate
 
 
 # --------------------------------------------------------------------------- parsing (pure)
@@ -277,7 +289,7 @@ async def form_post(source_name: str, request: Request) -> Response:
     source = _form_source(config, source_name)
     if source is None:
         return _refuse(BadInput(404, f"no form named {source_name!r}"), as_json, headers)
-    ip = request.client.host if request.client else "unknown"
+    ip = client_ip(request, config)  # the same address for the rate limit and the consent evidence
     limiter: RateLimiter = request.app.state.form_limiter
     wait = limiter.take(ip)
     if wait:

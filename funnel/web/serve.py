@@ -59,8 +59,9 @@ def serve(config: Config, engine: Engine, host: str, port: int, now: datetime | 
             log_level="warning",
             access_log=False,
             server_header=False,
-            proxy_headers=True,  # X-Forwarded-For from the reverse proxy on loopback (rate limits per person)
-            forwarded_allow_ips="127.0.0.1",
+            # the peer stays the TCP peer: funnel.web.client reads forwarded headers itself, only
+            # from serve.trusted_proxies (uvicorn's own reading knew no setting and no IPv6 loopback)
+            proxy_headers=False,
         )
     )
     try:
