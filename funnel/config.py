@@ -355,7 +355,8 @@ class Sequence(_Model):
 
 
 class Serve(_Model):
-    """`funnel serve`: which websites may post forms from script, and how often one address may post."""
+    """`funnel serve`: which websites may post forms from script, how often one visitor may post,
+    and which reverse proxies are believed about who the visitor is (see funnel.web.client)."""
 
     #: origins (scheme://host[:port]) allowed to post forms with fetch/XHR (CORS); plain HTML forms need none
     cors_origins: tuple[str, ...] = ()
