@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from funnel.collector import use_fewer_collections
-from funnel.config import Config, load_config
+from funnel.config import Config, environment_problems, load_config
 from funnel.errors import ConfigError, FunnelError, UsageError
+from funnel.private import make_private_dir, write_private
 from funnel.timeutil import parse_instant
 
 if TYPE_CHECKING:
@@ -36,8 +37,10 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED = 0, 1, 2, 75
 #: years `--now` may name (a simulation far outside them is a typo)
 EARLIEST_NOW, LATEST_NOW = 2000, 2199
 #: C0 and C1 control characters and DEL: never printed raw (a name could move the
-#: cursor, hide text or retitle the terminal); shown as \x1b-style escapes instead
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+#: cursor, hide text or retitle the terminal); shown as \x1b-style escapes instead. Lone surrogates
+#: too (JSON's "\ud800", stored by an older release or another program): no terminal or file takes them
+#: as UTF-8, and printing one crashed `contacts show --json` and `export` for that person
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def safe(value: object) -> str:
@@ -175,8 +178,12 @@ def handle_errors(func: F) -> F:
             if database:
                 click.echo(f"funnel: {database}", err=True)
                 sys.exit(EXIT_CONFIG)
+            from funnel.logsafe import database_message
+
+            # a database's error text quotes the values it failed on (PostgreSQL's DETAIL): not those
+            said = database_message(exc) or exc
             click.echo(
-                f"funnel: unexpected {exc.__class__.__name__}: {safe(exc)} (run again with --debug for details)",
+                f"funnel: unexpected {exc.__class__.__name__}: {safe(said)} (run again with --debug for details)",
                 err=True,
             )
             sys.exit(EXIT_FAILED)
@@ -241,7 +248,7 @@ def check(config_path: Path | None, debug: bool, now: datetime) -> None:
 
     for warning in example_warnings(config):  # warnings only: the exit code stays 0
         click.echo(warning, err=True)
-    problems = check_templates(config, now)
+    problems = environment_problems(config) + check_templates(config, now)
     for problem in problems:
         click.echo(problem, err=True)
     if problems:
@@ -447,11 +454,12 @@ def preview(
     stem = f"{sequence}--{step}"  # ids are letters, digits, - and _ (config.SAFE_ID): no path tricks
     written = []
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / f"{stem}.txt").write_text(rendered.text, encoding="utf-8")
+        # 0600: a preview for a real contact (--email) holds her name and address
+        make_private_dir(out_dir)
+        write_private(out_dir / f"{stem}.txt", rendered.text.encode("utf-8"))
         written.append(out_dir / f"{stem}.txt")
         if rendered.html is not None:
-            (out_dir / f"{stem}.html").write_text(rendered.html, encoding="utf-8")
+            write_private(out_dir / f"{stem}.html", rendered.html.encode("utf-8"))
             written.insert(0, out_dir / f"{stem}.html")
     except OSError as exc:
         raise UsageError(
@@ -733,7 +741,9 @@ def serve(config_path: Path | None, debug: bool, now: datetime | None, host: str
     from funnel.web.serve import serve as run_server
 
     config = _config(config_path)
-    run_server(config, _engine(config), host, port, now)
+    for problem in environment_problems(config):  # the server does the safe thing; the file should agree
+        click.echo(f"funnel serve: warning: {safe(problem)}", err=True)
+    run_server(config, _engine(config), host, port, now, debug=debug)
 
 
 # --------------------------------------------------------------------------- report, suppressions

@@ -355,13 +355,17 @@ class Sequence(_Model):
 
 
 class Serve(_Model):
-    """`funnel serve`: which websites may post forms from script, and how often one address may post."""
+    """`funnel serve`: which websites may post forms from script, how often one visitor may post,
+    and which reverse proxies are believed about who the visitor is (see funnel.web.client)."""
 
     #: origins (scheme://host[:port]) allowed to post forms with fetch/XHR (CORS); plain HTML forms need none
     cors_origins: tuple[str, ...] = ()
     #: form posts one IP address may make at once, and how many more per minute after that
     form_burst: int = Field(default=10, ge=1, le=10_000)
     form_per_minute: float = Field(default=2.0, gt=0, le=10_000)
+    #: peers whose X-Forwarded-For / Forwarded headers are believed (IPs or CIDR blocks): the
+    #: reverse proxy. Default: loopback, where the README's proxy runs; [] believes no header.
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -380,6 +384,29 @@ class Serve(_Model):
                 )
             origins.append(origin.lower())
         return tuple(origins)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxies(cls, value: Any) -> Any:
+        """Each entry an address or a network (10.0.0.0/8, 2001:db8::/32), kept in its normal form."""
+        import ipaddress
+
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list | tuple):
+            raise ValueError("trusted_proxies needs a list of addresses like [127.0.0.1, '::1']")
+        networks = []
+        for item in value:
+            try:
+                networks.append(str(ipaddress.ip_network(str(item).strip(), strict=False)))
+            except ValueError:
+                raise ValueError(
+                    f"{item!r} is not an IP address or network: write the reverse proxy's address, "
+                    "like 127.0.0.1, '::1' or 10.0.0.0/8"
+                ) from None
+        return tuple(networks)
 
 
 class Config(_Model):
@@ -526,6 +553,25 @@ def load_config(explicit: str | os.PathLike[str] | None = None, *, check_files: 
         practice = config.practice.model_copy(update={"base_url": base_url.rstrip("/")})
         config = config.model_copy(update={"practice": practice})
     return config
+
+
+def environment_problems(config: Config) -> list[str]:
+    """Settings in the file that contradict the environment, each as `file:line: message`.
+
+    `funnel check` reports them (exit 1); other commands go on, since the
+    code already does the safe thing (with a verification key set the
+    webhook verifies every post, `webhook_unsigned` or not), but the file
+    should not say otherwise.
+    """
+    problems = []
+    if config.tracking.webhook_unsigned and os.environ.get("FUNNEL_SENDGRID_WEBHOOK_KEY", "").strip():
+        line = config.line_of("tracking", "webhook_unsigned") or config.line_of("tracking") or 1
+        problems.append(
+            f"{config.path.name}:{line}: tracking.webhook_unsigned is true while FUNNEL_SENDGRID_WEBHOOK_KEY "
+            "is set: the webhook verifies every post with the key and refuses unsigned ones, so remove the line "
+            "(it is only for a SendGrid account that does not sign its webhook)"
+        )
+    return problems
 
 
 def _has_inner(err: Any, locs: list[tuple[Any, ...]]) -> bool:

@@ -25,6 +25,7 @@ from funnel import models  # (importing it registers the tables)
 from funnel.bulk import dialect_insert
 from funnel.errors import ConfigError, FunnelError, LockedError, MigrationError
 from funnel.migrations import HEAD
+from funnel.private import create_private_file
 
 #: advisory-lock key held while creating the schema
 _PG_SCHEMA_LOCK_KEY = 0x2F5A_7C32
@@ -41,7 +42,12 @@ def database_url(config_folder: Path) -> str:
 
 
 def make_engine(url: str) -> Engine:
-    """Create the engine and the tables (idempotent)."""
+    """Create the engine and the tables (idempotent).
+
+    A new SQLite file is created mode 0600 before SQLite opens it (it holds
+    people's data and, without FUNNEL_SECRET_KEY, the key that signs their
+    links); SQLite gives its -wal and -shm files the main file's mode.
+    """
     try:
         parsed = make_url(url)
     except Exception:
@@ -49,11 +55,15 @@ def make_engine(url: str) -> Engine:
             f"FUNNEL_DATABASE_URL {url!r} is not a database URL: "
             "write sqlite:///path/to/funnel.db or postgresql+psycopg://user@host/db"
         ) from None
-    kwargs: dict[str, Any] = {}
+    # a failing statement's error text never carries its values (addresses, names, the words of a
+    # form or a reply): errors are logged and printed, and people's data stays out of logs
+    kwargs: dict[str, Any] = {"hide_parameters": True}
     if parsed.get_backend_name() == "sqlite":
         kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
         if parsed.database and parsed.database != ":memory:":
             _check_sqlite_file(Path(parsed.database))
+            if not parsed.query.get("uri"):  # a file: URI names its file in its own way
+                create_private_file(Path(parsed.database))
     elif parsed.drivername == "postgresql":
         url = str(parsed.set(drivername="postgresql+psycopg"))
     try:

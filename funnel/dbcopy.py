@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from funnel.db import make_engine, run_lock
 from funnel.errors import FunnelError, UsageError
 from funnel.models import funnel_tables
+from funnel.private import create_private_file, make_private_dir
 
 #: rows read and written per round trip: small enough to stay lean on a big list
 BATCH_SIZE = 2000
@@ -117,7 +118,8 @@ def backup_sqlite(source_url: str, destination: Path) -> int:
     """Copy a live SQLite database into `destination` with SQLite's online backup API.
 
     Safe while `funnel run` or `funnel serve` write to it: the backup is one
-    consistent snapshot. Returns the size of the backup in bytes.
+    consistent snapshot, created mode 0600 (it holds everything the database
+    does). Returns the size of the backup in bytes.
     """
     url = make_url(source_url)
     if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
@@ -130,7 +132,11 @@ def backup_sqlite(source_url: str, destination: Path) -> int:
     if destination.exists():
         raise UsageError(f"{destination} already exists: give a new file name, so no backup is overwritten")
     make_engine(source_url).dispose()  # a database from an older release is brought to HEAD first
-    destination.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(destination.parent)
+    # made empty and 0600 before SQLite opens it (SQLite would make it as the umask says, and its
+    # journal follows the file's mode); O_EXCL: a file that appeared meanwhile is not overwritten
+    if not create_private_file(destination):
+        raise UsageError(f"{destination} already exists: give a new file name, so no backup is overwritten")
     with sqlite3.connect(url.database) as live, sqlite3.connect(destination) as copy:
         live.backup(copy)
     live.close()

@@ -108,6 +108,39 @@ def store_events(session: Session, events: list[Event], skipped: list[Skipped], 
     return result
 
 
+def store_each(session: Session, events: list[Event], skipped: list[Skipped], now: datetime) -> StoreResult:
+    """`store_events` one event at a time, each committed alone; an event the database refuses is skipped.
+
+    The way out when the database refused a whole batch: SendGrid would post
+    the same batch again and again, and each time a bounce in it would be
+    lost with the rest. Each event is idempotent (its `sg_event_id`), so
+    storing them one by one is the same as storing them together. Only a
+    database that cannot be used at all (OperationalError: gone, locked for
+    30 seconds) is raised, so that the post fails and SendGrid retries it.
+    The reason given for a refused event names no value of it.
+    """
+    from sqlalchemy.exc import OperationalError
+
+    from funnel.logsafe import safe_message
+
+    result = StoreResult(skipped=[{"index": s.index, "reason": s.reason} for s in skipped])
+    for event in sorted(events, key=lambda e: e.occurred_at):
+        try:
+            one = store_events(session, [event], [], now)
+            session.commit()
+        except OperationalError:
+            raise
+        except Exception as exc:  # noqa: BLE001  # whatever the database made of it, the others go on
+            session.rollback()
+            result.skipped.append({"index": event.index, "reason": f"the database refused it: {safe_message(exc)}"})
+            continue
+        result.stored += one.stored
+        result.duplicates += one.duplicates
+        result.suppressed += one.suppressed
+    result.skipped.sort(key=lambda item: int(str(item["index"])))
+    return result
+
+
 @dataclass(frozen=True)
 class _Send:
     """The step run an event is about, and its person."""

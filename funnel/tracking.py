@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -90,6 +93,8 @@ class Event:
     #: a short, human reason for bounces, drops and deferrals ("bounce: 550 5.1.1 ...")
     reason: str | None
     raw: dict[str, Any] = field(compare=False)
+    #: its position in the posted list (for the answer's `skipped`, should the database refuse it)
+    index: int = field(default=0, compare=False)
 
     @property
     def suppresses(self) -> bool:
@@ -137,14 +142,17 @@ def check_post(
 ) -> str:
     """Decide whether a webhook post may be read; returns "signed" or "unsigned", or raises WebhookRefused.
 
-    `headers` are matched without regard to case. With a key configured, a
-    signed post must verify; without one, signed posts cannot be checked and
-    are treated as unsigned.
+    `headers` are matched without regard to case. With a key configured,
+    every post must be signed and verify, whatever `allow_unsigned` says: a
+    practice that set the key wants its webhook verified, and an unsigned
+    post beside it could only be forged (`funnel check` refuses the two
+    together). Without a key, signed posts cannot be checked and are treated
+    as unsigned.
     """
     lowered = {name.lower(): value for name, value in headers.items()}
     signature = lowered.get(SIGNATURE_HEADER.lower(), "").strip()
     timestamp = lowered.get(TIMESTAMP_HEADER.lower(), "").strip()
-    if key is not None and (signature or timestamp or not allow_unsigned):
+    if key is not None:
         if not signature or not timestamp:
             raise WebhookRefused(401, "unsigned post refused: the signature or timestamp header is missing")
         _check_fresh(timestamp, now)
@@ -189,7 +197,7 @@ def parse_events(body: bytes) -> tuple[list[Event], list[Skipped]]:
     always posts a list, so anything else is not worth retrying.
     """
     try:
-        data = _without_nul(json.loads(body))
+        data = _storable(json.loads(body))
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurd nesting
         raise WebhookRefused(400, "the body is not JSON") from None
     if not isinstance(data, list):
@@ -198,26 +206,37 @@ def parse_events(body: bytes) -> tuple[list[Event], list[Skipped]]:
     skipped: list[Skipped] = []
     for index, item in enumerate(data):
         try:
-            events.append(normalise(item))
+            events.append(dataclasses.replace(normalise(item), index=index))
         except ValueError as exc:
             skipped.append(Skipped(index, str(exc)))
     return events, skipped
 
 
-def _without_nul(value: Any) -> Any:
-    """The decoded post with every NUL character removed from its text.
+def _storable(value: Any) -> Any:
+    """The decoded post with the text and numbers no database takes made storable.
 
     A bounce carries the receiving server's own words, which we do not
-    control; PostgreSQL refuses NUL in text, and one such event would fail
-    the whole post (and SendGrid's retries of it), losing every bounce in it.
+    control; one unstorable value in one event failed the whole post (and
+    SendGrid's retries of it), losing every bounce in it. So: NUL characters
+    are removed (PostgreSQL refuses them in text and jsonb); a lone surrogate
+    (JSON's "\\ud800", half of a UTF-16 pair) becomes U+FFFD, the replacement
+    character (neither database nor UTF-8 can hold it), the same way on every
+    retry so the event's id still matches; NaN and Infinity, which Python's
+    JSON reads but PostgreSQL's json refuses, become null.
     """
     if isinstance(value, str):
-        return value.replace("\x00", "")
+        return _SURROGATE.sub("\ufffd", value.replace("\x00", ""))
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     if isinstance(value, list):
-        return [_without_nul(item) for item in value]
+        return [_storable(item) for item in value]
     if isinstance(value, dict):
-        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+        return {_storable(key): _storable(item) for key, item in value.items()}
     return value
+
+
+#: half of a UTF-16 pair on its own
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def normalise(item: Any) -> Event:

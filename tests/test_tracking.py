@@ -102,7 +102,7 @@ def test_a_timestamp_within_ten_minutes_is_fresh(signer: Signer) -> None:
         assert check_post(signer.headers(body, NOW + offset), body, key, False, NOW) == "signed"
 
 
-def test_unsigned_posts_are_refused_unless_the_config_allows_them(signer: Signer) -> None:
+def test_unsigned_posts_are_refused_unless_the_config_allows_them_and_no_key_is_set(signer: Signer) -> None:
     key = load_public_key(signer.public_b64)
     with pytest.raises(WebhookRefused) as with_key:
         check_post({}, b"[]", key, False, NOW)
@@ -111,7 +111,11 @@ def test_unsigned_posts_are_refused_unless_the_config_allows_them(signer: Signer
         check_post({}, b"[]", None, False, NOW)
     assert without_key.value.status == 401 and "FUNNEL_SENDGRID_WEBHOOK_KEY" in without_key.value.reason
     assert check_post({}, b"[]", None, True, NOW) == "unsigned"
-    assert check_post({}, b"[]", key, True, NOW) == "unsigned"
+    # with a key set, every post must be signed, whatever webhook_unsigned says (issue 16, 3.7)
+    with pytest.raises(WebhookRefused) as unsigned_with_key:
+        check_post({}, b"[]", key, True, NOW)
+    assert unsigned_with_key.value.status == 401
+    assert check_post(signer.headers(b"[]", NOW), b"[]", key, True, NOW) == "signed"
     # a post that does carry a signature is still checked when a key is set
     with pytest.raises(WebhookRefused):
         check_post(Signer().headers(b"[]", NOW), b"[]", key, True, NOW)

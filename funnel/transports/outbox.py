@@ -2,7 +2,8 @@
 
 Files are written to a temporary name and renamed into place, so a killed
 run never leaves half an email; names carry the time, sequence, step and
-send id, never the address.
+send id, never the address. Each file is mode 0600 and a new outbox folder
+0700 (`funnel.private`): only the practice's own user reads people's letters.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from email.utils import format_datetime, formataddr, make_msgid
 from pathlib import Path
 
 from funnel.errors import TransportError
+from funnel.private import make_private_dir, write_private
 from funnel.transports.base import Address, Attachment, OutgoingEmail, SendResult
 
 #: RFC 5322 allows 998 characters a line; folding the long unsubscribe URL at 78
@@ -251,9 +253,9 @@ class OutboxTransport:
         temporary = target.with_suffix(".tmp")
         try:
             if not self._made:
-                self.folder.mkdir(parents=True, exist_ok=True)
+                make_private_dir(self.folder)
                 self._made = True
-            temporary.write_bytes(data)
+            write_private(temporary, data)  # 0600 whatever the umask: it holds a person's letter and address
             os.replace(temporary, target)
         except OSError as exc:
             raise TransportError(

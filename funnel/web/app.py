@@ -2,14 +2,15 @@
 
 Routes live beside it: `pages.py` (unsubscribe), `forms.py` (form intake),
 `webhooks.py` (SendGrid's events and inbound replies, when present). Every
-answer carries the same protective headers; HTML pages also get a strict
-Content-Security-Policy (no scripts, no external anything, styles by hash).
+answer, a 404 or a 500 included, carries the same protective headers and a
+strict Content-Security-Policy (no scripts, no external anything, styles by
+hash, no framing): see `Protected`.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Awaitable, Callable
+import logging
 from datetime import datetime
 
 from fastapi import FastAPI, Request, Response
@@ -17,9 +18,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from funnel.config import Config
+from funnel.logsafe import safe_traceback
 from funnel.web import forms, pages
 from funnel.web.deps import get_engine
 
@@ -31,25 +35,25 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
 }
 
+log = logging.getLogger("funnel.web")
+
 #: modules that add routers when they exist; each must define `router` (a FastAPI APIRouter)
 OPTIONAL_ROUTERS = ("funnel.web.webhooks",)  # h7: SendGrid event webhook and inbound replies
 
 
-def create_app(config: Config, engine: Engine, now: datetime | None = None) -> FastAPI:
-    """The web app on one config and database; `now` fixes every request's clock (tests)."""
+def create_app(config: Config, engine: Engine, now: datetime | None = None, *, debug: bool = False) -> FastAPI:
+    """The web app on one config and database; `now` fixes every request's clock (tests).
+
+    `debug` (`funnel serve --debug`) logs whole tracebacks, values and all;
+    otherwise a failure is logged by `logsafe.safe_traceback`.
+    """
     app = FastAPI(title="funnel", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.config = config
     app.state.engine = engine
     app.state.fixed_now = now
     app.state.form_limiter = forms.RateLimiter(config.serve.form_burst, config.serve.form_per_minute)
 
-    @app.middleware("http")
-    async def protective_headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        response = await call_next(request)
-        for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        response.headers.setdefault("Content-Security-Policy", pages.CSP)
-        return response
+    app.add_middleware(Protected, debug=debug)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -77,6 +81,64 @@ def create_app(config: Config, engine: Engine, now: datetime | None = None) -> F
     for module_name in OPTIONAL_ROUTERS:
         _include_if_present(app, module_name)
     return app
+
+
+class Protected:
+    """Every answer with the protective headers, a failure included: the outermost layer of the app.
+
+    A plain ASGI middleware (not `@app.middleware`, which never sees the
+    answer to an exception): it adds `SECURITY_HEADERS` and the strict CSP to
+    every response start that passes, and turns any exception that escapes
+    the routes into a 500 of one sentence, itself with those headers. The
+    failure is logged here, by `logsafe.safe_traceback` (frames and the
+    database's own words, never the values of a post), and not raised
+    further: uvicorn would log it again with the whole error text, which for
+    a database error holds the values (an address, a name, a message).
+    """
+
+    def __init__(self, app: ASGIApp, debug: bool = False) -> None:
+        self.app, self.debug = app, debug
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_protected(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers = MutableHeaders(scope=message)
+                for name, value in {**SECURITY_HEADERS, "Content-Security-Policy": pages.CSP}.items():
+                    if name not in headers:
+                        headers[name] = value
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_protected)
+        except Exception as exc:
+            self._log(scope, exc)
+            if started:
+                return  # part of an answer is out: nothing can be added; the connection closes
+            await _failure_answer(scope)(scope, receive, send_protected)
+
+    def _log(self, scope: Scope, exc: Exception) -> None:
+        route = getattr(scope.get("route"), "path", None) or "an unknown path"
+        where = f"{scope.get('method', 'a request')} {route}"
+        if self.debug:
+            log.error("%s failed (500)", where, exc_info=exc)
+        else:
+            log.error("%s failed (500):\n%s", where, safe_traceback(exc))
+
+
+def _failure_answer(scope: Scope) -> Response:
+    """One sentence, as JSON for JSON clients; nothing about what failed (that is in the log)."""
+    text = "the server could not answer this request: please try again later"
+    request = Request(scope)
+    if "json" in request.headers.get("accept", "") or "json" in request.headers.get("content-type", ""):
+        return JSONResponse({"error": text}, status_code=500)
+    return PlainTextResponse(f"{text}\n", status_code=500)
 
 
 def _include_if_present(app: FastAPI, module_name: str) -> None:

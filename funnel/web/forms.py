@@ -9,7 +9,11 @@ content type we do not read (415), a missing or invalid address (422,
 naming the form field). A bot that fills the hidden `website` field gets the
 same answer as a person and nothing is stored. One address may post
 `serve.form_burst` times at once and `serve.form_per_minute` more a minute
-(429 with Retry-After). CORS headers go only to `serve.cors_origins`.
+(429 with Retry-After); "address" is `client.client_ip` (forwarded headers
+only from `serve.trusted_proxies`), an IPv6 visitor counted by her /64.
+Text that is not Unicode (a lone surrogate such as "\\ud800", which JSON can
+spell but no database can store) is a 422 naming the field. CORS headers go
+only to `serve.cors_origins`.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import math
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl
@@ -31,6 +36,7 @@ from funnel.config import Config, Source
 from funnel.intake import Evidence, accept_form
 from funnel.sources import SignupRow, normalize_email, signup_from_values, title_key
 from funnel.timeutil import zone
+from funnel.web.client import client_ip, rate_key
 from funnel.web.deps import MAX_BODY, get_config, get_engine, get_now, read_body
 from funnel.web.pages import page
 
@@ -43,6 +49,8 @@ MAX_FIELDS = 50
 #: funnel's own one-line fields; anything else (a message) may keep its line breaks
 _ONE_LINE = ("email", "first_name", "last_name", "timezone", "webinar_start", "discreet")
 _MAX_NAME = 200
+#: visitors the rate limiter remembers at most (about 150 bytes each)
+MAX_BUCKETS = 10_000
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _CONTROL_KEEP_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
@@ -57,36 +65,44 @@ class BadInput(Exception):
 
 
 class RateLimiter:
-    """A token bucket per client address, in memory: `burst` posts at once, `per_minute` more after.
+    """A token bucket per visitor, in memory: `burst` posts at once, `per_minute` more after.
 
+    Visitors are counted by `client.rate_key` (an IPv4 address, an IPv6 /64).
     In memory is enough for one `funnel serve` process (a restart forgives
-    everyone); the buckets of idle addresses are dropped so memory stays small.
+    everyone). The table is bounded: an OrderedDict in least-recently-posted
+    order, so each post costs O(1) on the event loop however many visitors
+    came before, and past `max_buckets` the visitor idle the longest is
+    forgotten (her bucket would be full again soon, or the server is under a
+    flood where forgetting the oldest is the only bounded choice).
     """
 
-    def __init__(self, burst: int, per_minute: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        burst: int,
+        per_minute: float,
+        clock: Callable[[], float] = time.monotonic,
+        max_buckets: int = MAX_BUCKETS,
+    ) -> None:
         self.burst, self.rate, self.clock = float(burst), per_minute / 60.0, clock
-        self._buckets: dict[str, tuple[float, float]] = {}
+        self.max_buckets = max_buckets
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def take(self, key: str) -> float:
-        """0 when a post is allowed now (and counted); else the seconds until one is."""
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def take(self, ip: str) -> float:
+        """0 when a post from `ip` is allowed now (and counted); else the seconds until one is."""
+        key = rate_key(ip)
         with self._lock:
             now = self.clock()
-            tokens, then = self._buckets.get(key, (self.burst, now))
-            tokens = min(self.burst, tokens + (now - then) * self.rate)
-            if tokens >= 1:
-                self._buckets[key] = (tokens - 1, now)
-                if len(self._buckets) > 10_000:
-                    self._forget_idle(now)
-                return 0.0
-            self._buckets[key] = (tokens, now)
-            return (1 - tokens) / self.rate
-
-    def _forget_idle(self, now: float) -> None:
-        full_after = self.burst / self.rate
-        for key, (_tokens, then) in list(self._buckets.items()):
-            if now - then >= full_after:
-                del self._buckets[key]
+            tokens, then = self._buckets.pop(key, (self.burst, now))
+            tokens = min(self.burst, tokens + max(0.0, now - then) * self.rate)
+            allowed = tokens >= 1
+            self._buckets[key] = (tokens - 1 if allowed else tokens, now)  # now the most recent
+            while len(self._buckets) > self.max_buckets:
+                self._buckets.popitem(last=False)
+            return 0.0 if allowed else (1 - tokens) / self.rate
 
 
 # --------------------------------------------------------------------------- parsing (pure)
@@ -144,6 +160,14 @@ def _json_fields(body: bytes) -> dict[str, str]:
         raise BadInput(400, f"the form has more than {MAX_FIELDS} fields")
     fields: dict[str, str] = {}
     for name, value in data.items():
+        if _SURROGATE.search(name) or (isinstance(value, str) and _SURROGATE.search(value)):
+            shown = _escaped(name)
+            raise BadInput(
+                422,
+                f"the field {shown!r} holds text that is not Unicode (a lone surrogate such as \\ud800): "
+                "send the text as the person typed it",
+                shown,
+            )
         key = title_key(name)
         if value is None:
             fields[key] = ""
@@ -154,6 +178,15 @@ def _json_fields(body: bytes) -> dict[str, str]:
         else:
             raise BadInput(422, f"the field {name!r} must be text, not a list or an object", name)
     return fields
+
+
+#: half of a UTF-16 pair on its own: JSON's "\\ud800" decodes to it; no database and no UTF-8 output takes it
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _escaped(text: str) -> str:
+    """`text` with each lone surrogate written as its escape (\\ud800), so the answer itself can be sent."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def map_fields(source: Source, fields: dict[str, str]) -> dict[str, str]:
@@ -256,7 +289,7 @@ async def form_post(source_name: str, request: Request) -> Response:
     source = _form_source(config, source_name)
     if source is None:
         return _refuse(BadInput(404, f"no form named {source_name!r}"), as_json, headers)
-    ip = request.client.host if request.client else "unknown"
+    ip = client_ip(request, config)  # the same address for the rate limit and the consent evidence
     limiter: RateLimiter = request.app.state.form_limiter
     wait = limiter.take(ip)
     if wait:

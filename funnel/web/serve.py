@@ -40,8 +40,11 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(config: Config, engine: Engine, host: str, port: int, now: datetime | None) -> None:
-    """Serve until SIGINT/SIGTERM (uvicorn finishes requests under way, then returns)."""
+def serve(config: Config, engine: Engine, host: str, port: int, now: datetime | None, *, debug: bool = False) -> None:
+    """Serve until SIGINT/SIGTERM (uvicorn finishes requests under way, then returns).
+
+    `debug` logs whole tracebacks of failures (values included); see `app.Protected`.
+    """
     import uvicorn
 
     from funnel.web.app import create_app
@@ -52,12 +55,13 @@ def serve(config: Config, engine: Engine, host: str, port: int, now: datetime | 
     print(f"funnel serve: listening on http://{shown}:{bound_port}", file=sys.stderr, flush=True)
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(config, engine, now),
+            create_app(config, engine, now, debug=debug),
             log_level="warning",
             access_log=False,
             server_header=False,
-            proxy_headers=True,  # X-Forwarded-For from the reverse proxy on loopback (rate limits per person)
-            forwarded_allow_ips="127.0.0.1",
+            # the peer stays the TCP peer: funnel.web.client reads forwarded headers itself, only
+            # from serve.trusted_proxies (uvicorn's own reading knew no setting and no IPv6 loopback)
+            proxy_headers=False,
         )
     )
     try:

@@ -17,11 +17,13 @@ import os
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
 from funnel import inbound
-from funnel.events import store_events
+from funnel.events import store_each, store_events
+from funnel.logsafe import safe_message
 from funnel.tracking import WebhookRefused, load_public_key, parse_events
 from funnel.tracking import check_post as check_event_post
 from funnel.transports import make_transport
@@ -60,8 +62,19 @@ async def sendgrid_events(request: Request) -> Response:
 
     def store() -> dict[str, object]:
         with Session(engine, expire_on_commit=False) as session:
-            result = store_events(session, events, skipped, now)
-            session.commit()
+            try:
+                result = store_events(session, events, skipped, now)
+                session.commit()
+            except OperationalError:
+                raise  # the database is gone or locked: a 500, and SendGrid posts the batch again later
+            except Exception as exc:  # noqa: BLE001  # one bad event must not cost the others
+                session.rollback()
+                log.warning(
+                    "event webhook: the database refused the batch of %d event(s) (%s); storing them one by one",
+                    len(events),
+                    safe_message(exc),
+                )
+                result = store_each(session, events, skipped, now)
         return result.as_dict()
 
     outcome = await run_in_threadpool(store)
