@@ -36,7 +36,7 @@ from sqlmodel import Session, col
 
 from funnel.bulk import InsertIgnore, dialect_insert, probe_in, roomy_cache
 from funnel.config import Config, Source
-from funnel.models import Contact, Enrollment, PendingTag, StepRun, Tag
+from funnel.models import Contact, Enrollment, PendingTag, StepRun, Tag, new_token_key
 from funnel.schedule import first_look
 from funnel.sources import SignupRow, email_hash
 from funnel.timeutil import zone
@@ -149,6 +149,7 @@ _CONTACT_COLUMNS = (
     "created_at",
     "updated_at",
     "first_source",
+    "token_key",
 )
 _ENROLLMENT_COLUMNS = (
     "contact_id",
@@ -363,6 +364,7 @@ def _new_contact(key: str, row: SignupRow, source_name: str, now: datetime) -> t
         now,
         now,
         source_name,
+        new_token_key(),
     )
 
 
