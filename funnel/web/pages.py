@@ -177,7 +177,7 @@ _BAD_LINK = _Outcome("invalid.html", discreet=True, status_code=400)
 async def confirm(token: str, request: Request) -> HTMLResponse:
     """Ask first: link scanners and previews open links, and must change nothing (nor write anything)."""
     outcome = await run_in_threadpool(_look, get_engine(request), token)
-    return _answer(request, token, outcome, _actions(token))
+    return _answer(request, outcome, _actions(token))
 
 
 @router.post("/u/{token}")
@@ -187,7 +187,7 @@ async def unsubscribe_now(token: str, request: Request) -> HTMLResponse:
     # RFC 8058 clients post `List-Unsubscribe=One-Click`; the page's button posts `confirm=yes`
     via = "link" if b"confirm=yes" in body else "one-click"
     outcome = await run_in_threadpool(_stop, get_engine(request), token, get_now(request), via)
-    return _answer(request, token, outcome, _actions(token))
+    return _answer(request, outcome, _actions(token))
 
 
 @router.post("/u/{token}/resubscribe")
@@ -195,10 +195,10 @@ async def resubscribe_now(token: str, request: Request) -> HTMLResponse:
     """Undo an unsubscribe made by mistake from this very email, within 30 days (`contacts.undo_from_link`)."""
     await read_body(request, limit=4096)
     outcome = await run_in_threadpool(_undo, get_engine(request), token, get_now(request))
-    return _answer(request, token, outcome, _actions(token, on_resubscribe_page=True))
+    return _answer(request, outcome, _actions(token, on_resubscribe_page=True))
 
 
-def _answer(request: Request, token: str, outcome: _Outcome, actions: dict[str, str]) -> HTMLResponse:
+def _answer(request: Request, outcome: _Outcome, actions: dict[str, str]) -> HTMLResponse:
     return page(get_config(request), outcome.template, outcome.status_code, actions, discreet=outcome.discreet)
 
 
