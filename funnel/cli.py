@@ -291,9 +291,23 @@ def run(config_path: Path | None, debug: bool, now: datetime, as_json: bool, dry
         _print_json(summary.as_dict())
     else:
         _print_summary(summary, interactive or verbose or dry_run)
+        if interactive or verbose or dry_run:  # under cron, once at serve's start is enough
+            _print_key_notice(engine)
     if summary.stopped:
         click.echo(f"funnel: {summary.stopped}", err=True)
     sys.exit(EXIT_OK if summary.ok and summary.unknown == 0 else EXIT_FAILED)
+
+
+def _print_key_notice(engine: Any) -> None:
+    """Say that the generated key still reads the links already sent, once FUNNEL_SECRET_KEY replaced it."""
+    from sqlmodel import Session
+
+    from funnel.unsubscribe import key_notice
+
+    with Session(engine) as session:
+        notice = key_notice(session)
+    if notice:
+        click.echo(notice, err=True)
 
 
 @contextlib.contextmanager
@@ -592,6 +606,10 @@ def contacts_show(config_path: Path | None, debug: bool, as_json: bool, email: s
             email_of = "/".join(p for p in (event.get("sequence"), event.get("step")) if p)
             why = f" - {event['reason']}" if event.get("reason") else ""
             out.print(f"  {event['at']}  {event['kind']:<18} {email_of}{why}", markup=False)
+    if data.get("subscription_history"):
+        out.print("\n[bold]Unsubscribes and resubscribes[/]")
+        for change in data["subscription_history"]:
+            out.print(f"  {change['at']}  {change['change']:<13} {change['via'] or ''}".rstrip(), markup=False)
     for reply in data.get("replies", []):
         paused = f", paused {reply['paused']} sequence(s)" if reply["paused"] else ""
         if not reply.get("verified", True):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -21,7 +21,17 @@ from sqlmodel import Session, col
 
 from funnel.config import Config
 from funnel.errors import NotFoundError, UsageError
-from funnel.models import Consent, Contact, Enrollment, Event, InboundMessage, PendingTag, StepRun, Tag
+from funnel.models import (
+    Consent,
+    Contact,
+    Enrollment,
+    Event,
+    InboundMessage,
+    PendingTag,
+    StepRun,
+    SubscriptionChange,
+    Tag,
+)
 from funnel.schedule import due_times, goal_reached
 from funnel.sources import email_hash, normalize_email
 from funnel.timeutil import isoformat_z, zone
@@ -39,29 +49,89 @@ def find_contact(session: Session, address: str) -> Contact:
     return contact
 
 
+#: how long "Subscribe again" on the unsubscribe page can undo an unsubscribe made from that email's link
+UNDO_DAYS = 30
+#: how an unsubscribe made through an email's own link is recorded (the page's button, RFC 8058 one-click)
+BY_LINK = ("link", "one-click")
+
+
 def unsubscribe(
     session: Session, contact: Contact, now: datetime, via: str = "by hand", step_run_id: int | None = None
 ) -> bool:
     """Stop all mail at once; returns False when they already were unsubscribed.
 
-    `step_run_id` names the email whose link was used (from the token), for the report.
+    `step_run_id` names the email whose link was used (from the token), for
+    the report and for undoing it from that same email. Every change is also
+    appended to her history (`subscription_changes`).
     """
     if contact.unsubscribed_at is not None:
         return False
     contact.unsubscribed_at, contact.unsubscribed_via, contact.updated_at = now, via, now
     contact.unsubscribed_step_run_id = step_run_id
     session.add(contact)
+    _record(session, contact, now, "unsubscribed", via, step_run_id)
     return True
 
 
-def resubscribe(session: Session, contact: Contact, now: datetime) -> bool:
-    """Undo an unsubscribe (by hand, or a new form post). Bounces and spam reports stay."""
+def resubscribe(
+    session: Session, contact: Contact, now: datetime, via: str = "by hand", step_run_id: int | None = None
+) -> bool:
+    """Undo an unsubscribe (by hand, or a new form post). Bounces and spam reports stay.
+
+    The contact row then shows her as subscribed; the opt-out stays in her
+    history, followed by this opt-in.
+    """
     if contact.unsubscribed_at is None:
         return False
     contact.unsubscribed_at, contact.unsubscribed_via, contact.updated_at = None, None, now
     contact.unsubscribed_step_run_id = None
     session.add(contact)
+    _record(session, contact, now, "resubscribed", via, step_run_id)
     return True
+
+
+def undo_from_link(session: Session, contact: Contact, step_run_id: int | None, now: datetime) -> bool:
+    """Undo an unsubscribe ("Subscribe again" on the unsubscribe page): True when it was undone.
+
+    Only an unsubscribe made through that same email's link (the page's
+    button or one-click, `step_run_id` the same email), at most `UNDO_DAYS`
+    days ago. Anything else (by hand, at SendGrid, from another email, a link
+    without an email, long ago, or nothing to undo) stays as it is: a
+    forwarded or old email must not put anyone back on the list, and an
+    opt-out she made elsewhere is hers to take back elsewhere.
+    """
+    unsubscribed_at = contact.unsubscribed_at
+    if (
+        unsubscribed_at is None
+        or contact.erased_at is not None
+        or step_run_id is None
+        or contact.unsubscribed_via not in BY_LINK
+        or contact.unsubscribed_step_run_id != step_run_id
+        or now - unsubscribed_at > timedelta(days=UNDO_DAYS)
+        or now < unsubscribed_at
+    ):
+        return False
+    return resubscribe(session, contact, now, via="link", step_run_id=step_run_id)
+
+
+def _record(session: Session, contact: Contact, now: datetime, change: str, via: str, step_run_id: int | None) -> None:
+    if contact.id is None:  # a contact made in this same transaction
+        session.flush()
+    session.add(
+        SubscriptionChange(contact_id=contact.id or 0, changed_at=now, change=change, via=via, step_run_id=step_run_id)
+    )
+
+
+def history(session: Session, contact: Contact) -> list[dict[str, Any]]:
+    """Her opt-outs and opt-ins, oldest first (`contacts show` and `export`)."""
+    return [
+        {"change": row.change, "at": _iso(row.changed_at), "via": row.via}
+        for row in session.scalars(
+            select(SubscriptionChange)
+            .where(col(SubscriptionChange.contact_id) == contact.id)
+            .order_by(col(SubscriptionChange.changed_at), col(SubscriptionChange.id))
+        )
+    ]
 
 
 #: what a tag may look like: lower case letters, digits, `-`, `_` and `.` (tags are compared exactly)
@@ -175,6 +245,7 @@ def describe(session: Session, config: Config, contact: Contact) -> dict[str, An
         "tags": sorted(t.tag for t in tags),
         "unsubscribed": contact.unsubscribed_at is not None,
         "unsubscribed_at": _iso(contact.unsubscribed_at),
+        "subscription_history": history(session, contact),
         "suppressed": contact.suppression is not None,
         "suppressed_reason": contact.suppression,
         "created_at": _iso(contact.created_at),

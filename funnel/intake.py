@@ -47,7 +47,7 @@ def accept_form(
     with Session(engine, expire_on_commit=False) as session:
         contact = _contact(session, key)
         if contact is not None and contact.erased_at is None:
-            resubscribe(session, contact, now)  # no-op unless they had unsubscribed
+            resubscribe(session, contact, now, via="form")  # no-op unless they had unsubscribed
             session.flush()
         result = apply_rows(session, config, source_name, source, [row], now)
         contact = _contact(session, key)

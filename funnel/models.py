@@ -16,6 +16,7 @@ Design notes:
 
 from __future__ import annotations
 
+import secrets
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,6 +47,11 @@ def _when(nullable: bool = True, index: bool = False) -> Any:
     return Field(default=None, sa_type=UTCDateTime, nullable=nullable, index=index)
 
 
+def new_token_key() -> str:
+    """A contact's token key (see `funnel.unsubscribe`): 16 random bytes as 32 hex digits, never given twice."""
+    return secrets.token_hex(16)
+
+
 class Contact(SQLModel, table=True):
     __tablename__ = "contacts"
 
@@ -71,6 +77,10 @@ class Contact(SQLModel, table=True):
     #: when the last non-transactional email went to them (for delivery.min_gap)
     last_marketing_at: datetime | None = _when()
     erased_at: datetime | None = _when()
+    #: what her unsubscribe links name instead of the row id (which a restored backup gives again).
+    #: Given with the row (here, and by the import's bulk insert); nullable only because SQLite
+    #: cannot make an existing column NOT NULL without rebuilding the table (migration 0006)
+    token_key: str | None = Field(default_factory=new_token_key, unique=True, index=True)
 
     @property
     def suppression(self) -> str | None:
@@ -80,6 +90,25 @@ class Contact(SQLModel, table=True):
         if self.unsubscribed_at is not None:
             return "unsubscribed"
         return self.suppressed_reason
+
+
+class SubscriptionChange(SQLModel, table=True):
+    """One opt-out or opt-in, kept for good (append-only): the contact row shows only the state now.
+
+    change: `unsubscribed` or `resubscribed`; via: how (`link`, `one-click`,
+    `by hand`, `form`, `SendGrid unsubscribe`, ...); step_run_id: the email
+    whose link was used. Holds nothing personal, so `forget` keeps it: it is
+    the record that she asked to stop.
+    """
+
+    __tablename__ = "subscription_changes"
+
+    id: int | None = Field(default=None, primary_key=True)
+    contact_id: int = Field(foreign_key="contacts.id", index=True)
+    changed_at: datetime = Field(sa_type=UTCDateTime)
+    change: str
+    via: str | None = None
+    step_run_id: int | None = None
 
 
 class Tag(SQLModel, table=True):

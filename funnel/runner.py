@@ -54,7 +54,7 @@ from funnel.errors import ConfigError, SourceError, TemplateError
 from funnel.ingest import IngestResult, apply_rows, insert_ignore
 from funnel.invitation import invitation
 from funnel.ledger import UNKNOWN_REASON, Ledger, StepRow, SuppressionCheck
-from funnel.models import Contact, Enrollment, Run, Setting, SourceFile, StepRun, Tag
+from funnel.models import Contact, Enrollment, Run, Setting, SourceFile, StepRun, Tag, new_token_key
 from funnel.render import MissingData, Rendered, Renderer, TemplateContact, TemplateWebinar
 from funnel.sources import Fingerprint, clean_line, read_source_file
 from funnel.timeutil import zone
@@ -729,7 +729,11 @@ class Runner:
     ) -> OutgoingEmail:
         """Render one claimed step into the frozen email a transport gets."""
         assert contact.id is not None
-        url = unsubscribe_url(self.config.practice.base_url, self.tokens.make(contact.id, row.id))
+        token_key = contact.token_key
+        if token_key is None:  # a row written by other means than funnel's: give it one now
+            token_key = new_token_key()
+            self.writes.set(contact, token_key=token_key)
+        url = unsubscribe_url(self.config.practice.base_url, self.tokens.make(token_key, row.send_id))
         rendered = render_for(self.renderer, self.config, contact, enrollment, enrollment.sequence, step, url)
         attachments = invitation(
             self.config,

@@ -20,12 +20,12 @@ from sqlmodel import Session, col
 from funnel import schedule
 from funnel.changes import introduced_steps
 from funnel.config import Config
-from funnel.contacts import find_contact
+from funnel.contacts import find_contact, unsubscribe
 from funnel.db import database_url, make_engine
 from funnel.errors import ConfigError
 from funnel.ingest import IngestResult, apply_rows
 from funnel.invitation import invitation
-from funnel.models import Contact, Enrollment, StepRun, Tag
+from funnel.models import Contact, Enrollment, StepRun, Tag, new_token_key
 from funnel.preview import render_sample, sample_unsubscribe_url, sample_webinar
 from funnel.render import Rendered, Renderer
 from funnel.runner import compose_email, contact_zone, render_for
@@ -77,7 +77,8 @@ def preview(
         enrollment = session.scalars(
             select(Enrollment).where(col(Enrollment.contact_id) == contact.id, col(Enrollment.sequence) == sequence_id)
         ).first()
-        url = unsubscribe_url(config.practice.base_url, Tokens(secret_key(session)).make(contact.id or 0))
+        token = Tokens(secret_key(session)).make(contact.token_key or new_token_key())
+        url = unsubscribe_url(config.practice.base_url, token)
         return render_for(Renderer(config), config, contact, enrollment, sequence_id, step, url)
 
 
@@ -260,7 +261,7 @@ def suppressions_sync(config: Config, engine: Engine, now: datetime) -> dict[str
                 )
                 counts[kind] += 1
             elif kind == "unsubscribe" and contact.unsubscribed_at is None:
-                contact.unsubscribed_at, contact.unsubscribed_via = now, "sendgrid"
+                unsubscribe(session, contact, now, via="sendgrid")  # also kept in her history
                 counts[kind] += 1
             elif kind != "unsubscribe" and contact.suppressed_reason is None:
                 contact.suppressed_reason, contact.suppressed_at = kind, now

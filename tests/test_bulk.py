@@ -7,6 +7,7 @@ create" must be answered right, conflicts and all.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
@@ -40,6 +41,7 @@ def contact(key: str, *, discreet: bool = False, fields: dict[str, str] | None =
         "created_at": DENVER,
         "updated_at": NAIVE,
         "first_source": "registrations",
+        "token_key": hashlib.sha256(key.encode()).hexdigest()[:32],  # one per person, as random ones are
     }
 
 
@@ -65,11 +67,19 @@ def test_values_are_stored_exactly_as_sqlalchemy_stores_them(engine: Engine) -> 
     with Session(engine) as session:
         insert_ignore(session, Contact.__table__, values, ("email_hash",))  # type: ignore[attr-defined]
         InsertIgnore(session, Contact.__table__, COLUMNS, ("email_hash",)).run(  # type: ignore[attr-defined]
-            [tuple(v[c] for c in COLUMNS) for v in (dict(values[0], email_hash="b1"), dict(values[1], email_hash="b2"))]
+            [
+                tuple(v[c] for c in COLUMNS)
+                for v in (
+                    dict(values[0], email_hash="b1", token_key=contact("b1")["token_key"]),
+                    dict(values[1], email_hash="b2", token_key=contact("b2")["token_key"]),
+                )
+            ]
         )
         session.commit()
     raw = stored(engine)
-    assert raw["b1"] == raw["a1"] and raw["b2"] == raw["a2"]
+    assert COLUMNS[-1] == "token_key"  # each person's own: compared apart
+    assert raw["b1"][:-1] == raw["a1"][:-1] and raw["b2"][:-1] == raw["a2"][:-1]
+    assert raw["b1"][-1] == contact("b1")["token_key"] != raw["a1"][-1]
     with Session(engine) as session:
         read = {c.email_hash: c for c in session.exec(select(Contact))}
     assert read["b1"].created_at == DENVER.astimezone(UTC) and read["b1"].updated_at == NAIVE.replace(tzinfo=UTC)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from conftest import Project, Result, migrate_with_alembic
-from sqlalchemy import Connection, MetaData, create_engine, insert, select
+from sqlalchemy import Connection, MetaData, create_engine, insert, select, text
 
 from funnel.db import current_revision, make_engine
 from funnel.migrations import HEAD
@@ -238,7 +238,20 @@ def test_upgrading_a_full_first_release_database_keeps_every_row(
         assert current_revision(engine) == HEAD
     finally:
         engine.dispose()
-    assert first_release_rows(url, tables) == before
+    after = first_release_rows(url, tables)
+    # migration 0006 adds one setting: the highest contact id whose old-format unsubscribe links stay valid
+    highest = max(row[0] for row in before["contacts"])
+    assert ("legacy_token_contacts", str(highest)) in after["settings"]
+    after["settings"].remove(("legacy_token_contacts", str(highest)))
+    assert after == before
+    check = create_engine(url)
+    with check.connect() as conn:
+        keys = [key for (key,) in conn.execute(text("SELECT token_key FROM contacts"))]
+        assert len(keys) == len(before["contacts"]) and len(set(keys)) == len(keys)
+        assert all(len(key) == 32 and int(key, 16) >= 0 for key in keys)  # 16 random bytes each, in hex
+        history = conn.execute(text("SELECT change, via FROM subscription_changes")).all()
+        assert history == [("unsubscribed", "link")]  # cat's unsubscribe, from what her row held
+    check.dispose()
 
     # and the upgraded database works: people are there with their states, and new rows get fresh ids
     env = {"FUNNEL_DATABASE_URL": url}

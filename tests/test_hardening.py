@@ -47,6 +47,7 @@ from funnel.errors import ConfigError, SourceError
 from funnel.ingest import apply_rows
 from funnel.sources import EARLIEST_START, LATEST_START, FileRead, email_hash, read_source_file
 from funnel.timeutil import zone
+from funnel.unsubscribe import Tokens
 
 NOW = datetime(2026, 12, 8, 16, 0, tzinfo=UTC)
 NOW_TEXT = "2026-12-08T16:00:00Z"
@@ -551,6 +552,12 @@ tokens = st.one_of(
     st.builds(
         lambda payload: URLSafeSerializer(SECRET, salt="funnel-unsubscribe-v1").dumps(payload),
         st.one_of(json_values, st.lists(st.integers(min_value=-(2**70), max_value=2**70), min_size=2, max_size=2)),
+    ),
+    # the current format, signed with the right key, naming a key and an email nobody has
+    st.builds(
+        lambda key, send: Tokens(SECRET, previous=[]).make(key.hex(), send.hex() if send else None),
+        st.binary(min_size=16, max_size=16),
+        st.one_of(st.none(), st.binary(min_size=16, max_size=16)),
     ),
 )
 

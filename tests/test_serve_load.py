@@ -134,6 +134,7 @@ def load(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Load]:
     assert imported.returncode == 0, imported.stderr
     with sqlite3.connect(root / "funnel.db") as conn:
         ids = dict(conn.execute("SELECT email, id FROM contacts"))
+        keys = dict(conn.execute("SELECT id, token_key FROM contacts"))
     tokens = Tokens(SECRET)
 
     fake = FakeSendGrid(api_key="SG.test-key").start()
@@ -158,9 +159,9 @@ def load(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Load]:
         jobs: list[tuple[str, Any]] = []
         for contact_id in ids.values():
             for _ in range(shuffle.choice((1, 2, 3, 4))):  # some people press twice
-                jobs.append(("unsubscribe", (contact_id, tokens.make(contact_id))))
-        jobs += [("forged", Tokens("another-key").make(cid)) for cid in list(ids.values())[:200]]
-        jobs += [("forged", tokens.make(cid)[:-3] + "abc") for cid in list(ids.values())[:100]]
+                jobs.append(("unsubscribe", (contact_id, tokens.make(keys[contact_id]))))
+        jobs += [("forged", Tokens("another-key").make(keys[cid])) for cid in list(ids.values())[:200]]
+        jobs += [("forged", tokens.make(keys[cid])[:-3] + "abc") for cid in list(ids.values())[:100]]
         jobs += [("form", f"newcomer{i}@example.test") for i in range(NEWCOMERS)]
         shuffle.shuffle(jobs)
         tally = Tally()

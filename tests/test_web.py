@@ -10,6 +10,7 @@ from __future__ import annotations
 import email.policy
 import json
 import re
+import time
 from collections.abc import Callable, Iterator
 from email import message_from_bytes
 from pathlib import Path
@@ -24,6 +25,7 @@ NOW = "2026-12-08T16:00:00Z"  # a Tuesday, 9 am in Denver: inside the send windo
 FORM = "/forms/consultation-form"
 THANKS = "https://healinglightcounseling.test/consultation/thank-you"
 ANA = {"email": "Ana@Example.test", "name": "Ana", "message": "Could we talk?\r\nThank you."}
+PRACTICE = "Healing Light Counseling"
 
 Run = Callable[..., Any]
 
@@ -59,10 +61,13 @@ def http(server: Any) -> Iterator[httpx.Client]:
         yield client
 
 
-def unsubscribe_link(project: Project, funnel: Run, server: Any, http: httpx.Client, who: str) -> str:
+def unsubscribe_link(
+    project: Project, funnel: Run, server: Any, http: httpx.Client, who: str, discreet: bool = False
+) -> str:
     """Post the form for `who`, run the job (base URL: this server), and return the path of the
     List-Unsubscribe link in the email that the run wrote to the outbox."""
-    assert http.post(FORM, data={**ANA, "email": who}).status_code == 303
+    asked = {**ANA, "email": who, **({"discreet": "yes"} if discreet else {})}
+    assert http.post(FORM, data=asked).status_code == 303
     run = funnel("run", "--now", NOW, env={"FUNNEL_BASE_URL": server.url})
     assert run.code == 0, run.err
     for path in sorted(project.outbox.glob("*.eml")):
@@ -366,9 +371,13 @@ def test_forged_or_damaged_tokens_are_400_and_change_nothing(
 def test_a_forgotten_person_gets_the_same_answer_as_anyone(
     project: Project, funnel: Run, server: Any, http: httpx.Client
 ) -> None:
+    """Her link, opened by anyone after she was erased, answers as for a discreet person who unsubscribed
+    elsewhere: nothing tells that she was forgotten, and the pages name no practice (her discretion went
+    with her data, so it is assumed)."""
     ana_link = unsubscribe_link(project, funnel, server, http, "ana@example.test")
-    bea_link = unsubscribe_link(project, funnel, server, http, "bea@example.test")
+    bea_link = unsubscribe_link(project, funnel, server, http, "bea@example.test", discreet=True)
     assert funnel("contacts", "forget", "ana@example.test").code == 0
+    assert funnel("contacts", "unsubscribe", "bea@example.test", "--now", NOW).code == 0
     answers = {}
     for who, link in (("ana", ana_link), ("bea", bea_link)):
         got = http.get(link)
@@ -379,7 +388,109 @@ def test_a_forgotten_person_gets_the_same_answer_as_anyone(
             (a.status_code, a.text.replace(token, "T"), sorted(a.headers.keys())) for a in (got, posted, undone)
         ]
     assert answers["ana"] == answers["bea"]
+    assert all(PRACTICE not in text for _, text, _ in answers["ana"])
     assert unknown(funnel, "ana@example.test")
+
+
+#: words of the subject matter that no page may show to a discreet person (nor any page, in fact)
+SUBJECT_WORDS = ("counsel", "therap", "betrayal", "trauma", "webinar", "relationship")
+
+
+def one_click(http: httpx.Client, link: str) -> httpx.Response:
+    return http.post(
+        link, content=b"List-Unsubscribe=One-Click", headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+
+
+def test_the_pages_never_name_the_practice_to_a_discreet_person(
+    project: Project, funnel: Run, server: Any, http: httpx.Client
+) -> None:
+    """Found by issue 16 (3.5): the unsubscribe pages named the practice to people who asked for discretion."""
+    ana_link = unsubscribe_link(project, funnel, server, http, "ana@example.test")
+    bea_link = unsubscribe_link(project, funnel, server, http, "bea@example.test", discreet=True)
+    pages = [http.get(bea_link), http.post(bea_link, data={"confirm": "yes"}), http.post(bea_link + "/resubscribe")]
+    assert [p.status_code for p in pages] == [200, 200, 200]
+    assert "You are subscribed again" in pages[2].text  # the pages still work for her
+    pages += [one_click(http, bea_link), http.post(bea_link + "/resubscribe"), http.get("/u/" + "A" * 66)]
+    for page in pages:
+        assert PRACTICE not in page.text
+        assert not [word for word in SUBJECT_WORDS if word in page.text.lower()], page.text
+        assert 'class="practice"' not in page.text
+    # and someone who did not ask for discretion still sees whom the page is about
+    assert PRACTICE in http.get(ana_link).text
+    assert PRACTICE in one_click(http, ana_link).text
+
+
+def test_a_link_page_never_writes_even_before_any_key_exists(
+    project: Project, funnel_server: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by issue 16 (3.8): without FUNNEL_SECRET_KEY every GET /u/... (junk too) wrote a key, waited
+    behind any writer and answered 500 after 30 s. No key yet means no link can be good: the bad-link page."""
+    monkeypatch.delenv("FUNNEL_SECRET_KEY")
+    server = funnel_server("--now", NOW)
+    with project_db(project) as db, server.client() as http:
+        # a run (or any writer) holds the database: SQLite's write lock, PostgreSQL's lock against inserts
+        db.execute("LOCK TABLE settings IN EXCLUSIVE MODE" if db.postgres else "BEGIN IMMEDIATE")
+        for path in ("/u/junk", "/u/" + "A" * 66, "/u/W1sxLDBd.c2lnbmF0dXJl"):
+            started = time.monotonic()
+            answer = http.get(path, timeout=10)
+            assert answer.status_code == 400 and "This link does not work" in answer.text
+            assert time.monotonic() - started < 5
+        assert http.post("/u/junk", data={"confirm": "yes"}, timeout=10).status_code == 400
+    with project_db(project) as db:
+        assert db.execute("SELECT count(*) FROM settings WHERE key = 'secret_key'").fetchone() == (0,)
+
+
+def test_subscribe_again_undoes_only_this_emails_own_unsubscribe_within_30_days(
+    project: Project, funnel: Run, funnel_server: Callable[..., Any], server: Any, http: httpx.Client
+) -> None:
+    """Found by issue 16 (3.9): "Subscribe again" worked from any old email, forever, undid unsubscribes
+    made by hand or at SendGrid, and erased the record that she had opted out."""
+    project.write(
+        "signups/webinar-registrations.csv",
+        "Email,First Name,Last Name,Webinar Start,Time Zone,Discreet\nana@example.test,Ana,,2027-01-14 19:00,,no\n",
+    )
+    consultation = unsubscribe_link(project, funnel, server, http, "ana@example.test")  # also sends the webinar's
+    links = [str(m["List-Unsubscribe"]).strip("<>")[len(server.url) :] for m in project.messages()]
+    [webinar] = [link for link in links if link != consultation]
+
+    # left from the webinar email: the consultation email cannot put her back, the webinar email can
+    assert one_click(http, webinar).status_code == 200
+    refused = http.post(consultation + "/resubscribe")
+    assert refused.status_code == 200 and "cannot be undone here" in refused.text
+    assert "Nothing has changed" in refused.text and "ana" not in refused.text.lower()
+    assert show(funnel, "ana@example.test")["unsubscribed"] is True
+    assert "subscribed again" in http.post(webinar + "/resubscribe").text
+    assert show(funnel, "ana@example.test")["unsubscribed"] is False
+
+    # made by hand: no link undoes it
+    assert funnel("contacts", "unsubscribe", "ana@example.test", "--now", NOW).code == 0
+    for link in (webinar, consultation):
+        assert "cannot be undone here" in http.post(link + "/resubscribe").text
+    assert show(funnel, "ana@example.test")["unsubscribed"] is True
+    assert funnel("contacts", "resubscribe", "ana@example.test", "--now", NOW).code == 0
+
+    # from its own link, but more than 30 days later
+    assert http.post(consultation, data={"confirm": "yes"}).status_code == 200
+    with funnel_server("--now", "2027-01-08T16:00:01Z").client() as later:  # 30 days and a second
+        assert "cannot be undone here" in later.post(consultation + "/resubscribe").text
+    with funnel_server("--now", "2027-01-07T16:00:00Z").client() as in_time:  # 30 days to the second
+        assert "subscribed again" in in_time.post(consultation + "/resubscribe").text
+    assert show(funnel, "ana@example.test")["unsubscribed"] is False
+
+    # every opt-out and opt-in stays in her history, where she and the practice can see it
+    expected = [
+        {"change": "unsubscribed", "at": "2026-12-08T16:00:00Z", "via": "one-click"},
+        {"change": "resubscribed", "at": "2026-12-08T16:00:00Z", "via": "link"},
+        {"change": "unsubscribed", "at": "2026-12-08T16:00:00Z", "via": "by hand"},
+        {"change": "resubscribed", "at": "2026-12-08T16:00:00Z", "via": "by hand"},
+        {"change": "unsubscribed", "at": "2026-12-08T16:00:00Z", "via": "link"},
+        {"change": "resubscribed", "at": "2027-01-07T16:00:00Z", "via": "link"},
+    ]
+    assert show(funnel, "ana@example.test")["subscription_history"] == expected
+    assert export(funnel, "ana@example.test")["subscription_history"] == expected
+    text = funnel("contacts", "show", "ana@example.test")
+    assert text.code == 0 and text.out.count("unsubscribed") >= 3 and "resubscribed" in text.out
 
 
 def test_a_new_form_post_after_an_unsubscribe_is_fresh_consent(

@@ -1,22 +1,31 @@
 """The few HTML pages: unsubscribe (confirm, done, undone), the form's thank-you, errors.
 
-`GET /u/{token}` only asks (mail scanners follow links); `POST /u/{token}`
-unsubscribes from everything at once, from the page's button or from a mail
-client's RFC 8058 one-click post (urlencoded `List-Unsubscribe=One-Click`,
-no cookies, no redirect). `POST /u/{token}/resubscribe` undoes it. A valid
-token gets the same pages whoever it names (also a forgotten person, or
-nobody), so the pages cannot be used to find out who is on the list.
+`GET /u/{token}` only asks (mail scanners follow links) and never writes;
+`POST /u/{token}` unsubscribes from everything at once, from the page's
+button or from a mail client's RFC 8058 one-click post (urlencoded
+`List-Unsubscribe=One-Click`, no cookies, no redirect).
+`POST /u/{token}/resubscribe` undoes it, only when the unsubscribe was made
+from that same email's link within 30 days (spec section 9); anything else
+gets a calm page saying it cannot be undone here, with no reason that would
+tell who is listed or how she left. A forgotten person gets the pages anyone
+gets (nothing changes for her). A token that names nobody in this database
+(a backup was restored since it was sent) gets the bad-link page, which
+asks her to reply instead: better than a page saying she is unsubscribed
+when nothing was.
 
-The pages are calm and small: the practice's name, a neutral title with no
-word about the subject matter (inboxes and browsers are shared), readable on
-a phone, plain buttons in a keyboard order, nothing loaded from anywhere,
-and a Content-Security-Policy that allows only the one stylesheet, by hash.
+The pages are calm and small: the practice's name (never for a discreet
+contact: `page(..., discreet=True)`), a neutral title with no word about the
+subject matter (inboxes and browsers are shared), readable on a phone, plain
+buttons in a keyboard order, nothing loaded from anywhere, and a
+Content-Security-Policy that allows only the one stylesheet, by hash.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+from dataclasses import dataclass
+from datetime import datetime
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
@@ -26,9 +35,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from funnel.config import Config
-from funnel.contacts import resubscribe, unsubscribe
+from funnel.contacts import undo_from_link, unsubscribe
 from funnel.models import Contact
-from funnel.unsubscribe import Tokens, secret_key
+from funnel.unsubscribe import Named, find, reading_tokens
 from funnel.web.deps import get_config, get_engine, get_now, read_body
 
 router = APIRouter()
@@ -68,18 +77,19 @@ _LAYOUT = """<!doctype html>
 </head>
 <body>
 <main>
-<p class="practice">{{ practice }}</p>
-{% block content %}{% endblock %}
+{% if practice %}<p class="practice">{{ practice }}</p>
+{% endif %}{% block content %}{% endblock %}
 </main>
 </body>
 </html>
 """
 
+# `practice` is None on a discreet page: each sentence reads whole without it
 _TEMPLATES = {
     "layout.html": _LAYOUT,
     "confirm.html": """{% extends "layout.html" %}{% block content %}
 <h1>Stop these emails?</h1>
-<p>Press the button to stop all emails from {{ practice }} to this address.</p>
+<p>Press the button to stop all emails {% if practice %}from {{ practice }} {% endif %}to this address.</p>
 <form method="post" action="{{ unsubscribe_action }}">
 <input type="hidden" name="confirm" value="yes">
 <button type="submit">Unsubscribe</button>
@@ -88,7 +98,7 @@ _TEMPLATES = {
 {% endblock %}""",
     "unsubscribed.html": """{% extends "layout.html" %}{% block content %}
 <h1>You are unsubscribed</h1>
-<p>No more emails from {{ practice }} will come to this address.</p>
+<p>No more emails {% if practice %}from {{ practice }} {% endif %}will come to this address.</p>
 <p>Was this a mistake?</p>
 <form method="post" action="{{ resubscribe_action }}">
 <button type="submit" class="quiet">Subscribe again</button>
@@ -96,11 +106,17 @@ _TEMPLATES = {
 {% endblock %}""",
     "resubscribed.html": """{% extends "layout.html" %}{% block content %}
 <h1>You are subscribed again</h1>
-<p>Emails from {{ practice }} can come to this address again.</p>
+<p>Emails {% if practice %}from {{ practice }} {% endif %}can come to this address again.</p>
 <form method="post" action="{{ unsubscribe_action }}">
 <input type="hidden" name="confirm" value="yes">
 <button type="submit" class="quiet">Unsubscribe</button>
 </form>
+{% endblock %}""",
+    "not_undone.html": """{% extends "layout.html" %}{% block content %}
+<h1>This cannot be undone here</h1>
+<p>This page can only undo an unsubscribe made with this same email's link, within 30 days.
+Nothing has changed.</p>
+<p>If you would like these emails again, reply to one of them and ask.</p>
 {% endblock %}""",
     "thanks.html": """{% extends "layout.html" %}{% block content %}
 <h1>Thank you</h1>
@@ -116,15 +132,25 @@ or reply to the email and ask to be removed.</p>
 _ENV = Environment(loader=DictLoader(_TEMPLATES), autoescape=select_autoescape(default=True))
 
 
-def page(config: Config, name: str, status_code: int = 200, values: dict[str, str] | None = None) -> HTMLResponse:
-    """One of the pages above, for this practice."""
-    html = _ENV.get_template(name).render(title=TITLE, style=STYLE, practice=config.practice.name, **(values or {}))
+def page(
+    config: Config,
+    name: str,
+    status_code: int = 200,
+    values: dict[str, str] | None = None,
+    *,
+    discreet: bool = False,
+) -> HTMLResponse:
+    """One of the pages above, for this practice.
+
+    `discreet=True` leaves the practice's name out of the whole page (the
+    layout's line and every sentence): for a discreet contact, and for any
+    page where we cannot tell who is asking (a bad link, a forgotten
+    person), since whoever opens her link may be the person she keeps these
+    emails from. The title and wording never name the subject matter anyway.
+    """
+    practice = None if discreet else config.practice.name
+    html = _ENV.get_template(name).render(title=TITLE, style=STYLE, practice=practice, **(values or {}))
     return HTMLResponse(html, status_code=status_code)
-
-
-def _read_token(engine: Engine, token: str) -> tuple[int, int | None] | None:
-    with Session(engine) as session:
-        return Tokens(secret_key(session)).read(token)
 
 
 def _actions(token: str, on_resubscribe_page: bool = False) -> dict[str, str]:
@@ -134,53 +160,89 @@ def _actions(token: str, on_resubscribe_page: bool = False) -> dict[str, str]:
     return {"unsubscribe_action": token, "resubscribe_action": f"{token}/resubscribe"}
 
 
+@dataclass(frozen=True)
+class _Outcome:
+    """What a token request came to: which page, and whether it may name the practice."""
+
+    template: str
+    discreet: bool = True
+    status_code: int = 200
+
+
+#: a token that is bad, forged, or names nobody in this database (a restored backup)
+_BAD_LINK = _Outcome("invalid.html", discreet=True, status_code=400)
+
+
 @router.get("/u/{token}")
 async def confirm(token: str, request: Request) -> HTMLResponse:
-    """Ask first: link scanners and previews open links, and must change nothing."""
-    config = get_config(request)
-    if await run_in_threadpool(_read_token, get_engine(request), token) is None:
-        return page(config, "invalid.html", 400)
-    return page(config, "confirm.html", values=_actions(token))
+    """Ask first: link scanners and previews open links, and must change nothing (nor write anything)."""
+    outcome = await run_in_threadpool(_look, get_engine(request), token)
+    return _answer(request, outcome, _actions(token))
 
 
 @router.post("/u/{token}")
 async def unsubscribe_now(token: str, request: Request) -> HTMLResponse:
     """Unsubscribe from everything (the button, or RFC 8058 one-click); posting twice is harmless."""
-    config = get_config(request)
     body = await read_body(request, limit=4096)
     # RFC 8058 clients post `List-Unsubscribe=One-Click`; the page's button posts `confirm=yes`
     via = "link" if b"confirm=yes" in body else "one-click"
-    ok = await run_in_threadpool(_change, get_engine(request), token, request, via, True)
-    if not ok:
-        return page(config, "invalid.html", 400)
-    return page(config, "unsubscribed.html", values=_actions(token))
+    outcome = await run_in_threadpool(_stop, get_engine(request), token, get_now(request), via)
+    return _answer(request, outcome, _actions(token))
 
 
 @router.post("/u/{token}/resubscribe")
 async def resubscribe_now(token: str, request: Request) -> HTMLResponse:
-    """Undo an unsubscribe made by mistake (bounces and spam reports stay in force)."""
-    config = get_config(request)
+    """Undo an unsubscribe made by mistake from this very email, within 30 days (`contacts.undo_from_link`)."""
     await read_body(request, limit=4096)
-    ok = await run_in_threadpool(_change, get_engine(request), token, request, "", False)
-    if not ok:
-        return page(config, "invalid.html", 400)
-    return page(config, "resubscribed.html", values=_actions(token, on_resubscribe_page=True))
+    outcome = await run_in_threadpool(_undo, get_engine(request), token, get_now(request))
+    return _answer(request, outcome, _actions(token, on_resubscribe_page=True))
 
 
-def _change(engine: Engine, token: str, request: Request, via: str, stop: bool) -> bool:
-    """Apply the change for a valid token; False for a forged or damaged one (nothing changed)."""
-    now = get_now(request)
+def _answer(request: Request, outcome: _Outcome, actions: dict[str, str]) -> HTMLResponse:
+    return page(get_config(request), outcome.template, outcome.status_code, actions, discreet=outcome.discreet)
+
+
+def _named(session: Session, token: str) -> Named | None:
+    """Who a token names here, reading only (no key yet: no token can be good)."""
+    tokens = reading_tokens(session)
+    ref = tokens.read(token) if tokens is not None else None
+    return find(session, ref) if ref is not None else None
+
+
+def _discreet(contact: Contact) -> bool:
+    # a forgotten person's discretion was erased with her: assume she wanted it
+    return contact.discreet or contact.erased_at is not None
+
+
+def _look(engine: Engine, token: str) -> _Outcome:
     with Session(engine) as session:
-        read = Tokens(secret_key(session)).read(token)
-        if read is None:
-            return False
-        contact_id, step_run_id = read
-        contact = session.get(Contact, contact_id)
-        if contact is None or contact.erased_at is not None:
-            return True  # the same answer as for anyone: nothing to reveal, nothing to change
-        if stop:
-            unsubscribe(session, contact, now, via=via, step_run_id=step_run_id)
-        else:
-            resubscribe(session, contact, now)
+        named = _named(session, token)
+        if named is None:
+            return _BAD_LINK
+        return _Outcome("confirm.html", discreet=_discreet(named.contact))
+
+
+def _stop(engine: Engine, token: str, now: datetime, via: str) -> _Outcome:
+    """Unsubscribe whoever the token names; a forgotten person gets the same page, and nothing changes."""
+    with Session(engine) as session:
+        named = _named(session, token)
+        if named is None:
+            return _BAD_LINK
+        contact = named.contact
+        if contact.erased_at is None:
+            unsubscribe(session, contact, now, via=via, step_run_id=named.step_run_id)
+            session.commit()
+        return _Outcome("unsubscribed.html", discreet=_discreet(contact))
+
+
+def _undo(engine: Engine, token: str, now: datetime) -> _Outcome:
+    """Subscribe again, only where `undo_from_link` allows; otherwise a calm page that says why in general terms."""
+    with Session(engine) as session:
+        named = _named(session, token)
+        if named is None:
+            return _BAD_LINK
+        contact = named.contact
+        if not undo_from_link(session, contact, named.step_run_id, now):
+            return _Outcome("not_undone.html", discreet=_discreet(contact))
         session.commit()
-    return True
+        return _Outcome("resubscribed.html", discreet=_discreet(contact))

@@ -14,9 +14,11 @@ import sys
 from datetime import datetime
 
 from sqlalchemy.engine import Engine
+from sqlmodel import Session
 
 from funnel.config import Config
 from funnel.errors import UsageError
+from funnel.unsubscribe import key_notice
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -53,6 +55,10 @@ def serve(config: Config, engine: Engine, host: str, port: int, now: datetime | 
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     print(f"funnel serve: listening on http://{shown}:{bound_port}", file=sys.stderr, flush=True)
+    with Session(engine) as session:
+        notice = key_notice(session)
+    if notice:
+        print(f"funnel serve: {notice}", file=sys.stderr, flush=True)
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(config, engine, now, debug=debug),
