@@ -79,7 +79,7 @@ class Contact(SQLModel, table=True):
     erased_at: datetime | None = _when()
     #: what her unsubscribe links name instead of the row id (which a restored backup gives again).
     #: Given with the row (here, and by the import's bulk insert); nullable only because SQLite
-    #: cannot make an existing column NOT NULL without rebuilding the table (migration 0006)
+    #: cannot make an existing column NOT NULL without rebuilding the table (migration 0007)
     token_key: str | None = Field(default_factory=new_token_key, unique=True, index=True)
 
     @property

@@ -17,7 +17,7 @@ twice: an old link then finds nobody and gets the bad-link page.
 
 Links sent before this format (itsdangerous' `[contact id, step run id]`,
 salt `funnel-unsubscribe-v1`) keep working only for contacts whose row was
-there when the database moved to it (migration 0006 writes the highest row
+there when the database moved to it (migration 0007 writes the highest row
 id of that moment as the setting `legacy_token_contacts`). Every id up to
 it belongs to the same person in every copy of the database made since,
 including a backup restored later (contacts are never deleted; `forget`
@@ -62,7 +62,7 @@ _MAC_BYTES = 16
 PREVIOUS_KEYS_VARIABLE = "FUNNEL_SECRET_KEY_PREVIOUS"
 #: the setting that holds the key funnel generated (when FUNNEL_SECRET_KEY is not set)
 STORED_KEY_SETTING = "secret_key"
-#: the setting migration 0006 writes: legacy tokens name only contacts with an id up to it
+#: the setting migration 0007 writes: legacy tokens name only contacts with an id up to it
 LEGACY_SETTING = "legacy_token_contacts"
 
 __all__ = ["Tokens", "TokenRef", "find", "new_token_key", "reading_tokens", "secret_key"]

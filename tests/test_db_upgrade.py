@@ -239,7 +239,7 @@ def test_upgrading_a_full_first_release_database_keeps_every_row(
     finally:
         engine.dispose()
     after = first_release_rows(url, tables)
-    # migration 0006 adds one setting: the highest contact id whose old-format unsubscribe links stay valid
+    # migration 0007 adds one setting: the highest contact id whose old-format unsubscribe links stay valid
     highest = max(row[0] for row in before["contacts"])
     assert ("legacy_token_contacts", str(highest)) in after["settings"]
     after["settings"].remove(("legacy_token_contacts", str(highest)))

@@ -191,7 +191,7 @@ def test_a_link_sent_before_a_restore_never_unsubscribes_someone_else(
 def test_links_sent_before_token_keys_work_only_for_people_who_were_there(
     project: Project, funnel: Callable[..., Result], funnel_server: Callable[..., Any]
 ) -> None:
-    """Old-format links (`[contact id, step run id]`) keep working up to the highest id migration 0006 saw."""
+    """Old-format links (`[contact id, step run id]`) keep working up to the highest id migration 0007 saw."""
     project.write(REGISTRATIONS, HEADER + row("ana") + row("bea"))
     assert funnel("run", "--now", NOW).code == 0
     with project_db(project) as db:

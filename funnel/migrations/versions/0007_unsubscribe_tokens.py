@@ -1,7 +1,7 @@
 """unsubscribe links name a random token key; opt-outs and opt-ins are kept as history
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-07 17:30:00
 
 - `contacts.token_key`: 16 random bytes (hex) per contact, made with the row,
@@ -24,8 +24,8 @@ from alembic import op
 
 import funnel.models
 
-revision: str = "0006"
-down_revision: str | None = "0005"
+revision: str = "0007"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
