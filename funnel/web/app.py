@@ -8,9 +8,11 @@ Content-Security-Policy (no scripts, no external anything, styles by hash).
 
 from __future__ import annotations
 
+import asyncio
 import importlib
-from collections.abc import Awaitable, Callable
-from datetime import datetime
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -20,7 +22,7 @@ from sqlalchemy.engine import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from funnel.config import Config
-from funnel.web import forms, pages
+from funnel.web import confirm_pages, forms, pages
 from funnel.web.deps import get_engine
 
 #: headers on every answer: no sniffing, no referrer leaks (tokens are in URLs), nothing cached
@@ -37,7 +39,19 @@ OPTIONAL_ROUTERS = ("funnel.web.webhooks",)  # h7: SendGrid event webhook and in
 
 def create_app(config: Config, engine: Engine, now: datetime | None = None) -> FastAPI:
     """The web app on one config and database; `now` fixes every request's clock (tests)."""
-    app = FastAPI(title="funnel", docs_url=None, redoc_url=None, openapi_url=None)
+    queue = confirm_pages.SendQueue(config, engine)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        sweeper = asyncio.create_task(_sweep(queue, now))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            await asyncio.to_thread(queue.close)  # sends under way finish and are recorded
+
+    app = FastAPI(title="funnel", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.send_queue = queue
     app.state.config = config
     app.state.engine = engine
     app.state.fixed_now = now
@@ -74,9 +88,20 @@ def create_app(config: Config, engine: Engine, now: datetime | None = None) -> F
 
     app.include_router(pages.router)
     app.include_router(forms.router)
+    app.include_router(confirm_pages.router)
     for module_name in OPTIONAL_ROUTERS:
         _include_if_present(app, module_name)
     return app
+
+
+async def _sweep(queue: confirm_pages.SendQueue, fixed_now: datetime | None) -> None:
+    """At start and every minute: confirmations a stopped serve stored but never sent go now."""
+    while True:
+        try:
+            await asyncio.to_thread(queue.sweep, fixed_now or datetime.now(UTC).replace(microsecond=0))
+        except Exception:  # noqa: BLE001  # the database away for a moment: the next sweep tries again
+            pass
+        await asyncio.sleep(60)
 
 
 def _include_if_present(app: FastAPI, module_name: str) -> None:
