@@ -21,8 +21,8 @@ The rules, and why:
   transactional message to someone who is on no list, nothing more comes
   unless she clicks, and a one-click POST to its only link would confirm
   (the opposite of what a mail client means by it). The text says so.
-- **One confirmation an hour per address**: a repeated post while another
-  went out (or is going out) within the hour is stored as `held` and sends
+- **One confirmation an hour per address**: a repeated post while another,
+  still unconfirmed, went out (or is going out) within the hour is stored as `held` and sends
   nothing (a stranger cannot flood her inbox); its token was never sent, so
   it can never be confirmed, and it expires with the others.
 - **What a form can never lift**: an erasure (nothing is even stored for an
@@ -157,6 +157,7 @@ def request_confirmation(
             select(col(PendingSignup.id))
             .where(
                 col(PendingSignup.email_hash) == digest,
+                col(PendingSignup.confirmed_at).is_(None),  # "while one is pending"
                 or_(
                     col(PendingSignup.confirmation_sent_at) > now - RESEND_AFTER,
                     col(PendingSignup.mail_status).in_(("new", "sending"))

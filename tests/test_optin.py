@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import httpx
 import pytest
 from conftest import Project, project_db
 from fake_sendgrid import FakeSendGrid, _recipients
@@ -329,7 +328,8 @@ def test_confirm_false_keeps_the_old_way_store_at_once_and_the_next_run_sends(
 ) -> None:
     text = (project.root / "sequences.yaml").read_text()
     project.write(
-        "sequences.yaml", text.replace(f"    thank_you_url: {THANKS}\n", f"    thank_you_url: {THANKS}\n    confirm: false\n")
+        "sequences.yaml",
+        text.replace(f"    thank_you_url: {THANKS}\n", f"    thank_you_url: {THANKS}\n    confirm: false\n"),
     )
     server = funnel_server("--now", NOW, env=sendgrid_env(fake))
     with server.client() as http:
@@ -338,9 +338,7 @@ def test_confirm_false_keeps_the_old_way_store_at_once_and_the_next_run_sends(
     assert ana is not None and "consultation-requested" in ana["tags"]
     assert mails(fake, "ana@example.test") == []  # serve sends nothing for such a source
     consents = funnel("contacts", "export", "ana@example.test").json()["consents"]  # type: ignore[index]
-    assert consents == [
-        {"source": "consultation-form", "given_at": NOW, "ip": "127.0.0.1", "user_agent": "Site/1.0"}
-    ]
+    assert consents == [{"source": "consultation-form", "given_at": NOW, "ip": "127.0.0.1", "user_agent": "Site/1.0"}]
     assert funnel("run", "--now", NOW, env=sendgrid_env(fake)).code == 0
     assert len(mails(fake, "ana@example.test", "received")) == 1
 
