@@ -17,10 +17,15 @@ The rules, and why:
 - **The confirmation email is discreet by construction**: the discreet
   sender name, `practice.confirm_subject`, plain text only, no word of the
   practice's subject matter or services, no tracking. It holds the link and
-  the postal address. It carries no List-Unsubscribe header: it is a single
-  transactional message to someone who is on no list, nothing more comes
-  unless she clicks, and a one-click POST to its only link would confirm
-  (the opposite of what a mail client means by it). The text says so.
+  the postal address, and (as every email: spec section 5) an RFC 8058
+  List-Unsubscribe of its own, `{base_url}/c/{token}/stop`, also written in
+  the text: "this was not me, do not ask me again". Posting it (a mail
+  client's one-click, or the page's button) deletes the pending posts for
+  the address and records an unsubscribe (`DECLINED`) that no form lifts,
+  so a stranger cannot make her inbox receive a confirmation every hour.
+  The practice can take it back by hand (`contacts resubscribe`) when she
+  asks. It never points at the confirming link itself: a mail client's
+  one-click POST there would confirm, the opposite of what it means.
 - **One confirmation an hour per address**: a repeated post while another,
   still unconfirmed, went out (or is going out) within the hour is stored as `held` and sends
   nothing (a stranger cannot flood her inbox); its token was never sent, so
@@ -63,7 +68,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from funnel.config import Config
-from funnel.contacts import resubscribe
+from funnel.contacts import resubscribe, unsubscribe
 from funnel.errors import TransportError
 from funnel.ingest import apply_rows
 from funnel.models import Consent, Contact, Enrollment, PendingSignup
@@ -71,6 +76,7 @@ from funnel.personlock import lock_contact, with_person
 from funnel.sources import SignupRow, email_hash
 from funnel.timeutil import isoformat_z
 from funnel.transports.base import Address, OutgoingEmail, Transport
+from funnel.unsubscribe import unsubscribe_headers
 
 log = logging.getLogger("funnel.confirm")
 
@@ -81,6 +87,8 @@ RESEND_AFTER = timedelta(hours=1)
 #: `Contact.unsubscribed_via` values she made herself through the links of her own emails:
 #: a confirmed post lifts only these (not "by hand", not SendGrid's, whose own list still holds)
 OWN_UNSUBSCRIBES = ("link", "one-click")
+#: `Contact.unsubscribed_via` of someone who said "not me, do not ask again" on a confirmation email
+DECLINED = "declined a confirmation"
 #: longest user agent kept as evidence (some are padded to kilobytes)
 MAX_USER_AGENT = 400
 #: attempts at a confirmation email's request (429/5xx/timeouts), with a short pause between
@@ -117,6 +125,10 @@ def new_token() -> str:
 
 def confirm_url(base_url: str, token: str) -> str:
     return f"{base_url.rstrip('/')}/c/{token}"
+
+
+def decline_url(base_url: str, token: str) -> str:
+    return f"{confirm_url(base_url, token)}/stop"
 
 
 # --------------------------------------------------------------------------- the post
@@ -330,6 +342,48 @@ def confirm(config: Config, engine: Engine, token: str, now: datetime, evidence:
     return with_person(engine, found[0], work)
 
 
+def decline(engine: Engine, token: str, now: datetime) -> bool:
+    """ "Not me, do not ask again": the address's pending posts go, an unsubscribe no form lifts is recorded.
+
+    False for a token that names nothing (a link cut short); an erased
+    address stays as it is. A stranger's address is kept as its hash only,
+    as `suppressions sync` does: enough to refuse the next request.
+    """
+    digest_of_token = token_hash(token)
+    with Session(engine) as session:
+        found = session.execute(
+            select(col(PendingSignup.email_hash), col(PendingSignup.mail_status)).where(
+                col(PendingSignup.token_hash) == digest_of_token
+            )
+        ).first()
+    if found is None or found[1] == "held":
+        return False
+
+    def work(session: Session) -> bool:
+        digest = found[0]
+        session.execute(
+            delete(PendingSignup).where(
+                col(PendingSignup.email_hash) == digest, col(PendingSignup.confirmed_at).is_(None)
+            )
+        )
+        contact = lock_contact(session, digest)
+        if contact is None:
+            session.add(
+                Contact(
+                    email_hash=digest,
+                    created_at=now,
+                    updated_at=now,
+                    unsubscribed_at=now,
+                    unsubscribed_via=DECLINED,
+                )
+            )
+        elif contact.erased_at is None:
+            unsubscribe(session, contact, now, via=DECLINED)
+        return True
+
+    return with_person(engine, found[0], work)
+
+
 # --------------------------------------------------------------------------- the email
 
 
@@ -346,7 +400,8 @@ def confirmation_email(config: Config, address: str, token: str, send_id: str, n
         f"To confirm that it was you, open this link within {CONFIRM_DAYS} days and press the button:\n\n"
         f"{url}\n\n"
         "If it was not you, you can ignore this email: nothing more will be sent to you,\n"
-        "and this address will not be added anywhere.\n\n"
+        "and this address will not be added anywhere. To never be asked again at this address:\n\n"
+        f"{decline_url(practice.base_url, token)}\n\n"
         f"{postal}\n"
     )
     return OutgoingEmail(
@@ -356,7 +411,7 @@ def confirmation_email(config: Config, address: str, token: str, send_id: str, n
         subject=practice.confirm_subject,
         text=text,
         html=None,
-        headers=(),
+        headers=unsubscribe_headers(decline_url(practice.base_url, token)),
         reply_to=Address(reply_to) if reply_to else None,
         custom_args=(("funnel_send_id", send_id), ("funnel_kind", "confirmation")),
         categories=("confirmation",),

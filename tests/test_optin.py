@@ -368,3 +368,39 @@ def test_a_serve_killed_mid_send_leaves_the_step_unknown_and_no_run_sends_it_aga
     assert [r for r in fake.requests[before:] if r["path"] == "/v3/mail/send"] == []
     ana = show(funnel, "ana@example.test")
     assert ana is not None and ana["enrollments"][0]["steps"][0]["status"] == "unknown"
+
+
+# --------------------------------------------------------------------------- "not me"
+
+
+def test_not_me_on_the_confirmation_stops_every_further_request_to_the_address(
+    project: Project, funnel: Run, serve: Callable[..., Any], fake: FakeSendGrid
+) -> None:
+    server = serve()
+    with server.client() as http:
+        assert http.post(FORM, data=ANA).status_code == 303
+        link = confirmation(fake, "ana@example.test", server)
+        [body] = mails(fake, "ana@example.test", "confirmation")
+        # every email carries RFC 8058 headers (spec 5); this one's never points at the confirming link
+        stop_url = body["headers"]["List-Unsubscribe"].strip("<>")
+        assert stop_url.endswith(link + "/stop") and stop_url in text_of(body)
+        assert body["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        assert http.get(link + "/stop").status_code == 200  # asks, changes nothing
+        assert (
+            http.post(
+                link + "/stop",
+                content=b"List-Unsubscribe=One-Click",
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+            ).status_code
+            == 200
+        )
+        assert http.post(link, data={"confirm": "yes"}).status_code == 400  # nothing left to confirm
+    server.stop()
+    later = serve("2026-12-09T16:00:00Z")  # a day later, the hour long past
+    with later.client() as http:
+        assert http.post(FORM, data=ANA).status_code == 303
+    assert len(mails(fake, "ana@example.test")) == 1  # never asked again
+    with project_db(project) as db:
+        assert db.execute("SELECT count(*) FROM pending_signups").fetchone() == (0,)
+        row = db.execute("SELECT email, unsubscribed_via FROM contacts").fetchall()
+    assert row == [(None, "declined a confirmation")]  # the address's hash only

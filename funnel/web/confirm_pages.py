@@ -1,5 +1,8 @@
 """`GET /c/{token}` asks, `POST /c/{token}` confirms a form post (double opt-in, `funnel.confirm`).
 
+`/c/{token}/stop` is the confirmation email's List-Unsubscribe: GET asks,
+POST (the button, or a mail client's one-click) declines for good.
+
 GET changes nothing (mail scanners and previews open links): it shows one
 button. The POST applies the post, then hands the sequence's due
 transactional step to the serve's sender threads (`funnel.instant`), and
@@ -31,7 +34,7 @@ from jinja2 import DictLoader, Environment, select_autoescape
 from sqlalchemy.engine import Engine
 
 from funnel.config import Config
-from funnel.confirm import Evidence, ToSend, confirm, look_up, send_confirmation, stale_confirmations
+from funnel.confirm import Evidence, ToSend, confirm, decline, look_up, send_confirmation, stale_confirmations
 from funnel.errors import ConfigError
 from funnel.instant import ServeSender
 from funnel.web import pages
@@ -71,6 +74,19 @@ a new link will come by email.</p>
     "invalid.html": """{% extends "layout.html" %}{% block content %}
 <h1>This link does not work</h1>
 <p>It may have been cut short when it was copied. Please open the link from the email again.</p>
+{% endblock %}""",
+    "decline.html": """{% extends "layout.html" %}{% block content %}
+<h1>Not you?</h1>
+<p>Press the button and this address will not be asked again, nor receive any email from us.</p>
+<form method="post" action="{{ action }}">
+<input type="hidden" name="confirm" value="yes">
+<button type="submit">Do not ask me again</button>
+</form>
+<p>If you did not mean to open this page, you can simply close it. Nothing has changed.</p>
+{% endblock %}""",
+    "declined.html": """{% extends "layout.html" %}{% block content %}
+<h1>Done</h1>
+<p>This address will not be asked again, and nothing more will be sent to it.</p>
 {% endblock %}""",
     "check_email.html": """{% extends "layout.html" %}{% block content %}
 <h1>Thank you</h1>
@@ -180,3 +196,23 @@ async def confirm_now(token: str, request: Request) -> HTMLResponse:
     if done.enrollment_ids:
         await wait_briefly(send_queue(request).first_steps(done.enrollment_ids, now))
     return confirm_page(config, "confirmed.html", discreet=done.discreet)
+
+
+@router.get("/c/{token}/stop")
+async def ask_decline(token: str, request: Request) -> HTMLResponse:
+    """The confirmation's List-Unsubscribe page: one button; nothing changes."""
+    config = get_config(request)
+    found = await run_in_threadpool(look_up, get_engine(request), token, get_now(request))
+    if found.state == "invalid":
+        return confirm_page(config, "invalid.html", discreet=True, status_code=400)
+    return confirm_page(config, "decline.html", discreet=True, action="stop")
+
+
+@router.post("/c/{token}/stop")
+async def decline_now(token: str, request: Request) -> HTMLResponse:
+    """ "Not me, do not ask again" (the page's button, or a mail client's RFC 8058 one-click post)."""
+    config = get_config(request)
+    await read_body(request, limit=4096)
+    if not await run_in_threadpool(decline, get_engine(request), token, get_now(request)):
+        return confirm_page(config, "invalid.html", discreet=True, status_code=400)
+    return confirm_page(config, "declined.html", discreet=True)
