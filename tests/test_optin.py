@@ -404,3 +404,30 @@ def test_not_me_on_the_confirmation_stops_every_further_request_to_the_address(
         assert db.execute("SELECT count(*) FROM pending_signups").fetchone() == (0,)
         row = db.execute("SELECT email, unsubscribed_via FROM contacts").fetchall()
     assert row == [(None, "declined a confirmation")]  # the address's hash only
+
+
+def test_a_cron_run_while_the_serve_is_sending_leaves_its_email_alone(
+    project: Project, funnel: Run, serve: Callable[..., Any], fake: FakeSendGrid
+) -> None:
+    """The serve is a live run of its own (a liveness lock): a run's recovery at that moment neither
+    turns its email `unknown` nor gives it back, and the serve records it as sent."""
+    server = serve()
+    with server.client() as http:
+        assert http.post(FORM, data=ANA).status_code == 303
+        link = confirmation(fake, "ana@example.test", server)
+        arrived: list[str] = []
+        fake.on_mail(lambda record: arrived.append(record["body"]["custom_args"].get("funnel_step", "")))
+        fake.delay(6)  # the first step's request is under way at SendGrid ...
+        assert http.post(link, data={"confirm": "yes"}).status_code == 200
+        assert wait_until(lambda: "received" in arrived)
+        run = funnel("run", "--now", NOW, "--json", env=sendgrid_env(fake))  # ... while cron runs
+        assert run.code == 0, run.err
+        assert run.json()["unknown"] == 0 and run.json()["sent"] == 0  # type: ignore[index]
+        fake.delay(0)
+
+        def step_status() -> str:
+            ana = show(funnel, "ana@example.test")
+            return str(ana["enrollments"][0]["steps"][0]["status"]) if ana else ""
+
+        assert wait_until(lambda: step_status() == "sent", timeout=30)
+    assert len(mails(fake, "ana@example.test", "received")) == 1
