@@ -713,6 +713,7 @@ def contacts_forget(config_path: Path | None, debug: bool, now: datetime, email:
 def _erase(engine: Any, address: str, now: datetime) -> None:
     """`contacts forget` in the transaction that has the address to itself (`funnel.personlock`):
     a form post or a confirming click at the same moment comes wholly before or wholly after."""
+    from funnel.confirm import forget_pending
     from funnel.contacts import find_contact, forget
     from funnel.personlock import lock_contact, with_person
     from funnel.sources import email_hash, normalize_email
@@ -724,6 +725,8 @@ def _erase(engine: Any, address: str, now: datetime) -> None:
 
     def work(session: Any) -> None:
         contact = lock_contact(session, digest)
+        if contact is None and forget_pending(session, digest, now):
+            return  # only unconfirmed form posts were held: gone, and the address is kept out as erased
         if contact is None or contact.erased_at is not None:
             find_contact(session, address)  # raises NotFoundError (exit 1) in its own words
         assert contact is not None

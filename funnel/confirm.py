@@ -515,6 +515,34 @@ def stale_confirmations(engine: Engine, now: datetime, older_than: timedelta) ->
     return found
 
 
+def forget_pending(session: Session, digest: str, now: datetime) -> bool:
+    """Erasure of someone known only by unconfirmed posts: they go, and the address is kept out as erased.
+
+    False when there were none (nothing is held about the address).
+    """
+    gone = session.execute(delete(PendingSignup).where(col(PendingSignup.email_hash) == digest))
+    if not gone.rowcount:  # type: ignore[attr-defined]
+        return False
+    session.add(
+        Contact(
+            email_hash=digest,
+            created_at=now,
+            updated_at=now,
+            erased_at=now,
+            suppressed_at=now,
+            suppressed_reason="erased",
+        )
+    )
+    return True
+
+
+def drop_expired(engine: Engine, now: datetime) -> None:
+    """Delete pending posts past their time: what was posted is not kept beyond the link's life."""
+    with Session(engine) as session:
+        session.execute(delete(PendingSignup).where(col(PendingSignup.expires_at) <= now))
+        session.commit()
+
+
 def pending_of(session: Session, digest: str) -> list[dict[str, Any]]:
     """A person's pending posts, for `contacts export` (what is held about her, also unconfirmed)."""
     return [

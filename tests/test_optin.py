@@ -431,3 +431,23 @@ def test_a_cron_run_while_the_serve_is_sending_leaves_its_email_alone(
 
         assert wait_until(lambda: step_status() == "sent", timeout=30)
     assert len(mails(fake, "ana@example.test", "received")) == 1
+
+
+def test_forget_erases_a_post_waiting_for_confirmation(
+    project: Project, funnel: Run, serve: Callable[..., Any], fake: FakeSendGrid
+) -> None:
+    server = serve()
+    with server.client() as http:
+        assert http.post(FORM, data=ANA).status_code == 303
+        link = confirmation(fake, "ana@example.test", server)
+        erased = funnel("contacts", "forget", "ana@example.test", "--now", NOW)
+        assert erased.code == 0, erased.err
+        with project_db(project) as db:
+            assert db.execute("SELECT count(*) FROM pending_signups").fetchone() == (0,)
+        assert http.post(link, data={"confirm": "yes"}).status_code == 400  # nothing left to confirm
+        assert http.post(FORM, data=ANA).status_code == 303  # erased stays erased: stored nothing, asked nothing
+    with project_db(project) as db:
+        assert db.execute("SELECT count(*) FROM pending_signups").fetchone() == (0,)
+        assert db.execute("SELECT email, suppressed_reason FROM contacts").fetchall() == [(None, "erased")]
+    assert len(mails(fake, "ana@example.test")) == 1
+    assert funnel("contacts", "forget", "bea@example.test").code == 1  # nothing held: unknown, as before

@@ -34,7 +34,16 @@ from jinja2 import DictLoader, Environment, select_autoescape
 from sqlalchemy.engine import Engine
 
 from funnel.config import Config
-from funnel.confirm import Evidence, ToSend, confirm, decline, look_up, send_confirmation, stale_confirmations
+from funnel.confirm import (
+    Evidence,
+    ToSend,
+    confirm,
+    decline,
+    drop_expired,
+    look_up,
+    send_confirmation,
+    stale_confirmations,
+)
 from funnel.errors import ConfigError
 from funnel.instant import ServeSender
 from funnel.web import pages
@@ -140,7 +149,8 @@ class SendQueue:
         return self._pool.submit(self.sender.send_due_transactional, enrollment_ids, now)
 
     def sweep(self, now: datetime) -> None:
-        """Send the confirmations a stopped serve left stored but unclaimed."""
+        """Drop expired pending posts; send the confirmations a stopped serve left stored but unclaimed."""
+        drop_expired(self.engine, now)
         for job in stale_confirmations(self.engine, now, STALE_AFTER):
             self.confirmation(job, now)
 
