@@ -27,9 +27,10 @@ The rules, and why:
   asks. It never points at the confirming link itself: a mail client's
   one-click POST there would confirm, the opposite of what it means.
 - **One confirmation an hour per address**: a repeated post while another,
-  still unconfirmed, went out (or is going out) within the hour is stored as `held` and sends
-  nothing (a stranger cannot flood her inbox); its token was never sent, so
-  it can never be confirmed, and it expires with the others.
+  still unconfirmed, went out (or is going out) within the hour sends
+  nothing and is not kept (its link would never be sent, so it could never
+  be confirmed); only a request for discretion in it applies. A stranger
+  cannot flood her inbox.
 - **What a form can never lift**: an erasure (nothing is even stored for an
   erased address), a bounce, a spam report, an invalid address, or an
   unsubscribe recorded by hand or at SendGrid. For such an address no
@@ -141,8 +142,8 @@ def request_confirmation(
 
     None when nothing is to be sent: an erased address (nothing stored), an
     address no form can bring back (bounce, spam report, unsubscribed by
-    hand), or another confirmation went to it within the hour (stored as
-    `held`). The caller answers the same in every case.
+    hand), or another confirmation went to it within the hour (nothing
+    stored). The caller answers the same in every case.
     """
     digest = email_hash(row.email)
     token = new_token()
@@ -178,6 +179,8 @@ def request_confirmation(
             )
             .limit(1)
         ).first()
+        if recent:
+            return None  # nothing kept: it could never be confirmed (its link is never sent)
         pending = PendingSignup(
             token_hash=token_hash(token),
             email_hash=digest,
@@ -188,12 +191,12 @@ def request_confirmation(
             ip=evidence.ip,
             user_agent=evidence.agent,
             expires_at=now + timedelta(days=CONFIRM_DAYS),
-            mail_status="held" if recent else "new",
+            mail_status="new",
         )
         session.add(pending)
         session.flush()
         assert pending.id is not None
-        return None if recent else ToSend(pending.id, token)
+        return ToSend(pending.id, token)
 
     return with_person(engine, digest, work)
 

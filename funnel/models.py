@@ -126,8 +126,7 @@ class PendingSignup(SQLModel, table=True):
     (applied only on confirmation, then emptied); `discreet` is raised at once
     by any later post asking for discretion and never lowered by a stranger.
     mail_status: new (stored, confirmation not yet taken), sending (handed to
-    the transport: at most once, never retried blindly), sent, failed, held
-    (another confirmation went to the address within the hour: none sent).
+    the transport: at most once, never retried blindly), sent, failed.
     Rows are deleted once past `expires_at` (7 days); `contacts forget`
     deletes them at once.
     """
