@@ -41,7 +41,8 @@ The rules, and why:
   user agent, and the confirming click's.
 - The link's token is random (not signed); only its sha256 is stored, so the
   database alone cannot confirm anything. It works for `CONFIRM_DAYS` days;
-  pending rows are deleted when they expire, and by `contacts forget`.
+  then what was posted is deleted (`expire`), and the bare row a month
+  later; `contacts forget` deletes them at once.
 - **At most once**: the confirmation email is claimed with a conditional
   update (`new` -> `sending`) and committed before its request starts; a
   serve killed mid-request leaves it `sending` and it is never sent again
@@ -149,7 +150,7 @@ def request_confirmation(
     token = new_token()
 
     def work(session: Session) -> ToSend | None:
-        session.execute(delete(PendingSignup).where(col(PendingSignup.expires_at) <= now))
+        expire(session, now)
         contact = lock_contact(session, digest)
         if contact is not None and contact.erased_at is not None:
             return None  # erased stays erased: nothing about the post is kept
@@ -539,10 +540,25 @@ def forget_pending(session: Session, digest: str, now: datetime) -> bool:
     return True
 
 
+#: how long an expired request's bare row (no address, no values) is kept, so its link says "expired"
+KEEP_EXPIRED = timedelta(days=30)
+
+
+def expire(session: Session, now: datetime) -> None:
+    """Pending posts past their time lose what was posted (values, IP, browser) at once; their bare
+    rows (two hashes and times) go `KEEP_EXPIRED` later, so an old link says "expired", not "broken"."""
+    session.execute(
+        update(PendingSignup)
+        .where(col(PendingSignup.expires_at) <= now, col(PendingSignup.mail_status) != "expired")
+        .values(values={}, ip=None, user_agent=None, mail_status="expired")
+    )
+    session.execute(delete(PendingSignup).where(col(PendingSignup.expires_at) <= now - KEEP_EXPIRED))
+
+
 def drop_expired(engine: Engine, now: datetime) -> None:
-    """Delete pending posts past their time: what was posted is not kept beyond the link's life."""
+    """`expire`, in a transaction of its own (the serve's sweep, each minute)."""
     with Session(engine) as session:
-        session.execute(delete(PendingSignup).where(col(PendingSignup.expires_at) <= now))
+        expire(session, now)
         session.commit()
 
 

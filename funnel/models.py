@@ -126,9 +126,9 @@ class PendingSignup(SQLModel, table=True):
     (applied only on confirmation, then emptied); `discreet` is raised at once
     by any later post asking for discretion and never lowered by a stranger.
     mail_status: new (stored, confirmation not yet taken), sending (handed to
-    the transport: at most once, never retried blindly), sent, failed.
-    Rows are deleted once past `expires_at` (7 days); `contacts forget`
-    deletes them at once.
+    the transport: at most once, never retried blindly), sent, failed,
+    expired (past `expires_at`, 7 days: what was posted is deleted; the bare
+    row goes a month later). `contacts forget` deletes them at once.
     """
 
     __tablename__ = "pending_signups"
