@@ -729,12 +729,61 @@ def contacts_forget(config_path: Path | None, debug: bool, now: datetime, email:
 
     Example: funnel contacts forget ana@example.com
     """
-    from funnel.contacts import forget
     from funnel.db import flush_to_disk
 
-    _with_contact(config_path, email, lambda s, c, contact: forget(s, contact, now))
-    flush_to_disk(_engine(_config(config_path)))
+    config = _config(config_path)
+    engine = _engine(config)
+    _erase(engine, email, now)
+    flush_to_disk(engine)
     click.echo(f"{safe(email)}: erased; no mail will go to this address again")
+
+
+def _erase(engine: Any, address: str, now: datetime) -> None:
+    """`contacts forget` in the transaction that has the address to itself (`funnel.personlock`):
+    a form post or a confirming click at the same moment comes wholly before or wholly after."""
+    from funnel.confirm import forget_pending
+    from funnel.contacts import find_contact, forget
+    from funnel.personlock import lock_contact, with_person
+    from funnel.sources import email_hash, normalize_email
+
+    try:
+        digest = email_hash(normalize_email(address))
+    except ValueError as exc:
+        raise UsageError(f"{address!r} is not a valid email address ({exc})") from None
+
+    def work(session: Any) -> None:
+        contact = lock_contact(session, digest)
+        if contact is None and forget_pending(session, digest, now):
+            return  # only unconfirmed form posts were held: gone, and the address is kept out as erased
+        if contact is None or contact.erased_at is not None:
+            find_contact(session, address)  # raises NotFoundError (exit 1) in its own words
+        assert contact is not None
+        forget(session, contact, now)
+
+    with_person(engine, digest, work)
+
+
+@contacts.command("discreet")
+@common
+@now_option
+@click.argument("email")
+@click.argument("setting", type=click.Choice(["on", "off"], case_sensitive=False))
+def contacts_discreet(config_path: Path | None, debug: bool, now: datetime, email: str, setting: str) -> None:
+    """Turn discretion on or off by hand, as the person asked.
+
+    Discreet: a plain sender name and subject, plain text, no tracking, no
+    word of what the emails are about where an inbox or calendar shows it.
+    A form post can turn it on but never off: only she can, through a
+    confirmed form post that says no, or by asking you (this command).
+
+    Example: funnel contacts discreet ana@example.com off
+    """
+    from funnel.contacts import set_discreet
+
+    on = setting.lower() == "on"
+    changed = _with_contact(config_path, email, lambda s, c, contact: set_discreet(s, contact, on, now))
+    state = "discreet" if on else "not discreet"
+    click.echo(safe(f"{email}: {state} now" if changed else f"{email}: was already {state}"))
 
 
 # --------------------------------------------------------------------------- serve
@@ -751,8 +800,11 @@ def serve(config_path: Path | None, debug: bool, now: datetime | None, host: str
     """The web endpoints: unsubscribe links, the website's forms, SendGrid's webhooks.
 
     Run it behind a reverse proxy that terminates HTTPS (see the README). It
-    never sends campaign mail itself: the next `funnel run` does. `--now`
-    stamps every request with that fixed time (for tests).
+    sends two kinds of email itself, at once, through the same ledger as
+    `funnel run`: the confirmation a form post asks for, and the first
+    transactional step (e.g. "your message arrived") once she confirms; all
+    other mail goes with `funnel run`. `--now` stamps every request with that
+    fixed time (for tests).
 
     Example: funnel serve --port 8025
     """

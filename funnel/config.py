@@ -51,6 +51,8 @@ class Practice(_Model):
     base_url: str = "http://127.0.0.1:8025"
     discreet_from_name: str | None = None
     discreet_subject: str = "A note for you"
+    #: subject of the email that asks a form's poster to confirm (spec 9): no word of the subject matter
+    confirm_subject: str = "Please confirm your request"
     #: title of the calendar event for discreet contacts (never the webinar's title)
     discreet_event_title: str = "Appointment"
     #: extension: named URLs the templates use, e.g. practice.links.consultation
@@ -248,6 +250,17 @@ class Source(_Model):
     enroll: str | None = None
     webinar: str | None = None
     thank_you_url: str | None = None
+    #: form sources: a post waits for the mailbox owner to confirm it (double opt-in, `funnel.confirm`);
+    #: false only where the website has already confirmed the address itself
+    confirm: bool = True
+    #: form sources: origins (scheme://host[:port]) a browser may post from; a post whose Origin
+    #: or Referer names another site gets 403 (empty: any, as before)
+    allowed_origins: tuple[str, ...] = ()
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _allowed(cls, value: Any) -> Any:
+        return _origin_list(value, "allowed_origins")
 
     @field_validator("columns")
     @classmethod
@@ -269,6 +282,8 @@ class Source(_Model):
             raise ValueError(f"a {self.format} source needs `path:` naming the file to read")
         if self.format == "form" and self.path:
             raise ValueError("a form source has no `path:`: its rows arrive through `funnel serve`")
+        if self.format != "form" and self.allowed_origins:
+            raise ValueError("allowed_origins is for form sources (format: form) only")
         return self
 
 
@@ -407,6 +422,22 @@ class Serve(_Model):
                     "like 127.0.0.1, '::1' or 10.0.0.0/8"
                 ) from None
         return tuple(networks)
+
+
+def _origin_list(value: Any, key: str) -> Any:
+    """A list of origins (scheme://host[:port]), lower-cased, without a trailing slash."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"{key} needs a list like [https://www.example-counseling.test]")
+    origins = []
+    for item in value:
+        origin = str(item).strip().rstrip("/")
+        scheme, _, rest = origin.partition("://")
+        if scheme not in ("http", "https") or not rest or "/" in rest:
+            raise ValueError(f"{item!r} is not an origin: write scheme and host only, like https://www.example.test")
+        origins.append(origin.lower())
+    return tuple(origins)
 
 
 class Config(_Model):

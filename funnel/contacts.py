@@ -27,6 +27,7 @@ from funnel.models import (
     Enrollment,
     Event,
     InboundMessage,
+    PendingSignup,
     PendingTag,
     StepRun,
     SubscriptionChange,
@@ -70,6 +71,24 @@ def unsubscribe(
     contact.unsubscribed_step_run_id = step_run_id
     session.add(contact)
     _record(session, contact, now, "unsubscribed", via, step_run_id)
+    return True
+
+
+def set_discreet(session: Session, contact: Contact, on: bool, now: datetime) -> bool:
+    """Turn discretion on or off by hand, as the person asked; returns False when it already was so.
+
+    Also the pending form posts for her address follow (a post waiting for
+    confirmation then applies what she asked now, not what it said).
+    """
+    if contact.discreet == on:
+        return False
+    contact.discreet, contact.updated_at = on, now
+    session.add(contact)
+    session.execute(
+        update(PendingSignup)
+        .where(col(PendingSignup.email_hash) == contact.email_hash, col(PendingSignup.confirmed_at).is_(None))
+        .values(discreet=on)
+    )
     return True
 
 
@@ -190,6 +209,8 @@ def forget(session: Session, contact: Contact, now: datetime) -> None:
     session.execute(delete(Tag).where(col(Tag.contact_id) == contact_id))
     session.execute(delete(Consent).where(col(Consent.contact_id) == contact_id))  # IP and browser are personal
     session.execute(delete(PendingTag).where(col(PendingTag.email_hash) == contact.email_hash))
+    # form posts waiting for her confirmation hold her address, name and message
+    session.execute(delete(PendingSignup).where(col(PendingSignup.email_hash) == contact.email_hash))
     session.execute(
         update(Enrollment)
         .where(col(Enrollment.contact_id) == contact_id, col(Enrollment.status).in_(("active", "paused")))
@@ -370,9 +391,26 @@ def export(session: Session, config: Config, contact: Contact) -> dict[str, Any]
     data["consent"] = {"source": contact.first_source, "first_seen_at": _iso(contact.created_at)}
     data["unsubscribed_via"] = contact.unsubscribed_via
     data["consents"] = [
-        {"source": c.source, "given_at": _iso(c.given_at), "ip": c.ip, "user_agent": c.user_agent}
+        {
+            "source": c.source,
+            "given_at": _iso(c.given_at),
+            "ip": c.ip,
+            "user_agent": c.user_agent,
+            **(
+                {
+                    "confirmed_at": _iso(c.confirmed_at),
+                    "confirm_ip": c.confirm_ip,
+                    "confirm_user_agent": c.confirm_user_agent,
+                }
+                if c.confirmed_at
+                else {}
+            ),
+        }
         for c in session.scalars(select(Consent).where(col(Consent.contact_id) == contact.id).order_by(col(Consent.id)))
     ]
+    from funnel.confirm import pending_of
+
+    data["pending_signups"] = pending_of(session, contact.email_hash)
     data["event_details"] = [
         {"kind": e.kind, "at": _iso(e.occurred_at), "received_at": _iso(e.received_at), "raw": e.raw}
         for e in session.scalars(select(Event).where(col(Event.contact_id) == contact.id).order_by(col(Event.id)))

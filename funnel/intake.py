@@ -1,36 +1,31 @@
-"""Live signups (a website form posted to `funnel serve`): the same path as a file row, plus consent.
+"""Live signups from a form source with `confirm: false`: applied at once, as before double opt-in.
 
-A form post is the person asking, now, so it is fresh consent: it undoes an
-earlier unsubscribe (a file row never does) and leaves evidence (time,
-form, IP address, browser). Enrollment follows the file rules exactly
-(`ingest.apply_rows`); nothing is sent here: the next `funnel run` does.
+Only for websites that confirm addresses themselves (the default, `confirm:
+true`, is `funnel.confirm`): the post is taken as the person asking, now, so
+it undoes her own earlier unsubscribe (never one made by hand, at SendGrid,
+or a bounce: see `confirm.can_lift`) and leaves evidence (time, form, IP
+address, browser). Enrollment follows the file rules exactly
+(`ingest.apply_rows`); nothing is sent here: the next `funnel run` does. The
+transaction has the address to itself (`funnel.personlock`), so an erasure
+at the same moment is never undone.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col
+from sqlmodel import Session
 
 from funnel.config import Config
+from funnel.confirm import Evidence, can_lift
 from funnel.contacts import resubscribe
 from funnel.ingest import IngestResult, apply_rows
-from funnel.models import Consent, Contact
+from funnel.models import Consent
+from funnel.personlock import lock_contact, with_person
 from funnel.sources import SignupRow, email_hash
 
-#: longest user agent kept as evidence (some are padded to kilobytes)
-_MAX_USER_AGENT = 400
-
-
-@dataclass(frozen=True)
-class Evidence:
-    """Where a form post came from, kept as proof of consent."""
-
-    ip: str | None
-    user_agent: str | None
+__all__ = ["Evidence", "accept_form"]
 
 
 def accept_form(
@@ -44,13 +39,16 @@ def accept_form(
     """
     source = config.sources[source_name]
     key = email_hash(row.email)
-    with Session(engine, expire_on_commit=False) as session:
-        contact = _contact(session, key)
-        if contact is not None and contact.erased_at is None:
-            resubscribe(session, contact, now, via="form")  # no-op unless they had unsubscribed
+
+    def work(session: Session) -> IngestResult:
+        contact = lock_contact(session, key)
+        if contact is not None and contact.erased_at is not None:
+            return IngestResult(erased=1)  # erased stays erased: nothing about the post is kept
+        if contact is not None and contact.unsubscribed_at is not None and can_lift(contact):
+            resubscribe(session, contact, now, via="form")
             session.flush()
         result = apply_rows(session, config, source_name, source, [row], now)
-        contact = _contact(session, key)
+        contact = lock_contact(session, key)
         if contact is not None and contact.erased_at is None and contact.id is not None:
             session.add(
                 Consent(
@@ -58,14 +56,9 @@ def accept_form(
                     source=source_name,
                     given_at=now,
                     ip=evidence.ip,
-                    user_agent=(evidence.user_agent or "")[:_MAX_USER_AGENT] or None,
+                    user_agent=evidence.agent,
                 )
             )
-        session.commit()
-    return result
+        return result
 
-
-def _contact(session: Session, key: str) -> Contact | None:
-    return session.scalars(
-        select(Contact).where(col(Contact.email_hash) == key).execution_options(populate_existing=True)
-    ).first()
+    return with_person(engine, key, work)

@@ -126,8 +126,12 @@ class Tag(SQLModel, table=True):
 class Consent(SQLModel, table=True):
     """Evidence of one opt-in through a form: when, which form, from which address and browser.
 
-    Kept per post (a later post is fresh consent, e.g. after an unsubscribe);
-    shown by `contacts export`, deleted by `contacts forget`.
+    Both halves of a confirmed (double) opt-in: the post (`given_at`, `ip`,
+    `user_agent`) and the click on the emailed link that confirmed it
+    (`confirmed_at`, `confirm_ip`, `confirm_user_agent`; empty for a source
+    with `confirm: false`). Kept per confirmed post (a later one is fresh
+    consent, e.g. after an unsubscribe); shown by `contacts export`, deleted
+    by `contacts forget`.
     """
 
     __tablename__ = "consents"
@@ -138,6 +142,40 @@ class Consent(SQLModel, table=True):
     given_at: datetime = Field(sa_type=UTCDateTime)
     ip: str | None = None
     user_agent: str | None = None
+    confirmed_at: datetime | None = _when()
+    confirm_ip: str | None = None
+    confirm_user_agent: str | None = None
+
+
+class PendingSignup(SQLModel, table=True):
+    """A form post waiting for the mailbox owner to confirm it (double opt-in, `funnel.confirm`).
+
+    One row per post. The link's token is random and only its sha256 is kept,
+    so the table alone cannot confirm anything. `values` holds what was posted
+    (applied only on confirmation, then emptied); `discreet` is raised at once
+    by any later post asking for discretion and never lowered by a stranger.
+    mail_status: new (stored, confirmation not yet taken), sending (handed to
+    the transport: at most once, never retried blindly), sent, failed,
+    expired (past `expires_at`, 7 days: what was posted is deleted; the bare
+    row goes a month later). `contacts forget` deletes them at once.
+    """
+
+    __tablename__ = "pending_signups"
+
+    id: int | None = Field(default=None, primary_key=True)
+    token_hash: str = Field(unique=True)
+    email_hash: str = Field(index=True)
+    source: str
+    values: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    discreet: bool = False
+    posted_at: datetime = Field(sa_type=UTCDateTime)
+    ip: str | None = None
+    user_agent: str | None = None
+    expires_at: datetime = Field(sa_type=UTCDateTime, index=True)
+    mail_status: str = "new"
+    confirmation_sent_at: datetime | None = _when()
+    mail_error: str | None = None
+    confirmed_at: datetime | None = _when()
 
 
 class Enrollment(SQLModel, table=True):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from sqlalchemy import Select, select, text
 from sqlalchemy.engine import Connection, Engine
@@ -96,17 +97,60 @@ class RunKeeper:
             conn.close()  # closing alone would keep the lock on a pooled connection
 
 
+def liveness_file(engine: Engine, run_id: int) -> Path | None:
+    """On SQLite, the file that `funnel serve` holds locked while it sends as run `run_id` (None: no file database).
+
+    `funnel run` holds the run lock, so on SQLite no other *run* is alive
+    while it recovers; but `funnel serve` sends at once (`funnel.instant`)
+    beside it, under a run id of its own, and holds this OS lock meanwhile
+    (released by the OS when it dies).
+    """
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        return None
+    return Path(f"{database}.serve-{int(run_id)}.lock")
+
+
+@contextmanager
+def _sqlite_dead_runs(engine: Engine, wanted: list[int]) -> Iterator[set[int]]:
+    """Every candidate is dead (the caller holds the run lock) except a serve that still holds its file."""
+    from filelock import FileLock, Timeout
+
+    dead: set[int] = set()
+    held: list[tuple[FileLock, Path]] = []
+    try:
+        for run_id in wanted:
+            path = liveness_file(engine, run_id)
+            if path is None or not path.exists():
+                dead.add(run_id)
+                continue
+            lock = FileLock(str(path), timeout=0)
+            try:
+                lock.acquire()
+            except Timeout:
+                continue  # a serve that is alive and sending: its rows are its own
+            held.append((lock, path))
+            dead.add(run_id)
+        yield dead
+    finally:
+        for lock, path in held:
+            lock.release()
+            path.unlink(missing_ok=True)
+
+
 @contextmanager
 def dead_runs(engine: Engine, candidates: Iterable[int]) -> Iterator[set[int]]:
     """The runs among `candidates` that are dead, locked until the caller has settled their rows.
 
-    SQLite: the caller holds the run lock, so every other run is dead.
+    SQLite: the caller holds the run lock, so every other run is dead, except
+    a `funnel serve` that holds its liveness file (`liveness_file`).
     PostgreSQL: a run is dead when its liveness lock can be taken; holding it
     while recovering keeps a second recoverer off the same rows.
     """
     wanted = sorted(set(candidates))
     if not shares_work(engine):
-        yield set(wanted)
+        with _sqlite_dead_runs(engine, wanted) as dead:
+            yield dead
         return
     with engine.connect() as conn:
         got: list[int] = []

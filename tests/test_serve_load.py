@@ -6,11 +6,15 @@ loopback, for a bounded time, while a real `funnel run` subprocess sends to a
 slow fake SendGrid. Afterwards: no 5xx, every acknowledged unsubscribe and
 every accepted form post is in the database exactly once, the run finished
 and sent each email at most once, and nobody received an email handed over
-after her unsubscribe was acknowledged.
+after her unsubscribe was acknowledged. Form posts wait for confirmation
+(spec 9): each accepted one is stored once as a pending signup, and the
+serve wrote exactly one confirmation email for it meanwhile.
 """
 
 from __future__ import annotations
 
+import email
+import email.policy
 import json
 import os
 import random
@@ -176,6 +180,7 @@ def load(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Load]:
             thread.join()
         took = time.monotonic() - started
         out, err = run.communicate(timeout=120)
+        server.stop()  # (SIGTERM: confirmation emails under way are finished and recorded first)
         yield Load(root, ids, tally, took, run.returncode, out, err, server.stderr, fake.accepted)
     finally:
         if run.poll() is None:
@@ -202,19 +207,25 @@ def test_nothing_lost_nothing_counted_twice_no_server_error(load: Load) -> None:
     assert max(sent_to.values(), default=1) == 1, [a for a, n in sent_to.items() if n > 1][:5]
     with sqlite3.connect(load.root / "funnel.db") as conn:
         unsubscribed = {cid for (cid,) in conn.execute("SELECT id FROM contacts WHERE unsubscribed_at IS NOT NULL")}
-        stored = {e for (e,) in conn.execute("SELECT email FROM contacts WHERE email LIKE 'newcomer%'")}
-        consents = Counter(
-            e
-            for (e,) in conn.execute(
-                "SELECT c.email FROM consents k JOIN contacts c ON c.id = k.contact_id WHERE c.email LIKE 'newcomer%'"
-            )
+        pending = Counter(
+            e for (e,) in conn.execute("""SELECT json_extract("values", '$.email') FROM pending_signups""")
         )
+        created = conn.execute("SELECT count(*) FROM contacts WHERE email LIKE 'newcomer%'").fetchone()[0]
         sent_rows = conn.execute("SELECT count(*) FROM step_runs WHERE status = 'sent'").fetchone()[0]
     # nothing lost, nothing counted twice
     assert set(tally.acknowledged) <= unsubscribed, "an acknowledged unsubscribe is missing"
     assert unsubscribed <= set(tally.acknowledged), "an unsubscribe nobody asked for (a forged token worked?)"
-    assert tally.accepted_forms == stored, "an accepted form post is missing"
-    assert set(consents.values()) <= {1}, "a form post stored twice"
+    assert tally.accepted_forms == set(pending), "an accepted form post is missing"
+    assert set(pending.values()) <= {1}, "a form post stored twice"
+    assert created == 0, "a form post made a contact before anyone confirmed it"
+    confirmations = Counter(
+        str(message["To"]).lower()
+        for message in (
+            email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+            for path in (load.root / "outbox").glob("*_confirmation_*.eml")
+        )
+    )
+    assert set(confirmations) == tally.accepted_forms and set(confirmations.values()) == {1}
     assert sent_rows == sum(sent_to.values()), (summary, sent_rows, sum(sent_to.values()))
 
 

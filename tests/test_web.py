@@ -61,22 +61,63 @@ def http(server: Any) -> Iterator[httpx.Client]:
         yield client
 
 
+CONFIRM_SUBJECT = "Please confirm your request"
+
+
+def confirmation_link(project: Project, who: str, nth: int = 1) -> str:
+    """The path of the link in the `nth` confirmation email that `funnel serve` wrote to the outbox for `who`."""
+    deadline = time.monotonic() + 20
+    while True:
+        found = []
+        paths = list(project.outbox.glob("*_confirmation_*.eml")) if project.outbox.exists() else []
+        for path in sorted(paths, key=lambda p: p.stat().st_mtime_ns):
+            message = message_from_bytes(path.read_bytes(), policy=email.policy.default)
+            if message["To"].addresses[0].addr_spec == who.lower():
+                assert message["Subject"] == CONFIRM_SUBJECT
+                link = re.search(r"https?://[^/\s]+(/c/[A-Za-z0-9_-]+)", message.get_content())
+                assert link, message.get_content()
+                found.append(link.group(1))
+        if len(found) >= nth:
+            assert len(found) == nth, f"{len(found)} confirmation emails to {who}, expected {nth}"
+            return found[nth - 1]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no confirmation email number {nth} to {who} in the outbox")
+        time.sleep(0.02)  # the serve's sender thread writes it (the post waits for it only briefly)
+
+
+def post_confirmed(project: Project, http: httpx.Client, data: dict[str, Any], **kwargs: Any) -> httpx.Response:
+    """Post the form and press the emailed link, as the mailbox owner does (spec 9); the post's answer."""
+    answer = http.post(FORM, data=data, **kwargs)
+    assert answer.status_code in (200, 303), answer.text
+    clicked = http.post(confirmation_link(project, data["email"]), data={"confirm": "yes"}, **kwargs)
+    assert clicked.status_code == 200, clicked.text
+    return answer
+
+
+def letters(project: Project) -> list[Any]:
+    """The emails in the outbox other than confirmations, parsed."""
+    return [
+        message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        for path in sorted(project.outbox.glob("*.eml"))
+        if "_confirmation_" not in path.name
+    ]
+
+
 def unsubscribe_link(
     project: Project, funnel: Run, server: Any, http: httpx.Client, who: str, discreet: bool = False
 ) -> str:
-    """Post the form for `who`, run the job (base URL: this server), and return the path of the
-    List-Unsubscribe link in the email that the run wrote to the outbox."""
-    asked = {**ANA, "email": who, **({"discreet": "yes"} if discreet else {})}
-    assert http.post(FORM, data=asked).status_code == 303
+    """Post the form for `who` and confirm it, run the job (base URL: this server), and return the
+    path of the List-Unsubscribe link in the first email she got (the serve sends it at once)."""
+    post_confirmed(project, http, {**ANA, "email": who, **({"discreet": "yes"} if discreet else {})})
     run = funnel("run", "--now", NOW, env={"FUNNEL_BASE_URL": server.url})
     assert run.code == 0, run.err
-    for path in sorted(project.outbox.glob("*.eml")):
-        message = message_from_bytes(path.read_bytes(), policy=email.policy.default)
+    for message in letters(project):
         if message["To"].addresses[0].addr_spec == who.lower():
             assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
             url = str(message["List-Unsubscribe"]).strip("<>")
-            assert url.startswith(server.url + "/u/")
-            return url[len(server.url) :]
+            # the serve sent it, at its base_url (practice.base_url: the proxy's address); same path here
+            assert re.match(r"https?://[^/]+/u/[^/]+$", url), url
+            return "/u/" + url.split("/u/", 1)[1]
     raise AssertionError(f"no email to {who} in the outbox")
 
 
@@ -113,13 +154,12 @@ def test_serve_refuses_a_busy_port_in_one_sentence(server: Any, funnel_process: 
 # --------------------------------------------------------------------------- forms
 
 
-def test_a_form_post_stores_the_person_with_consent_and_the_next_run_sends(
+def test_a_confirmed_form_post_stores_the_person_with_consent_and_the_serve_sends_the_first_step(
     project: Project, funnel: Run, http: httpx.Client
 ) -> None:
-    answer = http.post(FORM, data=ANA, headers={"User-Agent": "TestBrowser/1.0"})
+    answer = post_confirmed(project, http, ANA, headers={"User-Agent": "TestBrowser/1.0"})
     assert answer.status_code == 303
     assert answer.headers["location"] == THANKS
-    assert not project.outbox.exists() or not list(project.outbox.iterdir())  # serve never sends
     ana = show(funnel, "ana@example.test")
     assert ana["first_name"] == "Ana"
     assert "consultation-requested" in ana["tags"]
@@ -132,17 +172,22 @@ def test_a_form_post_stores_the_person_with_consent_and_the_next_run_sends(
             "given_at": "2026-12-08T16:00:00Z",
             "ip": "127.0.0.1",
             "user_agent": "TestBrowser/1.0",
+            "confirmed_at": "2026-12-08T16:00:00Z",
+            "confirm_ip": "127.0.0.1",
+            "confirm_user_agent": "TestBrowser/1.0",
         }
     ]
+    assert [m["Subject"] for m in letters(project)] == ["Your message arrived safely"]  # sent by the serve
     run = funnel("run", "--now", NOW, "--json")
     assert run.code == 0, run.err
-    assert project.sent() == [("ana@example.test", "consultation", "received")]
+    assert [s for s in project.sent() if s[1] != "confirmation"] == [("ana@example.test", "consultation", "received")]
 
 
-def test_a_json_post_gets_a_json_answer(funnel: Run, http: httpx.Client) -> None:
+def test_a_json_post_gets_a_json_answer(project: Project, funnel: Run, http: httpx.Client) -> None:
     answer = http.post(FORM, json={"email": "bea@example.test", "name": "Bea", "discreet": True})
     assert answer.status_code == 200
     assert answer.json() == {"ok": True, "thank_you_url": THANKS}
+    assert http.post(confirmation_link(project, "bea@example.test"), data={"confirm": "yes"}).status_code == 200
     bea = show(funnel, "bea@example.test")
     assert bea["discreet"] is True
 
@@ -238,8 +283,12 @@ def test_many_json_fields_are_refused(http: httpx.Client) -> None:
     assert "fields" in answer.json()["error"]
 
 
-def test_line_breaks_and_control_characters_in_names_are_cleaned(funnel: Run, http: httpx.Client) -> None:
-    answer = http.post(FORM, data={"email": "ana@example.test", "name": "Ana\r\nBcc: evil@example.test\x00\x1b[31m"})
+def test_line_breaks_and_control_characters_in_names_are_cleaned(
+    project: Project, funnel: Run, http: httpx.Client
+) -> None:
+    answer = post_confirmed(
+        project, http, {"email": "ana@example.test", "name": "Ana\r\nBcc: evil@example.test\x00\x1b[31m"}
+    )
     assert answer.status_code == 303
     ana = show(funnel, "ana@example.test")
     assert ana["first_name"] == "Ana Bcc: evil@example.test [31m"
@@ -451,7 +500,8 @@ def test_subscribe_again_undoes_only_this_emails_own_unsubscribe_within_30_days(
         "Email,First Name,Last Name,Webinar Start,Time Zone,Discreet\nana@example.test,Ana,,2027-01-14 19:00,,no\n",
     )
     consultation = unsubscribe_link(project, funnel, server, http, "ana@example.test")  # also sends the webinar's
-    links = [str(m["List-Unsubscribe"]).strip("<>")[len(server.url) :] for m in project.messages()]
+    # the letters' links (the confirmation's own points elsewhere), as paths: the serve sent the first at base_url
+    links = ["/u/" + str(m["List-Unsubscribe"]).strip("<>").split("/u/", 1)[1] for m in letters(project)]
     [webinar] = [link for link in links if link != consultation]
 
     # left from the webinar email: the consultation email cannot put her back, the webinar email can
@@ -505,22 +555,27 @@ def test_a_new_form_post_after_an_unsubscribe_is_fresh_consent(
     project.write("signups/consultation-requests.jsonl", '{"email": "ana@example.test", "name": "Ana"}\n')
     assert funnel("run", "--now", NOW).code == 0
     assert show(funnel, "ana@example.test")["unsubscribed"] is True
-    # ... but she asking again through the form does
+    # ... nor does a form post by itself (anyone can post her address) ...
     assert http.post(FORM, data=ANA).status_code == 303
+    assert show(funnel, "ana@example.test")["unsubscribed"] is True
+    # ... but she asking again, confirmed by her click on the emailed link, does
+    assert http.post(confirmation_link(project, "ana@example.test", 2), data={"confirm": "yes"}).status_code == 200
     assert show(funnel, "ana@example.test")["unsubscribed"] is False
     assert len(export(funnel, "ana@example.test")["consents"]) == 2
 
 
 def test_forget_erases_the_consent_evidence(project: Project, funnel: Run, http: httpx.Client) -> None:
-    assert http.post(FORM, data=ANA, headers={"User-Agent": "TestBrowser/1.0"}).status_code == 303
+    assert post_confirmed(project, http, ANA, headers={"User-Agent": "TestBrowser/1.0"}).status_code == 303
     assert len(export(funnel, "ana@example.test")["consents"]) == 1
     assert funnel("contacts", "forget", "ana@example.test").code == 0
     with project_db(project) as db:
         assert db.execute("SELECT count(*) FROM consents").fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM pending_signups").fetchone() == (0,)
     # a form post for an erased address stores nothing, and answers like any other
     assert http.post(FORM, data=ANA).status_code == 303
     with project_db(project) as db:
         assert db.execute("SELECT count(*) FROM consents").fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM pending_signups").fetchone() == (0,)
     assert unknown(funnel, "ana@example.test")
 
 
@@ -577,19 +632,17 @@ def test_a_browser_unsubscribes_from_a_real_email(
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.wait import WebDriverWait
 
-    server = funnel_server("--now", NOW)
+    server = funnel_server("--now", NOW, env={"FUNNEL_BASE_URL": "http://base.invalid"})
     with server.client() as http:
-        assert http.post(FORM, data=ANA).status_code == 303
-    run = funnel_process("run", "--now", NOW, env={"FUNNEL_BASE_URL": server.url})
-    assert run.returncode == 0, run.stderr
-    [eml] = list(project.outbox.glob("*.eml"))
-    message = message_from_bytes(eml.read_bytes(), policy=email.policy.default)
+        post_confirmed(project, http, ANA)
+    # the first email, sent by the serve at once; its links name the proxy's address (base_url)
+    [message] = letters(project)
     html = message.get_body(preferencelist=("html",)).get_content()  # type: ignore[union-attr]
-    links = re.findall(r'href="(' + re.escape(server.url) + r'/u/[^"]+)"', html)
+    links = re.findall(r'href="(http://base\.invalid/u/[^"]+)"', html)
     assert links, "no unsubscribe link in the email's HTML"
     assert str(message["List-Unsubscribe"]) == f"<{links[0]}>"
 
-    chromium.get(links[0])
+    chromium.get(links[0].replace("http://base.invalid", server.url))
     assert chromium.title == "Email preferences"
     # the stylesheet is allowed by the Content-Security-Policy's hash, and the page fits a phone
     background = chromium.execute_script("return getComputedStyle(document.body).backgroundColor")
@@ -644,7 +697,8 @@ def test_a_webinar_form_reads_a_start_without_offset_in_the_webinars_zone(
             "/forms/webinar-form",
             data={"email": "lia@example.test", "name": "Lia", "start": "2027-01-14 19:00", "tz": "America/Los_Angeles"},
         )
-    assert answer.status_code == 200, answer.text
+        assert answer.status_code == 200, answer.text
+        assert http.post(confirmation_link(project, "lia@example.test"), data={"confirm": "yes"}).status_code == 200
     lia = show(funnel, "lia@example.test")
     assert lia["timezone"] == "America/Los_Angeles"
     assert [e["webinar_start"] for e in lia["enrollments"]] == ["2027-01-15T02:00:00Z"]

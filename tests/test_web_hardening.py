@@ -33,9 +33,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from conftest import Project, project_db
 from starlette.requests import Request
+from test_web import confirmation_link
 from webhook_signing import Signer, post_events, sent_ids, sg_event
 
 from funnel.config import load_config
@@ -59,6 +61,12 @@ PEOPLE = (
     "ana@example.test,Ana,Reyes,2027-01-14 19:00,America/Denver,no\n"
     "dana@example.test,Dana,Whitaker,2027-01-14 19:00,America/Chicago,\n"
 )
+
+
+def confirm(project: Project, http: httpx.Client, address: str, headers: dict[str, str] | None = None) -> None:
+    """Press the link of the confirmation email the post sent (spec 9), through the same proxy headers."""
+    clicked = http.post(confirmation_link(project, address), data={"confirm": "yes"}, headers=headers or {})
+    assert clicked.status_code == 200, clicked.text
 
 
 def consents(funnel: Run, address: str) -> list[dict[str, Any]]:
@@ -193,6 +201,7 @@ def test_a_lone_surrogate_already_stored_prints_as_an_escape(project: Project, f
     server = funnel_server("--now", NOW)
     with server.client() as http:
         assert http.post(FORM, data=ZELDA).status_code == 303
+        confirm(project, http, ZELDA["email"])
     # a row written by an older release (or any other program) holding a lone surrogate
     with project_db(project) as db:
         db.execute(
@@ -303,7 +312,9 @@ def test_behind_a_proxy_on_ipv6_loopback_each_visitor_has_her_own_address(
         for i in range(4):  # four visitors, each once: nobody shares the proxy's bucket
             visitor = {"X-Forwarded-For": f"203.0.113.{i + 1}"}
             assert http.post(FORM, data={**ZELDA, "email": f"v{i}@example.test"}, headers=visitor).status_code == 303
-    assert consents(funnel, "v2@example.test")[0]["ip"] == "203.0.113.3"
+        confirm(project, http, "v2@example.test", {"X-Forwarded-For": "203.0.113.30"})
+    consent = consents(funnel, "v2@example.test")[0]
+    assert (consent["ip"], consent["confirm_ip"]) == ("203.0.113.3", "203.0.113.30")
 
 
 def test_forwarded_addresses_count_only_from_trusted_proxies(project: Project, funnel: Run, funnel_server: Run) -> None:
@@ -315,7 +326,9 @@ def test_forwarded_addresses_count_only_from_trusted_proxies(project: Project, f
         assert http.post(FORM, data={**ZELDA, "email": "f1@example.test"}, headers=forged).status_code == 303
         other = {"X-Forwarded-For": "198.51.100.99"}  # the same peer, another claim: the same bucket
         assert http.post(FORM, data={**ZELDA, "email": "f2@example.test"}, headers=other).status_code == 429
-    assert consents(funnel, "f0@example.test")[0]["ip"] == "127.0.0.1"
+        confirm(project, http, "f0@example.test", forged)
+    consent = consents(funnel, "f0@example.test")[0]
+    assert (consent["ip"], consent["confirm_ip"]) == ("127.0.0.1", "127.0.0.1")
 
 
 def test_the_right_most_untrusted_hop_is_the_visitor(project: Project, funnel: Run, funnel_server: Run) -> None:
@@ -326,6 +339,8 @@ def test_the_right_most_untrusted_hop_is_the_visitor(project: Project, funnel: R
         assert http.post(FORM, data={**ZELDA, "email": "h0@example.test"}, headers=chain).status_code == 303
         forwarded = {"Forwarded": 'for=6.6.6.6, for="[2001:db8::7]:4711";proto=https, for=10.0.0.1'}
         assert http.post(FORM, data={**ZELDA, "email": "h1@example.test"}, headers=forwarded).status_code == 303
+        confirm(project, http, "h0@example.test")
+        confirm(project, http, "h1@example.test")
     assert consents(funnel, "h0@example.test")[0]["ip"] == "203.0.113.9"
     assert consents(funnel, "h1@example.test")[0]["ip"] == "2001:db8::7"
 

@@ -9,9 +9,12 @@ hash, no framing): see `Protected`.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
-from datetime import datetime
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -24,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from funnel.config import Config
 from funnel.logsafe import safe_traceback
-from funnel.web import forms, pages
+from funnel.web import confirm_pages, forms, pages
 from funnel.web.deps import get_engine
 
 #: headers on every answer: no sniffing, no referrer leaks (tokens are in URLs), nothing cached
@@ -47,7 +50,19 @@ def create_app(config: Config, engine: Engine, now: datetime | None = None, *, d
     `debug` (`funnel serve --debug`) logs whole tracebacks, values and all;
     otherwise a failure is logged by `logsafe.safe_traceback`.
     """
-    app = FastAPI(title="funnel", docs_url=None, redoc_url=None, openapi_url=None)
+    queue = confirm_pages.SendQueue(config, engine)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        sweeper = asyncio.create_task(_sweep(queue, now))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            await asyncio.to_thread(queue.close)  # sends under way finish and are recorded
+
+    app = FastAPI(title="funnel", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.send_queue = queue
     app.state.config = config
     app.state.engine = engine
     app.state.fixed_now = now
@@ -78,6 +93,7 @@ def create_app(config: Config, engine: Engine, now: datetime | None = None, *, d
 
     app.include_router(pages.router)
     app.include_router(forms.router)
+    app.include_router(confirm_pages.router)
     for module_name in OPTIONAL_ROUTERS:
         _include_if_present(app, module_name)
     return app
@@ -139,6 +155,16 @@ def _failure_answer(scope: Scope) -> Response:
     if "json" in request.headers.get("accept", "") or "json" in request.headers.get("content-type", ""):
         return JSONResponse({"error": text}, status_code=500)
     return PlainTextResponse(f"{text}\n", status_code=500)
+
+
+async def _sweep(queue: confirm_pages.SendQueue, fixed_now: datetime | None) -> None:
+    """At start and every minute: confirmations a stopped serve stored but never sent go now."""
+    while True:
+        try:
+            await asyncio.to_thread(queue.sweep, fixed_now or datetime.now(UTC).replace(microsecond=0))
+        except Exception:  # noqa: BLE001  # the database away for a moment: the next sweep tries again
+            pass
+        await asyncio.sleep(60)
 
 
 def _include_if_present(app: FastAPI, module_name: str) -> None:

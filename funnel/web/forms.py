@@ -1,8 +1,15 @@
 """`POST /forms/{source}`: the website's form, taken in live for `format: form` sources.
 
-The route only parses and answers; storing is `funnel.intake.accept_form`,
-which follows the same rules as a file row (the next `funnel run` sends the
-first email; nothing is sent from here). Every odd input gets a 4xx with one
+The route only parses and answers. A `confirm: true` source (the default)
+stores the post as pending and sends one confirmation email at once
+(`funnel.confirm`, from the serve's sender threads: the answer waits for it
+at most a moment); a `confirm: false` source stores it at once
+(`funnel.intake.accept_form`) and the next `funnel run` sends. Either way the
+answer is the same whatever the address, so it reveals nothing about who is
+listed. A source's `allowed_origins` refuses (403) a browser post whose
+Origin (or, without one, Referer) names another site; a post with neither
+header (a server posting for the website) is not a browser's and passes.
+Every odd input gets a 4xx with one
 sentence, never a 500: bodies over 64 KB (413), bytes that are not UTF-8,
 broken JSON, a JSON array instead of an object, too many fields (400), a
 content type we do not read (415), a missing or invalid address (422,
@@ -33,10 +40,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 
 from funnel.config import Config, Source
-from funnel.intake import Evidence, accept_form
+from funnel.confirm import request_confirmation
+from funnel.intake import accept_form
 from funnel.sources import SignupRow, normalize_email, signup_from_values, title_key
 from funnel.timeutil import zone
 from funnel.web.client import client_ip, rate_key
+from funnel.web.confirm_pages import confirm_page, evidence_of, send_queue, wait_briefly
 from funnel.web.deps import MAX_BODY, get_config, get_engine, get_now, read_body
 from funnel.web.pages import page
 
@@ -256,9 +265,32 @@ def _thank(config: Config, source: Source, as_json: bool, headers: dict[str, str
         return JSONResponse({"ok": True, "thank_you_url": source.thank_you_url}, headers=headers)
     if source.thank_you_url:
         return RedirectResponse(source.thank_you_url, status_code=303, headers=headers)
-    response = page(config, "thanks.html")
+    if source.confirm:
+        response: Response = confirm_page(config, "check_email.html", discreet=True)
+    else:
+        response = page(config, "thanks.html")
     response.headers.update(headers)
     return response
+
+
+def _origin_of(request: Request) -> str | None:
+    """The site a browser says the post came from: Origin, else the Referer's scheme://host[:port]; None: neither."""
+    origin = request.headers.get("origin")
+    if origin is not None:
+        return origin.strip().rstrip("/").lower()
+    referer = request.headers.get("referer")
+    if referer is None:
+        return None
+    scheme, _, rest = referer.strip().partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0]}".lower() if rest else referer.strip().lower()
+
+
+def _from_elsewhere(source: Source, request: Request) -> bool:
+    """True for a browser post from a site `allowed_origins` does not list (an empty list allows any)."""
+    if not source.allowed_origins:
+        return False
+    origin = _origin_of(request)
+    return origin is not None and origin not in source.allowed_origins
 
 
 @router.options("/forms/{source_name}")
@@ -289,6 +321,8 @@ async def form_post(source_name: str, request: Request) -> Response:
     source = _form_source(config, source_name)
     if source is None:
         return _refuse(BadInput(404, f"no form named {source_name!r}"), as_json, headers)
+    if _from_elsewhere(source, request):
+        return _refuse(BadInput(403, "this form may not be posted from another website"), as_json, headers)
     ip = client_ip(request, config)  # the same address for the rate limit and the consent evidence
     limiter: RateLimiter = request.app.state.form_limiter
     wait = limiter.take(ip)
@@ -306,6 +340,12 @@ async def form_post(source_name: str, request: Request) -> Response:
         row = signup(config, source, fields)
     except BadInput as problem:
         return _refuse(problem, as_json, headers)
-    evidence = Evidence(ip=ip, user_agent=request.headers.get("user-agent"))
-    await run_in_threadpool(accept_form, config, get_engine(request), source_name, row, get_now(request), evidence)
+    evidence = evidence_of(request)
+    now = get_now(request)
+    if not source.confirm:
+        await run_in_threadpool(accept_form, config, get_engine(request), source_name, row, now, evidence)
+        return _thank(config, source, as_json, headers)
+    job = await run_in_threadpool(request_confirmation, config, get_engine(request), source_name, row, now, evidence)
+    if job is not None:
+        await wait_briefly(send_queue(request).confirmation(job, now))
     return _thank(config, source, as_json, headers)
