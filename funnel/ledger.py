@@ -21,7 +21,7 @@ its *holder*; a *recoverer* is another run that takes the holder for dead:
     failed, retryable   -> claimed            any run (`retake`)
     claimed             -> sending            the holder (`hand_over`)
     claimed             -> skipped | failed   the holder: the email could not be written (`unsent`)
-    sending | unknown   -> sent|failed|skipped  the holder: its request's outcome (`record`)
+    sending             -> sent|failed|skipped  the holder: its request's outcome (`record`)
     claimed | sending   -> no row | failed    the holder: the request never started (`give_back`)
     claimed             -> no row | failed    a recoverer (`recover`)
     sending             -> unknown            a recoverer (`recover`)
@@ -37,8 +37,8 @@ belief only decides whether an email is reported unknown, never whether it
 goes out twice. (It once did: a recovery read a live run's rows as
 `claimed`, the run handed one over, and the recovery then gave the row back
 by id, as if still only claimed: the step was claimed afresh and sent again.)
-`unknown` is the recoverer's stand-in for an outcome nobody may have; if the
-holder was alive after all, the outcome it records replaces it.
+`unknown` is final, like the outcomes: a holder that was alive after all
+finds its row gone from `sending` and records nothing over it.
 
 So a run killed with SIGKILL leaves at most about twice `delivery.concurrency`
 emails unknown; its `claimed` rows are released by the next run and go out
@@ -326,9 +326,9 @@ class Ledger:
 
         Each dict holds `id`, `status`, `reason`, `retryable`, `attempts` (added
         to the row's count), `sent_at` and `message_id`. Only a row this run
-        holds is written, `sending`, or `unknown` if another run took this one
-        for dead meanwhile (its liveness lock lost with its connection, say):
-        the outcome this run saw replaces that guess. Plain SQL: this is the
+        still has `sending` is written: one that another run turned unknown
+        meanwhile, having taken this one for dead (its liveness lock lost with
+        its connection, say), keeps that state. Plain SQL: this is the
         per-email write of every run.
         """
         if not outcomes:
@@ -352,7 +352,7 @@ class Ledger:
                 for o in outcomes
             ],
             add=("attempts",),
-            where=f"run_id = ? AND status IN ('{SENDING}', '{UNKNOWN}')",
+            where=f"run_id = ? AND status = '{SENDING}'",
             params=(self.run_id,),
         )
 

@@ -18,7 +18,8 @@ several, work side by side:
   (`dead_runs`): a live worker's claims are never turned unknown nor given
   back under its feet. Should a live worker lose its lock (the server ended
   its session), the others take it for dead; that costs at most emails
-  reported unknown for a while, never one sent twice (`funnel.ledger`).
+  reported unknown although they went out, never one sent twice
+  (`funnel.ledger`).
 
 Advisory locks of two 32-bit keys do not share the space of one 64-bit key,
 so the per-run keys (namespace, run id) cannot collide with the schema lock.
