@@ -299,6 +299,8 @@ def _drop_liveness_lock(database_url: str, run_id: int) -> None:
                 text(
                     "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = :space"
                     " AND objid = :run AND objsubid = 2"
+                    # advisory locks are per database; other tests' databases hold the same keys
+                    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
                 ),
                 {"space": RUN_KEY_SPACE, "run": run_id},
             ).scalar_one()
