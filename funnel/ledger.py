@@ -14,19 +14,45 @@ through:
 - `unknown`: the run died while the row was `sending`. SendGrid has no
   idempotency key, so such an email is reported and never sent again blindly.
 
+The moves, and who may make each one. The run named in a row's `run_id` is
+its *holder*; a *recoverer* is another run that takes the holder for dead:
+
+    (no row)            -> claimed            any run: insert-or-ignore on (enrollment, step)
+    failed, retryable   -> claimed            any run (`retake`)
+    claimed             -> sending            the holder (`hand_over`)
+    claimed             -> skipped | failed   the holder: the email could not be written (`unsent`)
+    sending             -> sent|failed|skipped  the holder: its request's outcome (`record`)
+    claimed | sending   -> no row | failed    the holder: the request never started (`give_back`)
+    claimed             -> no row | failed    a recoverer (`recover`)
+    sending             -> unknown            a recoverer (`recover`)
+
+Every move is one conditional statement that names the state it moves from
+(and, but for the first two, the holder), so of two writers racing for a row
+only the first finds it: nothing is read and then written on the strength of
+what was read. A request starts only after its run committed the move
+`claimed -> sending`, and no move by anyone else ever takes a `sending` row
+back to something claimable. So an email whose request may be under way can
+never be claimed again, whatever one run believes about another's life: that
+belief only decides whether an email is reported unknown, never whether it
+goes out twice. (It once did: a recovery read a live run's rows as
+`claimed`, the run handed one over, and the recovery then gave the row back
+by id, as if still only claimed: the step was claimed afresh and sent again.)
+`unknown` is final, like the outcomes: a holder that was alive after all
+finds its row gone from `sending` and records nothing over it.
+
 So a run killed with SIGKILL leaves at most about twice `delivery.concurrency`
 emails unknown; its `claimed` rows are released by the next run and go out
 then. Suppression (unsubscribed, bounced, erased) is read again in the
 hand-over's transaction: a `forget` or `unsubscribe` that lands after a run
 claimed an email still stops it.
 
-Recovery touches only the rows of runs that are really dead: on SQLite the
-run lock makes every other run dead; on PostgreSQL, where several workers
-share the work, a run is dead when its liveness lock can be taken
-(`funnel.workers.dead_runs`). A live worker's claims are never turned
-unknown nor given back under its feet, and the conditional hand-over keeps
-each email to one request anyway: a worker only hands over rows it still
-holds.
+Recovery looks only at the rows of runs that are dead: on SQLite the run
+lock makes every other run dead; on PostgreSQL, where several workers share
+the work, a run is dead when its liveness lock can be taken
+(`funnel.workers.dead_runs`), so a live worker's emails are not reported
+unknown under its feet. A worker can lose that lock while it lives (the
+server ended its idle session); the moves above keep its emails single then
+too.
 """
 
 from __future__ import annotations
@@ -49,6 +75,7 @@ from funnel.workers import dead_runs
 
 CLAIMED = "claimed"
 SENDING = "sending"
+UNKNOWN = "unknown"
 #: rows that belong to a run until it records their outcome
 IN_HAND = (CLAIMED, SENDING)
 
@@ -145,36 +172,28 @@ class Ledger:
         return found
 
     def _settle_dead(self, dead: list[int]) -> Recovered:
-        theirs = and_(col(StepRun.status).in_(IN_HAND), col(StepRun.run_id).in_(dead))
-        stale = self.session.execute(
-            select(
-                col(StepRun.id),
-                col(StepRun.enrollment_id),
-                col(StepRun.sequence),
-                col(StepRun.step_id),
-                col(StepRun.status),
-            ).where(theirs)
+        """Move the dead runs' rows: `sending` to unknown, `claimed` back (two conditional statements).
+
+        No row is read first: a run taken for dead that is alive after all may
+        hand a row over between any two statements here, and then the row is
+        simply `sending` for whichever statement comes next.
+        """
+        table = _table()
+        unknown = self.session.execute(
+            table.update()
+            .where(table.c.run_id.in_(dead), table.c.status == SENDING)
+            .values(status=UNKNOWN, reason=UNKNOWN_REASON, retryable=False)
+            .returning(table.c.sequence, table.c.step_id)
         ).all()
-        sending = [row for row in stale if row.status == SENDING]
-        claimed = [row for row in stale if row.status == CLAIMED]
-        if sending:
-            self.session.execute(
-                update(StepRun)
-                .where(col(StepRun.id).in_([row.id for row in sending]), theirs, col(StepRun.status) == SENDING)
-                .values(status="unknown", reason=UNKNOWN_REASON, retryable=False)
-            )
-        if claimed:
-            self._give_back([row.id for row in claimed], by_runs=dead)
+        released = self._give_back(None, by_runs=dead, moving=(CLAIMED,))
+        if released:
             # their enrollments come up again in this run, whatever the dead run stored as next
             self.session.execute(
                 update(Enrollment)
-                .where(
-                    col(Enrollment.id).in_(sorted({row.enrollment_id for row in claimed})),
-                    col(Enrollment.status) == "active",
-                )
+                .where(col(Enrollment.id).in_(sorted(set(released))), col(Enrollment.status) == "active")
                 .values(next_due_at=self.now)
             )
-        return Recovered([(row.sequence, row.step_id) for row in sending], len(claimed))
+        return Recovered(sorted((sequence, step_id) for sequence, step_id in unknown), len(released))
 
     # ----------------------------------------------------------------- claim
 
@@ -292,10 +311,11 @@ class Ledger:
             for step_run_id, contact_id in batch
             if step_run_id in handed and contact_id in stopped
         }
-        if suppressed:
+        if suppressed:  # sending -> skipped: ours, moved a moment ago in this very transaction
             self.sql.executemany(
-                "UPDATE step_runs SET status = 'skipped', reason = ?, retryable = ? WHERE id = ?",
-                [(why, self._false, step_run_id) for step_run_id, why in suppressed.items()],
+                f"UPDATE step_runs SET status = 'skipped', reason = ?, retryable = ? WHERE id = ? AND run_id = ?"
+                f" AND status = '{SENDING}'",
+                [(why, self._false, step_run_id, self.run_id) for step_run_id, why in suppressed.items()],
             )
         return HandOver(handed - set(suppressed), suppressed)
 
@@ -306,10 +326,10 @@ class Ledger:
 
         Each dict holds `id`, `status`, `reason`, `retryable`, `attempts` (added
         to the row's count), `sent_at` and `message_id`. Only a row this run
-        still has `sending` is written: one that a recovery turned unknown
-        meanwhile (it cannot, while this run is alive, but the ledger does not
-        rely on it) keeps that state. Plain SQL: this is the per-email write
-        of every run.
+        still has `sending` is written: one that another run turned unknown
+        meanwhile, having taken this one for dead (its liveness lock lost with
+        its connection, say), keeps that state. Plain SQL: this is the
+        per-email write of every run.
         """
         if not outcomes:
             return
@@ -340,20 +360,30 @@ class Ledger:
 
     def give_back(self, ids: Iterable[int]) -> None:
         """Rows this run took but whose request never started: pending again (or failed as before a retry)."""
-        self._give_back(list(ids), by_runs=[self.run_id])
+        self._give_back(list(ids), by_runs=[self.run_id], moving=IN_HAND)
 
-    def _give_back(self, ids: list[int], *, by_runs: list[int]) -> None:
-        if not ids:
-            return
+    def _give_back(self, ids: list[int] | None, *, by_runs: list[int], moving: tuple[str, ...]) -> list[int]:
+        """Take rows of `by_runs` that are in one of the states `moving` back; their enrollment ids.
+
+        Only the holder may move its own `sending` rows back (it knows their
+        requests never started); a recoverer moves `claimed` ones only. `ids`
+        None: every such row of those runs.
+        """
+        if ids is not None and not ids:
+            return []
         table = _table()
-        mine: list[ColumnElement[bool]] = [
-            table.c.id.in_(ids),
-            table.c.status.in_(IN_HAND),
-            table.c.run_id.in_(by_runs),
-        ]
+        theirs: list[ColumnElement[bool]] = [table.c.run_id.in_(by_runs), table.c.status.in_(moving)]
+        if ids is not None:
+            theirs.append(table.c.id.in_(ids))
         # a retried step keeps its history (failed, retryable); a first attempt leaves no trace
-        self.session.execute(table.update().where(*mine, table.c.attempts > 0).values(status="failed"))
-        self.session.execute(table.delete().where(*mine, table.c.attempts == 0))
+        failed = self.session.execute(
+            table.update().where(*theirs, table.c.attempts > 0).values(status="failed").returning(table.c.enrollment_id)
+        ).scalars()
+        found = list(failed)
+        deleted = self.session.execute(
+            table.delete().where(*theirs, table.c.attempts == 0).returning(table.c.enrollment_id)
+        ).scalars()
+        return found + list(deleted)
 
 
 class SuppressionCheck:

@@ -16,7 +16,10 @@ several, work side by side:
   life (`RunKeeper`). The server drops it when the process or its machine
   dies. Recovery settles only the rows of runs whose lock it can take
   (`dead_runs`): a live worker's claims are never turned unknown nor given
-  back under its feet.
+  back under its feet. Should a live worker lose its lock (the server ended
+  its session), the others take it for dead; that costs at most emails
+  reported unknown although they went out, never one sent twice
+  (`funnel.ledger`).
 
 Advisory locks of two 32-bit keys do not share the space of one 64-bit key,
 so the per-run keys (namespace, run id) cannot collide with the schema lock.
@@ -30,7 +33,7 @@ from pathlib import Path
 
 from sqlalchemy import Select, select, text
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import col
 
 from funnel.models import Contact
@@ -93,6 +96,12 @@ class RunKeeper:
         try:
             conn.execute(text("SELECT pg_advisory_unlock(:space, :run)"), {"space": RUN_KEY_SPACE, "run": self._run_id})
             conn.commit()
+        except DBAPIError:
+            # the server ended this session meanwhile (a restart, idle_session_timeout, a proxy):
+            # the lock went with it, and the run's outcomes are already recorded, so the run is
+            # not failed for it; other workers may have taken the run for dead, which the
+            # ledger's conditional moves make harmless (`funnel.ledger`)
+            conn.invalidate()
         finally:
             conn.close()  # closing alone would keep the lock on a pooled connection
 

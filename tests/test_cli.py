@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import click
@@ -39,6 +40,47 @@ def test_readme_states_the_two_commands_and_ci_runs_the_same_test_command() -> N
     assert "./scripts/setup-and-run" in readme
     assert "./scripts/test" in readme
     assert "./scripts/test" in (REPO / ".ci" / "run").read_text()
+
+
+@pytest.mark.parametrize(("failing", "named"), [("sqlite", "SQLite"), ("postgres", "PostgreSQL"), ("", "")])
+def test_scripts_test_runs_both_passes_and_names_the_one_that_failed(tmp_path, failing: str, named: str) -> None:
+    """The real scripts/test, in a copy whose .venv/bin/python stands in for pytest (and pip):
+    a failing SQLite pass must not keep the PostgreSQL one from running, and the end says which failed."""
+    import shutil
+    import subprocess
+
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(REPO / "scripts" / "test", tmp_path / "scripts" / "test")
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    python = tmp_path / ".venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text(
+        "#!/bin/sh\n"
+        '[ "$2" = pip ] && exit 0\n'
+        'echo "$FUNNEL_TEST_DATABASE $*" >> "$PASSES"\n'
+        '[ "$FUNNEL_TEST_DATABASE" = "$FAILING" ] && exit 3\n'
+        "exit 0\n"
+    )
+    for name in ("pg_isready", "chromium", "chromedriver"):  # the server and browser are there
+        (tools / name).write_text("#!/bin/sh\nexit 0\n")
+    for path in [python, *tools.iterdir()]:
+        path.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("FUNNEL_TEST_DATABASE", "FUNNEL_TEST_WORKERS")}
+    env.update(PATH=f"{tools}:{env['PATH']}", PASSES=str(tmp_path / "passes"), FAILING=failing)
+    result = subprocess.run(
+        [str(tmp_path / "scripts" / "test"), "tests/test_x.py"], env=env, capture_output=True, text=True, timeout=60
+    )
+    passes = (tmp_path / "passes").read_text().splitlines()
+    assert [line.split()[0] for line in passes] == ["sqlite", "postgres"]
+    assert all(line.endswith("-m pytest -q -n 4 tests/test_x.py") for line in passes)
+    last = result.stdout.strip().splitlines()[-1]
+    if failing:
+        assert result.returncode != 0
+        assert last == f"== FAILED: the {named} pass (pytest exit 3)"
+    else:
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "FAILED" not in result.stdout
 
 
 def test_a_config_mistake_exits_2_with_file_and_line_and_no_traceback(project: Project, funnel_process) -> None:

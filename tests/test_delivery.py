@@ -19,8 +19,9 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from conftest import Project
+from conftest import Project, project_db
 from fake_sendgrid import FakeSendGrid, _recipients
+from sqlalchemy import event
 
 from funnel.config import load_config
 from funnel.db import make_engine
@@ -265,6 +266,116 @@ def test_the_database_alone_prevents_double_sends_without_the_lock(project: Proj
     assert all(n == 1 for n in counts.values())
     assert all(counts[a] == 1 for a in addresses + more)
     engine.dispose()
+
+
+class _Announcing:
+    """A real transport that says when its first request starts (then sends it as usual)."""
+
+    def __init__(self, transport: SendGridTransport, started: threading.Event) -> None:
+        self.transport = transport
+        self.started = started
+        self.name = transport.name
+        self.concurrency = transport.concurrency
+
+    def send(self, email: Any) -> Any:
+        self.started.set()
+        return self.transport.send(email)
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+def _drop_liveness_lock(database_url: str, run_id: int) -> None:
+    """End the server session holding run `run_id`'s liveness lock, as an idle-session timeout,
+    a restart or a proxy would: the run goes on, but looks dead to the other workers."""
+    from sqlalchemy import text
+
+    from funnel.workers import RUN_KEY_SPACE
+
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            pid = conn.execute(
+                text(
+                    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = :space"
+                    " AND objid = :run AND objsubid = 2"
+                    # advisory locks are per database; other tests' databases hold the same keys
+                    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                ),
+                {"space": RUN_KEY_SPACE, "run": run_id},
+            ).scalar_one()
+            # waits until the backend is gone, and its lock with it
+            assert conn.execute(text("SELECT pg_terminate_backend(:pid, 30000)"), {"pid": pid}).scalar_one()
+    finally:
+        engine.dispose()
+
+
+def test_a_run_that_looks_dead_never_has_an_email_sent_twice(project: Project, fake) -> None:
+    """The interleaving behind the rare double send, forced step by step.
+
+    Run A has claimed her email. Run B takes A for dead (on SQLite without the
+    run lock every other run looks dead; on PostgreSQL a run whose liveness lock
+    was lost with its connection does) and reads A's rows in hand; *then* A
+    hands the email over and its request starts; *then* B settles what it read.
+    The old recovery gave the row back as if still only claimed (it deleted any
+    row in hand), so B claimed her step afresh and sent it a second time. Each
+    move of the ledger now names the state it moves from: B can only turn a
+    `sending` row unknown.
+    """
+    (address,) = registrations(project, 1)
+    config = load_config(project.root / "sequences.yaml")
+    now = parse_instant(NOW)
+    engine_a, engine_b = make_engine(project.database_url), make_engine(project.database_url)
+    a_claimed, a_may_go, a_sending = threading.Event(), threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def claimed(done: int, total: int) -> None:  # A's progress: its claims are committed, nothing handed over
+        a_claimed.set()
+        assert a_may_go.wait(60), "run B never reached its recovery"
+
+    transport_a = _Announcing(SendGridTransport("SG.test-key", host=fake.url, concurrency=1), a_sending)
+    run_a = Runner(config, engine_a, transport_a, now, sources=True, progress=claimed)
+
+    def work_a() -> None:
+        try:
+            run_a.run()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    thread_a = threading.Thread(target=work_a)
+    thread_a.start()
+    try:
+        assert a_claimed.wait(60), "run A never claimed her email"
+        if not project.on_sqlite:
+            assert run_a.run_row is not None and run_a.run_row.id is not None
+            _drop_liveness_lock(project.database_url, run_a.run_row.id)
+
+        settling: list[str] = []
+
+        def between_read_and_write(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            """B has read A's rows in hand and is about to settle them: A hands over first."""
+            if settling or not statement.lstrip().upper().startswith(("UPDATE STEP_RUNS", "DELETE FROM STEP_RUNS")):
+                return
+            settling.append(statement)
+            a_may_go.set()
+            assert a_sending.wait(60), "run A never handed her email over"
+
+        event.listen(engine_b, "before_cursor_execute", between_read_and_write)
+        run_b = Runner(config, engine_b, SendGridTransport("SG.test-key", host=fake.url), now, sources=True)
+        summary_b = run_b.run()
+    finally:
+        a_may_go.set()
+        thread_a.join(timeout=120)
+        engine_a.dispose()
+        engine_b.dispose()
+    assert not errors, errors
+    assert settling, "run B never settled run A's rows"
+    assert fake.sent_to(address) == 1
+    assert summary_b.sent == 0
+    with project_db(project) as db:
+        rows = [tuple(row) for row in db.execute("SELECT status, run_id FROM step_runs").fetchall()]
+    # the email is A's: B could only report it unknown (A was taken for dead), never take it back
+    assert rows == [("unknown", run_a.run_row.id)]
 
 
 def test_a_run_killed_mid_send_never_resends_and_the_next_run_finishes(project: Project, funnel, fake) -> None:
