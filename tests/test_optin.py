@@ -215,14 +215,8 @@ def test_a_post_asking_for_discretion_applies_at_once_and_only_she_turns_it_off(
 def test_a_browser_post_from_another_site_is_403(
     project: Project, funnel: Run, funnel_server: Callable[..., Any], fake: FakeSendGrid
 ) -> None:
-    text = (project.root / "sequences.yaml").read_text()
-    project.write(
-        "sequences.yaml",
-        text.replace(
-            f"    thank_you_url: {THANKS}\n",
-            f"    thank_you_url: {THANKS}\n    allowed_origins: [https://healinglightcounseling.test]\n",
-        ),
-    )
+    # the shipped sequences.yaml lists the practice's website (with and without www)
+    assert "allowed_origins: [https://healinglightcounseling.test" in (project.root / "sequences.yaml").read_text()
     server = funnel_server("--now", NOW, env=sendgrid_env(fake))
     with server.client() as http:
         evil = http.post(FORM, data=ANA, headers={"Origin": "https://evil.test"})
@@ -232,6 +226,8 @@ def test_a_browser_post_from_another_site_is_403(
         assert mails(fake, "ana@example.test") == []
         good = http.post(FORM, data=ANA, headers={"Origin": "https://healinglightcounseling.test"})
         assert good.status_code == 303
+        www = {"Referer": "https://www.healinglightcounseling.test/consultation"}
+        assert http.post(FORM, data={**ANA, "email": "bea@example.test"}, headers=www).status_code == 303
         confirmation(fake, "ana@example.test", server)
         # a server posting for the website sends no Origin and no Referer: not a browser's post
         assert http.post(FORM, data={**ANA, "email": "cai@example.test"}).status_code == 303
