@@ -400,11 +400,11 @@ def confirmation_email(config: Config, address: str, token: str, send_id: str, n
     url = confirm_url(practice.base_url, token)
     text = (
         "Hello,\n\n"
-        "Someone, probably you, asked to receive emails at this address.\n"
-        f"To confirm that it was you, open this link within {CONFIRM_DAYS} days and press the button:\n\n"
+        "A request was just made to receive emails at this address.\n"
+        f"If it was you, please open this link within {CONFIRM_DAYS} days and press the button:\n\n"
         f"{url}\n\n"
-        "If it was not you, you can ignore this email: nothing more will be sent to you,\n"
-        "and this address will not be added anywhere. To never be asked again at this address:\n\n"
+        "If it was not you, you can simply ignore this email, and nothing will change.\n"
+        "If you would rather not be asked again at this address, open this link instead:\n\n"
         f"{decline_url(practice.base_url, token)}\n\n"
         f"{postal}\n"
     )

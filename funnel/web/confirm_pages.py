@@ -70,7 +70,7 @@ _TEMPLATES = {
 <input type="hidden" name="confirm" value="yes">
 <button type="submit">Confirm</button>
 </form>
-<p>If you did not ask, close this page. Nothing has changed, and nothing more will be sent.</p>
+<p>If you did not ask, close this page. Nothing has changed.</p>
 {% endblock %}""",
     "confirmed.html": """{% extends "layout.html" %}{% block content %}
 <h1>Thank you, you have confirmed</h1>
