@@ -451,3 +451,51 @@ def test_forget_erases_a_post_waiting_for_confirmation(
         assert db.execute("SELECT email, suppressed_reason FROM contacts").fetchall() == [(None, "erased")]
     assert len(mails(fake, "ana@example.test")) == 1
     assert funnel("contacts", "forget", "bea@example.test").code == 1  # nothing held: unknown, as before
+
+
+# --------------------------------------------------------------------------- found by trying to break it
+
+
+def test_a_posts_answer_does_not_wait_for_the_confirmation_so_its_timing_tells_nothing(
+    project: Project, funnel: Run, serve: Callable[..., Any], fake: FakeSendGrid
+) -> None:
+    """The answer must not wait for SendGrid: an address that is asked would answer as slowly as
+    SendGrid, one that is never asked (erased, bounced, unsubscribed by hand) at once, and the
+    difference would tell a stranger who knows her address that she was listed and left."""
+    write_csv(project, "ana@example.test,Ana,Reyes,2027-01-14 19:00,America/Denver,no\n")
+    assert funnel("run", "--now", NOW, env={"FUNNEL_TRANSPORT": "outbox"}).code == 0
+    assert funnel("contacts", "forget", "ana@example.test", "--now", NOW).code == 0
+    server = serve()
+    fake.delay(5.0)  # SendGrid slow today: each request answered 5 s after it arrives
+    took = {}
+    with server.client() as http:
+        for address in ("ana@example.test", "new@example.test"):  # erased (never asked), unknown (asked)
+            started = time.monotonic()
+            assert http.post(FORM, data={**ANA, "email": address}).status_code == 303
+            took[address] = time.monotonic() - started
+    # the old code waited up to 2 s for the asked address's request, and not at all for the erased one
+    assert took["new@example.test"] < 1.5, took
+    fake.delay(0)
+    assert len(wait_until(lambda: mails(fake, "new@example.test", "confirmation"))) == 1  # it still goes, once
+    assert mails(fake, "ana@example.test") == []
+
+
+def test_a_strangers_earlier_no_never_lowers_a_discretion_she_asked_for_after_it(
+    project: Project, funnel: Run, serve: Callable[..., Any], fake: FakeSendGrid
+) -> None:
+    """A stranger posts her address with discreet=no; she then registers for the webinar asking for
+    discretion; the confirmation she clicks (it looks like hers) must not turn her discretion off."""
+    write_csv(project, "ana@example.test,Ana,Reyes,2027-01-14 19:00,America/Denver,no\n")
+    assert funnel("run", "--now", NOW, env={"FUNNEL_TRANSPORT": "outbox"}).code == 0
+    server = serve()
+    with server.client() as http:
+        hostile = {"email": "ana@example.test", "name": "Ana", "discreet": "no", "message": "hello"}
+        assert http.post(FORM, data=hostile).status_code == 303
+        link = confirmation(fake, "ana@example.test", server)
+        # her webinar registration, asking for discretion, is imported after the stranger's post
+        write_csv(project, "ana@example.test,Ana,Reyes,2027-01-14 19:00,America/Denver,yes\n")
+        assert funnel("run", "--now", NOW, env={"FUNNEL_TRANSPORT": "outbox"}).code == 0
+        assert show(funnel, "ana@example.test")["discreet"] is True  # type: ignore[index]
+        assert http.post(link, data={"confirm": "yes"}).status_code == 200
+    ana = show(funnel, "ana@example.test")
+    assert ana is not None and ana["discreet"] is True

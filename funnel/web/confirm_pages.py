@@ -4,7 +4,8 @@
 POST (the button, or a mail client's one-click) declines for good.
 
 GET changes nothing (mail scanners and previews open links): it shows one
-button. The POST applies the post, then hands the sequence's due
+button. A form post hands its confirmation email to the sender threads and
+answers at once, without waiting (`funnel.web.forms`). The POST here applies the post, then hands the sequence's due
 transactional step to the serve's sender threads (`funnel.instant`), and
 answers once it has gone or after `WAIT_FOR_SEND` seconds at most, whichever
 comes first (the send goes on meanwhile, recorded in the ledger either way).
