@@ -12,8 +12,10 @@ The rules, and why:
 - **Nothing about a known person changes until she confirms** (name, fields,
   tags, enrollment, discretion), with one exception that only ever protects
   her: a post asking for discretion (`discreet=yes`) applies at once, to the
-  contact and to every pending post for the address. Only a confirmed post
-  with an explicit no (or `funnel contacts discreet EMAIL off`) lowers it.
+  contact and to every pending post for the address. A confirmed post never
+  lowers it, whatever it said (it may be a stranger's, made before she asked
+  for discretion, that she confirms believing it hers): only
+  `funnel contacts discreet EMAIL off`, at her request, does.
 - **The confirmation email is discreet by construction**: the discreet
   sender name, `practice.confirm_subject`, plain text only, no word of the
   practice's subject matter or services, no tracking. It holds the link and
@@ -306,7 +308,10 @@ def confirm(config: Config, engine: Engine, token: str, now: datetime, evidence:
         source = config.sources.get(pending.source)
         if source is None or source.format != "form" or not pending.values:
             return Confirmed("invalid")
-        row = _row_from(pending.values, pending.discreet)
+        # her discretion as it is now wins over the post's "no": `pending.discreet` is what she had when
+        # it was posted, so a discretion she asked for since (a webinar registration, another source)
+        # must not be lowered by a stranger's earlier post that she confirms thinking it is hers
+        row = _row_from(pending.values, discreet)
         pending.values, pending.confirmed_at = {}, now
         session.add(pending)
         if contact is not None and contact.erased_at is not None:
