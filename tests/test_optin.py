@@ -499,3 +499,20 @@ def test_a_strangers_earlier_no_never_lowers_a_discretion_she_asked_for_after_it
         assert http.post(link, data={"confirm": "yes"}).status_code == 200
     ana = show(funnel, "ana@example.test")
     assert ana is not None and ana["discreet"] is True
+
+
+def test_the_page_behind_a_confirmation_link_is_as_discreet_as_the_email_until_she_confirms(
+    project: Project, funnel: Run, serve: Callable[..., Any], fake: FakeSendGrid
+) -> None:
+    """The confirmation email names nobody because anyone may have posted her address and anyone
+    sharing her inbox may open it: the page one click further must not name the practice either."""
+    server = serve()
+    with server.client() as http:
+        assert http.post(FORM, data=ANA).status_code == 303  # no discretion asked: a stranger's, perhaps
+        link = confirmation(fake, "ana@example.test", server)
+        for path in (link, f"{link}/stop"):
+            page = http.get(path)
+            assert page.status_code == 200 and "<button" in page.text
+            assert not [w for w in TELLING if w in page.text.lower()], page.text
+        # once she has confirmed, her own choice applies: she did not ask for discretion
+        assert "Healing Light" in http.post(link, data={"confirm": "yes"}).text

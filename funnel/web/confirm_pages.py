@@ -12,8 +12,10 @@ comes first (the send goes on meanwhile, recorded in the ledger either way).
 
 The pages use the layout and Content-Security-Policy of `pages.py`. They
 never name the practice or its subject matter to a discreet request (her own
-discretion, or the post's), and say nothing about whether an address is
-known: a link of an erased person answers like any other.
+discretion, or the post's), nor to any request she has not confirmed yet
+(like the email, since anyone may have posted her address and anyone who
+shares her inbox may open the link), and say nothing about whether an
+address is known: a link of an erased person answers like any other.
 
 Sending from `funnel serve` (`SendQueue`) runs on a small thread pool of its
 own, off the event loop; SIGTERM lets requests under way finish and be
@@ -182,12 +184,14 @@ async def ask(token: str, request: Request) -> HTMLResponse:
     found = await run_in_threadpool(look_up, get_engine(request), token, get_now(request))
     if found.state == "invalid":
         return confirm_page(config, "invalid.html", discreet=True, status_code=400)
-    if found.state == "expired":
-        return confirm_page(config, "expired.html", discreet=found.discreet, status_code=410)
+    if found.state == "expired":  # never confirmed: as discreet as the email (see `ask.html` below)
+        return confirm_page(config, "expired.html", discreet=True, status_code=410)
     if found.state == "confirmed":
         return confirm_page(config, "confirmed.html", discreet=found.discreet)
-    # relative action: works behind a proxy that serves funnel under a path prefix
-    return confirm_page(config, "ask.html", discreet=found.discreet, action=token)
+    # Until she confirms, nobody knows that she asked: the email names nobody for that reason, and
+    # the page one click further, opened by whoever shares her inbox, must not either.
+    # (relative action: works behind a proxy that serves funnel under a path prefix)
+    return confirm_page(config, "ask.html", discreet=True, action=token)
 
 
 @router.post("/c/{token}")
@@ -200,7 +204,7 @@ async def confirm_now(token: str, request: Request) -> HTMLResponse:
     if done.state == "invalid":
         return confirm_page(config, "invalid.html", discreet=True, status_code=400)
     if done.state == "expired":
-        return confirm_page(config, "expired.html", discreet=done.discreet, status_code=410)
+        return confirm_page(config, "expired.html", discreet=True, status_code=410)
     if done.enrollment_ids:
         await wait_briefly(send_queue(request).first_steps(done.enrollment_ids, now))
     return confirm_page(config, "confirmed.html", discreet=done.discreet)
