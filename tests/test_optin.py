@@ -249,8 +249,8 @@ def test_a_repeated_post_within_the_hour_sends_no_second_confirmation(
     later = serve("2026-12-08T16:59:00Z")
     with later.client() as http:
         assert http.post(FORM, data=ANA).status_code == 303
+    later.stop()  # a post does not wait for its email: stopping drains the serve's sender threads
     assert len(mails(fake, "ana@example.test")) == 1
-    later.stop()
     hour = serve("2026-12-08T17:01:00Z")
     with hour.client() as http:
         assert http.post(FORM, data=ANA).status_code == 303
@@ -300,6 +300,7 @@ def test_her_own_unsubscribe_is_lifted_by_her_confirmed_post_one_made_by_hand_ne
         assert show(funnel, "ana@example.test")["unsubscribed"] is True  # type: ignore[index]  # until she clicks
         assert http.post(link, data={"confirm": "yes"}).status_code == 200
     assert show(funnel, "ana@example.test")["unsubscribed"] is False  # type: ignore[index]
+    server.stop()  # a post does not wait for its email: stopping drains the serve's sender threads
     # by hand stays: no confirmation even goes (it could confirm nothing), nothing changes
     assert mails(fake, "bea@example.test") == []
     bea = show(funnel, "bea@example.test")
@@ -516,3 +517,30 @@ def test_the_page_behind_a_confirmation_link_is_as_discreet_as_the_email_until_s
             assert not [w for w in TELLING if w in page.text.lower()], page.text
         # once she has confirmed, her own choice applies: she did not ask for discretion
         assert "Healing Light" in http.post(link, data={"confirm": "yes"}).text
+
+
+def test_not_me_stops_further_requests_also_to_someone_who_had_unsubscribed_by_link(
+    project: Project, funnel: Run, serve: Callable[..., Any], fake: FakeSendGrid
+) -> None:
+    """Her own unsubscribe is one a confirmed post may lift, so requests still went to her; her
+    "not me, do not ask again" left it as it was and a stranger could go on asking every hour."""
+    write_csv(project, "ana@example.test,Ana,Reyes,2027-01-14 19:00,America/Denver,no\n")
+    assert funnel("run", "--now", NOW, env={"FUNNEL_TRANSPORT": "outbox"}).code == 0
+    [eml] = [m for m in project.messages() if m["To"].addresses[0].addr_spec == "ana@example.test"]
+    own_link = str(eml["List-Unsubscribe"]).strip("<>").split("/u/", 1)[1]
+    server = serve()
+    with server.client() as http:
+        assert http.post(f"/u/{own_link}", data={"confirm": "yes"}).status_code == 200
+        assert http.post(FORM, data=ANA).status_code == 303  # a stranger
+        link = confirmation(fake, "ana@example.test", server)
+        assert http.post(f"{link}/stop", data={"confirm": "yes"}).status_code == 200  # "not me"
+    server.stop()
+    later = serve("2026-12-09T16:00:00Z")  # a day later, the hour long past
+    with later.client() as http:
+        assert http.post(FORM, data=ANA).status_code == 303  # the stranger again
+    later.stop()  # a post does not wait for its email: stopping drains the serve's sender threads
+    assert len(mails(fake, "ana@example.test", "confirmation")) == 1  # never asked again
+    with project_db(project) as db:
+        assert db.execute("SELECT count(*) FROM pending_signups").fetchone() == (0,)
+    ana = show(funnel, "ana@example.test")
+    assert ana is not None and ana["unsubscribed"] is True
