@@ -135,7 +135,7 @@ class SendQueue:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="serve-send")
 
     def confirmation(self, job: ToSend, now: datetime) -> Future[Any]:
-        return self._pool.submit(self._confirmation, job, now)
+        return _logged(self._pool.submit(self._confirmation, job, now))
 
     def _confirmation(self, job: ToSend, now: datetime) -> str:
         try:
@@ -146,7 +146,7 @@ class SendQueue:
         return send_confirmation(self.config, self.engine, transport, job, now)
 
     def first_steps(self, enrollment_ids: tuple[int, ...], now: datetime) -> Future[Any]:
-        return self._pool.submit(self.sender.send_due_transactional, enrollment_ids, now)
+        return _logged(self._pool.submit(self.sender.send_due_transactional, enrollment_ids, now))
 
     def sweep(self, now: datetime) -> None:
         """Drop expired pending posts; send the confirmations a stopped serve left stored but unclaimed."""
@@ -160,6 +160,19 @@ class SendQueue:
         self.sender.close()
 
 
+def _logged(future: Future[Any]) -> Future[Any]:
+    """`future`, whose failure is logged when it ends (nobody may be waiting for it: a form post does not)."""
+    future.add_done_callback(_log_failure)
+    return future
+
+
+def _log_failure(future: Future[Any]) -> None:
+    if future.cancelled() or future.exception() is None:
+        return
+    error = future.exception()
+    log.warning("sending from funnel serve failed unexpectedly (%s)", error.__class__.__name__)
+
+
 def send_queue(request: Request) -> SendQueue:
     return request.app.state.send_queue  # type: ignore[no-any-return]
 
@@ -170,8 +183,8 @@ async def wait_briefly(future: Future[Any]) -> None:
         await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), WAIT_FOR_SEND)
     except TimeoutError:
         return
-    except Exception:  # noqa: BLE001  # recorded by the sender; the visitor's answer does not depend on it
-        log.warning("sending from funnel serve failed unexpectedly", exc_info=False)
+    except Exception:  # noqa: BLE001  # logged by `_log_failure`; the visitor's answer does not depend on it
+        return
 
 
 # --------------------------------------------------------------------------- routes
