@@ -12,8 +12,10 @@ The rules, and why:
 - **Nothing about a known person changes until she confirms** (name, fields,
   tags, enrollment, discretion), with one exception that only ever protects
   her: a post asking for discretion (`discreet=yes`) applies at once, to the
-  contact and to every pending post for the address. Only a confirmed post
-  with an explicit no (or `funnel contacts discreet EMAIL off`) lowers it.
+  contact and to every pending post for the address. A confirmed post never
+  lowers it, whatever it said (it may be a stranger's, made before she asked
+  for discretion, that she confirms believing it hers): only
+  `funnel contacts discreet EMAIL off`, at her request, does.
 - **The confirmation email is discreet by construction**: the discreet
   sender name, `practice.confirm_subject`, plain text only, no word of the
   practice's subject matter or services, no tracking. It holds the link and
@@ -22,7 +24,9 @@ The rules, and why:
   the text: "this was not me, do not ask me again". Posting it (a mail
   client's one-click, or the page's button) deletes the pending posts for
   the address and records an unsubscribe (`DECLINED`) that no form lifts,
-  so a stranger cannot make her inbox receive a confirmation every hour.
+  so a stranger cannot make her inbox receive a confirmation every hour
+  (also when she had already unsubscribed through her own link, which a
+  confirmed post could lift: it becomes `DECLINED`, with a line in her history).
   The practice can take it back by hand (`contacts resubscribe`) when she
   asks. It never points at the confirming link itself: a mail client's
   one-click POST there would confirm, the opposite of what it means.
@@ -73,7 +77,7 @@ from funnel.config import Config
 from funnel.contacts import resubscribe, unsubscribe
 from funnel.errors import TransportError
 from funnel.ingest import apply_rows
-from funnel.models import Consent, Contact, Enrollment, PendingSignup
+from funnel.models import Consent, Contact, Enrollment, PendingSignup, SubscriptionChange
 from funnel.personlock import lock_contact, with_person
 from funnel.sources import SignupRow, email_hash
 from funnel.timeutil import isoformat_z
@@ -306,7 +310,10 @@ def confirm(config: Config, engine: Engine, token: str, now: datetime, evidence:
         source = config.sources.get(pending.source)
         if source is None or source.format != "form" or not pending.values:
             return Confirmed("invalid")
-        row = _row_from(pending.values, pending.discreet)
+        # her discretion as it is now wins over the post's "no": `pending.discreet` is what she had when
+        # it was posted, so a discretion she asked for since (a webinar registration, another source)
+        # must not be lowered by a stranger's earlier post that she confirms thinking it is hers
+        row = _row_from(pending.values, discreet)
         pending.values, pending.confirmed_at = {}, now
         session.add(pending)
         if contact is not None and contact.erased_at is not None:
@@ -380,6 +387,14 @@ def decline(engine: Engine, token: str, now: datetime) -> bool:
                     unsubscribed_at=now,
                     unsubscribed_via=DECLINED,
                 )
+            )
+        elif contact.erased_at is None and contact.unsubscribed_via in OWN_UNSUBSCRIBES:
+            # already out by her own link, an opt-out a confirmed post may lift (so requests still
+            # came): "not me" turns it into one that no form lifts, or a stranger could go on asking
+            contact.unsubscribed_via, contact.unsubscribed_step_run_id, contact.updated_at = DECLINED, None, now
+            session.add(contact)
+            session.add(
+                SubscriptionChange(contact_id=contact.id or 0, changed_at=now, change="unsubscribed", via=DECLINED)
             )
         elif contact.erased_at is None:
             unsubscribe(session, contact, now, via=DECLINED)

@@ -245,8 +245,8 @@ def test_a_repeated_post_within_the_hour_sends_no_second_confirmation(
     later = serve("2026-12-08T16:59:00Z")
     with later.client() as http:
         assert http.post(FORM, data=ANA).status_code == 303
+    later.stop()  # a post does not wait for its email: stopping drains the serve's sender threads
     assert len(mails(fake, "ana@example.test")) == 1
-    later.stop()
     hour = serve("2026-12-08T17:01:00Z")
     with hour.client() as http:
         assert http.post(FORM, data=ANA).status_code == 303
@@ -296,6 +296,7 @@ def test_her_own_unsubscribe_is_lifted_by_her_confirmed_post_one_made_by_hand_ne
         assert show(funnel, "ana@example.test")["unsubscribed"] is True  # type: ignore[index]  # until she clicks
         assert http.post(link, data={"confirm": "yes"}).status_code == 200
     assert show(funnel, "ana@example.test")["unsubscribed"] is False  # type: ignore[index]
+    server.stop()  # a post does not wait for its email: stopping drains the serve's sender threads
     # by hand stays: no confirmation even goes (it could confirm nothing), nothing changes
     assert mails(fake, "bea@example.test") == []
     bea = show(funnel, "bea@example.test")
@@ -447,3 +448,95 @@ def test_forget_erases_a_post_waiting_for_confirmation(
         assert db.execute("SELECT email, suppressed_reason FROM contacts").fetchall() == [(None, "erased")]
     assert len(mails(fake, "ana@example.test")) == 1
     assert funnel("contacts", "forget", "bea@example.test").code == 1  # nothing held: unknown, as before
+
+
+# --------------------------------------------------------------------------- found by trying to break it
+
+
+def test_a_posts_answer_does_not_wait_for_the_confirmation_so_its_timing_tells_nothing(
+    project: Project, funnel: Run, serve: Callable[..., Any], fake: FakeSendGrid
+) -> None:
+    """The answer must not wait for SendGrid: an address that is asked would answer as slowly as
+    SendGrid, one that is never asked (erased, bounced, unsubscribed by hand) at once, and the
+    difference would tell a stranger who knows her address that she was listed and left."""
+    write_csv(project, "ana@example.test,Ana,Reyes,2027-01-14 19:00,America/Denver,no\n")
+    assert funnel("run", "--now", NOW, env={"FUNNEL_TRANSPORT": "outbox"}).code == 0
+    assert funnel("contacts", "forget", "ana@example.test", "--now", NOW).code == 0
+    server = serve()
+    fake.delay(5.0)  # SendGrid slow today: each request answered 5 s after it arrives
+    took = {}
+    with server.client() as http:
+        for address in ("ana@example.test", "new@example.test"):  # erased (never asked), unknown (asked)
+            started = time.monotonic()
+            assert http.post(FORM, data={**ANA, "email": address}).status_code == 303
+            took[address] = time.monotonic() - started
+    # the old code waited up to 2 s for the asked address's request, and not at all for the erased one
+    assert took["new@example.test"] < 1.5, took
+    fake.delay(0)
+    assert len(wait_until(lambda: mails(fake, "new@example.test", "confirmation"))) == 1  # it still goes, once
+    assert mails(fake, "ana@example.test") == []
+
+
+def test_a_strangers_earlier_no_never_lowers_a_discretion_she_asked_for_after_it(
+    project: Project, funnel: Run, serve: Callable[..., Any], fake: FakeSendGrid
+) -> None:
+    """A stranger posts her address with discreet=no; she then registers for the webinar asking for
+    discretion; the confirmation she clicks (it looks like hers) must not turn her discretion off."""
+    write_csv(project, "ana@example.test,Ana,Reyes,2027-01-14 19:00,America/Denver,no\n")
+    assert funnel("run", "--now", NOW, env={"FUNNEL_TRANSPORT": "outbox"}).code == 0
+    server = serve()
+    with server.client() as http:
+        hostile = {"email": "ana@example.test", "name": "Ana", "discreet": "no", "message": "hello"}
+        assert http.post(FORM, data=hostile).status_code == 303
+        link = confirmation(fake, "ana@example.test", server)
+        # her webinar registration, asking for discretion, is imported after the stranger's post
+        write_csv(project, "ana@example.test,Ana,Reyes,2027-01-14 19:00,America/Denver,yes\n")
+        assert funnel("run", "--now", NOW, env={"FUNNEL_TRANSPORT": "outbox"}).code == 0
+        assert show(funnel, "ana@example.test")["discreet"] is True  # type: ignore[index]
+        assert http.post(link, data={"confirm": "yes"}).status_code == 200
+    ana = show(funnel, "ana@example.test")
+    assert ana is not None and ana["discreet"] is True
+
+
+def test_the_page_behind_a_confirmation_link_is_as_discreet_as_the_email_until_she_confirms(
+    project: Project, funnel: Run, serve: Callable[..., Any], fake: FakeSendGrid
+) -> None:
+    """The confirmation email names nobody because anyone may have posted her address and anyone
+    sharing her inbox may open it: the page one click further must not name the practice either."""
+    server = serve()
+    with server.client() as http:
+        assert http.post(FORM, data=ANA).status_code == 303  # no discretion asked: a stranger's, perhaps
+        link = confirmation(fake, "ana@example.test", server)
+        for path in (link, f"{link}/stop"):
+            page = http.get(path)
+            assert page.status_code == 200 and "<button" in page.text
+            assert not [w for w in TELLING if w in page.text.lower()], page.text
+        # once she has confirmed, her own choice applies: she did not ask for discretion
+        assert "Healing Light" in http.post(link, data={"confirm": "yes"}).text
+
+
+def test_not_me_stops_further_requests_also_to_someone_who_had_unsubscribed_by_link(
+    project: Project, funnel: Run, serve: Callable[..., Any], fake: FakeSendGrid
+) -> None:
+    """Her own unsubscribe is one a confirmed post may lift, so requests still went to her; her
+    "not me, do not ask again" left it as it was and a stranger could go on asking every hour."""
+    write_csv(project, "ana@example.test,Ana,Reyes,2027-01-14 19:00,America/Denver,no\n")
+    assert funnel("run", "--now", NOW, env={"FUNNEL_TRANSPORT": "outbox"}).code == 0
+    [eml] = [m for m in project.messages() if m["To"].addresses[0].addr_spec == "ana@example.test"]
+    own_link = str(eml["List-Unsubscribe"]).strip("<>").split("/u/", 1)[1]
+    server = serve()
+    with server.client() as http:
+        assert http.post(f"/u/{own_link}", data={"confirm": "yes"}).status_code == 200
+        assert http.post(FORM, data=ANA).status_code == 303  # a stranger
+        link = confirmation(fake, "ana@example.test", server)
+        assert http.post(f"{link}/stop", data={"confirm": "yes"}).status_code == 200  # "not me"
+    server.stop()
+    later = serve("2026-12-09T16:00:00Z")  # a day later, the hour long past
+    with later.client() as http:
+        assert http.post(FORM, data=ANA).status_code == 303  # the stranger again
+    later.stop()  # a post does not wait for its email: stopping drains the serve's sender threads
+    assert len(mails(fake, "ana@example.test", "confirmation")) == 1  # never asked again
+    with project_db(project) as db:
+        assert db.execute("SELECT count(*) FROM pending_signups").fetchone() == (0,)
+    ana = show(funnel, "ana@example.test")
+    assert ana is not None and ana["unsubscribed"] is True

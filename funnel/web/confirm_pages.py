@@ -4,15 +4,18 @@
 POST (the button, or a mail client's one-click) declines for good.
 
 GET changes nothing (mail scanners and previews open links): it shows one
-button. The POST applies the post, then hands the sequence's due
+button. A form post hands its confirmation email to the sender threads and
+answers at once, without waiting (`funnel.web.forms`). The POST here applies the post, then hands the sequence's due
 transactional step to the serve's sender threads (`funnel.instant`), and
 answers once it has gone or after `WAIT_FOR_SEND` seconds at most, whichever
 comes first (the send goes on meanwhile, recorded in the ledger either way).
 
 The pages use the layout and Content-Security-Policy of `pages.py`. They
 never name the practice or its subject matter to a discreet request (her own
-discretion, or the post's), and say nothing about whether an address is
-known: a link of an erased person answers like any other.
+discretion, or the post's), nor to any request she has not confirmed yet
+(like the email, since anyone may have posted her address and anyone who
+shares her inbox may open the link), and say nothing about whether an
+address is known: a link of an erased person answers like any other.
 
 Sending from `funnel serve` (`SendQueue`) runs on a small thread pool of its
 own, off the event loop; SIGTERM lets requests under way finish and be
@@ -132,7 +135,7 @@ class SendQueue:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="serve-send")
 
     def confirmation(self, job: ToSend, now: datetime) -> Future[Any]:
-        return self._pool.submit(self._confirmation, job, now)
+        return _logged(self._pool.submit(self._confirmation, job, now))
 
     def _confirmation(self, job: ToSend, now: datetime) -> str:
         try:
@@ -143,7 +146,7 @@ class SendQueue:
         return send_confirmation(self.config, self.engine, transport, job, now)
 
     def first_steps(self, enrollment_ids: tuple[int, ...], now: datetime) -> Future[Any]:
-        return self._pool.submit(self.sender.send_due_transactional, enrollment_ids, now)
+        return _logged(self._pool.submit(self.sender.send_due_transactional, enrollment_ids, now))
 
     def sweep(self, now: datetime) -> None:
         """Drop expired pending posts; send the confirmations a stopped serve left stored but unclaimed."""
@@ -157,6 +160,19 @@ class SendQueue:
         self.sender.close()
 
 
+def _logged(future: Future[Any]) -> Future[Any]:
+    """`future`, whose failure is logged when it ends (nobody may be waiting for it: a form post does not)."""
+    future.add_done_callback(_log_failure)
+    return future
+
+
+def _log_failure(future: Future[Any]) -> None:
+    if future.cancelled() or future.exception() is None:
+        return
+    error = future.exception()
+    log.warning("sending from funnel serve failed unexpectedly (%s)", error.__class__.__name__)
+
+
 def send_queue(request: Request) -> SendQueue:
     return request.app.state.send_queue  # type: ignore[no-any-return]
 
@@ -167,8 +183,8 @@ async def wait_briefly(future: Future[Any]) -> None:
         await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), WAIT_FOR_SEND)
     except TimeoutError:
         return
-    except Exception:  # noqa: BLE001  # recorded by the sender; the visitor's answer does not depend on it
-        log.warning("sending from funnel serve failed unexpectedly", exc_info=False)
+    except Exception:  # noqa: BLE001  # logged by `_log_failure`; the visitor's answer does not depend on it
+        return
 
 
 # --------------------------------------------------------------------------- routes
@@ -181,12 +197,14 @@ async def ask(token: str, request: Request) -> HTMLResponse:
     found = await run_in_threadpool(look_up, get_engine(request), token, get_now(request))
     if found.state == "invalid":
         return confirm_page(config, "invalid.html", discreet=True, status_code=400)
-    if found.state == "expired":
-        return confirm_page(config, "expired.html", discreet=found.discreet, status_code=410)
+    if found.state == "expired":  # never confirmed: as discreet as the email (see `ask.html` below)
+        return confirm_page(config, "expired.html", discreet=True, status_code=410)
     if found.state == "confirmed":
         return confirm_page(config, "confirmed.html", discreet=found.discreet)
-    # relative action: works behind a proxy that serves funnel under a path prefix
-    return confirm_page(config, "ask.html", discreet=found.discreet, action=token)
+    # Until she confirms, nobody knows that she asked: the email names nobody for that reason, and
+    # the page one click further, opened by whoever shares her inbox, must not either.
+    # (relative action: works behind a proxy that serves funnel under a path prefix)
+    return confirm_page(config, "ask.html", discreet=True, action=token)
 
 
 @router.post("/c/{token}")
@@ -199,7 +217,7 @@ async def confirm_now(token: str, request: Request) -> HTMLResponse:
     if done.state == "invalid":
         return confirm_page(config, "invalid.html", discreet=True, status_code=400)
     if done.state == "expired":
-        return confirm_page(config, "expired.html", discreet=done.discreet, status_code=410)
+        return confirm_page(config, "expired.html", discreet=True, status_code=410)
     if done.enrollment_ids:
         await wait_briefly(send_queue(request).first_steps(done.enrollment_ids, now))
     return confirm_page(config, "confirmed.html", discreet=done.discreet)

@@ -2,8 +2,8 @@
 
 The route only parses and answers. A `confirm: true` source (the default)
 stores the post as pending and sends one confirmation email at once
-(`funnel.confirm`, from the serve's sender threads: the answer waits for it
-at most a moment); a `confirm: false` source stores it at once
+(`funnel.confirm`, from the serve's sender threads; the answer never waits
+for it, so its timing cannot tell whether the address is asked at all); a `confirm: false` source stores it at once
 (`funnel.intake.accept_form`) and the next `funnel run` sends. Either way the
 answer is the same whatever the address, so it reveals nothing about who is
 listed. A source's `allowed_origins` refuses (403) a browser post whose
@@ -45,7 +45,7 @@ from funnel.intake import accept_form
 from funnel.sources import SignupRow, normalize_email, signup_from_values, title_key
 from funnel.timeutil import zone
 from funnel.web.client import client_ip, rate_key
-from funnel.web.confirm_pages import confirm_page, evidence_of, send_queue, wait_briefly
+from funnel.web.confirm_pages import confirm_page, evidence_of, send_queue
 from funnel.web.deps import MAX_BODY, get_config, get_engine, get_now, read_body
 from funnel.web.pages import page
 
@@ -347,5 +347,7 @@ async def form_post(source_name: str, request: Request) -> Response:
         return _thank(config, source, as_json, headers)
     job = await run_in_threadpool(request_confirmation, config, get_engine(request), source_name, row, now, evidence)
     if job is not None:
-        await wait_briefly(send_queue(request).confirmation(job, now))
+        # handed to the sender threads, never waited for: how long SendGrid takes would otherwise
+        # tell a stranger whether this address is asked at all (erased, bounced, unsubscribed by hand)
+        send_queue(request).confirmation(job, now)
     return _thank(config, source, as_json, headers)
