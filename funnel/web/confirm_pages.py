@@ -68,7 +68,8 @@ _TEMPLATES = {
     "layout.html": _LAYOUT,
     "ask.html": """{% extends "layout.html" %}{% block content %}
 <h1>Confirm your request</h1>
-<p>Press the button to confirm that you would like to receive emails{% if practice %} from {{ practice }}{% endif %} at this address.</p>
+<p>Press the button to confirm that you would like to receive emails
+{%- if practice %} from {{ practice }}{% endif %} at this address.</p>
 <form method="post" action="{{ action }}">
 <input type="hidden" name="confirm" value="yes">
 <button type="submit">Confirm</button>
