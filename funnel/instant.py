@@ -154,12 +154,35 @@ class ServeSender:
             ledger = Ledger(session, run_id, now, transport.name)
             claimed = self._claim(session, ledger, list(enrollment_ids), now)
             session.commit()  # claims are durable before anything else happens to them
+            untouched = {row.id for *_, row in claimed}
             sent = 0
-            for contact, enrollment, step, row in claimed:
-                sent += self._deliver(session, ledger, transport, renderer, contact, enrollment, step, row, now)
+            try:
+                for contact, enrollment, step, row in claimed:
+                    sent += self._deliver(
+                        session, ledger, transport, renderer, contact, enrollment, step, row, now, untouched
+                    )
+            finally:
+                if untouched:
+                    self._give_back(run_id, now, transport.name, sorted(untouched))
             return sent
         finally:
             session.close()
+
+    def _give_back(self, run_id: int, now: datetime, transport_name: str, ids: list[int]) -> None:
+        """Stopped on an error (the database lost, a bug): steps claimed but never handed over go back.
+
+        As a run does (`Runner._give_back`): the serve lives on and holds its
+        liveness lock, so no run would take them from it, and they would wait,
+        unsent, until the serve restarts. Their requests never started, so
+        this is safe; one whose request started stays in hand (`unknown` later).
+        """
+        try:
+            # a session of its own: the one that failed may have lost its connection
+            with Session(self.engine) as session:
+                Ledger(session, run_id, now, transport_name).give_back(ids)
+                session.commit()
+        except Exception as exc:  # noqa: BLE001  # the error under way is the one to report
+            log.warning("funnel serve could not give back %d unsent steps (%s)", len(ids), _first_line(exc))
 
     def _claim(
         self, session: Session, ledger: Ledger, ids: list[int], now: datetime
@@ -243,20 +266,27 @@ class ServeSender:
         step: Any,
         row: StepRow,
         now: datetime,
+        untouched: set[int],
     ) -> int:
-        """Render, hand over, send and record one claimed step (the run's order, one email)."""
+        """Render, hand over, send and record one claimed step (the run's order, one email).
+
+        `untouched` loses the row once it is settled or its request may start.
+        """
         try:
             email = self._compose(session, renderer, contact, enrollment, step, row, now)
         except MissingData as exc:
             ledger.unsent(row.id, "skipped", exc.reason)
             session.commit()
+            untouched.discard(row.id)
             return 0
         except (TemplateError, OverflowError, ValueError) as exc:
             ledger.unsent(row.id, "failed", f"template error: {exc}")
             session.commit()
+            untouched.discard(row.id)
             return 0
         handed = ledger.hand_over([(row.id, contact.id or 0)])
         session.commit()  # `sending` before the request starts: a kill now leaves it unknown
+        untouched.discard(row.id)  # from here on its request may start: never given back
         if row.id not in handed.handed:
             return 0  # suppressed meanwhile (recorded as skipped), or no longer ours
         outcome: dict[str, Any] = {"id": row.id, "retryable": False, "sent_at": None, "message_id": None}

@@ -27,6 +27,7 @@ so the per-run keys (namespace, run id) cannot collide with the schema lock.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -117,7 +118,9 @@ def liveness_file(engine: Engine, run_id: int) -> Path | None:
     database = engine.url.database
     if engine.dialect.name != "sqlite" or not database or database == ":memory:":
         return None
-    return Path(f"{database}.serve-{int(run_id)}.lock")
+    # named after the file itself: a serve that reaches it through a symlink and a cron run that
+    # names it directly must find the same lock, or the run takes the live serve for dead
+    return Path(f"{os.path.realpath(database)}.serve-{int(run_id)}.lock")
 
 
 @contextmanager

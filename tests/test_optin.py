@@ -450,6 +450,39 @@ def test_forget_erases_a_post_waiting_for_confirmation(
     assert funnel("contacts", "forget", "bea@example.test").code == 1  # nothing held: unknown, as before
 
 
+def test_a_cron_run_reaching_the_database_by_another_path_still_sees_the_serve_alive(
+    project: Project, funnel: Run, funnel_server: Callable[..., Any], fake: FakeSendGrid
+) -> None:
+    """SQLite: the serve's liveness file is named after the database file itself, not the path spelled in
+    the URL. A serve whose FUNNEL_DATABASE_URL goes through a symlink (a /srv link, a deploy's `current`)
+    beside a cron run that names the file directly is one serve: its email under way is left alone."""
+    if not project.on_sqlite:
+        pytest.skip("a SQLite file's own path; PostgreSQL holds an advisory lock (test above)")
+    assert funnel("check").code == 0  # the database file exists
+    link = project.root.parent / f"{project.root.name}-link.db"
+    link.symlink_to(project.root / "funnel.db")
+    server = funnel_server("--now", NOW, env={**sendgrid_env(fake), "FUNNEL_DATABASE_URL": f"sqlite:///{link}"})
+    with server.client() as http:
+        assert http.post(FORM, data=ANA).status_code == 303
+        link_path = confirmation(fake, "ana@example.test", server)
+        arrived: list[str] = []
+        fake.on_mail(lambda record: arrived.append(record["body"]["custom_args"].get("funnel_step", "")))
+        fake.delay(6)  # the first step's request is under way at SendGrid ...
+        assert http.post(link_path, data={"confirm": "yes"}).status_code == 200
+        assert wait_until(lambda: "received" in arrived)
+        run = funnel("run", "--now", NOW, "--json", env=sendgrid_env(fake))  # ... while cron runs
+        assert run.code == 0, run.err
+        assert run.json()["unknown"] == 0 and run.json()["sent"] == 0  # type: ignore[index]
+        fake.delay(0)
+
+        def step_status() -> str:
+            ana = show(funnel, "ana@example.test")
+            return str(ana["enrollments"][0]["steps"][0]["status"]) if ana else ""
+
+        assert wait_until(lambda: step_status() == "sent", timeout=30)
+    assert len(mails(fake, "ana@example.test", "received")) == 1
+
+
 # --------------------------------------------------------------------------- found by trying to break it
 
 
