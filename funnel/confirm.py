@@ -12,10 +12,11 @@ The rules, and why:
 - **Nothing about a known person changes until she confirms** (name, fields,
   tags, enrollment, discretion), with one exception that only ever protects
   her: a post asking for discretion (`discreet=yes`) applies at once, to the
-  contact and to every pending post for the address. A confirmed post never
-  lowers it, whatever it said (it may be a stranger's, made before she asked
-  for discretion, that she confirms believing it hers): only
-  `funnel contacts discreet EMAIL off`, at her request, does.
+  contact and to every pending post for the address. The confirmation page
+  of a discreet person has a ticked box "keep my emails plain and discreet":
+  a post's "no" (maybe a stranger's, made before she asked for discretion)
+  lowers it only when she unticks it herself; `funnel contacts discreet
+  EMAIL off`, at her request, lowers it too.
 - **The confirmation email is discreet by construction**: the discreet
   sender name, `practice.confirm_subject`, plain text only, no word of the
   practice's subject matter or services, no tracking. It holds the link and
@@ -280,8 +281,16 @@ class Confirmed:
     enrollment_ids: tuple[int, ...] = ()
 
 
-def confirm(config: Config, engine: Engine, token: str, now: datetime, evidence: Evidence) -> Confirmed:
+def confirm(
+    config: Config, engine: Engine, token: str, now: datetime, evidence: Evidence, *, keep_discreet: bool = False
+) -> Confirmed:
     """Apply a pending post: contact, tags, consent (both halves), her own unsubscribe lifted, enrollment.
+
+    `keep_discreet`: the page's "keep my emails plain and discreet" box, ticked
+    for her whenever she is discreet. Ticked, the post cannot lower her
+    discretion, whatever it said (it may be a stranger's, made before she asked
+    for discretion, that she confirms believing it hers); unticked, a post that
+    said no lowers it: her own choice, made on the page (spec section 9).
 
     Idempotent: a second click finds the row confirmed and changes nothing.
     """
@@ -310,10 +319,8 @@ def confirm(config: Config, engine: Engine, token: str, now: datetime, evidence:
         source = config.sources.get(pending.source)
         if source is None or source.format != "form" or not pending.values:
             return Confirmed("invalid")
-        # her discretion as it is now wins over the post's "no": `pending.discreet` is what she had when
-        # it was posted, so a discretion she asked for since (a webinar registration, another source)
-        # must not be lowered by a stranger's earlier post that she confirms thinking it is hers
-        row = _row_from(pending.values, discreet)
+        # with the box ticked her discretion as it is now wins over the post's "no" (see above)
+        row = _row_from(pending.values, discreet and keep_discreet)
         pending.values, pending.confirmed_at = {}, now
         session.add(pending)
         if contact is not None and contact.erased_at is not None:

@@ -526,9 +526,31 @@ def test_a_strangers_earlier_no_never_lowers_a_discretion_she_asked_for_after_it
         write_csv(project, "ana@example.test,Ana,Reyes,2027-01-14 19:00,America/Denver,yes\n")
         assert funnel("run", "--now", NOW, env={"FUNNEL_TRANSPORT": "outbox"}).code == 0
         assert show(funnel, "ana@example.test")["discreet"] is True  # type: ignore[index]
-        assert http.post(link, data={"confirm": "yes"}).status_code == 200
+        # she presses Confirm as her browser sends it: the page's box to keep discretion is ticked for her
+        page = http.get(link).text
+        assert 'name="keep_discreet" value="yes" checked' in page
+        assert http.post(link, data={"confirm": "yes", "keep_discreet": "yes"}).status_code == 200
     ana = show(funnel, "ana@example.test")
     assert ana is not None and ana["discreet"] is True
+
+
+def test_her_own_confirmed_no_lowers_discretion_only_when_she_unticks_the_box(
+    project: Project, funnel: Run, serve: Callable[..., Any], fake: FakeSendGrid
+) -> None:
+    """Spec 9: nothing but she herself, through a confirmed post (or `contacts discreet off`), turns
+    discretion off. The post's "no" alone never does; her unticking the page's box does."""
+    write_csv(project, "ana@example.test,Ana,Reyes,2027-01-14 19:00,America/Denver,yes\n")
+    assert funnel("run", "--now", NOW, env={"FUNNEL_TRANSPORT": "outbox"}).code == 0
+    server = serve()
+    with server.client() as http:
+        own = {"email": "ana@example.test", "name": "Ana", "discreet": "no", "message": "ordinary emails now"}
+        assert http.post(FORM, data=own).status_code == 303
+        assert show(funnel, "ana@example.test")["discreet"] is True  # type: ignore[index]  # not before the click
+        link = confirmation(fake, "ana@example.test", server)
+        assert 'name="keep_discreet" value="yes" checked' in http.get(link).text
+        assert http.post(link, data={"confirm": "yes"}).status_code == 200  # the box unticked: her choice
+    ana = show(funnel, "ana@example.test")
+    assert ana is not None and ana["discreet"] is False
 
 
 def test_the_page_behind_a_confirmation_link_is_as_discreet_as_the_email_until_she_confirms(

@@ -29,6 +29,7 @@ import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
@@ -72,7 +73,9 @@ _TEMPLATES = {
 {%- if practice %} from {{ practice }}{% endif %} at this address.</p>
 <form method="post" action="{{ action }}">
 <input type="hidden" name="confirm" value="yes">
-<button type="submit">Confirm</button>
+{% if keep %}<p><label><input type="checkbox" name="keep_discreet" value="yes" checked>
+Keep my emails plain and discreet</label></p>
+{% endif %}<button type="submit">Confirm</button>
 </form>
 <p>If you did not ask, close this page. Nothing has changed.</p>
 {% endblock %}""",
@@ -205,16 +208,21 @@ async def ask(token: str, request: Request) -> HTMLResponse:
     # Until she confirms, nobody knows that she asked: the email names nobody for that reason, and
     # the page one click further, opened by whoever shares her inbox, must not either.
     # (relative action: works behind a proxy that serves funnel under a path prefix)
-    return confirm_page(config, "ask.html", discreet=True, action=token)
+    # She is discreet now: the box to keep it so is ticked, so a stranger's earlier "no" in the post is
+    # never applied by a click that looks like her own; unticking it is her own choice (spec 9).
+    return confirm_page(config, "ask.html", discreet=True, action=token, keep="yes" if found.discreet else "")
 
 
 @router.post("/c/{token}")
 async def confirm_now(token: str, request: Request) -> HTMLResponse:
     """Confirm: apply the post, record both halves of the consent, send the first step at once."""
     config = get_config(request)
-    await read_body(request, limit=4096)
+    body = await read_body(request, limit=4096)
+    keep = ("keep_discreet", "yes") in parse_qsl(body.decode("utf-8", "replace"))
     now = get_now(request)
-    done = await run_in_threadpool(confirm, config, get_engine(request), token, now, evidence_of(request))
+    done = await run_in_threadpool(
+        confirm, config, get_engine(request), token, now, evidence_of(request), keep_discreet=keep
+    )
     if done.state == "invalid":
         return confirm_page(config, "invalid.html", discreet=True, status_code=400)
     if done.state == "expired":
