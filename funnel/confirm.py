@@ -260,7 +260,7 @@ def look_up(engine: Engine, token: str, now: datetime) -> Lookup:
         pending = session.scalars(
             select(PendingSignup).where(col(PendingSignup.token_hash) == token_hash(token))
         ).first()
-        if pending is None or pending.mail_status == "held":
+        if pending is None:
             return Lookup("invalid")
         discreet = pending.discreet or bool(
             session.scalars(select(col(Contact.discreet)).where(col(Contact.email_hash) == pending.email_hash)).first()
@@ -308,7 +308,7 @@ def confirm(
             .where(col(PendingSignup.token_hash) == digest_of_token)
             .execution_options(populate_existing=True)
         ).first()
-        if pending is None or pending.mail_status == "held":
+        if pending is None:
             return Confirmed("invalid")  # erased meanwhile, or a link that was never sent
         contact = lock_contact(session, pending.email_hash)
         discreet = pending.discreet or bool(contact is not None and contact.discreet)
@@ -370,11 +370,9 @@ def decline(engine: Engine, token: str, now: datetime) -> bool:
     digest_of_token = token_hash(token)
     with Session(engine) as session:
         found = session.execute(
-            select(col(PendingSignup.email_hash), col(PendingSignup.mail_status)).where(
-                col(PendingSignup.token_hash) == digest_of_token
-            )
+            select(col(PendingSignup.email_hash)).where(col(PendingSignup.token_hash) == digest_of_token)
         ).first()
-    if found is None or found[1] == "held":
+    if found is None:
         return False
 
     def work(session: Session) -> bool:

@@ -33,12 +33,8 @@ def get_now(request: Request) -> datetime:
     return fixed if fixed is not None else datetime.now(UTC).replace(microsecond=0)
 
 
-async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
-    """The raw body, refusing (413) anything over `limit` bytes without reading it all.
-
-    Content-Length is checked first; a chunked or lying body is cut off while
-    streaming, so a huge post never sits in memory.
-    """
+def refuse_declared_oversize(request: Request, limit: int) -> None:
+    """400 for a Content-Length that is not a number, 413 for one over `limit`: before reading a byte."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -47,6 +43,15 @@ async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
             raise HTTPException(400, "the Content-Length header is not a number") from None
         if size > limit:
             raise HTTPException(413, f"the body is larger than {limit} bytes")
+
+
+async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
+    """The raw body, refusing (413) anything over `limit` bytes without reading it all.
+
+    Content-Length is checked first; a chunked or lying body is cut off while
+    streaming, so a huge post never sits in memory.
+    """
+    refuse_declared_oversize(request, limit)
     chunks: list[bytes] = []
     received = 0
     async for chunk in request.stream():
@@ -65,14 +70,7 @@ async def spool_body(request: Request, limit: int, in_memory: int = 1024 * 1024)
     thread pool, so the event loop (every other request) never waits on it.
     The same 413 rules as `read_body`. The caller closes the file.
     """
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise HTTPException(400, "the Content-Length header is not a number") from None
-        if size > limit:
-            raise HTTPException(413, f"the body is larger than {limit} bytes")
+    refuse_declared_oversize(request, limit)
     spool = tempfile.SpooledTemporaryFile(max_size=in_memory)
     try:
         received = 0
