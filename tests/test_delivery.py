@@ -269,16 +269,22 @@ def test_the_database_alone_prevents_double_sends_without_the_lock(project: Proj
 
 
 class _Announcing:
-    """A real transport that says when its first request starts (then sends it as usual)."""
+    """A real transport that says when its request starts, then sends it once `proceed` is set.
 
-    def __init__(self, transport: SendGridTransport, started: threading.Event) -> None:
+    Holding the request until the other run has settled makes the ending
+    certain: the outcome cannot be recorded before the recovery looks.
+    """
+
+    def __init__(self, transport: SendGridTransport, started: threading.Event, proceed: threading.Event) -> None:
         self.transport = transport
         self.started = started
+        self.proceed = proceed
         self.name = transport.name
         self.concurrency = transport.concurrency
 
     def send(self, email: Any) -> Any:
         self.started.set()
+        assert self.proceed.wait(60), "the other run never settled"
         return self.transport.send(email)
 
     def close(self) -> None:
@@ -333,7 +339,8 @@ def test_a_run_that_looks_dead_never_has_an_email_sent_twice(project: Project, f
         a_claimed.set()
         assert a_may_go.wait(60), "run B never reached its recovery"
 
-    transport_a = _Announcing(SendGridTransport("SG.test-key", host=fake.url, concurrency=1), a_sending)
+    b_settled = threading.Event()
+    transport_a = _Announcing(SendGridTransport("SG.test-key", host=fake.url, concurrency=1), a_sending, b_settled)
     run_a = Runner(config, engine_a, transport_a, now, sources=True, progress=claimed)
 
     def work_a() -> None:
@@ -360,11 +367,18 @@ def test_a_run_that_looks_dead_never_has_an_email_sent_twice(project: Project, f
             a_may_go.set()
             assert a_sending.wait(60), "run A never handed her email over"
 
+        def settled(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            """B's first settling statement has run: A's request may go (its outcome comes after)."""
+            if settling and statement == settling[0]:
+                b_settled.set()
+
         event.listen(engine_b, "before_cursor_execute", between_read_and_write)
+        event.listen(engine_b, "after_cursor_execute", settled)
         run_b = Runner(config, engine_b, SendGridTransport("SG.test-key", host=fake.url), now, sources=True)
         summary_b = run_b.run()
     finally:
         a_may_go.set()
+        b_settled.set()
         thread_a.join(timeout=120)
         engine_a.dispose()
         engine_b.dispose()
