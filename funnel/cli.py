@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
+from zoneinfo import ZoneInfo
 
 import click
 
@@ -26,7 +27,7 @@ from funnel.collector import use_fewer_collections
 from funnel.config import Config, environment_problems, load_config
 from funnel.errors import ConfigError, FunnelError, UsageError
 from funnel.private import make_private_dir, write_private
-from funnel.timeutil import parse_instant
+from funnel.timeutil import parse_instant, readable, zone
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -395,8 +396,13 @@ def _print_summary(summary: Any, loud: bool) -> None:
 @json_option
 @click.option("--days", type=click.IntRange(1, 3650), default=14, show_default=True, help="How far ahead.")
 @click.option("--changes", is_flag=True, help="Compare sequences.yaml with the one the last run used.")
-def plan(config_path: Path | None, debug: bool, now: datetime, as_json: bool, days: int, changes: bool) -> None:
+@click.option("--utc", "in_utc", is_flag=True, help="Times in UTC instead of the practice's time zone.")
+def plan(
+    config_path: Path | None, debug: bool, now: datetime, as_json: bool, days: int, changes: bool, in_utc: bool
+) -> None:
     """What would be sent to whom and when in the next N days; writes nothing.
+
+    Times are in the practice's time zone (--utc for UTC; --json is always UTC).
 
     Example: funnel plan --days 7
     """
@@ -422,13 +428,24 @@ def plan(config_path: Path | None, debug: bool, now: datetime, as_json: bool, da
         return
     from rich.table import Table
 
+    tz = _reading_zone(config, in_utc)
+    out = _stdout()
+    out.print(f"times in {tz.key}" + ("" if in_utc else " (the practice's time zone; --utc for UTC)"))
     table = Table(show_header=True, header_style="bold", box=None)
-    for column in ("when (UTC)", "email", "sequence", "step", "note"):
+    for column in ("when", "email", "sequence", "step", "note"):
         table.add_column(column)
     for item in items:
-        note = f"not sent: {safe_markup(item['skipped'])}" if item.get("skipped") else ""
-        table.add_row(item["at"], safe_markup(item["email"] or ""), item["sequence"], item["step"], note)
-    _stdout().print(table)
+        notes = [f"(after {item['via']})"] if item.get("via") else []
+        if item.get("skipped"):
+            notes.append(f"not sent: {safe_markup(item['skipped'])}")
+        when = readable(parse_instant(item["at"]), tz)
+        table.add_row(when, safe_markup(item["email"] or ""), item["sequence"], item["step"], " ".join(notes))
+    out.print(table)
+
+
+def _reading_zone(config: Config, in_utc: bool) -> ZoneInfo:
+    """The zone times are shown in: the practice's (checked when the config loads), or UTC."""
+    return ZoneInfo("UTC") if in_utc else zone(config.practice.timezone)
 
 
 def _print_changes(result: dict[str, Any]) -> None:

@@ -252,7 +252,7 @@ def test_reaching_the_goal_keeps_the_reminders_and_ends_the_letters(project: Pro
     plan = funnel("plan", "--now", "2027-01-11T16:00:00Z", "--days", "14")
     assert plan.code == 0, plan.err
     lines = [line for line in plan.out.splitlines() if "webinar-relationship-911" in line]
-    assert [line.split()[3] for line in lines] == [
+    assert [line.split()[8] for line in lines] == [
         "day-before",
         "hour-before",
         "replay",
