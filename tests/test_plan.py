@@ -239,3 +239,20 @@ def test_readable_names_the_zone_on_both_sides_of_a_dst_change() -> None:
     assert readable(datetime(2027, 11, 7, 7, 30, tzinfo=UTC), DENVER) == "Sun 7 Nov 2027 01:30 MDT"
     assert readable(datetime(2027, 11, 7, 8, 30, tzinfo=UTC), DENVER) == "Sun 7 Nov 2027 01:30 MST"
     assert readable(datetime(2027, 1, 14, 2, tzinfo=UTC), ZoneInfo("UTC")) == "Thu 14 Jan 2027 02:00 UTC"
+
+
+def test_contacts_show_reads_in_the_practice_zone_and_utc_on_request(project: Project, funnel_process: Funnel) -> None:
+    register(project, funnel_process, f"ana@example.test,Ana,Reyes,{START},America/Chicago,no\n")
+    shown = funnel_process("contacts", "show", "ana@example.test")
+    assert shown.returncode == 0, shown.stderr
+    lines = [line.rstrip() for line in shown.stdout.splitlines()]
+    # her own zone is Chicago; the therapist reads the practice's, named on every time
+    assert "times in America/Denver (the practice's time zone; --utc for UTC)" in lines
+    assert f"{WEBINAR}: active, enrolled Sat 20 Feb 2027 09:00 MST" in lines
+    assert "  registered               sent     Sat 20 Feb 2027 09:00 MST" in lines
+    assert "  day-before               pending  Wed 24 Feb 2027 19:00 MST" in lines
+    in_utc = funnel_process("contacts", "show", "ana@example.test", "--utc").stdout.splitlines()
+    assert "times in UTC" in in_utc
+    assert "  day-before               pending  Thu 25 Feb 2027 02:00 UTC" in [line.rstrip() for line in in_utc]
+    as_json = json.loads(funnel_process("contacts", "show", "ana@example.test", "--json").stdout)
+    assert as_json["enrollments"][0]["steps"][1]["due_at"] == "2027-02-25T02:00:00Z"
