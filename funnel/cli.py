@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
+from zoneinfo import ZoneInfo
 
 import click
 
@@ -26,7 +27,7 @@ from funnel.collector import use_fewer_collections
 from funnel.config import Config, environment_problems, load_config
 from funnel.errors import ConfigError, FunnelError, UsageError
 from funnel.private import make_private_dir, write_private
-from funnel.timeutil import parse_instant
+from funnel.timeutil import parse_instant, readable, zone
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -395,8 +396,13 @@ def _print_summary(summary: Any, loud: bool) -> None:
 @json_option
 @click.option("--days", type=click.IntRange(1, 3650), default=14, show_default=True, help="How far ahead.")
 @click.option("--changes", is_flag=True, help="Compare sequences.yaml with the one the last run used.")
-def plan(config_path: Path | None, debug: bool, now: datetime, as_json: bool, days: int, changes: bool) -> None:
+@click.option("--utc", "in_utc", is_flag=True, help="Times in UTC instead of the practice's time zone.")
+def plan(
+    config_path: Path | None, debug: bool, now: datetime, as_json: bool, days: int, changes: bool, in_utc: bool
+) -> None:
     """What would be sent to whom and when in the next N days; writes nothing.
+
+    Times are in the practice's time zone (--utc for UTC; --json is always UTC).
 
     Example: funnel plan --days 7
     """
@@ -422,13 +428,24 @@ def plan(config_path: Path | None, debug: bool, now: datetime, as_json: bool, da
         return
     from rich.table import Table
 
+    tz = _reading_zone(config, in_utc)
+    out = _stdout()
+    out.print(f"times in {tz.key}" + ("" if in_utc else " (the practice's time zone; --utc for UTC)"))
     table = Table(show_header=True, header_style="bold", box=None)
-    for column in ("when (UTC)", "email", "sequence", "step", "note"):
+    for column in ("when", "email", "sequence", "step", "note"):
         table.add_column(column)
     for item in items:
-        note = f"not sent: {safe_markup(item['skipped'])}" if item.get("skipped") else ""
-        table.add_row(item["at"], safe_markup(item["email"] or ""), item["sequence"], item["step"], note)
-    _stdout().print(table)
+        notes = [f"(after {item['via']})"] if item.get("via") else []
+        if item.get("skipped"):
+            notes.append(f"not sent: {safe_markup(item['skipped'])}")
+        when = readable(parse_instant(item["at"]), tz)
+        table.add_row(when, safe_markup(item["email"] or ""), item["sequence"], item["step"], " ".join(notes))
+    out.print(table)
+
+
+def _reading_zone(config: Config, in_utc: bool) -> ZoneInfo:
+    """The zone times are shown in: the practice's (checked when the config loads), or UTC."""
+    return ZoneInfo("UTC") if in_utc else zone(config.practice.timezone)
 
 
 def _print_changes(result: dict[str, Any]) -> None:
@@ -567,18 +584,26 @@ def _with_contact(config_path: Path | None, address: str, action: Callable[..., 
 @contacts.command("show")
 @common
 @json_option
+@click.option("--utc", "in_utc", is_flag=True, help="Times in UTC instead of the practice's time zone.")
 @click.argument("email")
-def contacts_show(config_path: Path | None, debug: bool, as_json: bool, email: str) -> None:
+def contacts_show(config_path: Path | None, debug: bool, as_json: bool, in_utc: bool, email: str) -> None:
     """A contact: fields, tags, enrollments and step states, unsubscribe state.
+
+    Times are in the practice's time zone (--utc for UTC; --json is always UTC).
 
     Example: funnel contacts show ana@example.com --json
     """
     from funnel.contacts import describe
 
-    data = _with_contact(config_path, email, lambda s, c, contact: describe(s, c, contact))
+    data, config = _with_contact(config_path, email, lambda s, c, contact: (describe(s, c, contact), c))
     if as_json:
         _print_json(data)
         return
+    tz = _reading_zone(config, in_utc)
+
+    def when(value: str | None) -> str:
+        return readable(parse_instant(value), tz) if value else ""
+
     out = _stdout()
     name = " ".join(p for p in (data["first_name"], data["last_name"]) if p)
     out.print(f"[bold]{safe_markup(data['email'])}[/] {safe_markup(name)}".rstrip())
@@ -589,32 +614,34 @@ def contacts_show(config_path: Path | None, debug: bool, as_json: bool, email: s
     )
     tags = safe_markup(", ".join(data["tags"]) or "none")
     out.print(f"status: {safe_markup(state)}; timezone {safe_markup(data['timezone'])}; tags: {tags}")
+    out.print(f"times in {tz.key}" + ("" if in_utc else " (the practice's time zone; --utc for UTC)"))
     for enrollment in data["enrollments"]:
         reason = f" ({safe_markup(enrollment['reason'])})" if enrollment["reason"] else ""
         if enrollment.get("goal"):
             reason = f" ({safe_markup(enrollment['goal'])}: no more letters; confirmations and reminders still go)"
         out.print(
-            f"\n[bold]{enrollment['sequence']}[/]: {enrollment['status']}{reason}, enrolled {enrollment['enrolled_at']}"
+            f"\n[bold]{enrollment['sequence']}[/]: {enrollment['status']}{reason}, "
+            f"enrolled {when(enrollment['enrolled_at'])}"
         )
         for step in enrollment["steps"]:
-            when = step.get("sent_at") or step.get("due_at") or ""
+            at = when(step.get("sent_at") or step.get("due_at"))
             why = f" - {safe_markup(step['reason'])}" if step.get("reason") else ""
-            out.print(f"  {step['id']:<24} {step['status']:<8} {when}{why}")
+            out.print(f"  {step['id']:<24} {step['status']:<8} {at}{why}")
     if data.get("events"):
         out.print("\n[bold]SendGrid events[/]")
         for event in data["events"]:
             email_of = "/".join(p for p in (event.get("sequence"), event.get("step")) if p)
             why = f" - {event['reason']}" if event.get("reason") else ""
-            out.print(f"  {event['at']}  {event['kind']:<18} {email_of}{why}", markup=False)
+            out.print(f"  {when(event['at'])}  {event['kind']:<18} {email_of}{why}", markup=False)
     if data.get("subscription_history"):
         out.print("\n[bold]Unsubscribes and resubscribes[/]")
         for change in data["subscription_history"]:
-            out.print(f"  {change['at']}  {change['change']:<13} {change['via'] or ''}".rstrip(), markup=False)
+            out.print(f"  {when(change['at'])}  {change['change']:<13} {change['via'] or ''}".rstrip(), markup=False)
     for reply in data.get("replies", []):
         paused = f", paused {reply['paused']} sequence(s)" if reply["paused"] else ""
         if not reply.get("verified", True):
             paused = ", not verified as sent by this person: paused nothing"
-        out.print(f"\nreplied {reply['received_at']} ({reply['status']}{paused})")
+        out.print(f"\nreplied {when(reply['received_at'])} ({reply['status']}{paused})")
 
 
 @contacts.command("unsubscribe")

@@ -388,6 +388,35 @@ class Planned:
     at: datetime
     #: set for a step that will not be sent (why), when `project` is asked for goal skips
     skipped: str | None = None
+    #: for a step of a sequence she is not in yet: the sequence whose `next` brings her there
+    via: str | None = None
+
+
+@dataclass(frozen=True)
+class Follow:
+    """What `project` needs to follow a person into the `next` sequence of one she finishes.
+
+    `sequences` is all of sequences.yaml; `entered` the sequences she has or had an
+    enrollment in (whatever its status): a run never enrolls her in one of those
+    again (one enrollment per person and sequence), so neither does the plan.
+    """
+
+    sequences: Mapping[str, Sequence]
+    entered: frozenset[str] = frozenset()
+    introduced: Mapping[str, Mapping[str, datetime]] = field(default_factory=dict)
+
+    def next_state(
+        self, sequence: Sequence, state: EnrollmentState, at: datetime
+    ) -> tuple[str, Sequence, EnrollmentState] | None:
+        """The enrollment a run makes when `sequence` finishes at `at` (see `Runner._complete`), or None.
+
+        Enrolled at that moment, with the webinar of the sequence she finished.
+        """
+        following = sequence.next
+        if not following or following not in self.sequences or following in self.entered:
+            return None
+        entry = EnrollmentState(at, state.webinar_start, {}, self.introduced.get(following, {}))
+        return following, self.sequences[following], entry
 
 
 def project(
@@ -398,18 +427,24 @@ def project(
     delivery: Delivery,
     *,
     goal_skips: bool = False,
+    follow: Follow | None = None,
 ) -> list[Planned]:
     """Simulate one person's coming sends from `now` to `until` with today's tags.
 
     Used by `funnel plan`: it replays `evaluate` at each moment something
     becomes possible, so the plan follows exactly the rules a run follows
-    (windows, gaps across sequences, lateness, tags). It does not follow
-    `next` into sequences the person is not in yet. With `goal_skips`, the
+    (windows, gaps across sequences, lateness, tags). With `follow`, a
+    sequence finished within the window (not ended by its goal, an
+    unsubscribe or a suppression) goes on to its `next` as a run would: she
+    is enrolled at the moment the last step is settled, and the new
+    sequence's steps are planned from there (`via` names the sequence she
+    came from). With `goal_skips`, the
     marketing steps a reached goal will skip are listed too (`skipped` set,
     at their due time), so the plan can say why they do not go.
     """
     planned: list[Planned] = []
     states = dict(sequences)
+    via: dict[str, str] = {}
     clock = now
     for _ in range(1000):  # bounded: every iteration records or moves time forward
         wakes: list[datetime] = []
@@ -420,7 +455,7 @@ def project(
                 contact = evaluation.contact
             recorded = dict(state.recorded)
             for send in evaluation.sends:
-                planned.append(Planned(sid, send.step.id, clock))
+                planned.append(Planned(sid, send.step.id, clock, via=via.get(sid)))
                 recorded[send.step.id] = Recorded("sent")
                 progressed = True
             for skip in evaluation.skips:
@@ -428,10 +463,16 @@ def project(
                 progressed = True
                 if goal_skips and skip.reason.startswith(GOAL_REACHED):
                     due = skip.due_at if skip.due_at and skip.due_at > clock else clock
-                    planned.append(Planned(sid, skip.step.id, due, skipped=skip.reason))
+                    planned.append(Planned(sid, skip.step.id, due, skipped=skip.reason, via=via.get(sid)))
             if evaluation.exit_reason or evaluation.finished:
                 recorded.update({s.id: Recorded("skipped") for s in sequence.steps if s.id not in recorded})
             states[sid] = (sequence, replace(state, recorded=recorded))
+            if follow is not None and evaluation.finished and not evaluation.exit_reason and not evaluation.goal:
+                entry = follow.next_state(sequence, state, clock)
+                if entry is not None and entry[0] not in states:
+                    states[entry[0]] = (entry[1], entry[2])
+                    via[entry[0]] = sid
+                    progressed = True
             if evaluation.wake_at is not None and not evaluation.exit_reason:
                 wakes.append(evaluation.wake_at)
         if progressed:

@@ -130,6 +130,9 @@ def send_test(config: Config, sequence_id: str, step_id: str, to: str, now: date
 def plan(config: Config, engine: Engine, now: datetime, days: int, *, goal_skips: bool = False) -> list[dict[str, Any]]:
     """What would be sent to whom and when in the next `days` days (writes nothing).
 
+    People are followed into the `next` sequence of one they finish within the
+    window, as a run would enroll them (`via` names the sequence they come from).
+
     With `goal_skips`, the marketing steps that a reached goal (`exit_on_tags`)
     will skip are listed too, with `skipped` saying why.
     """
@@ -180,6 +183,11 @@ def _plan_page(
         select(Enrollment).where(and_(col(Enrollment.contact_id).in_(ids), col(Enrollment.status) == "active"))
     ):
         enrollments[enrollment.contact_id].append(enrollment)
+    entered: dict[int, set[str]] = defaultdict(set)  # any status: a run never enrolls her there again
+    for contact_id, sequence_id in session.execute(
+        select(col(Enrollment.contact_id), col(Enrollment.sequence)).where(col(Enrollment.contact_id).in_(ids))
+    ):
+        entered[contact_id].add(sequence_id)
     rows: dict[int, dict[str, schedule.Recorded]] = defaultdict(dict)
     all_ids = [e.id for group in enrollments.values() for e in group]
     for row in session.scalars(select(StepRun).where(col(StepRun.enrollment_id).in_(all_ids))):
@@ -204,7 +212,10 @@ def _plan_page(
             if e.sequence in config.sequences
         }
         try:
-            items = list(schedule.project(sequences, state, now, until, config.delivery, goal_skips=goal_skips))
+            follow = schedule.Follow(config.sequences, frozenset(entered[contact.id or 0]), introduced)
+            items = schedule.project(
+                sequences, state, now, until, config.delivery, goal_skips=goal_skips, follow=follow
+            )
         except (OverflowError, ValueError, OSError):
             continue  # a value stored by an older version: the next run stops that enrollment, with the reason
         for item in items:
@@ -217,6 +228,8 @@ def _plan_page(
                 }
                 if item.skipped:
                     planned["skipped"] = item.skipped
+                if item.via:
+                    planned["via"] = item.via
                 out.append(planned)
     return out
 

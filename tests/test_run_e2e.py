@@ -246,13 +246,13 @@ def test_reaching_the_goal_keeps_the_reminders_and_ends_the_letters(project: Pro
         assert steps[step_id]["reason"] == f"{goal}: will not be sent"
     text = funnel("contacts", "show", "ana@example.test").out
     assert f"{goal}: no more letters; confirmations and reminders still go" in text
-    assert f"replay                   pending  2027-01-15T05:00:00Z - {goal}: will not be sent" in text
+    assert f"replay                   pending  Thu 14 Jan 2027 22:00 MST - {goal}: will not be sent" in text
 
     # plan lists the reminders, and says why the letters do not go
     plan = funnel("plan", "--now", "2027-01-11T16:00:00Z", "--days", "14")
     assert plan.code == 0, plan.err
     lines = [line for line in plan.out.splitlines() if "webinar-relationship-911" in line]
-    assert [line.split()[3] for line in lines] == [
+    assert [line.split()[8] for line in lines] == [
         "day-before",
         "hour-before",
         "replay",

@@ -88,7 +88,9 @@ def test_signed_events_are_stored_once_and_suppress_at_once(
     ]
     assert not ana["suppressed"]
     shown = funnel("contacts", "show", "ana@example.test")
-    assert "SendGrid events" in shown.out and "2026-12-08T16:05:00Z" in shown.out and "open" in shown.out
+    assert "SendGrid events" in shown.out and "Tue 8 Dec 2026 09:05 MST  open" in shown.out
+    in_utc = funnel("contacts", "show", "ana@example.test", "--utc")
+    assert "Tue 8 Dec 2026 16:05 UTC  open" in in_utc.out
 
     step = funnel("report", "--json").json()["sequences"][0]["steps"][0]
     assert step["id"] == "registered"
