@@ -202,6 +202,8 @@ class Enrollment(SQLModel, table=True):
     #: status `paused` (she wrote back): when, and why; `funnel contacts resume` clears them
     paused_at: datetime | None = _when()
     pause_reason: str | None = None
+    #: her own link to join (Zoom's "Join URL" in the export), used instead of the webinar's shared one
+    join_url: str | None = None
 
 
 class StepRun(SQLModel, table=True):
