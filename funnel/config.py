@@ -299,6 +299,11 @@ class Source(_Model):
             raise ValueError("a form source has no `path:`: its rows arrive through `funnel serve`")
         if self.format != "form" and self.allowed_origins:
             raise ValueError("allowed_origins is for form sources (format: form) only")
+        if self.format == "form" and ({"signed_up_at", "join_url"} & set(self.columns)):
+            raise ValueError(
+                "signed_up_at and join_url are for exports (csv, jsonl): a form post is taken when it arrives, "
+                "and its sender cannot choose the links in her letters"
+            )
         if self.format != "csv" and (self.section or self.session_from):
             raise ValueError("section and session_from are for csv sources (format: csv) only")
         return self

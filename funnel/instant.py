@@ -338,6 +338,7 @@ class ServeSender:
             webinar_id=enrollment.webinar,
             start=enrollment.webinar_start,
             now=now,
+            join_url=enrollment.join_url,
         )
         return compose_email(
             self.config,
