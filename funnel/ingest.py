@@ -162,6 +162,7 @@ _ENROLLMENT_COLUMNS = (
     "webinar_start",
     "next_due_at",
     "join_url",
+    "imported_at",
 )
 
 
@@ -437,6 +438,7 @@ def _enroll(
                 row.webinar_start,
                 look(row.webinar_start, row.timezone or zones.get(contact_id), enrolled_at),
                 row.join_url,
+                now,
             )
         )
     writers.enrollments.run(new)

@@ -568,6 +568,7 @@ class Runner:
                     webinar_start=enrollment.webinar_start,
                     recorded={k: schedule.Recorded(r.status, r.retryable, r.reason) for k, r in rows.items()},
                     introduced=self.introduced.get(enrollment.sequence, {}),
+                    imported_at=enrollment.imported_at,
                 ),
                 state,
                 self.now,

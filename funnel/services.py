@@ -197,7 +197,11 @@ def _plan_page(
             e.sequence: (
                 config.sequences[e.sequence],
                 schedule.EnrollmentState(
-                    e.enrolled_at, e.webinar_start, rows.get(e.id or 0, {}), introduced.get(e.sequence, {})
+                    e.enrolled_at,
+                    e.webinar_start,
+                    rows.get(e.id or 0, {}),
+                    introduced.get(e.sequence, {}),
+                    imported_at=e.imported_at,
                 ),
             )
             for e in enrollments[contact.id or 0]
