@@ -778,12 +778,13 @@ def _cross_check(config: Config, lines: _LineMap, check_files: bool) -> Iterator
                 lines.line_for((*base, "webinar")),
                 _unknown("webinar", source.webinar, sorted(config.webinars), f"sources.{name}.webinar"),
             )
-        if source.webinar and "webinar_start" not in source.columns:
+        if source.webinar and "webinar_start" not in source.columns and source.session_from is None:
             yield (
                 lines.line_for((*base, "columns")),
                 (
                     f"sources.{name} names a webinar but maps no `webinar_start` column: "
-                    "add webinar_start: <the header of the start time column>"
+                    "add webinar_start: <the header of the start time column>, "
+                    "or session_from: summary for a report whose summary names the start"
                 ),
             )
     for sid, seq in config.sequences.items():
