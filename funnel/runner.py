@@ -320,7 +320,14 @@ class Runner:
                 continue
             try:
                 read = read_source_file(
-                    name, source, path, practice_tz, previous, stream=True, webinar_tz=self.config.start_zone(source)
+                    name,
+                    source,
+                    path,
+                    practice_tz,
+                    previous,
+                    stream=True,
+                    webinar_tz=self.config.start_zone(source),
+                    now=self.now,
                 )
             except SourceError as exc:
                 report["status"] = "error"

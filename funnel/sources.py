@@ -271,11 +271,13 @@ def read_source_file(
     settle_seconds: float = SETTLE_SECONDS,
     stream: bool = False,
     webinar_tz: ZoneInfo | None = None,
+    now: datetime | None = None,
 ) -> FileRead:
     """Read a file source, skipping what `previous` already covered.
 
     `webinar_tz` is where a webinar start without an offset is read
     (`Config.start_zone`); None reads it in each registrant's own zone (evergreen).
+    `now` (the run's time) lets a `signed_up_at` after it be warned about (it is taken as now).
 
     `stream=True` (a run's import of a csv) hands the rows out one by one in
     `FileRead.stream` instead of holding them all in `rows`: a 100,000-row
@@ -320,7 +322,15 @@ def read_source_file(
             records = _csv_records(plan, lines, base, settled, consumed_box, start=start)
             result.stream = _streamed(
                 _mapped(
-                    source, path, records, practice_tz, result, webinar_tz=webinar_tz, header=plan[1], summary=summary
+                    source,
+                    path,
+                    records,
+                    practice_tz,
+                    result,
+                    webinar_tz=webinar_tz,
+                    header=plan[1],
+                    summary=summary,
+                    now=now,
                 ),
                 lambda: _finish_read(result, data, current, text, codec, bom, offset, lines, base, consumed_box[0]),
             )
@@ -330,7 +340,18 @@ def read_source_file(
     else:
         raw, consumed = _jsonl_rows(source, lines, base, settled)
         header = None
-    _map_rows(name, source, path, iter(raw), practice_tz, result, webinar_tz=webinar_tz, header=header, summary=summary)
+    _map_rows(
+        name,
+        source,
+        path,
+        iter(raw),
+        practice_tz,
+        result,
+        webinar_tz=webinar_tz,
+        header=header,
+        summary=summary,
+        now=now,
+    )
     return _finish_read(result, data, current, text, codec, bom, offset, lines, base, consumed)
 
 
@@ -773,10 +794,22 @@ def _map_rows(
     webinar_tz: ZoneInfo | None = None,
     header: list[str] | None = None,
     summary: tuple[int, str] | None = None,
+    now: datetime | None = None,
 ) -> None:
     lookup: dict[str, str] = {}
     result.rows.extend(
-        _mapped(source, path, raw, practice_tz, result, lookup, webinar_tz=webinar_tz, header=header, summary=summary)
+        _mapped(
+            source,
+            path,
+            raw,
+            practice_tz,
+            result,
+            lookup,
+            webinar_tz=webinar_tz,
+            header=header,
+            summary=summary,
+            now=now,
+        )
     )
     where = {title_key(k): v.strip().lower() for k, v in source.where.items()}
     if lookup and check_columns:
@@ -794,6 +827,7 @@ def _mapped(
     webinar_tz: ZoneInfo | None = None,
     header: list[str] | None = None,
     summary: tuple[int, str] | None = None,
+    now: datetime | None = None,
 ) -> Iterator[SignupRow]:
     """Accepted rows one by one; problems and filtered rows are counted in `result` on the way.
 
@@ -813,6 +847,7 @@ def _mapped(
     where = {title_key(k): v.strip().lower() for k, v in source.where.items()}
     wanted_columns = [(fld, title_key(header)) for fld, header in source.columns.items()]
     memo = _Memo(practice_tz, webinar_tz, source)
+    memo.now = now
     contradiction_told = False
     file = path.name
     titles: tuple[str, ...] = ()
@@ -1016,6 +1051,8 @@ class _Memo:
         self._starts: dict[tuple[str, ZoneInfo], tuple[datetime, str | None] | str] = {}
         #: how a date with slashes or dots is read (`date_order` on the source)
         self.date_order = source.date_order if source is not None else "mdy"
+        #: the run's time, when known: a signup after it is warned about
+        self.now: datetime | None = None
 
     def signed_up(self, line: int, text: str, result: FileRead) -> datetime | None:
         """When she signed up, as UTC (read in the webinar's zone, else the practice's); None when unreadable.
@@ -1040,6 +1077,15 @@ class _Memo:
                 )
             )
             return None
+        if self.now is not None and moment > self.now:
+            result.problems.append(
+                RowProblem(
+                    line,
+                    f"signed up at {_shown(text)} is after this run's time: counted from now; "
+                    "check the clock or time zone of whatever made the export",
+                    warning=True,
+                )
+            )
         return moment
 
     def zone(self, value: str | None) -> tuple[str | None, ZoneInfo, str | None]:
