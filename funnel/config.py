@@ -32,7 +32,16 @@ DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 #: step and sequence ids name files (`preview`), links and report rows: letters, digits, - and _
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 #: fields a source may map that mean something to funnel; any other field goes to contact.fields
-KNOWN_FIELDS = ("email", "first_name", "last_name", "webinar_start", "timezone", "discreet")
+KNOWN_FIELDS = (
+    "email",
+    "first_name",
+    "last_name",
+    "webinar_start",
+    "timezone",
+    "discreet",
+    "signed_up_at",
+    "join_url",
+)
 
 
 class _Model(BaseModel):
@@ -256,6 +265,12 @@ class Source(_Model):
     #: form sources: origins (scheme://host[:port]) a browser may post from; a post whose Origin
     #: or Referer names another site gets 403 (empty: any, as before)
     allowed_origins: tuple[str, ...] = ()
+    #: csv sources: read only the rows of this section of a report (Zoom's "Attendee Details")
+    section: str | None = None
+    #: csv sources: `summary` takes the webinar start from a report's summary lines above its header
+    session_from: Literal["summary"] | None = None
+    #: how a date written with slashes or dots is read: month first (US, the default) or day first
+    date_order: Literal["mdy", "dmy"] = "mdy"
 
     @field_validator("allowed_origins", mode="before")
     @classmethod
@@ -284,6 +299,13 @@ class Source(_Model):
             raise ValueError("a form source has no `path:`: its rows arrive through `funnel serve`")
         if self.format != "form" and self.allowed_origins:
             raise ValueError("allowed_origins is for form sources (format: form) only")
+        if self.format == "form" and ({"signed_up_at", "join_url"} & set(self.columns)):
+            raise ValueError(
+                "signed_up_at and join_url are for exports (csv, jsonl): a form post is taken when it arrives, "
+                "and its sender cannot choose the links in her letters"
+            )
+        if self.format != "csv" and (self.section or self.session_from):
+            raise ValueError("section and session_from are for csv sources (format: csv) only")
         return self
 
 
@@ -756,12 +778,13 @@ def _cross_check(config: Config, lines: _LineMap, check_files: bool) -> Iterator
                 lines.line_for((*base, "webinar")),
                 _unknown("webinar", source.webinar, sorted(config.webinars), f"sources.{name}.webinar"),
             )
-        if source.webinar and "webinar_start" not in source.columns:
+        if source.webinar and "webinar_start" not in source.columns and source.session_from is None:
             yield (
                 lines.line_for((*base, "columns")),
                 (
                     f"sources.{name} names a webinar but maps no `webinar_start` column: "
-                    "add webinar_start: <the header of the start time column>"
+                    "add webinar_start: <the header of the start time column>, "
+                    "or session_from: summary for a report whose summary names the start"
                 ),
             )
     for sid, seq in config.sequences.items():

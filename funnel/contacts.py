@@ -216,7 +216,10 @@ def forget(session: Session, contact: Contact, now: datetime) -> None:
         .where(col(Enrollment.contact_id) == contact_id, col(Enrollment.status).in_(("active", "paused")))
         .values(status="exited", end_reason="erased", ended_at=now, next_due_at=None)
     )
-    session.execute(update(Enrollment).where(col(Enrollment.contact_id) == contact_id).values(webinar_start=None))
+    # her own join link names her registration: erased with the rest
+    session.execute(
+        update(Enrollment).where(col(Enrollment.contact_id) == contact_id).values(webinar_start=None, join_url=None)
+    )
     _forget_events_and_replies(session, contact)
     contact.email = contact.first_name = contact.last_name = contact.timezone = None
     contact.fields = {}
@@ -341,6 +344,7 @@ def _enrollment(
         "enrolled_at": _iso(enrollment.enrolled_at),
         "webinar": enrollment.webinar,
         "webinar_start": _iso(enrollment.webinar_start),
+        "join_url": enrollment.join_url,
         "next_due_at": _iso(enrollment.next_due_at),
         "goal": goal,
         "steps": steps,

@@ -161,6 +161,8 @@ _ENROLLMENT_COLUMNS = (
     "webinar",
     "webinar_start",
     "next_due_at",
+    "join_url",
+    "imported_at",
 )
 
 
@@ -279,6 +281,8 @@ def _merge(older: SignupRow, newer: SignupRow) -> SignupRow:
         discreet=newer.discreet if newer.discreet is not None else older.discreet,
         fields={**older.fields, **newer.fields},
         file=newer.file,
+        signed_up_at=newer.signed_up_at or older.signed_up_at,
+        join_url=newer.join_url or older.join_url,
     )
 
 
@@ -418,20 +422,25 @@ def _enroll(
     existing = _enrolled(session, sequence, [i for i in eligible if i not in fresh])
     zones = {c["id"]: c["timezone"] for c in live.values()}
     look = writers.look if writers.look is not None else _first_looks(config, sequence, now)
-    new = [
-        (
-            contact_id,
-            sequence,
-            "active",
-            now,
-            source_name,
-            source.webinar,
-            row.webinar_start,
-            look(row.webinar_start, row.timezone or zones.get(contact_id)),
+    new = []
+    for contact_id, row in eligible.items():
+        if contact_id in existing:
+            continue
+        enrolled_at = signed_up(row, now)
+        new.append(
+            (
+                contact_id,
+                sequence,
+                "active",
+                enrolled_at,
+                source_name,
+                source.webinar,
+                row.webinar_start,
+                look(row.webinar_start, row.timezone or zones.get(contact_id), enrolled_at),
+                row.join_url,
+                now,
+            )
         )
-        for contact_id, row in eligible.items()
-        if contact_id not in existing
-    ]
     writers.enrollments.run(new)
     result.enrolled += len(new)
     if new:
@@ -439,7 +448,9 @@ def _enroll(
     for contact_id, (enrollment_id, status, current) in existing.items():
         start_at = eligible[contact_id].webinar_start
         if status in ("active", "paused") and start_at is not None and (current is None or start_at > current):
-            reschedule(session, config, enrollment_id, sequence, source.webinar, start_at, now)
+            reschedule(
+                session, config, enrollment_id, sequence, source.webinar, start_at, now, eligible[contact_id].join_url
+            )
             result.rescheduled += 1
 
 
@@ -465,28 +476,44 @@ def _enrolled(session: Session, sequence: str, ids: list[int]) -> dict[int, tupl
     return existing
 
 
-def _first_looks(config: Config, sequence: str, now: datetime) -> Callable[[datetime | None, str | None], datetime]:
-    """`schedule.first_look` for new enrollments in `sequence`, once per webinar start and timezone.
+def signed_up(row: SignupRow, now: datetime) -> datetime:
+    """When an enrollment from `row` begins: when she signed up (the export says), never later than now.
+
+    Waits count from it, so a weekly export does not send "Your message
+    arrived safely" a week late as if it were new: a step already later than
+    `max_late` is skipped ("late by 6 days"). A moment in the future (a clock
+    set wrong where the export was made) is taken as now; `funnel.sources`
+    has already refused the impossible ones.
+    """
+    if row.signed_up_at is None or row.signed_up_at > now:
+        return now
+    return row.signed_up_at
+
+
+def _first_looks(
+    config: Config, sequence: str, now: datetime
+) -> Callable[[datetime | None, str | None, datetime], datetime]:
+    """`schedule.first_look` for new enrollments in `sequence`, once per webinar start, timezone and signup.
 
     A run then looks at a new enrollment only when one of its steps can
     happen; the answers repeat (one webinar, a few zones), so they are kept.
     """
     found = config.sequences.get(sequence)
-    known: dict[tuple[datetime | None, str | None], datetime] = {}
+    known: dict[tuple[datetime | None, str | None, datetime], datetime] = {}
 
-    def look(start: datetime | None, timezone: str | None) -> datetime:
+    def look(start: datetime | None, timezone: str | None, enrolled_at: datetime) -> datetime:
         if found is None:
-            return now
-        key = (start, timezone)
+            return enrolled_at
+        key = (start, timezone, enrolled_at)
         if key not in known:
             try:
                 tz = zone(timezone or config.practice.timezone)
             except ValueError:
                 tz = zone(config.practice.timezone)
             try:
-                known[key] = first_look(found, now, start, tz, config.delivery)
+                known[key] = first_look(found, enrolled_at, start, tz, config.delivery)
             except (OverflowError, ValueError):
-                known[key] = now  # the run decides, and says why it cannot
+                known[key] = enrolled_at  # the run decides, and says why it cannot
         return known[key]
 
     return look
@@ -500,8 +527,9 @@ def reschedule(
     webinar: str | None,
     start: datetime,
     now: datetime,
+    join_url: str | None = None,
 ) -> None:
-    """Move an active enrollment to a later webinar start.
+    """Move an active enrollment to a later webinar start (and her own join link, when the row gives one).
 
     Steps already sent stay sent (at most once, whatever happens); webinar
     steps skipped only because of the old date are looked at again.
@@ -509,6 +537,8 @@ def reschedule(
     values: dict[str, Any] = {"webinar_start": start, "next_due_at": now}
     if webinar:
         values["webinar"] = webinar
+    if join_url:
+        values["join_url"] = join_url
     session.execute(update(Enrollment).where(col(Enrollment.id) == enrollment_id).values(**values))
     webinar_steps = (
         [s.id for s in config.sequences[sequence].steps if s.webinar is not None]

@@ -216,6 +216,7 @@ class ServeSender:
                         webinar_start=enrollment.webinar_start,
                         recorded={k: schedule.Recorded(r.status, r.retryable, r.reason) for k, r in rows.items()},
                         introduced=introduced.get(enrollment.sequence, {}),
+                        imported_at=enrollment.imported_at,
                     ),
                     schedule.ContactState(
                         tz=contact_zone(self.config, contact),
@@ -338,6 +339,7 @@ class ServeSender:
             webinar_id=enrollment.webinar,
             start=enrollment.webinar_start,
             now=now,
+            join_url=enrollment.join_url,
         )
         return compose_email(
             self.config,

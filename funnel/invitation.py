@@ -90,6 +90,7 @@ def invitation(
     webinar_id: str | None,
     start: datetime | None,
     now: datetime,
+    join_url: str | None = None,
 ) -> tuple[Attachment, ...]:
     """The `invite.ics` attachment for a `calendar: true` step, or nothing.
 
@@ -101,19 +102,20 @@ def invitation(
     if not step.calendar or webinar is None or start is None:
         return ()
     practice = config.practice
+    link = join_url or webinar.join_url  # her own link (from the export) before the webinar's shared one
     if discreet:
         title = practice.discreet_event_title
-        description = f"Join: {webinar.join_url}" if webinar.join_url else ""
+        description = f"Join: {link}" if link else ""
     else:
         title = webinar.title
-        lines = [webinar.title, f"Join: {webinar.join_url}" if webinar.join_url else "", practice.name]
+        lines = [webinar.title, f"Join: {link}" if link else "", practice.name]
         description = "\n\n".join(line for line in lines if line)
     content = _event_for(
         event_uid(person_key, webinar_id or "", practice.from_email.rpartition("@")[2] or "funnel"),
         title=title,
         start=start,
         length=webinar.duration.approx,
-        join_url=webinar.join_url,
+        join_url=link,
         description=description,
         now=now,
         # calendars show LOCATION on shared screens and lock-screen alerts; the link can name the subject

@@ -202,6 +202,11 @@ class Enrollment(SQLModel, table=True):
     #: status `paused` (she wrote back): when, and why; `funnel contacts resume` clears them
     paused_at: datetime | None = _when()
     pause_reason: str | None = None
+    #: her own link to join (Zoom's "Join URL" in the export), used instead of the webinar's shared one
+    join_url: str | None = None
+    #: when funnel stored it; `enrolled_at` is earlier when the export said she signed up before
+    #: (`signed_up_at`). None for enrollments stored before migration 0009: the same as enrolled_at
+    imported_at: datetime | None = _when()
 
 
 class StepRun(SQLModel, table=True):

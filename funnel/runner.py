@@ -115,6 +115,8 @@ class RunSummary:
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)
     steps: dict[str, dict[str, int]] = field(default_factory=dict)
     stopped: str | None = None
+    #: files refused as a whole (no email column, unreadable, bad encoding): the run exits 1 once done
+    refused_files: int = 0
     #: each email that failed: address, sequence, step, reason (`--verbose` and `--json` show them)
     failures: list[dict[str, str]] = field(default_factory=list)
 
@@ -133,7 +135,7 @@ class RunSummary:
 
     @property
     def ok(self) -> bool:
-        return self.failed == 0 and self.stopped is None
+        return self.failed == 0 and self.stopped is None and self.refused_files == 0
 
 
 class _NullTransport:
@@ -318,11 +320,19 @@ class Runner:
                 continue
             try:
                 read = read_source_file(
-                    name, source, path, practice_tz, previous, stream=True, webinar_tz=self.config.start_zone(source)
+                    name,
+                    source,
+                    path,
+                    practice_tz,
+                    previous,
+                    stream=True,
+                    webinar_tz=self.config.start_zone(source),
+                    now=self.now,
                 )
             except SourceError as exc:
                 report["status"] = "error"
                 self.summary.problems.append(str(exc))
+                self.summary.refused_files += 1
                 continue
             if read.unchanged:
                 report["status"] = "unchanged"
@@ -565,6 +575,7 @@ class Runner:
                     webinar_start=enrollment.webinar_start,
                     recorded={k: schedule.Recorded(r.status, r.retryable, r.reason) for k, r in rows.items()},
                     introduced=self.introduced.get(enrollment.sequence, {}),
+                    imported_at=enrollment.imported_at,
                 ),
                 state,
                 self.now,
@@ -743,6 +754,7 @@ class Runner:
             webinar_id=enrollment.webinar,
             start=enrollment.webinar_start,
             now=self.now,
+            join_url=enrollment.join_url,
         )
         if step.calendar and not attachments:  # the email still goes, without the event
             note = f"{enrollment.sequence}/{step.id}: sent without its calendar invitation (no webinar date)"
@@ -894,7 +906,10 @@ def render_for(
     if enrollment is not None and enrollment.webinar in config.webinars:
         info = config.webinars[enrollment.webinar]
         start = enrollment.webinar_start.astimezone(contact_zone(config, contact)) if enrollment.webinar_start else None
-        webinar = TemplateWebinar(enrollment.webinar, info.title, info.join_url, info.replay_url, start)
+        # her own join link (an export's per-registrant link) before the webinar's shared one
+        webinar = TemplateWebinar(
+            enrollment.webinar, info.title, enrollment.join_url or info.join_url, info.replay_url, start
+        )
     return renderer.render(
         sequence_id,
         config.sequences[sequence_id],

@@ -81,6 +81,9 @@ class EnrollmentState:
     #: when each step first appeared in sequences.yaml (a step added later reaches
     #: only those who have not passed its due time); missing ids: there from the start
     introduced: Mapping[str, datetime] = field(default_factory=dict)
+    #: when funnel stored the enrollment: later than `enrolled_at` when an export said she signed up
+    #: earlier (`signed_up_at`); None: the same moment. A step already known then is no "added" step.
+    imported_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -305,7 +308,8 @@ def evaluate(
             skips.append(Skip(step, due, "before enrollment"))
             continue
         introduced = enrollment.introduced.get(step.id)
-        if introduced is not None and due < introduced:
+        stored = enrollment.imported_at or enrollment.enrolled_at
+        if introduced is not None and due < introduced and introduced > stored:
             skips.append(Skip(step, due, "added after its time"))
             continue
         window_start = opening(step, due, gapless, delivery)

@@ -53,7 +53,7 @@ def import_file(
     if source.format == "form":
         raise ConfigError(f"source {source_name!r} is a form: its rows arrive through `funnel serve`")
     read = read_source_file(
-        source_name, source, path, zone(config.practice.timezone), None, webinar_tz=config.start_zone(source)
+        source_name, source, path, zone(config.practice.timezone), None, webinar_tz=config.start_zone(source), now=now
     )
     with Session(engine, expire_on_commit=False) as session:
         result = apply_rows(session, config, source_name, source, read.rows, now)
@@ -205,7 +205,11 @@ def _plan_page(
             e.sequence: (
                 config.sequences[e.sequence],
                 schedule.EnrollmentState(
-                    e.enrolled_at, e.webinar_start, rows.get(e.id or 0, {}), introduced.get(e.sequence, {})
+                    e.enrolled_at,
+                    e.webinar_start,
+                    rows.get(e.id or 0, {}),
+                    introduced.get(e.sequence, {}),
+                    imported_at=e.imported_at,
                 ),
             )
             for e in enrollments[contact.id or 0]

@@ -42,11 +42,14 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 from funnel.config import KNOWN_FIELDS, Source
+from funnel.dates import read_instant, read_written
 from funnel.errors import SourceError
-from funnel.timeutil import parse_instant, wall_time_doubt, zone
+from funnel.reports import Layout, locate
+from funnel.timeutil import wall_doubt, zone
 
 TRUTHY = frozenset({"yes", "true", "1", "on", "y"})
 #: the only values that turn discretion off; a blank says nothing
@@ -66,6 +69,19 @@ _BREAKS = re.compile(r"\r\n|[\r\x85\u2028\u2029]")
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
 _ENDINGS = ("\n", "\r")
 _DELIMITER_NAMES = {",": "commas", ";": "semicolons", "\t": "tabs"}
+#: typographic quotes, matched in titles as the straight ones people type
+_QUOTES = str.maketrans(
+    {
+        "\u2018": "'",
+        "\u2019": "'",
+        "\u201a": "'",
+        "\u201b": "'",
+        "\u201c": '"',
+        "\u201d": '"',
+        "\u201e": '"',
+        "\u201f": '"',
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -95,6 +111,10 @@ class SignupRow:
     fields: dict[str, str] = field(default_factory=dict)
     #: the file the row came from (for `file:line` in what is kept about it)
     file: str = ""
+    #: when she signed up (a form's Timestamp, Zoom's Registration Time): waits count from it
+    signed_up_at: datetime | None = None
+    #: her own link to join the webinar (Zoom gives each registrant one); https only
+    join_url: str | None = None
 
     @property
     def origin(self) -> str:
@@ -202,9 +222,12 @@ def title_key(title: str) -> str:
     (NFKC: "é" typed as e + accent, as macOS writes it, or a full-width "Ｅ")
     and invisible format characters (a zero-width space, a soft hyphen, a
     direction mark) are dropped: none of them can be seen in a spreadsheet.
+    Quotes match either way: Typeform's "What’s your first name?" is
+    "What's your first name?" as typed in sequences.yaml (’ ‘ as ', “ ” as ").
     """
     if title.isascii():
         return clean_line(title).lower()
+    title = title.translate(_QUOTES)
     text = "".join(ch for ch in unicodedata.normalize("NFKC", title) if unicodedata.category(ch) != "Cf")
     return clean_line(text).casefold()
 
@@ -248,11 +271,13 @@ def read_source_file(
     settle_seconds: float = SETTLE_SECONDS,
     stream: bool = False,
     webinar_tz: ZoneInfo | None = None,
+    now: datetime | None = None,
 ) -> FileRead:
     """Read a file source, skipping what `previous` already covered.
 
     `webinar_tz` is where a webinar start without an offset is read
     (`Config.start_zone`); None reads it in each registrant's own zone (evergreen).
+    `now` (the run's time) lets a `signed_up_at` after it be warned about (it is taken as now).
 
     `stream=True` (a run's import of a csv) hands the rows out one by one in
     `FileRead.stream` instead of holding them all in `rows`: a 100,000-row
@@ -274,29 +299,93 @@ def read_source_file(
     age = time.time() - modified
     settled = settle_seconds <= 0 or age >= settle_seconds
     # only the lines after what was read before are split and parsed: `base` lines come first
-    offset, base = _resume(data, text, codec, bom, previous)
-    lines = _split_lines(text[offset:] if offset else text)
+    layout = locate(name, source, path, text, _split_lines) if source.format == "csv" else Layout()
+    if layout.lines is not None:
+        # a report (summary lines, sections): small, and read whole each time
+        offset, base, lines = 0, 0, layout.lines[: layout.stop]
+    else:
+        offset, base = _resume(data, text, codec, bom, previous)
+        lines = _split_lines(text[offset:] if offset else text)
     result = FileRead()
     if note:
         result.problems.append(RowProblem(1, note, warning=True))
+    result.problems.extend(RowProblem(line, message, warning=True) for line, message in layout.notes)
+    summary = _summary(name, source, path, layout)
     if source.format == "csv":
-        header_line = _first_line(text)
-        plan = _csv_header(name, source, path, header_line, settled)
+        header_line = layout.lines[layout.header] if layout.lines is not None else _first_line(text)
+        plan = _csv_header(name, source, path, header_line, settled, number=layout.header + 1)
+        if plan is not None:
+            result.problems.extend(_missing_columns(name, source, plan[1], layout.header + 1))
+        start = 0 if base else layout.header + 1
         if stream and plan is not None and any(plan[1]):
             consumed_box: list[int] = []
-            records = _csv_records(plan, lines, base, settled, consumed_box)
+            records = _csv_records(plan, lines, base, settled, consumed_box, start=start)
             result.stream = _streamed(
-                _mapped(source, path, records, practice_tz, result, webinar_tz=webinar_tz, header=plan[1]),
+                _mapped(
+                    source,
+                    path,
+                    records,
+                    practice_tz,
+                    result,
+                    webinar_tz=webinar_tz,
+                    header=plan[1],
+                    summary=summary,
+                    now=now,
+                ),
                 lambda: _finish_read(result, data, current, text, codec, bom, offset, lines, base, consumed_box[0]),
             )
             return result
-        raw, consumed = _csv_rows(plan, lines, base, settled)
+        raw, consumed = _csv_rows(plan, lines, base, settled, start=start)
         header = plan[1] if plan is not None else None
     else:
         raw, consumed = _jsonl_rows(source, lines, base, settled)
         header = None
-    _map_rows(name, source, path, iter(raw), practice_tz, result, webinar_tz=webinar_tz, header=header)
+    _map_rows(
+        name,
+        source,
+        path,
+        iter(raw),
+        practice_tz,
+        result,
+        webinar_tz=webinar_tz,
+        header=header,
+        summary=summary,
+        now=now,
+    )
     return _finish_read(result, data, current, text, codec, bom, offset, lines, base, consumed)
+
+
+def _summary(name: str, source: Source, path: Path, layout: Layout) -> tuple[int, str] | None:
+    """The start time the summary names, when the source takes its session from it (`session_from: summary`)."""
+    if source.session_from != "summary":
+        return None
+    if layout.summary_start is None:
+        raise SourceError(
+            f"{path}: sources.{name} takes the webinar's start from the report's summary (session_from: summary), "
+            "but no line above the header names a start time (Scheduled Time, Actual Start Time): "
+            "export the full report, or map a start column instead"
+        )
+    return layout.summary_start
+
+
+def _missing_columns(name: str, source: Source, header: list[str], line: int) -> list[RowProblem]:
+    """A warning for each mapped column a csv's header lacks (once per file: its values stay empty).
+
+    Only a csv has a header that says which columns exist: a JSON Lines export
+    leaves a key out of an object that has no value for it (a form without a message).
+    """
+    present = {title_key(h) for h in header if h}
+    found = ", ".join(h for h in header if h) or "none"
+    return [
+        RowProblem(
+            line,
+            f"no column {title!r} in this file for {fld} (source {name}; columns found: {found}): "
+            f"its values are left empty; fix sources.{name}.columns.{fld} if the export calls it otherwise",
+            warning=True,
+        )
+        for fld, title in source.columns.items()
+        if fld != "email" and title_key(title) not in present
+    ]
 
 
 def _streamed(rows: Iterator[SignupRow], finish: Callable[[], object]) -> Iterator[SignupRow]:
@@ -437,7 +526,7 @@ def _used_columns(source: Source) -> set[str]:
     return {title_key(h) for h in source.columns.values()} | {title_key(k) for k in source.where}
 
 
-def _check_header(name: str, source: Source, path: Path, header: list[str]) -> None:
+def _check_header(name: str, source: Source, path: Path, header: list[str], number: int = 1) -> None:
     """A column funnel reads may appear only once; the email column must be there."""
     used = _used_columns(source)
     seen: dict[str, int] = {}
@@ -447,7 +536,7 @@ def _check_header(name: str, source: Source, path: Path, header: list[str]) -> N
             continue
         if key in seen:
             raise SourceError(
-                f"{path}:1: the column {title.strip()!r} appears twice (columns {seen[key]} and {position}, "
+                f"{path}:{number}: the column {title.strip()!r} appears twice (columns {seen[key]} and {position}, "
                 f"{_letter(seen[key])} and {_letter(position)} in a spreadsheet): rename or delete one of them"
             )
         seen[key] = position
@@ -465,20 +554,22 @@ def _letter(position: int) -> str:
 
 
 def _csv_rows(
-    plan: _CsvPlan | None, lines: list[str], skipped: int, settled: bool
+    plan: _CsvPlan | None, lines: list[str], skipped: int, settled: bool, *, start: int = 1
 ) -> tuple[list[tuple[int, _Record]], int]:
     """Rows of `lines` (the file's lines after the first `skipped`), and how many of them were fully read."""
     if plan is None:
         return [], 0
     consumed: list[int] = []
-    out = list(_csv_records(plan, lines, skipped, settled, consumed))
+    out = list(_csv_records(plan, lines, skipped, settled, consumed, start=start))
     return out, consumed[0]
 
 
 _CsvPlan = tuple[str, list[str], int | None]
 
 
-def _csv_header(name: str, source: Source, path: Path, header_line: str, settled: bool) -> _CsvPlan | None:
+def _csv_header(
+    name: str, source: Source, path: Path, header_line: str, settled: bool, *, number: int = 1
+) -> _CsvPlan | None:
     """The delimiter, the header and the email column's position; None while there is no complete header."""
     if not header_line:
         return None
@@ -489,8 +580,8 @@ def _csv_header(name: str, source: Source, path: Path, header_line: str, settled
         # invisible characters (a doubled BOM, a NUL) must not hide a column that looks right
         header = [clean_line(h) for h in next(csv.reader([header_line], delimiter=delimiter), [])]
     except csv.Error as exc:
-        raise SourceError(f"{path}:1: the header row cannot be read ({exc})") from None
-    _check_header(name, source, path, header)
+        raise SourceError(f"{path}:{number}: the header row cannot be read ({exc})") from None
+    _check_header(name, source, path, header, number)
     lowered = [title_key(h) for h in header]
     email_header = title_key(source.columns["email"])
     email_column = lowered.index(email_header) if email_header in lowered else None
@@ -498,7 +589,7 @@ def _csv_header(name: str, source: Source, path: Path, header_line: str, settled
 
 
 def _csv_records(
-    plan: _CsvPlan, lines: list[str], skipped: int, settled: bool, consumed: list[int]
+    plan: _CsvPlan, lines: list[str], skipped: int, settled: bool, consumed: list[int], *, start: int = 1
 ) -> Iterator[tuple[int, _Record]]:
     """The records of `lines` one by one; how many lines were fully read is put in `consumed` at the end.
 
@@ -507,7 +598,7 @@ def _csv_records(
     """
     delimiter, header, email_column = plan
     width = len(header)
-    index = 0 if skipped else 1  # `first`, `end`, `index`: positions in `lines`
+    index = 0 if skipped else start  # `first`, `end`, `index`: positions in `lines` (after the header)
     total = len(lines)
     while index < total:
         reader = csv.reader(itertools.islice(lines, index, None), delimiter=delimiter)
@@ -702,9 +793,24 @@ def _map_rows(
     check_columns: bool = True,
     webinar_tz: ZoneInfo | None = None,
     header: list[str] | None = None,
+    summary: tuple[int, str] | None = None,
+    now: datetime | None = None,
 ) -> None:
     lookup: dict[str, str] = {}
-    result.rows.extend(_mapped(source, path, raw, practice_tz, result, lookup, webinar_tz=webinar_tz, header=header))
+    result.rows.extend(
+        _mapped(
+            source,
+            path,
+            raw,
+            practice_tz,
+            result,
+            lookup,
+            webinar_tz=webinar_tz,
+            header=header,
+            summary=summary,
+            now=now,
+        )
+    )
     where = {title_key(k): v.strip().lower() for k, v in source.where.items()}
     if lookup and check_columns:
         _require_columns(name, source, path, lookup, where)
@@ -720,8 +826,14 @@ def _mapped(
     *,
     webinar_tz: ZoneInfo | None = None,
     header: list[str] | None = None,
+    summary: tuple[int, str] | None = None,
+    now: datetime | None = None,
 ) -> Iterator[SignupRow]:
     """Accepted rows one by one; problems and filtered rows are counted in `result` on the way.
+
+    `summary` (line, text): the start the report's summary names (`session_from: summary`),
+    taken by each row that names none of its own; a row whose own start differs is warned
+    about once per file.
 
     A row is an object by title (jsonl, a form), or with `header` a CSV
     record: its values in the header's order, looked up by position (no
@@ -735,6 +847,8 @@ def _mapped(
     where = {title_key(k): v.strip().lower() for k, v in source.where.items()}
     wanted_columns = [(fld, title_key(header)) for fld, header in source.columns.items()]
     memo = _Memo(practice_tz, webinar_tz, source)
+    memo.now = now
+    contradiction_told = False
     file = path.name
     titles: tuple[str, ...] = ()
     plan: _Plan = ([], [])
@@ -758,6 +872,20 @@ def _mapped(
             result.filtered += 1
             continue
         values = {fld: (row[title] or "").strip() if title is not None else "" for fld, title in columns}
+        if summary is not None:
+            own = values.get("webinar_start")
+            if not own:
+                values["webinar_start"] = summary[1]
+            elif not contradiction_told and _contradicts(memo, own, summary[1]):
+                contradiction_told = True
+                result.problems.append(
+                    RowProblem(
+                        line,
+                        f"the start {_shown(own)} differs from the one the report's summary names at line "
+                        f"{summary[0]} ({_shown(summary[1])}): the row's own start is used; check which is right",
+                        warning=True,
+                    )
+                )
         try:
             signup = _to_signup(line, values, practice_tz, result, file=file, webinar_tz=webinar_tz, memo=memo)
         except ValueError as exc:
@@ -772,6 +900,17 @@ def _mapped(
 _Plan = tuple[list[tuple[str, Any]], list[tuple[Any, str]]]
 #: one row to map: an object by title, or a CSV record (values in the header's order); or why it was refused
 _Record = dict[str, str] | list[str] | str
+
+
+def _contradicts(memo: _Memo, own: str, summary: str) -> bool:
+    """Do a row's start and the summary's name two different moments? (Unreadable ones are refused elsewhere.)"""
+    if own == summary:
+        return False
+    tz = memo.webinar_tz or memo.practice_tz
+    try:
+        return memo.start(own, tz)[0] != memo.start(summary, tz)[0]
+    except ValueError:
+        return False
 
 
 def _plan(titles: tuple[str, ...], wanted_columns: list[tuple[str, str]], where: dict[str, str]) -> _Plan:
@@ -848,6 +987,8 @@ def _to_signup(
     if doubt:
         result.problems.append(RowProblem(line, doubt, warning=True))
     discreet = _discreet(line, values.get("discreet"), result)
+    signed_up_at = memo.signed_up(line, values["signed_up_at"], result) if values.get("signed_up_at") else None
+    join_url = _join_url(line, values["join_url"], result) if values.get("join_url") else None
     extra = {}
     for key in memo.extra if memo.extra is not None else [k for k in values if k not in KNOWN_FIELDS]:
         text = clean_text(values.get(key))
@@ -863,7 +1004,30 @@ def _to_signup(
         discreet=discreet,
         fields=extra,
         file=file,
+        signed_up_at=signed_up_at,
+        join_url=join_url,
     )
+
+
+#: the longest join link kept (Zoom's are about 120 characters)
+MAX_JOIN_URL = 2000
+
+
+def _join_url(line: int, value: str, result: FileRead) -> str | None:
+    """Her own join link, kept only when it is a plain https address (it goes into her letters)."""
+    text = value.strip()
+    parsed = urlsplit(text) if len(text) <= MAX_JOIN_URL and text.isprintable() and " " not in text else None
+    if parsed is None or parsed.scheme.lower() != "https" or not parsed.hostname:
+        result.problems.append(
+            RowProblem(
+                line,
+                f"join link {_shown(value)} is not an https address: left out (her letters use the webinar's own "
+                "join_url); correct it in the export",
+                warning=True,
+            )
+        )
+        return None
+    return text
 
 
 class _Memo:
@@ -885,6 +1049,44 @@ class _Memo:
         self.extra = [f for f in source.columns if f not in KNOWN_FIELDS] if source is not None else None
         self._zones: dict[str | None, tuple[str | None, ZoneInfo, str | None]] = {}
         self._starts: dict[tuple[str, ZoneInfo], tuple[datetime, str | None] | str] = {}
+        #: how a date with slashes or dots is read (`date_order` on the source)
+        self.date_order = source.date_order if source is not None else "mdy"
+        #: the run's time, when known: a signup after it is warned about
+        self.now: datetime | None = None
+
+    def signed_up(self, line: int, text: str, result: FileRead) -> datetime | None:
+        """When she signed up, as UTC (read in the webinar's zone, else the practice's); None when unreadable.
+
+        An unreadable or impossible moment is a warning and the row is kept:
+        she is then taken as signing up now, as before the column existed.
+        A moment after the run's time is brought back to it where it is stored.
+        """
+        tz = self.webinar_tz or self.practice_tz
+        try:
+            moment = read_instant(text, tz, self.date_order)
+        except (ValueError, OverflowError) as exc:
+            result.problems.append(RowProblem(line, f"signed up at: {exc}; counted from now instead", warning=True))
+            return None
+        if not EARLIEST_START <= moment < LATEST_START:
+            result.problems.append(
+                RowProblem(
+                    line,
+                    f"signed up at {_shown(text)} is not a date funnel can use (it must lie between 1970 and 2099): "
+                    "counted from now instead; correct the date in the export",
+                    warning=True,
+                )
+            )
+            return None
+        if self.now is not None and moment > self.now:
+            result.problems.append(
+                RowProblem(
+                    line,
+                    f"signed up at {_shown(text)} is after this run's time: counted from now; "
+                    "check the clock or time zone of whatever made the export",
+                    warning=True,
+                )
+            )
+        return moment
 
     def zone(self, value: str | None) -> tuple[str | None, ZoneInfo, str | None]:
         """The zone name kept (None: the practice's), the zone to read times in, and a warning."""
@@ -925,10 +1127,16 @@ class _Memo:
         # webinar's zone; an evergreen one (webinar_tz None) in the registrant's own
         read_in = self.webinar_tz or tz
         try:
-            start = parse_instant(text, read_in)
+            written = read_written(text, self.date_order)
+        except ValueError as exc:
+            raise ValueError(f"webinar start {exc}") from None
+        try:
+            start: datetime | None = (
+                written.replace(tzinfo=read_in) if written.tzinfo is None else written
+            ).astimezone(UTC)
         except OverflowError:
             start = None  # beyond what a date can hold: refused just below
-        doubt = wall_time_doubt(text, read_in)
+        doubt = wall_doubt(written, read_in)
         return _schedulable(text, start), f"webinar start {doubt}" if doubt else None
 
 

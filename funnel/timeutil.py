@@ -157,6 +157,11 @@ def wall_time_doubt(text: str, tz: ZoneInfo) -> str | None:
         value = datetime.fromisoformat(text.strip())
     except ValueError:
         return None
+    return wall_doubt(value, tz)
+
+
+def wall_doubt(value: datetime, tz: ZoneInfo) -> str | None:
+    """`wall_time_doubt` for a datetime already read (None when it carries its own offset)."""
     if value.tzinfo is not None:
         return None
     first, second = value.replace(tzinfo=tz, fold=0), value.replace(tzinfo=tz, fold=1)
