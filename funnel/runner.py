@@ -209,7 +209,9 @@ class Runner:
             self.renderer = Renderer(config)
         except TemplateError as exc:  # a broken template is bad configuration: nothing is done
             raise ConfigError(str(exc)) from exc
-        self.tokens = Tokens(secret_key(self.session))
+        key = secret_key(self.session)
+        self.tokens = Tokens(key)
+        self.renderer.sign_links_with(key)  # discreet readers' neutral links (`funnel.jump`)
         self.run_row: Run | None = None
         #: holds "this run is alive" for other workers' recovery (PostgreSQL)
         self.keeper = RunKeeper(engine)
