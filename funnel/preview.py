@@ -61,11 +61,14 @@ def sample_unsubscribe_url(config: Config) -> str:
     return f"{config.practice.base_url}/u/{SAMPLE_TOKEN}"
 
 
-def footer_problems(config: Config, rendered: Rendered, where: str) -> list[str]:
-    """Every part must carry the unsubscribe link and the postal address (CAN-SPAM, RFC 8058)."""
+def footer_problems(config: Config, rendered: Rendered, where: str, *, discreet: bool = False) -> list[str]:
+    """Every part must carry the unsubscribe link and the postal address (CAN-SPAM, RFC 8058); a
+    discreet reader's, `practice.discreet_postal_address` when it is set."""
     problems = []
     url = sample_unsubscribe_url(config)
     address = config.practice.postal_address
+    if discreet and config.practice.discreet_postal_address:
+        address = config.practice.discreet_postal_address
     parts = [("plain-text part", rendered.text, address)]
     if rendered.html is not None:
         parts.append(("HTML part", rendered.html, escape(address, quote=False)))
@@ -103,7 +106,7 @@ def check(config: Config, now: datetime) -> list[str]:
                     break
                 layout = "layout.txt" if discreet else "layout.html"
                 where = f"{config.templates_dir}/{layout} (step {sid}/{step.id})"
-                for problem in footer_problems(config, rendered, where):
+                for problem in footer_problems(config, rendered, where, discreet=discreet):
                     if problem not in problems:
                         problems.append(problem)
             blank = None if broken else _empty_contact_problem(renderer, sid, step, webinar, url)
