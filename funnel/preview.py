@@ -149,7 +149,7 @@ def render_sample(config: Config, sequence_id: str, step_id: str, now: datetime)
 def _addresses(config: Config) -> Iterator[tuple[tuple[Any, ...], str]]:
     """Every email address and URL of the config, with its YAML path."""
     practice = config.practice
-    for key in ("from_email", "reply_to", "base_url"):
+    for key in ("from_email", "reply_to", "discreet_from_email", "discreet_reply_to", "base_url"):
         value = getattr(practice, key)
         if value:
             yield ("practice", key), value
