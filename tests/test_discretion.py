@@ -187,7 +187,7 @@ def test_every_link_in_a_discreet_email_is_a_jump_link_except_the_unsubscribe_li
         for link in links:
             if link == sample_unsubscribe_url(config):
                 continue
-            assert re.fullmatch(re.escape(base) + r"/j/[A-Za-z0-9_-]{%d}" % TOKEN_LENGTH, link), (key, link)
+            assert re.fullmatch(re.escape(base) + rf"/j/[A-Za-z0-9_-]{{{TOKEN_LENGTH}}}", link), (key, link)
             target = jumps.target(link.rsplit("/", 1)[1])
             assert target in known_targets(config), (key, link)
             seen.add(target)
