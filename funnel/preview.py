@@ -16,6 +16,7 @@ run skips it, with a reason, for someone who has none.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime, time, timedelta
@@ -84,6 +85,26 @@ def footer_problems(config: Config, rendered: Rendered, where: str, *, discreet:
     return problems
 
 
+#: a link written out in a plain-text email
+_LINK = re.compile(r"https?://[^\s()<>]+")
+
+
+def bare_link_problems(config: Config, rendered: Rendered, where: str, sid: str, step: Step) -> list[str]:
+    """A discreet reader's links must all be neutral `/j/` links (or the unsubscribe link): a link the
+    renderer does not know as one of the practice's (`funnel.jump.known_targets`) would print in full."""
+    neutral = f"{config.practice.base_url}/j/"
+    bare = [
+        url
+        for url in _LINK.findall(rendered.text)
+        if url != sample_unsubscribe_url(config) and not url.startswith(neutral)
+    ]
+    return [
+        f"{where} (step {sid}/{step.id}): a discreet reader would see {url} in full: link to a page named in "
+        "practice.links or written out in the template (those go through the neutral /j/ link for her)"
+        for url in dict.fromkeys(bare)
+    ]
+
+
 def check(config: Config, now: datetime) -> list[str]:
     """All problems with templates, as `file:line: message` (empty when all is well)."""
     try:
@@ -106,7 +127,10 @@ def check(config: Config, now: datetime) -> list[str]:
                     break
                 layout = "layout.txt" if discreet else "layout.html"
                 where = f"{config.templates_dir}/{layout} (step {sid}/{step.id})"
-                for problem in footer_problems(config, rendered, where, discreet=discreet):
+                found = footer_problems(config, rendered, where, discreet=discreet)
+                if discreet:
+                    found += bare_link_problems(config, rendered, f"{config.templates_dir}/{step.template}", sid, step)
+                for problem in found:
                     if problem not in problems:
                         problems.append(problem)
             blank = None if broken else _empty_contact_problem(renderer, sid, step, webinar, url)

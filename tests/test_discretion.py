@@ -413,3 +413,15 @@ def test_the_quiet_default_title_is_the_signature_name_without_credentials() -> 
     assert str(events_for(config)[False]["SUMMARY"]) == "Webinar with Maya Ellis"
     nameless = config.model_copy(update={"practice": config.practice.model_copy(update={"from_name": None})})
     assert event_title(nameless, "relationship-911") == "Webinar"
+
+
+def test_check_refuses_a_link_a_discreet_reader_would_see_in_full(project: Project, funnel: Callable[..., Any]) -> None:
+    """A link the renderer cannot know as the practice's (built from pieces) would print as it is."""
+    letter = project.root / "email_templates" / "recovery" / "anger.md"
+    letter.write_text(
+        letter.read_text().replace("Hi {{", "See {{ practice.links.website }}anger-guide first.\n\nHi {{", 1)
+    )
+    result = funnel("check")
+    assert result.code == 1
+    assert "anger.md (step betrayal-recovery/anger): a discreet reader would see" in result.err
+    assert "https://healinglightcounseling.test/anger-guide in full" in result.err
