@@ -125,6 +125,11 @@ Nothing has changed.</p>
 <h1>Thank you</h1>
 <p>Your message has reached {{ practice }}. We will be in touch soon.</p>
 {% endblock %}""",
+    "link_invalid.html": """{% extends "layout.html" %}{% block content %}
+<h1>This link does not work</h1>
+<p>It may have been cut short when it was copied, or it is no longer in use. Please open it from
+the email again, or reply to the email and ask for it.</p>
+{% endblock %}""",
     "invalid.html": """{% extends "layout.html" %}{% block content %}
 <h1>This link does not work</h1>
 <p>It may have been cut short when it was copied. Please open the link from the email again,
@@ -186,7 +191,7 @@ async def jump(token: str, request: Request) -> Response:
     config = get_config(request)
     target = await run_in_threadpool(_jump_target, get_engine(request), config, token)
     if target is None:
-        return page(config, "invalid.html", 400, discreet=True)
+        return page(config, "link_invalid.html", 400, discreet=True)
     return RedirectResponse(target, status_code=303)
 
 
