@@ -754,6 +754,7 @@ class Renderer:
 
     def __init__(self, config: Config, *, jump_key: str | None = None) -> None:
         self.config = config
+        self._jump_key = jump_key
         self._jumps = jump_links(config, jump_key)
         self.folder = config.templates_path
         label = config.templates_dir
@@ -810,9 +811,8 @@ class Renderer:
 
     def sign_links_with(self, key: str) -> None:
         """Sign discreet readers' links with `key` from now on (a renderer made before the key was read)."""
-        jumps = jump_links(self.config, key)
-        if jumps is not self._jumps:
-            self._jumps = jumps
+        if key != self._jump_key:  # the same key: nothing to do (no templates read again per email)
+            self._jumps, self._jump_key = jump_links(self.config, key), key
 
     def _finished(self, subject: str, text: str, html: str | None, discreet: bool) -> Rendered:
         """The email as it leaves the renderer, by every path (remembered shapes, direct rendering).
