@@ -59,6 +59,12 @@ class Practice(_Model):
     timezone: str = "UTC"
     base_url: str = "http://127.0.0.1:8025"
     discreet_from_name: str | None = None
+    #: From address for discreet contacts (an address on a neutral domain); unset: `from_email`
+    discreet_from_email: str | None = None
+    #: Reply-To for discreet contacts; it wins over `inbound.reply_address` for them (see the README)
+    discreet_reply_to: str | None = None
+    #: postal address in a discreet contact's footer (a PO box or mailbox service); unset: `postal_address`
+    discreet_postal_address: str | None = None
     discreet_subject: str = "A note for you"
     #: subject of the email that asks a form's poster to confirm (spec 9): no word of the subject matter
     confirm_subject: str = "Please confirm your request"
@@ -92,12 +98,17 @@ class Practice(_Model):
             )
         return value.strip()
 
-    @field_validator("from_email", "reply_to")
+    @field_validator("from_email", "reply_to", "discreet_from_email", "discreet_reply_to")
     @classmethod
     def _looks_like_address(cls, value: str | None) -> str | None:
         if value is not None and "@" not in value:
             raise ValueError(f"{value!r} is not an email address")
         return value
+
+    @field_validator("discreet_postal_address")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
 
     @field_validator("base_url")
     @classmethod
@@ -223,6 +234,8 @@ class Webinar(_Model):
     """
 
     title: str
+    #: the calendar event's title for everyone (SUMMARY): quiet, never the full title (see `invitation`)
+    event_title: str | None = None
     join_url: str | None = None
     replay_url: str | None = None
     timezone: str | None = None

@@ -414,9 +414,9 @@ def decline(engine: Engine, token: str, now: datetime) -> bool:
 def confirmation_email(config: Config, address: str, token: str, send_id: str, now: datetime) -> OutgoingEmail:
     """The confirmation: discreet whoever she is, plain text, the link, the postal address."""
     practice = config.practice
-    sender_address = getattr(practice, "discreet_from_email", None) or practice.from_email
-    reply_to = getattr(practice, "discreet_reply_to", None) or practice.reply_to
-    postal = getattr(practice, "discreet_postal_address", None) or practice.postal_address
+    sender_address = practice.discreet_from_email or practice.from_email
+    reply_to = practice.discreet_reply_to or practice.reply_to
+    postal = practice.discreet_postal_address or practice.postal_address
     url = confirm_url(practice.base_url, token)
     text = (
         "Hello,\n\n"

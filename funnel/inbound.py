@@ -619,7 +619,9 @@ def is_loop(config: Config, reply: Reply) -> bool:
     """Whether forwarding this message could start a mail loop."""
     if reply.marked_forward:
         return True
-    ours = {config.practice.from_email.lower(), (config.inbound.reply_address or "").lower()} - {""}
+    practice = config.practice
+    addresses = (practice.from_email, practice.discreet_from_email, config.inbound.reply_address)
+    ours = {(address or "").lower() for address in addresses} - {""}
     return (reply.sender or "").lower() in ours
 
 

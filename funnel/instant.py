@@ -325,7 +325,9 @@ class ServeSender:
     ) -> OutgoingEmail:
         """The email exactly as a run writes it (`runner.render_for`, `runner.compose_email`)."""
         assert contact.id is not None
-        tokens = Tokens(secret_key(session))
+        key = secret_key(session)
+        tokens = Tokens(key)
+        renderer.sign_links_with(key)  # made before a session could read the key
         if contact.token_key is None:  # a row written by other means than funnel's: give it one now
             contact.token_key = new_token_key()
             session.add(contact)

@@ -14,10 +14,12 @@ as an appointment to save. So the file goes as an `invite.ics` attachment
 The event is one VEVENT: a UID stable per person and webinar (a hash: no
 address or name in it, so the same webinar imported twice updates one entry),
 DTSTART in UTC, DTEND from `webinars.<id>.duration`, and the join link as URL,
-LOCATION and in the description. Discreet readers get a neutral title
-(`practice.discreet_event_title`), no description beyond the link, and no
-LOCATION (week views and lock-screen alerts show it; the link may name the
-subject).
+LOCATION and in the description. The title (SUMMARY) is the quiet
+`webinars.<id>.event_title` (`event_title`), never the webinar's full title,
+which appears at most in the description. Discreet readers get
+`practice.discreet_event_title` ("Appointment"), the description "Your link
+is in the email." and no URL or LOCATION (week views and lock-screen alerts
+show them; the link may name the subject).
 """
 
 from __future__ import annotations
@@ -34,6 +36,24 @@ FILENAME = "invite.ics"
 CONTENT_TYPE = "text/calendar"
 METHOD = "PUBLISH"
 PRODID = "-//funnel//webinar invitation//EN"
+
+
+#: the whole description of a discreet reader's event: no title, no link, no name
+DISCREET_DESCRIPTION = "Your link is in the email."
+
+
+def event_title(config: Config, webinar_id: str) -> str:
+    """The event's title (SUMMARY) for everyone but discreet readers: `webinars.<id>.event_title`, else
+    "Webinar with" the sender's name as she signs (before any comma and credentials), else "Webinar".
+
+    Never the webinar's full title: lock screens, watches and shared family
+    calendars show the SUMMARY to whoever is near.
+    """
+    webinar = config.webinars[webinar_id]
+    if webinar.event_title and webinar.event_title.strip():
+        return webinar.event_title.strip()
+    name = (config.practice.from_name or "").split(",")[0].strip()
+    return f"Webinar with {name}" if name else "Webinar"
 
 
 def event_uid(person_key: str, webinar_id: str, domain: str) -> str:
@@ -103,11 +123,10 @@ def invitation(
         return ()
     practice = config.practice
     link = join_url or webinar.join_url  # her own link (from the export) before the webinar's shared one
-    if discreet:
-        title = practice.discreet_event_title
-        description = f"Join: {link}" if link else ""
-    else:
-        title = webinar.title
+    if discreet:  # nothing that names the subject or leads to it: her link is in the email
+        title, description, link = practice.discreet_event_title, DISCREET_DESCRIPTION, None
+    else:  # the quiet title on lock screens and shared calendars; the full one only inside the event
+        title = event_title(config, webinar_id or "")
         lines = [webinar.title, f"Join: {link}" if link else "", practice.name]
         description = "\n\n".join(line for line in lines if line)
     content = _event_for(

@@ -16,6 +16,7 @@ run skips it, with a reason, for someone who has none.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime, time, timedelta
@@ -61,11 +62,14 @@ def sample_unsubscribe_url(config: Config) -> str:
     return f"{config.practice.base_url}/u/{SAMPLE_TOKEN}"
 
 
-def footer_problems(config: Config, rendered: Rendered, where: str) -> list[str]:
-    """Every part must carry the unsubscribe link and the postal address (CAN-SPAM, RFC 8058)."""
+def footer_problems(config: Config, rendered: Rendered, where: str, *, discreet: bool = False) -> list[str]:
+    """Every part must carry the unsubscribe link and the postal address (CAN-SPAM, RFC 8058); a
+    discreet reader's, `practice.discreet_postal_address` when it is set."""
     problems = []
     url = sample_unsubscribe_url(config)
     address = config.practice.postal_address
+    if discreet and config.practice.discreet_postal_address:
+        address = config.practice.discreet_postal_address
     parts = [("plain-text part", rendered.text, address)]
     if rendered.html is not None:
         parts.append(("HTML part", rendered.html, escape(address, quote=False)))
@@ -79,6 +83,26 @@ def footer_problems(config: Config, rendered: Rendered, where: str) -> list[str]
                 f"{where}: the {label} has no postal address: put {{{{ practice.postal_address }}}} in the layout"
             )
     return problems
+
+
+#: a link written out in a plain-text email
+_LINK = re.compile(r"https?://[^\s()<>]+")
+
+
+def bare_link_problems(config: Config, rendered: Rendered, where: str, sid: str, step: Step) -> list[str]:
+    """A discreet reader's links must all be neutral `/j/` links (or the unsubscribe link): a link the
+    renderer does not know as one of the practice's (`funnel.jump.known_targets`) would print in full."""
+    neutral = f"{config.practice.base_url}/j/"
+    bare = [
+        url
+        for url in _LINK.findall(rendered.text)
+        if url != sample_unsubscribe_url(config) and not url.startswith(neutral)
+    ]
+    return [
+        f"{where} (step {sid}/{step.id}): a discreet reader would see {url} in full: link to a page named in "
+        "practice.links or written out in the template (those go through the neutral /j/ link for her)"
+        for url in dict.fromkeys(bare)
+    ]
 
 
 def check(config: Config, now: datetime) -> list[str]:
@@ -103,7 +127,10 @@ def check(config: Config, now: datetime) -> list[str]:
                     break
                 layout = "layout.txt" if discreet else "layout.html"
                 where = f"{config.templates_dir}/{layout} (step {sid}/{step.id})"
-                for problem in footer_problems(config, rendered, where):
+                found = footer_problems(config, rendered, where, discreet=discreet)
+                if discreet:
+                    found += bare_link_problems(config, rendered, f"{config.templates_dir}/{step.template}", sid, step)
+                for problem in found:
                     if problem not in problems:
                         problems.append(problem)
             blank = None if broken else _empty_contact_problem(renderer, sid, step, webinar, url)
@@ -146,7 +173,7 @@ def render_sample(config: Config, sequence_id: str, step_id: str, now: datetime)
 def _addresses(config: Config) -> Iterator[tuple[tuple[Any, ...], str]]:
     """Every email address and URL of the config, with its YAML path."""
     practice = config.practice
-    for key in ("from_email", "reply_to", "base_url"):
+    for key in ("from_email", "reply_to", "discreet_from_email", "discreet_reply_to", "base_url"):
         value = getattr(practice, key)
         if value:
             yield ("practice", key), value

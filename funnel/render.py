@@ -87,6 +87,7 @@ from markupsafe import Markup, escape
 
 from funnel.config import KNOWN_FIELDS, Config, Sequence, Step
 from funnel.errors import TemplateError
+from funnel.jump import jump_links
 
 #: Markdown syntax a reader's value may hold, backslash-escaped when it is printed into a Markdown
 #: template: `&` (an entity such as `&copy;` would show as ©), `=` (a line of them under a line
@@ -744,10 +745,17 @@ def _environment(
 
 
 class Renderer:
-    """Every template of one config, compiled once; renders emails on demand."""
+    """Every template of one config, compiled once; renders emails on demand.
 
-    def __init__(self, config: Config) -> None:
+    `jump_key` signs the neutral links of discreet readers' emails (`funnel.jump`):
+    the secret key, for mail that is sent; without it (`funnel check`, a sample
+    preview) the links are examples that `funnel serve` does not answer.
+    """
+
+    def __init__(self, config: Config, *, jump_key: str | None = None) -> None:
         self.config = config
+        self._jump_key = jump_key
+        self._jumps = jump_links(config, jump_key)
         self.folder = config.templates_path
         label = config.templates_dir
         self._md_env = _environment(self.folder, label, autoescape=False, markdown=True, slots=True)
@@ -782,9 +790,14 @@ class Renderer:
         self._subjects: dict[tuple[str, str, bool], Template] = {}
         #: (sequence, step, discreet) -> the step's preheader (discreet: only `discreet_preheader`)
         self._preheaders: dict[tuple[str, str, bool], Template] = {}
-        # discreet readers see the sender's discreet name in the From: the signature matches it
-        self._discreet_practice = config.practice.model_copy(
-            update={"from_name": config.practice.discreet_from_name or config.practice.from_name}
+        # discreet readers see the sender's discreet name in the From: the signature matches it; their
+        # footer holds the discreet postal address (a PO box) when there is one
+        practice = config.practice
+        self._discreet_practice = practice.model_copy(
+            update={
+                "from_name": practice.discreet_from_name or practice.from_name,
+                "postal_address": practice.discreet_postal_address or practice.postal_address,
+            }
         )
         problems: list[str] = []
         for sid, sequence in config.sequences.items():
@@ -795,6 +808,23 @@ class Renderer:
                     problems.append(str(exc))
         if problems:
             raise TemplateError("; ".join(problems)) if len(problems) > 1 else TemplateError(problems[0])
+
+    def sign_links_with(self, key: str) -> None:
+        """Sign discreet readers' links with `key` from now on (a renderer made before the key was read)."""
+        if key != self._jump_key:  # the same key: nothing to do (no templates read again per email)
+            self._jumps, self._jump_key = jump_links(self.config, key), key
+
+    def _finished(self, subject: str, text: str, html: str | None, discreet: bool) -> Rendered:
+        """The email as it leaves the renderer, by every path (remembered shapes, direct rendering).
+
+        A discreet reader's plain text is final here: each link the practice
+        wrote becomes its neutral `/j/` link (`funnel.jump`), after every
+        cache and memo, so no fast path can hand out the real URL. The
+        unsubscribe link is not one of them and stays as it is.
+        """
+        if discreet:
+            text = self._jumps.rewrite(text, self.config.practice.base_url)
+        return Rendered(subject=subject, text=text, html=html)
 
     # ----------------------------------------------------------------- compile
 
@@ -932,7 +962,7 @@ class Renderer:
                     sequence_id, sequence, step, contact, webinar, unsubscribe_url, discreet=discreet
                 )
             html = self._fill(page, fill, cast(tuple[str, ...], where))
-        return Rendered(subject=subject, text=text, html=html)
+        return self._finished(subject, text, html, discreet)
 
     def _render_direct(
         self,
@@ -964,7 +994,7 @@ class Renderer:
         html = None
         if not discreet:
             html = self._inline(self._run(self.layout_html, {**context, "content": html_body}, "layout.html"))
-        return Rendered(subject=subject, text=text, html=html)
+        return self._finished(subject, text, html, discreet)
 
     def _context(
         self,
@@ -1298,7 +1328,7 @@ class Renderer:
 
     def _wrap_text(self, body: str, context: dict[str, Any]) -> str:
         if self.layout_text is None:
-            practice = self.config.practice
+            practice = context["practice"]  # a discreet reader's: her postal address
             name = "" if context["contact"].discreet else f"{practice.name}\n"  # a neutral footer for her
             return (
                 f"{body.rstrip()}\n\n--\n{name}{practice.postal_address}\n"

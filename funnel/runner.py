@@ -211,7 +211,9 @@ class Runner:
             self.renderer = Renderer(config)
         except TemplateError as exc:  # a broken template is bad configuration: nothing is done
             raise ConfigError(str(exc)) from exc
-        self.tokens = Tokens(secret_key(self.session))
+        key = secret_key(self.session)
+        self.tokens = Tokens(key)
+        self.renderer.sign_links_with(key)  # discreet readers' neutral links (`funnel.jump`)
         self.run_row: Run | None = None
         #: holds "this run is alive" for other workers' recovery (PostgreSQL)
         self.keeper = RunKeeper(engine)
@@ -923,6 +925,28 @@ def render_for(
     )
 
 
+def sender_of(config: Config, *, discreet: bool) -> tuple[str, str, str | None]:
+    """The (From name, From address, Reply-To) of an email to a reader, discreet or not.
+
+    A discreet reader's email comes from `practice.discreet_from_email` under
+    `discreet_from_name` (each falling back to the ordinary one), and her
+    replies go to `practice.discreet_reply_to` when it is set: it wins over
+    `inbound.reply_address`, whose domain is usually the practice's own and
+    would show in her mail client's reply line. Unset, her replies go where
+    everyone's do: the Inbound Parse address when there is one (a reply
+    pauses the person's letters), else `practice.reply_to`.
+    """
+    practice = config.practice
+    reply_address = config.inbound.reply_address or practice.reply_to
+    if not discreet:
+        return practice.from_name or practice.name, practice.from_email, reply_address
+    return (
+        practice.discreet_from_name or practice.from_name or practice.name,
+        practice.discreet_from_email or practice.from_email,
+        practice.discreet_reply_to or reply_address,
+    )
+
+
 def compose_email(
     config: Config,
     contact: Contact,
@@ -936,18 +960,13 @@ def compose_email(
     attachments: tuple[Attachment, ...] = (),
 ) -> OutgoingEmail:
     """The frozen email for a transport: addresses, headers, custom args, tracking, attachments."""
-    practice = config.practice
-    sender_name = practice.from_name or practice.name
-    if contact.discreet and practice.discreet_from_name:
-        sender_name = practice.discreet_from_name
+    sender_name, sender_address, reply_address = sender_of(config, discreet=contact.discreet)
     assert contact.email is not None
     # cleaned again here: a name stored by an older version may hold a line break
     display = clean_line(" ".join(p for p in (contact.first_name, contact.last_name) if p)) or None
-    # replies go to the Inbound Parse address when there is one (they pause the person's sequences)
-    reply_address = config.inbound.reply_address or practice.reply_to
     return OutgoingEmail(
         send_id=send_id,
-        sender=Address(practice.from_email, sender_name),
+        sender=Address(sender_address, sender_name),
         to=Address(contact.email, display),
         reply_to=Address(reply_address) if reply_address else None,
         subject=rendered.subject,

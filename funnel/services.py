@@ -77,9 +77,10 @@ def preview(
         enrollment = session.scalars(
             select(Enrollment).where(col(Enrollment.contact_id) == contact.id, col(Enrollment.sequence) == sequence_id)
         ).first()
-        token = Tokens(secret_key(session)).make(contact.token_key or new_token_key())
+        key = secret_key(session)
+        token = Tokens(key).make(contact.token_key or new_token_key())
         url = unsubscribe_url(config.practice.base_url, token)
-        return render_for(Renderer(config), config, contact, enrollment, sequence_id, step, url)
+        return render_for(Renderer(config, jump_key=key), config, contact, enrollment, sequence_id, step, url)
 
 
 def send_test(config: Config, sequence_id: str, step_id: str, to: str, now: datetime) -> str | None:

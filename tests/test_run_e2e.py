@@ -567,7 +567,9 @@ def test_the_confirmation_eml_has_the_calendar_invitation(example_project: Proje
                 assert revealing not in text
         else:
             assert message.get_body(("html",)) is not None
-            assert str(event["SUMMARY"]).startswith("Relationship 911")
+            # the quiet event_title on lock screens; the full title only inside the event
+            assert str(event["SUMMARY"]) == "Evening webinar with Maya Ellis"
+            assert "Relationship 911" in str(event["DESCRIPTION"])
     assert len(uids) == 10  # one per person
     # only `calendar: true` steps carry it: not the consultation receipts
     receipts = sorted(example_project.outbox.glob("*_consultation_received_*.eml"))

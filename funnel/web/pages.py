@@ -1,4 +1,5 @@
-"""The few HTML pages: unsubscribe (confirm, done, undone), the form's thank-you, errors.
+"""The few HTML pages: unsubscribe (confirm, done, undone), the form's thank-you, errors;
+and `GET /j/{token}`, a discreet reader's neutral link (a 303 to its target, `funnel.jump`).
 
 `GET /u/{token}` only asks (mail scanners follow links) and never writes;
 `POST /u/{token}` unsubscribes from everything at once, from the page's
@@ -24,20 +25,22 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 from dataclasses import dataclass
 from datetime import datetime
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 from jinja2 import DictLoader, Environment, select_autoescape
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from funnel.config import Config
 from funnel.contacts import undo_from_link, unsubscribe
+from funnel.jump import TOKEN_LENGTH, jump_links
 from funnel.models import Contact
-from funnel.unsubscribe import Named, find, reading_tokens
+from funnel.unsubscribe import Named, find, previous_keys, reading_tokens, stored_key
 from funnel.web.deps import get_config, get_engine, get_now, read_body
 
 router = APIRouter()
@@ -122,6 +125,11 @@ Nothing has changed.</p>
 <h1>Thank you</h1>
 <p>Your message has reached {{ practice }}. We will be in touch soon.</p>
 {% endblock %}""",
+    "link_invalid.html": """{% extends "layout.html" %}{% block content %}
+<h1>This link does not work</h1>
+<p>It may have been cut short when it was copied, or it is no longer in use. Please open it from
+the email again, or reply to the email and ask for it.</p>
+{% endblock %}""",
     "invalid.html": """{% extends "layout.html" %}{% block content %}
 <h1>This link does not work</h1>
 <p>It may have been cut short when it was copied. Please open the link from the email again,
@@ -171,6 +179,35 @@ class _Outcome:
 
 #: a token that is bad, forged, or names nobody in this database (a restored backup)
 _BAD_LINK = _Outcome("invalid.html", discreet=True, status_code=400)
+
+
+@router.get("/j/{token}")
+async def jump(token: str, request: Request) -> Response:
+    """A discreet reader's neutral link: 303 to the target it was made for (`funnel.jump`).
+
+    Reads only (no key yet: no token can be good); a forged, damaged or
+    unknown token gets the bad-link page with 400, naming nobody.
+    """
+    config = get_config(request)
+    target = await run_in_threadpool(_jump_target, get_engine(request), config, token)
+    if target is None:
+        return page(config, "link_invalid.html", 400, discreet=True)
+    return RedirectResponse(target, status_code=303)
+
+
+def _jump_target(engine: Engine, config: Config, token: str) -> str | None:
+    if len(token) != TOKEN_LENGTH:  # before the database: most garbled links end here
+        return None
+    with Session(engine) as session:
+        stored = stored_key(session)
+    from_env = os.environ.get("FUNNEL_SECRET_KEY")
+    if from_env:
+        jumps = jump_links(config, from_env, previous_keys() + ([stored] if stored else []))
+    elif stored is not None:
+        jumps = jump_links(config, stored, [])
+    else:
+        return None
+    return jumps.target(token)
 
 
 @router.get("/u/{token}")
