@@ -24,6 +24,7 @@ import click
 
 from funnel.collector import use_fewer_collections
 from funnel.config import Config, environment_problems, load_config
+from funnel.envfile import applied
 from funnel.errors import ConfigError, FunnelError, UsageError
 from funnel.private import make_private_dir, write_private
 from funnel.timeutil import parse_instant
@@ -155,13 +156,15 @@ def _engine(config: Config) -> Any:
 
 
 def handle_errors(func: F) -> F:
-    """Turn FunnelError into one sentence and its exit code (traceback with --debug)."""
+    """Apply the env file, then turn FunnelError into one sentence and its exit code (traceback with --debug)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         debug = bool(kwargs.get("debug"))
         try:
-            return func(*args, **kwargs)
+            # the settings file first, before anything reads a setting (see funnel.envfile)
+            with applied(kwargs.get("config_path")):
+                return func(*args, **kwargs)
         except FunnelError as exc:
             if debug:
                 raise
