@@ -277,13 +277,24 @@ def run(config_path: Path | None, debug: bool, now: datetime, as_json: bool, dry
 
     Example (crontab): */15 * * * * cd /srv/funnel && .venv/bin/funnel run
     """
+    from funnel import alerts
     from funnel.db import run_lock
     from funnel.runner import Runner
     from funnel.transports import make_transport
 
-    config = _config(config_path)
-    transport = make_transport(config)  # a missing API key stops us before anything is read
+    try:
+        config = _config(config_path)
+    except ConfigError as exc:
+        if not dry_run:  # tell alerts.email, as the last good config named it (see funnel.alerts)
+            _warn(alerts.after_config_failure(config_path, str(exc), now))
+        raise
     engine = _engine(config)
+    try:
+        transport = make_transport(config)  # a missing API key stops us before anything is read
+    except ConfigError as exc:
+        if not dry_run:
+            _warn(alerts.after_problem(config, engine, alerts.settings_problem(str(exc)), now))
+        raise
     interactive = sys.stderr.isatty() and not as_json
     if dry_run:
         summary = Runner(config, engine, transport, now, dry_run=True).run()
@@ -298,7 +309,14 @@ def run(config_path: Path | None, debug: bool, now: datetime, as_json: bool, dry
             _print_key_notice(engine)
     if summary.stopped:
         click.echo(f"funnel: {summary.stopped}", err=True)
+    if not dry_run:
+        _warn(alerts.after_run(config, engine, summary, now))
     sys.exit(EXIT_OK if summary.ok and summary.unknown == 0 else EXIT_FAILED)
+
+
+def _warn(warnings: list[str]) -> None:
+    for warning in warnings:
+        click.echo(f"warning: {safe(warning)}", err=True)
 
 
 def _print_key_notice(engine: Any) -> None:

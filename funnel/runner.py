@@ -115,6 +115,8 @@ class RunSummary:
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)
     steps: dict[str, dict[str, int]] = field(default_factory=dict)
     stopped: str | None = None
+    #: the transport's status when it stopped the run (401/403: the key was refused), for the alert
+    fatal_status: int | None = None
     #: each email that failed: address, sequence, step, reason (`--verbose` and `--json` show them)
     failures: list[dict[str, str]] = field(default_factory=list)
 
@@ -322,6 +324,7 @@ class Runner:
                 )
             except SourceError as exc:
                 report["status"] = "error"
+                report["problem"] = str(exc)
                 self.summary.problems.append(str(exc))
                 continue
             if read.unchanged:
@@ -451,6 +454,7 @@ class Runner:
             self._record(dispatcher.finish(), save=True)
         if dispatcher.fatal is not None:
             self.summary.stopped = str(dispatcher.fatal)
+            self.summary.fatal_status = dispatcher.fatal.status
         elif self.stop.is_set():
             self.summary.stopped = (
                 "stopped on request (SIGTERM); emails under way were recorded, the rest go out next run"

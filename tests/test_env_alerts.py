@@ -8,7 +8,9 @@ HTTP server standing in for a healthchecks-style heartbeat service.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -98,3 +100,209 @@ def test_an_unreadable_env_file_is_one_sentence_and_exit_2(project: Project, fun
     assert result.code == 2
     assert ".env: cannot be read" in result.err
     assert "Traceback" not in result.err
+
+
+# --------------------------------------------------------------------------- alerts and the heartbeat
+
+ALERTS_TO = "therapist@alerts.example.test"
+
+
+class Heartbeat:
+    """A tiny healthchecks-style server: records each path asked for."""
+
+    def __init__(self) -> None:
+        pings: list[str] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+                pings.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"OK")
+
+            def log_message(self, *_: object) -> None:
+                return None
+
+        self.pings = pings
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/ping/abc"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def heartbeat() -> Iterator[Heartbeat]:
+    server = Heartbeat()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def with_alerts(project: Project, heartbeat_url: str | None = None) -> None:
+    text = f"\nalerts:\n  email: {ALERTS_TO}\n"
+    if heartbeat_url:
+        text += f"  heartbeat_url: {heartbeat_url}\n"
+    project.append("sequences.yaml", text)
+
+
+def through_sendgrid(fake: Any) -> dict[str, str]:
+    return {"FUNNEL_TRANSPORT": "sendgrid", "SENDGRID_API_KEY": "SG.test-key", "FUNNEL_SENDGRID_HOST": fake.url}
+
+
+def alerts_sent(fake: Any) -> list[dict[str, Any]]:
+    """The alert emails SendGrid accepted, as request bodies."""
+    return [r["body"] for r in fake.accepted if r["body"]["personalizations"][0]["to"][0]["email"] == ALERTS_TO]
+
+
+def alert_text(body: dict[str, Any]) -> str:
+    return str(body["content"][0]["value"])
+
+
+def outbox_alerts(project: Project) -> list[Any]:
+    return [m for m in project.messages() if m["To"].addresses[0].addr_spec == ALERTS_TO]
+
+
+def test_a_refused_file_is_told_once_a_day_and_the_heartbeat_hears_of_it(
+    project: Project, funnel: Run, fake_sendgrid: Any, heartbeat: Heartbeat
+) -> None:
+    with_alerts(project, heartbeat.url)
+    (project.root / REGISTRATIONS).write_bytes((HEADER + row("ana")).encode("utf-16-le"))
+    env = through_sendgrid(fake_sendgrid)
+    assert funnel("run", "--now", NOW, env=env).code == 0
+    [alert] = alerts_sent(fake_sendgrid)
+    assert alert["subject"] == "A signups file was refused: signups/webinar-registrations.csv"
+    assert "UTF-16" in alert_text(alert) and "export the file again" in alert_text(alert)
+    assert heartbeat.pings == ["/ping/abc/fail"]
+
+    # the same problem an hour later and 23 hours later: no second email; a day later: one more
+    assert funnel("run", "--now", "2026-12-01T17:00:00Z", env=env).code == 0
+    assert funnel("run", "--now", "2026-12-02T15:59:00Z", env=env).code == 0
+    assert len(alerts_sent(fake_sendgrid)) == 1
+    assert funnel("run", "--now", "2026-12-02T16:00:00Z", env=env).code == 0
+    assert len(alerts_sent(fake_sendgrid)) == 2
+    assert heartbeat.pings == ["/ping/abc/fail"] * 4
+
+    # fixed: a good run pings the heartbeat itself
+    project.write(REGISTRATIONS, HEADER + row("ana"))
+    assert funnel("run", "--now", "2026-12-02T16:10:00Z", env=env).code == 0
+    assert heartbeat.pings[-1] == "/ping/abc"
+    assert len(alerts_sent(fake_sendgrid)) == 2
+
+
+def test_a_config_that_cannot_be_read_is_told_to_the_address_the_last_good_one_named(
+    project: Project, funnel: Run, fake_sendgrid: Any, heartbeat: Heartbeat
+) -> None:
+    with_alerts(project, heartbeat.url)
+    env = through_sendgrid(fake_sendgrid)
+    assert funnel("run", "--now", NOW, env=env).code == 0
+    assert heartbeat.pings == ["/ping/abc"]
+    project.append("sequences.yaml", "delivery:\n\tsend_window: 08:00\n")  # a tab: not YAML
+    result = funnel("run", "--now", "2026-12-01T16:15:00Z", env=env)
+    assert result.code == 2
+    [alert] = alerts_sent(fake_sendgrid)
+    assert alert["subject"] == "No email is going out: sequences.yaml cannot be read"
+    assert "sequences.yaml:" in alert_text(alert) and "funnel check" in alert_text(alert)
+    assert heartbeat.pings == ["/ping/abc", "/ping/abc/fail"]
+    assert funnel("run", "--now", "2026-12-01T16:30:00Z", env=env).code == 2
+    assert len(alerts_sent(fake_sendgrid)) == 1  # once a day
+
+
+def test_before_any_good_run_funnel_alert_email_names_the_address(project: Project, funnel: Run) -> None:
+    project.write("sequences.yaml", "practice: [this is not right\n")
+    assert funnel("run", "--now", NOW).code == 2
+    assert not (project.root / "funnel.db").exists() or not project.on_sqlite  # nobody named: nothing made
+    assert funnel("run", "--now", NOW, env={"FUNNEL_ALERT_EMAIL": ALERTS_TO}).code == 2
+    [alert] = outbox_alerts(project)  # no transport known yet: the outbox
+    assert alert["Subject"] == "No email is going out: sequences.yaml cannot be read"
+    assert funnel("run", "--now", NOW, env={"FUNNEL_ALERT_EMAIL": ALERTS_TO}).code == 2
+    assert len(outbox_alerts(project)) == 1
+
+
+def test_failed_sends_are_told_without_naming_anyone(
+    project: Project, funnel: Run, fake_sendgrid: Any, heartbeat: Heartbeat
+) -> None:
+    with_alerts(project, heartbeat.url)
+    project.write(REGISTRATIONS, HEADER + row("ana") + row("bea"))
+    fake_sendgrid.reject_address("bea@example.test")
+    assert funnel("run", "--now", NOW, env=through_sendgrid(fake_sendgrid)).code == 1
+    [alert] = alerts_sent(fake_sendgrid)
+    assert alert["subject"] == "1 email(s) could not be sent"
+    assert "SendGrid 400: Does not contain a valid address." in alert_text(alert)
+    assert "bea" not in alert_text(alert).lower()
+    assert heartbeat.pings == ["/ping/abc/fail"]
+
+
+def test_a_refused_key_is_told_through_the_outbox(
+    project: Project, funnel: Run, fake_sendgrid: Any, heartbeat: Heartbeat
+) -> None:
+    with_alerts(project, heartbeat.url)
+    project.write(REGISTRATIONS, HEADER + row("ana"))
+    fake_sendgrid.set_status_for_all(401)
+    assert funnel("run", "--now", NOW, env=through_sendgrid(fake_sendgrid)).code == 1
+    [alert] = outbox_alerts(project)
+    assert alert["Subject"] == "No email is going out: SendGrid refused the API key"
+    assert "SENDGRID_API_KEY" in alert.get_content()
+    assert heartbeat.pings == ["/ping/abc/fail"]
+
+
+def test_a_missing_api_key_is_told_through_the_outbox(project: Project, funnel: Run) -> None:
+    with_alerts(project)
+    assert funnel("check").code == 0  # makes nothing; the first run makes the database
+    assert funnel("run", "--now", NOW).code == 0
+    assert funnel("run", "--now", NOW, env={"FUNNEL_TRANSPORT": "sendgrid"}).code == 2
+    [alert] = outbox_alerts(project)
+    assert alert["Subject"] == "No email is going out: the mail settings are incomplete"
+    assert "SENDGRID_API_KEY is not set" in alert.get_content()
+
+
+def test_emails_left_unknown_by_a_killed_run_are_told(
+    project: Project, funnel: Run, funnel_process: Any, fake_sendgrid: Any
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    with_alerts(project)
+    project.write(REGISTRATIONS, HEADER + row("ana"))
+    env = through_sendgrid(fake_sendgrid)
+    arrived = threading.Event()
+    fake_sendgrid.on_mail(lambda _record: arrived.set())
+    fake_sendgrid.delay(30)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "funnel", "run", "--now", NOW],
+        cwd=project.root,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert arrived.wait(60)
+        time.sleep(0.2)  # the request is on the wire, the row says `sending`
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    fake_sendgrid.delay(0)
+    fake_sendgrid.on_mail(None)
+    assert funnel("run", "--now", "2026-12-01T16:15:00Z", env=env).code == 1
+    [alert] = alerts_sent(fake_sendgrid)
+    assert alert["subject"] == "1 email(s) may or may not have gone out"
+    assert "will not send them again" in alert_text(alert)
+
+
+def test_a_heartbeat_that_cannot_be_reached_is_a_warning_only(project: Project, funnel: Run) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with_alerts(project, f"http://127.0.0.1:{port}/ping")
+    result = funnel("run", "--now", NOW)
+    assert result.code == 0
+    assert "warning: the heartbeat at alerts.heartbeat_url could not be reached" in result.err
