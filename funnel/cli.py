@@ -412,6 +412,35 @@ def _print_summary(summary: Any, loud: bool) -> None:
 
 @cli.command()
 @common
+@json_option
+def doctor(config_path: Path | None, debug: bool, as_json: bool) -> None:
+    """Check that this installation is ready to send real mail; each problem says what to fix.
+
+    Asks the .env file, `funnel serve` at base_url (and whether it checks links
+    with the same key), SendGrid (the key's permission, the sender domain, the
+    event webhook, Inbound Parse), the domain's SPF, DKIM and DMARC records,
+    and looks for example addresses. Exits 0 when all is well, 1 otherwise.
+
+    Example: funnel doctor
+    """
+    from funnel.doctor import run_checks
+    from funnel.envfile import loaded
+
+    config = _config(config_path)
+    checks = run_checks(config, _engine(config), loaded())
+    failed = [c for c in checks if c.ok is False]
+    if as_json:
+        _print_json({"ok": not failed, "checks": [c.as_dict() for c in checks]})
+    else:
+        for check in checks:
+            mark = {True: "ok  ", False: "FIX ", None: "--  "}[check.ok]
+            click.echo(f"{mark} {check.name}: {safe(check.message)}")
+        click.echo("all well" if not failed else f"{len(failed)} thing(s) to fix")
+    sys.exit(EXIT_FAILED if failed else EXIT_OK)
+
+
+@cli.command()
+@common
 @now_option
 @json_option
 @click.option("--days", type=click.IntRange(1, 3650), default=14, show_default=True, help="How far ahead.")
