@@ -411,6 +411,29 @@ def _print_summary(summary: Any, loud: bool) -> None:
 
 
 @cli.command()
+@debug_option
+@handle_errors
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+def init(debug: bool, folder: Path) -> None:
+    """Make a new practice folder: sequences.yaml, the letters, signups/ and .env with a new key.
+
+    No example people and no database: the first `funnel run` makes an empty
+    one. Refuses a folder that is not empty.
+
+    Example: funnel init /srv/funnel/practice
+    """
+    from funnel.init_folder import init_folder
+
+    made = init_folder(folder)
+    for path in made:
+        click.echo(f"made {safe(path)}{'/' if path.is_dir() else ''}")
+    click.echo(
+        f"next: edit {safe(folder / 'sequences.yaml')} (see its first lines), then in that folder run "
+        "`funnel check` and `funnel doctor`"
+    )
+
+
+@cli.command()
 @common
 @json_option
 def doctor(config_path: Path | None, debug: bool, as_json: bool) -> None:

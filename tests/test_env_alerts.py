@@ -306,3 +306,115 @@ def test_a_heartbeat_that_cannot_be_reached_is_a_warning_only(project: Project, 
     result = funnel("run", "--now", NOW)
     assert result.code == 0
     assert "warning: the heartbeat at alerts.heartbeat_url could not be reached" in result.err
+
+
+# --------------------------------------------------------------------------- a new practice folder
+
+
+def test_init_makes_a_practice_folder_without_example_people(tmp_path: Path, funnel: Run) -> None:
+    import stat
+
+    from conftest import REPO
+
+    folder = tmp_path / "srv" / "practice"
+    result = funnel("init", str(folder))
+    assert result.code == 0, result.err
+    assert sorted(p.name for p in folder.iterdir()) == [".env", "email_templates", "sequences.yaml", "signups"]
+    assert (folder / "sequences.yaml").read_text() == (REPO / "sequences.yaml").read_text()
+    assert "# alerts:" in (folder / "sequences.yaml").read_text()
+    assert sorted(p.name for p in (folder / "email_templates").iterdir()) == sorted(
+        p.name for p in (REPO / "email_templates").iterdir()
+    )
+    assert list((folder / "signups").iterdir()) == []
+    env = folder / ".env"
+    assert stat.S_IMODE(env.stat().st_mode) == 0o600
+    [key_line] = [line for line in env.read_text().splitlines() if line.startswith("FUNNEL_SECRET_KEY=")]
+    assert len(key_line.split("=", 1)[1]) >= 40
+    assert not any("#" in line for line in env.read_text().splitlines() if "=" in line and not line.startswith("#"))
+
+    again = funnel("init", str(tmp_path / "other"))
+    other_key = (tmp_path / "other" / ".env").read_text()
+    assert again.code == 0 and key_line not in other_key  # a new key each time
+
+
+def test_init_refuses_a_folder_that_is_not_empty(tmp_path: Path, funnel: Run) -> None:
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "sequences.yaml").write_text("mine\n")
+    result = funnel("init", str(folder))
+    assert result.code == 2
+    assert "is not an empty folder" in result.err
+    assert (folder / "sequences.yaml").read_text() == "mine\n"
+
+
+def test_sendgrid_skips_reserved_domains_on_its_own_api_host(
+    example_project: Project, funnel: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the real api.sendgrid.com: every example person is skipped before any request is made
+    # (this test has no network, so a request would fail the emails instead)
+    monkeypatch.setenv("FUNNEL_TRANSPORT", "sendgrid")
+    monkeypatch.setenv("SENDGRID_API_KEY", "SG.not-a-real-key")
+    summary = funnel("run", "--now", NOW, "--json")
+    assert summary.code == 0, summary.err
+    counts = summary.json()
+    assert isinstance(counts, dict)
+    assert counts["sent"] == 0 and counts["failed"] == 0 and counts["skipped"] > 0
+    shown = funnel("contacts", "show", "ana.reyes@example.test", "--json").json()
+    assert isinstance(shown, dict)
+    reasons = {s.get("reason") for e in shown["enrollments"] for s in e["steps"] if s["status"] == "skipped"}
+    assert "not sent: example.test is a reserved example domain that receives no mail" in reasons
+
+
+def test_a_test_host_still_receives_reserved_domains(project: Project, funnel: Run, fake_sendgrid: Any) -> None:
+    project.write(REGISTRATIONS, HEADER + row("ana"))
+    env = {"FUNNEL_TRANSPORT": "sendgrid", "SENDGRID_API_KEY": "SG.test-key", "FUNNEL_SENDGRID_HOST": fake_sendgrid.url}
+    assert funnel("run", "--now", NOW, env=env).code == 0
+    assert fake_sendgrid.sent_to("ana@example.test") == 1
+
+
+def test_a_production_install_on_a_fresh_folder(tmp_path: Path, no_env_key: None) -> None:
+    """As the README says: `funnel init`, the letters made one's own, cron's `funnel run` and the
+    service's `funnel serve` each started bare (no settings in their environment), sharing .env."""
+    import os
+    import subprocess
+    import sys
+
+    from web_server import FunnelServer
+
+    folder = tmp_path / "srv" / "funnel"
+    bare = {k: v for k, v in os.environ.items() if not k.startswith(("FUNNEL_", "SENDGRID_"))}
+
+    def funnel_in(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "funnel", *args], cwd=folder, env=bare, capture_output=True, text=True, timeout=120
+        )
+
+    made = subprocess.run(
+        [sys.executable, "-m", "funnel", "init", str(folder)], env=bare, capture_output=True, text=True, timeout=60
+    )
+    assert made.returncode == 0, made.stderr
+    assert funnel_in("check").returncode == 0
+    (folder / "signups" / "webinar-registrations.csv").write_text(HEADER + row("ana"))
+    ran = funnel_in("run", "--now", NOW, "--json")
+    assert ran.returncode == 0, ran.stderr
+    assert '"enrolled": 1' in ran.stdout  # ana only: no example people came with the folder
+    messages = list((folder / "outbox").glob("*.eml"))
+    assert len(messages) == 1
+    token = re.search(r"/u/([^>\s]+)>", messages[0].read_text()).group(1)  # type: ignore[union-attr]
+
+    key = [line for line in (folder / ".env").read_text().splitlines() if line.startswith("FUNNEL_SECRET_KEY=")][0]
+    server = FunnelServer(folder, ("--now", NOW), None)
+    server.env = bare
+    server.start()
+    try:
+        with server.client() as http:
+            health = http.get("/healthz", headers={"accept": "application/json"}).json()
+            assert health["key_fingerprint"] == key_fingerprint(key.split("=", 1)[1])
+            assert http.get(f"/u/{token}").status_code == 200
+            assert http.post(f"/u/{token}", data={"List-Unsubscribe": "One-Click"}).status_code in (200, 303)
+    finally:
+        server.stop()
+    shown = funnel_in("contacts", "show", "ana@example.test", "--json")
+    assert '"unsubscribed": true' in shown.stdout
+    people = funnel_in("doctor", "--json")
+    assert '"example people"' in people.stdout
