@@ -167,28 +167,48 @@ def after_run(config: Config, engine: Engine, summary: Any, now: datetime) -> li
     return warnings
 
 
-def after_problem(config: Config, engine: Engine, problem: Problem, now: datetime) -> list[str]:
-    """A run that could not start (its transport's settings): tell, ping /fail."""
-    with Session(engine) as session:
-        _remember(session, config)
-        warnings = _tell(session, _Target.of_config(config), [problem], now)
-        session.commit()
+def after_problem(config: Config, problem: Problem, now: datetime) -> list[str]:
+    """A run that could not start (its transport's settings): tell, ping /fail.
+
+    A database that does not exist yet is not made for it: a run that cannot
+    start makes nothing (the once-a-day state needs one, so the first run must
+    have got that far).
+    """
+    engine = _existing_engine(config.folder)
+    warnings: list[str] = []
+    if engine is not None:
+        try:
+            with Session(engine) as session:
+                _remember(session, config)
+                warnings = _tell(session, _Target.of_config(config), [problem], now)
+                session.commit()
+        finally:
+            engine.dispose()
     return warnings + _ping(config.alerts.heartbeat_url, ok=False)
+
+
+def _existing_engine(folder: Path, *, make: bool = False) -> Engine | None:
+    """The database's engine, unless it is a SQLite file not made yet (and `make` is false), or fails to open."""
+    from funnel.db import database_url, make_engine
+
+    url = database_url(folder)
+    if not make and url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return None
+    try:
+        return make_engine(url)
+    except Exception:  # the database is the second problem; the first one is already on stderr
+        return None
 
 
 def after_config_failure(explicit_config: str | os.PathLike[str] | None, message: str, now: datetime) -> list[str]:
     """A run whose sequences.yaml cannot be read: tell whom the last good config named (or FUNNEL_ALERT_EMAIL)."""
     from funnel.config import config_path
-    from funnel.db import database_url, make_engine
 
     path = config_path(explicit_config)
-    url = database_url(path.parent)
-    fresh = url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists()
-    if fresh and not os.environ.get(ALERT_EMAIL_VARIABLE, "").strip():
-        return []  # never ran, nobody named: make no database just to find nobody in it
-    try:
-        engine = make_engine(url)  # keeps the once-a-day state, so made even in a fresh folder
-    except Exception:  # the database is the second problem; the first one is already on stderr
+    # nobody named yet (never ran, no FUNNEL_ALERT_EMAIL): make no database just to find nobody in it;
+    # with an address, the database keeps the once-a-day state, so it is made even in a fresh folder
+    engine = _existing_engine(path.parent, make=bool(os.environ.get(ALERT_EMAIL_VARIABLE, "").strip()))
+    if engine is None:
         return []
     try:
         with Session(engine) as session:

@@ -288,13 +288,13 @@ def run(config_path: Path | None, debug: bool, now: datetime, as_json: bool, dry
         if not dry_run:  # tell alerts.email, as the last good config named it (see funnel.alerts)
             _warn(alerts.after_config_failure(config_path, str(exc), now))
         raise
-    engine = _engine(config)
     try:
         transport = make_transport(config)  # a missing API key stops us before anything is read
     except ConfigError as exc:
         if not dry_run:
-            _warn(alerts.after_problem(config, engine, alerts.settings_problem(str(exc)), now))
+            _warn(alerts.after_problem(config, alerts.settings_problem(str(exc)), now))
         raise
+    engine = _engine(config)
     interactive = sys.stderr.isatty() and not as_json
     if dry_run:
         summary = Runner(config, engine, transport, now, dry_run=True).run()
