@@ -25,6 +25,7 @@ import click
 
 from funnel.collector import use_fewer_collections
 from funnel.config import Config, environment_problems, load_config
+from funnel.envfile import applied
 from funnel.errors import ConfigError, FunnelError, UsageError
 from funnel.private import make_private_dir, write_private
 from funnel.timeutil import parse_instant, readable, zone
@@ -156,13 +157,15 @@ def _engine(config: Config) -> Any:
 
 
 def handle_errors(func: F) -> F:
-    """Turn FunnelError into one sentence and its exit code (traceback with --debug)."""
+    """Apply the env file, then turn FunnelError into one sentence and its exit code (traceback with --debug)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         debug = bool(kwargs.get("debug"))
         try:
-            return func(*args, **kwargs)
+            # the settings file first, before anything reads a setting (see funnel.envfile)
+            with applied(kwargs.get("config_path")):
+                return func(*args, **kwargs)
         except FunnelError as exc:
             if debug:
                 raise
@@ -275,12 +278,23 @@ def run(config_path: Path | None, debug: bool, now: datetime, as_json: bool, dry
 
     Example (crontab): */15 * * * * cd /srv/funnel && .venv/bin/funnel run
     """
+    from funnel import alerts
     from funnel.db import run_lock
     from funnel.runner import Runner
     from funnel.transports import make_transport
 
-    config = _config(config_path)
-    transport = make_transport(config)  # a missing API key stops us before anything is read
+    try:
+        config = _config(config_path)
+    except ConfigError as exc:
+        if not dry_run:  # tell alerts.email, as the last good config named it (see funnel.alerts)
+            _warn(alerts.after_config_failure(config_path, str(exc), now))
+        raise
+    try:
+        transport = make_transport(config)  # a missing API key stops us before anything is read
+    except ConfigError as exc:
+        if not dry_run:
+            _warn(alerts.after_problem(config, alerts.settings_problem(str(exc)), now))
+        raise
     engine = _engine(config)
     interactive = sys.stderr.isatty() and not as_json
     if dry_run:
@@ -296,7 +310,14 @@ def run(config_path: Path | None, debug: bool, now: datetime, as_json: bool, dry
             _print_key_notice(engine)
     if summary.stopped:
         click.echo(f"funnel: {summary.stopped}", err=True)
+    if not dry_run:
+        _warn(alerts.after_run(config, engine, summary, now))
     sys.exit(EXIT_OK if summary.ok and summary.unknown == 0 else EXIT_FAILED)
+
+
+def _warn(warnings: list[str]) -> None:
+    for warning in warnings:
+        click.echo(f"warning: {safe(warning)}", err=True)
 
 
 def _print_key_notice(engine: Any) -> None:
@@ -388,6 +409,58 @@ def _print_summary(summary: Any, loud: bool) -> None:
         for failure in getattr(summary, "failures", []):
             where = f"{failure['sequence']}/{failure['step']}".rstrip("/")
             click.echo(f"failed: {failure['email']} {where}: {failure['reason']}")
+
+
+@cli.command()
+@debug_option
+@handle_errors
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+def init(debug: bool, folder: Path) -> None:
+    """Make a new practice folder: sequences.yaml, the letters, signups/ and .env with a new key.
+
+    No example people and no database: the first `funnel run` makes an empty
+    one. Refuses a folder that is not empty.
+
+    Example: funnel init /srv/funnel/practice
+    """
+    from funnel.init_folder import init_folder
+
+    made = init_folder(folder)
+    for path in made:
+        click.echo(f"made {safe(path)}{'/' if path.is_dir() else ''}")
+    click.echo(
+        f"next: edit {safe(folder / 'sequences.yaml')} (see its first lines), then in that folder run "
+        "`funnel check` and `funnel doctor`"
+    )
+
+
+@cli.command()
+@common
+@json_option
+def doctor(config_path: Path | None, debug: bool, as_json: bool) -> None:
+    """Check that this installation is ready to send real mail; each problem says what to fix.
+
+    Asks the .env file, `funnel serve` at base_url (and whether it checks links
+    with the same key), SendGrid (the key's permission, the sender domain, the
+    event webhook, Inbound Parse), the domain's SPF, DKIM and DMARC records,
+    and looks for example addresses. Exits 0 when all is well, 1 otherwise.
+
+    Example: funnel doctor
+    """
+    from funnel.doctor import run_checks
+    from funnel.envfile import loaded
+
+    config = _config(config_path)
+    checks = run_checks(config, _engine(config), loaded())
+    failed = [c for c in checks if c.ok is False]
+    if as_json:
+        _print_json({"ok": not failed, "checks": [c.as_dict() for c in checks]})
+    else:
+        for check in checks:
+            mark = {True: "ok  ", False: "FIX ", None: "--  "}[check.ok]
+            click.echo(f"{mark} {check.name}: {safe(check.message)}")
+        click.echo("all well" if not failed else f"{len(failed)} thing(s) to fix")
+    sys.exit(EXIT_FAILED if failed else EXIT_OK)
 
 
 @cli.command()

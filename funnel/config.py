@@ -206,6 +206,33 @@ class Tracking(_Model):
     webhook_unsigned: bool = False
 
 
+class Alerts(_Model):
+    """Who hears about a run that went wrong (spec 10), and the heartbeat a monitor expects.
+
+    `email` gets one plain-words email per new problem, at most one a day per
+    problem (see `funnel.alerts`); `heartbeat_url` is asked (GET) after every
+    good run and `{heartbeat_url}/fail` after a bad one, the convention of
+    healthchecks.io and its kin.
+    """
+
+    email: str | None = None
+    heartbeat_url: str | None = None
+
+    @field_validator("email")
+    @classmethod
+    def _alert_address(cls, value: str | None) -> str | None:
+        if value is not None and "@" not in value:
+            raise ValueError(f"{value!r} is not an email address: write the address that should hear of problems")
+        return value.strip() if value else None
+
+    @field_validator("heartbeat_url")
+    @classmethod
+    def _heartbeat(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip().startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is not a web address: write the ping URL your monitor gave (https://...)")
+        return value.strip().rstrip("/") if value else None
+
+
 class Inbound(_Model):
     """Replies through SendGrid Inbound Parse (`POST /webhooks/inbound`).
 
@@ -482,6 +509,7 @@ class Config(_Model):
     delivery: Delivery = Delivery()
     tracking: Tracking = Tracking()
     inbound: Inbound = Inbound()
+    alerts: Alerts = Alerts()
     webinars: dict[str, Webinar] = Field(default_factory=dict)
     sources: dict[str, Source] = Field(default_factory=dict)
     sequences: dict[str, Sequence] = Field(default_factory=dict)

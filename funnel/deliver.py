@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, cast
 
-from funnel.errors import TransportError
+from funnel.errors import TransportError, TransportSkipped
 from funnel.transports.base import OutgoingEmail, SendResult, Transport
 
 #: longest Retry-After a run waits for; longer hints leave the email for the next run
@@ -197,6 +197,8 @@ class Dispatcher:
             return Outcome(job, "released", attempts=attempts)
         except _Withheld as withheld:
             return Outcome(job, "withheld", attempts=attempts, reason=withheld.reason)
+        except TransportSkipped as skipped:  # refused on purpose (a reserved domain): a skip with its reason
+            return Outcome(job, "withheld", attempts=attempts, reason=str(skipped))
         except TransportError as error:
             if error.fatal:
                 self.fatal = self.fatal or error

@@ -75,3 +75,11 @@ class TransportError(FunnelError):
         self.fatal = fatal
         self.status = status
         self.retry_after = retry_after
+
+
+class TransportSkipped(TransportError):
+    """The transport would not send this email on purpose (an address at a reserved example domain).
+
+    A run records the step as skipped with this reason, not as failed: nothing
+    is wrong and nothing is to be tried again.
+    """

@@ -117,6 +117,8 @@ class RunSummary:
     stopped: str | None = None
     #: files refused as a whole (no email column, unreadable, bad encoding): the run exits 1 once done
     refused_files: int = 0
+    #: the transport's status when it stopped the run (401/403: the key was refused), for the alert
+    fatal_status: int | None = None
     #: each email that failed: address, sequence, step, reason (`--verbose` and `--json` show them)
     failures: list[dict[str, str]] = field(default_factory=list)
 
@@ -333,6 +335,7 @@ class Runner:
                 )
             except SourceError as exc:
                 report["status"] = "error"
+                report["problem"] = str(exc)
                 self.summary.problems.append(str(exc))
                 self.summary.refused_files += 1
                 continue
@@ -463,6 +466,7 @@ class Runner:
             self._record(dispatcher.finish(), save=True)
         if dispatcher.fatal is not None:
             self.summary.stopped = str(dispatcher.fatal)
+            self.summary.fatal_status = dispatcher.fatal.status
         elif self.stop.is_set():
             self.summary.stopped = (
                 "stopped on request (SIGTERM); emails under way were recorded, the rest go out next run"

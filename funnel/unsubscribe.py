@@ -82,6 +82,11 @@ def stored_key(session: Session) -> str | None:
     return found[0] if found else None
 
 
+def signing_key(session: Session) -> str | None:
+    """The key new links are signed with, without writing one: FUNNEL_SECRET_KEY, else the stored key."""
+    return os.environ.get("FUNNEL_SECRET_KEY") or stored_key(session)
+
+
 def previous_keys() -> list[str]:
     """The retired keys in FUNNEL_SECRET_KEY_PREVIOUS (comma-separated), still good for reading."""
     return [key.strip() for key in os.environ.get(PREVIOUS_KEYS_VARIABLE, "").split(",") if key.strip()]

@@ -116,7 +116,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class FakeSendGrid:
-    """SendGrid's mail/send and suppression list endpoints, with faults on demand."""
+    """SendGrid's mail/send, suppression lists and the account settings `funnel doctor` reads, with faults."""
 
     def __init__(self, api_key: str = "SG.test-key") -> None:
         self.api_key = api_key
@@ -131,6 +131,13 @@ class FakeSendGrid:
         self._suppressions: dict[str, list[dict[str, Any]]] = {name: [] for name in SUPPRESSION_ENDPOINTS}
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        #: what the account endpoints `funnel doctor` reads answer (GET path -> JSON); see `set_account`
+        self._account: dict[str, Any] = {
+            "/v3/scopes": {"scopes": ["mail.send", "suppression.read"]},
+            "/v3/whitelabel/domains": [],
+            "/v3/user/webhooks/event/settings": {"enabled": False, "url": ""},
+            "/v3/user/webhooks/parse/settings": {"result": []},
+        }
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -230,6 +237,35 @@ class FakeSendGrid:
         """Wait this long before answering each request from now on (0: no delay)."""
         with self._lock:
             self._delay = max(0.0, float(seconds))
+
+    def set_account(self, path: str, answer: Any) -> None:
+        """What GET `path` answers from now on: `/v3/scopes`, `/v3/whitelabel/domains`,
+        `/v3/user/webhooks/event/settings` or `/v3/user/webhooks/parse/settings` (SendGrid's shapes)."""
+        if path not in self._account:
+            raise ValueError(f"not an account endpoint of the fake: {path}")
+        with self._lock:
+            self._account[path] = answer
+
+    def authenticate_domain(self, domain: str, *, valid: bool = True, selector: str = "s1") -> None:
+        """An authenticated domain as SendGrid lists it (automated security: three CNAMEs)."""
+        dns = {
+            "mail_cname": {"valid": valid, "type": "cname", "host": f"em123.{domain}", "data": "u123.wl.sendgrid.net"},
+            "dkim1": {
+                "valid": valid,
+                "type": "cname",
+                "host": f"{selector}._domainkey.{domain}",
+                "data": f"{selector}.domainkey.u123.wl.sendgrid.net",
+            },
+            "dkim2": {
+                "valid": valid,
+                "type": "cname",
+                "host": f"s2._domainkey.{domain}",
+                "data": "s2.domainkey.u123.wl.sendgrid.net",
+            },
+        }
+        entry = {"id": 1, "domain": domain, "subdomain": "em123", "valid": valid, "default": True, "dns": dns}
+        with self._lock:
+            self._account["/v3/whitelabel/domains"] = [entry]
 
     def add_suppression(self, kind: str, email: str, created: int, reason: str = "", status: str = "") -> None:
         """Put `email` on a suppression list (`bounces` or our kind name `bounce`, ...)."""
@@ -367,6 +403,11 @@ class FakeSendGrid:
             record["message_id"] = message_id
             sandbox = bool(((body.get("mail_settings") or {}).get("sandbox_mode") or {}).get("enable"))
             return (200 if sandbox else 202), {"X-Message-Id": message_id}, b""
+
+        if path in self._account and handler.command == "GET":
+            with self._lock:
+                answer = self._account[path]
+            return 200, json_headers, json.dumps(answer).encode()
 
         prefix = "/v3/suppression/"
         if path.startswith(prefix) and handler.command == "GET":

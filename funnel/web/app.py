@@ -21,12 +21,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
+from sqlmodel import Session
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from funnel.config import Config
+from funnel.envfile import key_fingerprint
 from funnel.logsafe import safe_traceback
+from funnel.unsubscribe import signing_key
 from funnel.web import confirm_pages, forms, pages
 from funnel.web.deps import get_engine
 
@@ -83,13 +86,22 @@ def create_app(config: Config, engine: Engine, now: datetime | None = None, *, d
 
     @app.get("/healthz", include_in_schema=False)
     def healthz(request: Request) -> Response:
-        """200 when the database answers a query, 503 when it does not (for the proxy and monitoring)."""
+        """200 when the database answers a query, 503 when it does not (for the proxy and monitoring).
+
+        The answer names the fingerprint of the key this server checks links
+        with (`envfile.key_fingerprint`: 12 hex digits, not the key), so that
+        `funnel doctor` can tell whether `funnel run` signs with the same one.
+        JSON for a client that asks for it, two lines of text otherwise.
+        """
         try:
-            with get_engine(request).connect() as conn:
-                conn.execute(text("SELECT 1"))
+            with Session(get_engine(request)) as session:
+                session.execute(text("SELECT 1"))
+                fingerprint = key_fingerprint(signing_key(session))
         except Exception:
             return PlainTextResponse("database unavailable\n", status_code=503)
-        return PlainTextResponse("ok\n")
+        if "json" in request.headers.get("accept", ""):
+            return JSONResponse({"status": "ok", "key_fingerprint": fingerprint})
+        return PlainTextResponse(f"ok\nkey fingerprint: {fingerprint}\n")
 
     app.include_router(pages.router)
     app.include_router(forms.router)
