@@ -173,17 +173,17 @@ def test_a_refused_file_is_told_once_a_day_and_the_heartbeat_hears_of_it(
     with_alerts(project, heartbeat.url)
     (project.root / REGISTRATIONS).write_bytes((HEADER + row("ana")).encode("utf-16-le"))
     env = through_sendgrid(fake_sendgrid)
-    assert funnel("run", "--now", NOW, env=env).code == 0
+    assert funnel("run", "--now", NOW, env=env).code == 1  # a refused file: exit 1, after the rest
     [alert] = alerts_sent(fake_sendgrid)
     assert alert["subject"] == "A signups file was refused: signups/webinar-registrations.csv"
     assert "UTF-16" in alert_text(alert) and "export the file again" in alert_text(alert)
     assert heartbeat.pings == ["/ping/abc/fail"]
 
     # the same problem an hour later and 23 hours later: no second email; a day later: one more
-    assert funnel("run", "--now", "2026-12-01T17:00:00Z", env=env).code == 0
-    assert funnel("run", "--now", "2026-12-02T15:59:00Z", env=env).code == 0
+    assert funnel("run", "--now", "2026-12-01T17:00:00Z", env=env).code == 1  # a refused file: exit 1, after the rest
+    assert funnel("run", "--now", "2026-12-02T15:59:00Z", env=env).code == 1  # a refused file: exit 1, after the rest
     assert len(alerts_sent(fake_sendgrid)) == 1
-    assert funnel("run", "--now", "2026-12-02T16:00:00Z", env=env).code == 0
+    assert funnel("run", "--now", "2026-12-02T16:00:00Z", env=env).code == 1  # a refused file: exit 1, after the rest
     assert len(alerts_sent(fake_sendgrid)) == 2
     assert heartbeat.pings == ["/ping/abc/fail"] * 4
 
