@@ -32,7 +32,16 @@ DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 #: step and sequence ids name files (`preview`), links and report rows: letters, digits, - and _
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 #: fields a source may map that mean something to funnel; any other field goes to contact.fields
-KNOWN_FIELDS = ("email", "first_name", "last_name", "webinar_start", "timezone", "discreet")
+KNOWN_FIELDS = (
+    "email",
+    "first_name",
+    "last_name",
+    "webinar_start",
+    "timezone",
+    "discreet",
+    "signed_up_at",
+    "join_url",
+)
 
 
 class _Model(BaseModel):

@@ -341,6 +341,8 @@ def _enrollment(
         "enrolled_at": _iso(enrollment.enrolled_at),
         "webinar": enrollment.webinar,
         "webinar_start": _iso(enrollment.webinar_start),
+        # the webinar session (its local start as first written); '' when none
+        "session": enrollment.session,
         "next_due_at": _iso(enrollment.next_due_at),
         "goal": goal,
         "steps": steps,

@@ -180,10 +180,13 @@ class PendingSignup(SQLModel, table=True):
 
 class Enrollment(SQLModel, table=True):
     __tablename__ = "enrollments"
-    # one enrollment per contact and sequence, ever: signing up again after
-    # finishing does not start the sequence over
+    # one enrollment per contact, sequence and webinar session, ever: signing up
+    # again after finishing does not start the sequence over, but a later session
+    # of a webinar is an enrollment of its own (spec section 7). `session` is ''
+    # for every other enrollment (not NULL: both databases treat NULLs as distinct
+    # in a unique constraint, which would let a sequence be entered twice)
     __table_args__ = (
-        UniqueConstraint("contact_id", "sequence"),
+        UniqueConstraint("contact_id", "sequence", "session", name="uq_enrollments_contact_sequence_session"),
         Index("ix_enrollments_due", "status", "next_due_at"),
     )
 
@@ -196,6 +199,8 @@ class Enrollment(SQLModel, table=True):
     source: str | None = None
     webinar: str | None = None
     webinar_start: datetime | None = _when()
+    #: the webinar session's id (`funnel.sessions`: its local start as first written); '' when none
+    session: str = Field(default="", sa_column_kwargs={"server_default": ""})
     next_due_at: datetime | None = _when()
     ended_at: datetime | None = _when()
     end_reason: str | None = None

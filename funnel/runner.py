@@ -852,10 +852,12 @@ class Runner:
                     "source": f"after {enrollment.sequence}",
                     "webinar": enrollment.webinar,
                     "webinar_start": enrollment.webinar_start,
+                    # once per person, whichever session led her there
+                    "session": "",
                     "next_due_at": self.now,
                 }
             ],
-            ("contact_id", "sequence"),
+            ("contact_id", "sequence", "session"),
         )
 
     def _end(self, enrollment: Enrollment, status: str, reason: str | None) -> None:

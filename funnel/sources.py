@@ -95,6 +95,10 @@ class SignupRow:
     fields: dict[str, str] = field(default_factory=dict)
     #: the file the row came from (for `file:line` in what is kept about it)
     file: str = ""
+    #: when she signed up (a form's Timestamp, Zoom's Registration Time): None, when the row was read
+    signed_up_at: datetime | None = None
+    #: her own join link (Zoom gives each registrant one); None: the webinar's
+    join_url: str | None = None
 
     @property
     def origin(self) -> str:
