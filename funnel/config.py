@@ -847,13 +847,15 @@ def _cross_check(config: Config, lines: _LineMap, check_files: bool) -> Iterator
                 _unknown("webinar", source.webinar, sorted(config.webinars), f"sources.{name}.webinar"),
             )
         webinar = config.webinars.get(source.webinar or "")
-        if webinar is not None and "webinar_start" not in source.columns and not webinar.has_sessions:
+        # a source that enrolls needs a date for each registrant; attendance (no enroll) does not
+        if webinar is not None and source.enroll and "webinar_start" not in source.columns and not webinar.has_sessions:
             yield (
                 lines.line_for((*base, "columns")),
                 (
-                    f"sources.{name} maps no `webinar_start` column and webinars.{source.webinar} lists no "
-                    "sessions, so its registrants would have no date: add webinar_start: <the header of the "
-                    f"start time column>, or list the dates under webinars.{source.webinar}.sessions"
+                    f"sources.{name} enrolls people but maps no `webinar_start` column and "
+                    f"webinars.{source.webinar} lists no sessions, so its registrants would have no date: "
+                    "add webinar_start: <the header of the start time column>, "
+                    f"or list the dates under webinars.{source.webinar}.sessions"
                 ),
             )
     for wid, webinar in config.webinars.items():

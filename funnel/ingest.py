@@ -39,9 +39,9 @@ from sqlmodel import Session, col
 
 from funnel.bulk import InsertIgnore, dialect_insert, probe_in, roomy_cache
 from funnel.config import Config, Source
-from funnel.models import Contact, Enrollment, PendingTag, StepRun, Tag, new_token_key
+from funnel.models import Contact, Enrollment, EnrollmentTag, PendingTag, StepRun, Tag, new_token_key
 from funnel.schedule import first_look
-from funnel.sessions import local_id, pick_session
+from funnel.sessions import EARLY_JOIN, attended_session, local_id, pick_session, session_scoped_tags
 from funnel.sources import SignupRow, email_hash
 from funnel.timeutil import zone
 
@@ -253,7 +253,64 @@ def _apply_batch(
         result.pending_applied = _apply_pending(session, live)
     if source.enroll:
         _enroll(session, config, source_name, source, source.enroll, live, latest, now, result, writers, fresh)
+    elif source.webinar and source.tags and live:
+        mark_sessions(session, config, source_name, source, live, latest, now)
     return result
+
+
+def mark_sessions(
+    session: Session,
+    config: Config,
+    source_name: str,
+    source: Source,
+    live: dict[str, dict[str, Any]],
+    latest: dict[str, SignupRow],
+    now: datetime,
+) -> int:
+    """Attendance: tag the enrollment of the session each row belongs to (`EnrollmentTag`).
+
+    The session: with configured sessions, the one the row's join time
+    (mapped as `webinar_start`) falls in, else the latest that had started
+    when the file was read (`sessions.attended_session`). Without sessions:
+    her webinar enrollment whose start is the latest by then. Nothing when
+    she has no enrollment for it (she keeps the contact's tag). How many marked.
+    """
+    webinar = config.webinars.get(source.webinar or "")
+    if webinar is None:
+        return 0
+    tz = config.webinar_zone(source.webinar)
+    by_id = {c["id"]: latest[key] for key, c in live.items()}
+    held: dict[int, list[tuple[int, datetime | None, str]]] = {}
+    for start in range(0, len(by_id), _BATCH):
+        chunk = list(by_id)[start : start + _BATCH]
+        query = select(
+            col(Enrollment.contact_id), col(Enrollment.id), col(Enrollment.webinar_start), col(Enrollment.session)
+        ).where(
+            and_(
+                col(Enrollment.contact_id).in_(chunk),
+                col(Enrollment.webinar) == source.webinar,
+                col(Enrollment.session) != "",
+            )
+        )
+        for contact_id, enrollment_id, start_at, sid in session.execute(query):
+            held.setdefault(contact_id, []).append((enrollment_id, start_at, sid))
+    rows: list[dict[str, Any]] = []
+    for contact_id, mine in held.items():
+        joined = by_id[contact_id].webinar_start
+        if webinar.has_sessions:
+            found = attended_session(webinar, tz, joined, now)
+            chosen = [e for e, _, sid in mine if found is not None and sid == found.id]
+        else:
+            until = joined + EARLY_JOIN if joined is not None else now
+            started = [(s, e) for e, s, _ in mine if s is not None and s <= until]
+            chosen = [max(started)[1]] if started else []
+        rows.extend(
+            {"enrollment_id": e, "tag": tag, "source": source_name, "added_at": now}
+            for e in chosen
+            for tag in source.tags
+        )
+    insert_ignore(session, _table(EnrollmentTag), rows, ("enrollment_id", "tag"))
+    return len(rows)
 
 
 def _apply_pending(session: Session, live: dict[str, dict[str, Any]]) -> int:
@@ -576,6 +633,22 @@ def adopt_legacy_sessions(session: Session, config: Config, sequence: str, webin
         picked = pick_session(webinar, tz, start_at, start_at) if webinar.has_sessions else None
         updates.append({"id": enrollment_id, "session": picked.id if picked else local_id(start_at, tz)})
     session.execute(update(Enrollment), updates)
+    # attendance recorded before sessions existed was the contact's tag: it belongs to her only session
+    scoped = session_scoped_tags(config).get(webinar_id or "", frozenset())
+    if scoped:
+        ids = [enrollment_id for enrollment_id, _ in found]
+        for start in range(0, len(ids), _BATCH):
+            chunk = ids[start : start + _BATCH]
+            query = (
+                select(col(Enrollment.id), col(Tag.tag), col(Tag.source), col(Tag.added_at))
+                .join(Tag, col(Tag.contact_id) == col(Enrollment.contact_id))
+                .where(and_(col(Enrollment.id).in_(chunk), col(Tag.tag).in_(sorted(scoped))))
+            )
+            rows = [
+                {"enrollment_id": e, "tag": tag, "source": source, "added_at": added}
+                for e, tag, source, added in session.execute(query)
+            ]
+            insert_ignore(session, _table(EnrollmentTag), rows, ("enrollment_id", "tag"))
     return len(updates)
 
 

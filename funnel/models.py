@@ -209,6 +209,26 @@ class Enrollment(SQLModel, table=True):
     pause_reason: str | None = None
 
 
+class EnrollmentTag(SQLModel, table=True):
+    """A tag that belongs to one webinar session, kept on the enrollment for it (spec section 7).
+
+    An attendance source (`webinar:` set, `create: false`) tags the contact
+    (for every other sequence) and, here, the enrollment of the session the
+    row belongs to: within that webinar's sequence, its `if_tags` and
+    `unless_tags` on such tags read this table only, so February's replay
+    or thank-you depends on February alone (`funnel.sessions.tags_in_session`).
+    """
+
+    __tablename__ = "enrollment_tags"
+    __table_args__ = (UniqueConstraint("enrollment_id", "tag"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    enrollment_id: int = Field(foreign_key="enrollments.id")
+    tag: str
+    source: str | None = None
+    added_at: datetime = Field(sa_type=UTCDateTime)
+
+
 class StepRun(SQLModel, table=True):
     """What happened to one step of one enrollment.
 

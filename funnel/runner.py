@@ -34,7 +34,7 @@ import time
 import uuid
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -54,8 +54,9 @@ from funnel.errors import ConfigError, SourceError, TemplateError
 from funnel.ingest import IngestResult, apply_rows, insert_ignore
 from funnel.invitation import invitation
 from funnel.ledger import UNKNOWN_REASON, Ledger, StepRow, SuppressionCheck
-from funnel.models import Contact, Enrollment, Run, Setting, SourceFile, StepRun, Tag, new_token_key
+from funnel.models import Contact, Enrollment, EnrollmentTag, Run, Setting, SourceFile, StepRun, Tag, new_token_key
 from funnel.render import MissingData, Rendered, Renderer, TemplateContact, TemplateWebinar
+from funnel.sessions import session_scoped_tags, tags_in_session
 from funnel.sources import Fingerprint, clean_line, read_source_file
 from funnel.timeutil import zone
 from funnel.transports.base import Address, Attachment, OutgoingEmail, SendResult, Transport
@@ -215,6 +216,9 @@ class Runner:
         self.keeper = RunKeeper(engine)
         self.ledger: Ledger  # set by _start, once the run has its id
         self.introduced: dict[str, dict[str, datetime]] = {}
+        #: by webinar, the tags that belong to one session (attendance), and the page's own of them
+        self._scoped = session_scoped_tags(config)
+        self._session_tags: dict[int, frozenset[str]] = {}
         self._pending: dict[int, _Pending] = {}
         #: rows of claimed steps in flight, held here (the session's identity map is weak)
         self._in_flight: dict[int, StepRow] = {}
@@ -526,6 +530,7 @@ class Runner:
         ):
             tags[contact_id].add(tag)
         recorded = self.ledger.rows_of([e.id or 0 for e in page])
+        self._session_tags = self._own_session_tags(page)
         by_contact: dict[int, list[Enrollment]] = defaultdict(list)
         for enrollment in page:
             by_contact[enrollment.contact_id].append(enrollment)
@@ -544,6 +549,20 @@ class Runner:
                 self.writes.set(contact, last_marketing_at=state.last_marketing_at)
         return self._claim_all(claims)
 
+    def _own_session_tags(self, page: list[Enrollment]) -> dict[int, frozenset[str]]:
+        """The session-scoped tags of the page's webinar-session enrollments (none asked for when none can be)."""
+        ids = [e.id or 0 for e in page if e.session and e.webinar in self._scoped]
+        if not ids:
+            return {}
+        found: dict[int, set[str]] = defaultdict(set)
+        for enrollment_id, tag in self.session.execute(
+            select(col(EnrollmentTag.enrollment_id), col(EnrollmentTag.tag)).where(
+                col(EnrollmentTag.enrollment_id).in_(ids)
+            )
+        ):
+            found[enrollment_id].add(tag)
+        return {e: frozenset(tags) for e, tags in found.items()}
+
     def _decide(
         self,
         contact: Contact,
@@ -557,6 +576,23 @@ class Runner:
             # the sequence was removed from sequences.yaml: nothing of it is sent
             self._end(enrollment, "exited", "sequence removed from sequences.yaml")
             return state
+        scoped = self._scoped.get(enrollment.webinar or "") if enrollment.session else None
+        if scoped:
+            # within a webinar session's enrollment, attendance tags are that session's own
+            seen = tags_in_session(state.tags, scoped, self._session_tags.get(enrollment.id or 0, frozenset()))
+            after = self._evaluate_and_act(contact, enrollment, sequence, replace(state, tags=seen), rows, claims)
+            return replace(after, tags=state.tags)
+        return self._evaluate_and_act(contact, enrollment, sequence, state, rows, claims)
+
+    def _evaluate_and_act(
+        self,
+        contact: Contact,
+        enrollment: Enrollment,
+        sequence: Sequence,
+        state: schedule.ContactState,
+        rows: dict[str, StepRow],
+        claims: list[_Claim],
+    ) -> schedule.ContactState:
         try:
             evaluation = schedule.evaluate(
                 sequence,

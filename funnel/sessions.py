@@ -258,3 +258,37 @@ def session_warnings(config: Config, now: datetime) -> list[str]:
                 "history (who registered and came), and nobody new joins it"
             )
     return out
+
+
+def session_scoped_tags(config: Config) -> dict[str, frozenset[str]]:
+    """By webinar: the tags that belong to one session, those its attendance sources set.
+
+    An attendance source is one with `webinar:` set and `create: false`.
+    """
+    found: dict[str, set[str]] = {}
+    for source in config.sources.values():
+        if source.webinar and not source.create and source.tags:
+            found.setdefault(source.webinar, set()).update(source.tags)
+    return {wid: frozenset(tags) for wid, tags in found.items()}
+
+
+def tags_in_session(contact_tags: frozenset[str], scoped: frozenset[str], own: frozenset[str]) -> frozenset[str]:
+    """The tags a session's enrollment sees: the contact's, with the session-scoped ones only from `own`.
+
+    February's enrollment of a woman who came in January but not in February
+    sees no `webinar-attended`; her other sequences still see the contact's tag.
+    """
+    if not scoped:
+        return contact_tags
+    return (contact_tags - scoped) | (own & scoped)
+
+
+#: a join time up to this long before a session's start belongs to it (people come early)
+EARLY_JOIN = timedelta(hours=1)
+
+
+def attended_session(webinar: Webinar, tz: ZoneInfo, joined_at: datetime | None, read_at: datetime) -> Session | None:
+    """The session an attendance row belongs to: its join time's (if mapped), else the latest that had started."""
+    if joined_at is not None:
+        return latest_started(webinar, tz, joined_at + EARLY_JOIN)
+    return latest_started(webinar, tz, read_at)

@@ -8,7 +8,8 @@ A webinar that runs every month is entered once per session (spec section
 7), so `enrollments` gains `session` (the session's id, '' for every other
 enrollment) and its unique constraint becomes (contact_id, sequence,
 session). Every existing enrollment and its step runs stay as they are,
-with session ''.
+with session ''. `enrollment_tags` holds the tags that belong to one
+session (attendance), beside the contact's own.
 
 The migration cannot know the sessions (they are in sequences.yaml, which
 it does not read), so an existing webinar enrollment gets its session id at
@@ -96,15 +97,27 @@ def upgrade() -> None:
             with op.batch_alter_table("enrollments", copy_from=_enrollments_at_0008(), recreate="always") as batch_op:
                 batch_op.add_column(session)
                 batch_op.create_unique_constraint(_NAME, ["contact_id", "sequence", "session"])
-        return
-    op.add_column("enrollments", session)
-    old = _old_unique(["contact_id", "sequence"])
-    if old:
-        op.drop_constraint(old, "enrollments", type_="unique")
-    op.create_unique_constraint(_NAME, "enrollments", ["contact_id", "sequence", "session"])
+    else:
+        op.add_column("enrollments", session)
+        old = _old_unique(["contact_id", "sequence"])
+        if old:
+            op.drop_constraint(old, "enrollments", type_="unique")
+        op.create_unique_constraint(_NAME, "enrollments", ["contact_id", "sequence", "session"])
+    op.create_table(
+        "enrollment_tags",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("enrollment_id", sa.Integer(), nullable=False),
+        sa.Column("tag", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+        sa.Column("source", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+        sa.Column("added_at", funnel.models.UTCDateTime(), nullable=False),
+        sa.ForeignKeyConstraint(["enrollment_id"], ["enrollments.id"]),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("enrollment_id", "tag"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("enrollment_tags")
     # a contact with enrollments for several sessions keeps her latest one of each sequence
     op.execute(
         "DELETE FROM step_runs WHERE enrollment_id IN (SELECT e.id FROM enrollments e WHERE EXISTS "
