@@ -222,7 +222,9 @@ def forget(session: Session, contact: Contact, now: datetime) -> None:
         .where(col(Enrollment.contact_id) == contact_id, col(Enrollment.status).in_(("active", "paused")))
         .values(status="exited", end_reason="erased", ended_at=now, next_due_at=None)
     )
-    session.execute(update(Enrollment).where(col(Enrollment.contact_id) == contact_id).values(webinar_start=None))
+    session.execute(
+        update(Enrollment).where(col(Enrollment.contact_id) == contact_id).values(webinar_start=None, join_url=None)
+    )
     # which sessions she came to, and when she registered for which: gone too (each keeps
     # a text of its own, as the enrollment stays unique per contact, sequence and session)
     hers = select(col(Enrollment.id)).where(col(Enrollment.contact_id) == contact_id)

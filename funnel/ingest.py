@@ -169,6 +169,7 @@ _ENROLLMENT_COLUMNS = (
     "webinar",
     "webinar_start",
     "session",
+    "join_url",
     "next_due_at",
 )
 
@@ -504,7 +505,7 @@ def _enroll(
         current = _current(mine, now)
         if current is not None:
             if start_at is not None:
-                reschedule(session, config, current.id, sequence, source.webinar, start_at, now, sid)
+                reschedule(session, config, current.id, sequence, source.webinar, start_at, now, sid, row.join_url)
                 result.rescheduled += 1
             continue
         new.append(
@@ -517,6 +518,7 @@ def _enroll(
                 source.webinar,
                 start_at,
                 sid,
+                row.join_url,
                 look(start_at, row.timezone or zones.get(contact_id)),
             )
         )
@@ -688,6 +690,7 @@ def reschedule(
     start: datetime,
     now: datetime,
     session_id: str | None = None,
+    join_url: str | None = None,
 ) -> None:
     """Move an active enrollment to another webinar start (and session, when given).
 
@@ -697,6 +700,8 @@ def reschedule(
     values: dict[str, Any] = {"webinar_start": start, "next_due_at": now}
     if session_id is not None:
         values["session"] = session_id
+    if join_url:  # her link for the new session (a blank keeps the one she has)
+        values["join_url"] = join_url
     if webinar:
         values["webinar"] = webinar
     session.execute(update(Enrollment).where(col(Enrollment.id) == enrollment_id).values(**values))

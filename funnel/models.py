@@ -201,6 +201,8 @@ class Enrollment(SQLModel, table=True):
     webinar_start: datetime | None = _when()
     #: the webinar session's id (`funnel.sessions`: its local start as first written); '' when none
     session: str = Field(default="", sa_column_kwargs={"server_default": ""})
+    #: her own join link from the export (Zoom gives each registrant one); None: the webinar's
+    join_url: str | None = None
     next_due_at: datetime | None = _when()
     ended_at: datetime | None = _when()
     end_reason: str | None = None

@@ -932,7 +932,14 @@ def render_for(
     if enrollment is not None and enrollment.webinar in config.webinars:
         info = config.webinars[enrollment.webinar]
         start = enrollment.webinar_start.astimezone(contact_zone(config, contact)) if enrollment.webinar_start else None
-        webinar = TemplateWebinar(enrollment.webinar, info.title, info.join_url, info.replay_url, start)
+        webinar = TemplateWebinar(
+            enrollment.webinar,
+            info.title,
+            enrollment.join_url or info.join_url,  # her own link, when the export gave her one
+            info.replay_url,
+            start,
+            session=enrollment.session or None,
+        )
     return renderer.render(
         sequence_id,
         config.sequences[sequence_id],

@@ -8,7 +8,8 @@ A webinar that runs every month is entered once per session (spec section
 7), so `enrollments` gains `session` (the session's id, '' for every other
 enrollment) and its unique constraint becomes (contact_id, sequence,
 session). Every existing enrollment and its step runs stay as they are,
-with session ''. `enrollment_tags` holds the tags that belong to one
+with session ''. `join_url` keeps a registrant's own link from the export
+(None: the webinar's). `enrollment_tags` holds the tags that belong to one
 session (attendance), beside the contact's own.
 
 The migration cannot know the sessions (they are in sequences.yaml, which
@@ -92,13 +93,16 @@ def _step_runs_set_aside() -> Iterator[None]:
 
 def upgrade() -> None:
     session = sa.Column("session", sqlmodel.sql.sqltypes.AutoString(), server_default="", nullable=False)
+    join_url = sa.Column("join_url", sqlmodel.sql.sqltypes.AutoString(), nullable=True)
     if op.get_bind().dialect.name == "sqlite":
         with _step_runs_set_aside():
             with op.batch_alter_table("enrollments", copy_from=_enrollments_at_0008(), recreate="always") as batch_op:
                 batch_op.add_column(session)
+                batch_op.add_column(join_url)
                 batch_op.create_unique_constraint(_NAME, ["contact_id", "sequence", "session"])
     else:
         op.add_column("enrollments", session)
+        op.add_column("enrollments", join_url)
         old = _old_unique(["contact_id", "sequence"])
         if old:
             op.drop_constraint(old, "enrollments", type_="unique")
@@ -131,8 +135,10 @@ def downgrade() -> None:
         with _step_runs_set_aside(), op.batch_alter_table("enrollments", recreate="always") as batch_op:
             batch_op.drop_constraint(_NAME, type_="unique")
             batch_op.drop_column("session")
+            batch_op.drop_column("join_url")
             batch_op.create_unique_constraint("uq_enrollments_contact_id_sequence", ["contact_id", "sequence"])
         return
     op.drop_constraint(_NAME, "enrollments", type_="unique")
     op.drop_column("enrollments", "session")
+    op.drop_column("enrollments", "join_url")
     op.create_unique_constraint(None, "enrollments", ["contact_id", "sequence"])
