@@ -36,9 +36,16 @@ METHOD = "PUBLISH"
 PRODID = "-//funnel//webinar invitation//EN"
 
 
-def event_uid(person_key: str, webinar_id: str, domain: str) -> str:
-    """A UID that is the same for one person and one webinar, and says nothing about either."""
-    digest = hashlib.sha256(f"funnel-webinar\x00{webinar_id}\x00{person_key}".encode()).hexdigest()[:32]
+def event_uid(person_key: str, webinar_id: str, domain: str, session: str = "") -> str:
+    """A UID that is the same for one person and one webinar session, and says nothing about either.
+
+    The session id (`funnel.sessions`: the date as first written) stays the
+    same when the session moves, so a new time updates the same event; a
+    returning registrant's next session is an event of its own. Without a
+    session (a webinar with no `sessions:`) the UID is what it always was.
+    """
+    key = f"funnel-webinar\x00{webinar_id}\x00{person_key}" + (f"\x00{session}" if session else "")
+    digest = hashlib.sha256(key.encode()).hexdigest()[:32]
     return f"{digest}@{domain}"
 
 
@@ -90,6 +97,8 @@ def invitation(
     webinar_id: str | None,
     start: datetime | None,
     now: datetime,
+    session: str = "",
+    join_url: str | None = None,
 ) -> tuple[Attachment, ...]:
     """The `invite.ics` attachment for a `calendar: true` step, or nothing.
 
@@ -101,19 +110,20 @@ def invitation(
     if not step.calendar or webinar is None or start is None:
         return ()
     practice = config.practice
+    link = join_url or webinar.join_url  # her own link, when her export row had one
     if discreet:
         title = practice.discreet_event_title
-        description = f"Join: {webinar.join_url}" if webinar.join_url else ""
+        description = f"Join: {link}" if link else ""
     else:
         title = webinar.title
-        lines = [webinar.title, f"Join: {webinar.join_url}" if webinar.join_url else "", practice.name]
+        lines = [webinar.title, f"Join: {link}" if link else "", practice.name]
         description = "\n\n".join(line for line in lines if line)
     content = _event_for(
-        event_uid(person_key, webinar_id or "", practice.from_email.rpartition("@")[2] or "funnel"),
+        event_uid(person_key, webinar_id or "", practice.from_email.rpartition("@")[2] or "funnel", session),
         title=title,
         start=start,
         length=webinar.duration.approx,
-        join_url=webinar.join_url,
+        join_url=link,
         description=description,
         now=now,
         # calendars show LOCATION on shared screens and lock-screen alerts; the link can name the subject
