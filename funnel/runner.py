@@ -55,6 +55,7 @@ from funnel.ingest import IngestResult, apply_rows, insert_ignore
 from funnel.invitation import invitation
 from funnel.ledger import UNKNOWN_REASON, Ledger, StepRow, SuppressionCheck
 from funnel.models import Contact, Enrollment, EnrollmentTag, Run, Setting, SourceFile, StepRun, Tag, new_token_key
+from funnel.moves import apply_session_changes
 from funnel.render import MissingData, Rendered, Renderer, TemplateContact, TemplateWebinar
 from funnel.sessions import session_scoped_tags, tags_in_session
 from funnel.sources import Fingerprint, clean_line, read_source_file
@@ -108,6 +109,9 @@ class RunSummary:
     unknown: int = 0
     exited: int = 0
     finished: int = 0
+    #: enrollments re-timed to a moved webinar session, and ended by a cancelled one (`funnel.moves`)
+    moved: int = 0
+    cancelled: int = 0
     dry_run: bool = False
     now: str = ""
     seconds: float = 0.0
@@ -378,6 +382,10 @@ class Runner:
         stored = self.session.get(Setting, "config_fingerprint")
         if stored is not None and stored.value == self.config.fingerprint:
             return
+        # sessions moved (`was:`) or cancelled in the new sequences.yaml: before anyone is decided
+        changes = apply_session_changes(self.session, self.config, self.now)
+        self.summary.moved += changes.moved
+        self.summary.cancelled += changes.cancelled
         self.session.execute(update(Enrollment).where(col(Enrollment.status) == "active").values(next_due_at=self.now))
         # stored with the wake-up: a worker starting meanwhile does not wake everyone again
         put_setting(self.session, "config_fingerprint", self.config.fingerprint)
@@ -779,6 +787,8 @@ class Runner:
             webinar_id=enrollment.webinar,
             start=enrollment.webinar_start,
             now=self.now,
+            session=enrollment.session,
+            join_url=enrollment.join_url,
         )
         if step.calendar and not attachments:  # the email still goes, without the event
             note = f"{enrollment.sequence}/{step.id}: sent without its calendar invitation (no webinar date)"
