@@ -55,7 +55,7 @@ from funnel.ingest import IngestResult, apply_rows, insert_ignore
 from funnel.invitation import invitation
 from funnel.ledger import UNKNOWN_REASON, Ledger, StepRow, SuppressionCheck
 from funnel.models import Contact, Enrollment, EnrollmentTag, Run, Setting, SourceFile, StepRun, Tag, new_token_key
-from funnel.moves import apply_session_changes
+from funnel.moves import apply_session_changes, remember_sessions, removed_sessions
 from funnel.render import MissingData, Rendered, Renderer, TemplateContact, TemplateWebinar
 from funnel.sessions import session_scoped_tags, tags_in_session
 from funnel.sources import Fingerprint, clean_line, read_source_file
@@ -214,6 +214,10 @@ class Runner:
             self.renderer = Renderer(config)
         except TemplateError as exc:  # a broken template is bad configuration: nothing is done
             raise ConfigError(str(exc)) from exc
+        removed = removed_sessions(self.session, config, now)
+        if removed:  # a session taken out while people are registered for it: say what happened first
+            self.session.close()
+            raise ConfigError(removed[0], removed)
         self.tokens = Tokens(secret_key(self.session))
         self.run_row: Run | None = None
         #: holds "this run is alive" for other workers' recovery (PostgreSQL)
@@ -386,6 +390,7 @@ class Runner:
         changes = apply_session_changes(self.session, self.config, self.now)
         self.summary.moved += changes.moved
         self.summary.cancelled += changes.cancelled
+        remember_sessions(self.session, self.config, self.now)
         self.session.execute(update(Enrollment).where(col(Enrollment.status) == "active").values(next_due_at=self.now))
         # stored with the wake-up: a worker starting meanwhile does not wake everyone again
         put_setting(self.session, "config_fingerprint", self.config.fingerprint)

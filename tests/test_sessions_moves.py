@@ -108,3 +108,37 @@ def test_a_session_moved_earlier_or_later_re_times_its_letters_and_a_cancelled_o
     assert shown["enrollments"][0]["webinar_start"] == "2027-05-28T00:30:00Z"
     sent = project.sent()
     assert len(sent) == len(set(sent))
+
+
+def test_a_session_taken_out_while_people_are_registered_is_refused_with_both_ways_out(
+    project: Project, funnel
+) -> None:
+    set_sessions(project, BEFORE)
+    project.write(
+        "signups/webinar-registrations.csv",
+        HEADER
+        + "ana@example.test,Ana,,2027-04-15 18:30,America/Denver,\n"
+        + "bea@example.test,Bea,,2027-04-15 18:30,America/Denver,\n",
+    )
+    assert funnel("run", "--now", "2027-03-01T16:00:00Z").code == 0
+    set_sessions(project, "    sessions:\n      - 2027-03-18 18:30\n      - 2027-05-20 18:30\n")
+    refused = funnel("run", "--now", "2027-03-02T16:00:00Z")
+    assert refused.code == 2
+    line = next(
+        n
+        for n, text in enumerate((project.root / "sequences.yaml").read_text().splitlines(), 1)
+        if text == "    sessions:"
+    )
+    assert refused.err.startswith(f"funnel: sequences.yaml:{line}: webinars.relationship-911.sessions: ")
+    assert "2027-04-15 18:30" in refused.err and "2 people are registered" in refused.err
+    assert "was: 2027-04-15 18:30" in refused.err and "cancelled: true" in refused.err
+    # nothing was done: saying what happened lets the run go on
+    set_sessions(
+        project,
+        "    sessions:\n      - 2027-03-18 18:30\n      - start: 2027-04-15 18:30\n        cancelled: true\n"
+        "      - 2027-05-20 18:30\n",
+    )
+    done = funnel("run", "--now", "2027-03-02T16:00:00Z", "--json")
+    assert done.code == 0, done.err
+    summary = done.json()
+    assert isinstance(summary, dict) and summary["cancelled"] == 2
