@@ -59,8 +59,15 @@ def webinar_event(
     description: str,
     now: datetime,
     location: bool = True,
+    sequence: int = 0,
+    cancelled: bool = False,
 ) -> bytes:
-    """The iCalendar file (RFC 5545) for one event: pure, no clock of its own."""
+    """The iCalendar file (RFC 5545) for one event: pure, no clock of its own.
+
+    `sequence` counts the changes to the event (a calendar takes the file with
+    the same UID and a higher SEQUENCE as the newer version); `cancelled`
+    writes STATUS:CANCELLED, which calendars show as called off.
+    """
     # imported here: icalendar takes a noticeable time to load, and most runs send no invitation
     from icalendar import Calendar, Event
 
@@ -81,9 +88,9 @@ def webinar_event(
         event.add("url", join_url)
         if location:
             event.add("location", join_url)
-    event.add("status", "CONFIRMED")
+    event.add("status", "CANCELLED" if cancelled else "CONFIRMED")
     event.add("transp", "OPAQUE")
-    event.add("sequence", 0)
+    event.add("sequence", sequence)
     calendar.add_component(event)
     return calendar.to_ical()
 
@@ -128,9 +135,28 @@ def invitation(
         now=now,
         # calendars show LOCATION on shared screens and lock-screen alerts; the link can name the subject
         location=not discreet,
+        **_session_state(config, webinar_id or "", session, start),
     )
     # `name` too: older Outlook names the file from the content type, not the disposition
     return (Attachment(FILENAME, content, CONTENT_TYPE, params=(("method", METHOD), ("name", FILENAME))),)
+
+
+def _session_state(config: Config, webinar_id: str, session: str, start: datetime) -> dict[str, Any]:
+    """SEQUENCE and STATUS of a session's event: one change per move (`was:`), one more if cancelled.
+
+    `was:` keeps only where a session was first, so a session moved twice
+    counts one move: its event's time still changes in place (same UID),
+    though a calendar that compares SEQUENCE alone may keep the second time.
+    """
+    from funnel.sessions import find_session
+
+    webinar = config.webinars.get(webinar_id)
+    if not session or webinar is None or not webinar.has_sessions:
+        return {}
+    found = find_session(webinar, config.webinar_zone(webinar_id), session, start)
+    if found is None:
+        return {}
+    return {"sequence": found.revision, "cancelled": found.cancelled}
 
 
 #: events already written this process, with a stand-in UID: (domain, the event's other values) -> bytes

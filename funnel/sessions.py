@@ -52,6 +52,11 @@ class Session:
     #: False for a start a row named that no configured session has (taken as given)
     configured: bool = True
 
+    @property
+    def revision(self) -> int:
+        """How many times the session changed: its calendar event's SEQUENCE (a move, a cancellation)."""
+        return (1 if self.previous_start is not None else 0) + (1 if self.cancelled else 0)
+
 
 def session_id(local: datetime) -> str:
     """The id of a session whose local start (naive, in the webinar's zone) is `local`."""
