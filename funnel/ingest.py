@@ -251,9 +251,14 @@ def _apply_batch(
     live = {k: c for k, c in contacts.items() if c["erased_at"] is None and k in latest}
     writers.tags.run([(c["id"], tag, source_name, now) for c in live.values() for tag in source.tags])
     if pending and live:
-        result.pending_applied = _apply_pending(session, live)
+        applied = _apply_pending(session, live)
+        result.pending_applied = len(applied)
+    else:
+        applied = []
     if source.enroll:
         _enroll(session, config, source_name, source, source.enroll, live, latest, now, result, writers, fresh)
+        if applied:
+            _mark_pending(session, config, applied, now)
     elif source.webinar and source.tags and live:
         mark_sessions(session, config, source_name, source, live, latest, now)
     return result
@@ -276,46 +281,78 @@ def mark_sessions(
     her webinar enrollment whose start is the latest by then. Nothing when
     she has no enrollment for it (she keeps the contact's tag). How many marked.
     """
-    webinar = config.webinars.get(source.webinar or "")
-    if webinar is None:
+    marks = [
+        _Mark(c["id"], latest[key].webinar_start, now, tag, source_name)
+        for key, c in live.items()
+        for tag in source.tags
+    ]
+    return _mark(session, config, source.webinar or "", marks, now)
+
+
+@dataclass(frozen=True)
+class _Mark:
+    """One session-scoped tag to put on the enrollment of the session it belongs to."""
+
+    contact_id: int
+    joined_at: datetime | None
+    read_at: datetime
+    tag: str
+    source: str
+
+
+def _mark(session: Session, config: Config, webinar_id: str, marks: list[_Mark], now: datetime) -> int:
+    webinar = config.webinars.get(webinar_id)
+    if webinar is None or not marks:
         return 0
-    tz = config.webinar_zone(source.webinar)
-    by_id = {c["id"]: latest[key] for key, c in live.items()}
+    tz = config.webinar_zone(webinar_id)
+    ids = sorted({m.contact_id for m in marks})
     held: dict[int, list[tuple[int, datetime | None, str]]] = {}
-    for start in range(0, len(by_id), _BATCH):
-        chunk = list(by_id)[start : start + _BATCH]
+    for start in range(0, len(ids), _BATCH):
+        chunk = ids[start : start + _BATCH]
         query = select(
             col(Enrollment.contact_id), col(Enrollment.id), col(Enrollment.webinar_start), col(Enrollment.session)
         ).where(
             and_(
                 col(Enrollment.contact_id).in_(chunk),
-                col(Enrollment.webinar) == source.webinar,
+                col(Enrollment.webinar) == webinar_id,
                 col(Enrollment.session) != "",
             )
         )
         for contact_id, enrollment_id, start_at, sid in session.execute(query):
             held.setdefault(contact_id, []).append((enrollment_id, start_at, sid))
     rows: list[dict[str, Any]] = []
-    for contact_id, mine in held.items():
-        joined = by_id[contact_id].webinar_start
+    for mark in marks:
+        mine = held.get(mark.contact_id, [])
         if webinar.has_sessions:
-            found = attended_session(webinar, tz, joined, now)
+            found = attended_session(webinar, tz, mark.joined_at, mark.read_at)
             chosen = [e for e, _, sid in mine if found is not None and sid == found.id]
         else:
-            until = joined + EARLY_JOIN if joined is not None else now
+            until = mark.joined_at + EARLY_JOIN if mark.joined_at is not None else mark.read_at
             started = [(s, e) for e, s, _ in mine if s is not None and s <= until]
             chosen = [max(started)[1]] if started else []
-        rows.extend(
-            {"enrollment_id": e, "tag": tag, "source": source_name, "added_at": now}
-            for e in chosen
-            for tag in source.tags
-        )
+        rows.extend({"enrollment_id": e, "tag": mark.tag, "source": mark.source, "added_at": now} for e in chosen)
     insert_ignore(session, _table(EnrollmentTag), rows, ("enrollment_id", "tag"))
     return len(rows)
 
 
-def _apply_pending(session: Session, live: dict[str, dict[str, Any]]) -> int:
-    """Tags kept for people who were not contacts yet: theirs now, with their source and time."""
+def _mark_pending(
+    session: Session, config: Config, applied: list[tuple[int, str, str | None, datetime]], now: datetime
+) -> None:
+    """Attendance read before she registered: once enrolled, it belongs to the session that had started then."""
+    by_webinar: dict[str, list[_Mark]] = {}
+    for contact_id, tag, source_name, received in applied:
+        found = config.sources.get(source_name or "")
+        if found is not None and found.webinar and not found.create and tag in found.tags:
+            by_webinar.setdefault(found.webinar, []).append(_Mark(contact_id, None, received, tag, source_name or ""))
+    for webinar_id, marks in by_webinar.items():
+        _mark(session, config, webinar_id, marks, now)
+
+
+def _apply_pending(session: Session, live: dict[str, dict[str, Any]]) -> list[tuple[int, str, str | None, datetime]]:
+    """Tags kept for people who were not contacts yet: theirs now, with their source and time.
+
+    Returns what was applied: (contact id, tag, source, when it was read).
+    """
     found = list(
         session.execute(
             select(
@@ -324,14 +361,15 @@ def _apply_pending(session: Session, live: dict[str, dict[str, Any]]) -> int:
         )
     )
     if not found:
-        return 0
+        return []
+    applied = [(live[key]["id"], tag, source, received) for key, tag, source, received in found]
     tag_rows = [
-        {"contact_id": live[key]["id"], "tag": tag, "source": source, "added_at": received}
-        for key, tag, source, received in found
+        {"contact_id": contact_id, "tag": tag, "source": source, "added_at": received}
+        for contact_id, tag, source, received in applied
     ]
     insert_ignore(session, _table(Tag), tag_rows, ("contact_id", "tag"))
     session.execute(delete(PendingTag).where(col(PendingTag.email_hash).in_({key for key, *_ in found})))
-    return len(found)
+    return applied
 
 
 def _merge(older: SignupRow, newer: SignupRow) -> SignupRow:
