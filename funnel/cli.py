@@ -252,6 +252,10 @@ def check(config_path: Path | None, debug: bool, now: datetime) -> None:
 
     for warning in example_warnings(config):  # warnings only: the exit code stays 0
         click.echo(warning, err=True)
+    from funnel.sessions import session_warnings
+
+    for warning in session_warnings(config, now):  # history, not a mistake: the exit code stays 0
+        click.echo(warning, err=True)
     problems = environment_problems(config) + check_templates(config, now)
     for problem in problems:
         click.echo(problem, err=True)

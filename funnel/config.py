@@ -15,7 +15,7 @@ import hashlib
 import os
 import re
 from collections.abc import Iterator
-from datetime import time, timedelta
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -252,8 +252,43 @@ class Inbound(_Model):
         return value.strip() if value is not None else None
 
 
+#: a session's local start as written in sequences.yaml (also its id: `funnel.sessions`)
+_SESSION_TEXT = re.compile(r"^\s*(\d{4})-(\d{2})-(\d{2})[ T](\d{1,2}):(\d{2})\s*$")
+#: rule frequencies a webinar may repeat at (finer ones would make thousands of sessions a year)
+_REPEAT_FREQS = ("DAILY", "WEEKLY", "MONTHLY", "YEARLY")
+
+
+def parse_session_time(value: Any) -> datetime:
+    """A session's local start, `YYYY-MM-DD HH:MM` (naive: it is read in the webinar's zone)."""
+    if isinstance(value, datetime):  # YAML may hand a timestamp over as one
+        return value.replace(tzinfo=None, second=0, microsecond=0)
+    if isinstance(value, date):
+        raise ValueError(f"{value.isoformat()!r} has no time of day: write it as {value.isoformat()} 18:30")
+    match = _SESSION_TEXT.match(str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a session time: write the local date and time as YYYY-MM-DD HH:MM")
+    year, month, day, hour, minute = (int(g) for g in match.groups())
+    try:
+        return datetime(year, month, day, hour, minute)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a session time ({exc}): write YYYY-MM-DD HH:MM") from None
+
+
+class WebinarSession(_Model):
+    """One listed session: a local start, what it `was` when moved, whether it is `cancelled`."""
+
+    start: datetime
+    was: datetime | None = None
+    cancelled: bool = False
+
+    @field_validator("start", "was", mode="before")
+    @classmethod
+    def _local_time(cls, value: Any) -> Any:
+        return None if value is None else parse_session_time(value)
+
+
 class Webinar(_Model):
-    """A webinar contacts register for; the start comes from each signup.
+    """A webinar contacts register for; the start comes from its `sessions`/`repeat`, else from each signup.
 
     A live webinar is one moment for everyone: a start without an offset in an
     export is read in `timezone` (default: the practice's). An `evergreen`
@@ -269,6 +304,46 @@ class Webinar(_Model):
     evergreen: bool = False
     #: length of the event in the calendar invitation (`calendar: true` steps)
     duration: Duration = Duration(minutes=60)
+    #: local starts in `timezone` (see `funnel.sessions`): a text, or {start, was, cancelled}
+    sessions: tuple[WebinarSession, ...] = ()
+    #: an RFC 5545 RRULE (read by python-dateutil) giving sessions beyond the list, at `repeat_at`
+    repeat: str | None = None
+    repeat_at: time | None = None
+
+    @field_validator("sessions", mode="before")
+    @classmethod
+    def _session_items(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [item if isinstance(item, dict) else {"start": item} for item in value]
+        return value
+
+    @field_validator("repeat")
+    @classmethod
+    def _readable_rule(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from funnel.sessions import read_rule
+
+        read_rule(value, datetime(2000, 1, 1))  # raises ValueError saying what is wrong
+        return value.strip()
+
+    @field_validator("repeat_at", mode="before")
+    @classmethod
+    def _parse_repeat_at(cls, value: Any) -> Any:
+        return value if value is None or isinstance(value, time) else parse_clock(value)
+
+    @model_validator(mode="after")
+    def _rule_has_time(self) -> Webinar:
+        if self.evergreen and (self.sessions or self.repeat):
+            raise ValueError(
+                "an evergreen webinar is each registrant's own time and has no sessions: "
+                "remove `evergreen` or the sessions"
+            )
+        return self
+
+    @property
+    def has_sessions(self) -> bool:
+        return bool(self.sessions or self.repeat)
 
     @field_validator("timezone")
     @classmethod
@@ -556,6 +631,11 @@ class Config(_Model):
             return None
         return zone((webinar.timezone if webinar else None) or self.practice.timezone)
 
+    def webinar_zone(self, webinar_id: str | None) -> ZoneInfo:
+        """The zone a webinar's sessions are written in: its own, else the practice's."""
+        webinar = self.webinars.get(webinar_id or "")
+        return zone((webinar.timezone if webinar else None) or self.practice.timezone)
+
     def webinar_sequences(self) -> set[str]:
         """Sequences whose contacts have a webinar: enrolled by a webinar source, or reached by `next` from one."""
         found = {s.enroll for s in self.sources.values() if s.webinar and s.enroll in self.sequences}
@@ -789,6 +869,7 @@ _MODELS_BY_KEY: dict[str, type[BaseModel]] = {
     "tracking": Tracking,
     "inbound": Inbound,
     "webinars": Webinar,
+    "sessions": WebinarSession,
     "sources": Source,
     "sequences": Sequence,
     "steps": Step,
@@ -819,15 +900,40 @@ def _cross_check(config: Config, lines: _LineMap, check_files: bool) -> Iterator
                 lines.line_for((*base, "webinar")),
                 _unknown("webinar", source.webinar, sorted(config.webinars), f"sources.{name}.webinar"),
             )
-        if source.webinar and "webinar_start" not in source.columns and source.session_from is None:
+        webinar = config.webinars.get(source.webinar or "")
+        # a source that enrolls needs a date for each registrant; attendance (no enroll) does not
+        if (
+            webinar is not None
+            and source.enroll
+            and "webinar_start" not in source.columns
+            and source.session_from is None
+            and not webinar.has_sessions
+        ):
             yield (
                 lines.line_for((*base, "columns")),
                 (
-                    f"sources.{name} names a webinar but maps no `webinar_start` column: "
+                    f"sources.{name} enrolls people but maps no `webinar_start` column and "
+                    f"webinars.{source.webinar} lists no sessions, so its registrants would have no date: "
                     "add webinar_start: <the header of the start time column>, "
-                    "or session_from: summary for a report whose summary names the start"
+                    f"list the dates under webinars.{source.webinar}.sessions, "
+                    "or set session_from: summary for a report whose summary names the start"
                 ),
             )
+    for wid, webinar in config.webinars.items():
+        from funnel.sessions import listing_problems
+
+        if webinar.repeat and webinar.repeat_at is None:
+            yield (
+                lines.line_for(("webinars", wid, "repeat")),
+                f'webinars.{wid}: `repeat` needs `repeat_at`, the local time of each session, e.g. repeat_at: "18:30"',
+            )
+        if webinar.repeat_at is not None and not webinar.repeat:
+            yield (
+                lines.line_for(("webinars", wid, "repeat_at")),
+                f"webinars.{wid}: `repeat_at` needs `repeat`, the rule of the dates: add it or remove repeat_at",
+            )
+        for index, problem in listing_problems(webinar):
+            yield lines.line_for(("webinars", wid, "sessions", index)), f"webinars.{wid}.sessions: {problem}"
     for sid, seq in config.sequences.items():
         base = ("sequences", sid)
         try:

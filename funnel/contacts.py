@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import String, cast, delete, literal, or_, select, update
 from sqlmodel import Session, col
 
 from funnel.config import Config
@@ -25,6 +25,7 @@ from funnel.models import (
     Consent,
     Contact,
     Enrollment,
+    EnrollmentTag,
     Event,
     InboundMessage,
     PendingSignup,
@@ -200,6 +201,11 @@ def remove_tags(session: Session, contact: Contact, tags: Iterable[str]) -> list
     have = set(session.scalars(select(col(Tag.tag)).where(col(Tag.contact_id) == contact.id, col(Tag.tag).in_(wanted))))
     if have:
         session.execute(delete(Tag).where(col(Tag.contact_id) == contact.id, col(Tag.tag).in_(sorted(have))))
+    # and from her webinar sessions (attendance taken back: she was not there)
+    hers = select(col(Enrollment.id)).where(col(Enrollment.contact_id) == contact.id)
+    session.execute(
+        delete(EnrollmentTag).where(col(EnrollmentTag.enrollment_id).in_(hers), col(EnrollmentTag.tag).in_(wanted))
+    )
     return [tag for tag in wanted if tag in have]
 
 
@@ -219,6 +225,15 @@ def forget(session: Session, contact: Contact, now: datetime) -> None:
     # her own join link names her registration: erased with the rest
     session.execute(
         update(Enrollment).where(col(Enrollment.contact_id) == contact_id).values(webinar_start=None, join_url=None)
+    )
+    # which sessions she came to, and when she registered for which: gone too (each keeps
+    # a text of its own, as the enrollment stays unique per contact, sequence and session)
+    hers = select(col(Enrollment.id)).where(col(Enrollment.contact_id) == contact_id)
+    session.execute(delete(EnrollmentTag).where(col(EnrollmentTag.enrollment_id).in_(hers)))
+    session.execute(
+        update(Enrollment)
+        .where(col(Enrollment.contact_id) == contact_id, col(Enrollment.session) != "")
+        .values(session=literal("erased ", String) + cast(col(Enrollment.id), String))
     )
     _forget_events_and_replies(session, contact)
     contact.email = contact.first_name = contact.last_name = contact.timezone = None
@@ -345,6 +360,8 @@ def _enrollment(
         "webinar": enrollment.webinar,
         "webinar_start": _iso(enrollment.webinar_start),
         "join_url": enrollment.join_url,
+        # the webinar session (its local start as first written); '' when none
+        "session": enrollment.session,
         "next_due_at": _iso(enrollment.next_due_at),
         "goal": goal,
         "steps": steps,

@@ -13,8 +13,10 @@ as SQLAlchemy would but without its per-row work.
 Rules kept here:
 - one contact per address, whatever its case (the key is the address hash);
 - an erased address is never re-created, and a file never resubscribes anyone;
-- a contact is in a sequence at most once, ever; signing up again for a
-  *later* webinar start reschedules the enrollment, the same start changes nothing;
+- a contact is in a sequence at most once per webinar session, ever (once,
+  for a sequence without a webinar); signing up for another session while
+  hers is still ahead moves her enrollment, once hers is over it is a new
+  enrollment, and the same session again changes nothing (`_enroll`);
 - suppressed contacts are not enrolled;
 - a blank value never overwrites a stored one (discretion is only turned off
   by an explicit no: see `funnel.sources`);
@@ -37,8 +39,9 @@ from sqlmodel import Session, col
 
 from funnel.bulk import InsertIgnore, dialect_insert, probe_in, roomy_cache
 from funnel.config import Config, Source
-from funnel.models import Contact, Enrollment, PendingTag, StepRun, Tag, new_token_key
+from funnel.models import Contact, Enrollment, EnrollmentTag, PendingTag, StepRun, Tag, new_token_key
 from funnel.schedule import first_look
+from funnel.sessions import EARLY_JOIN, attended_session, local_id, pick_session, session_scoped_tags
 from funnel.sources import SignupRow, email_hash
 from funnel.timeutil import zone
 
@@ -135,8 +138,13 @@ class _Writers:
         self.tags = InsertIgnore(
             session, _table(Tag), ("contact_id", "tag", "source", "added_at"), ("contact_id", "tag")
         )
-        self.enrollments = InsertIgnore(session, _table(Enrollment), _ENROLLMENT_COLUMNS, ("contact_id", "sequence"))
+        self.enrollments = InsertIgnore(
+            session, _table(Enrollment), _ENROLLMENT_COLUMNS, ("contact_id", "sequence", "session")
+        )
         self.look = _first_looks(config, source.enroll, now) if source.enroll else None
+        self.session_of = session_chooser(config, source, now)
+        if source.enroll and source.webinar:
+            adopt_legacy_sessions(session, config, source.enroll, source.webinar)
 
 
 _CONTACT_COLUMNS = (
@@ -160,8 +168,9 @@ _ENROLLMENT_COLUMNS = (
     "source",
     "webinar",
     "webinar_start",
-    "next_due_at",
+    "session",
     "join_url",
+    "next_due_at",
     "imported_at",
 )
 
@@ -243,14 +252,108 @@ def _apply_batch(
     live = {k: c for k, c in contacts.items() if c["erased_at"] is None and k in latest}
     writers.tags.run([(c["id"], tag, source_name, now) for c in live.values() for tag in source.tags])
     if pending and live:
-        result.pending_applied = _apply_pending(session, live)
+        applied = _apply_pending(session, live)
+        result.pending_applied = len(applied)
+    else:
+        applied = []
     if source.enroll:
         _enroll(session, config, source_name, source, source.enroll, live, latest, now, result, writers, fresh)
+        if applied:
+            _mark_pending(session, config, applied, now)
+    elif source.webinar and source.tags and live:
+        mark_sessions(session, config, source_name, source, live, latest, now)
     return result
 
 
-def _apply_pending(session: Session, live: dict[str, dict[str, Any]]) -> int:
-    """Tags kept for people who were not contacts yet: theirs now, with their source and time."""
+def mark_sessions(
+    session: Session,
+    config: Config,
+    source_name: str,
+    source: Source,
+    live: dict[str, dict[str, Any]],
+    latest: dict[str, SignupRow],
+    now: datetime,
+) -> int:
+    """Attendance: tag the enrollment of the session each row belongs to (`EnrollmentTag`).
+
+    The session: with configured sessions, the one the row's join time
+    (mapped as `webinar_start`) falls in, else the latest that had started
+    when the file was read (`sessions.attended_session`). Without sessions:
+    her webinar enrollment whose start is the latest by then. Nothing when
+    she has no enrollment for it (she keeps the contact's tag). How many marked.
+    """
+    marks = [
+        _Mark(c["id"], latest[key].webinar_start, now, tag, source_name)
+        for key, c in live.items()
+        for tag in source.tags
+    ]
+    return _mark(session, config, source.webinar or "", marks, now)
+
+
+@dataclass(frozen=True)
+class _Mark:
+    """One session-scoped tag to put on the enrollment of the session it belongs to."""
+
+    contact_id: int
+    joined_at: datetime | None
+    read_at: datetime
+    tag: str
+    source: str
+
+
+def _mark(session: Session, config: Config, webinar_id: str, marks: list[_Mark], now: datetime) -> int:
+    webinar = config.webinars.get(webinar_id)
+    if webinar is None or not marks:
+        return 0
+    tz = config.webinar_zone(webinar_id)
+    ids = sorted({m.contact_id for m in marks})
+    held: dict[int, list[tuple[int, datetime | None, str]]] = {}
+    for start in range(0, len(ids), _BATCH):
+        chunk = ids[start : start + _BATCH]
+        query = select(
+            col(Enrollment.contact_id), col(Enrollment.id), col(Enrollment.webinar_start), col(Enrollment.session)
+        ).where(
+            and_(
+                col(Enrollment.contact_id).in_(chunk),
+                col(Enrollment.webinar) == webinar_id,
+                col(Enrollment.session) != "",
+            )
+        )
+        for contact_id, enrollment_id, start_at, sid in session.execute(query):
+            held.setdefault(contact_id, []).append((enrollment_id, start_at, sid))
+    rows: list[dict[str, Any]] = []
+    for mark in marks:
+        mine = held.get(mark.contact_id, [])
+        if webinar.has_sessions:
+            found = attended_session(webinar, tz, mark.joined_at, mark.read_at)
+            chosen = [e for e, _, sid in mine if found is not None and sid == found.id]
+        else:
+            until = mark.joined_at + EARLY_JOIN if mark.joined_at is not None else mark.read_at
+            started = [(s, e) for e, s, _ in mine if s is not None and s <= until]
+            chosen = [max(started)[1]] if started else []
+        rows.extend({"enrollment_id": e, "tag": mark.tag, "source": mark.source, "added_at": now} for e in chosen)
+    insert_ignore(session, _table(EnrollmentTag), rows, ("enrollment_id", "tag"))
+    return len(rows)
+
+
+def _mark_pending(
+    session: Session, config: Config, applied: list[tuple[int, str, str | None, datetime]], now: datetime
+) -> None:
+    """Attendance read before she registered: once enrolled, it belongs to the session that had started then."""
+    by_webinar: dict[str, list[_Mark]] = {}
+    for contact_id, tag, source_name, received in applied:
+        found = config.sources.get(source_name or "")
+        if found is not None and found.webinar and not found.create and tag in found.tags:
+            by_webinar.setdefault(found.webinar, []).append(_Mark(contact_id, None, received, tag, source_name or ""))
+    for webinar_id, marks in by_webinar.items():
+        _mark(session, config, webinar_id, marks, now)
+
+
+def _apply_pending(session: Session, live: dict[str, dict[str, Any]]) -> list[tuple[int, str, str | None, datetime]]:
+    """Tags kept for people who were not contacts yet: theirs now, with their source and time.
+
+    Returns what was applied: (contact id, tag, source, when it was read).
+    """
     found = list(
         session.execute(
             select(
@@ -259,14 +362,15 @@ def _apply_pending(session: Session, live: dict[str, dict[str, Any]]) -> int:
         )
     )
     if not found:
-        return 0
+        return []
+    applied = [(live[key]["id"], tag, source, received) for key, tag, source, received in found]
     tag_rows = [
-        {"contact_id": live[key]["id"], "tag": tag, "source": source, "added_at": received}
-        for key, tag, source, received in found
+        {"contact_id": contact_id, "tag": tag, "source": source, "added_at": received}
+        for contact_id, tag, source, received in applied
     ]
     insert_ignore(session, _table(Tag), tag_rows, ("contact_id", "tag"))
     session.execute(delete(PendingTag).where(col(PendingTag.email_hash).in_({key for key, *_ in found})))
-    return len(found)
+    return applied
 
 
 def _merge(older: SignupRow, newer: SignupRow) -> SignupRow:
@@ -412,6 +516,14 @@ def _enroll(
     writers: _Writers,
     fresh: set[int],
 ) -> None:
+    """Enroll the batch's eligible people; for a webinar, into the session each row belongs to.
+
+    Per (person, sequence, session) there is one enrollment. For someone
+    already in the sequence: the same session again changes nothing; another
+    session while her current one is still ahead moves her (`reschedule`);
+    another session once hers is over (or ended) is a new enrollment, with
+    its own confirmation, reminders and join link.
+    """
     eligible = {
         c["id"]: latest[key]
         for key, c in live.items()
@@ -422,9 +534,18 @@ def _enroll(
     existing = _enrolled(session, sequence, [i for i in eligible if i not in fresh])
     zones = {c["id"]: c["timezone"] for c in live.values()}
     look = writers.look if writers.look is not None else _first_looks(config, sequence, now)
+    chosen = {contact_id: writers.session_of(row) for contact_id, row in eligible.items()}
     new = []
     for contact_id, row in eligible.items():
-        if contact_id in existing:
+        sid, start_at = chosen[contact_id]
+        mine = existing.get(contact_id, [])
+        if any(found.session == sid for found in mine):
+            continue  # the same signup again
+        current = _current(mine, now)
+        if current is not None:
+            if start_at is not None:
+                reschedule(session, config, current.id, sequence, source.webinar, start_at, now, sid, row.join_url)
+                result.rescheduled += 1
             continue
         enrolled_at = signed_up(row, now)
         new.append(
@@ -435,9 +556,10 @@ def _enroll(
                 enrolled_at,
                 source_name,
                 source.webinar,
-                row.webinar_start,
-                look(row.webinar_start, row.timezone or zones.get(contact_id), enrolled_at),
+                start_at,
+                sid,
                 row.join_url,
+                look(start_at, row.timezone or zones.get(contact_id), enrolled_at),
                 now,
             )
         )
@@ -445,35 +567,132 @@ def _enroll(
     result.enrolled += len(new)
     if new:
         result.sequences[sequence] = result.sequences.get(sequence, 0) + len(new)
-    for contact_id, (enrollment_id, status, current) in existing.items():
-        start_at = eligible[contact_id].webinar_start
-        if status in ("active", "paused") and start_at is not None and (current is None or start_at > current):
-            reschedule(
-                session, config, enrollment_id, sequence, source.webinar, start_at, now, eligible[contact_id].join_url
-            )
-            result.rescheduled += 1
 
 
-def _enrolled(session: Session, sequence: str, ids: list[int]) -> dict[int, tuple[int, str, datetime | None]]:
-    """Enrollments in `sequence` of these contacts: id, status, webinar start.
+@dataclass(frozen=True)
+class _Held:
+    """An enrollment someone already has in a sequence (what `_enroll` decides on)."""
+
+    id: int
+    status: str
+    webinar_start: datetime | None
+    session: str
+
+
+def _current(held: list[_Held], now: datetime) -> _Held | None:
+    """Her enrollment that a new signup moves: going on, its webinar still ahead (or with no date).
+
+    Without a webinar (a plain sequence) every enrollment is ''-session and
+    is caught as "the same signup again" before this is asked.
+    """
+    going = [h for h in held if h.status in ("active", "paused") and (h.webinar_start is None or h.webinar_start > now)]
+    return max(going, key=lambda h: (h.webinar_start is not None, h.webinar_start or now, h.id), default=None)
+
+
+def _enrolled(session: Session, sequence: str, ids: list[int]) -> dict[int, list[_Held]]:
+    """Enrollments in `sequence` of these contacts (one per session), by contact.
 
     A bare probe first (new contacts have none); the typed query only for those it found.
     """
-    known = [
-        contact_id
-        for (contact_id,) in probe_in(
-            session, "SELECT contact_id FROM enrollments WHERE sequence = {mark} AND contact_id IN", ids, sequence
-        )
-    ]
-    existing: dict[int, tuple[int, str, datetime | None]] = {}
+    known = sorted(
+        {
+            contact_id
+            for (contact_id,) in probe_in(
+                session, "SELECT contact_id FROM enrollments WHERE sequence = {mark} AND contact_id IN", ids, sequence
+            )
+        }
+    )
+    existing: dict[int, list[_Held]] = {}
     for start in range(0, len(known), _BATCH):
         chunk = known[start : start + _BATCH]
         query = select(
-            col(Enrollment.contact_id), col(Enrollment.id), col(Enrollment.status), col(Enrollment.webinar_start)
+            col(Enrollment.contact_id),
+            col(Enrollment.id),
+            col(Enrollment.status),
+            col(Enrollment.webinar_start),
+            col(Enrollment.session),
         ).where(and_(col(Enrollment.sequence) == sequence, col(Enrollment.contact_id).in_(chunk)))
-        for contact_id, enrollment_id, status, start_at in session.execute(query):
-            existing[contact_id] = (enrollment_id, status, start_at)
+        for contact_id, enrollment_id, status, start_at, sid in session.execute(query):
+            existing.setdefault(contact_id, []).append(_Held(enrollment_id, status, start_at, sid))
     return existing
+
+
+def session_chooser(
+    config: Config, source: Source, now: datetime
+) -> Callable[[SignupRow], tuple[str, datetime | None]]:
+    """(session id, start) of the session a row of `source` joins (`funnel.sessions.pick_session`).
+
+    A webinar with `sessions`/`repeat`: the row's start matched to a session,
+    else the next session after she signed up (`signed_up_at`, else now).
+    Without them: the row's own start (its id its local text), as before
+    sessions existed. No start and no session ahead: ('', None), the
+    enrollment of old with no webinar date.
+    """
+    webinar = config.webinars.get(source.webinar or "")
+    if webinar is None:
+        return lambda row: ("", None)
+    tz = config.webinar_zone(source.webinar)
+
+    def choose(row: SignupRow) -> tuple[str, datetime | None]:
+        signed_up = row.signed_up_at or now
+        if webinar.has_sessions:
+            found = pick_session(webinar, tz, row.webinar_start, signed_up)
+            return (found.id, found.start) if found is not None else ("", None)
+        if row.webinar_start is None:
+            return ("", None)
+        return (local_id(row.webinar_start, tz), row.webinar_start)
+
+    return choose
+
+
+def adopt_legacy_sessions(session: Session, config: Config, sequence: str, webinar_id: str | None) -> int:
+    """Give webinar enrollments made before sessions existed (migration 0009) their session id.
+
+    The configured session starting at the stored webinar start (or moved
+    away from it), else the start's local text in the webinar's zone: the id
+    a new signup for that start would get, so she is not enrolled twice.
+    Only those with a start; one query when there are none. How many it set.
+    """
+    webinar = config.webinars.get(webinar_id or "")
+    if webinar is None:
+        return 0
+    found = list(
+        session.execute(
+            select(col(Enrollment.id), col(Enrollment.webinar_start)).where(
+                and_(
+                    col(Enrollment.sequence) == sequence,
+                    col(Enrollment.session) == "",
+                    col(Enrollment.webinar).is_not(None),
+                    col(Enrollment.webinar_start).is_not(None),
+                )
+            )
+        )
+    )
+    if not found:
+        return 0
+    tz = config.webinar_zone(webinar_id)
+    updates = []
+    for enrollment_id, start_at in found:
+        picked = pick_session(webinar, tz, start_at, start_at) if webinar.has_sessions else None
+        updates.append({"id": enrollment_id, "session": picked.id if picked else local_id(start_at, tz)})
+    session.execute(update(Enrollment), updates)
+    # attendance recorded before sessions existed was the contact's tag: it belongs to her only session
+    scoped = session_scoped_tags(config).get(webinar_id or "", frozenset())
+    if scoped:
+        ids = [enrollment_id for enrollment_id, _ in found]
+        for start in range(0, len(ids), _BATCH):
+            chunk = ids[start : start + _BATCH]
+            query = (
+                select(col(Enrollment.id), col(Tag.tag), col(Tag.source), col(Tag.added_at))
+                .join(Tag, col(Tag.contact_id) == col(Enrollment.contact_id))
+                .where(and_(col(Enrollment.id).in_(chunk), col(Tag.tag).in_(sorted(scoped))))
+            )
+            rows = [
+                {"enrollment_id": e, "tag": tag, "source": source, "added_at": added}
+                for e, tag, source, added in session.execute(query)
+            ]
+            insert_ignore(session, _table(EnrollmentTag), rows, ("enrollment_id", "tag"))
+    return len(updates)
 
 
 def signed_up(row: SignupRow, now: datetime) -> datetime:
@@ -527,18 +746,21 @@ def reschedule(
     webinar: str | None,
     start: datetime,
     now: datetime,
+    session_id: str | None = None,
     join_url: str | None = None,
 ) -> None:
-    """Move an active enrollment to a later webinar start (and her own join link, when the row gives one).
+    """Move an active enrollment to another webinar start (and session, when given).
 
     Steps already sent stay sent (at most once, whatever happens); webinar
     steps skipped only because of the old date are looked at again.
     """
     values: dict[str, Any] = {"webinar_start": start, "next_due_at": now}
+    if session_id is not None:
+        values["session"] = session_id
+    if join_url:  # her link for the new session (a blank keeps the one she has)
+        values["join_url"] = join_url
     if webinar:
         values["webinar"] = webinar
-    if join_url:
-        values["join_url"] = join_url
     session.execute(update(Enrollment).where(col(Enrollment.id) == enrollment_id).values(**values))
     webinar_steps = (
         [s.id for s in config.sequences[sequence].steps if s.webinar is not None]

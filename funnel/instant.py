@@ -341,6 +341,7 @@ class ServeSender:
             webinar_id=enrollment.webinar,
             start=enrollment.webinar_start,
             now=now,
+            session=enrollment.session,
             join_url=enrollment.join_url,
         )
         return compose_email(

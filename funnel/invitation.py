@@ -56,9 +56,16 @@ def event_title(config: Config, webinar_id: str) -> str:
     return f"Webinar with {name}" if name else "Webinar"
 
 
-def event_uid(person_key: str, webinar_id: str, domain: str) -> str:
-    """A UID that is the same for one person and one webinar, and says nothing about either."""
-    digest = hashlib.sha256(f"funnel-webinar\x00{webinar_id}\x00{person_key}".encode()).hexdigest()[:32]
+def event_uid(person_key: str, webinar_id: str, domain: str, session: str = "") -> str:
+    """A UID that is the same for one person and one webinar session, and says nothing about either.
+
+    The session id (`funnel.sessions`: the date as first written) stays the
+    same when the session moves, so a new time updates the same event; a
+    returning registrant's next session is an event of its own. Without a
+    session (a webinar with no `sessions:`) the UID is what it always was.
+    """
+    key = f"funnel-webinar\x00{webinar_id}\x00{person_key}" + (f"\x00{session}" if session else "")
+    digest = hashlib.sha256(key.encode()).hexdigest()[:32]
     return f"{digest}@{domain}"
 
 
@@ -72,8 +79,15 @@ def webinar_event(
     description: str,
     now: datetime,
     location: bool = True,
+    sequence: int = 0,
+    cancelled: bool = False,
 ) -> bytes:
-    """The iCalendar file (RFC 5545) for one event: pure, no clock of its own."""
+    """The iCalendar file (RFC 5545) for one event: pure, no clock of its own.
+
+    `sequence` counts the changes to the event (a calendar takes the file with
+    the same UID and a higher SEQUENCE as the newer version); `cancelled`
+    writes STATUS:CANCELLED, which calendars show as called off.
+    """
     # imported here: icalendar takes a noticeable time to load, and most runs send no invitation
     from icalendar import Calendar, Event
 
@@ -94,9 +108,9 @@ def webinar_event(
         event.add("url", join_url)
         if location:
             event.add("location", join_url)
-    event.add("status", "CONFIRMED")
+    event.add("status", "CANCELLED" if cancelled else "CONFIRMED")
     event.add("transp", "OPAQUE")
-    event.add("sequence", 0)
+    event.add("sequence", sequence)
     calendar.add_component(event)
     return calendar.to_ical()
 
@@ -110,6 +124,7 @@ def invitation(
     webinar_id: str | None,
     start: datetime | None,
     now: datetime,
+    session: str = "",
     join_url: str | None = None,
 ) -> tuple[Attachment, ...]:
     """The `invite.ics` attachment for a `calendar: true` step, or nothing.
@@ -130,7 +145,7 @@ def invitation(
         lines = [webinar.title, f"Join: {link}" if link else "", practice.name]
         description = "\n\n".join(line for line in lines if line)
     content = _event_for(
-        event_uid(person_key, webinar_id or "", practice.from_email.rpartition("@")[2] or "funnel"),
+        event_uid(person_key, webinar_id or "", practice.from_email.rpartition("@")[2] or "funnel", session),
         title=title,
         start=start,
         length=webinar.duration.approx,
@@ -139,9 +154,28 @@ def invitation(
         now=now,
         # calendars show LOCATION on shared screens and lock-screen alerts; the link can name the subject
         location=not discreet,
+        **_session_state(config, webinar_id or "", session, start),
     )
     # `name` too: older Outlook names the file from the content type, not the disposition
     return (Attachment(FILENAME, content, CONTENT_TYPE, params=(("method", METHOD), ("name", FILENAME))),)
+
+
+def _session_state(config: Config, webinar_id: str, session: str, start: datetime) -> dict[str, Any]:
+    """SEQUENCE and STATUS of a session's event: one change per move (`was:`), one more if cancelled.
+
+    `was:` keeps only where a session was first, so a session moved twice
+    counts one move: its event's time still changes in place (same UID),
+    though a calendar that compares SEQUENCE alone may keep the second time.
+    """
+    from funnel.sessions import find_session
+
+    webinar = config.webinars.get(webinar_id)
+    if not session or webinar is None or not webinar.has_sessions:
+        return {}
+    found = find_session(webinar, config.webinar_zone(webinar_id), session, start)
+    if found is None:
+        return {}
+    return {"sequence": found.revision, "cancelled": found.cancelled}
 
 
 #: events already written this process, with a stand-in UID: (domain, the event's other values) -> bytes

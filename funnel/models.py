@@ -180,10 +180,13 @@ class PendingSignup(SQLModel, table=True):
 
 class Enrollment(SQLModel, table=True):
     __tablename__ = "enrollments"
-    # one enrollment per contact and sequence, ever: signing up again after
-    # finishing does not start the sequence over
+    # one enrollment per contact, sequence and webinar session, ever: signing up
+    # again after finishing does not start the sequence over, but a later session
+    # of a webinar is an enrollment of its own (spec section 7). `session` is ''
+    # for every other enrollment (not NULL: both databases treat NULLs as distinct
+    # in a unique constraint, which would let a sequence be entered twice)
     __table_args__ = (
-        UniqueConstraint("contact_id", "sequence"),
+        UniqueConstraint("contact_id", "sequence", "session", name="uq_enrollments_contact_sequence_session"),
         Index("ix_enrollments_due", "status", "next_due_at"),
     )
 
@@ -196,17 +199,39 @@ class Enrollment(SQLModel, table=True):
     source: str | None = None
     webinar: str | None = None
     webinar_start: datetime | None = _when()
+    #: the webinar session's id (`funnel.sessions`: its local start as first written); '' when none
+    session: str = Field(default="", sa_column_kwargs={"server_default": ""})
+    #: her own join link from the export (Zoom gives each registrant one); None: the webinar's
+    join_url: str | None = None
     next_due_at: datetime | None = _when()
     ended_at: datetime | None = _when()
     end_reason: str | None = None
     #: status `paused` (she wrote back): when, and why; `funnel contacts resume` clears them
     paused_at: datetime | None = _when()
     pause_reason: str | None = None
-    #: her own link to join (Zoom's "Join URL" in the export), used instead of the webinar's shared one
-    join_url: str | None = None
     #: when funnel stored it; `enrolled_at` is earlier when the export said she signed up before
-    #: (`signed_up_at`). None for enrollments stored before migration 0009: the same as enrolled_at
+    #: (`signed_up_at`). None for enrollments stored before migration 0010: the same as enrolled_at
     imported_at: datetime | None = _when()
+
+
+class EnrollmentTag(SQLModel, table=True):
+    """A tag that belongs to one webinar session, kept on the enrollment for it (spec section 7).
+
+    An attendance source (`webinar:` set, `create: false`) tags the contact
+    (for every other sequence) and, here, the enrollment of the session the
+    row belongs to: within that webinar's sequence, its `if_tags` and
+    `unless_tags` on such tags read this table only, so February's replay
+    or thank-you depends on February alone (`funnel.sessions.tags_in_session`).
+    """
+
+    __tablename__ = "enrollment_tags"
+    __table_args__ = (UniqueConstraint("enrollment_id", "tag"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    enrollment_id: int = Field(foreign_key="enrollments.id")
+    tag: str
+    source: str | None = None
+    added_at: datetime = Field(sa_type=UTCDateTime)
 
 
 class StepRun(SQLModel, table=True):

@@ -56,7 +56,7 @@ import traceback
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -343,11 +343,27 @@ class TemplateContact:
 
 @dataclass(frozen=True)
 class TemplateWebinar:
+    """`webinar` in templates: the reader's own session of it.
+
+    Every field is part of the memo key (`Renderer._value_key` walks them
+    all, so a field added here cannot be forgotten there).
+    """
+
     id: str
     title: str
+    #: the registrant's own link when her export row had one, else the webinar's
     join_url: str | None
     replay_url: str | None
+    #: this session's start, in the reader's zone
     start: datetime | None
+    #: the session's id: its local start as first written (`funnel.sessions`); None without one
+    session: str | None = None
+    #: in a `rescheduled` step: where the session was before the move, in the reader's zone
+    previous_start: datetime | None = None
+
+
+#: TemplateWebinar fields that hold a moment (keyed by wall time and zone, not by value)
+_WEBINAR_MOMENTS = ("start", "previous_start")
 
 
 @dataclass(frozen=True)
@@ -512,6 +528,21 @@ def _personal_key(value: Any) -> Any:
     if type(value) is _Empty:
         return ("empty", value._undefined_name)
     return _plain_key(value)
+
+
+def _moment_key(moment: Any) -> Any:
+    """A webinar moment by all that printing it can show (raises _Unrememberable for anything else)."""
+    if moment is None:
+        return None
+    if type(moment) is _NoWebinarStart:
+        return "no start"
+    if type(moment) is datetime and moment.tzinfo is not None:
+        # equal instants in two zones print differently, and datetime.timezone compares by offset
+        # only: the wall time, the zone, and what it says for this wall time
+        zone = moment.tzinfo
+        when = (moment.replace(tzinfo=None), moment.fold, type(zone), zone)
+        return (*when, moment.utcoffset(), moment.dst(), moment.tzname())
+    raise _Unrememberable
 
 
 def _plain_key(value: Any) -> tuple[type, Any]:
@@ -1136,18 +1167,13 @@ class Renderer:
                 return None
             if type(value) is not TemplateWebinar:
                 raise _Unrememberable
-            start = value.start
-            if type(start) is _NoWebinarStart:
-                when: Any = "no start"
-            elif type(start) is datetime and start.tzinfo is not None:
-                # equal instants in two zones print differently, and datetime.timezone compares by offset
-                # only: the wall time, the zone, and what it says for this wall time
-                zone = start.tzinfo
-                when = (start.replace(tzinfo=None), start.fold, type(zone), zone)
-                when += (start.utcoffset(), start.dst(), start.tzname())
-            else:
-                raise _Unrememberable
-            return (*(_plain_key(v) for v in (value.id, value.title, value.join_url, value.replay_url)), when)
+            # every field, by name: a field added to TemplateWebinar is in the key without a word here
+            return tuple(
+                _moment_key(getattr(value, f.name))
+                if f.name in _WEBINAR_MOMENTS
+                else _plain_key(getattr(value, f.name))
+                for f in fields(TemplateWebinar)
+            )
         if path in (("sequence",), ("step",)):
             if type(value) is not dict:
                 raise _Unrememberable

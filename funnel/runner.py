@@ -34,7 +34,7 @@ import time
 import uuid
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -54,8 +54,10 @@ from funnel.errors import ConfigError, SourceError, TemplateError
 from funnel.ingest import IngestResult, apply_rows, insert_ignore
 from funnel.invitation import invitation
 from funnel.ledger import UNKNOWN_REASON, Ledger, StepRow, SuppressionCheck
-from funnel.models import Contact, Enrollment, Run, Setting, SourceFile, StepRun, Tag, new_token_key
+from funnel.models import Contact, Enrollment, EnrollmentTag, Run, Setting, SourceFile, StepRun, Tag, new_token_key
+from funnel.moves import apply_session_changes, remember_sessions, removed_sessions
 from funnel.render import MissingData, Rendered, Renderer, TemplateContact, TemplateWebinar
+from funnel.sessions import session_scoped_tags, tags_in_session
 from funnel.sources import Fingerprint, clean_line, read_source_file
 from funnel.timeutil import zone
 from funnel.transports.base import Address, Attachment, OutgoingEmail, SendResult, Transport
@@ -107,6 +109,9 @@ class RunSummary:
     unknown: int = 0
     exited: int = 0
     finished: int = 0
+    #: enrollments re-timed to a moved webinar session, and ended by a cancelled one (`funnel.moves`)
+    moved: int = 0
+    cancelled: int = 0
     dry_run: bool = False
     now: str = ""
     seconds: float = 0.0
@@ -213,6 +218,10 @@ class Runner:
             self.renderer = Renderer(config)
         except TemplateError as exc:  # a broken template is bad configuration: nothing is done
             raise ConfigError(str(exc)) from exc
+        removed = removed_sessions(self.session, config, now)
+        if removed:  # a session taken out while people are registered for it: say what happened first
+            self.session.close()
+            raise ConfigError(removed[0], removed)
         key = secret_key(self.session)
         self.tokens = Tokens(key)
         self.renderer.sign_links_with(key)  # discreet readers' neutral links (`funnel.jump`)
@@ -221,6 +230,9 @@ class Runner:
         self.keeper = RunKeeper(engine)
         self.ledger: Ledger  # set by _start, once the run has its id
         self.introduced: dict[str, dict[str, datetime]] = {}
+        #: by webinar, the tags that belong to one session (attendance), and the page's own of them
+        self._scoped = session_scoped_tags(config)
+        self._session_tags: dict[int, frozenset[str]] = {}
         self._pending: dict[int, _Pending] = {}
         #: rows of claimed steps in flight, held here (the session's identity map is weak)
         self._in_flight: dict[int, StepRow] = {}
@@ -389,6 +401,11 @@ class Runner:
         stored = self.session.get(Setting, "config_fingerprint")
         if stored is not None and stored.value == self.config.fingerprint:
             return
+        # sessions moved (`was:`) or cancelled in the new sequences.yaml: before anyone is decided
+        changes = apply_session_changes(self.session, self.config, self.now)
+        self.summary.moved += changes.moved
+        self.summary.cancelled += changes.cancelled
+        remember_sessions(self.session, self.config, self.now)
         self.session.execute(update(Enrollment).where(col(Enrollment.status) == "active").values(next_due_at=self.now))
         # stored with the wake-up: a worker starting meanwhile does not wake everyone again
         put_setting(self.session, "config_fingerprint", self.config.fingerprint)
@@ -542,6 +559,7 @@ class Runner:
         ):
             tags[contact_id].add(tag)
         recorded = self.ledger.rows_of([e.id or 0 for e in page])
+        self._session_tags = self._own_session_tags(page)
         by_contact: dict[int, list[Enrollment]] = defaultdict(list)
         for enrollment in page:
             by_contact[enrollment.contact_id].append(enrollment)
@@ -560,6 +578,20 @@ class Runner:
                 self.writes.set(contact, last_marketing_at=state.last_marketing_at)
         return self._claim_all(claims)
 
+    def _own_session_tags(self, page: list[Enrollment]) -> dict[int, frozenset[str]]:
+        """The session-scoped tags of the page's webinar-session enrollments (none asked for when none can be)."""
+        ids = [e.id or 0 for e in page if e.session and e.webinar in self._scoped]
+        if not ids:
+            return {}
+        found: dict[int, set[str]] = defaultdict(set)
+        for enrollment_id, tag in self.session.execute(
+            select(col(EnrollmentTag.enrollment_id), col(EnrollmentTag.tag)).where(
+                col(EnrollmentTag.enrollment_id).in_(ids)
+            )
+        ):
+            found[enrollment_id].add(tag)
+        return {e: frozenset(tags) for e, tags in found.items()}
+
     def _decide(
         self,
         contact: Contact,
@@ -573,6 +605,23 @@ class Runner:
             # the sequence was removed from sequences.yaml: nothing of it is sent
             self._end(enrollment, "exited", "sequence removed from sequences.yaml")
             return state
+        scoped = self._scoped.get(enrollment.webinar or "") if enrollment.session else None
+        if scoped:
+            # within a webinar session's enrollment, attendance tags are that session's own
+            seen = tags_in_session(state.tags, scoped, self._session_tags.get(enrollment.id or 0, frozenset()))
+            after = self._evaluate_and_act(contact, enrollment, sequence, replace(state, tags=seen), rows, claims)
+            return replace(after, tags=state.tags)
+        return self._evaluate_and_act(contact, enrollment, sequence, state, rows, claims)
+
+    def _evaluate_and_act(
+        self,
+        contact: Contact,
+        enrollment: Enrollment,
+        sequence: Sequence,
+        state: schedule.ContactState,
+        rows: dict[str, StepRow],
+        claims: list[_Claim],
+    ) -> schedule.ContactState:
         try:
             evaluation = schedule.evaluate(
                 sequence,
@@ -760,6 +809,7 @@ class Runner:
             webinar_id=enrollment.webinar,
             start=enrollment.webinar_start,
             now=self.now,
+            session=enrollment.session,
             join_url=enrollment.join_url,
         )
         if step.calendar and not attachments:  # the email still goes, without the event
@@ -870,10 +920,12 @@ class Runner:
                     "source": f"after {enrollment.sequence}",
                     "webinar": enrollment.webinar,
                     "webinar_start": enrollment.webinar_start,
+                    # once per person, whichever session led her there
+                    "session": "",
                     "next_due_at": self.now,
                 }
             ],
-            ("contact_id", "sequence"),
+            ("contact_id", "sequence", "session"),
         )
 
     def _end(self, enrollment: Enrollment, status: str, reason: str | None) -> None:
@@ -912,9 +964,13 @@ def render_for(
     if enrollment is not None and enrollment.webinar in config.webinars:
         info = config.webinars[enrollment.webinar]
         start = enrollment.webinar_start.astimezone(contact_zone(config, contact)) if enrollment.webinar_start else None
-        # her own join link (an export's per-registrant link) before the webinar's shared one
         webinar = TemplateWebinar(
-            enrollment.webinar, info.title, enrollment.join_url or info.join_url, info.replay_url, start
+            enrollment.webinar,
+            info.title,
+            enrollment.join_url or info.join_url,  # her own link, when the export gave her one
+            info.replay_url,
+            start,
+            session=enrollment.session or None,
         )
     return renderer.render(
         sequence_id,

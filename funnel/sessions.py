@@ -1,0 +1,299 @@
+"""Webinar sessions: the dates of a webinar that runs again and again (spec section 7).
+
+Pure functions of (webinar, zone, moments): no database, no clock.
+
+- A session's **id** is its local start as first written, `YYYY-MM-DD HH:MM`:
+  for a moved session (`was:`), the `was` text. Enrollments keep it
+  (`Enrollment.session`), so a move keeps them attached to their session.
+- Listed sessions come first. A `repeat` rule (RFC 5545 RRULE, read by
+  python-dateutil's `rrulestr`) adds its dates at `repeat_at`; a rule date
+  whose time equals a listed session's start or `was` is that listed
+  session (listing it is how a single date of the rule is moved or cancelled).
+  The rule counts from a `DTSTART` written in `repeat`, else from the first
+  listed session's date, else from 2020-01-01 (that only matters to
+  `INTERVAL`/`COUNT`).
+- Expansion is bounded: only the sessions inside a window are made, and a
+  rule may repeat at most daily, so no rule can loop for long.
+- Local times are read in the webinar's zone; a time skipped by a DST jump
+  moves forward by the jump, an ambiguous one takes the first (as everywhere).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
+
+if TYPE_CHECKING:
+    from funnel.config import Config, Webinar
+
+#: how far ahead "the next session after she signed up" is looked for
+LOOK_AHEAD = timedelta(days=2 * 366)
+#: how far back "the latest session that had started" is looked for
+LOOK_BACK = timedelta(days=2 * 366)
+#: the most rule dates one window may hold (a daily rule over the look-ahead is ~730)
+MAX_RULE_DATES = 2000
+_DEFAULT_ANCHOR = datetime(2020, 1, 1)
+
+
+@dataclass(frozen=True)
+class Session:
+    """One session of a webinar."""
+
+    #: the local start as first written (`YYYY-MM-DD HH:MM`)
+    id: str
+    #: when it starts now (aware UTC)
+    start: datetime
+    cancelled: bool = False
+    #: where it was before a move (aware UTC), None when never moved
+    previous_start: datetime | None = None
+    #: False for a start a row named that no configured session has (taken as given)
+    configured: bool = True
+
+    @property
+    def revision(self) -> int:
+        """How many times the session changed: its calendar event's SEQUENCE (a move, a cancellation)."""
+        return (1 if self.previous_start is not None else 0) + (1 if self.cancelled else 0)
+
+
+def session_id(local: datetime) -> str:
+    """The id of a session whose local start (naive, in the webinar's zone) is `local`."""
+    return local.strftime("%Y-%m-%d %H:%M")
+
+
+def local_id(start: datetime, tz: ZoneInfo) -> str:
+    """The id of a start that is an aware instant (a row's start, a stored one)."""
+    return session_id(start.astimezone(tz).replace(tzinfo=None))
+
+
+def to_utc(local: datetime, tz: ZoneInfo) -> datetime:
+    """A naive local wall time in `tz` as aware UTC (gap: forward by the jump; overlap: the first)."""
+    return local.replace(tzinfo=tz).astimezone(UTC)
+
+
+def read_rule(text: str, anchor: datetime) -> Iterator[datetime]:
+    """The rule's dates (naive) from `anchor`, or ValueError saying what to write.
+
+    `rrulestr` reads the rule; a frequency finer than daily is refused (a
+    webinar happens at most once a day, at `repeat_at`).
+    """
+    from dateutil.rrule import rrule, rrulestr
+
+    body = text.strip()
+    if not body:
+        raise ValueError("`repeat` is empty: write an RFC 5545 rule such as FREQ=MONTHLY;BYDAY=3TH")
+    freq = _freq(body)
+    if freq not in ("DAILY", "WEEKLY", "MONTHLY", "YEARLY"):
+        raise ValueError(
+            f"repeat: {body!r} must say FREQ=DAILY, WEEKLY, MONTHLY or YEARLY "
+            "(a webinar repeats at most daily): e.g. FREQ=MONTHLY;BYDAY=3TH"
+        )
+    try:
+        rule = rrulestr(body, dtstart=anchor, ignoretz=True)
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise ValueError(
+            f"repeat: {body!r} is not an RFC 5545 rule ({exc}): write e.g. FREQ=MONTHLY;BYDAY=3TH"
+        ) from None
+    if not isinstance(rule, rrule):
+        raise ValueError(f"repeat: {body!r} must be one rule (a single RRULE), e.g. FREQ=MONTHLY;BYDAY=3TH")
+    return iter(rule)
+
+
+def _freq(body: str) -> str:
+    for line in body.replace("\n", ";").split(";"):
+        key, _, value = line.partition("=")
+        if key.strip().upper().removeprefix("RRULE:") == "FREQ":
+            return value.strip().upper()
+    return ""
+
+
+def sessions_between(webinar: Webinar, tz: ZoneInfo, lo: datetime, hi: datetime) -> list[Session]:
+    """Every session of `webinar` starting in [lo, hi] (aware), listed and by rule, in time order."""
+    listed = listed_sessions(webinar, tz)
+    found = [s for s in listed if lo <= s.start <= hi]
+    if webinar.repeat and webinar.repeat_at is not None:
+        taken = {s.id for s in listed} | {session_id(item.start) for item in webinar.sessions}
+        for local in _rule_dates(webinar, tz, lo, hi):
+            sid = session_id(local)
+            if sid not in taken:
+                found.append(Session(sid, to_utc(local, tz)))
+    return sorted(found, key=lambda s: (s.start, s.id))
+
+
+def listed_sessions(webinar: Webinar, tz: ZoneInfo) -> list[Session]:
+    """The sessions written under `sessions:` (no rule)."""
+    out = []
+    for item in webinar.sessions:
+        first = item.was or item.start
+        out.append(
+            Session(
+                session_id(first),
+                to_utc(item.start, tz),
+                cancelled=item.cancelled,
+                previous_start=to_utc(item.was, tz) if item.was else None,
+            )
+        )
+    return out
+
+
+def _rule_dates(webinar: Webinar, tz: ZoneInfo, lo: datetime, hi: datetime) -> Iterator[datetime]:
+    """The rule's local starts inside [lo, hi], at most `MAX_RULE_DATES` of them."""
+    assert webinar.repeat is not None and webinar.repeat_at is not None
+    firsts = [item.was or item.start for item in webinar.sessions]
+    anchor = min(firsts) if firsts else _DEFAULT_ANCHOR
+    anchor = datetime.combine(anchor.date(), webinar.repeat_at)
+    # a day of slack each side: the window is in UTC, the rule in local dates
+    lo_local = lo.astimezone(tz).replace(tzinfo=None) - timedelta(days=1)
+    hi_local = hi.astimezone(tz).replace(tzinfo=None) + timedelta(days=1)
+    made = 0
+    for day in read_rule(webinar.repeat, anchor):
+        local = datetime.combine(day.date(), webinar.repeat_at)
+        if local > hi_local:
+            return
+        if local < lo_local:
+            continue
+        start = to_utc(local, tz)
+        if lo <= start <= hi:
+            yield local
+            made += 1
+            if made >= MAX_RULE_DATES:
+                return
+
+
+def pick_session(webinar: Webinar, tz: ZoneInfo, row_start: datetime | None, signed_up_at: datetime) -> Session | None:
+    """The session a registrant joins.
+
+    The row's start when it has one: the session starting then (or one that
+    was moved away from then: an old export names the old time); a start that
+    no session has is taken as given, as before sessions existed (its id is
+    its local text), so a one-off date in an export still works. Without a
+    start: the first session, not cancelled, starting after she signed up.
+    None when there is none (no sessions, or none ahead).
+    """
+    if row_start is not None:
+        near = sessions_between(webinar, tz, row_start - timedelta(days=1), row_start + timedelta(days=1))
+        for found in near:
+            if found.start == row_start:
+                return found
+        for found in listed_sessions(webinar, tz):
+            if found.previous_start == row_start:
+                return found
+        return Session(local_id(row_start, tz), row_start, configured=False)
+    for found in sessions_between(webinar, tz, signed_up_at + timedelta(seconds=1), signed_up_at + LOOK_AHEAD):
+        if not found.cancelled:
+            return found
+    return None
+
+
+def latest_started(webinar: Webinar, tz: ZoneInfo, now: datetime) -> Session | None:
+    """The latest session, not cancelled, that had started by `now` (attendance read without a join time)."""
+    started = [s for s in sessions_between(webinar, tz, now - LOOK_BACK, now) if not s.cancelled]
+    return started[-1] if started else None
+
+
+def find_session(webinar: Webinar, tz: ZoneInfo, sid: str, near: datetime | None) -> Session | None:
+    """The configured session with id `sid` (looked for around `near`, a stored start), or None."""
+    for found in listed_sessions(webinar, tz):
+        if found.id == sid:
+            return found
+    if webinar.repeat and near is not None:
+        for found in sessions_between(webinar, tz, near - timedelta(days=2), near + timedelta(days=2)):
+            if found.id == sid:
+                return found
+    return None
+
+
+def listing_problems(webinar: Webinar) -> list[tuple[int, str]]:
+    """Mistakes in `sessions:`, each with the index of the item: two at one time, a `was` that is listed."""
+    problems: list[tuple[int, str]] = []
+    starts: dict[datetime, int] = {}
+    for index, item in enumerate(webinar.sessions):
+        if item.start in starts:
+            problems.append(
+                (
+                    index,
+                    f"two sessions start at {session_id(item.start)} (items {starts[item.start] + 1} and "
+                    f"{index + 1}): remove one, or move one with start: and was:",
+                )
+            )
+        starts.setdefault(item.start, index)
+    for index, item in enumerate(webinar.sessions):
+        if item.was is None:
+            continue
+        if item.was == item.start:
+            problems.append((index, f"session {session_id(item.start)} was moved to its own time: remove `was:`"))
+        elif item.was in starts:
+            problems.append(
+                (
+                    index,
+                    f"`was: {session_id(item.was)}` is also listed as a session of its own (item "
+                    f"{starts[item.was] + 1}): a moved session is listed once, at its new time, with was: "
+                    "its old time; remove the old line",
+                )
+            )
+    seen_was: dict[datetime, int] = {}
+    for index, item in enumerate(webinar.sessions):
+        if item.was is not None:
+            if item.was in seen_was:
+                problems.append(
+                    (index, f"two sessions say `was: {session_id(item.was)}`: a session can only move to one time")
+                )
+            seen_was.setdefault(item.was, index)
+    return problems
+
+
+def past_sessions(webinar: Webinar, tz: ZoneInfo, now: datetime) -> list[tuple[int, str]]:
+    """Listed sessions already over at `now` (a warning: they are history, kept for who came)."""
+    return [
+        (index, session_id(item.start)) for index, item in enumerate(webinar.sessions) if to_utc(item.start, tz) < now
+    ]
+
+
+def session_warnings(config: Config, now: datetime) -> list[str]:
+    """`funnel check`'s warnings about sessions: listed ones that are over (kept as history)."""
+    out = []
+    for wid, webinar in config.webinars.items():
+        tz = config.webinar_zone(wid)
+        for index, sid in past_sessions(webinar, tz, now):
+            line = config.line_of("webinars", wid, "sessions", index) or 1
+            out.append(
+                f"{config.path.name}:{line}: warning: webinars.{wid}.sessions: {sid} is over; it stays as "
+                "history (who registered and came), and nobody new joins it"
+            )
+    return out
+
+
+def session_scoped_tags(config: Config) -> dict[str, frozenset[str]]:
+    """By webinar: the tags that belong to one session, those its attendance sources set.
+
+    An attendance source is one with `webinar:` set and `create: false`.
+    """
+    found: dict[str, set[str]] = {}
+    for source in config.sources.values():
+        if source.webinar and not source.create and source.tags:
+            found.setdefault(source.webinar, set()).update(source.tags)
+    return {wid: frozenset(tags) for wid, tags in found.items()}
+
+
+def tags_in_session(contact_tags: frozenset[str], scoped: frozenset[str], own: frozenset[str]) -> frozenset[str]:
+    """The tags a session's enrollment sees: the contact's, with the session-scoped ones only from `own`.
+
+    February's enrollment of a woman who came in January but not in February
+    sees no `webinar-attended`; her other sequences still see the contact's tag.
+    """
+    if not scoped:
+        return contact_tags
+    return (contact_tags - scoped) | (own & scoped)
+
+
+#: a join time up to this long before a session's start belongs to it (people come early)
+EARLY_JOIN = timedelta(hours=1)
+
+
+def attended_session(webinar: Webinar, tz: ZoneInfo, joined_at: datetime | None, read_at: datetime) -> Session | None:
+    """The session an attendance row belongs to: its join time's (if mapped), else the latest that had started."""
+    if joined_at is not None:
+        return latest_started(webinar, tz, joined_at + EARLY_JOIN)
+    return latest_started(webinar, tz, read_at)
