@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
+from zoneinfo import ZoneInfo
 
 import click
 
@@ -27,7 +28,7 @@ from funnel.config import Config, environment_problems, load_config
 from funnel.envfile import applied
 from funnel.errors import ConfigError, FunnelError, UsageError
 from funnel.private import make_private_dir, write_private
-from funnel.timeutil import parse_instant
+from funnel.timeutil import parse_instant, readable, zone
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -620,7 +621,7 @@ def import_(config_path: Path | None, debug: bool, now: datetime, as_json: bool,
 
 @cli.group()
 def contacts() -> None:
-    """Look up, tag, unsubscribe, resubscribe, export or erase one person."""
+    """List people; look up, tag, pause, unsubscribe, resubscribe, export or erase one person."""
 
 
 def _with_contact(config_path: Path | None, address: str, action: Callable[..., Any]) -> Any:
@@ -718,6 +719,104 @@ def contacts_resubscribe(config_path: Path | None, debug: bool, now: datetime, e
 
     changed = _with_contact(config_path, email, lambda s, c, contact: resubscribe(s, contact, now))
     click.echo(safe(f"{email}: resubscribed" if changed else f"{email}: was not unsubscribed"))
+
+
+@contacts.command("list")
+@common
+@json_option
+@click.option("--tag", default=None, help="Only people with this tag.")
+@click.option("--sequence", default=None, help="Only people who are or were in this sequence.")
+@click.option(
+    "--status",
+    type=click.Choice(["active", "paused", "unsubscribed"], case_sensitive=False),
+    default=None,
+    help="active: letters going on; paused: waiting for `contacts resume`; unsubscribed: asked to stop.",
+)
+@click.option("--search", default=None, metavar="TEXT", help="Only people whose address or name contains TEXT.")
+@click.option("--utc", "in_utc", is_flag=True, help="Times in UTC instead of the practice's time zone.")
+def contacts_list(
+    config_path: Path | None,
+    debug: bool,
+    as_json: bool,
+    tag: str | None,
+    sequence: str | None,
+    status: str | None,
+    search: str | None,
+    in_utc: bool,
+) -> None:
+    """Who is where: each person, her tags, and how far she is in each sequence.
+
+    The filters combine. Times are in the practice's time zone (--utc for
+    UTC; --json is always UTC).
+
+    Example: funnel contacts list --sequence consultation --status active
+    """
+    from sqlmodel import Session
+
+    from funnel import roster
+
+    config = _config(config_path)
+    filters = roster.Filters(tag, sequence, status.lower() if status else None, search)
+    roster.check_filters(config, filters)
+    with Session(_engine(config)) as session:
+        people = roster.list_contacts(session, filters)
+    if as_json:
+        _print_json(people)
+        return
+    _print_roster(people, ZoneInfo("UTC") if in_utc else zone(config.practice.timezone), in_utc)
+
+
+def _print_roster(people: list[dict[str, Any]], tz: ZoneInfo, in_utc: bool) -> None:
+    from rich.table import Table
+
+    from funnel.roster import TERMINAL_LIMIT
+
+    out = _stdout()
+    if not people:
+        out.print("nobody matches")
+        return
+    out.print(f"times in {tz.key}" + ("" if in_utc else " (the practice's time zone; --utc for UTC)"))
+    table = Table(show_header=True, header_style="bold", box=None)
+    for column in ("email", "name", "state", "where", "tags"):
+        table.add_column(column)
+    for person in people[:TERMINAL_LIMIT]:
+        name = " ".join(p for p in (person["first_name"], person["last_name"]) if p)
+        state = person["suppressed_reason"] or "receiving mail"
+        where = []
+        for item in person["enrollments"]:
+            line = f"{item['sequence']}: {item['status']}"
+            if item["last_sent"]:
+                line += f", last sent {item['last_sent']} {readable(parse_instant(item['last_sent_at']), tz)}"
+            where.append(line)
+        table.add_row(
+            safe_markup(person["email"] or ""),
+            safe_markup(name),
+            safe_markup(state),
+            safe_markup("\n".join(where) or "in no sequence"),
+            safe_markup(", ".join(person["tags"])),
+        )
+    out.print(table)
+    shown = min(len(people), TERMINAL_LIMIT)
+    more = f" (the first {shown} shown; --json lists all, or narrow with --search)" if shown < len(people) else ""
+    out.print(f"{len(people)} {'person' if len(people) == 1 else 'people'}{more}")
+
+
+@contacts.command("pause")
+@common
+@now_option
+@click.argument("email")
+def contacts_pause(config_path: Path | None, debug: bool, now: datetime, email: str) -> None:
+    """Stop one person's letters for now, as a reply would; `contacts resume` goes on.
+
+    Nothing from her sequences goes out while paused, reminders included.
+    Unlike an unsubscribe it is not her choice recorded: it is yours, for now.
+
+    Example: funnel contacts pause ana@example.com
+    """
+    from funnel.inbound import pause
+
+    count = _with_contact(config_path, email, lambda s, c, contact: pause(s, contact, now, reason="paused by hand"))
+    click.echo(safe(f"{email}: paused {count} sequence(s)" if count else f"{email}: nothing to pause"))
 
 
 @contacts.command("resume")

@@ -203,3 +203,13 @@ def describe_delay(delta: timedelta) -> str:
 def isoformat_z(value: datetime) -> str:
     """ISO 8601 in UTC with a `Z`, the form `plan --json` prints."""
     return utc(value).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def readable(value: datetime, tz: ZoneInfo) -> str:
+    """`Thu 14 Jan 2027 18:30 MST`: an instant as a person reads it in `tz`, the zone named.
+
+    The abbreviation (MST / MDT) says which side of a DST change the time is on,
+    so an hour that happens twice on the night the clocks go back is never ambiguous.
+    """
+    local = utc(value).astimezone(tz)
+    return f"{local:%a} {local.day} {local:%b %Y %H:%M} {local.tzname()}"
