@@ -573,8 +573,26 @@ def send_test(config_path: Path | None, debug: bool, now: datetime, sequence: st
     from funnel import services
 
     config = _config(config_path)
-    message_id = services.send_test(config, sequence, step, to, now)
-    click.echo(safe(f"sent {sequence}/{step} to {to}" + (f" (message id {message_id})" if message_id else "")))
+    transport, result = services.send_test(config, sequence, step, to, now)
+    if "path" in result.extra:  # the outbox: a file on this computer, nobody's inbox
+        click.echo(
+            safe(
+                f"written to {_shown_path(Path(result.extra['path']))}, not sent: the transport is {transport}, "
+                "which only writes files (set delivery.transport: sendgrid and SENDGRID_API_KEY to send)"
+            )
+        )
+        return
+    sandbox = " in SendGrid's sandbox mode: checked, not delivered" if config.delivery.sandbox else ""
+    message_id = f" (message id {result.message_id})" if result.message_id else ""
+    click.echo(safe(f"sent {sequence}/{step} to {to} through {transport}{sandbox}{message_id}"))
+
+
+def _shown_path(path: Path) -> Path:
+    """A path relative to the current folder when it is inside it (`outbox/...`), else as it is."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path
 
 
 @cli.command("import")
