@@ -1021,16 +1021,23 @@ def serve(config_path: Path | None, debug: bool, now: datetime | None, host: str
     metavar="FILE",
     help="Also write the report as one self-contained web page (charts included) to FILE.",
 )
-def report(config_path: Path | None, debug: bool, as_json: bool, since: str | None, html_file: Path | None) -> None:
+@click.option("--utc", "in_utc", is_flag=True, help="Times in UTC instead of the practice's time zone.")
+def report(
+    config_path: Path | None, debug: bool, as_json: bool, since: str | None, html_file: Path | None, in_utc: bool
+) -> None:
     """Per sequence and step: sent, delivered, opened, clicked, bounced, unsubscribed, converted; the webinar funnel.
+
+    Times are in the practice's time zone (--utc for UTC; --json is always UTC);
+    a --since date without a zone is read there too.
 
     Example: funnel report --since 2026-12-01 --html report.html
     """
     from funnel import report as reporting
 
     config = _config(config_path)
+    tz = ZoneInfo("UTC") if in_utc else zone(config.practice.timezone)
     try:
-        since_at = parse_instant(since) if since else None
+        since_at = parse_instant(since, tz) if since else None
     except (ValueError, OverflowError):
         since_at = None
         problem = "is not a date"
@@ -1041,7 +1048,7 @@ def report(config_path: Path | None, debug: bool, as_json: bool, since: str | No
     data = reporting.figures(config, _engine(config), since_at)
     if html_file is not None:
         try:
-            html_file.write_text(reporting.render_html(data), encoding="utf-8")
+            html_file.write_text(reporting.render_html(data, tz), encoding="utf-8")
         except OSError as exc:
             raise UsageError(f"--html {html_file}: cannot write the file ({exc.strerror})") from None
     if as_json:
@@ -1049,7 +1056,7 @@ def report(config_path: Path | None, debug: bool, as_json: bool, since: str | No
     elif html_file is not None:
         click.echo(f"wrote {html_file}")
     else:
-        reporting.print_terminal(data, _stdout())
+        reporting.print_terminal(data, _stdout(), tz)
 
 
 @cli.group()

@@ -23,7 +23,9 @@ What the numbers mean (also in the README):
 - the webinar funnel follows the people tagged `webinar-registered`: how many
   of them attended, asked for a consultation and became clients;
 - `--since DATE` keeps what happened from DATE on (sends by decision time,
-  events by their time, sign-ups by enrollment, tags by when they were added).
+  events by their time, sign-ups by enrollment, tags by when they were added);
+  a DATE without a zone is the practice's day (UTC with `--utc`), as the
+  times the terminal and the HTML page show are the practice's, zone named.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import re
 from collections import Counter, defaultdict
 from datetime import date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import and_, func, select
 from sqlalchemy.engine import Engine
@@ -40,7 +43,7 @@ from sqlmodel import Session, col
 
 from funnel.config import Config
 from funnel.models import Enrollment, Event, InboundMessage, Run, StepRun, SubscriptionChange, Tag
-from funnel.timeutil import isoformat_z, zone
+from funnel.timeutil import isoformat_z, parse_instant, readable, zone
 
 STEP_COUNTS = (
     "sent",
@@ -397,13 +400,16 @@ TERMINAL_COLUMNS = (
 )
 
 
-def print_terminal(data: dict[str, Any], console: Any) -> None:
-    """The report as rich tables on a terminal (plain lines when piped)."""
+def print_terminal(data: dict[str, Any], console: Any, tz: ZoneInfo | None = None) -> None:
+    """The report as rich tables on a terminal (plain lines when piped); times in `tz`, named (default UTC)."""
     from rich.table import Table
 
+    tz = tz or ZoneInfo("UTC")
     untracked = data["tracking"]["why"]
+    when = f"last run {_local(data['last_run'], tz)}" if data["last_run"] else "no run yet"
     if data["since"]:
-        console.print(f"since {data['since']}")
+        when = f"since {_local(data['since'], tz)}; {when}"
+    console.print(f"{when} (times in {tz.key})")
     for sequence in data["sequences"]:
         paused = f", paused {sequence['paused']}" if sequence["paused"] else ""
         console.print(
@@ -468,13 +474,19 @@ def _percent(part: int, whole: int) -> str:
 # --------------------------------------------------------------------------- HTML
 
 
-def render_html(data: dict[str, Any]) -> str:
-    """One self-contained page: inline CSS, inline SVG charts, no script, nothing fetched."""
+def _local(value: str, tz: ZoneInfo) -> str:
+    """An ISO instant of the data as a person reads it in `tz`, the zone named."""
+    return readable(parse_instant(value), tz)
+
+
+def render_html(data: dict[str, Any], tz: ZoneInfo | None = None) -> str:
+    """One self-contained page: inline CSS, inline SVG charts, no script, nothing fetched; times in `tz`."""
     esc = html.escape
+    tz = tz or ZoneInfo("UTC")
     totals = data["totals"]
     sent = totals["sent"]
-    period = f"since {esc(data['since'][:10])}" if data["since"] else "all time"
-    last_run = f"last run {esc(data['last_run'][:16].replace('T', ' '))} UTC" if data["last_run"] else "no run yet"
+    period = f"since {esc(_local(data['since'], tz))}" if data["since"] else "all time"
+    last_run = f"last run {esc(_local(data['last_run'], tz))}" if data["last_run"] else "no run yet"
     signups = sum(w["signups"] for w in data["weeks"])
     why = data["tracking"]["why"]
 

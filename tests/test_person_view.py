@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from html import escape as html_escape
 
 from conftest import Project
@@ -99,3 +100,18 @@ def test_the_report_says_opens_and_clicks_are_not_tracked_while_tracking_is_off(
     html = page.read_text()
     assert "tracking.opens is off" in html and "tracking.clicks is off" in html
     assert '<div class="value">0%</div>' in html  # delivered: tracked, nothing reported yet
+
+
+def test_report_times_are_in_the_practice_zone_named_and_utc_on_request(project: Project, funnel, tmp_path) -> None:
+    project.write("signups/webinar-registrations.csv", HEADER + "ana@example.test,Ana,,2027-01-14 19:00,,\n")
+    assert funnel("run", "--now", NOW).code == 0
+    text = funnel("report", "--since", "2027-01-10").out
+    # the practice's day: midnight in Denver is 07:00 UTC
+    assert "since Sun 10 Jan 2027 00:00 MST; last run" in text and "(times in America/Denver)" in text
+    utc = funnel("report", "--since", "2027-01-10", "--utc").out
+    assert "since Sun 10 Jan 2027 00:00 UTC" in utc and "(times in UTC)" in utc
+    assert funnel("report", "--since", "2027-01-10", "--json").json()["since"] == "2027-01-10T07:00:00Z"
+    page = tmp_path / "r.html"
+    assert funnel("report", "--html", str(page)).code == 0
+    # the run's real start (not its --now), as a person reads it
+    assert re.search(r"last run \w{3} \d{1,2} \w{3} \d{4} \d\d:\d\d M[SD]T", page.read_text())
