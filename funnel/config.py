@@ -67,6 +67,9 @@ class Practice(_Model):
     consultation_details: str | None = None
     #: who reads replies, one sentence, e.g. "I read every reply myself."
     reply_note: str | None = None
+    #: the practice's own facts for the letters, named freely: {{ practice.details.phone }},
+    #: {{ practice.details.office_hours }}; a name the letters use but this does not hold is a `funnel check` error
+    details: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("timezone")
     @classmethod
