@@ -252,7 +252,7 @@ def check(config_path: Path | None, debug: bool, now: datetime) -> None:
 
     for warning in example_warnings(config):  # warnings only: the exit code stays 0
         click.echo(warning, err=True)
-    problems = environment_problems(config) + check_templates(config, now)
+    problems = _second_look(config, environment_problems(config) + check_templates(config, now))
     for problem in problems:
         click.echo(problem, err=True)
     if problems:
@@ -461,6 +461,31 @@ def doctor(config_path: Path | None, debug: bool, as_json: bool) -> None:
             click.echo(f"{mark} {check.name}: {safe(check.message)}")
         click.echo("all well" if not failed else f"{len(failed)} thing(s) to fix")
     sys.exit(EXIT_FAILED if failed else EXIT_OK)
+
+
+def _second_look(config: Config, found: list[str]) -> list[str]:
+    """`found` with what reads wrong though it renders (`funnel.lint`), one problem per line of a file.
+
+    An unmapped field's own words replace the render check's ("empty for some
+    people") on the same line; any other of the same line is already told.
+    """
+    from jinja2 import Environment
+
+    from funnel import lint
+
+    def where(problem: str) -> str:
+        return problem.split(": ", 1)[0]
+
+    fields = lint.field_problems(config, Environment())
+    mine = {where(problem) for problem in fields}
+    kept = [problem for problem in found if where(problem) not in mine] + fields
+    told = {where(problem) for problem in kept}
+    more = (
+        lint.zone_problems(config)
+        + lint.webinar_sign_problems(config)
+        + lint.rename_problems(config, lint.last_snapshot(config))
+    )
+    return kept + [problem for problem in more if where(problem) not in told]
 
 
 @cli.command()

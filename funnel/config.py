@@ -557,6 +557,8 @@ class Config(_Model):
                     "webinar": str(s.webinar) if s.webinar is not None else None,
                     "at": s.at.strftime("%H:%M") if s.at else None,
                     "transactional": s.transactional,
+                    # not timing: lets `funnel check` tell a renamed step (same template, new id)
+                    "template": s.template,
                 }
                 for s in seq.steps
             ]
