@@ -109,3 +109,10 @@ def test_a_renamed_step_id_points_at_the_rule(project: Project, funnel) -> None:
     _edit(project, "template: webinar/hour-before.md", "template: webinar/day-before.md")
     _edit(project, "      - id: hour-before\n", "      - id: soon\n")
     assert not [p for p in _problems(funnel("check")) if "renamed" in p]
+
+
+def test_a_zone_abbreviation_that_is_no_zone_name_gets_its_city(project: Project, funnel) -> None:
+    _edit(project, "  timezone: America/Denver\n  base_url", "  timezone: PST\n  base_url")
+    result = funnel("check")
+    assert result.code == 1
+    assert "'PST' is not a known timezone: use an IANA name such as America/Los_Angeles" in result.err
