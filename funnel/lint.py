@@ -19,6 +19,7 @@ Each check returns problems as `file:line: message` with what to do:
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -94,8 +95,10 @@ def webinar_sign_problems(config: Config) -> list[str]:
             words = step.id.lower().replace("_", "-").split("-")
             reason = None
             if not fits and flipped_fits:
-                neighbour = timed[position - 1][1] if low is not None and offset < low else timed[position + 1][1]
-                where = "after" if neighbour is timed[position - 1][1] else "before"
+                if low is not None and offset < low:  # the latest step above it comes later than it does
+                    where, neighbour = "after", max((s for _i, s in timed[:position]), key=_minutes)
+                else:  # the earliest step below it comes earlier than it does
+                    where, neighbour = "before", min((s for _i, s in timed[position + 1 :]), key=_minutes)
                 reason = f"it stands {where} {neighbour.id!r} (webinar: {_signed(neighbour)})"
             elif offset > 0 and "before" in words:
                 reason = f"its id {step.id!r} says before"
@@ -141,10 +144,12 @@ def field_problems(config: Config, env: Environment) -> list[str]:
                     continue
                 others = sorted(mapped)
                 has = f"they map {', '.join(others)}" if others else "they map no extra fields"
+                close = difflib.get_close_matches(field, others, n=1, cutoff=0.6)
+                guess = f"did you mean contact.fields.{close[0]}? Or " if close else ""
                 problems.append(
                     f"{where}:{line}: contact.fields.{field}: no source of {sid} maps {field!r} "
                     f"(its sources: {which}; {has}), so it is always empty for its readers: "
-                    f"map it in one of them ({field}: Column Header), or remove it"
+                    f"{guess}map it in one of them ({field}: Column Header), or remove it"
                 )
     return problems
 
@@ -174,7 +179,7 @@ def _step_fields(config: Config, env: Environment, sid: str, index: int, step: S
         path = config.templates_path / name
         try:
             tree = env.parse(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, Exception):  # a syntax error is the render check's to report
+        except Exception:  # unreadable, or a syntax error: the render check reports those
             continue
         for line, field in _fields_in(tree):
             yield f"{config.templates_dir}/{name}", line, field
