@@ -76,7 +76,7 @@ def plan_changes(config: Config, engine: Engine, now: datetime) -> dict[str, Any
             for step_id in new_steps:
                 if step_id not in old_steps:
                     kinds[step_id] = "added"
-                elif new_steps[step_id] != old_steps[step_id]:
+                elif _timing(new_steps[step_id]) != _timing(old_steps[step_id]):
                     kinds[step_id] = "retimed"
             for step_id in old_steps:
                 if step_id not in new_steps:
@@ -87,6 +87,11 @@ def plan_changes(config: Config, engine: Engine, now: datetime) -> dict[str, Any
             for step_id, kind in kinds.items():
                 changes.append({"sequence": sid, "step": step_id, "change": kind, "people": people.get(step_id, [])})
     return {"since_run": isoformat_z(last.started_at), "steps": changes}
+
+
+def _timing(step: dict[str, Any]) -> dict[str, Any]:
+    """A step's snapshot without what is not timing (its template, kept to spot renamed ids)."""
+    return {k: v for k, v in step.items() if k != "template"}
 
 
 def _effects(

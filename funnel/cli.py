@@ -256,7 +256,7 @@ def check(config_path: Path | None, debug: bool, now: datetime) -> None:
 
     for warning in session_warnings(config, now):  # history, not a mistake: the exit code stays 0
         click.echo(warning, err=True)
-    problems = environment_problems(config) + check_templates(config, now)
+    problems = _second_look(config, environment_problems(config) + check_templates(config, now))
     for problem in problems:
         click.echo(problem, err=True)
     if problems:
@@ -467,6 +467,31 @@ def doctor(config_path: Path | None, debug: bool, as_json: bool) -> None:
     sys.exit(EXIT_FAILED if failed else EXIT_OK)
 
 
+def _second_look(config: Config, found: list[str]) -> list[str]:
+    """`found` with what reads wrong though it renders (`funnel.lint`), one problem per line of a file.
+
+    An unmapped field's own words replace the render check's ("empty for some
+    people") on the same line; any other of the same line is already told.
+    """
+    from jinja2 import Environment
+
+    from funnel import lint
+
+    def where(problem: str) -> str:
+        return problem.split(": ", 1)[0]
+
+    fields = lint.field_problems(config, Environment())
+    mine = {where(problem) for problem in fields}
+    kept = [problem for problem in found if where(problem) not in mine] + fields
+    told = {where(problem) for problem in kept}
+    more = (
+        lint.zone_problems(config)
+        + lint.webinar_sign_problems(config)
+        + lint.rename_problems(config, lint.last_snapshot(config))
+    )
+    return kept + [problem for problem in more if where(problem) not in told]
+
+
 @cli.command()
 @common
 @now_option
@@ -593,8 +618,26 @@ def send_test(config_path: Path | None, debug: bool, now: datetime, sequence: st
     from funnel import services
 
     config = _config(config_path)
-    message_id = services.send_test(config, sequence, step, to, now)
-    click.echo(safe(f"sent {sequence}/{step} to {to}" + (f" (message id {message_id})" if message_id else "")))
+    transport, result = services.send_test(config, sequence, step, to, now)
+    if "path" in result.extra:  # the outbox: a file on this computer, nobody's inbox
+        click.echo(
+            safe(
+                f"written to {_shown_path(Path(result.extra['path']))}, not sent: the transport is {transport}, "
+                "which only writes files (set delivery.transport: sendgrid and SENDGRID_API_KEY to send)"
+            )
+        )
+        return
+    sandbox = " in SendGrid's sandbox mode: checked, not delivered" if config.delivery.sandbox else ""
+    message_id = f" (message id {result.message_id})" if result.message_id else ""
+    click.echo(safe(f"sent {sequence}/{step} to {to} through {transport}{sandbox}{message_id}"))
+
+
+def _shown_path(path: Path) -> Path:
+    """A path relative to the current folder when it is inside it (`outbox/...`), else as it is."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path
 
 
 @cli.command("import")
@@ -641,7 +684,7 @@ def import_(config_path: Path | None, debug: bool, now: datetime, as_json: bool,
 
 @cli.group()
 def contacts() -> None:
-    """Look up, tag, unsubscribe, resubscribe, export or erase one person."""
+    """List people; look up, tag, pause, unsubscribe, resubscribe, export or erase one person."""
 
 
 def _with_contact(config_path: Path | None, address: str, action: Callable[..., Any]) -> Any:
@@ -749,6 +792,104 @@ def contacts_resubscribe(config_path: Path | None, debug: bool, now: datetime, e
 
     changed = _with_contact(config_path, email, lambda s, c, contact: resubscribe(s, contact, now))
     click.echo(safe(f"{email}: resubscribed" if changed else f"{email}: was not unsubscribed"))
+
+
+@contacts.command("list")
+@common
+@json_option
+@click.option("--tag", default=None, help="Only people with this tag.")
+@click.option("--sequence", default=None, help="Only people who are or were in this sequence.")
+@click.option(
+    "--status",
+    type=click.Choice(["active", "paused", "unsubscribed"], case_sensitive=False),
+    default=None,
+    help="active: letters going on; paused: waiting for `contacts resume`; unsubscribed: asked to stop.",
+)
+@click.option("--search", default=None, metavar="TEXT", help="Only people whose address or name contains TEXT.")
+@click.option("--utc", "in_utc", is_flag=True, help="Times in UTC instead of the practice's time zone.")
+def contacts_list(
+    config_path: Path | None,
+    debug: bool,
+    as_json: bool,
+    tag: str | None,
+    sequence: str | None,
+    status: str | None,
+    search: str | None,
+    in_utc: bool,
+) -> None:
+    """Who is where: each person, her tags, and how far she is in each sequence.
+
+    The filters combine. Times are in the practice's time zone (--utc for
+    UTC; --json is always UTC).
+
+    Example: funnel contacts list --sequence consultation --status active
+    """
+    from sqlmodel import Session
+
+    from funnel import roster
+
+    config = _config(config_path)
+    filters = roster.Filters(tag, sequence, status.lower() if status else None, search)
+    roster.check_filters(config, filters)
+    with Session(_engine(config)) as session:
+        people = roster.list_contacts(session, filters)
+    if as_json:
+        _print_json(people)
+        return
+    _print_roster(people, ZoneInfo("UTC") if in_utc else zone(config.practice.timezone), in_utc)
+
+
+def _print_roster(people: list[dict[str, Any]], tz: ZoneInfo, in_utc: bool) -> None:
+    from rich.table import Table
+
+    from funnel.roster import TERMINAL_LIMIT
+
+    out = _stdout()
+    if not people:
+        out.print("nobody matches")
+        return
+    out.print(f"times in {tz.key}" + ("" if in_utc else " (the practice's time zone; --utc for UTC)"))
+    table = Table(show_header=True, header_style="bold", box=None)
+    for column in ("email", "name", "state", "where", "tags"):
+        table.add_column(column)
+    for person in people[:TERMINAL_LIMIT]:
+        name = " ".join(p for p in (person["first_name"], person["last_name"]) if p)
+        state = person["suppressed_reason"] or "receiving mail"
+        where = []
+        for item in person["enrollments"]:
+            line = f"{item['sequence']}: {item['status']}"
+            if item["last_sent"]:
+                line += f", last sent {item['last_sent']} {readable(parse_instant(item['last_sent_at']), tz)}"
+            where.append(line)
+        table.add_row(
+            safe_markup(person["email"] or ""),
+            safe_markup(name),
+            safe_markup(state),
+            safe_markup("\n".join(where) or "in no sequence"),
+            safe_markup(", ".join(person["tags"])),
+        )
+    out.print(table)
+    shown = min(len(people), TERMINAL_LIMIT)
+    more = f" (the first {shown} shown; --json lists all, or narrow with --search)" if shown < len(people) else ""
+    out.print(f"{len(people)} {'person' if len(people) == 1 else 'people'}{more}")
+
+
+@contacts.command("pause")
+@common
+@now_option
+@click.argument("email")
+def contacts_pause(config_path: Path | None, debug: bool, now: datetime, email: str) -> None:
+    """Stop one person's letters for now, as a reply would; `contacts resume` goes on.
+
+    Nothing from her sequences goes out while paused, reminders included.
+    Unlike an unsubscribe it is not her choice recorded: it is yours, for now.
+
+    Example: funnel contacts pause ana@example.com
+    """
+    from funnel.inbound import pause
+
+    count = _with_contact(config_path, email, lambda s, c, contact: pause(s, contact, now, reason="paused by hand"))
+    click.echo(safe(f"{email}: paused {count} sequence(s)" if count else f"{email}: nothing to pause"))
 
 
 @contacts.command("resume")
@@ -935,16 +1076,23 @@ def serve(config_path: Path | None, debug: bool, now: datetime | None, host: str
     metavar="FILE",
     help="Also write the report as one self-contained web page (charts included) to FILE.",
 )
-def report(config_path: Path | None, debug: bool, as_json: bool, since: str | None, html_file: Path | None) -> None:
+@click.option("--utc", "in_utc", is_flag=True, help="Times in UTC instead of the practice's time zone.")
+def report(
+    config_path: Path | None, debug: bool, as_json: bool, since: str | None, html_file: Path | None, in_utc: bool
+) -> None:
     """Per sequence and step: sent, delivered, opened, clicked, bounced, unsubscribed, converted; the webinar funnel.
+
+    Times are in the practice's time zone (--utc for UTC; --json is always UTC);
+    a --since date without a zone is read there too.
 
     Example: funnel report --since 2026-12-01 --html report.html
     """
     from funnel import report as reporting
 
     config = _config(config_path)
+    tz = ZoneInfo("UTC") if in_utc else zone(config.practice.timezone)
     try:
-        since_at = parse_instant(since) if since else None
+        since_at = parse_instant(since, tz) if since else None
     except (ValueError, OverflowError):
         since_at = None
         problem = "is not a date"
@@ -955,7 +1103,7 @@ def report(config_path: Path | None, debug: bool, as_json: bool, since: str | No
     data = reporting.figures(config, _engine(config), since_at)
     if html_file is not None:
         try:
-            html_file.write_text(reporting.render_html(data), encoding="utf-8")
+            html_file.write_text(reporting.render_html(data, tz), encoding="utf-8")
         except OSError as exc:
             raise UsageError(f"--html {html_file}: cannot write the file ({exc.strerror})") from None
     if as_json:
@@ -963,7 +1111,7 @@ def report(config_path: Path | None, debug: bool, as_json: bool, since: str | No
     elif html_file is not None:
         click.echo(f"wrote {html_file}")
     else:
-        reporting.print_terminal(data, _stdout())
+        reporting.print_terminal(data, _stdout(), tz)
 
 
 @cli.group()

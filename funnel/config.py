@@ -82,6 +82,9 @@ class Practice(_Model):
     consultation_details: str | None = None
     #: who reads replies, one sentence, e.g. "I read every reply myself."
     reply_note: str | None = None
+    #: the practice's own facts for the letters, named freely: {{ practice.details.phone }},
+    #: {{ practice.details.office_hours }}; a name the letters use but this does not hold is a `funnel check` error
+    details: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("timezone")
     @classmethod
@@ -669,6 +672,8 @@ class Config(_Model):
                     "webinar": str(s.webinar) if s.webinar is not None else None,
                     "at": s.at.strftime("%H:%M") if s.at else None,
                     "transactional": s.transactional,
+                    # not timing: lets `funnel check` tell a renamed step (same template, new id)
+                    "template": s.template,
                 }
                 for s in seq.steps
             ]

@@ -88,6 +88,7 @@ from markupsafe import Markup, escape
 from funnel.config import KNOWN_FIELDS, Config, Sequence, Step
 from funnel.errors import TemplateError
 from funnel.jump import jump_links
+from funnel.template_hints import explain, explain_syntax, plain
 
 #: Markdown syntax a reader's value may hold, backslash-escaped when it is printed into a Markdown
 #: template: `&` (an entity such as `&copy;` would show as ©), `=` (a line of them under a line
@@ -903,18 +904,16 @@ class Renderer:
             try:
                 self._subjects[(sid, step.id, discreet)] = self._from_string(source)
             except TemplateSyntaxError as exc:
-                raise TemplateError(
-                    f"{self._subject_where(sid, step, discreet)}: {exc.message}: check the {{{{ }}}} braces"
-                ) from None
+                said = explain_syntax(exc.message or "") or f"{plain(exc.message or '')}: check the {{{{ }}}} braces"
+                raise TemplateError(f"{self._subject_where(sid, step, discreet)}: {said}") from None
             preheader = step.discreet_preheader if discreet else step.preheader
             if preheader is None:
                 continue
             try:
                 self._preheaders[(sid, step.id, discreet)] = self._from_string(preheader)
             except TemplateSyntaxError as exc:
-                raise TemplateError(
-                    f"{self._preheader_where(sid, step, discreet)}: {exc.message}: check the {{{{ }}}} braces"
-                ) from None
+                said = explain_syntax(exc.message or "") or f"{plain(exc.message or '')}: check the {{{{ }}}} braces"
+                raise TemplateError(f"{self._preheader_where(sid, step, discreet)}: {said}") from None
 
     def _preheader_where(self, sid: str, step: Step, discreet: bool) -> str:
         """`sequences.yaml:LINE: preheader of step X in Y`, for errors in a preheader."""
@@ -1384,7 +1383,7 @@ class Renderer:
         except (ArithmeticError, LookupError, TypeError, ValueError) as exc:
             # the template's own expression failed ({{ 1 / 0 }}, a range the sandbox refuses):
             # a template error with its line, so one bad template never stops a run or `funnel check`
-            message = str(exc) or exc.__class__.__name__
+            message = plain(str(exc)) or "the expression could not be worked out"
             if callable(name):
                 name = name()
             if template.name is None:
@@ -1392,13 +1391,22 @@ class Renderer:
             line = _template_line(exc, template)
             raise TemplateError(f"{self.config.templates_dir}/{name}:{line}: {message}: fix the expression") from None
         except JinjaTemplateError as exc:
-            hint = _hint(exc)
             if callable(name):
                 name = name()
+            line = 0 if template.name is None else _template_line(exc, template)
+            said = self._said(exc, _line_text(template, line) if line else "")
             if template.name is None:  # a subject: `name` already says file, line and step
-                raise TemplateError(f"{name}: {exc.message or exc}: {hint}") from None
-            line = _template_line(exc, template)
-            raise TemplateError(f"{self.config.templates_dir}/{name}:{line}: {exc.message or exc}: {hint}") from None
+                raise TemplateError(f"{name}: {said}") from None
+            raise TemplateError(f"{self.config.templates_dir}/{name}:{line}: {said}") from None
+
+    def _said(self, exc: JinjaTemplateError, line: str) -> str:
+        """The error and what to do, in the author's words (`funnel.template_hints`), never a class name."""
+        message = str(exc.message or exc)
+        if not isinstance(exc, SecurityError | EmptyValueError):
+            better = explain(message, self.config, line)
+            if better:
+                return better
+        return f"{plain(message)}: {_hint(exc)}"
 
 
 @lru_cache(maxsize=1)
@@ -1541,7 +1549,24 @@ def _fix_autolinks(tokens: list[Token], md: MarkdownIt) -> list[Token]:
 
 
 def _syntax_message(folder: str, name: str, exc: TemplateSyntaxError) -> str:
-    return f"{folder}/{exc.name or name}:{exc.lineno}: {exc.message}: check the {{% %}} and {{{{ }}}} tags"
+    better = explain_syntax(exc.message or "")
+    if better:
+        return f"{folder}/{exc.name or name}:{exc.lineno}: {better}"
+    return f"{folder}/{exc.name or name}:{exc.lineno}: {plain(exc.message or '')}: check the {{% %}} and {{{{ }}}} tags"
+
+
+def _line_text(template: Template, line: int) -> str:
+    """Line `line` of a template file, for naming what an error is about ("" when unreadable)."""
+    if not template.filename:
+        return ""
+    try:
+        with open(template.filename, encoding="utf-8") as handle:
+            for number, text in enumerate(handle, 1):
+                if number == line:
+                    return text
+    except OSError:
+        pass
+    return ""
 
 
 def _template_line(exc: BaseException, template: Template) -> int:

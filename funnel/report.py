@@ -10,7 +10,12 @@ What the numbers mean (also in the README):
   `delivered`, `opened`, `clicked`, `bounced` (bounce, block or drop) and
   `unsubscribed` count the *emails* SendGrid reported each for (an email
   opened five times counts once); `unsubscribed` also counts people who left
-  through the link of that email;
+  through the link of that email, even those who later took it back (it is
+  counted from her history, `subscription_changes`, not from her state now);
+- `tracking` says which of those can be known at all: nothing comes back
+  from the outbox transport (no email left), and opens or clicks are not
+  tracked while `tracking.opens` / `tracking.clicks` are off: the terminal and
+  the HTML page then say "not tracked" rather than a misleading 0 %;
 - opens are approximate: privacy proxies (Apple Mail, some company filters)
   open every email by themselves, and plain-text emails cannot be tracked;
 - `converted` counts the people who reached the sequence's goal (a tag in its
@@ -18,7 +23,9 @@ What the numbers mean (also in the README):
 - the webinar funnel follows the people tagged `webinar-registered`: how many
   of them attended, asked for a consultation and became clients;
 - `--since DATE` keeps what happened from DATE on (sends by decision time,
-  events by their time, sign-ups by enrollment, tags by when they were added).
+  events by their time, sign-ups by enrollment, tags by when they were added);
+  a DATE without a zone is the practice's day (UTC with `--utc`), as the
+  times the terminal and the HTML page show are the practice's, zone named.
 """
 
 from __future__ import annotations
@@ -28,14 +35,15 @@ import re
 from collections import Counter, defaultdict
 from datetime import date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import and_, func, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from funnel.config import Config
-from funnel.models import Contact, Enrollment, Event, InboundMessage, Run, StepRun, Tag
-from funnel.timeutil import isoformat_z, zone
+from funnel.models import Enrollment, Event, InboundMessage, Run, StepRun, SubscriptionChange, Tag
+from funnel.timeutil import isoformat_z, parse_instant, readable, zone
 
 STEP_COUNTS = (
     "sent",
@@ -104,6 +112,7 @@ def figures(config: Config, engine: Engine, since: datetime | None) -> dict[str,
                 steps.append(
                     {
                         "id": step.id,
+                        "subject": readable_subject(step.subject),
                         "transactional": step.transactional,
                         **{name: got.get(name, 0) for name in STEP_COUNTS},
                         "spam_reports": got.get("spam_reports", 0),
@@ -127,6 +136,7 @@ def figures(config: Config, engine: Engine, since: datetime | None) -> dict[str,
         weeks = _weeks(session, config, since)
         totals_by_kind = _totals_by_kind(session, since)
         replies = _replies(session, since)
+        tracking = _tracking(config, session, totals_by_kind)
     totals = {name: sum(s[name] for seq in sequences for s in seq["steps"]) for name in STEP_COUNTS}
     return {
         "practice": config.practice.name,
@@ -139,8 +149,60 @@ def figures(config: Config, engine: Engine, since: datetime | None) -> dict[str,
         "webinar_funnel": funnel,
         "weeks": weeks,
         "unknown": totals["unknown"],
+        "tracking": tracking,
         "notes": {"opened": OPENS_NOTE},
     }
+
+
+#: a Jinja expression or tag inside a subject, shown as … in the report
+_JINJA = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
+
+
+def readable_subject(source: str) -> str:
+    """A step's subject as the practice wrote it, each `{{ ... }}` shown as `…`.
+
+    The report names steps by their subject too: the id (`day-before`) is the
+    permanent key, the subject is what she recognises. Not rendered: whose
+    name or which webinar would it be rendered for?
+    """
+    text = _JINJA.sub("…", source)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def _tracking(config: Config, session: Session, events: dict[str, int]) -> dict[str, Any]:
+    """Which figures can be known at all, and why not (`why`), so nobody reads "0 %" as "nobody".
+
+    SendGrid's events (delivered, opens, clicks, bounces) come back only for
+    email that went through SendGrid: with the outbox transport, nothing ever
+    sent through SendGrid and no event received, none can. Opens and clicks, besides, only
+    while `tracking.opens` / `tracking.clicks` are on (or once were: events
+    already received still count).
+    """
+    from funnel.errors import ConfigError
+    from funnel.transports import transport_name
+
+    try:
+        transport = transport_name(config)
+    except ConfigError:
+        transport = config.delivery.transport
+    through_sendgrid = (
+        session.execute(select(col(StepRun.id)).where(col(StepRun.transport) == "sendgrid").limit(1)).first()
+        is not None
+    )
+    # events already received (posted to the webhook) also mean something comes back
+    tracked = transport == "sendgrid" or through_sendgrid or any(events.values())
+    opens = tracked and (config.tracking.opens or events.get("open", 0) > 0)
+    clicks = tracked and (config.tracking.clicks or events.get("click", 0) > 0)
+    why: dict[str, str] = {}
+    if not tracked:
+        for name in ("delivered", "opened", "clicked", "bounced"):
+            why[name] = "the outbox transport only writes files: no email left, nothing comes back"
+    else:
+        if not opens:
+            why["opened"] = "tracking.opens is off"
+        if not clicks:
+            why["clicked"] = "tracking.clicks is off"
+    return {"transport": transport, "events": tracked, "opens": opens, "clicks": clicks, "why": why}
 
 
 def _enrollment_counts(session: Session, since: datetime | None) -> dict[str, dict[str, int]]:
@@ -191,13 +253,14 @@ def _unsubscribed_per_step(session: Session, since: datetime | None) -> dict[tup
     )
     if since:
         events = events.where(col(Event.occurred_at) >= since)
+    # from her history, not the contact row: an unsubscribe she later took back still happened
     links = (
         select(col(StepRun.sequence), col(StepRun.step_id), col(StepRun.id))
-        .join(Contact, col(Contact.unsubscribed_step_run_id) == col(StepRun.id))
-        .where(col(Contact.unsubscribed_at).is_not(None))
+        .join(SubscriptionChange, col(SubscriptionChange.step_run_id) == col(StepRun.id))
+        .where(col(SubscriptionChange.change) == "unsubscribed")
     )
     if since:
-        links = links.where(col(Contact.unsubscribed_at) >= since)
+        links = links.where(col(SubscriptionChange.changed_at) >= since)
     for query in (events, links):
         for sequence, step_id, step_run_id in session.execute(query):
             found[(sequence or "", step_id or "")].add(int(step_run_id))
@@ -337,12 +400,16 @@ TERMINAL_COLUMNS = (
 )
 
 
-def print_terminal(data: dict[str, Any], console: Any) -> None:
-    """The report as rich tables on a terminal (plain lines when piped)."""
+def print_terminal(data: dict[str, Any], console: Any, tz: ZoneInfo | None = None) -> None:
+    """The report as rich tables on a terminal (plain lines when piped); times in `tz`, named (default UTC)."""
     from rich.table import Table
 
+    tz = tz or ZoneInfo("UTC")
+    untracked = data["tracking"]["why"]
+    when = f"last run {_local(data['last_run'], tz)}" if data["last_run"] else "no run yet"
     if data["since"]:
-        console.print(f"since {data['since']}")
+        when = f"since {_local(data['since'], tz)}; {when}"
+    console.print(f"{when} (times in {tz.key})")
     for sequence in data["sequences"]:
         paused = f", paused {sequence['paused']}" if sequence["paused"] else ""
         console.print(
@@ -354,8 +421,13 @@ def print_terminal(data: dict[str, Any], console: Any) -> None:
         table.add_column("step")
         for _key, label in TERMINAL_COLUMNS:
             table.add_column(label, justify="right")
+        table.add_column("subject")
         for step in sequence["steps"]:
-            table.add_row(step["id"], *(str(step[key]) for key, _label in TERMINAL_COLUMNS))
+            table.add_row(
+                step["id"],
+                *("-" if key in untracked else str(step[key]) for key, _label in TERMINAL_COLUMNS),
+                _markup_escape(step["subject"]),
+            )
         console.print(table)
     stages = data["webinar_funnel"]
     if stages and stages[0]["count"]:
@@ -372,11 +444,27 @@ def print_terminal(data: dict[str, Any], console: Any) -> None:
             "(see `funnel contacts show` of the sender).[/]"
         )
     console.print(f"[dim]~ {OPENS_NOTE}[/]")
+    for reason, names in _grouped(untracked).items():
+        console.print(f"[dim]- {', '.join(names)}: not tracked ({reason})[/]")
     if data["unknown"]:
         console.print(
             f"[yellow]{data['unknown']} email(s) have an unknown outcome (a run stopped mid-send); "
             "they were not sent again.[/]"
         )
+
+
+def _grouped(why: dict[str, str]) -> dict[str, list[str]]:
+    """{reason: [figures]} from {figure: reason}, for one line per reason."""
+    grouped: dict[str, list[str]] = defaultdict(list)
+    for name, reason in why.items():
+        grouped[reason].append(name)
+    return grouped
+
+
+def _markup_escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
 
 
 def _percent(part: int, whole: int) -> str:
@@ -386,21 +474,36 @@ def _percent(part: int, whole: int) -> str:
 # --------------------------------------------------------------------------- HTML
 
 
-def render_html(data: dict[str, Any]) -> str:
-    """One self-contained page: inline CSS, inline SVG charts, no script, nothing fetched."""
+def _local(value: str, tz: ZoneInfo) -> str:
+    """An ISO instant of the data as a person reads it in `tz`, the zone named."""
+    return readable(parse_instant(value), tz)
+
+
+def render_html(data: dict[str, Any], tz: ZoneInfo | None = None) -> str:
+    """One self-contained page: inline CSS, inline SVG charts, no script, nothing fetched; times in `tz`."""
     esc = html.escape
+    tz = tz or ZoneInfo("UTC")
     totals = data["totals"]
     sent = totals["sent"]
-    period = f"since {esc(data['since'][:10])}" if data["since"] else "all time"
-    last_run = f"last run {esc(data['last_run'][:16].replace('T', ' '))} UTC" if data["last_run"] else "no run yet"
+    period = f"since {esc(_local(data['since'], tz))}" if data["since"] else "all time"
+    last_run = f"last run {esc(_local(data['last_run'], tz))}" if data["last_run"] else "no run yet"
     signups = sum(w["signups"] for w in data["weeks"])
+    why = data["tracking"]["why"]
+
+    def tracked(name: str, value: str, hint: str) -> tuple[str, str]:
+        return ("not tracked", why[name]) if name in why else (value, hint)
+
+    bounced = "bounces not tracked" if "bounced" in why else f"{totals['bounced']} bounced"
     cards = [
         ("Sign-ups", f"{signups}", "new enrollments from a form or an export"),
         ("Emails sent", f"{sent}", f"{totals['failed']} failed, {totals['skipped']} skipped"),
-        ("Delivered", _percent(totals["delivered"], sent), f"{totals['delivered']} reported by SendGrid"),
-        ("Opened ~", _percent(totals["opened"], sent), f"{totals['opened']} emails, approximate"),
-        ("Clicked", _percent(totals["clicked"], sent), f"{totals['clicked']} emails"),
-        ("Unsubscribed", f"{totals['unsubscribed']}", f"{totals['bounced']} bounced"),
+        (
+            "Delivered",
+            *tracked("delivered", _percent(totals["delivered"], sent), f"{totals['delivered']} reported by SendGrid"),
+        ),
+        ("Opened ~", *tracked("opened", _percent(totals["opened"], sent), f"{totals['opened']} emails, approximate")),
+        ("Clicked", *tracked("clicked", _percent(totals["clicked"], sent), f"{totals['clicked']} emails")),
+        ("Unsubscribed", f"{totals['unsubscribed']}", bounced),
     ]
     parts = [
         "<!doctype html>",
@@ -446,7 +549,7 @@ def render_html(data: dict[str, Any]) -> str:
         "</section>",
     ]
     for sequence in data["sequences"]:
-        parts.append(_sequence_html(sequence))
+        parts.append(_sequence_html(sequence, why))
     parts += [
         f"<footer><p>~ {esc(OPENS_NOTE)}</p><p>Delivered, opened, clicked, bounced and unsubscribed count emails "
         "(an email opened five times counts once), as reported by SendGrid's event webhook. Converted: people who "
@@ -456,7 +559,7 @@ def render_html(data: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def _sequence_html(sequence: dict[str, Any]) -> str:
+def _sequence_html(sequence: dict[str, Any], why: dict[str, str]) -> str:
     esc = html.escape
     status = [
         ("active", sequence["active"], "#3f7d74"),
@@ -468,10 +571,15 @@ def _sequence_html(sequence: dict[str, Any]) -> str:
     for step in sequence["steps"]:
         sent = step["sent"]
         badge = ' <span class="badge">transactional</span>' if step["transactional"] else ""
-        cells = [f'<th scope="row">{esc(step["id"])}{badge}</th>', f'<td class="num strong">{sent}</td>']
+        subject = f'<span class="subject">{esc(step["subject"])}</span>' if step.get("subject") else ""
+        cells = [f'<th scope="row">{esc(step["id"])}{badge}{subject}</th>', f'<td class="num strong">{sent}</td>']
         for key in ("delivered", "opened", "clicked"):
-            cells.append(f'<td class="num">{_rate_cell(step[key], sent)}</td>')
+            shown = _not_tracked(why[key]) if key in why else _rate_cell(step[key], sent)
+            cells.append(f'<td class="num">{shown}</td>')
         for key in ("bounced", "unsubscribed", "failed", "skipped", "unknown", "converted"):
+            if key in why:
+                cells.append(f'<td class="num">{_not_tracked(why[key])}</td>')
+                continue
             value = step[key]
             css = "num zero" if value == 0 else ("num alert" if key in ("failed", "unknown", "bounced") else "num")
             cells.append(f'<td class="{css}">{value}</td>')
@@ -508,6 +616,10 @@ def _sequence_html(sequence: dict[str, Any]) -> str:
         + "".join(rows)
         + "</tbody></table></div></section>"
     )
+
+
+def _not_tracked(reason: str) -> str:
+    return f'<span class="untracked" title="{html.escape(reason)}">not tracked</span>'
 
 
 def _rate_cell(count: int, sent: int) -> str:
@@ -663,6 +775,8 @@ tbody th{font-weight:500}
 tbody tr:last-child th,tbody tr:last-child td{border-bottom:none}
 .num{text-align:right;font-variant-numeric:tabular-nums}
 .strong{font-weight:600}
+.subject{display:block;font-weight:400;font-size:12px;color:var(--muted);white-space:normal;max-width:320px}
+.untracked{color:var(--muted);font-size:11.5px;font-style:italic}
 .zero{color:#c2bab0}
 .alert{color:var(--warn);font-weight:600}
 .rate{display:inline-flex;flex-direction:column;align-items:flex-end;gap:4px}

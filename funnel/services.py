@@ -32,7 +32,7 @@ from funnel.runner import compose_email, contact_zone, render_for
 from funnel.sources import FileRead, read_source_file
 from funnel.timeutil import isoformat_z, zone
 from funnel.transports import make_transport
-from funnel.transports.base import Address
+from funnel.transports.base import Address, SendResult
 from funnel.unsubscribe import Tokens, secret_key, unsubscribe_url
 
 
@@ -83,8 +83,12 @@ def preview(
         return render_for(Renderer(config, jump_key=key), config, contact, enrollment, sequence_id, step, url)
 
 
-def send_test(config: Config, sequence_id: str, step_id: str, to: str, now: datetime) -> str | None:
-    """Send one sample-rendered step to `to` through the configured transport."""
+def send_test(config: Config, sequence_id: str, step_id: str, to: str, now: datetime) -> tuple[str, SendResult]:
+    """Send one sample-rendered step to `to` through the configured transport: its name and what it said.
+
+    The outbox transport only writes a file (`extra["path"]`): the command
+    must say so, or a practice trying its setup believes an email went out.
+    """
     from funnel.sources import normalize_email
 
     try:
@@ -122,7 +126,7 @@ def send_test(config: Config, sequence_id: str, step_id: str, to: str, now: date
         result = transport.send(email)
     finally:
         transport.close()
-    return result.message_id
+    return transport.name, result
 
 
 # --------------------------------------------------------------------------- plan

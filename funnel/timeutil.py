@@ -93,7 +93,21 @@ def zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name.strip())
     except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a file name
-        raise ValueError(f"{name!r} is not a known timezone: use an IANA name such as America/Denver") from None
+        city = _CITY_OF_ABBREVIATION.get(name.strip().upper(), "America/Denver")
+        raise ValueError(f"{name!r} is not a known timezone: use an IANA name such as {city}") from None
+
+
+#: abbreviations people write for a zone (not zone names themselves), and the city they most likely mean
+_CITY_OF_ABBREVIATION = {
+    "PST": "America/Los_Angeles",
+    "PDT": "America/Los_Angeles",
+    "MDT": "America/Denver",
+    "CST": "America/Chicago",
+    "CDT": "America/Chicago",
+    "EDT": "America/New_York",
+    "AKST": "America/Anchorage",
+    "AKDT": "America/Anchorage",
+}
 
 
 def local_wall(date_part: datetime, clock: time, tz: ZoneInfo) -> datetime:

@@ -263,7 +263,8 @@ class OutboxTransport:
                 "check delivery.outbox_dir and its permissions",
                 fatal=True,
             ) from exc
-        return SendResult(message_id=message_id.strip("<>"))
+        # `path`: where it went, for `send-test` to say it was only written, not sent
+        return SendResult(message_id=message_id.strip("<>"), extra={"path": str(target)})
 
     def close(self) -> None:
         return None

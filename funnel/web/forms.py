@@ -47,6 +47,7 @@ from funnel.timeutil import zone
 from funnel.web.client import client_ip, rate_key
 from funnel.web.confirm_pages import confirm_page, evidence_of, send_queue
 from funnel.web.deps import MAX_BODY, get_config, get_engine, get_now, read_body
+from funnel.web.form_problem import problem_page
 from funnel.web.pages import page
 
 router = APIRouter()
@@ -251,13 +252,14 @@ def _form_source(config: Config, name: str) -> Source | None:
     return source if source is not None and source.format == "form" else None
 
 
-def _refuse(problem: BadInput, as_json: bool, headers: dict[str, str]) -> Response:
+def _refuse(problem: BadInput, as_json: bool, headers: dict[str, str], request: Request) -> Response:
+    """JSON for a script; for a person's browser, a calm page with a way back (`form_problem`)."""
     if as_json:
         body: dict[str, Any] = {"ok": False, "error": problem.message}
         if problem.field:
             body["field"] = problem.field
         return JSONResponse(body, status_code=problem.status, headers=headers)
-    return PlainTextResponse(f"{problem.message}\n", status_code=problem.status, headers=headers)
+    return problem_page(request, problem.status, problem.message, headers)
 
 
 def _thank(config: Config, source: Source, as_json: bool, headers: dict[str, str]) -> Response:
@@ -320,26 +322,27 @@ async def form_post(source_name: str, request: Request) -> Response:
     headers = _cors(config, request)
     source = _form_source(config, source_name)
     if source is None:
-        return _refuse(BadInput(404, f"no form named {source_name!r}"), as_json, headers)
+        return _refuse(BadInput(404, f"no form named {source_name!r}"), as_json, headers, request)
     if _from_elsewhere(source, request):
-        return _refuse(BadInput(403, "this form may not be posted from another website"), as_json, headers)
+        return _refuse(BadInput(403, "this form may not be posted from another website"), as_json, headers, request)
     ip = client_ip(request, config)  # the same address for the rate limit and the consent evidence
     limiter: RateLimiter = request.app.state.form_limiter
     wait = limiter.take(ip)
     if wait:
         headers["Retry-After"] = str(math.ceil(wait))
-        return _refuse(BadInput(429, "too many posts from this address: try again in a minute"), as_json, headers)
+        too_many = BadInput(429, "too many posts from this address: try again in a minute")
+        return _refuse(too_many, as_json, headers, request)
     try:
         body = await read_body(request, MAX_BODY)
     except HTTPException as exc:  # 413 (too big) or 400 (a Content-Length that is not a number)
-        return _refuse(BadInput(exc.status_code, str(exc.detail)), as_json, headers)
+        return _refuse(BadInput(exc.status_code, str(exc.detail)), as_json, headers, request)
     try:
         fields = parse_body(body, request.headers.get("content-type", ""))
         if fields.get(HONEYPOT, "").strip():
             return _thank(config, source, as_json, headers)  # a bot: the same answer, nothing stored
         row = signup(config, source, fields)
     except BadInput as problem:
-        return _refuse(problem, as_json, headers)
+        return _refuse(problem, as_json, headers, request)
     evidence = evidence_of(request)
     now = get_now(request)
     if not source.confirm:
