@@ -326,8 +326,8 @@ def _enrollment(
             problem = f"due times cannot be computed ({exc})"
         for step in sequence.steps:
             shown = _step(step.id, rows.get(step.id), dues.get(step.id), enrollment)
-            if goal and shown["status"] == "pending" and not step.transactional:
-                # the goal ends the marketing steps at their time; transactional ones still go
+            if goal and shown["status"] == "pending" and not (step.transactional or step.after_goal):
+                # the goal ends the marketing steps at their time; transactional and after_goal ones still go
                 shown["reason"] = f"{goal}: will not be sent"
             steps.append(shown)
     # steps that were acted on but are no longer in sequences.yaml
