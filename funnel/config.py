@@ -237,6 +237,9 @@ class Webinar(_Model):
     evergreen: bool = False
     #: length of the event in the calendar invitation (`calendar: true` steps)
     duration: Duration = Duration(minutes=60)
+    #: whether the webinar is recorded: false, the replay letter says sorry we missed you and
+    #: points to the next date instead of a recording, and no letter promises a recording
+    recorded: bool = True
 
     @field_validator("timezone")
     @classmethod

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 from funnel.config import KNOWN_FIELDS, Config, Step
 from funnel.errors import TemplateError
-from funnel.render import MissingData, Rendered, Renderer, TemplateContact, TemplateWebinar
+from funnel.render import MissingData, Rendered, Renderer, TemplateContact, TemplateWebinar, hours_between
 from funnel.timeutil import local_wall, zone
 
 SAMPLE_TOKEN = "sample-token"
@@ -55,7 +55,15 @@ def sample_webinar(config: Config, sequence_id: str, now: datetime) -> TemplateW
     tz = zone(config.practice.timezone)
     start = local_wall(now.astimezone(tz) + timedelta(days=7), time(19), tz).astimezone(tz)
     info = config.webinars[webinar_id]
-    return TemplateWebinar(webinar_id, info.title, info.join_url, info.replay_url, start)
+    return TemplateWebinar(
+        webinar_id,
+        info.title,
+        info.join_url,
+        info.replay_url,
+        start,
+        recorded=info.recorded,
+        hours_until=hours_between(now, start),
+    )
 
 
 def sample_unsubscribe_url(config: Config) -> str:

@@ -348,6 +348,21 @@ class TemplateWebinar:
     join_url: str | None
     replay_url: str | None
     start: datetime | None
+    #: whether the webinar is recorded (`webinars.<id>.recorded`): false, no replay is promised
+    recorded: bool = True
+    #: hours from the moment the email is written (the send) to the start; None when either is
+    #: unknown. The confirmation words itself for the time left ("we begin in about an hour").
+    hours_until: float | None = None
+    #: the next date of the webinar, for "sorry we missed you" letters; webinar sessions provide
+    #: it (until then always None, and the letters invite her to the practice's website instead)
+    next_start: datetime | None = None
+
+
+def hours_between(now: datetime | None, start: datetime | None) -> float | None:
+    """Hours from `now` to `start` (negative once it began), to the minute; None if either is unknown."""
+    if now is None or start is None:
+        return None
+    return round((start - now).total_seconds() / 3600, 2)
 
 
 @dataclass(frozen=True)
@@ -1147,7 +1162,12 @@ class Renderer:
                 when += (start.utcoffset(), start.dst(), start.tzname())
             else:
                 raise _Unrememberable
-            return (*(_plain_key(v) for v in (value.id, value.title, value.join_url, value.replay_url)), when)
+            plain = (value.id, value.title, value.join_url, value.replay_url, value.recorded, value.hours_until)
+            nxt = value.next_start
+            if nxt is not None and not (type(nxt) is datetime and nxt.tzinfo is not None):
+                raise _Unrememberable
+            later = None if nxt is None else (nxt.replace(tzinfo=None), nxt.utcoffset(), nxt.tzname())
+            return (*(_plain_key(v) for v in plain), when, later)
         if path in (("sequence",), ("step",)):
             if type(value) is not dict:
                 raise _Unrememberable

@@ -55,7 +55,7 @@ from funnel.ingest import IngestResult, apply_rows, insert_ignore
 from funnel.invitation import invitation
 from funnel.ledger import UNKNOWN_REASON, Ledger, StepRow, SuppressionCheck
 from funnel.models import Contact, Enrollment, Run, Setting, SourceFile, StepRun, Tag, new_token_key
-from funnel.render import MissingData, Rendered, Renderer, TemplateContact, TemplateWebinar
+from funnel.render import MissingData, Rendered, Renderer, TemplateContact, TemplateWebinar, hours_between
 from funnel.sources import Fingerprint, clean_line, read_source_file
 from funnel.timeutil import zone
 from funnel.transports.base import Address, Attachment, OutgoingEmail, SendResult, Transport
@@ -736,7 +736,7 @@ class Runner:
             token_key = new_token_key()
             self.writes.set(contact, token_key=token_key)
         url = unsubscribe_url(self.config.practice.base_url, self.tokens.make(token_key, row.send_id))
-        rendered = render_for(self.renderer, self.config, contact, enrollment, enrollment.sequence, step, url)
+        rendered = render_for(self.renderer, self.config, contact, enrollment, enrollment.sequence, step, url, self.now)
         attachments = invitation(
             self.config,
             step,
@@ -889,14 +889,27 @@ def render_for(
     sequence_id: str,
     step: Step,
     url: str,
+    now: datetime | None = None,
 ) -> Rendered:
-    """Render one step for a real contact, with the webinar of their enrollment (used by runs and preview)."""
+    """Render one step for a real contact, with the webinar of their enrollment (used by runs and preview).
+
+    `now` is the moment the email is written (the send): templates see how far away
+    the webinar is from it (`webinar.hours_until`).
+    """
     assert contact.email is not None
     webinar = None
     if enrollment is not None and enrollment.webinar in config.webinars:
         info = config.webinars[enrollment.webinar]
         start = enrollment.webinar_start.astimezone(contact_zone(config, contact)) if enrollment.webinar_start else None
-        webinar = TemplateWebinar(enrollment.webinar, info.title, info.join_url, info.replay_url, start)
+        webinar = TemplateWebinar(
+            enrollment.webinar,
+            info.title,
+            info.join_url,
+            info.replay_url,
+            start,
+            recorded=info.recorded,
+            hours_until=hours_between(now, start),
+        )
     return renderer.render(
         sequence_id,
         config.sequences[sequence_id],

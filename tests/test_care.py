@@ -1,0 +1,152 @@
+"""Care, consent and pacing in the shipped letters (issue 18, items 6-12).
+
+The recording said before the webinar (and a "sorry I missed you" letter when
+there is none), the goal keeping the recording, a confirmation worded for the
+time left with no reminder on its heels. Letters go through the public
+`Renderer.render` and, end to end, through the real `funnel run`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from conftest import REPO, Project
+
+from funnel.config import Config, load_config
+from funnel.preview import sample_unsubscribe_url, sample_webinar
+from funnel.render import Rendered, Renderer, TemplateContact, TemplateWebinar
+
+NOW = datetime(2027, 1, 5, 16, tzinfo=UTC)
+SEQ = "webinar-relationship-911"
+HEADER = "Email,First Name,Last Name,Webinar Start,Time Zone,Discreet\n"
+
+
+def shipped(**webinar: Any) -> Config:
+    config = load_config(REPO / "sequences.yaml")
+    if not webinar:
+        return config
+    info = config.webinars["relationship-911"].model_copy(update=webinar)
+    return config.model_copy(update={"webinars": {"relationship-911": info}})
+
+
+def letter(
+    config: Config,
+    step_id: str,
+    *,
+    discreet: bool = False,
+    hours_until: float | None = None,
+    webinar: TemplateWebinar | None = None,
+    sequence_id: str = SEQ,
+) -> Rendered:
+    sequence, step = config.find_step(sequence_id, step_id)
+    seminar = webinar or sample_webinar(config, sequence_id, NOW)
+    if seminar is not None and hours_until is not None:
+        seminar = replace(seminar, hours_until=hours_until)
+    contact = TemplateContact(email="ana@example.test", first_name="Ana", fields={"message": "hello"})
+    return Renderer(config).render(
+        sequence_id, sequence, step, contact, seminar, sample_unsubscribe_url(config), discreet=discreet
+    )
+
+
+def words(rendered: Rendered) -> str:
+    return " ".join(f"{rendered.subject}\n{rendered.text}".split())
+
+
+# --------------------------------------------------------------------------- 6: the recording
+
+
+@pytest.mark.parametrize("discreet", [False, True])
+@pytest.mark.parametrize("step_id", ["registered", "day-before"])
+def test_the_letters_before_the_webinar_say_it_is_recorded_and_how_to_stay_unseen(step_id: str, discreet: bool) -> None:
+    text = words(letter(shipped(), step_id, discreet=discreet))
+    assert "The webinar is recorded" in text
+    assert "camera off" in text and "display name" in text
+
+
+@pytest.mark.parametrize("step_id", ["registered", "day-before"])
+def test_an_unrecorded_webinar_says_so_before_and_promises_no_recording(step_id: str) -> None:
+    text = words(letter(shipped(recorded=False), step_id))
+    assert "isn't recorded" in text and "camera off" in text
+    assert "is recorded" not in text
+
+
+def test_an_unrecorded_webinar_gets_a_sorry_i_missed_you_letter_instead_of_the_replay() -> None:
+    config = shipped(recorded=False)
+    for discreet in (False, True):
+        rendered = letter(config, "replay", discreet=discreet)
+        text = words(rendered)
+        assert rendered.subject == "Sorry I missed you"
+        assert "wasn't recorded" in text
+        assert "recording is ready" not in text and "Watch the recording" not in text
+        assert "when it runs next" in text  # no next date known: the practice's website
+        assert config.webinars["relationship-911"].replay_url not in text
+    thanks = words(letter(config, "thank-you"))
+    assert "recording" not in thanks.lower()
+
+
+def test_the_missed_letter_names_the_next_date_when_one_is_known() -> None:
+    config = shipped(recorded=False)
+    seminar = sample_webinar(config, SEQ, NOW)
+    assert seminar is not None and seminar.next_start is None  # sessions will provide it
+    later = replace(seminar, next_start=seminar.start + timedelta(days=28) if seminar.start else None)
+    text = words(letter(config, "replay", webinar=later))
+    assert "the next one is on Tuesday, February 9 at 7:00 PM MST" in text
+    assert "my website" not in text
+
+
+def test_a_recorded_webinar_keeps_the_replay_letter() -> None:
+    rendered = letter(shipped(), "replay")
+    assert rendered.subject == "The recording is ready when you are"
+    assert "Watch the recording" in rendered.text
+
+
+# --------------------------------------------------------------------------- 8: late registrants
+
+
+@pytest.mark.parametrize(
+    ("hours", "says", "never"),
+    [
+        (None, "a reminder the day before and again an hour before", "I won't send another"),
+        (72.0, "a reminder the day before and again an hour before", "I won't send another"),
+        (20.0, "a short reminder about an hour before we begin", "the day before"),
+        (1.08, "We begin in a few hours, so this email is your reminder as well", "reminder the day before"),
+        (0.5, "We begin very soon, in less than an hour", "a short reminder"),
+    ],
+)
+def test_the_confirmation_is_worded_for_the_time_left(hours: float | None, says: str, never: str) -> None:
+    for discreet in (False, True):
+        text = words(letter(shipped(), "registered", hours_until=hours, discreet=discreet))
+        assert says in text
+        assert never not in text
+
+
+def test_registering_65_minutes_before_gets_one_email_worded_for_it(
+    project: Project, funnel: Callable[..., Any]
+) -> None:
+    """The real run: the confirmation, and the hour-before skipped with its reason."""
+    row = "ana@example.test,Ana,,2027-01-14 19:00,America/Denver,\n"
+    project.write("signups/webinar-registrations.csv", HEADER + row)
+    # 17:55 in Denver: 65 minutes before the start
+    assert funnel("run", "--now", "2027-01-15T00:55:00Z").code == 0
+    assert funnel("run", "--now", "2027-01-15T01:00:00Z").code == 0
+    assert [step for _to, _seq, step in project.sent()] == ["registered"]
+    body = str(project.messages()[0].get_body(preferencelist=("plain",)).get_content())
+    assert "I won't send another before we start" in " ".join(body.split())
+    shown = funnel("contacts", "show", "ana@example.test", "--json").json()
+    steps = {s["id"]: s for s in shown["enrollments"][0]["steps"]}
+    assert steps["hour-before"]["status"] == "skipped"
+    assert steps["hour-before"]["reason"] == "too soon after the confirmation (within 2h)"
+
+
+# --------------------------------------------------------------------------- 7: the goal keeps the replay
+
+
+def test_the_shipped_goal_keeps_the_recording_and_the_thank_you() -> None:
+    sequence = shipped().sequences[SEQ]
+    kept = {s.id for s in sequence.steps if s.transactional or s.after_goal}
+    assert {"registered", "day-before", "hour-before", "replay", "thank-you"} <= kept
+    assert "consultation-invite" not in kept
