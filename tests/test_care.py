@@ -150,3 +150,127 @@ def test_the_shipped_goal_keeps_the_recording_and_the_thank_you() -> None:
     kept = {s.id for s in sequence.steps if s.transactional or s.after_goal}
     assert {"registered", "day-before", "hour-before", "replay", "thank-you"} <= kept
     assert "consultation-invite" not in kept
+
+
+# --------------------------------------------------------------------------- 9: a reply never meets silence
+
+
+def acknowledgements(project: Project) -> list[Any]:
+    return [m for m in project.messages() if m["Subject"] == "Your note arrived"]
+
+
+@pytest.mark.parametrize("discreet", [False, True])
+def test_a_reply_that_pauses_her_gets_one_short_acknowledgement_with_the_numbers(
+    project: Project, funnel: Callable[..., Any], funnel_server: Callable[..., Any], discreet: bool
+) -> None:
+    from test_discretion import PREVIEW, SUBJECT_WORDS, practice_hosts
+    from test_inbound import KEY, parse_post, with_inbound
+    from test_inbound import NOW as REPLY_NOW
+
+    with_inbound(project)
+    flag = "yes" if discreet else "no"
+    project.write("signups/webinar-registrations.csv", HEADER + f"ana@example.test,Ana,,2027-01-14 19:00,,{flag}\n")
+    assert funnel("run", "--now", REPLY_NOW).code == 0
+    server = funnel_server("--now", REPLY_NOW, env={"FUNNEL_INBOUND_KEY": KEY})
+    with server.client() as http:
+        first = http.post(f"/webhooks/inbound?key={KEY}", files=parse_post())
+        assert first.status_code == 200 and first.json()["paused"] == 1, first.text
+        # a second reply while she is paused pauses nothing more: no second note
+        again = http.post(f"/webhooks/inbound?key={KEY}", files=parse_post(message_id="<second@mail.example.test>"))
+        assert again.status_code == 200 and again.json()["paused"] == 0
+    server.stop()
+    assert "ana@example.test" not in server.stderr
+    [note] = acknowledgements(project)
+    assert note["To"].addresses[0].addr_spec == "ana@example.test"
+    assert note.get_body(preferencelist=("html",)) is None or not discreet
+    text = str(note.get_body(preferencelist=("plain",)).get_content())
+    flat = " ".join(text.split())
+    for number in ("988", "911", "1-800-799-7233", "text START to 88788", "findahelpline.com"):
+        assert number in flat
+    assert "Your note arrived safely" in flat
+    if discreet:
+        config = load_config(project.root / "sequences.yaml")
+        # as test_discretion reads it: the sender's name (her From address is the practice's
+        # discreet_from_email once it is set), the subject and the first characters
+        name = note["From"].addresses[0].display_name
+        assert name == config.practice.discreet_from_name
+        shown = f"{name}\n{note['Subject']}\n{text[:PREVIEW]}".lower()
+        for word in SUBJECT_WORDS:
+            assert word not in shown, word
+        for host in practice_hosts(config):
+            assert host not in shown, host
+        assert "hotline" not in flat.lower() and "crisis" not in flat.lower()
+    else:
+        assert "paused the automatic letters" in flat
+    # after a resume and a new reply, a new pause gets a new note
+    assert funnel("contacts", "resume", "ana@example.test", "--now", REPLY_NOW).code == 0
+    server = funnel_server("--now", REPLY_NOW, env={"FUNNEL_INBOUND_KEY": KEY})
+    with server.client() as http:
+        third = http.post(f"/webhooks/inbound?key={KEY}", files=parse_post(message_id="<third@mail.example.test>"))
+        assert third.json()["paused"] == 1
+    server.stop()
+    assert len(acknowledgements(project)) == 2
+
+
+def every_letter(config: Config, *, discreet: bool) -> dict[tuple[str, str], Rendered]:
+    renderer = Renderer(config)
+    contact = TemplateContact(email="ana@example.test", first_name="Ana", fields={"message": "hello"})
+    out = {}
+    for sid, sequence in config.sequences.items():
+        webinar = sample_webinar(config, sid, NOW)
+        for step in sequence.steps:
+            out[(sid, step.id)] = renderer.render(
+                sid, sequence, step, contact, webinar, sample_unsubscribe_url(config), discreet=discreet
+            )
+    return out
+
+
+@pytest.mark.parametrize("discreet", [False, True])
+def test_every_letter_says_it_is_general_information_and_email_is_not_private(discreet: bool) -> None:
+    config = load_config(REPO / "sequences.yaml")
+    for key, rendered in every_letter(config, discreet=discreet).items():
+        parts = [" ".join(rendered.text.split())]
+        if rendered.html is not None:
+            parts.append(" ".join(rendered.html.split()))
+        for part in parts:
+            assert "general information" in part and "Email isn't fully private" in part, key
+            if discreet:  # her footer names no service (the letter itself may)
+                footer = rendered.text.split("\n-- \n", 1)[-1].lower()
+                assert "therap" not in footer and "doesn't start a professional relationship" in part, key
+            else:
+                assert "They aren't therapy" in part and "writing back doesn't make you a client" in part, key
+            assert "findahelpline.com" in part, key
+            assert "one click" not in part, key  # the link opens a page of choices
+        assert "\n-- \n" in rendered.text, key  # the signature marker mail clients know
+
+
+def test_who_reads_replies_is_said_in_the_footer_once_the_practice_writes_it() -> None:
+    config = load_config(REPO / "sequences.yaml")
+    config = config.model_copy(
+        update={"practice": config.practice.model_copy(update={"reply_note": "I read every reply myself."})}
+    )
+    rendered = every_letter(config, discreet=False)[("betrayal-recovery", "anger")]
+    assert "make you a client. I read every reply myself." in " ".join(rendered.text.split())
+
+
+def test_the_footer_is_readable_and_outlook_gets_a_600px_table() -> None:
+    import re
+
+    layout = (REPO / "email_templates" / "layout.html").read_text()
+    footer = re.search(r"\.footer \{(.*?)\}", layout, re.S)
+    crisis = re.search(r"\.crisis \{(.*?)\}", layout, re.S)
+    assert footer and crisis
+    assert "font-size: 14px" in footer.group(1) and "font-size: 14px" in crisis.group(1)
+
+    def luminance(hex_color: str) -> float:
+        channels = [int(hex_color[i : i + 2], 16) / 255 for i in (0, 2, 4)]
+        lin = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+        return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+    background = luminance("f6f3ef")
+    for block in (footer.group(1), crisis.group(1)):
+        color = re.search(r"color: #([0-9a-f]{6})", block)
+        assert color
+        contrast = (background + 0.05) / (luminance(color.group(1)) + 0.05)
+        assert contrast >= 4.5, (color.group(1), contrast)
+    assert '<!--[if mso]><table role="presentation" width="600"' in layout

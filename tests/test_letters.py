@@ -186,10 +186,12 @@ def test_the_signature_falls_back_to_the_practice_name() -> None:
 # --------------------------------------------------------------------------- consent
 
 
-def test_the_registration_confirmation_says_letters_follow_and_stop_with_one_click() -> None:
+def test_the_registration_confirmation_says_letters_follow_and_stop_any_time() -> None:
     text = words(render_all(shipped())[("webinar-relationship-911", "registered")])
     assert "After the webinar, I'll send you a series of short letters" in text
-    assert "stops them all with one click" in text
+    # the link opens a page of choices (stop, fewer, pause): "any time", not "one click"
+    assert "where you can stop them, or choose fewer, any time you like" in text
+    assert "one click" not in text
 
 
 def test_the_letters_after_the_webinar_say_how_often_more_follow() -> None:
