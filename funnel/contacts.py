@@ -33,7 +33,7 @@ from funnel.models import (
     SubscriptionChange,
     Tag,
 )
-from funnel.schedule import due_times, goal_reached
+from funnel.schedule import LETTERS_STOPPED, due_times, goal_reached
 from funnel.sources import email_hash, normalize_email
 from funnel.timeutil import isoformat_z, zone
 
@@ -160,6 +160,7 @@ TAG_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 def known_tags(config: Config) -> set[str]:
     """Every tag sequences.yaml sets or looks at (sources, exit_on_tags, if_tags, unless_tags)."""
     tags = {tag for source in config.sources.values() for tag in source.tags}
+    tags.add(LETTERS_STOPPED)  # "just the webinar emails" on the unsubscribe page (funnel.preferences)
     for sequence in config.sequences.values():
         tags.update(sequence.exit_on_tags)
         for step in sequence.steps:

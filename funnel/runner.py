@@ -55,6 +55,7 @@ from funnel.ingest import IngestResult, apply_rows, insert_ignore
 from funnel.invitation import invitation
 from funnel.ledger import UNKNOWN_REASON, Ledger, StepRow, SuppressionCheck
 from funnel.models import Contact, Enrollment, Run, Setting, SourceFile, StepRun, Tag, new_token_key
+from funnel.preferences import resume_finished_pauses
 from funnel.render import MissingData, Rendered, Renderer, TemplateContact, TemplateWebinar, hours_between
 from funnel.sources import Fingerprint, clean_line, read_source_file
 from funnel.timeutil import zone
@@ -258,6 +259,10 @@ class Runner:
                 self._wake_all_if_config_changed()
                 if self.read_sources and our_turn:
                     self._ingest_sources()
+            if not self.dry_run:
+                # "pause for a month" on the unsubscribe page: a month later she gets mail again
+                resume_finished_pauses(self.session, self.now)
+                self.checkpoint()
             self._send_due()
             self._finish_run()
         finally:

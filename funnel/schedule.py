@@ -54,6 +54,8 @@ NO_WEBINAR_DATE = "no webinar date"
 OUT_OF_RANGE = "due time out of range"
 #: how a step skipped because the sequence's goal was reached is explained
 GOAL_REACHED = "goal reached"
+#: the tag "just the webinar emails" gives her (`funnel.preferences`): every sequence's goal
+LETTERS_STOPPED = "letters-stopped"
 #: how a reminder skipped for coming too soon after the confirmation is explained
 TOO_SOON = "too soon after the confirmation"
 
@@ -394,7 +396,14 @@ def _crowds_confirmation(step: Step, due: datetime, enrolled_at: datetime, deliv
 
 
 def goal_reached(sequence: Sequence, tags: frozenset[str]) -> str | None:
-    """`goal reached: tag X` when the contact has a tag of the sequence's `exit_on_tags`, else None."""
+    """`goal reached: tag X` when the contact has a tag of the sequence's `exit_on_tags`, else None.
+
+    `letters-stopped` ("just the webinar emails" on the unsubscribe page,
+    `funnel.preferences`) is every sequence's goal: the letters end, what she
+    signed up for still goes.
+    """
+    if LETTERS_STOPPED in tags:
+        return f"{GOAL_REACHED}: {LETTERS_STOPPED}, she chose just the webinar emails"
     hit = sorted(tags.intersection(sequence.exit_on_tags))
     return f"{GOAL_REACHED}: tag {hit[0]}" if hit else None
 

@@ -274,3 +274,120 @@ def test_the_footer_is_readable_and_outlook_gets_a_600px_table() -> None:
         contrast = (background + 0.05) / (luminance(color.group(1)) + 0.05)
         assert contrast >= 4.5, (color.group(1), contrast)
     assert '<!--[if mso]><table role="presentation" width="600"' in layout
+
+
+# --------------------------------------------------------------------------- 12: choices on the unsubscribe page
+
+
+def registered_with_link(project: Project, funnel: Callable[..., Any], discreet: bool = False) -> str:
+    """Ana registers for the webinar (Jan 14, 7 PM Denver) and gets her confirmation: its unsubscribe path."""
+    flag = "yes" if discreet else "no"
+    project.write("signups/webinar-registrations.csv", HEADER + f"ana@example.test,Ana,,2027-01-14 19:00,,{flag}\n")
+    assert funnel("run", "--now", "2027-01-10T16:00:00Z").code == 0
+    [message] = project.messages()
+    url = str(message["List-Unsubscribe"]).strip("<>")
+    return "/u/" + url.split("/u/", 1)[1]
+
+
+def enrollment_of(funnel: Callable[..., Any], sequence: str = SEQ) -> dict[str, Any]:
+    shown = funnel("contacts", "show", "ana@example.test", "--json").json()
+    return next(e for e in shown["enrollments"] if e["sequence"] == sequence)
+
+
+def test_just_the_webinar_emails_keeps_the_reminders_and_recording_and_ends_the_letters(
+    project: Project, funnel: Callable[..., Any], funnel_server: Callable[..., Any]
+) -> None:
+    link = registered_with_link(project, funnel)
+    server = funnel_server("--now", "2027-01-10T17:00:00Z")
+    with server.client() as http:
+        choices = http.get(link)
+        assert choices.status_code == 200
+        for label in ("Stop everything", "Just the webinar emails", "Pause for a month"):
+            assert label in choices.text
+        # the page's own forms post to these relative actions
+        token = link.rsplit("/", 1)[1]
+        assert f'action="{token}/letters"' in choices.text and f'action="{token}/pause"' in choices.text
+        chosen = http.post(link + "/letters")
+        assert chosen.status_code == 200 and "The letters have stopped" in chosen.text
+        assert 'action="letters-undo"' in chosen.text
+        assert http.post(link + "/letters").status_code == 200  # twice is harmless
+    server.stop()
+    shown = funnel("contacts", "show", "ana@example.test", "--json").json()
+    assert "letters-stopped" in shown["tags"] and shown["unsubscribed"] is False
+    for now in ("2027-01-14T02:00:00Z", "2027-01-15T01:00:00Z", "2027-01-15T15:00:00Z", "2027-01-25T16:00:00Z"):
+        assert funnel("run", "--now", now).code == 0
+    sent = [step for _to, seq, step in project.sent() if seq == SEQ]
+    assert sent == ["registered", "day-before", "hour-before", "replay"]
+    webinar = enrollment_of(funnel)
+    steps = {s["id"]: s for s in webinar["steps"]}
+    assert steps["consultation-invite"]["status"] == "skipped"
+    assert steps["consultation-invite"]["reason"].startswith("goal reached: letters-stopped")
+    shown = funnel("contacts", "show", "ana@example.test", "--json").json()
+    assert "betrayal-recovery" not in {e["sequence"] for e in shown["enrollments"]}  # `next:` ended too
+
+
+def test_just_the_webinar_emails_is_undone_from_the_same_page(
+    project: Project, funnel: Callable[..., Any], funnel_server: Callable[..., Any]
+) -> None:
+    link = registered_with_link(project, funnel)
+    server = funnel_server("--now", "2027-01-10T17:00:00Z")
+    with server.client() as http:
+        assert http.post(link + "/letters").status_code == 200
+        undone = http.post(link + "/letters-undo")
+        assert undone.status_code == 200 and "The letters will come again" in undone.text
+        assert 'action="letters"' in undone.text  # and chosen again from there
+    server.stop()
+    assert "letters-stopped" not in funnel("contacts", "show", "ana@example.test", "--json").json()["tags"]
+    for now in ("2027-01-15T15:00:00Z", "2027-01-17T16:00:00Z"):
+        assert funnel("run", "--now", now).code == 0
+    assert "consultation-invite" in [step for _to, _seq, step in project.sent()]
+
+
+def test_pause_for_a_month_holds_everything_and_ends_by_itself_or_from_the_page(
+    project: Project, funnel: Callable[..., Any], funnel_server: Callable[..., Any]
+) -> None:
+    link = registered_with_link(project, funnel)
+    server = funnel_server("--now", "2027-01-10T17:00:00Z")
+    with server.client() as http:
+        paused = http.post(link + "/pause")
+        assert paused.status_code == 200 and "Nothing will come to this address for 30 days" in paused.text
+        assert 'action="pause-undo"' in paused.text
+    server.stop()
+    webinar = enrollment_of(funnel)
+    assert webinar["status"] == "paused" and webinar["reason"] == "paused for a month from the email page"
+    assert funnel("run", "--now", "2027-01-14T02:00:00Z").code == 0  # the day-before falls in the pause
+    assert [step for _to, _seq, step in project.sent()] == ["registered"]
+    # still paused 29 days on; the next run after 30 days resumes her by itself
+    assert funnel("run", "--now", "2027-02-08T17:00:00Z").code == 0
+    assert enrollment_of(funnel)["status"] == "paused"
+    assert funnel("run", "--now", "2027-02-09T17:01:00Z").code == 0
+    assert enrollment_of(funnel)["status"] in ("active", "finished", "exited")
+
+    # and from the page: pause, then end it at once
+    server = funnel_server("--now", "2027-02-10T17:00:00Z")
+    with server.client() as http:
+        assert http.post(link + "/pause").status_code == 200
+        ended = http.post(link + "/pause-undo")
+        assert ended.status_code == 200 and "The pause has ended" in ended.text
+    server.stop()
+    assert enrollment_of(funnel)["status"] != "paused"
+
+
+def test_a_discreet_readers_choices_page_names_nothing(
+    project: Project, funnel: Callable[..., Any], funnel_server: Callable[..., Any]
+) -> None:
+    from test_discretion import SUBJECT_WORDS
+
+    link = registered_with_link(project, funnel, discreet=True)
+    server = funnel_server("--now", "2027-01-10T17:00:00Z")
+    with server.client() as http:
+        pages = [http.get(link)] + [
+            http.post(f"{link}/{c}") for c in ("letters", "letters-undo", "pause", "pause-undo")
+        ]
+        assert http.post(link + "/nonsense").status_code == 404
+    server.stop()
+    assert "Just the reminders" in pages[0].text and "Pause for a month" in pages[0].text
+    for page in pages:
+        assert page.status_code == 200
+        assert "Healing Light" not in page.text
+        assert not [w for w in SUBJECT_WORDS if w in page.text.lower()], page.text
