@@ -391,3 +391,71 @@ def test_a_discreet_readers_choices_page_names_nothing(
         assert page.status_code == 200
         assert "Healing Light" not in page.text
         assert not [w for w in SUBJECT_WORDS if w in page.text.lower()], page.text
+
+
+# --------------------------------------------------------------------------- 10, craft: offers, subjects, lines
+
+
+def test_the_first_offer_has_one_call_to_action_and_does_not_assume_she_watched() -> None:
+    config = load_config(REPO / "sequences.yaml")
+    for discreet in (False, True):
+        rendered = letter(config, "consultation-invite", discreet=discreet)
+        links = config.practice.links
+        text = rendered.text.split("\n-- \n", 1)[0]  # the letter, above the footer
+        named = [name for name, url in links.items() if url in text and name != "website"]  # a prefix of all
+        assert named == ["consultation"] or discreet
+        assert "after a webinar like this one" not in text and "in crisis" not in text
+        if rendered.html is not None:
+            assert "<strong>" not in rendered.html  # no bold services competing with the one action
+    body = words(letter(config, "consultation-invite"))
+    assert "whether or not you were able to watch the webinar" in body
+    order = ["Individual counseling", "Couples therapy", "3-hour intensive sessions", "8-week group for women"]
+    assert [body.index(s) for s in order] == sorted(body.index(s) for s in order)
+
+
+def test_teaching_letters_link_to_booking_less_and_every_booking_link_has_the_licensure_line() -> None:
+    config = load_config(REPO / "sequences.yaml")
+    booking = config.practice.links["consultation"]
+    renderer = Renderer(config)
+    contact = TemplateContact(email="ana@example.test", first_name="Ana", fields={"message": "hello"})
+    teaching = ["anger", "your-lines", "hard-conversations", "closeness", "steadier-ground"]
+    linking = []
+    for sid, sequence in config.sequences.items():
+        webinar = sample_webinar(config, sid, NOW)
+        for step in sequence.steps:
+            text = renderer.render(sid, sequence, step, contact, webinar, sample_unsubscribe_url(config)).text
+            if booking in text:
+                assert config.practice.licensure and config.practice.licensure in " ".join(text.split()), step.id
+                if step.id in teaching:
+                    linking.append(step.id)
+    assert len(linking) <= 2, linking
+
+
+def test_no_friend_in_a_subject_when_there_is_no_name() -> None:
+    config = load_config(REPO / "sequences.yaml")
+    renderer = Renderer(config)
+    nameless = TemplateContact(email="x@example.test")
+    for sid, sequence in config.sequences.items():
+        webinar = sample_webinar(config, sid, NOW)
+        for step in sequence.steps:
+            for discreet in (False, True):
+                rendered = renderer.render(
+                    sid, sequence, step, nameless, webinar, sample_unsubscribe_url(config), discreet=discreet
+                )
+                assert "friend" not in rendered.subject.lower(), (step.id, rendered.subject)
+                assert not rendered.subject.endswith(","), rendered.subject
+
+
+def test_ways_to_work_names_the_practice_as_sex_therapy_only_in_its_body() -> None:
+    config = load_config(REPO / "sequences.yaml")
+    plain = letter(config, "ways-to-work", sequence_id="betrayal-recovery")
+    assert "sex therapy and intimacy recovery" in words(plain)
+    assert "sex" not in plain.subject.lower()
+    quiet = letter(config, "ways-to-work", sequence_id="betrayal-recovery", discreet=True)
+    assert "sex therapy" not in quiet.text
+
+
+def test_the_letters_say_how_often_they_come() -> None:
+    config = load_config(REPO / "sequences.yaml")
+    for step in ("replay", "thank-you"):
+        assert "a few in the first week and then about one a week" in words(letter(config, step))

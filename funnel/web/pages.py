@@ -167,7 +167,7 @@ Nothing has changed.</p>
 {% endblock %}""",
     "thanks.html": """{% extends "layout.html" %}{% block content %}
 <h1>Thank you</h1>
-<p>Your message has reached {{ practice }}. We will be in touch soon.</p>
+<p>Your message has reached {{ practice }}. I'll be in touch{% if response_time %} {{ response_time }}{% endif %}.</p>
 {% endblock %}""",
     "link_invalid.html": """{% extends "layout.html" %}{% block content %}
 <h1>This link does not work</h1>
@@ -204,7 +204,12 @@ def page(
     # "webinar" names the subject matter to whoever opens a discreet reader's page
     just = "Just the reminders" if discreet else "Just the webinar emails"
     html = _ENV.get_template(name).render(
-        title=TITLE, style=STYLE, practice=practice, just_label=just, **(values or {})
+        title=TITLE,
+        style=STYLE,
+        practice=practice,
+        just_label=just,
+        response_time=config.practice.response_time,
+        **(values or {}),
     )
     return HTMLResponse(html, status_code=status_code)
 
