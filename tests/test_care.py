@@ -459,3 +459,23 @@ def test_the_letters_say_how_often_they_come() -> None:
     config = load_config(REPO / "sequences.yaml")
     for step in ("replay", "thank-you"):
         assert "a few in the first week and then about one a week" in words(letter(config, step))
+
+
+# --------------------------------------------------------------------------- 11: booked straight through the scheduler
+
+
+def test_a_booking_in_the_schedulers_export_ends_the_invitations_to_book(
+    project: Project, funnel: Callable[..., Any]
+) -> None:
+    row = "ana@example.test,Ana,,2027-01-14 19:00,America/Denver,\n"
+    project.write("signups/webinar-registrations.csv", HEADER + row)
+    assert funnel("run", "--now", "2027-01-10T16:00:00Z").code == 0
+    project.write("signups/consultations-booked.csv", "Email\nANA@example.test\n")
+    for now in ("2027-01-15T15:00:00Z", "2027-01-17T16:00:00Z", "2027-01-25T16:00:00Z"):
+        assert funnel("run", "--now", now).code == 0
+    shown = funnel("contacts", "show", "ana@example.test", "--json").json()
+    assert "consultation-booked" in shown["tags"]
+    steps = {s["id"]: s for s in enrollment_of(funnel)["steps"]}
+    assert steps["replay"]["status"] == "sent"  # the recording she signed up for still comes
+    assert steps["consultation-invite"]["reason"] == "goal reached: tag consultation-booked"
+    assert "betrayal-recovery" not in {e["sequence"] for e in shown["enrollments"]}
