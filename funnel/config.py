@@ -73,6 +73,8 @@ class Practice(_Model):
     consultation_details: str | None = None
     #: who reads replies, one sentence, e.g. "I read every reply myself."
     reply_note: str | None = None
+    #: a line under the signature, e.g. "Alex Example, LPC · Colorado license 0000" (never for discreet readers)
+    signature_line: str | None = None
 
     @field_validator("timezone")
     @classmethod

@@ -479,3 +479,13 @@ def test_a_booking_in_the_schedulers_export_ends_the_invitations_to_book(
     assert steps["replay"]["status"] == "sent"  # the recording she signed up for still comes
     assert steps["consultation-invite"]["reason"] == "goal reached: tag consultation-booked"
     assert "betrayal-recovery" not in {e["sequence"] for e in shown["enrollments"]}
+
+
+def test_the_optional_signature_line_follows_the_signature_for_everyone_but_discreet_readers() -> None:
+    config = load_config(REPO / "sequences.yaml")
+    assert config.practice.signature_line is None
+    line = "Maya Ellis, LPC · Colorado license 0000"
+    config = config.model_copy(update={"practice": config.practice.model_copy(update={"signature_line": line})})
+    plain = letter(config, "registered")
+    assert f"Maya Ellis\n{line}\n" in plain.text and plain.html is not None and line in plain.html
+    assert line not in letter(config, "registered", discreet=True).text
