@@ -124,7 +124,7 @@ def _effects(
             before, after = old_due.get(step_id), new_due.get(step_id)
             effect = None
             either = (new_seq and new_seq.step(step_id)) or (old_seq and old_seq.step(step_id))
-            if goal and either and not either.transactional:
+            if goal and either and not (either.transactional or either.after_goal):
                 # her goal is reached: the marketing steps are not sent, whatever their timing
                 effect = f"{'would not get it' if kind == 'added' else 'not sent either way'}: {goal}"
             elif kind == "added" and after and after >= max(enrollment.enrolled_at, now):

@@ -738,7 +738,8 @@ def contacts_show(config_path: Path | None, debug: bool, as_json: bool, in_utc: 
     for enrollment in data["enrollments"]:
         reason = f" ({safe_markup(enrollment['reason'])})" if enrollment["reason"] else ""
         if enrollment.get("goal"):
-            reason = f" ({safe_markup(enrollment['goal'])}: no more letters; confirmations and reminders still go)"
+            kept = "confirmations, reminders and the recording still go"
+            reason = f" ({safe_markup(enrollment['goal'])}: no more letters; {kept})"
         out.print(
             f"\n[bold]{enrollment['sequence']}[/]: {enrollment['status']}{reason}, "
             f"enrolled {when(enrollment['enrolled_at'])}"

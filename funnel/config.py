@@ -85,6 +85,8 @@ class Practice(_Model):
     #: the practice's own facts for the letters, named freely: {{ practice.details.phone }},
     #: {{ practice.details.office_hours }}; a name the letters use but this does not hold is a `funnel check` error
     details: dict[str, str] = Field(default_factory=dict)
+    #: a line under the signature, e.g. "Alex Example, LPC · Colorado license 0000" (never for discreet readers)
+    signature_line: str | None = None
 
     @field_validator("timezone")
     @classmethod
@@ -144,6 +146,10 @@ class Delivery(_Model):
     request_timeout: float = Field(default=30.0, gt=0, le=300)
     #: extension: attempts per email within one run for 429/5xx/timeouts
     max_attempts: int = Field(default=4, ge=1, le=10)
+    #: extension: a reminder (a step timed before the webinar, `webinar: -...`) due less than this
+    #: after she signed up is skipped ("too soon after the confirmation"): someone who registers
+    #: 65 minutes before does not get "Your place is saved" and "Starting in an hour" together
+    reminder_gap: Duration = Duration(minutes=0)
 
     @field_validator("send_window", mode="before")
     @classmethod
@@ -170,7 +176,7 @@ class Delivery(_Model):
             days.update(_day_or_range(item))
         return tuple(day for day in DAY_NAMES if day in days)
 
-    @field_validator("min_gap", "max_late", mode="before")
+    @field_validator("min_gap", "max_late", "reminder_gap", mode="before")
     @classmethod
     def _parse_span(cls, value: Any) -> Any:
         return value if isinstance(value, Duration) else parse_duration(value)
@@ -347,6 +353,9 @@ class Webinar(_Model):
     @property
     def has_sessions(self) -> bool:
         return bool(self.sessions or self.repeat)
+    #: whether the webinar is recorded: false, the replay letter says sorry we missed you and
+    #: points to the next date instead of a recording, and no letter promises a recording
+    recorded: bool = True
 
     @field_validator("timezone")
     @classmethod
@@ -444,6 +453,10 @@ class Step(_Model):
     unless_tags: tuple[str, ...] = ()
     #: attach the contact's webinar as an iCalendar event (invite.ics)
     calendar: bool = False
+    #: extension: still goes when the sequence's goal is reached, like a transactional step, but
+    #: keeps the send window and min_gap: what she signed up for (the recording) is never withheld
+    #: because she asked for a consultation; the goal ends only the offers and the letters
+    after_goal: bool = False
 
     @field_validator("id")
     @classmethod

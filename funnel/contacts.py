@@ -34,7 +34,7 @@ from funnel.models import (
     SubscriptionChange,
     Tag,
 )
-from funnel.schedule import due_times, goal_reached
+from funnel.schedule import LETTERS_STOPPED, due_times, goal_reached
 from funnel.sources import email_hash, normalize_email
 from funnel.timeutil import isoformat_z, zone
 
@@ -161,6 +161,7 @@ TAG_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 def known_tags(config: Config) -> set[str]:
     """Every tag sequences.yaml sets or looks at (sources, exit_on_tags, if_tags, unless_tags)."""
     tags = {tag for source in config.sources.values() for tag in source.tags}
+    tags.add(LETTERS_STOPPED)  # "just the webinar emails" on the unsubscribe page (funnel.preferences)
     for sequence in config.sequences.values():
         tags.update(sequence.exit_on_tags)
         for step in sequence.steps:
@@ -344,8 +345,8 @@ def _enrollment(
             problem = f"due times cannot be computed ({exc})"
         for step in sequence.steps:
             shown = _step(step.id, rows.get(step.id), dues.get(step.id), enrollment)
-            if goal and shown["status"] == "pending" and not step.transactional:
-                # the goal ends the marketing steps at their time; transactional ones still go
+            if goal and shown["status"] == "pending" and not (step.transactional or step.after_goal):
+                # the goal ends the marketing steps at their time; transactional and after_goal ones still go
                 shown["reason"] = f"{goal}: will not be sent"
             steps.append(shown)
     # steps that were acted on but are no longer in sequences.yaml

@@ -783,7 +783,34 @@ def forward(
         row.content = {}  # the therapist's inbox holds the words now; the database keeps only that it came
         session.add(row)
         session.commit()
+        if row.paused and row.contact_id is not None:
+            _acknowledge(session, config, row, make_transport, now)
         return row.status
+
+
+def _acknowledge(
+    session: Session, config: Config, row: InboundMessage, make_transport: Callable[[], Transport], now: datetime
+) -> None:
+    """Tell her that her reply arrived and her letters are paused (`funnel.acknowledge`), once per pause.
+
+    This runs once, right after the one forward of the reply that paused her; a
+    note that cannot go is logged (without anything personal) and not retried:
+    her reply has reached the therapist, who can answer it.
+    """
+    from funnel.acknowledge import acknowledgement
+
+    contact = session.get(Contact, row.contact_id)
+    note = acknowledgement(config, contact, f"ack-{row.id}", now) if contact is not None else None
+    if note is None:
+        return
+    try:
+        transport = make_transport()
+        try:
+            transport.send(note)
+        finally:
+            transport.close()
+    except FunnelError as exc:
+        log.warning("the acknowledgement of reply %s could not be sent: %s", row.id, type(exc).__name__)
 
 
 def forward_email(config: Config, row: InboundMessage, now: datetime) -> OutgoingEmail:

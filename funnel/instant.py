@@ -332,7 +332,7 @@ class ServeSender:
             contact.token_key = new_token_key()
             session.add(contact)
         url = unsubscribe_url(self.config.practice.base_url, tokens.make(contact.token_key, row.send_id))
-        rendered = render_for(renderer, self.config, contact, enrollment, enrollment.sequence, step, url)
+        rendered = render_for(renderer, self.config, contact, enrollment, enrollment.sequence, step, url, now)
         attachments = invitation(
             self.config,
             step,

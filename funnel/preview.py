@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 from funnel.config import KNOWN_FIELDS, Config, Step
 from funnel.errors import TemplateError
-from funnel.render import MissingData, Rendered, Renderer, TemplateContact, TemplateWebinar
+from funnel.render import MissingData, Rendered, Renderer, TemplateContact, TemplateWebinar, hours_between
 from funnel.timeutil import local_wall, zone
 
 SAMPLE_TOKEN = "sample-token"
@@ -34,6 +34,13 @@ SAMPLE_TOKEN = "sample-token"
 #: the shipped example practice's postal address and domain: `funnel check` warns while either is still in place
 EXAMPLE_POSTAL_ADDRESS = "820 Aspen Grove Lane, Suite 4, Fort Collins, CO 80521"
 EXAMPLE_DOMAIN = "healinglightcounseling.test"
+#: the shipped example's names and license sentence, by setting: a practice must not send mail signed with them
+EXAMPLE_PRACTICE = {
+    "name": "Healing Light Counseling",
+    "from_name": "Maya Ellis",
+    "discreet_from_name": "M. Ellis",
+    "licensure": "I am licensed to practice in Colorado",
+}
 
 
 def sample_contact(config: Config, email: str = "sample@example.test") -> TemplateContact:
@@ -55,7 +62,15 @@ def sample_webinar(config: Config, sequence_id: str, now: datetime) -> TemplateW
     tz = zone(config.practice.timezone)
     start = local_wall(now.astimezone(tz) + timedelta(days=7), time(19), tz).astimezone(tz)
     info = config.webinars[webinar_id]
-    return TemplateWebinar(webinar_id, info.title, info.join_url, info.replay_url, start)
+    return TemplateWebinar(
+        webinar_id,
+        info.title,
+        info.join_url,
+        info.replay_url,
+        start,
+        recorded=info.recorded,
+        hours_until=hours_between(now, start),
+    )
 
 
 def sample_unsubscribe_url(config: Config) -> str:
@@ -230,6 +245,32 @@ def example_warnings(config: Config) -> list[str]:
                 line,
                 f"{name}:{line}: warning: {keys} still use the example domain {EXAMPLE_DOMAIN}: "
                 "write the practice's own addresses and links",
+            )
+        )
+    practice = config.practice
+    leftover = [
+        key
+        for key, example in EXAMPLE_PRACTICE.items()
+        if (getattr(practice, key) or "").strip().lower().startswith(example.lower())
+    ]
+    if leftover:
+        line = min(config.line_of("practice", key) or 1 for key in leftover)
+        keys = ", ".join(f"practice.{key}" for key in leftover)
+        warnings.append(
+            (
+                line,
+                f"{name}:{line}: warning: {keys} still hold the shipped example: "
+                "write the practice's own name, your name as you sign and where you are licensed",
+            )
+        )
+    if not (practice.reply_note or "").strip():
+        line = config.line_of("practice", "reply_note") or config.line_of("practice") or 1
+        warnings.append(
+            (
+                line,
+                f"{name}:{line}: warning: practice.reply_note is empty: every footer invites replies, so say in "
+                'one sentence who reads them and how soon (e.g. "I read every reply myself, usually within two '
+                'business days.")',
             )
         )
     return [message for _line, message in sorted(warnings)]

@@ -361,10 +361,25 @@ class TemplateWebinar:
     session: str | None = None
     #: in a `rescheduled` step: where the session was before the move, in the reader's zone
     previous_start: datetime | None = None
+    #: whether the webinar is recorded (`webinars.<id>.recorded`): false, no replay is promised
+    recorded: bool = True
+    #: hours from the moment the email is written (the send) to the start; None when either is
+    #: unknown. The confirmation words itself for the time left ("we begin in about an hour").
+    hours_until: float | None = None
+    #: the next date of the webinar, for "sorry we missed you" letters (None: the letters invite
+    #: her to the practice's website instead)
+    next_start: datetime | None = None
 
 
 #: TemplateWebinar fields that hold a moment (keyed by wall time and zone, not by value)
-_WEBINAR_MOMENTS = ("start", "previous_start")
+_WEBINAR_MOMENTS = ("start", "previous_start", "next_start")
+
+
+def hours_between(now: datetime | None, start: datetime | None) -> float | None:
+    """Hours from `now` to `start` (negative once it began), to the minute; None if either is unknown."""
+    if now is None or start is None:
+        return None
+    return round((start - now).total_seconds() / 3600, 2)
 
 
 @dataclass(frozen=True)

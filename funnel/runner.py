@@ -56,7 +56,8 @@ from funnel.invitation import invitation
 from funnel.ledger import UNKNOWN_REASON, Ledger, StepRow, SuppressionCheck
 from funnel.models import Contact, Enrollment, EnrollmentTag, Run, Setting, SourceFile, StepRun, Tag, new_token_key
 from funnel.moves import apply_session_changes, remember_sessions, removed_sessions
-from funnel.render import MissingData, Rendered, Renderer, TemplateContact, TemplateWebinar
+from funnel.preferences import resume_finished_pauses
+from funnel.render import MissingData, Rendered, Renderer, TemplateContact, TemplateWebinar, hours_between
 from funnel.sessions import session_scoped_tags, tags_in_session
 from funnel.sources import Fingerprint, clean_line, read_source_file
 from funnel.timeutil import zone
@@ -274,6 +275,10 @@ class Runner:
                 self._wake_all_if_config_changed()
                 if self.read_sources and our_turn:
                     self._ingest_sources()
+            if not self.dry_run:
+                # "pause for a month" on the unsubscribe page: a month later she gets mail again
+                resume_finished_pauses(self.session, self.now)
+                self.checkpoint()
             self._send_due()
             self._finish_run()
         finally:
@@ -800,7 +805,7 @@ class Runner:
             token_key = new_token_key()
             self.writes.set(contact, token_key=token_key)
         url = unsubscribe_url(self.config.practice.base_url, self.tokens.make(token_key, row.send_id))
-        rendered = render_for(self.renderer, self.config, contact, enrollment, enrollment.sequence, step, url)
+        rendered = render_for(self.renderer, self.config, contact, enrollment, enrollment.sequence, step, url, self.now)
         attachments = invitation(
             self.config,
             step,
@@ -957,8 +962,13 @@ def render_for(
     sequence_id: str,
     step: Step,
     url: str,
+    now: datetime | None = None,
 ) -> Rendered:
-    """Render one step for a real contact, with the webinar of their enrollment (used by runs and preview)."""
+    """Render one step for a real contact, with the webinar of their enrollment (used by runs and preview).
+
+    `now` is the moment the email is written (the send): templates see how far away
+    the webinar is from it (`webinar.hours_until`).
+    """
     assert contact.email is not None
     webinar = None
     if enrollment is not None and enrollment.webinar in config.webinars:
@@ -971,6 +981,8 @@ def render_for(
             info.replay_url,
             start,
             session=enrollment.session or None,
+            recorded=info.recorded,
+            hours_until=hours_between(now, start),
         )
     return renderer.render(
         sequence_id,

@@ -23,7 +23,10 @@ Every rule of the spec's section 3.1 lives here:
   with a reason instead of crashing the run.
 - a tag of `exit_on_tags` is the sequence's goal: it skips the marketing steps
   ("goal reached: tag X") and, once finished, keeps the enrollment from going
-  on to `next` (`Evaluation.goal`), while transactional steps still go.
+  on to `next` (`Evaluation.goal`), while transactional steps and `after_goal`
+  steps (the recording she signed up for) still go;
+- a reminder due within `delivery.reminder_gap` of her signing up is skipped
+  ("too soon after the confirmation");
 
 `evaluate` returns what to do now for one enrollment and when to look again;
 the caller turns that into claims, sends and rows.
@@ -51,6 +54,10 @@ NO_WEBINAR_DATE = "no webinar date"
 OUT_OF_RANGE = "due time out of range"
 #: how a step skipped because the sequence's goal was reached is explained
 GOAL_REACHED = "goal reached"
+#: the tag "just the webinar emails" gives her (`funnel.preferences`): every sequence's goal
+LETTERS_STOPPED = "letters-stopped"
+#: how a reminder skipped for coming too soon after the confirmation is explained
+TOO_SOON = "too soon after the confirmation"
 
 
 @dataclass(frozen=True)
@@ -307,6 +314,9 @@ def evaluate(
         if due < enrollment.enrolled_at:
             skips.append(Skip(step, due, "before enrollment"))
             continue
+        if _crowds_confirmation(step, due, enrollment.enrolled_at, delivery):
+            skips.append(Skip(step, due, f"{TOO_SOON} (within {delivery.reminder_gap})"))
+            continue
         introduced = enrollment.introduced.get(step.id)
         stored = enrollment.imported_at or enrollment.enrolled_at
         if introduced is not None and due < introduced and introduced > stored:
@@ -323,12 +333,13 @@ def evaluate(
         if contact.suppressed:
             return _exit(contact.suppressed, step, due, skips, contact)
         goal = goal_reached(sequence, contact.tags)
-        if goal and not step.transactional:
+        if goal and not _kept_by_goal(step):
             # the goal ends the marketing steps; the transactional ones (confirmations and
-            # reminders of what she signed up for) still go. With none of those left, the
-            # sequence ends here: every marketing step left is skipped now.
+            # reminders of what she signed up for) and `after_goal` ones (the recording)
+            # still go. With none of those left, the sequence ends here: every marketing
+            # step left is skipped now.
             settled = {x.step.id for x in sends} | {x.step.id for x in skips}
-            if any(s.transactional for s in open_steps if s.id not in settled):
+            if any(_kept_by_goal(s) for s in open_steps if s.id not in settled):
                 skips.append(Skip(step, due, goal))
                 continue
             skips.extend(Skip(s, dues[s.id], goal) for s in open_steps if s.id not in settled)
@@ -371,8 +382,32 @@ def evaluate(
     )
 
 
+def _kept_by_goal(step: Step) -> bool:
+    """Whether `step` still goes once the goal is reached: what she signed up for."""
+    return step.transactional or step.after_goal
+
+
+def _crowds_confirmation(step: Step, due: datetime, enrolled_at: datetime, delivery: Delivery) -> bool:
+    """A reminder (`webinar: -...`) due within `delivery.reminder_gap` of her signing up.
+
+    The confirmation goes as she signs up, so such a reminder would arrive on its
+    heels ("Your place is saved" and "Starting in an hour" in the same minute);
+    the confirmation, worded for the time left, says everything the reminder would.
+    """
+    if step.webinar is None or step.webinar.approx >= timedelta(0):
+        return False
+    return due < enrolled_at + delivery.reminder_gap.approx
+
+
 def goal_reached(sequence: Sequence, tags: frozenset[str]) -> str | None:
-    """`goal reached: tag X` when the contact has a tag of the sequence's `exit_on_tags`, else None."""
+    """`goal reached: tag X` when the contact has a tag of the sequence's `exit_on_tags`, else None.
+
+    `letters-stopped` ("just the webinar emails" on the unsubscribe page,
+    `funnel.preferences`) is every sequence's goal: the letters end, what she
+    signed up for still goes.
+    """
+    if LETTERS_STOPPED in tags:
+        return f"{GOAL_REACHED}: {LETTERS_STOPPED}, she chose just the webinar emails"
     hit = sorted(tags.intersection(sequence.exit_on_tags))
     return f"{GOAL_REACHED}: tag {hit[0]}" if hit else None
 

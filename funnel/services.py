@@ -80,7 +80,7 @@ def preview(
         key = secret_key(session)
         token = Tokens(key).make(contact.token_key or new_token_key())
         url = unsubscribe_url(config.practice.base_url, token)
-        return render_for(Renderer(config, jump_key=key), config, contact, enrollment, sequence_id, step, url)
+        return render_for(Renderer(config, jump_key=key), config, contact, enrollment, sequence_id, step, url, now)
 
 
 def send_test(config: Config, sequence_id: str, step_id: str, to: str, now: datetime) -> tuple[str, SendResult]:

@@ -186,10 +186,12 @@ def test_the_signature_falls_back_to_the_practice_name() -> None:
 # --------------------------------------------------------------------------- consent
 
 
-def test_the_registration_confirmation_says_letters_follow_and_stop_with_one_click() -> None:
+def test_the_registration_confirmation_says_letters_follow_and_stop_any_time() -> None:
     text = words(render_all(shipped())[("webinar-relationship-911", "registered")])
     assert "After the webinar, I'll send you a series of short letters" in text
-    assert "stops them all with one click" in text
+    # the link opens a page of choices (stop, fewer, pause): "any time", not "one click"
+    assert "where you can stop them, or choose fewer, any time you like" in text
+    assert "one click" not in text
 
 
 def test_the_letters_after_the_webinar_say_how_often_more_follow() -> None:
@@ -317,10 +319,15 @@ def test_the_crisis_offers_reach_a_registrant_in_the_first_week_after_the_webina
     ]
     config = shipped()
     links = config.practice.links
-    after = [t for t in texts if links["intensive"] in t]
+    # named in plain text, in the article's order, beneath one call to action (issue 18, item 10)
+    after = [t for t in texts if "3-hour intensive sessions" in t]
     assert after, "no email in the first week after the webinar names the 3-hour intensives"
-    assert any(links["individual"] in t and links["couples"] in t for t in after)
-    assert any("3-hour intensive" in t for t in after)
+    assert any(
+        t.index("Individual counseling") < t.index("Couples therapy") < t.index("3-hour intensive") for t in after
+    )
+    for text in after:
+        booking = [link for name, link in links.items() if name != "website" and link in text]
+        assert booking == [links["consultation"]], booking
 
 
 def test_a_reader_who_asks_for_discreet_emails_can_be_marked_through_the_shipped_source(

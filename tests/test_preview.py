@@ -5,7 +5,7 @@ from __future__ import annotations
 from conftest import REPO, Project
 
 from funnel.config import load_config
-from funnel.preview import EXAMPLE_DOMAIN, EXAMPLE_POSTAL_ADDRESS, example_warnings
+from funnel.preview import EXAMPLE_DOMAIN, EXAMPLE_POSTAL_ADDRESS, EXAMPLE_PRACTICE, example_warnings
 
 
 def _make_it_ours(project: Project) -> None:
@@ -14,6 +14,11 @@ def _make_it_ours(project: Project) -> None:
     text = path.read_text()
     text = text.replace(EXAMPLE_POSTAL_ADDRESS, "12 Real Street, Suite 3, Boulder, CO 80302")
     text = text.replace(EXAMPLE_DOMAIN, "our-practice.example.com")
+    text = text.replace("name: Healing Light Counseling", "name: Our Practice")
+    text = text.replace("from_name: Maya Ellis", "from_name: Robin Real, LPC")
+    text = text.replace('discreet_from_name: "M. Ellis"', 'discreet_from_name: "R. Real"')
+    text = text.replace(EXAMPLE_PRACTICE["licensure"], "I am licensed in Oregon")
+    text = text.replace("  reply_note:\n", "  reply_note: I read every reply myself.\n")
     path.write_text(text)
 
 
@@ -27,7 +32,11 @@ def test_the_shipped_example_is_still_marked_as_such() -> None:
 def test_shipped_config_warns_about_the_example_address_and_domain_with_lines() -> None:
     config = load_config(REPO / "sequences.yaml")
     warnings = example_warnings(config)
-    assert len(warnings) == 2
+    assert len(warnings) == 4
+    names = "practice.name, practice.from_name, practice.discreet_from_name, practice.licensure still hold"
+    assert any(names in w for w in warnings)
+    note_line = config.line_of("practice", "reply_note")
+    assert any(w.startswith(f"sequences.yaml:{note_line}: warning: practice.reply_note is empty") for w in warnings)
     address_line = config.line_of("practice", "postal_address")
     assert any(w.startswith(f"sequences.yaml:{address_line}: warning: practice.postal_address") for w in warnings)
     from_line = config.line_of("practice", "from_email")

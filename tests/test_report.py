@@ -113,8 +113,9 @@ def test_the_report_has_every_figure_in_json_terminal_and_html(
     assert registered["converted"] == 2  # p0 became a client, p2 asked for a consultation, after it
     assert webinar["converted"] == 2  # p0 (client) and p2 (asked for a consultation)
     assert steps["day-before"]["sent"] == 13  # not the bounced one nor the two who unsubscribed
-    # not p5 (bounced), p7 and p9 (unsubscribed), p2 (asked for a consultation) nor p0 (a client by then)
-    assert (steps["thank-you"]["sent"], steps["replay"]["sent"]) == (5, 6)
+    # not p5 (bounced) nor p7 and p9 (unsubscribed); p2 (asked for a consultation) and p0 (a client
+    # by then) still get the thank-you with the recording: a goal never withholds it (issue 18, item 7)
+    assert (steps["thank-you"]["sent"], steps["replay"]["sent"]) == (7, 6)
     for step in webinar["steps"]:
         for key in (
             "sent",

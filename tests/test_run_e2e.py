@@ -228,7 +228,7 @@ def test_an_outage_skips_stale_mail_instead_of_flooding(project: Project, funnel
     assert [s for _, _, s in project.sent()] == ["registered"]
 
 
-def test_reaching_the_goal_keeps_the_reminders_and_ends_the_letters(project: Project, funnel) -> None:
+def test_reaching_the_goal_keeps_the_reminders_and_the_recording_and_ends_the_letters(project: Project, funnel) -> None:
     project.write("signups/webinar-registrations.csv", HEADER + f"ana@example.test,Ana,,{WEBINAR_A},America/Denver,\n")
     funnel("run", "--now", "2027-01-10T16:00:00Z")
     project.write(
@@ -244,11 +244,13 @@ def test_reaching_the_goal_keeps_the_reminders_and_ends_the_letters(project: Pro
     steps = {s["id"]: s for s in webinar["steps"]}
     assert steps["day-before"]["status"] == "pending" and "reason" not in steps["day-before"]
     assert steps["hour-before"]["status"] == "pending" and "reason" not in steps["hour-before"]
-    for step_id in ("replay", "thank-you", "consultation-invite"):
-        assert steps[step_id]["reason"] == f"{goal}: will not be sent"
+    # what she signed up for still goes: the recording (or the thank-you with it)
+    assert steps["replay"]["status"] == "pending" and "reason" not in steps["replay"]
+    assert steps["thank-you"]["status"] == "pending" and "reason" not in steps["thank-you"]
+    assert steps["consultation-invite"]["reason"] == f"{goal}: will not be sent"
     text = funnel("contacts", "show", "ana@example.test").out
-    assert f"{goal}: no more letters; confirmations and reminders still go" in text
-    assert f"replay                   pending  Thu 14 Jan 2027 22:00 MST - {goal}: will not be sent" in text
+    assert f"{goal}: no more letters; confirmations, reminders and the recording still go" in text
+    assert f"consultation-invite      pending  Sun 17 Jan 2027 09:00 MST - {goal}: will not be sent" in text
 
     # plan lists the reminders, and says why the letters do not go
     plan = funnel("plan", "--now", "2027-01-11T16:00:00Z", "--days", "14")
@@ -258,13 +260,16 @@ def test_reaching_the_goal_keeps_the_reminders_and_ends_the_letters(project: Pro
         "day-before",
         "hour-before",
         "replay",
-        "thank-you",
         "consultation-invite",
     ]
-    assert all(line.rstrip().endswith(f"not sent: {goal}") for line in lines[2:])
-    assert not any("not sent" in line for line in lines[:2])
+    assert lines[-1].rstrip().endswith(f"not sent: {goal}")
+    assert not any("not sent" in line for line in lines[:-1])
     planned = funnel("plan", "--now", "2027-01-11T16:00:00Z", "--days", "14", "--json").json()
-    assert [i["step"] for i in planned if i["sequence"] == "webinar-relationship-911"] == ["day-before", "hour-before"]
+    assert [i["step"] for i in planned if i["sequence"] == "webinar-relationship-911"] == [
+        "day-before",
+        "hour-before",
+        "replay",
+    ]
 
     for now in ("2027-01-14T02:00:00Z", "2027-01-15T01:00:00Z", "2027-01-15T15:00:00Z", "2027-01-20T16:00:00Z"):
         assert funnel("run", "--now", now).code == 0
@@ -273,6 +278,7 @@ def test_reaching_the_goal_keeps_the_reminders_and_ends_the_letters(project: Pro
         "registered",
         "day-before",
         "hour-before",
+        "replay",
     ]
     assert ("consultation", "received") in sent
     shown = funnel("contacts", "show", "ana@example.test", "--json").json()
@@ -284,8 +290,8 @@ def test_reaching_the_goal_keeps_the_reminders_and_ends_the_letters(project: Pro
         "registered": ("sent", None),
         "day-before": ("sent", None),
         "hour-before": ("sent", None),
-        "replay": ("skipped", goal),
-        "thank-you": ("skipped", goal),
+        "replay": ("sent", None),
+        "thank-you": ("skipped", "without tag webinar-attended"),
         "consultation-invite": ("skipped", goal),
     }
     assert "betrayal-recovery" not in by_sequence  # the goal also ends the `next:` chain

@@ -1431,3 +1431,75 @@ def test_first_look_of_a_letter_enrolled_at_night_is_the_morning() -> None:
     # a step without a webinar date is skipped at once: looked at at once
     reminder = seq(step("a", webinar="-1d"), step("b", wait="1d"))
     assert first_look(reminder, L(DENVER, 2026, 7, 1, 2), None, DENVER, delivery()) == L(DENVER, 2026, 7, 1, 2)
+
+
+# ======================================== care: the goal keeps the recording; late registrants
+
+
+def test_after_goal_step_still_goes_once_the_goal_is_reached() -> None:
+    enrolled = L(DENVER, 2026, 3, 9, 10)
+    sequence = seq(
+        step("replay", wait="1d", after_goal=True),
+        step("offer", wait="2d"),
+        exit_on_tags=("client",),
+    )
+    evaluation = run(sequence, enrolled, enrolled + timedelta(days=1), tags=frozenset({"client"}))
+    assert outcome(evaluation, "replay") == "send"
+    assert outcome(evaluation, "offer") == "wait"  # the goal is decided at the offer's own time
+    later = run(
+        sequence,
+        enrolled,
+        enrolled + timedelta(days=3),
+        tags=frozenset({"client"}),
+        recorded={"replay": Recorded("sent")},
+    )
+    assert outcome(later, "offer") == "skip: goal reached: tag client"
+    assert later.finished and later.goal == "goal reached: tag client"
+
+
+def test_after_goal_step_keeps_the_send_window() -> None:
+    enrolled = L(DENVER, 2026, 3, 9, 10)
+    sequence = seq(step("replay", wait="12h", after_goal=True), exit_on_tags=("client",))
+    evaluation = run(sequence, enrolled, L(DENVER, 2026, 3, 9, 22), tags=frozenset({"client"}))
+    assert outcome(evaluation, "replay") == "wait"
+    assert evaluation.wake_at == L(DENVER, 2026, 3, 10, 8)
+
+
+@pytest.mark.parametrize(
+    ("minutes_before", "day_before", "hour_before"),
+    [
+        (65, "skip: before enrollment", "skip: too soon after the confirmation (within 2h)"),
+        (30, "skip: before enrollment", "skip: before enrollment"),
+        (150, "skip: before enrollment", "skip: too soon after the confirmation (within 2h)"),
+        (190, "skip: before enrollment", "send"),
+        (25 * 60, "skip: too soon after the confirmation (within 2h)", "send"),
+        (27 * 60, "send", "send"),
+    ],
+)
+def test_reminder_within_the_gap_of_the_confirmation_is_skipped(
+    minutes_before: int, day_before: str, hour_before: str
+) -> None:
+    start = L(DENVER, 2026, 3, 12, 19)
+    enrolled = start - timedelta(minutes=minutes_before)
+    sequence = seq(
+        step("registered", wait="0m", transactional=True),
+        step("day-before", webinar="-1d", transactional=True),
+        step("hour-before", webinar="-1h", transactional=True),
+    )
+    dl = delivery(reminder_gap="2h")
+    seen: dict[str, str] = {}
+    for now in (enrolled, start - timedelta(days=1), start - timedelta(hours=1)):
+        recorded = {k: Recorded("sent") for k, v in seen.items() if v == "send"}
+        evaluation = run(sequence, enrolled, max(now, enrolled), webinar_start=start, dl=dl, recorded=recorded)
+        for name in ("registered", "day-before", "hour-before"):
+            if name not in seen and outcome(evaluation, name) != "wait":
+                seen[name] = outcome(evaluation, name)
+    assert seen == {"registered": "send", "day-before": day_before, "hour-before": hour_before}
+
+
+def test_no_reminder_gap_by_default() -> None:
+    start = L(DENVER, 2026, 3, 12, 19)
+    enrolled = start - timedelta(minutes=65)
+    sequence = seq(step("registered", transactional=True), step("hour-before", webinar="-1h", transactional=True))
+    evaluation = run(sequence, enrolled, start - timedelta(hours=1), webinar_start=start)
+    assert outcome(evaluation, "hour-before") == "send"

@@ -658,7 +658,7 @@ def test_a_browser_unsubscribes_from_a_real_email(
     # keyboard only: Tab reaches the button, Enter presses it
     ActionChains(chromium).send_keys(Keys.TAB).perform()
     focused = chromium.switch_to.active_element
-    assert focused.tag_name == "button" and focused.text == "Unsubscribe"
+    assert focused.tag_name == "button" and focused.text == "Stop everything"
     focused.send_keys(Keys.ENTER)
     WebDriverWait(chromium, 20).until(
         lambda driver: driver.find_element(By.TAG_NAME, "h1").text == "You are unsubscribed"
@@ -667,6 +667,41 @@ def test_a_browser_unsubscribes_from_a_real_email(
     assert chromium.save_screenshot(str(done))
     _not_blank(done)
     assert show_subprocess(funnel_process)["unsubscribed"] is True
+
+
+def test_a_browser_pauses_for_a_month_and_ends_the_pause_from_the_same_page(
+    project: Project, funnel_process: Run, funnel_server: Callable[..., Any], chromium: Any
+) -> None:
+    """The choices besides "stop everything" (spec section 12), pressed in a real browser."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    server = funnel_server("--now", NOW, env={"FUNNEL_BASE_URL": "http://base.invalid"})
+    with server.client() as http:
+        post_confirmed(project, http, ANA)
+    [message] = letters(project)
+    link = str(message["List-Unsubscribe"]).strip("<>").replace("http://base.invalid", server.url)
+    chromium.get(link)
+    buttons = [b.text for b in chromium.find_elements(By.TAG_NAME, "button")]
+    assert buttons == ["Stop everything", "Just the webinar emails", "Pause for a month"]
+    assert chromium.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "email-choices.png"
+    assert chromium.save_screenshot(str(shot))
+    _not_blank(shot)
+
+    def press(label: str, heading: str) -> None:
+        button = next(b for b in chromium.find_elements(By.TAG_NAME, "button") if b.text == label)
+        button.click()
+        WebDriverWait(chromium, 20).until(lambda driver: driver.find_element(By.TAG_NAME, "h1").text == heading)
+
+    press("Pause for a month", "Paused for a month")
+    [enrollment] = show_subprocess(funnel_process)["enrollments"]
+    assert enrollment["status"] == "paused"
+    press("End the pause now", "The pause has ended")
+    [enrollment] = show_subprocess(funnel_process)["enrollments"]
+    assert enrollment["status"] != "paused"
+    assert show_subprocess(funnel_process)["unsubscribed"] is False
 
 
 def show_subprocess(funnel_process: Run) -> dict[str, Any]:

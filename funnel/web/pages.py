@@ -5,6 +5,10 @@ and `GET /j/{token}`, a discreet reader's neutral link (a 303 to its target, `fu
 `POST /u/{token}` unsubscribes from everything at once, from the page's
 button or from a mail client's RFC 8058 one-click post (urlencoded
 `List-Unsubscribe=One-Click`, no cookies, no redirect).
+`POST /u/{token}/letters` ("just the webinar emails": the letters and `next:`
+end, the reminders and the recording still go) and `POST /u/{token}/pause`
+("pause for a month") are the page's other choices (`funnel.preferences`),
+each undone from the page it answers with (`letters-undo`, `pause-undo`).
 `POST /u/{token}/resubscribe` undoes it, only when the unsubscribe was made
 from that same email's link within 30 days (spec section 9); anything else
 gets a calm page saying it cannot be undone here, with no reason that would
@@ -40,6 +44,7 @@ from funnel.config import Config
 from funnel.contacts import undo_from_link, unsubscribe
 from funnel.jump import TOKEN_LENGTH, jump_links
 from funnel.models import Contact
+from funnel.preferences import end_pause, pause_for_a_month, restart_letters, stop_letters
 from funnel.unsubscribe import Named, find, previous_keys, reading_tokens, stored_key
 from funnel.web.deps import get_config, get_engine, get_now, read_body
 
@@ -91,13 +96,52 @@ _LAYOUT = """<!doctype html>
 _TEMPLATES = {
     "layout.html": _LAYOUT,
     "confirm.html": """{% extends "layout.html" %}{% block content %}
-<h1>Stop these emails?</h1>
-<p>Press the button to stop all emails {% if practice %}from {{ practice }} {% endif %}to this address.</p>
+<h1>Your email choices</h1>
+<p>You can stop all emails {% if practice %}from {{ practice }} {% endif %}to this address, or choose fewer.</p>
 <form method="post" action="{{ unsubscribe_action }}">
 <input type="hidden" name="confirm" value="yes">
-<button type="submit">Unsubscribe</button>
+<button type="submit">Stop everything</button>
 </form>
+<p>Or, if you would rather:</p>
+<form method="post" action="{{ letters_action }}">
+<button type="submit" class="quiet">{{ just_label }}</button>
+</form>
+<p>The letters stop; the reminders and the recording of what you signed up for still come.</p>
+<form method="post" action="{{ pause_action }}">
+<button type="submit" class="quiet">Pause for a month</button>
+</form>
+<p>Nothing comes for 30 days, then the emails start again.</p>
 <p>If you did not mean to open this page, you can simply close it. Nothing has changed.</p>
+{% endblock %}""",
+    "letters_stopped.html": """{% extends "layout.html" %}{% block content %}
+<h1>{{ just_label }}</h1>
+<p>The letters have stopped. Only the reminders and the recording of what you signed up for will still come.</p>
+<p>Was this a mistake?</p>
+<form method="post" action="{{ letters_undo_action }}">
+<button type="submit" class="quiet">Start the letters again</button>
+</form>
+{% endblock %}""",
+    "letters_restarted.html": """{% extends "layout.html" %}{% block content %}
+<h1>The letters will come again</h1>
+<p>Letters that were due while they were stopped will not be sent late.</p>
+<form method="post" action="{{ letters_action }}">
+<button type="submit" class="quiet">{{ just_label }}</button>
+</form>
+{% endblock %}""",
+    "paused.html": """{% extends "layout.html" %}{% block content %}
+<h1>Paused for a month</h1>
+<p>Nothing will come to this address for 30 days. After that, the emails start again.</p>
+<p>Was this a mistake?</p>
+<form method="post" action="{{ pause_undo_action }}">
+<button type="submit" class="quiet">End the pause now</button>
+</form>
+{% endblock %}""",
+    "pause_ended.html": """{% extends "layout.html" %}{% block content %}
+<h1>The pause has ended</h1>
+<p>The emails can come again. Any that were due during the pause and are now long past will not be sent.</p>
+<form method="post" action="{{ pause_action }}">
+<button type="submit" class="quiet">Pause for a month</button>
+</form>
 {% endblock %}""",
     "unsubscribed.html": """{% extends "layout.html" %}{% block content %}
 <h1>You are unsubscribed</h1>
@@ -123,7 +167,7 @@ Nothing has changed.</p>
 {% endblock %}""",
     "thanks.html": """{% extends "layout.html" %}{% block content %}
 <h1>Thank you</h1>
-<p>Your message has reached {{ practice }}. We will be in touch soon.</p>
+<p>Your message has reached {{ practice }}. I'll be in touch{% if response_time %} {{ response_time }}{% endif %}.</p>
 {% endblock %}""",
     "link_invalid.html": """{% extends "layout.html" %}{% block content %}
 <h1>This link does not work</h1>
@@ -157,15 +201,34 @@ def page(
     emails from. The title and wording never name the subject matter anyway.
     """
     practice = None if discreet else config.practice.name
-    html = _ENV.get_template(name).render(title=TITLE, style=STYLE, practice=practice, **(values or {}))
+    # "webinar" names the subject matter to whoever opens a discreet reader's page
+    just = "Just the reminders" if discreet else "Just the webinar emails"
+    html = _ENV.get_template(name).render(
+        title=TITLE,
+        style=STYLE,
+        practice=practice,
+        just_label=just,
+        response_time=config.practice.response_time,
+        **(values or {}),
+    )
     return HTMLResponse(html, status_code=status_code)
+
+
+#: the choices besides "stop everything" (`funnel.preferences`), each a POST to /u/{token}/{name}
+_CHOICES = ("letters", "letters-undo", "pause", "pause-undo")
 
 
 def _actions(token: str, on_resubscribe_page: bool = False) -> dict[str, str]:
     # relative URLs, so the pages also work behind a proxy that serves funnel under a path prefix
-    if on_resubscribe_page:  # the page is /u/{token}/resubscribe
-        return {"unsubscribe_action": f"../{token}", "resubscribe_action": "resubscribe"}
-    return {"unsubscribe_action": token, "resubscribe_action": f"{token}/resubscribe"}
+    if on_resubscribe_page:  # the page is /u/{token}/<something>
+        actions = {"unsubscribe_action": f"../{token}", "resubscribe_action": "resubscribe"}
+        prefix = ""
+    else:
+        actions = {"unsubscribe_action": token, "resubscribe_action": f"{token}/resubscribe"}
+        prefix = f"{token}/"
+    for choice in _CHOICES:
+        actions[f"{choice.replace('-', '_')}_action"] = prefix + choice
+    return actions
 
 
 @dataclass(frozen=True)
@@ -235,6 +298,16 @@ async def resubscribe_now(token: str, request: Request) -> HTMLResponse:
     return _answer(request, outcome, _actions(token, on_resubscribe_page=True))
 
 
+@router.post("/u/{token}/{choice}")
+async def choose(token: str, choice: str, request: Request) -> HTMLResponse:
+    """Just the webinar emails, pause for a month, and their undoing (`funnel.preferences`)."""
+    await read_body(request, limit=4096)
+    if choice not in _CHOICES:
+        return page(get_config(request), "invalid.html", 404, discreet=True)
+    outcome = await run_in_threadpool(_choose, get_engine(request), token, choice, get_now(request))
+    return _answer(request, outcome, _actions(token, on_resubscribe_page=True))
+
+
 def _answer(request: Request, outcome: _Outcome, actions: dict[str, str]) -> HTMLResponse:
     return page(get_config(request), outcome.template, outcome.status_code, actions, discreet=outcome.discreet)
 
@@ -283,3 +356,36 @@ def _undo(engine: Engine, token: str, now: datetime) -> _Outcome:
             return _Outcome("not_undone.html", discreet=_discreet(contact))
         session.commit()
         return _Outcome("resubscribed.html", discreet=_discreet(contact))
+
+
+#: the page each choice answers with
+_CHOSEN = {
+    "letters": "letters_stopped.html",
+    "letters-undo": "letters_restarted.html",
+    "pause": "paused.html",
+    "pause-undo": "pause_ended.html",
+}
+
+
+def _choose(engine: Engine, token: str, choice: str, now: datetime) -> _Outcome:
+    """Apply one choice for whoever the token names; a forgotten person gets the same page, and nothing changes.
+
+    Each is idempotent (posting twice is harmless), and each is undone by the
+    page it answers with.
+    """
+    with Session(engine) as session:
+        named = _named(session, token)
+        if named is None:
+            return _BAD_LINK
+        contact = named.contact
+        if contact.erased_at is None:
+            if choice == "letters":
+                stop_letters(session, contact, now)
+            elif choice == "letters-undo":
+                restart_letters(session, contact, now)
+            elif choice == "pause":
+                pause_for_a_month(session, contact, now)
+            else:
+                end_pause(session, contact, now)
+            session.commit()
+        return _Outcome(_CHOSEN[choice], discreet=_discreet(contact))
