@@ -353,6 +353,7 @@ class Webinar(_Model):
     @property
     def has_sessions(self) -> bool:
         return bool(self.sessions or self.repeat)
+
     #: whether the webinar is recorded: false, the replay letter says sorry we missed you and
     #: points to the next date instead of a recording, and no letter promises a recording
     recorded: bool = True
