@@ -78,6 +78,9 @@ def test_every_field_of_the_webinar_is_in_the_memo_key(renderer: Renderer) -> No
         "start": datetime(2027, 1, 15, 19, 0, tzinfo=denver),
         "session": "t",
         "previous_start": datetime(2027, 1, 13, 19, 0, tzinfo=denver),
+        "recorded": False,
+        "hours_until": 2.5,
+        "next_start": datetime(2027, 2, 18, 19, 0, tzinfo=denver),
     }
     assert set(changes) == {f.name for f in fields(TemplateWebinar)}
     key = renderer._value_key(("webinar",), base)
