@@ -11,7 +11,10 @@ wakes every enrollment), before anything is decided:
   unique (enrollment, step) row stays);
 - a cancelled session ends its enrollments that are still going (status
   `exited`, reason "session cancelled"): no pending mail for it goes, and
-  they do not go on to the `next` sequence.
+  they do not go on to the `next` sequence. Its `on: cancelled` letter
+  still goes to them (`funnel.notices`);
+- each move is recorded on the enrollment (`previous_start`, `moves`): the
+  `on: rescheduled` letter names the old time, and goes once per move.
 
 Only listed sessions move or are cancelled: a date the `repeat` rule gives
 is changed by listing it (`start:` with `was:`, or `cancelled: true`).
@@ -37,9 +40,8 @@ from funnel.config import Config
 from funnel.db import put_setting
 from funnel.ingest import reschedule
 from funnel.models import Enrollment, Setting
+from funnel.notices import CANCELLED_REASON
 from funnel.sessions import LOOK_AHEAD, LOOK_BACK, listed_sessions, sessions_between
-
-CANCELLED_REASON = "session cancelled"
 
 
 @dataclass
@@ -77,6 +79,11 @@ def apply_session_changes(session: Session, config: Config, now: datetime) -> Se
                 done.cancelled += 1
             elif start_at != found.start:
                 reschedule(session, config, enrollment_id, sequence, webinar_id, found.start, now)
+                session.execute(
+                    update(Enrollment)
+                    .where(col(Enrollment.id) == enrollment_id)
+                    .values(previous_start=start_at, moves=col(Enrollment.moves) + 1)
+                )
                 done.moved += 1
     return done
 

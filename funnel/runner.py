@@ -56,6 +56,7 @@ from funnel.invitation import invitation
 from funnel.ledger import UNKNOWN_REASON, Ledger, StepRow, SuppressionCheck
 from funnel.models import Contact, Enrollment, EnrollmentTag, Run, Setting, SourceFile, StepRun, Tag, new_token_key
 from funnel.moves import apply_session_changes, remember_sessions, removed_sessions
+from funnel.notices import due_notices
 from funnel.render import MissingData, Rendered, Renderer, TemplateContact, TemplateWebinar
 from funnel.sessions import session_scoped_tags, tags_in_session
 from funnel.sources import Fingerprint, clean_line, read_source_file
@@ -168,6 +169,8 @@ class _Claim:
     send: schedule.Send
     row: StepRow | None
     rows: dict[str, StepRow] = field(default_factory=dict)
+    #: the ledger's step id when it is not the step's own: a letter answering a change (`funnel.notices`)
+    key: str | None = None
 
 
 #: a claimed step and its row, waiting to be rendered and handed over
@@ -274,6 +277,7 @@ class Runner:
                 self._wake_all_if_config_changed()
                 if self.read_sources and our_turn:
                     self._ingest_sources()
+            self._send_notices()
             self._send_due()
             self._finish_run()
         finally:
@@ -413,8 +417,35 @@ class Runner:
 
     # ----------------------------------------------------------------- due work
 
-    def _send_due(self) -> None:
-        """Decide and claim page by page; hand claimed emails over in small batches as room frees up."""
+    def _send_notices(self) -> None:
+        """Send the letters that answer a session's move or cancellation (`funnel.notices`), before the rest.
+
+        In a round of their own, so that their outcomes never count towards an
+        enrollment's pending steps of the ordinary round.
+        """
+        found = due_notices(self.session, self.config, self.now)
+        if not found or self.stop.is_set():
+            return
+        claims = [
+            _Claim(
+                n.contact,
+                n.enrollment,
+                self.config.sequences[n.enrollment.sequence],
+                schedule.Send(n.step, self.now),
+                n.row,
+                key=n.key,
+            )
+            for n in found
+        ]
+        ready = self._claim_all(claims)
+        self.checkpoint()
+        self._send_due(first=ready, pages=False)
+
+    def _send_due(self, first: list[_Ready] | None = None, *, pages: bool = True) -> None:
+        """Decide and claim page by page; hand claimed emails over in small batches as room frees up.
+
+        `first`: emails already claimed, handed over before any page (and, without `pages`, alone).
+        """
         batch = max(1, self.config.delivery.concurrency)
         # at most this many emails are `sending` at any moment: all a SIGKILL can leave unknown
         window = 2 * batch
@@ -435,8 +466,8 @@ class Runner:
         page_size = SHARED_PAGE if shares_work(self.engine) else PAGE
         done = 0
         last_id = 0
-        more = True
-        waiting: deque[_Ready] = deque()
+        more = pages
+        waiting: deque[_Ready] = deque(first or ())
         try:
             while not dispatcher.stopped:
                 if more and len(waiting) < window:
@@ -732,7 +763,7 @@ class Runner:
                 {
                     "enrollment_id": c.enrollment.id,
                     "sequence": c.enrollment.sequence,
-                    "step_id": c.send.step.id,
+                    "step_id": c.key or c.send.step.id,
                     "transactional": c.send.step.transactional,
                     "send_id": send_ids[id(c)],
                     "attempts": 0,
@@ -747,7 +778,7 @@ class Runner:
             row = taken.get(send_ids[id(claim)]) if claim.row is None else self.ledger.retake(claim.row)
             if row is None:
                 continue
-            claim.rows[claim.send.step.id] = row
+            claim.rows[claim.key or claim.send.step.id] = row
             pending = self._pending.get(claim.enrollment.id or 0)
             if pending is not None:
                 pending.outstanding += 1
@@ -811,6 +842,7 @@ class Runner:
             now=self.now,
             session=enrollment.session,
             join_url=enrollment.join_url,
+            moves=enrollment.moves or 0,
         )
         if step.calendar and not attachments:  # the email still goes, without the event
             note = f"{enrollment.sequence}/{step.id}: sent without its calendar invitation (no webinar date)"
@@ -971,6 +1003,12 @@ def render_for(
             info.replay_url,
             start,
             session=enrollment.session or None,
+            # where her session was before its latest move: said in the letter that answers the move
+            previous_start=(
+                enrollment.previous_start.astimezone(contact_zone(config, contact))
+                if step.on == "rescheduled" and enrollment.previous_start
+                else None
+            ),
         )
     return renderer.render(
         sequence_id,

@@ -129,7 +129,7 @@ def due_times(
     and for a due time out of range (see `LATEST`; `skip_reason_without_due` tells which)."""
     result: dict[str, datetime | None] = {}
     anchor = enrolled_at
-    for step in sequence.steps:
+    for step in sequence.timed_steps:  # an `on:` step has no time: it answers a session's change
         due: datetime | None = None
         try:
             if step.webinar is not None:
@@ -190,8 +190,9 @@ def about_coming_webinar(sequence: Sequence, step: Step, due: datetime, webinar_
         return step.webinar.approx < timedelta(0) or due < webinar_start
     if due < webinar_start:
         return True
-    ids = [s.id for s in sequence.steps]
-    first_webinar = next((i for i, s in enumerate(sequence.steps) if s.webinar is not None), None)
+    timed = sequence.timed_steps
+    ids = [s.id for s in timed]
+    first_webinar = next((i for i, s in enumerate(timed) if s.webinar is not None), None)
     return first_webinar is not None and ids.index(step.id) < first_webinar
 
 
@@ -283,11 +284,11 @@ def evaluate(
     enrollment with it (min_gap holds across sequences).
     """
     dues = _due_times_for(sequence, enrollment.enrolled_at, enrollment.webinar_start, contact.tz)
-    order = {step.id: index for index, step in enumerate(sequence.steps)}
+    order = {step.id: index for index, step in enumerate(sequence.timed_steps)}
     gapless = replace(contact, last_marketing_at=None) if contact.last_marketing_at is not None else contact
     open_steps = [
         step
-        for step in sequence.steps
+        for step in sequence.timed_steps
         if step.id not in enrollment.recorded
         or (enrollment.recorded[step.id].status == "failed" and enrollment.recorded[step.id].retryable)
     ]
@@ -469,7 +470,7 @@ def project(
                     due = skip.due_at if skip.due_at and skip.due_at > clock else clock
                     planned.append(Planned(sid, skip.step.id, due, skipped=skip.reason, via=via.get(sid)))
             if evaluation.exit_reason or evaluation.finished:
-                recorded.update({s.id: Recorded("skipped") for s in sequence.steps if s.id not in recorded})
+                recorded.update({s.id: Recorded("skipped") for s in sequence.timed_steps if s.id not in recorded})
             states[sid] = (sequence, replace(state, recorded=recorded))
             if follow is not None and evaluation.finished and not evaluation.exit_reason and not evaluation.goal:
                 entry = follow.next_state(sequence, state, clock)
@@ -504,7 +505,8 @@ def first_look(
     """
     gapless = ContactState(tz=tz)
     earliest: datetime | None = None
-    for step, due in zip(sequence.steps, due_times(sequence, enrolled_at, webinar_start, tz).values(), strict=True):
+    dues = due_times(sequence, enrolled_at, webinar_start, tz)
+    for step, due in zip(sequence.timed_steps, dues.values(), strict=True):
         if due is None or due < enrolled_at:
             return enrolled_at
         start = opening(step, due, gapless, delivery)
