@@ -308,8 +308,14 @@ def evaluate(
         if due < enrollment.enrolled_at:
             skips.append(Skip(step, due, "before enrollment"))
             continue
-        introduced = enrollment.introduced.get(step.id)
         stored = enrollment.imported_at or enrollment.enrolled_at
+        if due < stored and step.webinar is not None and step.webinar.approx < timedelta(0):
+            # a reminder before the webinar ("Tomorrow at ...") counts from when funnel stored her,
+            # not from when she signed up (`signed_up_at`): a late export does not send it on the
+            # day itself; a `wait:` step still counts from her signup (and shows "late by ...")
+            skips.append(Skip(step, due, "before enrollment"))
+            continue
+        introduced = enrollment.introduced.get(step.id)
         if introduced is not None and due < introduced and introduced > stored:
             skips.append(Skip(step, due, "added after its time"))
             continue
