@@ -188,6 +188,8 @@ class _Pending:
     retry_later: bool = False
     #: the sequence's goal was reached: finishing ends it as exited, without `next`
     goal: str | None = None
+    #: her time zone (the `next` sequence starts at the last step's due time on her wall clock)
+    tz: ZoneInfo | None = None
 
 
 class Runner:
@@ -682,13 +684,13 @@ class Runner:
             self.writes.set(enrollment, next_due_at=evaluation.wake_at)
         if evaluation.sends:
             self._pending[enrollment.id or 0] = _Pending(
-                enrollment, enrollment.sequence, 0, evaluation.finished, goal=evaluation.goal
+                enrollment, enrollment.sequence, 0, evaluation.finished, goal=evaluation.goal, tz=state.tz
             )
             claims.extend(
                 _Claim(contact, enrollment, sequence, send, rows.get(send.step.id), rows) for send in evaluation.sends
             )
         elif evaluation.finished:
-            self._complete(enrollment, sequence, evaluation.goal)
+            self._complete(enrollment, sequence, evaluation.goal, state.tz)
         return evaluation.contact or state
 
     def _unschedulable(
@@ -928,10 +930,15 @@ class Runner:
         if pending.finished_if_sent:
             sequence = self.config.sequences.get(pending.sequence_id)
             if sequence is not None:
-                self._complete(enrollment, sequence, pending.goal)
+                self._complete(enrollment, sequence, pending.goal, pending.tz)
 
-    def _complete(self, enrollment: Enrollment, sequence: Sequence, goal: str | None = None) -> None:
-        """Every step has an outcome: finish, and start the `next` sequence (not when its goal was reached)."""
+    def _complete(
+        self, enrollment: Enrollment, sequence: Sequence, goal: str | None = None, tz: ZoneInfo | None = None
+    ) -> None:
+        """Every step has an outcome: finish, and start the `next` sequence (not when its goal was reached).
+
+        She enters `next` at the last step's due time (`schedule.next_enrolled_at`), as `funnel plan` shows.
+        """
         if goal:
             self._end(enrollment, "exited", goal)
             self.summary.exited += 1
@@ -940,6 +947,17 @@ class Runner:
         self.summary.finished += 1
         if not sequence.next or sequence.next not in self.config.sequences:
             return
+        entered = self.now
+        if tz is not None:
+            try:
+                entered = schedule.next_enrolled_at(
+                    sequence,
+                    schedule.EnrollmentState(enrollment.enrolled_at, enrollment.webinar_start),
+                    tz,
+                    self.now,
+                )
+            except (OverflowError, ValueError):  # a stored date beyond what a zone can show: now, as before
+                entered = self.now
         insert_ignore(
             self.session,
             Enrollment.__table__,  # type: ignore[attr-defined]  # SQLModel does not declare __table__ for mypy
@@ -948,7 +966,7 @@ class Runner:
                     "contact_id": enrollment.contact_id,
                     "sequence": sequence.next,
                     "status": "active",
-                    "enrolled_at": self.now,
+                    "enrolled_at": entered,
                     "source": f"after {enrollment.sequence}",
                     "webinar": enrollment.webinar,
                     "webinar_start": enrollment.webinar_start,
