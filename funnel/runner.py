@@ -955,6 +955,7 @@ class Runner:
                     schedule.EnrollmentState(enrollment.enrolled_at, enrollment.webinar_start),
                     tz,
                     self.now,
+                    self.config.delivery,
                 )
             except (OverflowError, ValueError):  # a stored date beyond what a zone can show: now, as before
                 entered = self.now

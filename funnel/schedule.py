@@ -430,16 +430,22 @@ class Follow:
         return following, self.sequences[following], entry
 
 
-def next_enrolled_at(sequence: Sequence, state: EnrollmentState, tz: ZoneInfo, now: datetime) -> datetime:
+def next_enrolled_at(
+    sequence: Sequence, state: EnrollmentState, tz: ZoneInfo, now: datetime, delivery: Delivery
+) -> datetime:
     """When she enters the `next` sequence of `sequence`, finished at `now`: its last step's due time.
 
     Not the moment a run happened to see it (a cron run at 09:10 for a step
     `at: "09:00"` would start the next sequence's `at: "09:00"` letters a day
-    late); never later than `now`, never before she entered `sequence`. Runs
-    (`Runner._complete`) and the plan (`project`) both use it, so they agree.
+    late); never later than `now`, never before she entered `sequence`. After
+    an outage longer than `max_late` (the last letters were skipped as stale)
+    she starts from `now`: nothing stale is made up in the next sequence.
+    Runs (`Runner._complete`) and the plan (`project`) both use it, so they agree.
     """
     dues = [d for d in due_times(sequence, state.enrolled_at, state.webinar_start, tz).values() if d is not None]
     latest = max(dues, default=now)
+    if now - latest > delivery.max_late.approx:
+        return now
     return max(state.enrolled_at, min(now, latest))
 
 
@@ -492,7 +498,9 @@ def project(
                 recorded.update({s.id: Recorded("skipped") for s in sequence.timed_steps if s.id not in recorded})
             states[sid] = (sequence, replace(state, recorded=recorded))
             if follow is not None and evaluation.finished and not evaluation.exit_reason and not evaluation.goal:
-                entry = follow.next_state(sequence, state, next_enrolled_at(sequence, state, contact.tz, clock))
+                entry = follow.next_state(
+                    sequence, state, next_enrolled_at(sequence, state, contact.tz, clock, delivery)
+                )
                 if entry is not None and entry[0] not in states:
                     states[entry[0]] = (entry[1], entry[2])
                     via[entry[0]] = sid
