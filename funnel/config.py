@@ -705,7 +705,7 @@ class Config(_Model):
                     "at": s.at.strftime("%H:%M") if s.at else None,
                     "transactional": s.transactional,
                 }
-                for s in seq.steps
+                for s in seq.timed_steps  # an `on:` step has no timing
             ]
             for sid, seq in self.sequences.items()
         }
