@@ -256,7 +256,9 @@ def check(config_path: Path | None, debug: bool, now: datetime) -> None:
 
     for warning in session_warnings(config, now):  # history, not a mistake: the exit code stays 0
         click.echo(warning, err=True)
-    problems = environment_problems(config) + check_templates(config, now)
+    from funnel.moves import removed_sessions_on_disk
+
+    problems = environment_problems(config) + check_templates(config, now) + removed_sessions_on_disk(config, now)
     for problem in problems:
         click.echo(problem, err=True)
     if problems:

@@ -162,6 +162,11 @@ def test_a_session_taken_out_while_people_are_registered_is_refused_with_both_wa
     assert refused.err.startswith(f"funnel: sequences.yaml:{line}: webinars.relationship-911.sessions: ")
     assert "2027-04-15 18:30" in refused.err and "2 people are registered" in refused.err
     assert "was: 2027-04-15 18:30" in refused.err and "cancelled: true" in refused.err
+    # `funnel check` says the same, from the database (read only), exit 1
+    checked = funnel("check", "--now", "2027-03-02T16:00:00Z")
+    assert checked.code == 1
+    assert f"sequences.yaml:{line}: webinars.relationship-911.sessions: " in checked.err
+    assert "2 people are registered" in checked.err and "was: 2027-04-15 18:30" in checked.err
     # nothing was done: saying what happened lets the run go on
     set_sessions(
         project,
