@@ -528,6 +528,18 @@ def _reading_zone(config: Config, in_utc: bool) -> ZoneInfo:
 
 
 def _print_changes(result: dict[str, Any]) -> None:
+    moves = result.get("sessions", [])
+    if moves:
+        click.echo("webinar sessions (times in each webinar's zone):")
+    for move in moves:
+        tz = ZoneInfo(move["zone"])
+        old = readable(parse_instant(move["from"]), tz) if move["from"] else "no date"
+        if move["change"] == "cancelled":
+            what = f"{old}: cancelled"
+        else:
+            what = f"{old} -> {readable(parse_instant(move['to']), tz)}"
+        told = f"told: {move['told']}" if move["told"] else "no letter (no confirmation yet, or none to send)"
+        click.echo(f"  {safe(move['email'])}: {what}; {told}")
     if not result["steps"]:
         click.echo("no changes to step timing since the last run")
         return

@@ -88,6 +88,17 @@ def test_a_session_moved_earlier_or_later_re_times_its_letters_and_a_cancelled_o
     ]
     set_sessions(project, AFTER)
     assert funnel("check", "--now", "2027-03-02T16:00:00Z").code == 0
+    # before the run, plan --changes says who moves (old -> new) and who is told
+    changes = funnel("plan", "--changes", "--now", "2027-03-02T15:00:00Z", "--json").json()
+    assert isinstance(changes, dict)
+    assert [(c["email"], c["change"], c["from"], c["to"], c["told"]) for c in changes["sessions"]] == [
+        ("ana@example.test", "moves", "2027-03-19T00:30:00Z", "2027-03-12T01:30:00Z", "new-date"),
+        ("bea@example.test", "cancelled", "2027-04-16T00:30:00Z", None, "cancelled"),
+        ("dana@example.test", "moves", "2027-05-21T00:30:00Z", "2027-05-28T00:30:00Z", "new-date"),
+    ]
+    shown = funnel("plan", "--changes", "--now", "2027-03-02T15:00:00Z").out
+    assert "ana@example.test: Thu 18 Mar 2027 18:30 MDT -> Thu 11 Mar 2027 18:30 MST; told: new-date" in shown
+    assert "bea@example.test: Thu 15 Apr 2027 18:30 MDT: cancelled; told: cancelled" in shown
     summary = run("2027-03-02T16:00:00Z")
     assert (summary["moved"], summary["cancelled"]) == (2, 1)
     # each is told, once: the new date (with the old one) or the cancellation, with the event again
