@@ -10,7 +10,9 @@ At most once (the ledger's unique (enrollment_id, step_id) row) is kept per
 the session's start the notice is about, e.g. `new-date@2027-01-21T01:30:00+00:00`.
 A session moved twice is two rows (two letters, one per new time); the same
 move seen by a second run, or a second worker, finds its row and sends
-nothing. The cancelled letter is keyed by the start it calls off.
+nothing. The cancelled letter is keyed by the start it calls off. (A
+session moved back and forth to a time she was already told of is not
+announced twice: that key's row is there.)
 
 A notice is looked for at every run, not only when sequences.yaml changed, so
 one that failed for a passing reason (retryable) goes at the next run. It is
