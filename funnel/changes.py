@@ -64,8 +64,9 @@ def plan_changes(config: Config, engine: Engine, now: datetime) -> dict[str, Any
         last = session.scalars(
             select(Run).where(col(Run.finished_at).is_not(None)).order_by(col(Run.id).desc()).limit(1)
         ).first()
+        sessions = session_changes(session, config, now)
         if last is None:
-            return {"since_run": None, "steps": []}
+            return {"since_run": None, "steps": [], "sessions": sessions}
         before: dict[str, list[dict[str, Any]]] = last.config_timing or {}
         after = config.timing_snapshot()
         changes: list[dict[str, Any]] = []
@@ -86,7 +87,7 @@ def plan_changes(config: Config, engine: Engine, now: datetime) -> dict[str, Any
             people = _effects(session, config, sid, before.get(sid, []), kinds, now)
             for step_id, kind in kinds.items():
                 changes.append({"sequence": sid, "step": step_id, "change": kind, "people": people.get(step_id, [])})
-    return {"since_run": isoformat_z(last.started_at), "steps": changes}
+    return {"since_run": isoformat_z(last.started_at), "steps": changes, "sessions": sessions}
 
 
 def _timing(step: dict[str, Any]) -> dict[str, Any]:
@@ -140,3 +141,75 @@ def _effects(
             if effect:
                 effects.setdefault(step_id, []).append({"email": email or "(erased)", "effect": effect})
     return effects
+
+
+def session_changes(session: Session, config: Config, now: datetime) -> list[dict[str, Any]]:
+    """Person by person, what the next run does for moved (`was:`) and cancelled sessions.
+
+    The enrollments still hold the start the last run applied, so a listed
+    session whose start differs is a move the next run makes, and a cancelled
+    one ends them (`funnel.moves`). `told` names the letter she gets (the
+    sequence's `on: rescheduled` / `on: cancelled` step), or is None when she
+    gets none: her confirmation has not gone out (it will carry the new date),
+    or the sequence has no such step. Times are UTC here; the CLI shows them
+    in the webinar's zone.
+    """
+    from funnel.notices import notice_key
+    from funnel.sessions import listed_sessions
+
+    out: list[dict[str, Any]] = []
+    for webinar_id, webinar in config.webinars.items():
+        tz = config.webinar_zone(webinar_id)
+        listed = {s.id: s for s in listed_sessions(webinar, tz)}
+        if not listed:
+            continue
+        query = (
+            select(Enrollment, col(Contact.email))
+            .join(Contact, col(Contact.id) == col(Enrollment.contact_id))
+            .where(
+                col(Enrollment.webinar) == webinar_id,
+                col(Enrollment.session).in_(sorted(listed)),
+                col(Enrollment.status).in_(("active", "paused")),
+            )
+            .order_by(col(Enrollment.id))
+        )
+        for enrollment, email in session.execute(query):
+            found = listed[enrollment.session]
+            if not found.cancelled and enrollment.webinar_start == found.start:
+                continue
+            sequence = config.sequences.get(enrollment.sequence)
+            change = "cancelled" if found.cancelled else "rescheduled"
+            answer = sequence.answer(change) if sequence else None
+            confirmation = sequence.confirmation if sequence else None
+            confirmed = confirmation is not None and (
+                session.scalars(
+                    select(col(StepRun.status)).where(
+                        col(StepRun.enrollment_id) == enrollment.id, col(StepRun.step_id) == confirmation.id
+                    )
+                ).first()
+                == "sent"
+            )
+            upcoming = found.start if not found.cancelled else enrollment.webinar_start
+            told = None
+            if answer is not None and confirmed and enrollment.status == "active" and upcoming and upcoming > now:
+                already = session.scalars(
+                    select(col(StepRun.id)).where(
+                        col(StepRun.enrollment_id) == enrollment.id,
+                        col(StepRun.step_id) == notice_key(answer, upcoming),
+                    )
+                ).first()
+                told = None if already else answer.id
+            out.append(
+                {
+                    "email": email or "(erased)",
+                    "webinar": webinar_id,
+                    "session": enrollment.session,
+                    "sequence": enrollment.sequence,
+                    "change": "cancelled" if found.cancelled else "moves",
+                    "from": isoformat_z(enrollment.webinar_start) if enrollment.webinar_start else None,
+                    "to": None if found.cancelled else isoformat_z(found.start),
+                    "told": told,
+                    "zone": tz.key,
+                }
+            )
+    return out

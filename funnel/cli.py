@@ -256,7 +256,10 @@ def check(config_path: Path | None, debug: bool, now: datetime) -> None:
 
     for warning in session_warnings(config, now):  # history, not a mistake: the exit code stays 0
         click.echo(warning, err=True)
+    from funnel.moves import removed_sessions_on_disk
+
     problems = _second_look(config, environment_problems(config) + check_templates(config, now))
+    problems += removed_sessions_on_disk(config, now)
     for problem in problems:
         click.echo(problem, err=True)
     if problems:
@@ -551,6 +554,18 @@ def _reading_zone(config: Config, in_utc: bool) -> ZoneInfo:
 
 
 def _print_changes(result: dict[str, Any]) -> None:
+    moves = result.get("sessions", [])
+    if moves:
+        click.echo("webinar sessions (times in each webinar's zone):")
+    for move in moves:
+        tz = ZoneInfo(move["zone"])
+        old = readable(parse_instant(move["from"]), tz) if move["from"] else "no date"
+        if move["change"] == "cancelled":
+            what = f"{old}: cancelled"
+        else:
+            what = f"{old} -> {readable(parse_instant(move['to']), tz)}"
+        told = f"told: {move['told']}" if move["told"] else "no letter (no confirmation yet, or none to send)"
+        click.echo(f"  {safe(move['email'])}: {what}; {told}")
     if not result["steps"]:
         click.echo("no changes to step timing since the last run")
         return

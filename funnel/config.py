@@ -458,6 +458,9 @@ class Step(_Model):
     #: keeps the send window and min_gap: what she signed up for (the recording) is never withheld
     #: because she asked for a consultation; the goal ends only the offers and the letters
     after_goal: bool = False
+    #: a step that answers a change of her webinar session instead of a time (spec section 7):
+    #: `rescheduled` goes once per move, `cancelled` once, to those whose confirmation went out
+    on: Literal["rescheduled", "cancelled"] | None = None
 
     @field_validator("id")
     @classmethod
@@ -490,6 +493,13 @@ class Step(_Model):
 
     @model_validator(mode="after")
     def _one_timing(self) -> Step:
+        if self.on is not None:
+            if self.wait is not None or self.webinar is not None or self.at is not None:
+                raise ValueError(
+                    f"step {self.id!r} has `on: {self.on}` and a time (`wait:`, `webinar:` or `at:`): "
+                    "remove the time (it goes when the session changes)"
+                )
+            return self
         if self.wait is not None and self.webinar is not None:
             raise ValueError(
                 f"step {self.id!r} has both `wait:` and `webinar:`: keep one "
@@ -521,6 +531,31 @@ class Sequence(_Model):
 
     def step(self, step_id: str) -> Step | None:
         return next((s for s in self.steps if s.id == step_id), None)
+
+    @property
+    def timed_steps(self) -> tuple[Step, ...]:
+        """The steps the schedule times (all but the `on:` ones, which answer a session's change)."""
+        return tuple(s for s in self.steps if s.on is None)
+
+    def answer(self, change: str) -> Step | None:
+        """The step with `on: <change>` (rescheduled, cancelled), or None."""
+        return next((s for s in self.steps if s.on == change), None)
+
+    @property
+    def confirmation(self) -> Step | None:
+        """The sequence's first timed step: whoever has had it is told of a move or a cancellation."""
+        timed = self.timed_steps
+        return timed[0] if timed else None
+
+    @model_validator(mode="after")
+    def _answers(self) -> Sequence:
+        for change in ("rescheduled", "cancelled"):
+            found = [s.id for s in self.steps if s.on == change]
+            if len(found) > 1:
+                raise ValueError(f"steps {', '.join(map(repr, found))} all have `on: {change}`: keep one")
+        if not self.timed_steps:
+            raise ValueError("a sequence needs at least one step with a time (`wait:` or `webinar:`)")
+        return self
 
 
 class Serve(_Model):
@@ -689,7 +724,7 @@ class Config(_Model):
                     # not timing: lets `funnel check` tell a renamed step (same template, new id)
                     "template": s.template,
                 }
-                for s in seq.steps
+                for s in seq.timed_steps  # an `on:` step has no timing
             ]
             for sid, seq in self.sequences.items()
         }

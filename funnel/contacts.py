@@ -343,7 +343,7 @@ def _enrollment(
             dues = due_times(sequence, enrollment.enrolled_at, enrollment.webinar_start, _zone(config, tz_name))
         except (OverflowError, ValueError) as exc:  # a value stored by an older version: show the rest
             problem = f"due times cannot be computed ({exc})"
-        for step in sequence.steps:
+        for step in sequence.timed_steps:
             shown = _step(step.id, rows.get(step.id), dues.get(step.id), enrollment)
             if goal and shown["status"] == "pending" and not (step.transactional or step.after_goal):
                 # the goal ends the marketing steps at their time; transactional and after_goal ones still go

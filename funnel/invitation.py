@@ -126,6 +126,7 @@ def invitation(
     now: datetime,
     session: str = "",
     join_url: str | None = None,
+    moves: int = 0,
 ) -> tuple[Attachment, ...]:
     """The `invite.ics` attachment for a `calendar: true` step, or nothing.
 
@@ -154,18 +155,20 @@ def invitation(
         now=now,
         # calendars show LOCATION on shared screens and lock-screen alerts; the link can name the subject
         location=not discreet,
-        **_session_state(config, webinar_id or "", session, start),
+        **_session_state(config, webinar_id or "", session, start, moves),
     )
     # `name` too: older Outlook names the file from the content type, not the disposition
     return (Attachment(FILENAME, content, CONTENT_TYPE, params=(("method", METHOD), ("name", FILENAME))),)
 
 
-def _session_state(config: Config, webinar_id: str, session: str, start: datetime) -> dict[str, Any]:
-    """SEQUENCE and STATUS of a session's event: one change per move (`was:`), one more if cancelled.
+def _session_state(config: Config, webinar_id: str, session: str, start: datetime, moves: int = 0) -> dict[str, Any]:
+    """SEQUENCE and STATUS of a session's event: one change per move, one more if cancelled.
 
-    `was:` keeps only where a session was first, so a session moved twice
-    counts one move: its event's time still changes in place (same UID),
-    though a calendar that compares SEQUENCE alone may keep the second time.
+    `was:` keeps only where a session was first, so the moves counted are the
+    ones runs applied to her enrollment (`moves`, stored with each move: a
+    session moved twice counts 2), or the one `was:` says when that is more
+    (an enrollment made after the move, at the new time, still gets a SEQUENCE
+    above the one her calendar may hold from a shared invitation).
     """
     from funnel.sessions import find_session
 
@@ -175,7 +178,8 @@ def _session_state(config: Config, webinar_id: str, session: str, start: datetim
     found = find_session(webinar, config.webinar_zone(webinar_id), session, start)
     if found is None:
         return {}
-    return {"sequence": found.revision, "cancelled": found.cancelled}
+    moved = max(moves, 1 if found.previous_start is not None else 0)
+    return {"sequence": moved + (1 if found.cancelled else 0), "cancelled": found.cancelled}
 
 
 #: events already written this process, with a stand-in UID: (domain, the event's other values) -> bytes

@@ -212,6 +212,10 @@ class Enrollment(SQLModel, table=True):
     #: when funnel stored it; `enrolled_at` is earlier when the export said she signed up before
     #: (`signed_up_at`). None for enrollments stored before migration 0010: the same as enrolled_at
     imported_at: datetime | None = _when()
+    #: where her session started before its latest move (`was:`); None: never moved (migration 0011)
+    previous_start: datetime | None = _when()
+    #: how many moves of her session a run applied: her calendar event's SEQUENCE counts them
+    moves: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
 
 
 class EnrollmentTag(SQLModel, table=True):

@@ -11,7 +11,10 @@ wakes every enrollment), before anything is decided:
   unique (enrollment, step) row stays);
 - a cancelled session ends its enrollments that are still going (status
   `exited`, reason "session cancelled"): no pending mail for it goes, and
-  they do not go on to the `next` sequence.
+  they do not go on to the `next` sequence. Its `on: cancelled` letter
+  still goes to them (`funnel.notices`);
+- each move is recorded on the enrollment (`previous_start`, `moves`): the
+  `on: rescheduled` letter names the old time, and goes once per move.
 
 Only listed sessions move or are cancelled: a date the `repeat` rule gives
 is changed by listing it (`start:` with `was:`, or `cancelled: true`).
@@ -19,9 +22,9 @@ is changed by listing it (`start:` with `was:`, or `cancelled: true`).
 A session taken out of the file while people are registered for it is
 refused (`removed_sessions`): `funnel run` stops before doing anything,
 exit 2, saying how many are registered and both ways to say what
-happened. It needs the database, so `funnel check` (which reads none)
-does not see it; the run compares with the sessions the previous
-sequences.yaml had (kept in `settings` at each change).
+happened; `funnel check` says the same (exit 1) when the database exists
+(`removed_sessions_on_disk`, read only). Both compare with the sessions the
+previous sequences.yaml had (kept in `settings` at each change).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from sqlalchemy import and_, func, select, update
 from sqlmodel import Session, col
@@ -37,9 +41,8 @@ from funnel.config import Config
 from funnel.db import put_setting
 from funnel.ingest import reschedule
 from funnel.models import Enrollment, Setting
+from funnel.notices import CANCELLED_REASON
 from funnel.sessions import LOOK_AHEAD, LOOK_BACK, listed_sessions, sessions_between
-
-CANCELLED_REASON = "session cancelled"
 
 
 @dataclass
@@ -77,6 +80,11 @@ def apply_session_changes(session: Session, config: Config, now: datetime) -> Se
                 done.cancelled += 1
             elif start_at != found.start:
                 reschedule(session, config, enrollment_id, sequence, webinar_id, found.start, now)
+                session.execute(
+                    update(Enrollment)
+                    .where(col(Enrollment.id) == enrollment_id)
+                    .values(previous_start=start_at, moves=col(Enrollment.moves) + 1)
+                )
                 done.moved += 1
     return done
 
@@ -147,3 +155,32 @@ def removed_sessions(session: Session, config: Config, now: datetime) -> list[st
                 f"`was: {sid}`; to call it off, as `- start: {sid}` with `cancelled: true`"
             )
     return problems
+
+
+def removed_sessions_on_disk(config: Config, now: datetime) -> list[str]:
+    """`removed_sessions` for `funnel check`: against the practice's database, read only, when there is one.
+
+    No database yet (no SQLite file): nothing to compare, nothing said. The
+    database is opened without upgrading it (check changes nothing: SQLite is
+    opened read-only); one that cannot be read as it is (an older schema, a
+    server that is down) is skipped too, as `funnel run` will say what is wrong.
+    """
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from funnel.db import database_url
+
+    url = make_url(database_url(config.path.parent))
+    if url.get_backend_name() == "sqlite":
+        if not url.database or url.database == ":memory:" or not Path(url.database).is_file():
+            return []
+        url = url.set(database=f"file:{Path(url.database).resolve()}?mode=ro", query={"uri": "true"})
+    engine = create_engine(url)
+    try:
+        with Session(engine) as session:
+            return removed_sessions(session, config, now)
+    except SQLAlchemyError:
+        return []
+    finally:
+        engine.dispose()

@@ -56,6 +56,7 @@ from funnel.invitation import invitation
 from funnel.ledger import UNKNOWN_REASON, Ledger, StepRow, SuppressionCheck
 from funnel.models import Contact, Enrollment, EnrollmentTag, Run, Setting, SourceFile, StepRun, Tag, new_token_key
 from funnel.moves import apply_session_changes, remember_sessions, removed_sessions
+from funnel.notices import due_notices
 from funnel.preferences import resume_finished_pauses
 from funnel.render import MissingData, Rendered, Renderer, TemplateContact, TemplateWebinar, hours_between
 from funnel.sessions import session_scoped_tags, tags_in_session
@@ -169,6 +170,8 @@ class _Claim:
     send: schedule.Send
     row: StepRow | None
     rows: dict[str, StepRow] = field(default_factory=dict)
+    #: the ledger's step id when it is not the step's own: a letter answering a change (`funnel.notices`)
+    key: str | None = None
 
 
 #: a claimed step and its row, waiting to be rendered and handed over
@@ -186,6 +189,8 @@ class _Pending:
     retry_later: bool = False
     #: the sequence's goal was reached: finishing ends it as exited, without `next`
     goal: str | None = None
+    #: her time zone (the `next` sequence starts at the last step's due time on her wall clock)
+    tz: ZoneInfo | None = None
 
 
 class Runner:
@@ -279,6 +284,7 @@ class Runner:
                 # "pause for a month" on the unsubscribe page: a month later she gets mail again
                 resume_finished_pauses(self.session, self.now)
                 self.checkpoint()
+            self._send_notices()
             self._send_due()
             self._finish_run()
         finally:
@@ -418,8 +424,35 @@ class Runner:
 
     # ----------------------------------------------------------------- due work
 
-    def _send_due(self) -> None:
-        """Decide and claim page by page; hand claimed emails over in small batches as room frees up."""
+    def _send_notices(self) -> None:
+        """Send the letters that answer a session's move or cancellation (`funnel.notices`), before the rest.
+
+        In a round of their own, so that their outcomes never count towards an
+        enrollment's pending steps of the ordinary round.
+        """
+        found = due_notices(self.session, self.config, self.now)
+        if not found or self.stop.is_set():
+            return
+        claims = [
+            _Claim(
+                n.contact,
+                n.enrollment,
+                self.config.sequences[n.enrollment.sequence],
+                schedule.Send(n.step, self.now),
+                n.row,
+                key=n.key,
+            )
+            for n in found
+        ]
+        ready = self._claim_all(claims)
+        self.checkpoint()
+        self._send_due(first=ready, pages=False)
+
+    def _send_due(self, first: list[_Ready] | None = None, *, pages: bool = True) -> None:
+        """Decide and claim page by page; hand claimed emails over in small batches as room frees up.
+
+        `first`: emails already claimed, handed over before any page (and, without `pages`, alone).
+        """
         batch = max(1, self.config.delivery.concurrency)
         # at most this many emails are `sending` at any moment: all a SIGKILL can leave unknown
         window = 2 * batch
@@ -440,8 +473,8 @@ class Runner:
         page_size = SHARED_PAGE if shares_work(self.engine) else PAGE
         done = 0
         last_id = 0
-        more = True
-        waiting: deque[_Ready] = deque()
+        more = pages
+        waiting: deque[_Ready] = deque(first or ())
         try:
             while not dispatcher.stopped:
                 if more and len(waiting) < window:
@@ -656,13 +689,13 @@ class Runner:
             self.writes.set(enrollment, next_due_at=evaluation.wake_at)
         if evaluation.sends:
             self._pending[enrollment.id or 0] = _Pending(
-                enrollment, enrollment.sequence, 0, evaluation.finished, goal=evaluation.goal
+                enrollment, enrollment.sequence, 0, evaluation.finished, goal=evaluation.goal, tz=state.tz
             )
             claims.extend(
                 _Claim(contact, enrollment, sequence, send, rows.get(send.step.id), rows) for send in evaluation.sends
             )
         elif evaluation.finished:
-            self._complete(enrollment, sequence, evaluation.goal)
+            self._complete(enrollment, sequence, evaluation.goal, state.tz)
         return evaluation.contact or state
 
     def _unschedulable(
@@ -737,7 +770,7 @@ class Runner:
                 {
                     "enrollment_id": c.enrollment.id,
                     "sequence": c.enrollment.sequence,
-                    "step_id": c.send.step.id,
+                    "step_id": c.key or c.send.step.id,
                     "transactional": c.send.step.transactional,
                     "send_id": send_ids[id(c)],
                     "attempts": 0,
@@ -752,7 +785,7 @@ class Runner:
             row = taken.get(send_ids[id(claim)]) if claim.row is None else self.ledger.retake(claim.row)
             if row is None:
                 continue
-            claim.rows[claim.send.step.id] = row
+            claim.rows[claim.key or claim.send.step.id] = row
             pending = self._pending.get(claim.enrollment.id or 0)
             if pending is not None:
                 pending.outstanding += 1
@@ -816,6 +849,7 @@ class Runner:
             now=self.now,
             session=enrollment.session,
             join_url=enrollment.join_url,
+            moves=enrollment.moves or 0,
         )
         if step.calendar and not attachments:  # the email still goes, without the event
             note = f"{enrollment.sequence}/{step.id}: sent without its calendar invitation (no webinar date)"
@@ -901,10 +935,15 @@ class Runner:
         if pending.finished_if_sent:
             sequence = self.config.sequences.get(pending.sequence_id)
             if sequence is not None:
-                self._complete(enrollment, sequence, pending.goal)
+                self._complete(enrollment, sequence, pending.goal, pending.tz)
 
-    def _complete(self, enrollment: Enrollment, sequence: Sequence, goal: str | None = None) -> None:
-        """Every step has an outcome: finish, and start the `next` sequence (not when its goal was reached)."""
+    def _complete(
+        self, enrollment: Enrollment, sequence: Sequence, goal: str | None = None, tz: ZoneInfo | None = None
+    ) -> None:
+        """Every step has an outcome: finish, and start the `next` sequence (not when its goal was reached).
+
+        She enters `next` at the last step's due time (`schedule.next_enrolled_at`), as `funnel plan` shows.
+        """
         if goal:
             self._end(enrollment, "exited", goal)
             self.summary.exited += 1
@@ -913,6 +952,18 @@ class Runner:
         self.summary.finished += 1
         if not sequence.next or sequence.next not in self.config.sequences:
             return
+        entered = self.now
+        if tz is not None:
+            try:
+                entered = schedule.next_enrolled_at(
+                    sequence,
+                    schedule.EnrollmentState(enrollment.enrolled_at, enrollment.webinar_start),
+                    tz,
+                    self.now,
+                    self.config.delivery,
+                )
+            except (OverflowError, ValueError):  # a stored date beyond what a zone can show: now, as before
+                entered = self.now
         insert_ignore(
             self.session,
             Enrollment.__table__,  # type: ignore[attr-defined]  # SQLModel does not declare __table__ for mypy
@@ -921,7 +972,7 @@ class Runner:
                     "contact_id": enrollment.contact_id,
                     "sequence": sequence.next,
                     "status": "active",
-                    "enrolled_at": self.now,
+                    "enrolled_at": entered,
                     "source": f"after {enrollment.sequence}",
                     "webinar": enrollment.webinar,
                     "webinar_start": enrollment.webinar_start,
@@ -983,6 +1034,12 @@ def render_for(
             session=enrollment.session or None,
             recorded=info.recorded,
             hours_until=hours_between(now, start),
+            # where her session was before its latest move: said in the letter that answers the move
+            previous_start=(
+                enrollment.previous_start.astimezone(contact_zone(config, contact))
+                if step.on == "rescheduled" and enrollment.previous_start
+                else None
+            ),
         )
     return renderer.render(
         sequence_id,

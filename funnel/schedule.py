@@ -136,7 +136,7 @@ def due_times(
     and for a due time out of range (see `LATEST`; `skip_reason_without_due` tells which)."""
     result: dict[str, datetime | None] = {}
     anchor = enrolled_at
-    for step in sequence.steps:
+    for step in sequence.timed_steps:  # an `on:` step has no time: it answers a session's change
         due: datetime | None = None
         try:
             if step.webinar is not None:
@@ -197,8 +197,9 @@ def about_coming_webinar(sequence: Sequence, step: Step, due: datetime, webinar_
         return step.webinar.approx < timedelta(0) or due < webinar_start
     if due < webinar_start:
         return True
-    ids = [s.id for s in sequence.steps]
-    first_webinar = next((i for i, s in enumerate(sequence.steps) if s.webinar is not None), None)
+    timed = sequence.timed_steps
+    ids = [s.id for s in timed]
+    first_webinar = next((i for i, s in enumerate(timed) if s.webinar is not None), None)
     return first_webinar is not None and ids.index(step.id) < first_webinar
 
 
@@ -290,11 +291,11 @@ def evaluate(
     enrollment with it (min_gap holds across sequences).
     """
     dues = _due_times_for(sequence, enrollment.enrolled_at, enrollment.webinar_start, contact.tz)
-    order = {step.id: index for index, step in enumerate(sequence.steps)}
+    order = {step.id: index for index, step in enumerate(sequence.timed_steps)}
     gapless = replace(contact, last_marketing_at=None) if contact.last_marketing_at is not None else contact
     open_steps = [
         step
-        for step in sequence.steps
+        for step in sequence.timed_steps
         if step.id not in enrollment.recorded
         or (enrollment.recorded[step.id].status == "failed" and enrollment.recorded[step.id].retryable)
     ]
@@ -317,8 +318,14 @@ def evaluate(
         if _crowds_confirmation(step, due, enrollment.enrolled_at, delivery):
             skips.append(Skip(step, due, f"{TOO_SOON} (within {delivery.reminder_gap})"))
             continue
-        introduced = enrollment.introduced.get(step.id)
         stored = enrollment.imported_at or enrollment.enrolled_at
+        if due < stored and step.webinar is not None and step.webinar.approx < timedelta(0):
+            # a reminder before the webinar ("Tomorrow at ...") counts from when funnel stored her,
+            # not from when she signed up (`signed_up_at`): a late export does not send it on the
+            # day itself; a `wait:` step still counts from her signup (and shows "late by ...")
+            skips.append(Skip(step, due, "before enrollment"))
+            continue
+        introduced = enrollment.introduced.get(step.id)
         if introduced is not None and due < introduced and introduced > stored:
             skips.append(Skip(step, due, "added after its time"))
             continue
@@ -458,6 +465,25 @@ class Follow:
         return following, self.sequences[following], entry
 
 
+def next_enrolled_at(
+    sequence: Sequence, state: EnrollmentState, tz: ZoneInfo, now: datetime, delivery: Delivery
+) -> datetime:
+    """When she enters the `next` sequence of `sequence`, finished at `now`: its last step's due time.
+
+    Not the moment a run happened to see it (a cron run at 09:10 for a step
+    `at: "09:00"` would start the next sequence's `at: "09:00"` letters a day
+    late); never later than `now`, never before she entered `sequence`. After
+    an outage longer than `max_late` (the last letters were skipped as stale)
+    she starts from `now`: nothing stale is made up in the next sequence.
+    Runs (`Runner._complete`) and the plan (`project`) both use it, so they agree.
+    """
+    dues = [d for d in due_times(sequence, state.enrolled_at, state.webinar_start, tz).values() if d is not None]
+    latest = max(dues, default=now)
+    if now - latest > delivery.max_late.approx:
+        return now
+    return max(state.enrolled_at, min(now, latest))
+
+
 def project(
     sequences: Mapping[str, tuple[Sequence, EnrollmentState]],
     contact: ContactState,
@@ -504,10 +530,12 @@ def project(
                     due = skip.due_at if skip.due_at and skip.due_at > clock else clock
                     planned.append(Planned(sid, skip.step.id, due, skipped=skip.reason, via=via.get(sid)))
             if evaluation.exit_reason or evaluation.finished:
-                recorded.update({s.id: Recorded("skipped") for s in sequence.steps if s.id not in recorded})
+                recorded.update({s.id: Recorded("skipped") for s in sequence.timed_steps if s.id not in recorded})
             states[sid] = (sequence, replace(state, recorded=recorded))
             if follow is not None and evaluation.finished and not evaluation.exit_reason and not evaluation.goal:
-                entry = follow.next_state(sequence, state, clock)
+                entry = follow.next_state(
+                    sequence, state, next_enrolled_at(sequence, state, contact.tz, clock, delivery)
+                )
                 if entry is not None and entry[0] not in states:
                     states[entry[0]] = (entry[1], entry[2])
                     via[entry[0]] = sid
@@ -539,7 +567,8 @@ def first_look(
     """
     gapless = ContactState(tz=tz)
     earliest: datetime | None = None
-    for step, due in zip(sequence.steps, due_times(sequence, enrolled_at, webinar_start, tz).values(), strict=True):
+    dues = due_times(sequence, enrolled_at, webinar_start, tz)
+    for step, due in zip(sequence.timed_steps, dues.values(), strict=True):
         if due is None or due < enrolled_at:
             return enrolled_at
         start = opening(step, due, gapless, delivery)

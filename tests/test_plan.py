@@ -256,3 +256,18 @@ def test_contacts_show_reads_in_the_practice_zone_and_utc_on_request(project: Pr
     assert "  day-before               pending  Thu 25 Feb 2027 02:00 UTC" in [line.rstrip() for line in in_utc]
     as_json = json.loads(funnel_process("contacts", "show", "ana@example.test", "--json").stdout)
     assert as_json["enrollments"][0]["steps"][1]["due_at"] == "2027-02-25T02:00:00Z"
+
+
+def test_a_cron_run_minutes_after_the_last_letter_starts_next_as_plan_said(
+    project: Project, funnel_process: Funnel
+) -> None:
+    """The last webinar letter is due 09:00; a run at 09:10 sends it: the next letters keep their 09:00 days."""
+    register(project, funnel_process, f"ana@example.test,Ana,Reyes,{START},America/Denver,no\n")
+    before = plan_json(funnel_process)
+    (planned,) = [i["at"] for i in before if i["step"] == "what-you-feel"]
+    for now in ("2027-02-25T02:10:00Z", "2027-02-26T01:10:00Z", "2027-02-26T15:10:00Z", "2027-02-28T16:10:00Z"):
+        assert funnel_process("run", "--now", now).returncode == 0
+    result = funnel_process("plan", "--now", "2027-02-28T16:10:00Z", "--days", "10", "--json")
+    items = json.loads(result.stdout)
+    assert [(i["step"], i["at"]) for i in items][:1] == [("what-you-feel", planned)]
+    assert planned == "2027-03-03T16:00:00Z"

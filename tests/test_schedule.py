@@ -1503,3 +1503,30 @@ def test_no_reminder_gap_by_default() -> None:
     sequence = seq(step("registered", transactional=True), step("hour-before", webinar="-1h", transactional=True))
     evaluation = run(sequence, enrolled, start - timedelta(hours=1), webinar_start=start)
     assert outcome(evaluation, "hour-before") == "send"
+
+
+def test_a_reminder_due_before_she_was_stored_does_not_apply_though_waits_count_from_her_signup() -> None:
+    """A late export (`signed_up_at`): "Tomorrow at..." is not sent on the day itself; a stale wait shows late."""
+    sequence = Sequence(
+        steps=(
+            Step(id="registered", wait=parse_duration("0m"), transactional=True, subject="s", template="t.md"),
+            Step(
+                id="day-before",
+                webinar=parse_duration("-1d", signed=True),
+                transactional=True,
+                subject="s",
+                template="t.md",
+            ),
+        )
+    )
+    delivery = Delivery(max_late=parse_duration("3d"))
+    signed_up, stored, start = Z(2027, 1, 7, 12), Z(2027, 1, 14, 9), Z(2027, 1, 15, 2)
+    state = EnrollmentState(enrolled_at=signed_up, webinar_start=start, imported_at=stored)
+    result = evaluate(sequence, state, ContactState(tz=DENVER), stored, delivery)
+    reasons = {s.step.id: s.reason for s in result.skips}
+    assert reasons["day-before"] == "before enrollment" and reasons["registered"].startswith("late by 6 days")
+    assert not result.sends
+    # stored before the day before: the reminder goes at its time
+    early = EnrollmentState(enrolled_at=signed_up, webinar_start=start, imported_at=Z(2027, 1, 13, 9))
+    later = evaluate(sequence, early, ContactState(tz=DENVER), Z(2027, 1, 14, 2), delivery)
+    assert [s.step.id for s in later.sends] == ["day-before"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+from conftest import without_shipped_sessions
 from icalendar import Calendar
 
 from funnel.config import Config, load_config
@@ -27,7 +28,9 @@ SESSIONS = """    sessions:
 
 
 def config_with_sessions(tmp_path: Path) -> Config:
-    text = (REPO / "sequences.yaml").read_text().replace("    duration: 60m", SESSIONS + "    duration: 60m")
+    text = without_shipped_sessions((REPO / "sequences.yaml").read_text()).replace(
+        "    duration: 60m", SESSIONS + "    duration: 60m"
+    )
     (tmp_path / "sequences.yaml").write_text(text)
     return load_config(tmp_path / "sequences.yaml", check_files=False)
 

@@ -6,7 +6,8 @@ import email.policy
 from email import message_from_bytes
 from pathlib import Path
 
-from conftest import Project
+import icalendar
+from conftest import Project, without_shipped_sessions
 
 SEQUENCE = "webinar-relationship-911"
 HEADER = "Email,First Name,Last Name,Webinar Start,Time Zone,Discreet\n"
@@ -27,11 +28,25 @@ AFTER = """    sessions:
 
 def set_sessions(project: Project, sessions: str) -> None:
     path = project.root / "sequences.yaml"
-    text = path.read_text()
+    text = without_shipped_sessions(path.read_text())
     marker = "    duration: 60m"
     head, _, tail = text.partition(marker)
     head = head.split("    sessions:\n")[0]
     path.write_text(head + sessions + marker + tail)
+
+
+def events(project: Project, to: str, step: str) -> list[icalendar.Event]:
+    """The calendar event of every `step` email to `to`."""
+    out = []
+    for path in sorted(project.outbox.glob(f"*_{SEQUENCE}_{step}_*.eml")):
+        message = message_from_bytes(path.read_bytes(), policy=email.policy.default)  # type: ignore[arg-type]
+        if message["To"].addresses[0].addr_spec != to:
+            continue
+        for part in message.walk():
+            if part.get_filename() == "invite.ics":
+                calendar = icalendar.Calendar.from_ical(part.get_payload(decode=True))
+                out.extend(calendar.walk("VEVENT"))
+    return out
 
 
 def sent_at(project: Project, to: str, step: str) -> list[tuple[str, str]]:
@@ -73,8 +88,34 @@ def test_a_session_moved_earlier_or_later_re_times_its_letters_and_a_cancelled_o
     ]
     set_sessions(project, AFTER)
     assert funnel("check", "--now", "2027-03-02T16:00:00Z").code == 0
+    # before the run, plan --changes says who moves (old -> new) and who is told
+    changes = funnel("plan", "--changes", "--now", "2027-03-02T15:00:00Z", "--json").json()
+    assert isinstance(changes, dict)
+    assert [(c["email"], c["change"], c["from"], c["to"], c["told"]) for c in changes["sessions"]] == [
+        ("ana@example.test", "moves", "2027-03-19T00:30:00Z", "2027-03-12T01:30:00Z", "new-date"),
+        ("bea@example.test", "cancelled", "2027-04-16T00:30:00Z", None, "cancelled"),
+        ("dana@example.test", "moves", "2027-05-21T00:30:00Z", "2027-05-28T00:30:00Z", "new-date"),
+    ]
+    shown = funnel("plan", "--changes", "--now", "2027-03-02T15:00:00Z").out
+    assert "ana@example.test: Thu 18 Mar 2027 18:30 MDT -> Thu 11 Mar 2027 18:30 MST; told: new-date" in shown
+    assert "bea@example.test: Thu 15 Apr 2027 18:30 MDT: cancelled; told: cancelled" in shown
     summary = run("2027-03-02T16:00:00Z")
     assert (summary["moved"], summary["cancelled"]) == (2, 1)
+    # each is told, once: the new date (with the old one) or the cancellation, with the event again
+    (told,) = sent_at(project, "ana@example.test", "new-date")
+    assert "March 11" in told[1] and "instead of" in told[1] and "March 18" in told[1]
+    (event,) = events(project, "ana@example.test", "new-date")
+    assert (int(event["sequence"]), str(event["status"])) == (1, "CONFIRMED")
+    assert event.decoded("dtstart").isoformat() == "2027-03-12T01:30:00+00:00"
+    (first,) = events(project, "ana@example.test", "registered")
+    assert str(first["uid"]) == str(event["uid"])
+    (called_off,) = sent_at(project, "bea@example.test", "cancelled")
+    assert "will not take place" in called_off[1]
+    (event,) = events(project, "bea@example.test", "cancelled")
+    assert (int(event["sequence"]), str(event["status"])) == (1, "CANCELLED")
+    assert len(sent_at(project, "dana@example.test", "new-date")) == 1
+    run("2027-03-02T20:00:00Z")  # once per move: a later run sends nothing again
+    assert len([x for x in project.sent() if x[2] in ("new-date", "cancelled")]) == 3
     # earlier: the day before is now March 10 (18:30 MST = 01:30Z on the 11th)
     run("2027-03-11T02:00:00Z")
     (day_before,) = sent_at(project, "ana@example.test", "day-before")
@@ -90,7 +131,7 @@ def test_a_session_moved_earlier_or_later_re_times_its_letters_and_a_cancelled_o
     run("2027-04-15T01:00:00Z")
     run("2027-04-16T00:00:00Z")
     run("2027-04-16T16:00:00Z")
-    assert [step for to, _, step in project.sent() if to == "bea@example.test"] == ["registered"]
+    assert [step for to, _, step in project.sent() if to == "bea@example.test"] == ["registered", "cancelled"]
     shown = funnel("contacts", "show", "bea@example.test", "--json").json()
     assert isinstance(shown, dict)
     (bea,) = shown["enrollments"]
@@ -132,6 +173,11 @@ def test_a_session_taken_out_while_people_are_registered_is_refused_with_both_wa
     assert refused.err.startswith(f"funnel: sequences.yaml:{line}: webinars.relationship-911.sessions: ")
     assert "2027-04-15 18:30" in refused.err and "2 people are registered" in refused.err
     assert "was: 2027-04-15 18:30" in refused.err and "cancelled: true" in refused.err
+    # `funnel check` says the same, from the database (read only), exit 1
+    checked = funnel("check", "--now", "2027-03-02T16:00:00Z")
+    assert checked.code == 1
+    assert f"sequences.yaml:{line}: webinars.relationship-911.sessions: " in checked.err
+    assert "2 people are registered" in checked.err and "was: 2027-04-15 18:30" in checked.err
     # nothing was done: saying what happened lets the run go on
     set_sessions(
         project,
