@@ -111,8 +111,9 @@ def test_someone_who_reached_the_goal_is_not_followed_into_next(project: Project
     assert tagged.returncode == 0, tagged.stderr
     items = plan_json(funnel_process)
     bea = [(i["sequence"], i["step"]) for i in items if i["email"] == "bea@example.test"]
-    # her reminders still go (transactional); the letters, and the sequence after, do not
-    assert bea == [(WEBINAR, "day-before"), (WEBINAR, "hour-before")]
+    # her reminders still go (transactional) and the recording (after_goal); the letters, and the
+    # sequence after, do not
+    assert bea == [(WEBINAR, "day-before"), (WEBINAR, "hour-before"), (WEBINAR, "replay")]
     assert [i["step"] for i in items if i["email"] == "ana@example.test" and i["sequence"] == AFTER] == [
         "what-you-feel",
         "steadier-ground",
