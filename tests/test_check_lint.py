@@ -119,7 +119,7 @@ def test_a_zone_abbreviation_that_is_no_zone_name_gets_its_city(project: Project
 
 
 def test_an_after_step_timed_before_the_webinar_names_the_step_it_follows(project: Project, funnel) -> None:
-    _edit(project, "        webinar: +3h\n        unless_tags", "        webinar: -3h\n        unless_tags")  # replay
+    _edit(project, "      - id: replay\n        webinar: +3h\n", "      - id: replay\n        webinar: -3h\n")
     [problem] = _problems(funnel("check"))
     assert "step 'replay' in webinar-relationship-911: webinar: -3h means before the webinar starts" in problem
     assert "it stands after 'hour-before' (webinar: -1h): did you mean webinar: +3h?" in problem
