@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/spam_scores.py [--limit 2.0]
 
 Each step is rendered for the sample reader (and for a discreet one), built into
-the exact .eml the outbox transport writes (`runner.compose_email`,
+the exact .eml the outbox transport writes (`compose.envelope`,
 `outbox.message_bytes`), and scored with `spamassassin -L -t` (local tests only:
 no network lookups, so DNS blocklists do not count). Exits 1 when any letter
 scores at or above the limit; needs the `spamassassin` command (Debian:
@@ -20,11 +20,11 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from funnel.compose import envelope
 from funnel.config import load_config
 from funnel.models import Contact
 from funnel.preview import sample_contact, sample_unsubscribe_url, sample_webinar
 from funnel.render import Renderer
-from funnel.runner import compose_email
 from funnel.transports.outbox import message_bytes
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,7 +51,7 @@ def scores() -> list[tuple[str, float]]:
                     created_at=NOW,
                     updated_at=NOW,
                 )
-                email = compose_email(config, contact, sid, step.id, rendered, "spam-check", url, NOW)
+                email = envelope(config, contact, sid, step.id, rendered, "spam-check", url, NOW)
                 data, _id = message_bytes(email)
                 checked = subprocess.run(
                     ["spamassassin", "-L", "-t"], input=data, capture_output=True, check=False, timeout=120

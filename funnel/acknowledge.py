@@ -10,7 +10,7 @@ numbers. It goes once per pause: a second reply while she is paused pauses
 nothing more, so it gets no second note.
 
 A discreet reader's note follows her other mail: her own From and Reply-To
-(`runner.sender_of`), plain text only, and nothing in the sender, subject or
+(`compose.sender_of`), plain text only, and nothing in the sender, subject or
 the first 200 characters that names the subject matter; her numbers carry the
 same neutral labels as her footer. Nothing personal goes to a log.
 """
@@ -41,7 +41,7 @@ _CRISIS_DISCREET = (
 
 def acknowledgement(config: Config, contact: Contact, send_id: str, now: datetime) -> OutgoingEmail | None:
     """The note for `contact` (None when there is no address to write to)."""
-    from funnel.runner import sender_of  # runner imports the whole sending machinery
+    from funnel.compose import sender_of  # compose imports the renderer
 
     if contact.email is None or contact.suppression is not None:
         return None

@@ -39,6 +39,14 @@ from funnel.sources import email_hash, normalize_email
 from funnel.timeutil import isoformat_z, zone
 
 
+def contact_zone(config: Config, contact: Contact) -> ZoneInfo:
+    """The contact's timezone, or the practice's when they have none (or an unknown one)."""
+    try:
+        return zone(contact.timezone or config.practice.timezone)
+    except ValueError:
+        return zone(config.practice.timezone)
+
+
 def find_contact(session: Session, address: str) -> Contact:
     """The contact for an address (any case), or NotFoundError (exit 1)."""
     try:

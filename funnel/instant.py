@@ -42,16 +42,16 @@ from sqlmodel import Session, col
 
 from funnel import schedule
 from funnel.changes import introduced_steps
+from funnel.compose import compose
 from funnel.config import Config
+from funnel.contacts import contact_zone
 from funnel.errors import ConfigError, TemplateError, TransportError
-from funnel.invitation import invitation
 from funnel.ledger import Ledger, StepRow
 from funnel.models import Contact, Enrollment, Run, Tag, new_token_key
 from funnel.render import MissingData, Renderer
-from funnel.runner import compose_email, contact_zone, render_for
 from funnel.transports import make_transport
 from funnel.transports.base import OutgoingEmail, Transport
-from funnel.unsubscribe import Tokens, secret_key, unsubscribe_url
+from funnel.unsubscribe import Tokens, secret_key
 from funnel.workers import RunKeeper, liveness_file
 
 log = logging.getLogger("funnel.instant")
@@ -323,38 +323,13 @@ class ServeSender:
         row: StepRow,
         now: datetime,
     ) -> OutgoingEmail:
-        """The email exactly as a run writes it (`runner.render_for`, `runner.compose_email`)."""
-        assert contact.id is not None
+        """The email exactly as a run writes it (`funnel.compose`)."""
         key = secret_key(session)
-        tokens = Tokens(key)
         renderer.sign_links_with(key)  # made before a session could read the key
         if contact.token_key is None:  # a row written by other means than funnel's: give it one now
             contact.token_key = new_token_key()
             session.add(contact)
-        url = unsubscribe_url(self.config.practice.base_url, tokens.make(contact.token_key, row.send_id))
-        rendered = render_for(renderer, self.config, contact, enrollment, enrollment.sequence, step, url, now)
-        attachments = invitation(
-            self.config,
-            step,
-            person_key=contact.email_hash,
-            discreet=contact.discreet,
-            webinar_id=enrollment.webinar,
-            start=enrollment.webinar_start,
-            now=now,
-            session=enrollment.session,
-            join_url=enrollment.join_url,
-        )
-        return compose_email(
-            self.config,
-            contact,
-            enrollment.sequence,
-            step.id,
-            rendered,
-            row.send_id or "",
-            url,
-            now,
-            attachments=attachments,
-        )
+        return compose(self.config, renderer, Tokens(key), contact, enrollment, step, row.send_id or "", now)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -46,28 +46,29 @@ from sqlmodel import Session, col
 from funnel import schedule
 from funnel.changes import introduced_steps
 from funnel.collector import fewer_collections
+from funnel.compose import compose
 from funnel.config import Config, Sequence, Step
+from funnel.contacts import contact_zone
 from funnel.db import put_setting
 from funnel.deferred import DeferredWrites
 from funnel.deliver import Dispatcher, Job, Outcome
 from funnel.errors import ConfigError, SourceError, TemplateError
 from funnel.ingest import IngestResult, apply_rows, insert_ignore
-from funnel.invitation import invitation
 from funnel.ledger import UNKNOWN_REASON, Ledger, StepRow, SuppressionCheck
 from funnel.models import Contact, Enrollment, EnrollmentTag, Run, Setting, SourceFile, StepRun, Tag, new_token_key
 from funnel.moves import apply_session_changes, remember_sessions, removed_sessions
 from funnel.notices import due_notices
 from funnel.preferences import resume_finished_pauses
-from funnel.render import MissingData, Rendered, Renderer, TemplateContact, TemplateWebinar, hours_between
+from funnel.render import MissingData, Renderer
 from funnel.sessions import session_scoped_tags, tags_in_session
-from funnel.sources import Fingerprint, clean_line, read_source_file
+from funnel.sources import Fingerprint, read_source_file
 from funnel.timeutil import zone
-from funnel.transports.base import Address, Attachment, OutgoingEmail, SendResult, Transport
-from funnel.unsubscribe import Tokens, secret_key, unsubscribe_headers, unsubscribe_url
+from funnel.transports.base import OutgoingEmail, SendResult, Transport
+from funnel.unsubscribe import Tokens, secret_key
 from funnel.workers import SHARED_PAGE, RunKeeper, ingest_turn, lock_contacts, lock_due_page, shares_work
 
 PAGE = 400
-__all__ = ["PAGE", "UNKNOWN_REASON", "RunSummary", "Runner", "compose_email", "contact_zone", "render_for"]
+__all__ = ["PAGE", "UNKNOWN_REASON", "RunSummary", "Runner"]
 
 
 #: line numbers shown for rows that share one message; the rest are counted
@@ -799,7 +800,7 @@ class Runner:
         """Render a claimed step; a template error fails that one email, not the run."""
         enrollment, step = claim.enrollment, claim.send.step
         try:
-            email = self._compose(claim.contact, enrollment, claim.sequence, step, row)
+            email = self._compose(claim.contact, enrollment, step, row)
         except MissingData as exc:  # e.g. no webinar start: this email cannot be written for her
             self._in_flight.pop(row.id, None)
             self.ledger.unsent(row.id, "skipped", exc.reason)
@@ -828,44 +829,16 @@ class Runner:
             contact_id=claim.contact.id or 0,
         )
 
-    def _compose(
-        self, contact: Contact, enrollment: Enrollment, sequence: Sequence, step: Step, row: StepRow
-    ) -> OutgoingEmail:
-        """Render one claimed step into the frozen email a transport gets."""
-        assert contact.id is not None
-        token_key = contact.token_key
-        if token_key is None:  # a row written by other means than funnel's: give it one now
-            token_key = new_token_key()
-            self.writes.set(contact, token_key=token_key)
-        url = unsubscribe_url(self.config.practice.base_url, self.tokens.make(token_key, row.send_id))
-        rendered = render_for(self.renderer, self.config, contact, enrollment, enrollment.sequence, step, url, self.now)
-        attachments = invitation(
-            self.config,
-            step,
-            person_key=contact.email_hash,
-            discreet=contact.discreet,
-            webinar_id=enrollment.webinar,
-            start=enrollment.webinar_start,
-            now=self.now,
-            session=enrollment.session,
-            join_url=enrollment.join_url,
-            moves=enrollment.moves or 0,
-        )
-        if step.calendar and not attachments:  # the email still goes, without the event
+    def _compose(self, contact: Contact, enrollment: Enrollment, step: Step, row: StepRow) -> OutgoingEmail:
+        """Render one claimed step into the frozen email a transport gets (`funnel.compose`)."""
+        if contact.token_key is None:  # a row written by other means than funnel's: give it one now
+            self.writes.set(contact, token_key=new_token_key())
+        email = compose(self.config, self.renderer, self.tokens, contact, enrollment, step, row.send_id or "", self.now)
+        if step.calendar and not email.attachments:  # the email still goes, without the event
             note = f"{enrollment.sequence}/{step.id}: sent without its calendar invitation (no webinar date)"
             if note not in self.summary.warnings:
                 self.summary.warnings.append(note)
-        return compose_email(
-            self.config,
-            contact,
-            enrollment.sequence,
-            step.id,
-            rendered,
-            row.send_id or "",
-            url,
-            self.now,
-            attachments=attachments,
-        )
+        return email
 
     # ----------------------------------------------------------------- outcomes
 
@@ -995,119 +968,3 @@ class Runner:
         self.run_row.config_timing = self.config.timing_snapshot()
         put_setting(self.session, "config_fingerprint", self.config.fingerprint)
         self.checkpoint()
-
-
-def contact_zone(config: Config, contact: Contact) -> ZoneInfo:
-    """The contact's timezone, or the practice's when they have none (or an unknown one)."""
-    try:
-        return zone(contact.timezone or config.practice.timezone)
-    except ValueError:
-        return zone(config.practice.timezone)
-
-
-def render_for(
-    renderer: Renderer,
-    config: Config,
-    contact: Contact,
-    enrollment: Enrollment | None,
-    sequence_id: str,
-    step: Step,
-    url: str,
-    now: datetime | None = None,
-) -> Rendered:
-    """Render one step for a real contact, with the webinar of their enrollment (used by runs and preview).
-
-    `now` is the moment the email is written (the send): templates see how far away
-    the webinar is from it (`webinar.hours_until`).
-    """
-    assert contact.email is not None
-    webinar = None
-    if enrollment is not None and enrollment.webinar in config.webinars:
-        info = config.webinars[enrollment.webinar]
-        start = enrollment.webinar_start.astimezone(contact_zone(config, contact)) if enrollment.webinar_start else None
-        webinar = TemplateWebinar(
-            enrollment.webinar,
-            info.title,
-            enrollment.join_url or info.join_url,  # her own link, when the export gave her one
-            info.replay_url,
-            start,
-            session=enrollment.session or None,
-            recorded=info.recorded,
-            hours_until=hours_between(now, start),
-            # where her session was before its latest move: said in the letter that answers the move
-            previous_start=(
-                enrollment.previous_start.astimezone(contact_zone(config, contact))
-                if step.on == "rescheduled" and enrollment.previous_start
-                else None
-            ),
-        )
-    return renderer.render(
-        sequence_id,
-        config.sequences[sequence_id],
-        step,
-        TemplateContact(
-            contact.email, contact.first_name, contact.last_name, dict(contact.fields or {}), contact.discreet
-        ),
-        webinar,
-        url,
-        discreet=contact.discreet,
-    )
-
-
-def sender_of(config: Config, *, discreet: bool) -> tuple[str, str, str | None]:
-    """The (From name, From address, Reply-To) of an email to a reader, discreet or not.
-
-    A discreet reader's email comes from `practice.discreet_from_email` under
-    `discreet_from_name` (each falling back to the ordinary one), and her
-    replies go to `practice.discreet_reply_to` when it is set: it wins over
-    `inbound.reply_address`, whose domain is usually the practice's own and
-    would show in her mail client's reply line. Unset, her replies go where
-    everyone's do: the Inbound Parse address when there is one (a reply
-    pauses the person's letters), else `practice.reply_to`.
-    """
-    practice = config.practice
-    reply_address = config.inbound.reply_address or practice.reply_to
-    if not discreet:
-        return practice.from_name or practice.name, practice.from_email, reply_address
-    return (
-        practice.discreet_from_name or practice.from_name or practice.name,
-        practice.discreet_from_email or practice.from_email,
-        practice.discreet_reply_to or reply_address,
-    )
-
-
-def compose_email(
-    config: Config,
-    contact: Contact,
-    sequence_id: str,
-    step_id: str,
-    rendered: Any,
-    send_id: str,
-    url: str,
-    now: datetime,
-    *,
-    attachments: tuple[Attachment, ...] = (),
-) -> OutgoingEmail:
-    """The frozen email for a transport: addresses, headers, custom args, tracking, attachments."""
-    sender_name, sender_address, reply_address = sender_of(config, discreet=contact.discreet)
-    assert contact.email is not None
-    # cleaned again here: a name stored by an older version may hold a line break
-    display = clean_line(" ".join(p for p in (contact.first_name, contact.last_name) if p)) or None
-    return OutgoingEmail(
-        send_id=send_id,
-        sender=Address(sender_address, sender_name),
-        to=Address(contact.email, display),
-        reply_to=Address(reply_address) if reply_address else None,
-        subject=rendered.subject,
-        text=rendered.text,
-        html=rendered.html,
-        headers=unsubscribe_headers(url),
-        custom_args=(("funnel_send_id", send_id), ("funnel_sequence", sequence_id), ("funnel_step", step_id)),
-        categories=(sequence_id,),
-        tracking_opens=config.tracking.opens and not contact.discreet,
-        tracking_clicks=config.tracking.clicks and not contact.discreet,
-        date=now,
-        sequence=sequence_id,
-        step=step_id,
-        attachments=attachments,
-    )

@@ -19,8 +19,9 @@ from sqlmodel import Session, col
 
 from funnel import schedule
 from funnel.changes import introduced_steps
+from funnel.compose import envelope, letter
 from funnel.config import Config
-from funnel.contacts import find_contact, unsubscribe
+from funnel.contacts import contact_zone, find_contact, unsubscribe
 from funnel.db import database_url, make_engine
 from funnel.errors import ConfigError
 from funnel.ingest import IngestResult, apply_rows
@@ -28,7 +29,6 @@ from funnel.invitation import invitation
 from funnel.models import Contact, Enrollment, StepRun, Tag, new_token_key
 from funnel.preview import render_sample, sample_unsubscribe_url, sample_webinar
 from funnel.render import Rendered, Renderer
-from funnel.runner import compose_email, contact_zone, render_for
 from funnel.sources import FileRead, read_source_file
 from funnel.timeutil import isoformat_z, zone
 from funnel.transports import make_transport
@@ -80,7 +80,7 @@ def preview(
         key = secret_key(session)
         token = Tokens(key).make(contact.token_key or new_token_key())
         url = unsubscribe_url(config.practice.base_url, token)
-        return render_for(Renderer(config, jump_key=key), config, contact, enrollment, sequence_id, step, url, now)
+        return letter(config, Renderer(config, jump_key=key), contact, enrollment, sequence_id, step, url, now)
 
 
 def send_test(config: Config, sequence_id: str, step_id: str, to: str, now: datetime) -> tuple[str, SendResult]:
@@ -110,7 +110,7 @@ def send_test(config: Config, sequence_id: str, step_id: str, to: str, now: date
         start=webinar.start if webinar else None,
         now=now,
     )
-    email = compose_email(
+    email = envelope(
         config,
         contact,
         sequence_id,

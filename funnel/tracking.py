@@ -38,7 +38,7 @@ SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
 TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
 #: how far a signed timestamp may be from our clock, either way (SendGrid signs as it posts)
 FRESHNESS = timedelta(minutes=10)
-#: the custom_args the transport puts on every email (funnel.runner.compose_email)
+#: the custom_args the transport puts on every email (funnel.compose.envelope)
 SEND_ID_ARG, SEQUENCE_ARG, STEP_ARG = "funnel_send_id", "funnel_sequence", "funnel_step"
 
 

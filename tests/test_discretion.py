@@ -20,12 +20,12 @@ import pytest
 from conftest import REPO, SECRET, Project, database_rows
 from icalendar import Calendar
 
+from funnel.compose import sender_of
 from funnel.config import Config, load_config
 from funnel.invitation import event_title, invitation
 from funnel.jump import TOKEN_LENGTH, JumpLinks, jump_links, known_targets
 from funnel.preview import sample_unsubscribe_url, sample_webinar
 from funnel.render import Rendered, Renderer, TemplateContact
-from funnel.runner import sender_of
 from funnel.unsubscribe import Tokens
 
 NOW = datetime(2027, 1, 5, 16, tzinfo=UTC)

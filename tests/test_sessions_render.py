@@ -94,11 +94,11 @@ def test_a_registrants_own_join_link_is_kept_and_written_into_her_letters(projec
 
     from sqlmodel import Session, select
 
+    from funnel.compose import letter
     from funnel.config import load_config
     from funnel.db import make_engine
     from funnel.ingest import apply_rows
     from funnel.models import Contact, Enrollment
-    from funnel.runner import render_for
     from funnel.sources import SignupRow
 
     config = load_config(project_for_ingest / "sequences.yaml")
@@ -123,9 +123,7 @@ def test_a_registrants_own_join_link_is_kept_and_written_into_her_letters(projec
             sequence = config.sequences[enrollment.sequence]
             step = sequence.step("registered")
             assert step is not None
-            texts[contact.email] = render_for(
-                renderer, config, contact, enrollment, enrollment.sequence, step, UNSUB
-            ).text
+            texts[contact.email] = letter(config, renderer, contact, enrollment, enrollment.sequence, step, UNSUB).text
     engine.dispose()
     assert "https://z.test/ana" in texts["ana@example.test"]
     assert "https://z.test/ana" not in texts["bea@example.test"]
