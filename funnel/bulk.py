@@ -74,6 +74,18 @@ def _converted_column(process: Callable[[Any], Any], values: Sequence[Any]) -> l
     return list(map(converted.__getitem__, ids))
 
 
+def insert_ignore(session: Session, table: Table, rows: list[dict[str, Any]], keys: Sequence[str]) -> None:
+    """INSERT ... ON CONFLICT DO NOTHING for many rows (SQLite and PostgreSQL).
+
+    One statement executed for all rows (SQLAlchemy batches it), rather than
+    one giant VALUES list compiled anew for every batch size.
+    """
+    if not rows:
+        return
+    builder = dialect_insert(session.get_bind().dialect.name)
+    session.execute(builder(table).on_conflict_do_nothing(index_elements=list(keys)), rows)
+
+
 class InsertIgnore:
     """`INSERT INTO table (columns) VALUES (...) ON CONFLICT (keys) DO NOTHING`, prepared once.
 

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
+from funnel.bulk import insert_ignore
 from funnel.config import Config, Sequence, Step
 from funnel.models import Contact, Enrollment, KnownStep, Run, StepRun, Tag
 from funnel.schedule import due_times, goal_reached
@@ -39,8 +40,6 @@ def introduced_steps(session: Session, config: Config, now: datetime, *, write: 
         if step.id not in known.get(sid, {})
     ]
     if new and write:
-        from funnel.ingest import insert_ignore
-
         rows = [{"sequence": sid, "step_id": step_id, "first_seen_at": now} for sid, step_id in new]
         insert_ignore(session, KnownStep.__table__, rows, ("sequence", "step_id"))  # type: ignore[attr-defined]
         session.flush()

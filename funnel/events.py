@@ -17,8 +17,8 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlmodel import Session, col
 
+from funnel.bulk import insert_ignore
 from funnel.contacts import unsubscribe
-from funnel.ingest import insert_ignore
 from funnel.models import Contact, Enrollment, StepRun
 from funnel.models import Event as EventRow
 from funnel.sources import email_hash, normalize_email

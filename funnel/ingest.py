@@ -29,7 +29,7 @@ Rules kept here:
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -37,7 +37,7 @@ from typing import Any
 from sqlalchemy import Table, and_, delete, select, update
 from sqlmodel import Session, col
 
-from funnel.bulk import InsertIgnore, dialect_insert, probe_in, roomy_cache
+from funnel.bulk import InsertIgnore, insert_ignore, probe_in, roomy_cache
 from funnel.config import Config, Source
 from funnel.models import Contact, Enrollment, EnrollmentTag, PendingTag, StepRun, Tag, new_token_key
 from funnel.schedule import first_look
@@ -78,18 +78,6 @@ class IngestResult:
             "erased",
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
-
-
-def insert_ignore(session: Session, table: Table, rows: list[dict[str, Any]], keys: Sequence[str]) -> None:
-    """INSERT ... ON CONFLICT DO NOTHING for many rows (SQLite and PostgreSQL).
-
-    One statement executed for all rows (SQLAlchemy batches it), rather than
-    one giant VALUES list compiled anew for every batch size.
-    """
-    if not rows:
-        return
-    builder = dialect_insert(session.get_bind().dialect.name)
-    session.execute(builder(table).on_conflict_do_nothing(index_elements=list(keys)), rows)
 
 
 def _table(model: Any) -> Table:

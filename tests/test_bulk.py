@@ -17,9 +17,9 @@ from conftest import Project, Result
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from funnel.bulk import InsertIgnore, probe_in, roomy_cache
+from funnel.bulk import InsertIgnore, insert_ignore, probe_in, roomy_cache
 from funnel.db import make_engine
-from funnel.ingest import _CONTACT_COLUMNS, insert_ignore
+from funnel.ingest import _CONTACT_COLUMNS
 from funnel.models import Contact
 
 #: the contact columns the import writes
