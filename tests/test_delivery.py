@@ -27,6 +27,7 @@ from funnel.config import load_config
 from funnel.db import make_engine
 from funnel.runner import Runner
 from funnel.timeutil import parse_instant
+from funnel.transports.base import Transport
 from funnel.transports.sendgrid import SendGridTransport
 
 NOW = "2027-01-10T16:00:00Z"
@@ -268,7 +269,7 @@ def test_the_database_alone_prevents_double_sends_without_the_lock(project: Proj
     engine.dispose()
 
 
-class _Announcing:
+class _Announcing(Transport):
     """A real transport that says when its request starts, then sends it once `proceed` is set.
 
     Holding the request until the other run has settled makes the ending
@@ -924,7 +925,7 @@ def test_the_collector_is_given_back_as_found_with_objects_the_caller_froze_and_
     assert (gc.get_threshold(), gc.get_freeze_count()) == (before, 0)
 
 
-class _LosingItsSession:
+class _LosingItsSession(Transport):
     """A real transport; as the first request starts, the server ends every session of the sender
     except the one holding its liveness lock (a failover, a proxy's idle timeout): the serve is
     alive, but the transaction that records this email, and the hand-over of the next, fail."""

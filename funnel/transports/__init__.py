@@ -1,4 +1,4 @@
-"""Transports deliver rendered emails: outbox (.eml files), sendgrid, memory (tests)."""
+"""Transports deliver rendered emails: outbox (.eml files), sendgrid."""
 
 from __future__ import annotations
 

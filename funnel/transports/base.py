@@ -2,13 +2,16 @@
 
 Transports never see database rows: they get a frozen `OutgoingEmail` and
 return a `SendResult` or raise `TransportError` (with `retryable`/`fatal`).
+A transport is a context manager, as httpx's are: `with transport:` closes
+it at the end, whatever happened. Implementations subclass `Transport` to
+get that for free.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, Self
 
 
 @dataclass(frozen=True)
@@ -84,3 +87,9 @@ class Transport(Protocol):
     def close(self) -> None:
         """Release resources at the end of a run."""
         ...
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from funnel.errors import TransportError
 from funnel.private import make_private_dir, write_private
-from funnel.transports.base import Address, Attachment, OutgoingEmail, SendResult
+from funnel.transports.base import Address, Attachment, OutgoingEmail, SendResult, Transport
 
 #: RFC 5322 allows 998 characters a line; folding the long unsubscribe URL at 78
 #: would turn it into an encoded word that mail clients cannot use for RFC 8058
@@ -233,7 +233,7 @@ def _part_headers(subtype: str, body: bytes) -> str:
     return f'Content-Type: text/{subtype}; charset="utf-8"{_CRLF}Content-Transfer-Encoding: {encoding}'
 
 
-class OutboxTransport:
+class OutboxTransport(Transport):
     """Writes each email as an .eml file into a folder."""
 
     name = "outbox"

@@ -38,7 +38,7 @@ import sendgrid
 
 from funnel.domains import domain_of, is_reserved
 from funnel.errors import TransportError, TransportSkipped
-from funnel.transports.base import Address, OutgoingEmail, SendResult
+from funnel.transports.base import Address, OutgoingEmail, SendResult, Transport
 
 __all__ = [
     "DEFAULT_HOST",
@@ -334,7 +334,7 @@ def _opener() -> urllib.request.OpenerDirector:
     return urllib.request.build_opener(urllib.request.HTTPSHandler(context=_tls_context()))
 
 
-class SendGridTransport:
+class SendGridTransport(Transport):
     """Delivers each email with one `POST /v3/mail/send`; never retries by itself.
 
     Thread safety: each thread gets its own `SendGridAPIClient` (via
