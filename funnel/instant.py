@@ -31,7 +31,6 @@ import os
 import socket
 import threading
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,7 @@ from funnel.compose import compose
 from funnel.config import Config
 from funnel.contacts import contact_zone
 from funnel.errors import ConfigError, TemplateError, TransportError
-from funnel.ledger import Ledger, StepRow
+from funnel.ledger import Ledger, StepRow, Wanted
 from funnel.models import Contact, Enrollment, Run, Tag, new_token_key
 from funnel.render import MissingData, Renderer
 from funnel.transports import make_transport
@@ -201,7 +200,7 @@ class ServeSender:
             tags.setdefault(contact_id, set()).add(tag)
         recorded = ledger.rows_of([e.id or 0 for e in enrollments])
         introduced = introduced_steps(session, self.config, now, write=False)
-        wanted: list[tuple[Contact, Enrollment, Any, str, datetime]] = []
+        wanted: list[tuple[Contact, Enrollment, Any, datetime]] = []
         for enrollment in enrollments:
             sequence = self.config.sequences.get(enrollment.sequence)
             contact = contacts.get(enrollment.contact_id)
@@ -234,26 +233,17 @@ class ServeSender:
             for send in evaluation.sends:
                 # a failed step is retried by the run (with its backoff), not here
                 if send.step.transactional and send.step.id not in rows:
-                    wanted.append((contact, enrollment, send.step, uuid.uuid4().hex, send.due_at))
+                    wanted.append((contact, enrollment, send.step, send.due_at))
         taken = ledger.claim_new(
             [
-                {
-                    "enrollment_id": enrollment.id,
-                    "sequence": enrollment.sequence,
-                    "step_id": step.id,
-                    "transactional": True,
-                    "send_id": send_id,
-                    "attempts": 0,
-                    "due_at": due_at,
-                    "retryable": False,
-                }
-                for _contact, enrollment, step, send_id, due_at in wanted
+                Wanted(enrollment.id or 0, enrollment.sequence, step.id, True, due_at)
+                for _c, enrollment, step, due_at in wanted
             ]
         )
         return [
-            (contact, enrollment, step, taken[send_id])
-            for contact, enrollment, step, send_id, _due in wanted
-            if send_id in taken
+            (contact, enrollment, step, row)
+            for (contact, enrollment, step, _due), row in zip(wanted, taken, strict=True)
+            if row is not None
         ]
 
     def _deliver(

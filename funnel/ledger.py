@@ -68,7 +68,7 @@ from sqlalchemy import ColumnElement, Table, and_, select, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
-from funnel.bulk import InsertIgnore
+from funnel.bulk import InsertIgnore, insert_ignore
 from funnel.driver_sql import DriverSQL
 from funnel.models import Enrollment, StepRun
 from funnel.workers import dead_runs
@@ -117,6 +117,40 @@ def _step_row(row: Any) -> StepRow:
     """A driver row of `_ROW_COLUMNS` (SQLite gives 0/1 for booleans)."""
     row_id, enrollment_id, sequence, step_id, status, retryable, reason, send_id = row
     return StepRow(row_id, enrollment_id, sequence, step_id, status, bool(retryable), reason, send_id)
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """A step a run (or `funnel serve`) wants to send now, before anyone has claimed it."""
+
+    enrollment_id: int
+    sequence: str
+    #: the ledger's step id: the step's own, or the key of a letter answering a change (`funnel.notices`)
+    step_id: str
+    transactional: bool
+    due_at: datetime | None
+
+
+def outcome(
+    row_id: int,
+    status: str,
+    *,
+    attempts: int,
+    reason: str | None = None,
+    retryable: bool = False,
+    sent_at: datetime | None = None,
+    message_id: str | None = None,
+) -> dict[str, Any]:
+    """One outcome as `Ledger.record` stores it."""
+    return {
+        "id": row_id,
+        "status": status,
+        "reason": reason,
+        "retryable": retryable,
+        "attempts": attempts,
+        "sent_at": sent_at,
+        "message_id": message_id,
+    }
 
 
 @dataclass(frozen=True)
@@ -212,23 +246,67 @@ class Ledger:
             for row in self.sql.execute(sql, chunk):
                 yield _step_row(row)
 
-    def claim_new(self, values: list[dict[str, Any]]) -> dict[str, StepRow]:
-        """Insert `claimed` rows (insert-or-ignore); return the ones this run got, by send id.
+    def claim_new(self, wanted: list[Wanted]) -> list[StepRow | None]:
+        """Insert `claimed` rows (insert-or-ignore); the row this run got for each wanted step, or None.
 
         A row that another run inserted first is simply not ours: the unique
         (enrollment, step) key decides, in a few statements for a whole page.
+        Each claimed row gets a fresh send id (the email's, in its links and custom args).
         """
+        send_ids = [uuid.uuid4().hex for _ in wanted]
         rows = [
-            {**v, "status": CLAIMED, "run_id": self.run_id, "transport": self.transport, "decided_at": self.now}
-            for v in values
+            {
+                "enrollment_id": w.enrollment_id,
+                "sequence": w.sequence,
+                "step_id": w.step_id,
+                "transactional": w.transactional,
+                "send_id": send_id,
+                "attempts": 0,
+                "due_at": w.due_at,
+                "retryable": False,
+                "status": CLAIMED,
+                "run_id": self.run_id,
+                "transport": self.transport,
+                "decided_at": self.now,
+            }
+            for w, send_id in zip(wanted, send_ids, strict=True)
         ]
         if rows:
             columns = list(rows[0])
             InsertIgnore(self.session, _table(), columns, ("enrollment_id", "step_id")).run(
                 [[row[name] for name in columns] for row in rows]
             )
-        wanted = [v["send_id"] for v in values]
-        return {step_row.send_id or "": step_row for step_row in self._rows_where("send_id", wanted)}
+        taken = {step_row.send_id or "": step_row for step_row in self._rows_where("send_id", send_ids)}
+        return [taken.get(send_id) for send_id in send_ids]
+
+    def decided(
+        self,
+        enrollment_id: int,
+        sequence: str,
+        step_id: str,
+        status: str,
+        reason: str,
+        *,
+        transactional: bool,
+        due_at: datetime | None = None,
+    ) -> None:
+        """A step settled without sending (skipped, or failed before any attempt): insert-or-ignore.
+
+        A concurrent worker may have decided the same step: its row stays.
+        """
+        row = {
+            "enrollment_id": enrollment_id,
+            "sequence": sequence,
+            "step_id": step_id,
+            "status": status,
+            "reason": reason,
+            "retryable": False,
+            "transactional": transactional,
+            "attempts": 0,
+            "due_at": due_at,
+            "decided_at": self.now,
+        }
+        insert_ignore(self.session, _table(), [row], ("enrollment_id", "step_id"))
 
     def retake(self, row: StepRow) -> StepRow | None:
         """Claim a step whose last attempt failed in a way worth retrying (None: someone else has it)."""
