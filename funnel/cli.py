@@ -147,9 +147,9 @@ def _config(path: Path | None) -> Config:
 
 def _engine(config: Config) -> Any:
     """The database engine, closed with the command (open connections would outlive it otherwise)."""
-    from funnel.services import open_engine
+    from funnel.db import database_url, make_engine
 
-    engine = open_engine(config)
+    engine = make_engine(database_url(config.folder))
     context = click.get_current_context(silent=True)
     if context is not None:
         context.call_on_close(engine.dispose)
@@ -511,7 +511,7 @@ def plan(
 
     Example: funnel plan --days 7
     """
-    from funnel import services
+    from funnel.plan import plan as plan_items
 
     config = _config(config_path)
     engine = _engine(config)
@@ -524,7 +524,7 @@ def plan(
         else:
             _print_changes(result)
         return
-    items = services.plan(config, engine, now, days, goal_skips=not as_json)
+    items = plan_items(config, engine, now, days, goal_skips=not as_json)
     if as_json:
         _print_json(items)
         return
@@ -594,11 +594,11 @@ def preview(
 
     Example: funnel preview webinar-relationship-911 registered
     """
-    from funnel import services
+    from funnel.preview import preview_for
 
     config = _config(config_path)
     engine = _engine(config) if address else None
-    rendered = services.preview(config, engine, sequence, step, now, address)
+    rendered = preview_for(config, engine, sequence, step, now, address)
     stem = f"{sequence}--{step}"  # ids are letters, digits, - and _ (config.SAFE_ID): no path tricks
     written = []
     try:
@@ -630,10 +630,10 @@ def send_test(config_path: Path | None, debug: bool, now: datetime, sequence: st
 
     Example: funnel send-test consultation received --to me@example.com
     """
-    from funnel import services
+    from funnel.preview import send_test as send_one
 
     config = _config(config_path)
-    transport, result = services.send_test(config, sequence, step, to, now)
+    transport, result = send_one(config, sequence, step, to, now)
     if "path" in result.extra:  # the outbox: a file on this computer, nobody's inbox
         click.echo(
             safe(
@@ -668,11 +668,11 @@ def import_(config_path: Path | None, debug: bool, now: datetime, as_json: bool,
 
     Example: funnel import webinar-registrations ~/Downloads/registrants.csv
     """
-    from funnel import services
+    from funnel.ingest import import_file
 
     config = _config(config_path)
     engine = _engine(config)
-    read, result = services.import_file(config, engine, source, file, now)
+    read, result = import_file(config, engine, source, file, now)
     rejected = [p for p in read.problems if not p.warning]
     summary: dict[str, Any] = {
         "imported": result.imported,
@@ -1144,10 +1144,19 @@ def suppressions_sync(config_path: Path | None, debug: bool, now: datetime, as_j
 
     Example: funnel suppressions sync
     """
-    from funnel import services
+    from sqlmodel import Session
+
+    from funnel.contacts import apply_suppressions
+    from funnel.transports import sendgrid_settings
+    from funnel.transports.sendgrid import fetch_suppressions
 
     config = _config(config_path)
-    counts = services.suppressions_sync(config, _engine(config), now)
+    key, host = sendgrid_settings()
+    entries = fetch_suppressions(key, host, config.delivery.request_timeout)
+    with Session(_engine(config), expire_on_commit=False) as session:
+        counts = apply_suppressions(session, entries, now)
+        session.commit()
+    counts["fetched"] = len(entries)
     if as_json:
         _print_json(counts)
     else:

@@ -456,3 +456,41 @@ def export(session: Session, config: Config, contact: Contact) -> dict[str, Any]
 
 def _iso(value: datetime | None) -> str | None:
     return isoformat_z(value) if value else None
+
+
+def suppress(session: Session, contact: Contact, kind: str, now: datetime) -> bool:
+    """Stop all mail to her for `kind` (bounce, spamreport, invalid, ...); False when she already was."""
+    if contact.suppressed_reason is not None:
+        return False
+    contact.suppressed_reason, contact.suppressed_at = kind, now
+    return True
+
+
+def apply_suppressions(session: Session, entries: Iterable[tuple[str, str, Any]], now: datetime) -> dict[str, int]:
+    """Stop mail to each (address, kind, when) of SendGrid's suppression lists; counts by kind.
+
+    An address funnel does not know is kept as its hash only: enough to
+    refuse a later import, nothing personal. The caller commits.
+    """
+    counts: dict[str, int] = {}
+    for address, kind, _created in entries:
+        try:
+            digest = email_hash(normalize_email(address))
+        except ValueError:
+            counts["unreadable"] = counts.get("unreadable", 0) + 1
+            continue
+        contact = session.scalars(select(Contact).where(col(Contact.email_hash) == digest)).first()
+        if contact is None:
+            session.add(
+                Contact(email_hash=digest, created_at=now, updated_at=now, suppressed_reason=kind, suppressed_at=now)
+            )
+            changed = True
+        elif kind == "unsubscribe":
+            changed = contact.unsubscribed_at is None
+            if changed:
+                unsubscribe(session, contact, now, via="sendgrid")  # also kept in her history
+        else:
+            changed = suppress(session, contact, kind, now)
+        if changed:
+            counts[kind] = counts.get(kind, 0) + 1
+    return counts

@@ -12,14 +12,15 @@ claims and sends.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from sqlalchemy import Select, and_, select
-from sqlmodel import col
+from sqlmodel import Session, col
 
 from funnel import schedule
-from funnel.config import Sequence
+from funnel.config import Config, Sequence
 from funnel.contacts import contact_zone
 from funnel.finishing import Outstanding, complete
 from funnel.ledger import StepRow
@@ -41,6 +42,39 @@ class Claim:
     rows: dict[str, StepRow] = field(default_factory=dict)
     #: the ledger's step id when it is not the step's own: a letter answering a change (`funnel.notices`)
     key: str | None = None
+
+
+def tags_of(session: Session, contact_ids: list[int]) -> dict[int, set[str]]:
+    """Each person's tags, by contact id."""
+    tags: dict[int, set[str]] = defaultdict(set)
+    for contact_id, tag in session.execute(
+        select(col(Tag.contact_id), col(Tag.tag)).where(col(Tag.contact_id).in_(contact_ids))
+    ):
+        tags[contact_id].add(tag)
+    return tags
+
+
+def contact_state(config: Config, contact: Contact, tags: Iterable[str]) -> schedule.ContactState:
+    """A person as the schedule sees her: time zone, tags, suppression, last marketing email."""
+    return schedule.ContactState(
+        tz=contact_zone(config, contact),
+        tags=frozenset(tags),
+        suppressed=contact.suppression,
+        last_marketing_at=contact.last_marketing_at,
+    )
+
+
+def enrollment_state(
+    enrollment: Enrollment, rows: dict[str, StepRow], introduced: dict[str, dict[str, datetime]]
+) -> schedule.EnrollmentState:
+    """An enrollment as the schedule sees it: when she came, her webinar, what each step came to."""
+    return schedule.EnrollmentState(
+        enrolled_at=enrollment.enrolled_at,
+        webinar_start=enrollment.webinar_start,
+        recorded={k: schedule.Recorded(r.status, r.retryable, r.reason) for k, r in rows.items()},
+        introduced=introduced.get(enrollment.sequence, {}),
+        imported_at=enrollment.imported_at,
+    )
 
 
 def due_page(now: datetime, after_id: int, size: int) -> Select[Enrollment]:  # type: ignore[type-var]
@@ -76,11 +110,7 @@ class Decider:
         contact_ids = sorted({e.contact_id for e in page})
         # PostgreSQL workers: one person is decided by one worker at a time, locked in id order
         contacts = {c.id: c for c in session.scalars(lock_contacts(contact_ids, self.ctx.engine))}
-        tags: dict[int, set[str]] = defaultdict(set)
-        for contact_id, tag in session.execute(
-            select(col(Tag.contact_id), col(Tag.tag)).where(col(Tag.contact_id).in_(contact_ids))
-        ):
-            tags[contact_id].add(tag)
+        tags = tags_of(session, contact_ids)
         recorded = self.ctx.ledger.rows_of([e.id or 0 for e in page])
         self._session_tags = self._own_session_tags(page)
         by_contact: dict[int, list[Enrollment]] = defaultdict(list)
@@ -89,12 +119,7 @@ class Decider:
         claims: list[Claim] = []
         for contact_id, enrollments in by_contact.items():
             contact = contacts[contact_id]
-            state = schedule.ContactState(
-                tz=contact_zone(self.ctx.config, contact),
-                tags=frozenset(tags.get(contact_id, ())),
-                suppressed=contact.suppression,
-                last_marketing_at=contact.last_marketing_at,
-            )
+            state = contact_state(self.ctx.config, contact, tags.get(contact_id, ()))
             for enrollment in enrollments:
                 state = self._decide(contact, enrollment, state, recorded.get(enrollment.id or 0, {}), claims)
             if state.last_marketing_at != contact.last_marketing_at:
@@ -149,13 +174,7 @@ class Decider:
         try:
             evaluation = schedule.evaluate(
                 sequence,
-                schedule.EnrollmentState(
-                    enrolled_at=enrollment.enrolled_at,
-                    webinar_start=enrollment.webinar_start,
-                    recorded={k: schedule.Recorded(r.status, r.retryable, r.reason) for k, r in rows.items()},
-                    introduced=self.introduced.get(enrollment.sequence, {}),
-                    imported_at=enrollment.imported_at,
-                ),
+                enrollment_state(enrollment, rows, self.introduced),
                 state,
                 ctx.now,
                 ctx.config.delivery,

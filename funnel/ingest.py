@@ -32,9 +32,11 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Table, and_, delete, select, update
+from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from funnel.bulk import InsertIgnore, insert_ignore, probe_in, roomy_cache
@@ -42,7 +44,7 @@ from funnel.config import Config, Source
 from funnel.models import Contact, Enrollment, EnrollmentTag, PendingTag, StepRun, Tag, new_token_key
 from funnel.schedule import first_look
 from funnel.sessions import EARLY_JOIN, attended_session, local_id, pick_session, session_scoped_tags
-from funnel.sources import SignupRow, email_hash
+from funnel.sources import FileRead, SignupRow, email_hash
 from funnel.timeutil import zone
 
 _BATCH = 1000
@@ -765,3 +767,24 @@ def reschedule(
                 )
             )
         )
+
+
+def import_file(
+    config: Config, engine: Engine, source_name: str, path: Path, now: datetime
+) -> tuple[FileRead, IngestResult]:
+    """`funnel import`: read one file through a source's mapping now (whatever its fingerprint)."""
+    from funnel.errors import ConfigError
+    from funnel.sources import read_source_file
+
+    source = config.sources.get(source_name)
+    if source is None:
+        raise ConfigError(f"no source {source_name!r} in {config.path.name}: known: {', '.join(config.sources)}")
+    if source.format == "form":
+        raise ConfigError(f"source {source_name!r} is a form: its rows arrive through `funnel serve`")
+    read = read_source_file(
+        source_name, source, path, zone(config.practice.timezone), None, webinar_tz=config.start_zone(source), now=now
+    )
+    with Session(engine, expire_on_commit=False) as session:
+        result = apply_rows(session, config, source_name, source, read.rows, now)
+        session.commit()
+    return read, result

@@ -43,10 +43,10 @@ from funnel import schedule
 from funnel.changes import introduced_steps
 from funnel.compose import compose
 from funnel.config import Config
-from funnel.contacts import contact_zone
+from funnel.decide import contact_state, enrollment_state, tags_of
 from funnel.errors import ConfigError, TemplateError, TransportError
 from funnel.ledger import Ledger, StepRow, Wanted
-from funnel.models import Contact, Enrollment, Run, Tag, new_token_key
+from funnel.models import Contact, Enrollment, Run, new_token_key
 from funnel.render import MissingData, Renderer
 from funnel.transports import make_transport
 from funnel.transports.base import OutgoingEmail, Transport
@@ -193,11 +193,7 @@ class ServeSender:
             return []
         contact_ids = sorted({e.contact_id for e in enrollments})
         contacts = {c.id: c for c in session.scalars(select(Contact).where(col(Contact.id).in_(contact_ids)))}
-        tags: dict[int, set[str]] = {}
-        for contact_id, tag in session.execute(
-            select(col(Tag.contact_id), col(Tag.tag)).where(col(Tag.contact_id).in_(contact_ids))
-        ):
-            tags.setdefault(contact_id, set()).add(tag)
+        tags = tags_of(session, contact_ids)
         recorded = ledger.rows_of([e.id or 0 for e in enrollments])
         introduced = introduced_steps(session, self.config, now, write=False)
         wanted: list[tuple[Contact, Enrollment, Any, datetime]] = []
@@ -210,19 +206,8 @@ class ServeSender:
             try:
                 evaluation = schedule.evaluate(
                     sequence,
-                    schedule.EnrollmentState(
-                        enrolled_at=enrollment.enrolled_at,
-                        webinar_start=enrollment.webinar_start,
-                        recorded={k: schedule.Recorded(r.status, r.retryable, r.reason) for k, r in rows.items()},
-                        introduced=introduced.get(enrollment.sequence, {}),
-                        imported_at=enrollment.imported_at,
-                    ),
-                    schedule.ContactState(
-                        tz=contact_zone(self.config, contact),
-                        tags=frozenset(tags.get(contact.id or 0, ())),
-                        suppressed=contact.suppression,
-                        last_marketing_at=contact.last_marketing_at,
-                    ),
+                    enrollment_state(enrollment, rows, introduced),
+                    contact_state(self.config, contact, tags.get(contact.id or 0, ())),
                     now,
                     self.config.delivery,
                 )

@@ -233,18 +233,10 @@ class Ledger:
 
     def rows_of(self, enrollment_ids: list[int]) -> dict[int, dict[str, StepRow]]:
         """Every step row of these enrollments, by enrollment and step id (plain rows, no ORM objects)."""
-        found: dict[int, dict[str, StepRow]] = {}
-        for step_row in self._rows_where("enrollment_id", enrollment_ids):
-            found.setdefault(step_row.enrollment_id, {})[step_row.step_id] = step_row
-        return found
+        return _rows_of(self.sql, enrollment_ids)
 
     def _rows_where(self, column: str, values: list[Any]) -> Iterator[StepRow]:
-        """The step rows whose `column` is one of `values`, read in chunks of 500 marks."""
-        for start in range(0, len(values), 500):
-            chunk = values[start : start + 500]
-            sql = f"SELECT {_ROW_COLUMNS} FROM step_runs WHERE {column} IN ({self.sql.marks(len(chunk))})"  # noqa: S608
-            for row in self.sql.execute(sql, chunk):
-                yield _step_row(row)
+        return _rows_where(self.sql, column, values)
 
     def claim_new(self, wanted: list[Wanted]) -> list[StepRow | None]:
         """Insert `claimed` rows (insert-or-ignore); the row this run got for each wanted step, or None.
@@ -462,6 +454,27 @@ class Ledger:
             table.delete().where(*theirs, table.c.attempts == 0).returning(table.c.enrollment_id)
         ).scalars()
         return found + list(deleted)
+
+
+def step_rows(session: Session, enrollment_ids: list[int]) -> dict[int, dict[str, StepRow]]:
+    """Every step row of these enrollments, by enrollment and step id, outside any run (`funnel plan`)."""
+    return _rows_of(DriverSQL(session), enrollment_ids)
+
+
+def _rows_of(sql: DriverSQL, enrollment_ids: list[int]) -> dict[int, dict[str, StepRow]]:
+    found: dict[int, dict[str, StepRow]] = {}
+    for step_row in _rows_where(sql, "enrollment_id", enrollment_ids):
+        found.setdefault(step_row.enrollment_id, {})[step_row.step_id] = step_row
+    return found
+
+
+def _rows_where(sql: DriverSQL, column: str, values: list[Any]) -> Iterator[StepRow]:
+    """The step rows whose `column` is one of `values`, read in chunks of 500 marks."""
+    for start in range(0, len(values), 500):
+        chunk = values[start : start + 500]
+        text = f"SELECT {_ROW_COLUMNS} FROM step_runs WHERE {column} IN ({sql.marks(len(chunk))})"  # noqa: S608
+        for row in sql.execute(text, chunk):
+            yield _step_row(row)
 
 
 class SuppressionCheck:

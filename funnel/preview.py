@@ -24,10 +24,13 @@ from html import escape
 from typing import Any
 from urllib.parse import urlsplit
 
+from sqlalchemy.engine import Engine
+
 from funnel.config import KNOWN_FIELDS, Config, Step
 from funnel.errors import TemplateError
 from funnel.render import MissingData, Rendered, Renderer, TemplateContact, TemplateWebinar, hours_between
 from funnel.timeutil import local_wall, zone
+from funnel.transports.base import SendResult
 
 SAMPLE_TOKEN = "sample-token"
 
@@ -274,3 +277,82 @@ def example_warnings(config: Config) -> list[str]:
             )
         )
     return [message for _line, message in sorted(warnings)]
+
+
+def preview_for(
+    config: Config, engine: Engine | None, sequence_id: str, step_id: str, now: datetime, address: str | None
+) -> Rendered:
+    """`funnel preview`: one step rendered for the sample contact, or for a real one (`--email`)."""
+    from sqlalchemy import select
+    from sqlmodel import Session, col
+
+    from funnel.compose import letter
+    from funnel.contacts import find_contact
+    from funnel.models import Enrollment, new_token_key
+    from funnel.unsubscribe import Tokens, secret_key, unsubscribe_url
+
+    _sequence, step = config.find_step(sequence_id, step_id)
+    if address is None:
+        return render_sample(config, sequence_id, step_id, now)
+    assert engine is not None
+    with Session(engine) as session:
+        contact = find_contact(session, address)
+        enrollment = session.scalars(
+            select(Enrollment).where(col(Enrollment.contact_id) == contact.id, col(Enrollment.sequence) == sequence_id)
+        ).first()
+        key = secret_key(session)
+        token = Tokens(key).make(contact.token_key or new_token_key())
+        url = unsubscribe_url(config.practice.base_url, token)
+        return letter(config, Renderer(config, jump_key=key), contact, enrollment, sequence_id, step, url, now)
+
+
+def send_test(config: Config, sequence_id: str, step_id: str, to: str, now: datetime) -> tuple[str, SendResult]:
+    """`funnel send-test`: one sample-rendered step to `to` through the configured transport; its name and answer.
+
+    The outbox transport only writes a file (`extra["path"]`): the command
+    must say so, or a practice trying its setup believes an email went out.
+    """
+    import uuid
+
+    from funnel.compose import envelope
+    from funnel.errors import ConfigError
+    from funnel.invitation import invitation
+    from funnel.models import Contact
+    from funnel.sources import normalize_email
+    from funnel.transports import make_transport
+    from funnel.transports.base import Address
+
+    try:
+        address = normalize_email(to)
+    except ValueError as exc:
+        raise ConfigError(f"--to {to!r} is not a valid email address ({exc})") from None
+    transport = make_transport(config)
+    rendered = render_sample(config, sequence_id, step_id, now)
+    rendered = Rendered(subject=f"[Test] {rendered.subject}", text=rendered.text, html=rendered.html)
+    contact = Contact(email_hash="", email=address, first_name="Sam", created_at=now, updated_at=now)
+    _sequence, step = config.find_step(sequence_id, step_id)
+    webinar = sample_webinar(config, sequence_id, now)
+    attachments = invitation(
+        config,
+        step,
+        person_key="send-test",
+        discreet=False,
+        webinar_id=webinar.id if webinar else None,
+        start=webinar.start if webinar else None,
+        now=now,
+    )
+    send_id = f"test-{uuid.uuid4().hex}"
+    email = envelope(
+        config,
+        contact,
+        sequence_id,
+        step_id,
+        rendered,
+        send_id,
+        sample_unsubscribe_url(config),
+        now,
+        attachments=attachments,
+    )
+    email = replace(email, to=Address(address))
+    with transport:
+        return transport.name, transport.send(email)
