@@ -1005,7 +1005,7 @@ def _erase(engine: Any, address: str, now: datetime) -> None:
     from funnel.confirm import forget_pending
     from funnel.contacts import find_contact, forget
     from funnel.personlock import lock_contact, with_person
-    from funnel.sources import email_hash, normalize_email
+    from funnel.text import email_hash, normalize_email
 
     try:
         digest = email_hash(normalize_email(address))

@@ -18,7 +18,7 @@ from funnel.contacts import contact_zone
 from funnel.invitation import invitation
 from funnel.models import Contact, Enrollment
 from funnel.render import Rendered, Renderer, TemplateContact, TemplateWebinar, hours_between
-from funnel.sources import clean_line
+from funnel.text import clean_line
 from funnel.transports.base import Address, Attachment, OutgoingEmail
 from funnel.unsubscribe import Tokens, unsubscribe_headers, unsubscribe_url
 

@@ -80,7 +80,8 @@ from funnel.errors import TransportError
 from funnel.ingest import apply_rows
 from funnel.models import Consent, Contact, Enrollment, PendingSignup, SubscriptionChange
 from funnel.personlock import lock_contact, with_person
-from funnel.sources import SignupRow, email_hash
+from funnel.sources import SignupRow
+from funnel.text import email_hash
 from funnel.timeutil import isoformat_z
 from funnel.transports.base import Address, OutgoingEmail, Transport
 from funnel.unsubscribe import unsubscribe_headers

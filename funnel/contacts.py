@@ -35,7 +35,7 @@ from funnel.models import (
     Tag,
 )
 from funnel.schedule import LETTERS_STOPPED, due_times, goal_reached
-from funnel.sources import email_hash, normalize_email
+from funnel.text import email_hash, normalize_email
 from funnel.timeutil import isoformat_z, zone
 
 

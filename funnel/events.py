@@ -21,7 +21,7 @@ from funnel.bulk import insert_ignore
 from funnel.contacts import unsubscribe
 from funnel.models import Contact, Enrollment, StepRun
 from funnel.models import Event as EventRow
-from funnel.sources import email_hash, normalize_email
+from funnel.text import email_hash, normalize_email
 from funnel.tracking import Event, EventKind, Skipped, scrubbed
 
 _SUPPRESSION_WORDS = {

@@ -58,7 +58,7 @@ from funnel.bulk import dialect_insert
 from funnel.config import Config
 from funnel.errors import FunnelError
 from funnel.models import Contact, Enrollment, InboundMessage
-from funnel.sources import clean_line, email_hash, normalize_email
+from funnel.text import clean_line, email_hash, normalize_email
 from funnel.timeutil import isoformat_z
 from funnel.transports.base import Address, OutgoingEmail, Transport
 

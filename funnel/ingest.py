@@ -44,7 +44,8 @@ from funnel.config import Config, Source
 from funnel.models import Contact, Enrollment, EnrollmentTag, PendingTag, StepRun, Tag, new_token_key
 from funnel.schedule import first_look
 from funnel.sessions import EARLY_JOIN, attended_session, local_id, pick_session, session_scoped_tags
-from funnel.sources import FileRead, SignupRow, email_hash
+from funnel.sources import FileRead, SignupRow
+from funnel.text import email_hash
 from funnel.timeutil import zone
 
 _BATCH = 1000

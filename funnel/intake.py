@@ -23,7 +23,8 @@ from funnel.contacts import resubscribe
 from funnel.ingest import IngestResult, apply_rows
 from funnel.models import Consent
 from funnel.personlock import lock_contact, with_person
-from funnel.sources import SignupRow, email_hash
+from funnel.sources import SignupRow
+from funnel.text import email_hash
 
 __all__ = ["Evidence", "accept_form"]
 

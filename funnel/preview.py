@@ -318,7 +318,7 @@ def send_test(config: Config, sequence_id: str, step_id: str, to: str, now: date
     from funnel.errors import ConfigError
     from funnel.invitation import invitation
     from funnel.models import Contact
-    from funnel.sources import normalize_email
+    from funnel.text import normalize_email
     from funnel.transports import make_transport
     from funnel.transports.base import Address
 

@@ -71,7 +71,7 @@ def locate(name: str, source: Source, path: Path, text: str, split: object) -> L
 
     `split` is `funnel.sources._split_lines` (passed in to keep one definition of a line).
     """
-    from funnel.sources import title_key
+    from funnel.text import title_key
 
     email_key = title_key(source.columns["email"])
     first = _LINE.match(text)
@@ -150,7 +150,7 @@ class _Cells:
 
     def keys(self, index: int) -> list[str]:
         if index not in self._keys:
-            from funnel.sources import title_key
+            from funnel.text import title_key
 
             self._keys[index] = [title_key(v) for v in self.values(index)]
         return self._keys[index]
@@ -158,7 +158,8 @@ class _Cells:
 
 def _raw(line: str) -> list[str]:
     """A line's values, cleaned, without the blanks at its end."""
-    from funnel.sources import _sniff_delimiter, clean_line
+    from funnel.sources import _sniff_delimiter
+    from funnel.text import clean_line
 
     try:
         row = [clean_line(v) for v in next(csv.reader([line.rstrip("\r\n")], delimiter=_sniff_delimiter(line)), [])]
@@ -170,7 +171,7 @@ def _raw(line: str) -> list[str]:
 
 
 def _keys(line: str) -> list[str]:
-    from funnel.sources import title_key
+    from funnel.text import title_key
 
     return [title_key(v) for v in _raw(line) if v]
 
@@ -207,7 +208,7 @@ def _section_end(lines: list[str], header: int, titles: list[int]) -> int:
 def _summary_start(cells: _Cells, end: int) -> tuple[int, str] | None:
     """The start time of the summary above `end`: `Key:,value` lines, or a row of titles over a row of values."""
     found: dict[str, tuple[int, str]] = {}
-    from funnel.sources import title_key
+    from funnel.text import title_key
 
     for index in range(end):
         row = cells.raw(index)

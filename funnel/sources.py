@@ -35,11 +35,9 @@ import itertools
 import json
 import re
 import time
-import unicodedata
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -49,6 +47,7 @@ from funnel.config import KNOWN_FIELDS, Source
 from funnel.dates import read_instant, read_written
 from funnel.errors import SourceError
 from funnel.reports import Layout, locate
+from funnel.text import clean_line, clean_text, normalize_email, title_key
 from funnel.timeutil import wall_doubt, zone
 
 TRUTHY = frozenset({"yes", "true", "1", "on", "y"})
@@ -60,28 +59,10 @@ SETTLE_SECONDS = 60.0
 EARLIEST_START = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST_START = datetime(2100, 1, 1, tzinfo=UTC)
 
-#: control characters (C0, DEL, C1), line/paragraph separators, bidi overrides and BOM
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff]")
-_CONTROL_KEEP_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff]")
-_SPACES = re.compile(r"\s+")
-_BREAKS = re.compile(r"\r\n|[\r\x85\u2028\u2029]")
 #: one line with its ending: \n, \r\n, or a lone \r (old Mac); the last may have none
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
 _ENDINGS = ("\n", "\r")
 _DELIMITER_NAMES = {",": "commas", ";": "semicolons", "\t": "tabs"}
-#: typographic quotes, matched in titles as the straight ones people type
-_QUOTES = str.maketrans(
-    {
-        "\u2018": "'",
-        "\u2019": "'",
-        "\u201a": "'",
-        "\u201b": "'",
-        "\u201c": '"',
-        "\u201d": '"',
-        "\u201e": '"',
-        "\u201f": '"',
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -146,106 +127,6 @@ class FileRead:
     def signups(self) -> Iterator[SignupRow]:
         """The accepted rows, streamed or from `rows`."""
         return self.stream if self.stream is not None else iter(self.rows)
-
-
-def normalize_email(value: str) -> str:
-    """Validate and normalise an address; one contact per address whatever its case.
-
-    Only addresses every provider can deliver are accepted: ASCII before the
-    @ (SendGrid and most mail servers do not speak SMTPUTF8); an international
-    domain is returned as punycode, the form mail headers carry. Raises
-    ValueError with a short reason. `.test` domains are allowed (the shipped
-    examples use them; they can never be delivered by accident).
-    """
-    text = value.strip()
-    # the fast path: a plain address on a domain already checked; it accepts exactly
-    # what email-validator accepts (tests/test_sources.py compares them on generated addresses)
-    local, _, domain = text.partition("@")
-    # (a domain of at most 255 characters: no longer can be valid, nor fill the cache's memory)
-    if len(local) <= 64 and len(domain) <= 255 and _PLAIN_LOCAL.match(local):
-        known = _domain_forms(domain)
-        if known is not None:
-            ascii_domain, longest_domain = known
-            # the lengths email-validator checks (RFC 5321): the address as given, and both its forms
-            given = len(text) if text.isascii() else len(text.encode())
-            if given <= 254 and len(local) + 1 + longest_domain <= 254:
-                return f"{local}@{ascii_domain}".lower()
-    return _validated(text)
-
-
-#: a dot-atom local part of ASCII letters and symbols (what nearly every list holds), at most 64 long;
-#: anything else (quotes, non-ASCII, odd lengths) takes the full check
-_PLAIN_LOCAL = re.compile(r"[a-zA-Z0-9_!#$%&'*+\-/=?^`{|}~]+(?:\.[a-zA-Z0-9_!#$%&'*+\-/=?^`{|}~]+)*\Z")
-_PLAIN_DOMAIN = re.compile(r'[^\s@<>"()\[\],;:\\]{1,255}\Z')
-
-
-def _validated(text: str) -> str:
-    """The full check by email-validator: syntax only, no DNS look-up."""
-    from email_validator import EmailNotValidError, validate_email  # loaded by the first run that reads a row
-
-    try:
-        result = validate_email(text, check_deliverability=False, test_environment=True, allow_smtputf8=False)
-    except EmailNotValidError as exc:
-        raise ValueError(str(exc).rstrip(".")) from None
-    return (result.ascii_email or result.normalized).lower()
-
-
-@lru_cache(maxsize=65536)
-def _domain_forms(domain: str) -> tuple[str, int] | None:
-    """A plain domain's ASCII (punycode) form as email-validator gives it, and the longer of its two
-    forms in bytes; None if it is not plain or email-validator refuses it (the full check decides then).
-
-    Remembered per domain: a list of 100,000 people has a few hundred domains,
-    and the domain (IDNA, special-use names) is the costly part of the check.
-    """
-    if not _PLAIN_DOMAIN.match(domain):
-        return None
-    from email_validator import EmailNotValidError, validate_email
-
-    try:
-        result = validate_email(f"a@{domain}", check_deliverability=False, test_environment=True, allow_smtputf8=False)
-    except EmailNotValidError:
-        return None
-    return result.ascii_domain, max(len(result.domain.encode()), len(result.ascii_domain))
-
-
-def email_hash(normalized: str) -> str:
-    return hashlib.sha256(normalized.encode("utf-8")).hexdigest()
-
-
-def title_key(title: str) -> str:
-    """How a column's title is matched: case, stray or doubled spaces and invisible characters aside.
-
-    The same for sequences.yaml's `columns:` and `where:` as for a file's
-    header, a JSONL key and a form field, so "First  Name" in one matches
-    "first name" in another. Beyond ASCII, the Unicode form is made one
-    (NFKC: "é" typed as e + accent, as macOS writes it, or a full-width "Ｅ")
-    and invisible format characters (a zero-width space, a soft hyphen, a
-    direction mark) are dropped: none of them can be seen in a spreadsheet.
-    Quotes match either way: Typeform's "What’s your first name?" is
-    "What's your first name?" as typed in sequences.yaml (’ ‘ as ', “ ” as ").
-    """
-    if title.isascii():
-        return clean_line(title).lower()
-    title = title.translate(_QUOTES)
-    text = "".join(ch for ch in unicodedata.normalize("NFKC", title) if unicodedata.category(ch) != "Cf")
-    return clean_line(text).casefold()
-
-
-def clean_line(value: str | None) -> str:
-    """One line of text for a name or a header: no control characters, single spaces."""
-    if not value:
-        return ""
-    if value.isascii() and value.isprintable() and "  " not in value:
-        return value.strip()  # the usual name: nothing to clean (the same answer, without the regexes)
-    return _SPACES.sub(" ", _CONTROL.sub(" ", value)).strip()
-
-
-def clean_text(value: str | None) -> str:
-    """Free text (a form's message): line breaks kept as `\\n`, other control characters dropped."""
-    if not value:
-        return ""
-    return _CONTROL_KEEP_LINES.sub("", _BREAKS.sub("\n", value)).strip()
 
 
 def _shown(value: str, limit: int = 60) -> str:

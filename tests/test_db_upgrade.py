@@ -20,7 +20,7 @@ from sqlalchemy import Connection, MetaData, create_engine, insert, select, text
 
 from funnel.db import current_revision, make_engine
 from funnel.migrations import HEAD
-from funnel.sources import email_hash
+from funnel.text import email_hash
 
 FIRST_RELEASE = "0001"
 

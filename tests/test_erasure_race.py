@@ -27,7 +27,8 @@ from funnel.config import load_config
 from funnel.confirm import Evidence, confirm, request_confirmation
 from funnel.db import make_engine
 from funnel.intake import accept_form
-from funnel.sources import SignupRow, email_hash
+from funnel.sources import SignupRow
+from funnel.text import email_hash
 
 ROUNDS = int(os.environ.get("FUNNEL_RACE_ROUNDS", "50"))
 NOW = datetime(2026, 12, 8, 16, 0, tzinfo=UTC)

@@ -45,7 +45,8 @@ from funnel.config import load_config
 from funnel.db import make_engine
 from funnel.errors import ConfigError, SourceError
 from funnel.ingest import apply_rows
-from funnel.sources import EARLIEST_START, LATEST_START, FileRead, email_hash, read_source_file
+from funnel.sources import EARLIEST_START, LATEST_START, FileRead, read_source_file
+from funnel.text import email_hash
 from funnel.timeutil import zone
 from funnel.unsubscribe import Tokens
 

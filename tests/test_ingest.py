@@ -23,7 +23,8 @@ from funnel.config import load_config
 from funnel.db import make_engine
 from funnel.ingest import PENDING_DAYS, apply_rows
 from funnel.models import PendingTag, Tag
-from funnel.sources import SignupRow, email_hash, read_mapping
+from funnel.sources import SignupRow, read_mapping
+from funnel.text import email_hash
 from funnel.timeutil import zone
 
 HEADER = "Email,First Name,Last Name,Webinar Start,Time Zone,Discreet\n"

@@ -11,7 +11,7 @@ import pytest
 from conftest import Project, Result, migrate_with_alembic, without_shipped_sessions
 from sqlalchemy import MetaData, create_engine, insert, text
 
-from funnel.sources import email_hash
+from funnel.text import email_hash
 
 HEADER = "Email,First Name,Last Name,Webinar Start,Time Zone,Discreet\n"
 SEQUENCE = "webinar-relationship-911"

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from funnel.config import Source
 from funnel.errors import SourceError
-from funnel.sources import FileRead, Fingerprint, _domain_forms, _validated, normalize_email, read_source_file
+from funnel.sources import FileRead, Fingerprint, read_source_file
+from funnel.text import _domain_forms, _validated, normalize_email
 
 DENVER = ZoneInfo("America/Denver")
 

@@ -42,7 +42,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse,
 from funnel.config import Config, Source
 from funnel.confirm import request_confirmation
 from funnel.intake import accept_form
-from funnel.sources import SignupRow, normalize_email, signup_from_values, title_key
+from funnel.sources import SignupRow, signup_from_values
+from funnel.text import normalize_email, title_key
 from funnel.timeutil import zone
 from funnel.web.client import client_ip, rate_key
 from funnel.web.confirm_pages import confirm_page, evidence_of, send_queue
