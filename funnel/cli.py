@@ -902,7 +902,7 @@ def contacts_pause(config_path: Path | None, debug: bool, now: datetime, email: 
 
     Example: funnel contacts pause ana@example.com
     """
-    from funnel.inbound import pause
+    from funnel.contacts import pause
 
     count = _with_contact(config_path, email, lambda s, c, contact: pause(s, contact, now, reason="paused by hand"))
     click.echo(safe(f"{email}: paused {count} sequence(s)" if count else f"{email}: nothing to pause"))
@@ -920,7 +920,7 @@ def contacts_resume(config_path: Path | None, debug: bool, now: datetime, email:
 
     Example: funnel contacts resume ana@example.com
     """
-    from funnel.inbound import resume
+    from funnel.contacts import resume
 
     count = _with_contact(config_path, email, lambda s, c, contact: resume(s, contact, now))
     click.echo(f"{email}: resumed {count} sequence(s)" if count else f"{email}: nothing was paused")

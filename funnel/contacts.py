@@ -1,4 +1,10 @@
-"""One person: show, unsubscribe, resubscribe, export, forget.
+"""One person's state, in one place: find, show, unsubscribe, resubscribe, suppress,
+pause, resume, tags, export, forget.
+
+The CLI, the web pages, SendGrid's events and suppression lists and the
+Inbound Parse replies all change a person through these functions, so a
+rule about her (the first suppression reason stays; an unsubscribe is kept
+in her history) holds whichever way the change came.
 
 `forget` erases every personal field (address, names, extra fields, tags)
 but keeps the row keyed by the address hash, marked erased: it stops all
@@ -16,7 +22,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import String, cast, delete, literal, or_, select, update
+from sqlalchemy import String, and_, cast, delete, literal, or_, select, update
 from sqlmodel import Session, col
 
 from funnel.config import Config
@@ -47,13 +53,22 @@ def contact_zone(config: Config, contact: Contact) -> ZoneInfo:
         return zone(config.practice.timezone)
 
 
+def find_by_hash(session: Session, digest: str) -> Contact | None:
+    """The contact whose address hashes to `digest` (erased ones too: their row keeps the hash), or None."""
+    return session.scalars(select(Contact).where(col(Contact.email_hash) == digest)).first()
+
+
+def find_by_address(session: Session, address: str) -> Contact | None:
+    """The contact for an address, any case (erased ones too), or None; ValueError when it is not an address."""
+    return find_by_hash(session, email_hash(normalize_email(address)))
+
+
 def find_contact(session: Session, address: str) -> Contact:
     """The contact for an address (any case), or NotFoundError (exit 1)."""
     try:
-        normalized = normalize_email(address)
+        contact = find_by_address(session, address)
     except ValueError as exc:
         raise UsageError(f"{address!r} is not a valid email address ({exc})") from None
-    contact = session.scalars(select(Contact).where(col(Contact.email_hash) == email_hash(normalized))).first()
     if contact is None or contact.erased_at is not None:
         raise NotFoundError(f"no contact with the address {address}")
     return contact
@@ -458,12 +473,37 @@ def _iso(value: datetime | None) -> str | None:
     return isoformat_z(value) if value else None
 
 
-def suppress(session: Session, contact: Contact, kind: str, now: datetime) -> bool:
-    """Stop all mail to her for `kind` (bounce, spamreport, invalid, ...); False when she already was."""
+def suppress(session: Session, contact: Contact, reason: str, now: datetime) -> bool:
+    """Stop all mail to her for `reason` (a bounce, a spam report, ...); False when she already was.
+
+    The first reason stays: what stopped her mail first is what `contacts show` says.
+    """
     if contact.suppressed_reason is not None:
         return False
-    contact.suppressed_reason, contact.suppressed_at = kind, now
+    contact.suppressed_reason, contact.suppressed_at = reason, now
+    contact.updated_at = now
+    session.add(contact)
     return True
+
+
+def pause(session: Session, contact: Contact, now: datetime, reason: str) -> int:
+    """Pause every active enrollment of a contact (a reply, by hand); the number paused."""
+    outcome = session.execute(
+        update(Enrollment)
+        .where(and_(col(Enrollment.contact_id) == contact.id, col(Enrollment.status) == "active"))
+        .values(status="paused", paused_at=now, pause_reason=reason)
+    )
+    return int(outcome.rowcount)  # type: ignore[attr-defined]  # an UPDATE gives a CursorResult
+
+
+def resume(session: Session, contact: Contact, now: datetime) -> int:
+    """Take a pause back; steps that fell due meanwhile follow the usual lateness rules at the next run."""
+    outcome = session.execute(
+        update(Enrollment)
+        .where(and_(col(Enrollment.contact_id) == contact.id, col(Enrollment.status) == "paused"))
+        .values(status="active", paused_at=None, pause_reason=None, next_due_at=now)
+    )
+    return int(outcome.rowcount)  # type: ignore[attr-defined]  # an UPDATE gives a CursorResult
 
 
 def apply_suppressions(session: Session, entries: Iterable[tuple[str, str, Any]], now: datetime) -> dict[str, int]:
@@ -479,7 +519,7 @@ def apply_suppressions(session: Session, entries: Iterable[tuple[str, str, Any]]
         except ValueError:
             counts["unreadable"] = counts.get("unreadable", 0) + 1
             continue
-        contact = session.scalars(select(Contact).where(col(Contact.email_hash) == digest)).first()
+        contact = find_by_hash(session, digest)
         if contact is None:
             session.add(
                 Contact(email_hash=digest, created_at=now, updated_at=now, suppressed_reason=kind, suppressed_at=now)

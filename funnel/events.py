@@ -18,7 +18,8 @@ from sqlalchemy import select
 from sqlmodel import Session, col
 
 from funnel.bulk import insert_ignore
-from funnel.contacts import unsubscribe
+from funnel.contacts import find_by_hash, unsubscribe
+from funnel.contacts import suppress as suppress_contact
 from funnel.models import Contact, Enrollment, StepRun
 from funnel.models import Event as EventRow
 from funnel.text import email_hash, normalize_email
@@ -209,7 +210,7 @@ def suppress(
     if contact is None:
         if digest is None:
             return False
-        contact = session.scalars(select(Contact).where(col(Contact.email_hash) == digest)).first()
+        contact = find_by_hash(session, digest)
     if contact is None:
         assert digest is not None
         contact = Contact(email_hash=digest, created_at=now, updated_at=now)
@@ -218,13 +219,8 @@ def suppress(
     if kind in (EventKind.UNSUBSCRIBE, EventKind.GROUP_UNSUBSCRIBE):
         via = "SendGrid unsubscribe" if kind is EventKind.UNSUBSCRIBE else "SendGrid group unsubscribe"
         return unsubscribe(session, contact, now, via=via)
-    if contact.suppressed_reason is not None:
-        return False  # the first reason stays
     words = _SUPPRESSION_WORDS.get(kind, kind.value)
-    contact.suppressed_reason = f"{words}: {reason}"[:200] if reason else words
-    contact.suppressed_at = contact.updated_at = now
-    session.add(contact)
-    return True
+    return suppress_contact(session, contact, f"{words}: {reason}"[:200] if reason else words, now)
 
 
 def _hash(address: str | None) -> str | None:

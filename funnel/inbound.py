@@ -56,8 +56,9 @@ from sqlmodel import Session, col
 
 from funnel.bulk import dialect_insert
 from funnel.config import Config
+from funnel.contacts import find_by_hash, pause
 from funnel.errors import FunnelError
-from funnel.models import Contact, Enrollment, InboundMessage
+from funnel.models import Contact, InboundMessage
 from funnel.text import clean_line, email_hash, normalize_email
 from funnel.timeutil import isoformat_z
 from funnel.transports.base import Address, OutgoingEmail, Transport
@@ -681,30 +682,10 @@ def receive(session: Session, config: Config, reply: Reply, now: datetime) -> Re
     paused = 0
     # only a reply that SendGrid's checks show came from her own domain pauses her: anyone can forge From
     if contact is not None and verified and not reply.auto_reply and status != "loop":
-        paused = pause(session, contact, now)
+        paused = pause(session, contact, now, PAUSE_REASON)
         row.paused = paused
         session.add(row)
     return Received(row.id, True, paused, status)
-
-
-def pause(session: Session, contact: Contact, now: datetime, reason: str = PAUSE_REASON) -> int:
-    """Pause every active enrollment of a contact; the number paused."""
-    outcome = session.execute(
-        update(Enrollment)
-        .where(and_(col(Enrollment.contact_id) == contact.id, col(Enrollment.status) == "active"))
-        .values(status="paused", paused_at=now, pause_reason=reason)
-    )
-    return int(outcome.rowcount)  # type: ignore[attr-defined]  # an UPDATE gives a CursorResult
-
-
-def resume(session: Session, contact: Contact, now: datetime) -> int:
-    """Take a pause back; steps that fell due meanwhile follow the usual lateness rules at the next run."""
-    outcome = session.execute(
-        update(Enrollment)
-        .where(and_(col(Enrollment.contact_id) == contact.id, col(Enrollment.status) == "paused"))
-        .values(status="active", paused_at=None, pause_reason=None, next_due_at=now)
-    )
-    return int(outcome.rowcount)  # type: ignore[attr-defined]  # an UPDATE gives a CursorResult
 
 
 def _find_contact(session: Session, reply: Reply) -> tuple[Contact | None, str | None]:
@@ -713,7 +694,7 @@ def _find_contact(session: Session, reply: Reply) -> tuple[Contact | None, str |
         digest = _hash(address)
         if digest is None:
             continue
-        contact = session.scalars(select(Contact).where(col(Contact.email_hash) == digest)).first()
+        contact = find_by_hash(session, digest)
         if contact is not None and contact.erased_at is None:
             return contact, address
     return None, None
