@@ -10,7 +10,6 @@ hash, no framing): see `Protected`.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,7 +29,7 @@ from funnel.config import Config
 from funnel.envfile import key_fingerprint
 from funnel.logsafe import safe_traceback
 from funnel.unsubscribe import signing_key
-from funnel.web import confirm_pages, forms, pages
+from funnel.web import confirm_pages, forms, pages, webhooks
 from funnel.web.deps import get_engine
 
 #: headers on every answer: no sniffing, no referrer leaks (tokens are in URLs), nothing cached
@@ -43,10 +42,8 @@ SECURITY_HEADERS = {
 
 log = logging.getLogger("funnel.web")
 
+
 #: modules that add routers when they exist; each must define `router` (a FastAPI APIRouter)
-OPTIONAL_ROUTERS = ("funnel.web.webhooks",)  # h7: SendGrid event webhook and inbound replies
-
-
 def create_app(config: Config, engine: Engine, now: datetime | None = None, *, debug: bool = False) -> FastAPI:
     """The web app on one config and database; `now` fixes every request's clock (tests).
 
@@ -106,8 +103,7 @@ def create_app(config: Config, engine: Engine, now: datetime | None = None, *, d
     app.include_router(pages.router)
     app.include_router(forms.router)
     app.include_router(confirm_pages.router)
-    for module_name in OPTIONAL_ROUTERS:
-        _include_if_present(app, module_name)
+    app.include_router(webhooks.router)  # SendGrid's event webhook and inbound replies
     return app
 
 
@@ -177,13 +173,3 @@ async def _sweep(queue: confirm_pages.SendQueue, fixed_now: datetime | None) -> 
         except Exception:  # noqa: BLE001  # the database away for a moment: the next sweep tries again
             pass
         await asyncio.sleep(60)
-
-
-def _include_if_present(app: FastAPI, module_name: str) -> None:
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:
-            raise  # the module exists but one of its imports is missing: a real error
-        return
-    app.include_router(module.router)
