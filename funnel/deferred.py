@@ -11,7 +11,7 @@ nothing is flushed) and written with one UPDATE per table and set of columns
 the run commits.
 
 The caller must call `write` before every commit (and before a statement
-that reads these columns back); `Runner.checkpoint` does.
+that reads these columns back); `RunContext.checkpoint` (`funnel.run_state`) does.
 """
 
 from __future__ import annotations

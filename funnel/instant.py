@@ -170,7 +170,7 @@ class ServeSender:
     def _give_back(self, run_id: int, now: datetime, transport_name: str, ids: list[int]) -> None:
         """Stopped on an error (the database lost, a bug): steps claimed but never handed over go back.
 
-        As a run does (`Runner._give_back`): the serve lives on and holds its
+        As a run does (`funnel.handover`): the serve lives on and holds its
         liveness lock, so no run would take them from it, and they would wait,
         unsent, until the serve restarts. Their requests never started, so
         this is safe; one whose request started stays in hand (`unknown` later).
