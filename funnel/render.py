@@ -438,8 +438,8 @@ def _statement(text: str) -> Token:
 def _check_balance(html: str, tags: _Tags) -> None:
     """Every part of one construct (`if`, `else`, `endif`) stands among the same open elements:
     else the template would make Markdown structure (a paragraph, a list item) for some readers."""
-    stack: list[str] = []
-    seen: dict[int, tuple[str, ...]] = {}
+    stack: list[tuple[str, int]] = []
+    seen: dict[int, tuple[tuple[str, int], ...]] = {}
     pattern = re.compile(rf"<(/?)([A-Za-z][A-Za-z0-9]*)([^>]*)>|{tags.token.pattern}")
     for match in pattern.finditer(html):
         numbers = [int(match.group(4) or match.group(5))] if not match.group(2) else tags.of(match.group(3))
@@ -458,10 +458,10 @@ def _check_balance(html: str, tags: _Tags) -> None:
         if match.group(2):
             name = match.group(2).lower()
             if match.group(1):
-                while stack and stack.pop() != name:
+                while stack and stack.pop()[0] != name:
                     pass
             elif name not in _VOID and not match.group(3).endswith("/"):
-                stack.append(name)
+                stack.append((name, match.start()))
 
 
 def _check_links(html: str, tags: _Tags) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from render_project import LAYOUT_HTML, load_project, parsed, render
+from render_project import LAYOUT_HTML, NOW, load_project, parsed, render
 
 from funnel.errors import TemplateError
+from funnel.preview import check
 from funnel.render import Renderer, TemplateContact
 
 
@@ -136,3 +137,64 @@ def test_a_double_backslash_before_a_value_is_a_backslash(tmp_path: Path) -> Non
     config = load_project(tmp_path, templates={"hello.md": "Folder: C:\\\\Users\\\\{{ contact.first_name or 'x' }}\n"})
     out = render(config, contact=TemplateContact(email="a@example.test", first_name="<http://evil.test>"))
     assert "C:\\Users\\<http://evil.test>" in out.text
+
+
+@pytest.mark.parametrize(
+    ("markdown", "line", "says"),
+    [
+        ("Hi.\n\n[Open]({{ contact.first_name }}:alert%281%29)\n", 3, "choose what kind of link"),
+        ("Hi.\n\n[Open](java{{ contact.first_name }})\n", 3, "choose what kind of link"),
+        ("[Open]({{ contact.first_name }}{{ contact.last_name }})\n", 1, "choose what kind of link"),
+        ("Hi.\n\n{% if contact.discreet %}- a quiet item{% endif %}\n", 3, "list, heading or quote mark"),
+        ("{% if contact.discreet %}# Quiet{% endif %}\n", 1, "list, heading or quote mark"),
+        ("Hello {% if contact.discreet %}there\n\nfriend{% endif %}.\n", 3, "stand in different paragraphs"),
+        ("- one {% if contact.discreet %}\n- two {% endif %}\n", 2, "stand in different paragraphs"),
+        ("Hi.\n\n{% include 'layout.txt' %}\n", 3, "make the letter an .html template"),
+        ("{% macro m() %}*x*{% endmacro %}{{ m() }}\n", 1, "make the letter an .html template"),
+        ('Hi {% button practice.name, "Go" %}\n', 1, "alone on its line"),
+    ],
+)
+def test_markdown_a_value_or_statement_would_change_is_refused_with_its_line(
+    tmp_path: Path, markdown: str, line: int, says: str
+) -> None:
+    config = load_project(tmp_path, templates={"hello.md": markdown})
+    with pytest.raises(TemplateError) as info:
+        Renderer(config)
+    assert str(info.value).startswith(f"email_templates/hello.md:{line}: "), str(info.value)
+    assert says in str(info.value)
+    assert check(config, NOW) == [str(info.value)]
+
+
+@pytest.mark.parametrize(
+    ("html", "says"),
+    [
+        ("<p style=\"color: {{ contact.fields.city or 'red' }}\">x</p>", "style attribute"),
+        ('<p style="{% if contact.discreet %}color: red{% endif %}">x</p>', "style attribute"),
+        ("<style>p { color: {{ practice.name }} }</style>", "inside <style>"),
+        ("<table>{% for i in range(2) %}<tr><td>{{ i }}</td></tr>{% endfor %}</table>", "rewritten around this tag"),
+    ],
+)
+def test_html_the_css_inliner_would_change_is_refused_with_its_line(tmp_path: Path, html: str, says: str) -> None:
+    layout = LAYOUT_HTML.replace("<body>", f"<body>\n{html}", 1)
+    with pytest.raises(TemplateError) as info:
+        Renderer(load_project(tmp_path, templates={"layout.html": layout}))
+    assert str(info.value).startswith("email_templates/layout.html:5: "), str(info.value)
+    assert says in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "markdown",
+    [
+        "[Profile](https://x.test/u/{{ contact.first_name or 'x' }})\n",
+        "[Write](mailto:{{ contact.email }})\n",
+        "[Join]({{ webinar.join_url }}/room?x=1)\n",
+        "[Back](#{{ step.id }})\n",
+        "Hi.\n\n{% if contact.discreet %}\n\n- a quiet item\n\n{% endif %}\n",
+        "{% if contact.discreet %}\nA\n\nB{% endif %}\n",
+    ],
+)
+def test_links_and_statements_that_keep_markdown_whole_are_accepted(tmp_path: Path, markdown: str) -> None:
+    config = load_project(tmp_path, templates={"hello.md": markdown})
+    renderer = Renderer(config)
+    for discreet in (False, True):
+        render(config, contact=TemplateContact(email="a@example.test"), discreet=discreet, renderer=renderer)

@@ -8,6 +8,9 @@ from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import css_inline
+import pytest
+from markdown_it import MarkdownIt
 from render_project import (
     ADDRESS,
     LAYOUT_HTML,
@@ -257,3 +260,57 @@ def test_rendering_does_not_reread_template_files(tmp_path: Path) -> None:
     # a new Renderer sees the new files
     fresh = render(config, renderer=Renderer(config))
     assert fresh.html is not None and "changed layout" in fresh.html
+
+
+def test_statements_alone_on_their_lines_stand_outside_paragraphs(tmp_path: Path) -> None:
+    """A `{% if %}` alone on its line wraps whole paragraphs; a paragraph wholly inside one is left
+    out with it (no empty paragraph); `{% endif %}` at the start of a paragraph closes before it."""
+    body = (
+        "Hi.\n\n{% if contact.discreet %}\nQuiet.\n{% else %}\nLoud.\n{% endif %}\n\n"
+        "{% if contact.first_name %}**{{ contact.first_name }}**{% endif %}\n\n"
+        "{% if contact.last_name %}\n{{ contact.last_name }}\n\n{% endif %}Bye.\n"
+    )
+    config = load_project(tmp_path, templates={"hello.md": body})
+    nameless = render(config, contact=TemplateContact(email="a@example.test"))
+    assert nameless.html is not None
+    content = nameless.html.split('<div class="content">', 1)[1].split("</div>", 1)[0]
+    assert re.sub(r"\s+", " ", re.sub(r' style="[^"]*"', "", content)).strip() == "<p>Hi.</p> <p>Loud.</p> <p>Bye.</p>"
+    assert nameless.text.startswith("Hi.\n\nLoud.\n\nBye.\n\n--\n")
+    named = render(config, contact=TemplateContact(email="a@example.test", first_name="Ann", last_name="Lee"))
+    assert named.html is not None and "<strong>Ann</strong></p>" in named.html
+    assert named.text.startswith("Hi.\n\nLoud.\n\nAnn\n\nLee\n\nBye.\n")
+    assert render(config, discreet=True).text.startswith("Hi.\n\nQuiet.\n\nAnn\n\nBye.\n")
+
+
+def test_a_button_is_a_table_that_outlook_draws_and_words_with_the_link_in_text(tmp_path: Path) -> None:
+    body = 'Hi.\n\n{% button practice.links.consultation, "Book a free consultation" %}\n\nBye.\n'
+    yaml = YAML.replace(
+        '\n  discreet_subject: "A quiet note"',
+        '\n  links:\n    consultation: "https://practice.test/book?a=1&b=2"\n  discreet_subject: "A quiet note"',
+    )
+    config = load_project(tmp_path, yaml=yaml, templates={"hello.md": body})
+    out = render(config)
+    assert out.html is not None
+    button = out.html.split('<table class="button"', 1)[1].split("</table>", 1)[0]
+    assert 'bgcolor="#3f6f62"' in button and 'role="presentation"' in button
+    assert '<a href="https://practice.test/book?a=1&amp;b=2"' in button and ">Book a free consultation</a>" in button
+    assert "Hi.\n\nBook a free consultation: https://practice.test/book?a=1&b=2\n\nBye.\n" in out.text
+    quiet = render(config, discreet=True).text
+    assert re.search(r"\nBook a free consultation: https://mail\.practice\.test/j/[\w-]+\n", quiet), quiet
+
+
+def test_markdown_is_read_and_css_inlined_when_loading_never_per_email(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = load_project(tmp_path)
+    renderer = Renderer(config)
+    calls: list[str] = []
+    parse, inline = MarkdownIt.parse, css_inline.CSSInliner.inline
+    monkeypatch.setattr(MarkdownIt, "parse", lambda self, *a, **k: calls.append("parse") or parse(self, *a, **k))
+    monkeypatch.setattr(css_inline.CSSInliner, "inline", lambda self, *a: calls.append("inline") or inline(self, *a))
+    for n in range(50):
+        contact = TemplateContact(email=f"p{n}@example.test", first_name=f"Reader {n}" if n % 3 else None)
+        for step in ("hello", "reminder", "page"):
+            out = render(config, step, contact=contact, renderer=renderer, discreet=n % 2 == 1)
+            assert step != "hello" or out.text.startswith(f"Hi Reader {n}," if n % 3 else "Hi there,")
+    assert calls == []
