@@ -188,7 +188,8 @@ _FENCE = re.compile(r"^ {0,3}(```|~~~)")
 _VOID = frozenset({"br", "hr", "img", "input", "meta", "link", "area", "base", "col", "wbr", "source"})
 
 BUTTON_HTML = (
-    '<table role="presentation" class="button" border="0" cellpadding="0" cellspacing="0"><tr>'
+    '<table role="presentation" class="button" border="0" cellpadding="0" cellspacing="0" '
+    'style="margin:0 0 16px 0;"><tr>'
     '<td align="center" bgcolor="#3f6f62" style="background-color:#3f6f62;border-radius:6px;padding:12px 24px;">'
     '<a href="{url}" style="color:#ffffff;text-decoration:none;font-family:Helvetica,Arial,sans-serif;'
     'font-size:17px;font-weight:bold;display:inline-block;">{label}</a></td></tr></table>'
