@@ -562,13 +562,21 @@ def _markdown() -> MarkdownIt:
 def _link(value: Any) -> str:
     """A value printed in a link target, as markdown-it would take it: normalised, and empty when
     markdown-it would not make it a link (`javascript:`, `data:`, ...)."""
+    return _checked_link(str(refuse_empty(value)).strip())
+
+
+@lru_cache(maxsize=4096)
+def _checked_link(text: str) -> str:
     md = _markdown()
-    url = md.normalizeLink(str(refuse_empty(value)).strip())
+    url = md.normalizeLink(text)
     return url if md.validateLink(url) else ""
 
 
 def _body_text(text: str) -> str:
-    return re.sub(r"\n{3,}", "\n\n", text).strip()
+    """The text part's body: paragraphs a statement left empty fold away."""
+    while "\n\n\n" in text:
+        text = text.replace("\n\n\n", "\n\n")
+    return text.strip()
 
 
 #: the text layout when the project has no layout.txt
@@ -594,7 +602,6 @@ class Renderer:
         label = config.templates_dir
         self._html_env = self._environment(label, autoescape=True)
         self._text_env = self._environment(label, autoescape=False)
-        self._inliner = css_inline.CSSInliner(keep_style_tags=True, load_remote_stylesheets=False)
         self._layout_html = self._read("layout.html")
         self._layout_text = self._read("layout.txt", optional=True)
         self._mapped_fields = {
@@ -673,72 +680,22 @@ class Renderer:
             ) from None
 
     def _compile_step(self, sid: str, step: Step) -> None:
-        label = self.config.templates_dir
-        where = f"{label}/{step.template}"
         raw = self._read(step.template)
-        kind = "html" if step.template.endswith((".html", ".htm")) else "md"
         jinja = re.sub(r"\{%-?\s*button\s+(.+?),\s*(.+?)\s*-?%\}", r"{{ (\1)|link }} {{ \2 }}", raw)
         try:
             self._text_env.parse(jinja)
         except TemplateSyntaxError:
             self._syntax(step.template, jinja)
-        tags = _Tags(raw + self._layout_html + (self._layout_text or ""))
-        layout = tags.swap(self._layout_html, f"{label}/layout.html")
-        content = [
-            n for n in tags.of(layout, "value") if re.fullmatch(r"\{\{-?\s*content\s*-?\}\}", tags.tags[n].source)
-        ]
-        if len(content) != 1:
-            raise TemplateError(f"{label}/layout.html: print {{{{ content }}}} once, where the letter goes")
-        body_text = ""
-        body: Template | None = None
-        if kind == "md":
-            source = _markdown_source(raw, tags, where)
-            tags.pair()
-            md = _markdown()
-            tokens = _place_statements(md.parse(source), tags)
-            html = md.renderer.render(tokens, md.options, {})
-            html = re.sub(
-                rf"<p>fnlbutton ({tags.prefix}\d+z) ({tags.prefix}\d+z)</p>",
-                lambda m: BUTTON_HTML.format(url=m.group(1), label=m.group(2)),
-                html,
-            )
-            _check_balance(html, tags)
-            _check_links(html, tags)
-            body_text = tags.text_links(tokens_to_text(tokens))
-            body_text = re.sub(rf"fnlbutton ({tags.prefix}\d+z) ({tags.prefix}\d+z)", r"\2: \1", body_text)
-        else:
-            _check_html(raw, where)
-            html = tags.swap(raw, where)
+        layout_text = self._layout_text or _DEFAULT_TEXT
+        label = self.config.templates_dir
+        page, text = _sources(label, step.template, raw, self._layout_html, layout_text)
+        page_template = self._compile(self._html_env, page, {step.template: jinja, "layout.html": self._layout_html})
+        body = None
+        if text is None:  # an .html step: its text part is made of its HTML, per email
             body = self._compile(self._html_env, raw, {step.template: raw})
-        raw = jinja
-        page = layout.replace(tags.text(content[0]), html)
-        try:
-            page = str(self._inliner.inline(page))
-        except css_inline.InlineError as exc:
-            raise TemplateError(f"{label}/layout.html: its CSS cannot be read ({exc}): fix the <style>") from None
-        expected = tags.order(layout.replace(tags.text(content[0]), html))
-        if (found := tags.order(page)) != expected:
-            moved = next((b for a, b in zip(found, expected, strict=False) if a != b), expected[-1])
-            moved = min(moved) if isinstance(moved, frozenset) else moved
-            raise tags.fail(
-                moved,
-                "the page's HTML is rewritten around this tag when its CSS is inlined (a tag "
-                "between a table's rows, or a {% %} that writes attributes), so it would move: put it inside a cell "
-                "or around whole elements",
-            )
-        page_template = self._compile(
-            self._html_env, tags.put_back(page), {step.template: raw, "layout.html": self._layout_html}
-        )
-        if kind == "md":
-            text_source = re.sub(
-                r"\{\{-?\s*content\s*-?\}\}",
-                lambda _: "{% filter body_text %}" + tags.put_back(body_text) + "{% endfilter %}",
-                self._layout_text or _DEFAULT_TEXT,
-            )
-            text = self._compile(self._text_env, text_source, {step.template: raw, "layout.txt": text_source})
-        else:
-            text = self._plain_text
-        self._steps[(sid, step.id)] = _Step(step.template, page_template, text, body, raw)
+        files = {step.template: jinja, "layout.txt": layout_text}
+        text_template = self._plain_text if text is None else self._compile(self._text_env, text, files)
+        self._steps[(sid, step.id)] = _Step(step.template, page_template, text_template, body, jinja)
         for discreet in (False, True):
             self._subjects[(sid, step.id, discreet)] = self._heading_template(
                 self.subject_source(step, discreet), lambda d=discreet: self._subject_where(sid, step, d)
@@ -904,6 +861,61 @@ class Renderer:
             if better:
                 return better
         return f"{plain(message)}: {_hint(exc)}"
+
+
+@lru_cache(maxsize=256)
+def _sources(label: str, name: str, raw: str, layout_html: str, layout_text: str) -> tuple[str, str | None]:
+    """The Jinja source of a step's page (its body in layout.html, CSS inlined) and, for a Markdown
+    step, of its text part (its text in layout.txt); refusals name their file and line."""
+    where = f"{label}/{name}"
+    tags = _Tags(raw + layout_html + layout_text)
+    layout = tags.swap(layout_html, f"{label}/layout.html")
+    content = [n for n in tags.of(layout, "value") if re.fullmatch(r"\{\{-?\s*content\s*-?\}\}", tags.tags[n].source)]
+    if len(content) != 1:
+        raise TemplateError(f"{label}/layout.html: print {{{{ content }}}} once, where the letter goes")
+    text = None
+    if name.endswith((".html", ".htm")):
+        _check_html(raw, where)
+        html = tags.swap(raw, where)
+    else:
+        md = _markdown()
+        source = _markdown_source(raw, tags, where)
+        tags.pair()
+        tokens = _place_statements(md.parse(source), tags)
+        button = rf"fnlbutton ({tags.prefix}\d+z) ({tags.prefix}\d+z)"
+        html = re.sub(
+            f"<p>{button}</p>",
+            lambda m: BUTTON_HTML.format(url=m.group(1), label=m.group(2)),
+            md.renderer.render(tokens, md.options, {}),
+        )
+        _check_balance(html, tags)
+        _check_links(html, tags)
+        body = re.sub(button, r"\2: \1", tags.text_links(tokens_to_text(tokens)))
+        text = re.sub(
+            r"\{\{-?\s*content\s*-?\}\}",
+            lambda _: "{% filter body_text %}" + tags.put_back(body) + "{% endfilter %}",
+            layout_text,
+        )
+    page = layout.replace(tags.text(content[0]), html)
+    expected = tags.order(page)
+    try:
+        page = str(_inliner().inline(page))
+    except css_inline.InlineError as exc:
+        raise TemplateError(f"{label}/layout.html: its CSS cannot be read ({exc}): fix the <style>") from None
+    if (found := tags.order(page)) != expected:
+        moved = next((b for a, b in zip(found, expected, strict=False) if a != b), expected[-1])
+        raise tags.fail(
+            min(moved) if isinstance(moved, frozenset) else moved,
+            "the page's HTML is rewritten around this tag when its CSS is inlined (a tag between a table's "
+            "rows, or a {% %} that writes attributes), so it would move: put it inside a cell or around whole "
+            "elements",
+        )
+    return tags.put_back(page), text
+
+
+@lru_cache(maxsize=1)
+def _inliner() -> css_inline.CSSInliner:
+    return css_inline.CSSInliner(keep_style_tags=True, load_remote_stylesheets=False)
 
 
 #: (environment, source, name) -> compiled code: Renderers of one process compile each source once
