@@ -897,6 +897,8 @@ def _sources(label: str, name: str, raw: str, layout_html: str, layout_text: str
             layout_text,
         )
     page = layout.replace(tags.text(content[0]), html)
+    _check_links(layout, tags)  # in the layout and an .html step too
+    _check_links(html, tags)
     expected = tags.order(page)
     try:
         page = str(_inliner().inline(page))

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from markupsafe import escape
-from render_project import HELLO_MD, UNSUB, YAML, load_project, parsed, render, webinar
+from render_project import HELLO_MD, LAYOUT_HTML, UNSUB, YAML, load_project, parsed, render, webinar
 
 from funnel.render import Renderer, TemplateContact
 
@@ -332,3 +332,15 @@ def test_a_private_use_character_and_entities_in_an_html_step_keep_the_text_part
     contact = TemplateContact(email="a@example.test", first_name="Tom &copy; \ue000", last_name="&lt;b&gt;")
     text = render(config, "page", contact=contact).text
     assert "Tom &copy; \ue000 &amp; ©" in text and "&lt;b&gt;" in text
+
+
+def test_a_value_in_a_link_target_of_an_html_step_or_the_layout_is_checked_too(tmp_path: Path) -> None:
+    page = '<p><a href="{{ contact.fields.site }}">your page</a></p>\n'
+    layout = LAYOUT_HTML.replace("<body>", '<body>\n<img src="{{ contact.fields.photo }}" alt="">', 1)
+    config = load_project(tmp_path, templates={"page.html": page, "layout.html": layout})
+    for value in ("javascript:alert(1)", "data:text/html;base64,PHNjcmlwdD4=", "https://ok.test/a b"):
+        contact = TemplateContact(email="a@example.test", fields={"site": value, "photo": value})
+        out = render(config, "page", contact=contact)
+        assert out.html is not None
+        assert not any(t.lower().startswith(("javascript", "data:")) for t in parsed(out.html)[2])
+        assert value != "https://ok.test/a b" or 'href="https://ok.test/a%20b"' in out.html
