@@ -1,21 +1,14 @@
-"""Templates: Markdown + Jinja2 (or .html) inside the layout, CSS inlined, plus a text part.
+"""Templates: Markdown + Jinja2 (or .html) in the layout, CSS inlined, plus a text part.
 
-Compiled once, the way listmonk does it. At load each `{{ }}` / `{% %}` of a
-step's body is swapped for an inert token, markdown-it runs once, the body
-goes into `layout.html`, the CSS is inlined once, and the tags are put back:
-one Jinja template per step for the HTML part and one for the text part. Per
-email there is one sandboxed, autoescaping render of the HTML, one of the
-text and one of the subject. A reader's value never meets Markdown or the CSS
-inliner, so it can never become markup: autoescaping is the one rule.
-
-What a template may not do is refused at load (`funnel check` names file and
-line): a value in a link target gets the `|link` filter (markdown-it's own
-normalizeLink/validateLink: `javascript:` never becomes an href) and must not
-choose the scheme; a statement alone on its line stands outside paragraphs;
-`<{{ url }}>` becomes a link; a value in a `style` or unquoted attribute, and
-Jinja that would make Markdown structure (a list item, a heading) in a `.md`
-body, are refused. `{% button URL, "Words" %}` alone on its line in a `.md`
-body is a table-based button that Outlook draws too ("Words: URL" in text).
+Compiled once, as listmonk does: at load each `{{ }}` / `{% %}` of a body is
+swapped for an inert token, markdown-it runs once, the body goes into
+`layout.html`, the CSS is inlined once and the tags go back. Per email there
+is one sandboxed, autoescaping render of the page, one of the text and one of
+the subject: a reader's value never meets Markdown or the inliner, so it can
+never become markup. What a template may not do (a value choosing a link's
+scheme, Jinja making Markdown structure, values in `style`) is refused at load
+with its file and line. `{% button URL, "Words" %}` alone on its line in a
+Markdown letter is a table-based button Outlook draws too ("Words: URL" in text).
 """
 
 from __future__ import annotations
@@ -821,10 +814,8 @@ class Renderer:
         try:
             return template.render(context)
         except TemplateError:
-            raise
-        except Exception as exc:
-            if not isinstance(exc, JinjaTemplateError | ArithmeticError | LookupError | TypeError | ValueError):
-                raise
+            raise  # MissingData and the like already say what is wrong
+        except (JinjaTemplateError, ArithmeticError, LookupError, TypeError, ValueError) as exc:
             files = [(step.name, step.raw_body)]
             files += [("layout.html", self._layout_html)] if part == "layout.html" else []
             files += [("layout.txt", self._layout_text)] if part == "layout.txt" and self._layout_text else []
