@@ -2,8 +2,9 @@
 
 `funnel run` renders every email it sends; with a zero-latency SendGrid the
 whole per-email budget is about 0.3 ms (issue 9), so rendering must stay a
-small part of it. This measures only the renderer, in this process, with the
-per-shape caches warm (one render before timing), as in a long run:
+small part of it. This measures only the renderer, in this process, after
+the Renderer compiled every step (each email is then one Jinja render of the
+page, one of the text and one of the subject), as in a long run:
 
 - bench welcome: the email of `benchmarks/send_throughput.py` (same
   sequences.yaml and template, the repo's real layout.html and layout.txt),

@@ -407,6 +407,13 @@ def test_the_first_offer_has_one_call_to_action_and_does_not_assume_she_watched(
         assert "after a webinar like this one" not in text and "in crisis" not in text
         if rendered.html is not None:
             assert "<strong>" not in rendered.html  # no bold services competing with the one action
+            # the call to action is a table-based button Outlook draws too, the only one in the letter
+            assert rendered.html.count('<table class="button"') == 1
+            button = rendered.html.split('<table class="button"', 1)[1].split("</table>", 1)[0]
+            assert 'bgcolor="#3f6f62"' in button and f'<a href="{links["consultation"]}"' in button
+        neutral = f"{config.practice.base_url}/j/"
+        target = neutral if discreet else links["consultation"]
+        assert f"\n\nBook a free consultation: {target}" in text
     body = words(letter(config, "consultation-invite"))
     assert "whether or not you were able to watch the webinar" in body
     order = ["Individual counseling", "Couples therapy", "3-hour intensive sessions", "8-week group for women"]

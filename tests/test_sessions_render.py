@@ -1,19 +1,18 @@
 """Templates see the reader's own session: `webinar.session`, her own `join_url`, `previous_start`.
 
-The renderer remembers each shape of a step by what its values can show
-(`Renderer._value_key`); two readers whose webinar differs only in a field
-added for sessions must never share an output.
+Each email is rendered from the reader's own values: two readers whose webinar
+differs only in one field (even one added later) never share an output.
 """
 
 from __future__ import annotations
 
-from dataclasses import fields, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from test_render import UNSUB, project, webinar
+from render_project import UNSUB, load_project, webinar
 
 from funnel.render import Renderer, TemplateContact, TemplateWebinar
 
@@ -29,7 +28,7 @@ Your session: {{ webinar.session }}.
 
 @pytest.fixture
 def renderer(tmp_path: Path) -> Renderer:
-    return Renderer(project(tmp_path, templates={"reminder.md": SESSION_MD}))
+    return Renderer(load_project(tmp_path, templates={"reminder.md": SESSION_MD}))
 
 
 def render(renderer: Renderer, who: TemplateWebinar) -> str:
@@ -37,9 +36,7 @@ def render(renderer: Renderer, who: TemplateWebinar) -> str:
     step = sequence.step("reminder")
     assert step is not None
     contact = TemplateContact(email="ann@example.test", first_name="Ann")
-    out = renderer.render("welcome", sequence, step, contact, who, UNSUB)
-    assert out == renderer._render_direct("welcome", sequence, step, contact, who, UNSUB)
-    return out.text
+    return renderer.render("welcome", sequence, step, contact, who, UNSUB).text
 
 
 def test_two_readers_with_their_own_join_links_and_sessions_each_get_their_own(renderer: Renderer) -> None:
@@ -66,26 +63,25 @@ def test_a_moved_session_shows_where_it_was(renderer: Renderer) -> None:
     assert "March 11" in other
 
 
-def test_every_field_of_the_webinar_is_in_the_memo_key(renderer: Renderer) -> None:
-    """The key walks the dataclass: any field changed gives another key (no hand-kept list to forget)."""
-    base = replace(webinar(), session="s", previous_start=webinar().start)
-    denver = ZoneInfo("America/Denver")
-    changes = {
-        "id": "other",
-        "title": "Other",
-        "join_url": "https://other.test",
-        "replay_url": "https://replay.test",
-        "start": datetime(2027, 1, 15, 19, 0, tzinfo=denver),
-        "session": "t",
-        "previous_start": datetime(2027, 1, 13, 19, 0, tzinfo=denver),
-        "recorded": False,
-        "hours_until": 2.5,
-        "next_start": datetime(2027, 2, 18, 19, 0, tzinfo=denver),
-    }
-    assert set(changes) == {f.name for f in fields(TemplateWebinar)}
-    key = renderer._value_key(("webinar",), base)
-    for name, value in changes.items():
-        assert renderer._value_key(("webinar",), replace(base, **{name: value})) != key, name
+@dataclass(frozen=True)
+class HostedWebinar(TemplateWebinar):
+    """The webinar with a field added later (a host), printed by a letter."""
+
+    host: str = ""
+
+
+def test_a_new_field_printed_in_a_letter_never_leaks_between_two_readers(tmp_path: Path) -> None:
+    """The old renderer's memo listed the webinar's fields by hand: a new one printed in a letter sent
+    the first reader's value to the next. Every email is now rendered from its reader's own values."""
+    renderer = Renderer(load_project(tmp_path, templates={"reminder.md": "Your host is {{ webinar.host }}.\n"}))
+    maya, jordan = (HostedWebinar(**{**webinar().__dict__, "host": host}) for host in ("Maya", "Jordan"))
+    texts = [render(renderer, who) for who in (maya, jordan, maya, jordan)]
+    assert [text.split("\n", 1)[0] for text in texts] == [
+        "Your host is Maya.",
+        "Your host is Jordan.",
+        "Your host is Maya.",
+        "Your host is Jordan.",
+    ]
 
 
 def test_a_registrants_own_join_link_is_kept_and_written_into_her_letters(project_for_ingest: Path) -> None:
