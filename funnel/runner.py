@@ -280,6 +280,7 @@ class Runner:
                 self._wake_all_if_config_changed()
                 if self.read_sources and our_turn:
                     self._ingest_sources()
+                    self._read_zoom()
             if not self.dry_run:
                 # "pause for a month" on the unsubscribe page: a month later she gets mail again
                 resume_finished_pauses(self.session, self.now)
@@ -385,6 +386,20 @@ class Runner:
                 fp.lines,
                 self.now,
             )
+            self.checkpoint()
+
+    def _read_zoom(self) -> None:
+        """`format: zoom` sources: Zoom's registrants and participants (`funnel.zoom_source`)."""
+        from funnel.zoom_source import read_zoom_sources
+
+        for name, read in read_zoom_sources(self.session, self.config, self.now).items():
+            self.summary.sources[name] = read.report
+            self.summary.warnings.extend(read.warnings)
+            self.summary.problems.extend(read.problems)
+            self.summary.imported += read.result.imported
+            self.summary.enrolled += read.result.enrolled
+            self.summary.rejected += read.rejected
+            self.summary.refused_files += 1 if read.report.get("status") == "error" else 0
             self.checkpoint()
 
     def _note_source(
