@@ -44,7 +44,7 @@ SECURITY_HEADERS = {
 log = logging.getLogger("funnel.web")
 
 #: modules that add routers when they exist; each must define `router` (a FastAPI APIRouter)
-OPTIONAL_ROUTERS = ("funnel.web.webhooks",)  # h7: SendGrid event webhook and inbound replies
+OPTIONAL_ROUTERS = ("funnel.web.webhooks", "funnel.web.zoom_webhook")  # SendGrid, inbound replies, Zoom
 
 
 def create_app(config: Config, engine: Engine, now: datetime | None = None, *, debug: bool = False) -> FastAPI:
