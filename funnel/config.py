@@ -378,7 +378,7 @@ class Webinar(_Model):
 class Source(_Model):
     """A place signups come from, and what happens to each row."""
 
-    format: Literal["csv", "jsonl", "form"]
+    format: Literal["csv", "jsonl", "form", "zoom"]
     path: str | None = None
     columns: dict[str, str]
     where: dict[str, str] = Field(default_factory=dict)
@@ -399,6 +399,27 @@ class Source(_Model):
     session_from: Literal["summary"] | None = None
     #: how a date written with slashes or dots is read: month first (US, the default) or day first
     date_order: Literal["mdy", "dmy"] = "mdy"
+    #: zoom sources (spec section 11): the webinar's id in Zoom, and the tags its participants get
+    webinar_id: str | None = None
+    attended_tags: tuple[str, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _zoom_columns(cls, value: Any) -> Any:
+        # a zoom source reads Zoom's own fields: it maps no columns
+        if isinstance(value, dict) and value.get("format") == "zoom" and "columns" not in value:
+            return {**value, "columns": {"email": "email"}}
+        return value
+
+    @field_validator("webinar_id", mode="before")
+    @classmethod
+    def _zoom_id(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        text = str(value).replace(" ", "").strip()
+        if not text.isdigit():
+            raise ValueError(f"webinar_id {value!r} must be the webinar's number in Zoom, e.g. \"81234567890\"")
+        return text
 
     @field_validator("allowed_origins", mode="before")
     @classmethod
@@ -434,6 +455,15 @@ class Source(_Model):
             )
         if self.format != "csv" and (self.section or self.session_from):
             raise ValueError("section and session_from are for csv sources (format: csv) only")
+        if self.format == "zoom":
+            if self.path:
+                raise ValueError("a zoom source has no `path:`: funnel reads Zoom's API (see docs/zoom.md)")
+            if not self.webinar_id:
+                raise ValueError('a zoom source needs `webinar_id:`, the webinar\'s number in Zoom, e.g. "81234567890"')
+            if not self.webinar:
+                raise ValueError("a zoom source needs `webinar:`, the id of the webinar under `webinars:`")
+        elif self.webinar_id or self.attended_tags:
+            raise ValueError("webinar_id and attended_tags are for zoom sources (format: zoom) only")
         return self
 
 
@@ -962,6 +992,7 @@ def _cross_check(config: Config, lines: _LineMap, check_files: bool) -> Iterator
             and "webinar_start" not in source.columns
             and source.session_from is None
             and not webinar.has_sessions
+            and source.format != "zoom"  # Zoom gives each registrant her occurrence's start
         ):
             yield (
                 lines.line_for((*base, "columns")),

@@ -782,6 +782,8 @@ def import_file(
         raise ConfigError(f"no source {source_name!r} in {config.path.name}: known: {', '.join(config.sources)}")
     if source.format == "form":
         raise ConfigError(f"source {source_name!r} is a form: its rows arrive through `funnel serve`")
+    if source.format == "zoom":
+        raise ConfigError(f"source {source_name!r} reads Zoom's API: `funnel run` reads it, no file is imported")
     read = read_source_file(
         source_name, source, path, zone(config.practice.timezone), None, webinar_tz=config.start_zone(source), now=now
     )

@@ -416,3 +416,36 @@ def funnel_tables() -> list[Table]:
         if hasattr(value, "__table__")
     }
     return [table for table in SQLModel.metadata.sorted_tables if table in ours]
+
+
+class ZoomCursor(SQLModel, table=True):
+    """How far a zoom source has read one occurrence of its webinar (spec section 11).
+
+    `registrants` is the count Zoom gave at the last full read: a run whose
+    first page says the same count, within a day of that read, stops there
+    (one request instead of the whole list). `attendance_done` is set once
+    the participants of an ended occurrence were read after Zoom settled them.
+    """
+
+    __tablename__ = "zoom_cursors"
+
+    source: str = Field(primary_key=True)
+    occurrence: str = Field(primary_key=True)
+    registrants: int = 0
+    full_read_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    attendance_done: bool = False
+
+
+class ZoomEvent(SQLModel, table=True):
+    """A webhook post from Zoom, once: by its event's identity, and by its signature (replays).
+
+    `key` is `event:` + what identifies the event (its kind, webinar, and the
+    registrant or participant), or `sig:` + a hash of a post's signature.
+    """
+
+    __tablename__ = "zoom_events"
+
+    key: str = Field(primary_key=True)
+    kind: str
+    received_at: datetime = Field(sa_type=UTCDateTime)
+    outcome: str = ""

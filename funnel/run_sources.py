@@ -50,13 +50,30 @@ def problem_lines(path: str, problems: Iterable[Any]) -> tuple[list[str], list[s
 
 
 def read_sources(ctx: RunContext) -> None:
-    """Read every file source whose file changed since it was last read; commit after each."""
+    """Read every file source whose file changed since it was last read, then Zoom; commit after each."""
     for name, source in ctx.config.sources.items():
         if source.format == "form" or not source.path:
             continue
         report: dict[str, Any] = {"path": source.path}
         ctx.summary.sources[name] = report
         _read_one(ctx, name, report)
+    read_zoom(ctx)
+
+
+def read_zoom(ctx: RunContext) -> None:
+    """`format: zoom` sources: Zoom's registrants and participants (`funnel.zoom_source`); commit after each."""
+    from funnel.zoom_source import read_zoom_sources
+
+    summary = ctx.summary
+    for name, read in read_zoom_sources(ctx.session, ctx.config, ctx.now).items():
+        summary.sources[name] = read.report
+        summary.warnings.extend(read.warnings)
+        summary.problems.extend(read.problems)
+        summary.imported += read.result.imported
+        summary.enrolled += read.result.enrolled
+        summary.rejected += read.rejected
+        summary.refused_files += 1 if read.report.get("status") == "error" else 0
+        ctx.checkpoint()
 
 
 def _read_one(ctx: RunContext, name: str, report: dict[str, Any]) -> None:

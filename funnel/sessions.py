@@ -268,12 +268,15 @@ def session_warnings(config: Config, now: datetime) -> list[str]:
 def session_scoped_tags(config: Config) -> dict[str, frozenset[str]]:
     """By webinar: the tags that belong to one session, those its attendance sources set.
 
-    An attendance source is one with `webinar:` set and `create: false`.
+    An attendance source is one with `webinar:` set and `create: false`; a zoom
+    source's `attended_tags` are attendance too.
     """
     found: dict[str, set[str]] = {}
     for source in config.sources.values():
         if source.webinar and not source.create and source.tags:
             found.setdefault(source.webinar, set()).update(source.tags)
+        if source.webinar and source.format == "zoom" and source.attended_tags:
+            found.setdefault(source.webinar, set()).update(source.attended_tags)
     return {wid: frozenset(tags) for wid, tags in found.items()}
 
 

@@ -5,4 +5,4 @@ against a database at HEAD, reviewed by hand), and `HEAD` is bumped; runs
 upgrade the database on start, under a lock, before touching anything.
 """
 
-HEAD = "0011"
+HEAD = "0012"

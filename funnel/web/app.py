@@ -29,7 +29,7 @@ from funnel.config import Config
 from funnel.envfile import key_fingerprint
 from funnel.logsafe import safe_traceback
 from funnel.unsubscribe import signing_key
-from funnel.web import confirm_pages, forms, pages, webhooks
+from funnel.web import confirm_pages, forms, pages, webhooks, zoom_webhook
 from funnel.web.deps import get_engine
 
 #: headers on every answer: no sniffing, no referrer leaks (tokens are in URLs), nothing cached
@@ -43,7 +43,6 @@ SECURITY_HEADERS = {
 log = logging.getLogger("funnel.web")
 
 
-#: modules that add routers when they exist; each must define `router` (a FastAPI APIRouter)
 def create_app(config: Config, engine: Engine, now: datetime | None = None, *, debug: bool = False) -> FastAPI:
     """The web app on one config and database; `now` fixes every request's clock (tests).
 
@@ -104,6 +103,7 @@ def create_app(config: Config, engine: Engine, now: datetime | None = None, *, d
     app.include_router(forms.router)
     app.include_router(confirm_pages.router)
     app.include_router(webhooks.router)  # SendGrid's event webhook and inbound replies
+    app.include_router(zoom_webhook.router)  # Zoom's registrations and attendance (404 without its secret)
     return app
 
 
