@@ -1083,7 +1083,16 @@ def serve(config_path: Path | None, debug: bool, now: datetime | None, host: str
 @cli.command()
 @common
 @json_option
-@click.option("--since", "since", default=None, metavar="DATE", help="Only what happened since DATE (ISO 8601).")
+@click.option(
+    "--since",
+    "since",
+    default=None,
+    metavar="DATE",
+    help=(
+        "Only what happened since DATE: 2026-12-01 is midnight in the practice's time zone "
+        "(midnight UTC with --utc); 2026-12-01T00:00:00Z or -07:00 is read as written."
+    ),
+)
 @click.option(
     "--html",
     "html_file",
@@ -1098,8 +1107,9 @@ def report(
 ) -> None:
     """Per sequence and step: sent, delivered, opened, clicked, bounced, unsubscribed, converted; the webinar funnel.
 
-    Times are in the practice's time zone (--utc for UTC; --json is always UTC);
-    a --since date without a zone is read there too.
+    Times are in the practice's time zone (--utc for UTC; --json prints UTC).
+    A --since date without a zone is read in the practice's time zone, with
+    --json too, and in UTC with --utc.
 
     Example: funnel report --since 2026-12-01 --html report.html
     """
