@@ -283,7 +283,7 @@ def run(config_path: Path | None, debug: bool, now: datetime, as_json: bool, dry
     while the first holds the lock; on PostgreSQL runs share the due emails
     (several workers). Quiet under cron unless something needs attention.
 
-    Example (crontab): */15 * * * * cd /srv/funnel && .venv/bin/funnel run
+    Example (crontab): */15 * * * * cd /srv/funnel && /opt/funnel/.venv/bin/funnel run
     """
     from funnel import alerts
     from funnel.db import run_lock
