@@ -1060,7 +1060,7 @@ def contacts_discreet(config_path: Path | None, debug: bool, now: datetime, emai
 def serve(config_path: Path | None, debug: bool, now: datetime | None, host: str, port: int) -> None:
     """The web endpoints: unsubscribe links, the website's forms, SendGrid's webhooks.
 
-    Run it behind a reverse proxy that terminates HTTPS (see the README). It
+    Run it behind a reverse proxy that terminates HTTPS (see the README, "Going live"). It
     sends two kinds of email itself, at once, through the same ledger as
     `funnel run`: the confirmation a form post asks for, and the first
     transactional step (e.g. "your message arrived") once she confirms; all
@@ -1219,7 +1219,7 @@ def db_backup(config_path: Path | None, debug: bool, file: Path) -> None:
     """Back up the SQLite database into FILE, safely while runs and `funnel serve` use it.
 
     Uses SQLite's online backup, so FILE is one consistent snapshot. For
-    PostgreSQL use pg_dump instead (see the README).
+    PostgreSQL use pg_dump instead (see docs/operations.md, "Backups").
 
     Example: funnel db backup backups/funnel-2026-12-01.db
     """
