@@ -689,6 +689,7 @@ def _not_blank(png: Path) -> None:
 def test_a_browser_unsubscribes_from_a_real_email(
     project: Project, funnel_process: Run, funnel_server: Callable[..., Any], chromium: Any
 ) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -722,7 +723,7 @@ def test_a_browser_unsubscribes_from_a_real_email(
     focused = chromium.switch_to.active_element
     assert focused.tag_name == "button" and focused.text == "Stop everything"
     focused.send_keys(Keys.ENTER)
-    WebDriverWait(chromium, 20).until(
+    WebDriverWait(chromium, 20, ignored_exceptions=(StaleElementReferenceException,)).until(
         lambda driver: driver.find_element(By.TAG_NAME, "h1").text == "You are unsubscribed"
     )
     done = ARTIFACTS / "unsubscribed.png"
@@ -735,6 +736,7 @@ def test_a_browser_pauses_for_a_month_and_ends_the_pause_from_the_same_page(
     project: Project, funnel_process: Run, funnel_server: Callable[..., Any], chromium: Any
 ) -> None:
     """The choices besides "stop everything" (spec section 12), pressed in a real browser."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.wait import WebDriverWait
 
@@ -755,7 +757,9 @@ def test_a_browser_pauses_for_a_month_and_ends_the_pause_from_the_same_page(
     def press(label: str, heading: str) -> None:
         button = next(b for b in chromium.find_elements(By.TAG_NAME, "button") if b.text == label)
         button.click()
-        WebDriverWait(chromium, 20).until(lambda driver: driver.find_element(By.TAG_NAME, "h1").text == heading)
+        WebDriverWait(chromium, 20, ignored_exceptions=(StaleElementReferenceException,)).until(
+            lambda driver: driver.find_element(By.TAG_NAME, "h1").text == heading
+        )
 
     press("Pause for a month", "Paused for a month")
     [enrollment] = show_subprocess(funnel_process)["enrollments"]
