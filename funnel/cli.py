@@ -283,7 +283,7 @@ def run(config_path: Path | None, debug: bool, now: datetime, as_json: bool, dry
     while the first holds the lock; on PostgreSQL runs share the due emails
     (several workers). Quiet under cron unless something needs attention.
 
-    Example (crontab): */15 * * * * cd /srv/funnel && .venv/bin/funnel run
+    Example (crontab): */15 * * * * cd /srv/funnel && /opt/funnel/.venv/bin/funnel run
     """
     from funnel import alerts
     from funnel.db import run_lock
@@ -1060,7 +1060,7 @@ def contacts_discreet(config_path: Path | None, debug: bool, now: datetime, emai
 def serve(config_path: Path | None, debug: bool, now: datetime | None, host: str, port: int) -> None:
     """The web endpoints: unsubscribe links, the website's forms, SendGrid's webhooks.
 
-    Run it behind a reverse proxy that terminates HTTPS (see the README). It
+    Run it behind a reverse proxy that terminates HTTPS (see the README, "Going live"). It
     sends two kinds of email itself, at once, through the same ledger as
     `funnel run`: the confirmation a form post asks for, and the first
     transactional step (e.g. "your message arrived") once she confirms; all
@@ -1083,7 +1083,16 @@ def serve(config_path: Path | None, debug: bool, now: datetime | None, host: str
 @cli.command()
 @common
 @json_option
-@click.option("--since", "since", default=None, metavar="DATE", help="Only what happened since DATE (ISO 8601).")
+@click.option(
+    "--since",
+    "since",
+    default=None,
+    metavar="DATE",
+    help=(
+        "Only what happened since DATE: 2026-12-01 is midnight in the practice's time zone "
+        "(midnight UTC with --utc); 2026-12-01T00:00:00Z or -07:00 is read as written."
+    ),
+)
 @click.option(
     "--html",
     "html_file",
@@ -1098,8 +1107,9 @@ def report(
 ) -> None:
     """Per sequence and step: sent, delivered, opened, clicked, bounced, unsubscribed, converted; the webinar funnel.
 
-    Times are in the practice's time zone (--utc for UTC; --json is always UTC);
-    a --since date without a zone is read there too.
+    Times are in the practice's time zone (--utc for UTC; --json prints UTC).
+    A --since date without a zone is read in the practice's time zone, with
+    --json too, and in UTC with --utc.
 
     Example: funnel report --since 2026-12-01 --html report.html
     """
@@ -1218,7 +1228,7 @@ def db_backup(config_path: Path | None, debug: bool, file: Path) -> None:
     """Back up the SQLite database into FILE, safely while runs and `funnel serve` use it.
 
     Uses SQLite's online backup, so FILE is one consistent snapshot. For
-    PostgreSQL use pg_dump instead (see the README).
+    PostgreSQL use pg_dump instead (see docs/operations.md, "Backups").
 
     Example: funnel db backup backups/funnel-2026-12-01.db
     """

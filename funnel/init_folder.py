@@ -36,7 +36,7 @@ ENV_TEMPLATE = """\
 # Keep this file private (mode 600): it holds the key that signs unsubscribe links.
 
 # Signs the unsubscribe links in every email. Never change it once mail has gone out
-# (links already sent would stop working); to rotate, see the README.
+# (links already sent would stop working); to rotate, see docs/operations.md, "Rotating".
 FUNNEL_SECRET_KEY={key}
 
 # How mail leaves: outbox (files in outbox/, nothing sent) until you are ready, then sendgrid.

@@ -307,10 +307,10 @@ def test_just_the_webinar_emails_keeps_the_reminders_and_recording_and_ends_the_
         # the page's own forms post to these relative actions
         token = link.rsplit("/", 1)[1]
         assert f'action="{token}/letters"' in choices.text and f'action="{token}/pause"' in choices.text
-        chosen = http.post(link + "/letters")
+        chosen = http.post(link + "/letters", follow_redirects=True)
         assert chosen.status_code == 200 and "The letters have stopped" in chosen.text
         assert 'action="letters-undo"' in chosen.text
-        assert http.post(link + "/letters").status_code == 200  # twice is harmless
+        assert http.post(link + "/letters", follow_redirects=True).status_code == 200  # twice is harmless
     server.stop()
     shown = funnel("contacts", "show", "ana@example.test", "--json").json()
     assert "letters-stopped" in shown["tags"] and shown["unsubscribed"] is False
@@ -332,8 +332,8 @@ def test_just_the_webinar_emails_is_undone_from_the_same_page(
     link = registered_with_link(project, funnel)
     server = funnel_server("--now", "2027-01-10T17:00:00Z")
     with server.client() as http:
-        assert http.post(link + "/letters").status_code == 200
-        undone = http.post(link + "/letters-undo")
+        assert http.post(link + "/letters", follow_redirects=True).status_code == 200
+        undone = http.post(link + "/letters-undo", follow_redirects=True)
         assert undone.status_code == 200 and "The letters will come again" in undone.text
         assert 'action="letters"' in undone.text  # and chosen again from there
     server.stop()
@@ -349,7 +349,7 @@ def test_pause_for_a_month_holds_everything_and_ends_by_itself_or_from_the_page(
     link = registered_with_link(project, funnel)
     server = funnel_server("--now", "2027-01-10T17:00:00Z")
     with server.client() as http:
-        paused = http.post(link + "/pause")
+        paused = http.post(link + "/pause", follow_redirects=True)
         assert paused.status_code == 200 and "Nothing will come to this address for 30 days" in paused.text
         assert 'action="pause-undo"' in paused.text
     server.stop()
@@ -366,8 +366,8 @@ def test_pause_for_a_month_holds_everything_and_ends_by_itself_or_from_the_page(
     # and from the page: pause, then end it at once
     server = funnel_server("--now", "2027-02-10T17:00:00Z")
     with server.client() as http:
-        assert http.post(link + "/pause").status_code == 200
-        ended = http.post(link + "/pause-undo")
+        assert http.post(link + "/pause", follow_redirects=True).status_code == 200
+        ended = http.post(link + "/pause-undo", follow_redirects=True)
         assert ended.status_code == 200 and "The pause has ended" in ended.text
     server.stop()
     assert enrollment_of(funnel)["status"] != "paused"
@@ -382,7 +382,7 @@ def test_a_discreet_readers_choices_page_names_nothing(
     server = funnel_server("--now", "2027-01-10T17:00:00Z")
     with server.client() as http:
         pages = [http.get(link)] + [
-            http.post(f"{link}/{c}") for c in ("letters", "letters-undo", "pause", "pause-undo")
+            http.post(f"{link}/{c}", follow_redirects=True) for c in ("letters", "letters-undo", "pause", "pause-undo")
         ]
         assert http.post(link + "/nonsense").status_code == 404
     server.stop()

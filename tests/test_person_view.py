@@ -115,3 +115,24 @@ def test_report_times_are_in_the_practice_zone_named_and_utc_on_request(project:
     assert funnel("report", "--html", str(page)).code == 0
     # the run's real start (not its --now), as a person reads it
     assert re.search(r"last run \w{3} \d{1,2} \w{3} \d{4} \d\d:\d\d M[SD]T", page.read_text())
+
+
+def test_report_since_is_the_practices_day_and_utcs_with_utc(project: Project, funnel) -> None:
+    """Issue 19: `--since 2027-01-10` starts at midnight in the practice's zone (America/Denver, 07:00 UTC);
+    with `--utc` at midnight UTC; a date with its own offset is read as written, with or without `--utc`."""
+    project.write("signups/webinar-registrations.csv", HEADER + "ana@example.test,Ana,,2027-01-14 19:00,,\n")
+    # she signs up at 03:00 UTC on the 10th: still the evening of the 9th in Denver
+    assert funnel("run", "--now", "2027-01-10T03:00:00Z").code == 0
+
+    def enrolled(*args: str) -> int:
+        data = funnel("report", "--json", "--since", *args).json()
+        return sum(sequence["enrolled"] for sequence in data["sequences"])
+
+    assert enrolled("2027-01-10") == 0  # the practice's 10th began after her signup
+    assert enrolled("2027-01-09") == 1
+    assert enrolled("2027-01-10", "--utc") == 1  # UTC's 10th began before it
+    assert enrolled("2027-01-10T04:00:00Z") == enrolled("2027-01-10T04:00:00Z", "--utc") == 0
+    assert enrolled("2027-01-09T20:00:00-07:00") == enrolled("2027-01-09T20:00:00-07:00", "--utc") == 1
+    assert funnel("report", "--json", "--since", "2027-01-10", "--utc").json()["since"] == "2027-01-10T00:00:00Z"
+    # the help says so
+    assert "practice's time zone" in " ".join(funnel("report", "--help").out.split()).split("--since")[1]

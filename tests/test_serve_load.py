@@ -244,7 +244,7 @@ def test_no_email_handed_over_after_the_unsubscribe_was_acknowledged(load: Load)
     unsubscribe by more than a request's time on the way (`IN_FLIGHT`).
 
     Suppression is read for each batch at the hand-over and again on the sender thread right before
-    each request (see the README's "Never twice").
+    each request (see docs/operations.md, "Never twice").
     """
     acknowledged = load.tally.acknowledged
     late = [

@@ -132,7 +132,7 @@ def test_setting_the_secret_key_for_the_first_time_keeps_links_already_sent_work
     assert Tokens("chosen-by-the-practice", previous=[]).read(token_to(project, "bea@example.test")) is not None
     server = funnel_server("--now", NOW)
     with server.client() as http:
-        assert http.post(f"/u/{sent_before}", data={"confirm": "yes"}).status_code == 200
+        assert http.post(f"/u/{sent_before}", data={"confirm": "yes"}, follow_redirects=True).status_code == 200
     assert funnel("contacts", "show", "ana@example.test", "--json").json()["unsubscribed"] is True
     said = "".join(server.stderr_lines)
     assert said.count("FUNNEL_SECRET_KEY") == 1 and stored not in said

@@ -379,20 +379,74 @@ def test_one_click_post_unsubscribes_at_once_and_twice_is_harmless(
     assert export(funnel, "ana@example.test")["unsubscribed_via"] == "one-click"
 
 
+def press(http: httpx.Client, url: str | httpx.URL, **kwargs: Any) -> tuple[httpx.URL, httpx.Response]:
+    """A button of the page, as a browser presses it: the POST must answer 303, then GET where it points."""
+    posted = http.post(url, **kwargs)
+    assert posted.status_code == 303, (posted.status_code, posted.text)
+    assert posted.text == "" and "set-cookie" not in posted.headers
+    target = httpx.URL(str(http.base_url)).join(str(url)).join(posted.headers["location"])
+    return target, http.get(target)
+
+
 def test_the_page_offers_undo_by_post(project: Project, funnel: Run, server: Any, http: httpx.Client) -> None:
     link = unsubscribe_link(project, funnel, server, http, "ana@example.test")
-    done = http.post(link, data={"confirm": "yes"})
+    result_url, done = press(http, link, data={"confirm": "yes"})
+    assert done.status_code == 200 and "You are unsubscribed" in done.text
     assert show(funnel, "ana@example.test")["unsubscribed"] is True
     action = re.search(r'<form method="post" action="([^"]+)">\s*<button type="submit" class="quiet">', done.text)
     assert action is not None
-    undo_url = httpx.URL(server.url + link).join(action.group(1))
-    undone = http.post(undo_url)
+    undo_url = result_url.join(action.group(1))
+    assert str(undo_url) == server.url + link + "/resubscribe"
+    undone_url, undone = press(http, undo_url)
     assert undone.status_code == 200 and "subscribed again" in undone.text
     assert show(funnel, "ana@example.test")["unsubscribed"] is False
     # and from there, unsubscribing again points back at the token's own address
     again = re.search(r'<form method="post" action="([^"]+)">', undone.text)
     assert again is not None
-    assert str(undo_url.join(again.group(1))) == server.url + link
+    assert str(undone_url.join(again.group(1))) == server.url + link
+
+
+def test_a_button_answers_with_a_redirect_to_a_page_that_only_reads(
+    project: Project, funnel: Run, server: Any, http: httpx.Client
+) -> None:
+    """Issue 19: every button's post answers 303 See Other to `GET /u/{token}/done?r=...`, which shows the
+    result with the protective headers and writes nothing, however often it is loaded; it shows her state
+    now when the result no longer holds, and the bad-link page for a bad token."""
+    link = unsubscribe_link(project, funnel, server, http, "ana@example.test")
+    token = link.rsplit("/", 1)[1]
+    posted = http.post(link, data={"confirm": "yes"})
+    assert posted.status_code == 303 and posted.headers["location"] == f"./{token}/done?r=unsubscribed"
+    for name in ("referrer-policy", "cache-control", "content-security-policy", "x-content-type-options"):
+        assert name in posted.headers
+    history = show(funnel, "ana@example.test")["subscription_history"]
+    for _ in range(3):  # reloads
+        page = http.get(f"{link}/done?r=unsubscribed")
+        assert page.status_code == 200 and "You are unsubscribed" in page.text
+        assert page.headers["cache-control"] == "no-store" and page.headers["referrer-policy"] == "no-referrer"
+        assert "default-src 'none'" in page.headers["content-security-policy"]
+    assert show(funnel, "ana@example.test")["subscription_history"] == history
+    # a result that no longer holds shows what is true now: she is unsubscribed, so no page says mail may come
+    for claim in ("resubscribed", "letters", "pause-undo", "nonsense", ""):
+        assert "You are unsubscribed" in http.get(f"{link}/done?r={claim}").text
+    assert funnel("contacts", "resubscribe", "ana@example.test", "--now", NOW).code == 0
+    assert "Your email choices" in http.get(f"{link}/done?r=unsubscribed").text
+    # every choice of the page redirects the same way, relative to where the page is
+    for choice, heading in (
+        ("letters", "Just the webinar emails"),
+        ("letters-undo", "The letters will come again"),
+        ("pause", "Paused for a month"),
+        ("pause-undo", "The pause has ended"),
+    ):
+        answer = http.post(f"{link}/{choice}")
+        assert answer.status_code == 303 and answer.headers["location"] == f"./done?r={choice}", choice
+        assert f"<h1>{heading}</h1>" in http.get(f"{link}/done?r={choice}").text
+    assert show(funnel, "ana@example.test")["subscription_history"] == history + [
+        {"change": "resubscribed", "at": NOW, "via": "by hand"}
+    ]
+    # a bad link: the post answers 400 at once (nothing changed, nothing to show again), and so does the page
+    assert http.post(link + "x", data={"confirm": "yes"}).status_code == 400
+    assert http.get(f"{link}x/done?r=unsubscribed").status_code == 400
+    assert http.post(f"{link}/done").status_code == 404  # not a choice
 
 
 def test_forged_or_damaged_tokens_are_400_and_change_nothing(
@@ -430,8 +484,8 @@ def test_a_forgotten_person_gets_the_same_answer_as_anyone(
     answers = {}
     for who, link in (("ana", ana_link), ("bea", bea_link)):
         got = http.get(link)
-        posted = http.post(link, data={"confirm": "yes"})
-        undone = http.post(link + "/resubscribe")
+        posted = http.post(link, data={"confirm": "yes"}, follow_redirects=True)
+        undone = http.post(link + "/resubscribe", follow_redirects=True)
         token = link.rsplit("/", 1)[1]
         answers[who] = [
             (a.status_code, a.text.replace(token, "T"), sorted(a.headers.keys())) for a in (got, posted, undone)
@@ -457,10 +511,18 @@ def test_the_pages_never_name_the_practice_to_a_discreet_person(
     """Found by issue 16 (3.5): the unsubscribe pages named the practice to people who asked for discretion."""
     ana_link = unsubscribe_link(project, funnel, server, http, "ana@example.test")
     bea_link = unsubscribe_link(project, funnel, server, http, "bea@example.test", discreet=True)
-    pages = [http.get(bea_link), http.post(bea_link, data={"confirm": "yes"}), http.post(bea_link + "/resubscribe")]
+    pages = [
+        http.get(bea_link),
+        http.post(bea_link, data={"confirm": "yes"}, follow_redirects=True),
+        http.post(bea_link + "/resubscribe", follow_redirects=True),
+    ]
     assert [p.status_code for p in pages] == [200, 200, 200]
     assert "You are subscribed again" in pages[2].text  # the pages still work for her
-    pages += [one_click(http, bea_link), http.post(bea_link + "/resubscribe"), http.get("/u/" + "A" * 66)]
+    pages += [
+        one_click(http, bea_link),
+        http.post(bea_link + "/resubscribe", follow_redirects=True),
+        http.get("/u/" + "A" * 66),
+    ]
     for page in pages:
         assert PRACTICE not in page.text
         assert not [word for word in SUBJECT_WORDS if word in page.text.lower()], page.text
@@ -506,26 +568,26 @@ def test_subscribe_again_undoes_only_this_emails_own_unsubscribe_within_30_days(
 
     # left from the webinar email: the consultation email cannot put her back, the webinar email can
     assert one_click(http, webinar).status_code == 200
-    refused = http.post(consultation + "/resubscribe")
+    refused = http.post(consultation + "/resubscribe", follow_redirects=True)
     assert refused.status_code == 200 and "cannot be undone here" in refused.text
     assert "Nothing has changed" in refused.text and "ana" not in refused.text.lower()
     assert show(funnel, "ana@example.test")["unsubscribed"] is True
-    assert "subscribed again" in http.post(webinar + "/resubscribe").text
+    assert "subscribed again" in http.post(webinar + "/resubscribe", follow_redirects=True).text
     assert show(funnel, "ana@example.test")["unsubscribed"] is False
 
     # made by hand: no link undoes it
     assert funnel("contacts", "unsubscribe", "ana@example.test", "--now", NOW).code == 0
     for link in (webinar, consultation):
-        assert "cannot be undone here" in http.post(link + "/resubscribe").text
+        assert "cannot be undone here" in http.post(link + "/resubscribe", follow_redirects=True).text
     assert show(funnel, "ana@example.test")["unsubscribed"] is True
     assert funnel("contacts", "resubscribe", "ana@example.test", "--now", NOW).code == 0
 
     # from its own link, but more than 30 days later
-    assert http.post(consultation, data={"confirm": "yes"}).status_code == 200
+    assert http.post(consultation, data={"confirm": "yes"}).status_code == 303
     with funnel_server("--now", "2027-01-08T16:00:01Z").client() as later:  # 30 days and a second
-        assert "cannot be undone here" in later.post(consultation + "/resubscribe").text
+        assert "cannot be undone here" in later.post(consultation + "/resubscribe", follow_redirects=True).text
     with funnel_server("--now", "2027-01-07T16:00:00Z").client() as in_time:  # 30 days to the second
-        assert "subscribed again" in in_time.post(consultation + "/resubscribe").text
+        assert "subscribed again" in in_time.post(consultation + "/resubscribe", follow_redirects=True).text
     assert show(funnel, "ana@example.test")["unsubscribed"] is False
 
     # every opt-out and opt-in stays in her history, where she and the practice can see it
@@ -627,6 +689,7 @@ def _not_blank(png: Path) -> None:
 def test_a_browser_unsubscribes_from_a_real_email(
     project: Project, funnel_process: Run, funnel_server: Callable[..., Any], chromium: Any
 ) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -660,7 +723,7 @@ def test_a_browser_unsubscribes_from_a_real_email(
     focused = chromium.switch_to.active_element
     assert focused.tag_name == "button" and focused.text == "Stop everything"
     focused.send_keys(Keys.ENTER)
-    WebDriverWait(chromium, 20).until(
+    WebDriverWait(chromium, 20, ignored_exceptions=(StaleElementReferenceException,)).until(
         lambda driver: driver.find_element(By.TAG_NAME, "h1").text == "You are unsubscribed"
     )
     done = ARTIFACTS / "unsubscribed.png"
@@ -673,6 +736,7 @@ def test_a_browser_pauses_for_a_month_and_ends_the_pause_from_the_same_page(
     project: Project, funnel_process: Run, funnel_server: Callable[..., Any], chromium: Any
 ) -> None:
     """The choices besides "stop everything" (spec section 12), pressed in a real browser."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.wait import WebDriverWait
 
@@ -693,7 +757,9 @@ def test_a_browser_pauses_for_a_month_and_ends_the_pause_from_the_same_page(
     def press(label: str, heading: str) -> None:
         button = next(b for b in chromium.find_elements(By.TAG_NAME, "button") if b.text == label)
         button.click()
-        WebDriverWait(chromium, 20).until(lambda driver: driver.find_element(By.TAG_NAME, "h1").text == heading)
+        WebDriverWait(chromium, 20, ignored_exceptions=(StaleElementReferenceException,)).until(
+            lambda driver: driver.find_element(By.TAG_NAME, "h1").text == heading
+        )
 
     press("Pause for a month", "Paused for a month")
     [enrollment] = show_subprocess(funnel_process)["enrollments"]
@@ -702,6 +768,67 @@ def test_a_browser_pauses_for_a_month_and_ends_the_pause_from_the_same_page(
     [enrollment] = show_subprocess(funnel_process)["enrollments"]
     assert enrollment["status"] != "paused"
     assert show_subprocess(funnel_process)["unsubscribed"] is False
+
+
+def test_a_browser_back_and_reload_after_a_button_never_post_again(
+    project: Project, funnel_process: Run, funnel_server: Callable[..., Any], chromium: Any
+) -> None:
+    """Issue 19: a button lands on a result page of its own (a GET), so Reload and Back show pages and
+    never post again: no "Confirm Form Resubmission", and nothing changes."""
+    from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    server = funnel_server("--now", NOW, env={"FUNNEL_BASE_URL": "http://base.invalid"})
+    with server.client() as http:
+        post_confirmed(project, http, ANA)
+    [message] = letters(project)
+    link = str(message["List-Unsubscribe"]).strip("<>").replace("http://base.invalid", server.url)
+
+    def heading(*texts: str) -> None:
+        WebDriverWait(chromium, 20, ignored_exceptions=(StaleElementReferenceException,)).until(
+            lambda driver: driver.find_element(By.TAG_NAME, "h1").text in texts,
+            f"the page never showed {texts} (at {chromium.current_url})",
+        )
+        with pytest.raises(NoAlertPresentException):  # no dialog asking to send the form again
+            chromium.switch_to.alert.text  # noqa: B018
+
+    def press(label: str, text: str) -> None:
+        next(b for b in chromium.find_elements(By.TAG_NAME, "button") if b.text == label).click()
+        heading(text)
+
+    chromium.get(link)
+    heading("Your email choices")
+    press("Stop everything", "You are unsubscribed")
+    assert chromium.current_url == link + "/done?r=unsubscribed"
+    unsubscribed = show_subprocess(funnel_process)
+    assert unsubscribed["unsubscribed"] is True
+    chromium.refresh()
+    heading("You are unsubscribed")
+    assert show_subprocess(funnel_process) == unsubscribed
+
+    # posting "Subscribe again" twice would answer "This cannot be undone here": a reload must not
+    press("Subscribe again", "You are subscribed again")
+    assert chromium.current_url == link + "/done?r=resubscribed"
+    chromium.refresh()
+    heading("You are subscribed again")
+    resubscribed = show_subprocess(funnel_process)
+    assert resubscribed["unsubscribed"] is False
+    # Back: the earlier result page (the browser may show the copy it kept); reloaded, it no longer holds,
+    # so it shows her choices as they are now; nothing is posted either way
+    chromium.back()
+    heading("You are unsubscribed", "Your email choices")
+    assert chromium.current_url == link + "/done?r=unsubscribed"
+    chromium.refresh()
+    heading("Your email choices")
+    chromium.back()
+    heading("Your email choices")
+    assert chromium.current_url == link
+    chromium.forward()
+    chromium.forward()
+    heading("You are subscribed again")
+    assert show_subprocess(funnel_process) == resubscribed
+    assert [c["change"] for c in resubscribed["subscription_history"]] == ["unsubscribed", "resubscribed"]
 
 
 def show_subprocess(funnel_process: Run) -> dict[str, Any]:

@@ -4,7 +4,12 @@ and `GET /j/{token}`, a discreet reader's neutral link (a 303 to its target, `fu
 `GET /u/{token}` only asks (mail scanners follow links) and never writes;
 `POST /u/{token}` unsubscribes from everything at once, from the page's
 button or from a mail client's RFC 8058 one-click post (urlencoded
-`List-Unsubscribe=One-Click`, no cookies, no redirect).
+`List-Unsubscribe=One-Click`, no cookies, no redirect: answered 200 at once).
+Every button of the pages answers 303 See Other to `GET /u/{token}/done?r=...`,
+which shows the result and reads only, so Back and Reload in a browser never
+post again ("Confirm Form Resubmission"). That page shows the result the
+person chose while it is still true, and the page of her state now otherwise
+(a link opened later, or a result changed since by other means).
 `POST /u/{token}/letters` ("just the webinar emails": the letters and `next:`
 end, the reminders and the recording still go) and `POST /u/{token}/pause`
 ("pause for a month") are the page's other choices (`funnel.preferences`),
@@ -37,14 +42,22 @@ from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse
 from jinja2 import DictLoader, Environment, select_autoescape
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from funnel.config import Config
 from funnel.contacts import undo_from_link, unsubscribe
 from funnel.jump import TOKEN_LENGTH, jump_links
-from funnel.models import Contact
-from funnel.preferences import end_pause, pause_for_a_month, restart_letters, stop_letters
+from funnel.models import Contact, Enrollment
+from funnel.preferences import (
+    end_pause,
+    is_paused_for_a_month,
+    letters_stopped,
+    pause_for_a_month,
+    restart_letters,
+    stop_letters,
+)
 from funnel.unsubscribe import Named, find, previous_keys, reading_tokens, stored_key
 from funnel.web.deps import get_config, get_engine, get_now, read_body
 
@@ -280,36 +293,70 @@ async def confirm(token: str, request: Request) -> HTMLResponse:
     return _answer(request, outcome, _actions(token))
 
 
-@router.post("/u/{token}")
-async def unsubscribe_now(token: str, request: Request) -> HTMLResponse:
-    """Unsubscribe from everything (the button, or RFC 8058 one-click); posting twice is harmless."""
+#: what the page's own "Stop everything" button posts; RFC 8058 clients post `List-Unsubscribe=One-Click`
+_FROM_PAGE, _ONE_CLICK = b"confirm=yes", b"List-Unsubscribe=One-Click"
+
+
+@router.post("/u/{token}", response_model=None)
+async def unsubscribe_now(token: str, request: Request) -> Response:
+    """Unsubscribe from everything (the button, or RFC 8058 one-click); posting twice is harmless.
+
+    A mail client's one-click post gets its answer at once (200, no
+    redirect, as RFC 8058 expects); the page's button gets a 303 to the
+    result page, so that the browser's Back and Reload never post again.
+    """
     body = await read_body(request, limit=4096)
-    # RFC 8058 clients post `List-Unsubscribe=One-Click`; the page's button posts `confirm=yes`
-    via = "link" if b"confirm=yes" in body else "one-click"
+    from_page = _FROM_PAGE in body and _ONE_CLICK not in body
+    via = "link" if from_page else "one-click"
     outcome = await run_in_threadpool(_stop, get_engine(request), token, get_now(request), via)
+    if from_page:
+        return _see_result(request, outcome, f"./{token}/done", _actions(token))
     return _answer(request, outcome, _actions(token))
 
 
-@router.post("/u/{token}/resubscribe")
-async def resubscribe_now(token: str, request: Request) -> HTMLResponse:
+@router.post("/u/{token}/resubscribe", response_model=None)
+async def resubscribe_now(token: str, request: Request) -> Response:
     """Undo an unsubscribe made by mistake from this very email, within 30 days (`contacts.undo_from_link`)."""
     await read_body(request, limit=4096)
     outcome = await run_in_threadpool(_undo, get_engine(request), token, get_now(request))
+    return _see_result(request, outcome, "./done", _actions(token, on_resubscribe_page=True))
+
+
+@router.get("/u/{token}/done")
+async def result(token: str, request: Request, r: str = "") -> HTMLResponse:
+    """The page a button's post sees after its 303: what she chose, while it is still true (reads only).
+
+    Reloading it, or coming back to it with Back, writes nothing. When the
+    result no longer holds (she chose otherwise since, or the therapist
+    changed it by hand) or `r` is not one of ours, it shows her state now.
+    """
+    outcome = await run_in_threadpool(_result, get_engine(request), token, r)
     return _answer(request, outcome, _actions(token, on_resubscribe_page=True))
 
 
-@router.post("/u/{token}/{choice}")
-async def choose(token: str, choice: str, request: Request) -> HTMLResponse:
+@router.post("/u/{token}/{choice}", response_model=None)
+async def choose(token: str, choice: str, request: Request) -> Response:
     """Just the webinar emails, pause for a month, and their undoing (`funnel.preferences`)."""
     await read_body(request, limit=4096)
     if choice not in _CHOICES:
         return page(get_config(request), "invalid.html", 404, discreet=True)
     outcome = await run_in_threadpool(_choose, get_engine(request), token, choice, get_now(request))
-    return _answer(request, outcome, _actions(token, on_resubscribe_page=True))
+    return _see_result(request, outcome, "./done", _actions(token, on_resubscribe_page=True))
 
 
 def _answer(request: Request, outcome: _Outcome, actions: dict[str, str]) -> HTMLResponse:
     return page(get_config(request), outcome.template, outcome.status_code, actions, discreet=outcome.discreet)
+
+
+def _see_result(request: Request, outcome: _Outcome, done: str, actions: dict[str, str]) -> Response:
+    """303 See Other to the result page (a relative address: it also works behind a path prefix).
+
+    A bad link is answered at once with its 400 page: nothing changed, so
+    there is nothing to show again.
+    """
+    if outcome.status_code != 200:
+        return _answer(request, outcome, actions)
+    return RedirectResponse(f"{done}?r={_RESULT_OF[outcome.template]}", status_code=303)
 
 
 def _named(session: Session, token: str) -> Named | None:
@@ -356,6 +403,55 @@ def _undo(engine: Engine, token: str, now: datetime) -> _Outcome:
             return _Outcome("not_undone.html", discreet=_discreet(contact))
         session.commit()
         return _Outcome("resubscribed.html", discreet=_discreet(contact))
+
+
+#: the result page's `r` for each page a button's post ends on, and back
+_RESULT_PAGES = {
+    "unsubscribed": "unsubscribed.html",
+    "resubscribed": "resubscribed.html",
+    "not-undone": "not_undone.html",
+    "letters": "letters_stopped.html",
+    "letters-undo": "letters_restarted.html",
+    "pause": "paused.html",
+    "pause-undo": "pause_ended.html",
+}
+_RESULT_OF = {template: name for name, template in _RESULT_PAGES.items()}
+
+
+def _result(engine: Engine, token: str, r: str) -> _Outcome:
+    """The page for `GET /u/{token}/done?r=...`: the result named by `r` while it holds, her state now otherwise.
+
+    A forgotten person gets the page named, as the post gave her: nothing
+    about her is left to compare with, and nothing tells that she was forgotten.
+    """
+    with Session(engine) as session:
+        named = _named(session, token)
+        if named is None:
+            return _BAD_LINK
+        contact = named.contact
+        template = _RESULT_PAGES.get(r)
+        if template is None or (contact.erased_at is None and not _still_true(session, contact, r)):
+            template = "unsubscribed.html" if contact.unsubscribed_at is not None else "confirm.html"
+        return _Outcome(template, discreet=_discreet(contact))
+
+
+def _still_true(session: Session, contact: Contact, r: str) -> bool:
+    """Whether the result `r` still describes her: no page says mail may come to someone unsubscribed."""
+    if r == "unsubscribed":
+        return contact.unsubscribed_at is not None
+    if contact.unsubscribed_at is not None:
+        return r == "not-undone"  # "nothing has changed" stays true
+    if r == "letters":
+        return letters_stopped(session, contact)
+    if r == "letters-undo":
+        return not letters_stopped(session, contact)
+    if r == "pause":  # nothing of hers runs (a pause with nothing running reads the same to her)
+        mine = col(Enrollment.contact_id) == contact.id
+        active = select(Enrollment).where(mine, col(Enrollment.status) == "active")
+        return session.scalars(active).first() is None
+    if r == "pause-undo":
+        return not is_paused_for_a_month(session, contact)
+    return True  # resubscribed, not-undone
 
 
 #: the page each choice answers with
