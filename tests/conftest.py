@@ -51,11 +51,18 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Long tests go first (see the `long_running` marker); in the PostgreSQL pass, tests about
-    the SQLite file are left out, each with its own reason."""
+    """Long tests go first (see the `long_running` marker); in the PostgreSQL pass, tests that never
+    see the pass's database are deselected, and tests about the SQLite file are left out, each with its reason."""
     items.sort(key=lambda item: item.get_closest_marker("long_running") is None)  # stable: the rest keep their order
     if TEST_DATABASE != "postgres":
         return
+    # The pass's database reaches funnel only through the `project` fixture (FUNNEL_DATABASE_URL; `_clean_env`
+    # drops any inherited one): a test without it runs exactly as in the SQLite pass (its own SQLite files, or
+    # the PostgreSQL databases it asks for itself), so the PostgreSQL pass leaves it to that pass.
+    neutral = [item for item in items if "project" not in getattr(item, "fixturenames", ("project",))]
+    if neutral:
+        config.hook.pytest_deselected(items=neutral)
+        items[:] = [item for item in items if "project" in getattr(item, "fixturenames", ("project",))]
     for item in items:
         marker = item.get_closest_marker("sqlite_only")
         if marker is not None:

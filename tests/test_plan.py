@@ -1,7 +1,8 @@
 """`funnel plan`: following people into their `next:` sequence, and times as the practice reads them.
 
-End to end through the real `funnel` program on the shipped sequences.yaml, whose
-webinar sequence goes on to `betrayal-recovery` (nine letters, one a week or so).
+Through the real CLI on the shipped sequences.yaml, whose webinar sequence goes on to
+`betrayal-recovery` (nine letters, one a week or so): in-process (`funnel_cli`), and as cron
+starts the real `funnel` program in the test of a run minutes after the last letter.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from datetime import UTC, datetime, timedelta
 from subprocess import CompletedProcess
 from zoneinfo import ZoneInfo
 
-from conftest import Project
+import pytest
+from conftest import Project, Result
 
 from funnel.config import Delivery, Sequence, Step
 from funnel.schedule import ContactState, EnrollmentState, Follow, project
@@ -29,6 +31,17 @@ NOW = "2027-02-20T16:00:00Z"
 Funnel = Callable[..., CompletedProcess[str]]
 
 
+@pytest.fixture
+def funnel_cli(funnel: Callable[..., Result]) -> Funnel:
+    """The real CLI in-process (conftest's `funnel`), answering as `funnel_process` does."""
+
+    def call(*args: str, env: dict[str, str] | None = None) -> CompletedProcess[str]:
+        result = funnel(*args, env=env)
+        return CompletedProcess(["funnel", *args], result.code, result.out, result.err)
+
+    return call
+
+
 def register(project: Project, funnel_process: Funnel, *rows: str) -> None:
     project.write("signups/webinar-registrations.csv", HEADER + "".join(rows))
     result = funnel_process("run", "--now", NOW)
@@ -42,9 +55,9 @@ def plan_json(funnel_process: Funnel, *args: str) -> list[dict[str, str]]:
     return items
 
 
-def test_plan_follows_a_registrant_into_the_letters_after_the_webinar(project: Project, funnel_process: Funnel) -> None:
-    register(project, funnel_process, f"ana@example.test,Ana,Reyes,{START},America/Denver,no\n")
-    items = plan_json(funnel_process)
+def test_plan_follows_a_registrant_into_the_letters_after_the_webinar(project: Project, funnel_cli: Funnel) -> None:
+    register(project, funnel_cli, f"ana@example.test,Ana,Reyes,{START},America/Denver,no\n")
+    items = plan_json(funnel_cli)
     assert [(i["sequence"], i["step"], i["at"], i.get("via")) for i in items] == [
         (WEBINAR, "day-before", "2027-02-25T02:00:00Z", None),
         (WEBINAR, "hour-before", "2027-02-26T01:00:00Z", None),
@@ -68,7 +81,7 @@ def test_plan_follows_a_registrant_into_the_letters_after_the_webinar(project: P
         assert item["email"] == "ana@example.test"
         assert item["at"].endswith("Z")
 
-    text = funnel_process("plan", "--now", NOW, "--days", "30")
+    text = funnel_cli("plan", "--now", NOW, "--days", "30")
     assert text.returncode == 0, text.stderr
     lines = text.stdout.splitlines()
     assert lines[0] == "times in America/Denver (the practice's time zone; --utc for UTC)"
@@ -81,7 +94,7 @@ def test_plan_follows_a_registrant_into_the_letters_after_the_webinar(project: P
     assert not rows["replay"].rstrip().endswith(")")
     assert len(rows) == 8
 
-    utc = funnel_process("plan", "--now", NOW, "--days", "30", "--utc")
+    utc = funnel_cli("plan", "--now", NOW, "--days", "30", "--utc")
     assert utc.returncode == 0, utc.stderr
     lines = utc.stdout.splitlines()
     assert lines[0] == "times in UTC"
@@ -90,9 +103,9 @@ def test_plan_follows_a_registrant_into_the_letters_after_the_webinar(project: P
     assert rows["anger"].startswith("Mon 15 Mar 2027 15:00 UTC ")
 
 
-def test_plan_sees_as_far_as_the_window_and_no_further(project: Project, funnel_process: Funnel) -> None:
-    register(project, funnel_process, f"ana@example.test,Ana,Reyes,{START},America/Denver,no\n")
-    result = funnel_process("plan", "--now", NOW, "--days", "9", "--json")
+def test_plan_sees_as_far_as_the_window_and_no_further(project: Project, funnel_cli: Funnel) -> None:
+    register(project, funnel_cli, f"ana@example.test,Ana,Reyes,{START},America/Denver,no\n")
+    result = funnel_cli("plan", "--now", NOW, "--days", "9", "--json")
     assert result.returncode == 0, result.stderr
     items = json.loads(result.stdout)
     # the webinar letters end on the 28th; the first letter after it (March 3rd) is outside
@@ -100,16 +113,16 @@ def test_plan_sees_as_far_as_the_window_and_no_further(project: Project, funnel_
     assert all(i["sequence"] == WEBINAR for i in items)
 
 
-def test_someone_who_reached_the_goal_is_not_followed_into_next(project: Project, funnel_process: Funnel) -> None:
+def test_someone_who_reached_the_goal_is_not_followed_into_next(project: Project, funnel_cli: Funnel) -> None:
     register(
         project,
-        funnel_process,
+        funnel_cli,
         f"ana@example.test,Ana,Reyes,{START},America/Denver,no\n",
         f"bea@example.test,Bea,Lund,{START},America/Denver,no\n",
     )
-    tagged = funnel_process("contacts", "tag", "bea@example.test", "consultation-requested", "--now", NOW)
+    tagged = funnel_cli("contacts", "tag", "bea@example.test", "consultation-requested", "--now", NOW)
     assert tagged.returncode == 0, tagged.stderr
-    items = plan_json(funnel_process)
+    items = plan_json(funnel_cli)
     bea = [(i["sequence"], i["step"]) for i in items if i["email"] == "bea@example.test"]
     # her reminders still go (transactional) and the recording (after_goal); the letters, and the
     # sequence after, do not
@@ -120,18 +133,18 @@ def test_someone_who_reached_the_goal_is_not_followed_into_next(project: Project
         "anger",
         "your-lines",
     ]
-    text = funnel_process("plan", "--now", NOW, "--days", "30").stdout
+    text = funnel_cli("plan", "--now", NOW, "--days", "30").stdout
     bea_lines = [line for line in text.splitlines() if "bea@example.test" in line]
     assert bea_lines and not any(AFTER in line for line in bea_lines)
 
 
-def test_an_unsubscribed_person_is_not_followed_either(project: Project, funnel_process: Funnel) -> None:
-    register(project, funnel_process, f"ana@example.test,Ana,Reyes,{START},America/Denver,no\n")
-    assert funnel_process("contacts", "unsubscribe", "ana@example.test", "--now", NOW).returncode == 0
-    assert plan_json(funnel_process) == []
+def test_an_unsubscribed_person_is_not_followed_either(project: Project, funnel_cli: Funnel) -> None:
+    register(project, funnel_cli, f"ana@example.test,Ana,Reyes,{START},America/Denver,no\n")
+    assert funnel_cli("contacts", "unsubscribe", "ana@example.test", "--now", NOW).returncode == 0
+    assert plan_json(funnel_cli) == []
 
 
-def test_someone_already_in_the_next_sequence_is_not_shown_twice(project: Project, funnel_process: Funnel) -> None:
+def test_someone_already_in_the_next_sequence_is_not_shown_twice(project: Project, funnel_cli: Funnel) -> None:
     # a second source puts people straight into the letters (e.g. a list from an older webinar)
     config = (project.root / "sequences.yaml").read_text()
     config = config.replace(
@@ -142,8 +155,8 @@ def test_someone_already_in_the_next_sequence_is_not_shown_twice(project: Projec
     )
     (project.root / "sequences.yaml").write_text(config)
     project.write("signups/earlier.csv", "Email\nana@example.test\n")
-    register(project, funnel_process, f"ana@example.test,Ana,Reyes,{START},America/Denver,no\n")
-    items = plan_json(funnel_process)
+    register(project, funnel_cli, f"ana@example.test,Ana,Reyes,{START},America/Denver,no\n")
+    items = plan_json(funnel_cli)
     after = [(i["step"], i.get("via")) for i in items if i["sequence"] == AFTER]
     # the letters of her own enrollment (from Feb 20th), each once, none "after the webinar"
     assert [step for step, _via in after] == [
@@ -156,12 +169,12 @@ def test_someone_already_in_the_next_sequence_is_not_shown_twice(project: Projec
     assert all(via is None for _step, via in after)
 
 
-def test_plan_after_the_last_letter_was_sent_follows_at_once(project: Project, funnel_process: Funnel) -> None:
+def test_plan_after_the_last_letter_was_sent_follows_at_once(project: Project, funnel_cli: Funnel) -> None:
     """A run that sends the last webinar letter enrolls her in the letters: plan then shows them plainly."""
-    register(project, funnel_process, f"ana@example.test,Ana,Reyes,{START},America/Denver,no\n")
+    register(project, funnel_cli, f"ana@example.test,Ana,Reyes,{START},America/Denver,no\n")
     for now in ("2027-02-25T02:00:00Z", "2027-02-26T01:00:00Z", "2027-02-26T15:00:00Z", "2027-02-28T16:00:00Z"):
-        assert funnel_process("run", "--now", now).returncode == 0
-    result = funnel_process("plan", "--now", "2027-02-28T16:00:00Z", "--days", "10", "--json")
+        assert funnel_cli("run", "--now", now).returncode == 0
+    result = funnel_cli("plan", "--now", "2027-02-28T16:00:00Z", "--days", "10", "--json")
     items = json.loads(result.stdout)
     assert [(i["sequence"], i["step"], i.get("via")) for i in items] == [
         (AFTER, "what-you-feel", None),
@@ -242,9 +255,9 @@ def test_readable_names_the_zone_on_both_sides_of_a_dst_change() -> None:
     assert readable(datetime(2027, 1, 14, 2, tzinfo=UTC), ZoneInfo("UTC")) == "Thu 14 Jan 2027 02:00 UTC"
 
 
-def test_contacts_show_reads_in_the_practice_zone_and_utc_on_request(project: Project, funnel_process: Funnel) -> None:
-    register(project, funnel_process, f"ana@example.test,Ana,Reyes,{START},America/Chicago,no\n")
-    shown = funnel_process("contacts", "show", "ana@example.test")
+def test_contacts_show_reads_in_the_practice_zone_and_utc_on_request(project: Project, funnel_cli: Funnel) -> None:
+    register(project, funnel_cli, f"ana@example.test,Ana,Reyes,{START},America/Chicago,no\n")
+    shown = funnel_cli("contacts", "show", "ana@example.test")
     assert shown.returncode == 0, shown.stderr
     lines = [line.rstrip() for line in shown.stdout.splitlines()]
     # her own zone is Chicago; the therapist reads the practice's, named on every time
@@ -252,10 +265,10 @@ def test_contacts_show_reads_in_the_practice_zone_and_utc_on_request(project: Pr
     assert f"{WEBINAR}: active, enrolled Sat 20 Feb 2027 09:00 MST" in lines
     assert "  registered               sent     Sat 20 Feb 2027 09:00 MST" in lines
     assert "  day-before               pending  Wed 24 Feb 2027 19:00 MST" in lines
-    in_utc = funnel_process("contacts", "show", "ana@example.test", "--utc").stdout.splitlines()
+    in_utc = funnel_cli("contacts", "show", "ana@example.test", "--utc").stdout.splitlines()
     assert "times in UTC" in in_utc
     assert "  day-before               pending  Thu 25 Feb 2027 02:00 UTC" in [line.rstrip() for line in in_utc]
-    as_json = json.loads(funnel_process("contacts", "show", "ana@example.test", "--json").stdout)
+    as_json = json.loads(funnel_cli("contacts", "show", "ana@example.test", "--json").stdout)
     assert as_json["enrollments"][0]["steps"][1]["due_at"] == "2027-02-25T02:00:00Z"
 
 

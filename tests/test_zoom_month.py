@@ -21,6 +21,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import icalendar
+import pytest
 from conftest import SHIPPED_SESSIONS, Project
 
 SEQUENCE = "webinar-relationship-911"
@@ -98,6 +99,7 @@ def stamp(now: str) -> str:
     return now.replace("-", "").replace(":", "")
 
 
+@pytest.mark.long_running
 def test_a_zoom_season_runs_as_cron_runs_it(
     project: Project, funnel_process: Callable[..., subprocess.CompletedProcess[str]]
 ) -> None:
