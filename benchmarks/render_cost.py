@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from send_throughput import SEQUENCES, TEMPLATE  # noqa: E402
 
 from funnel.config import load_config  # noqa: E402
-from funnel.render import Rendered, Renderer, TemplateContact, TemplateWebinar  # noqa: E402
+from funnel.mail.render import Rendered, Renderer, TemplateContact, TemplateWebinar  # noqa: E402
 
 
 def make_bench_project(folder: Path) -> None:

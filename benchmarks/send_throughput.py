@@ -182,8 +182,8 @@ def time_funnel(n: int, latency: float, concurrency: int) -> Timing:
 
 def bodies(n: int) -> list[dict]:
     """N pre-built request bodies of a real-sized letter."""
+    from funnel.sendgrid.send import sendgrid_payload
     from funnel.transports.base import Address, OutgoingEmail
-    from funnel.transports.sendgrid import sendgrid_payload
 
     html = "<html><body>" + "<p>A paragraph of a real-sized letter.</p>" * 20 + "</body></html>"
     return [
@@ -214,7 +214,7 @@ def time_bare_client(n: int, latency: float, concurrency: int, *, keep_opener: b
     """
     import sendgrid
 
-    from funnel.transports.sendgrid import SendGridTransport
+    from funnel.sendgrid.send import SendGridTransport
 
     prepared = bodies(n)
     fake = FakeServer(latency)

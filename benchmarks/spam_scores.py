@@ -20,11 +20,11 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from funnel.compose import envelope
 from funnel.config import load_config
-from funnel.models import Contact
-from funnel.preview import sample_contact, sample_unsubscribe_url, sample_webinar
-from funnel.render import Renderer
+from funnel.mail.compose import envelope
+from funnel.mail.preview import sample_contact, sample_unsubscribe_url, sample_webinar
+from funnel.mail.render import Renderer
+from funnel.store.models import Contact
 from funnel.transports.outbox import message_bytes
 
 REPO = Path(__file__).resolve().parent.parent

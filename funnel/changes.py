@@ -16,10 +16,10 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
-from funnel.bulk import insert_ignore
 from funnel.config import Config, Sequence, Step
-from funnel.models import Contact, Enrollment, KnownStep, Run, StepRun, Tag
 from funnel.schedule import due_times, goal_reached
+from funnel.store.bulk import insert_ignore
+from funnel.store.models import Contact, Enrollment, KnownStep, Run, StepRun, Tag
 from funnel.timeutil import isoformat_z, zone
 
 
@@ -147,14 +147,14 @@ def session_changes(session: Session, config: Config, now: datetime) -> list[dic
 
     The enrollments still hold the start the last run applied, so a listed
     session whose start differs is a move the next run makes, and a cancelled
-    one ends them (`funnel.moves`). `told` names the letter she gets (the
+    one ends them (`funnel.webinar.moves`). `told` names the letter she gets (the
     sequence's `on: rescheduled` / `on: cancelled` step), or is None when she
     gets none: her confirmation has not gone out (it will carry the new date),
     or the sequence has no such step. Times are UTC here; the CLI shows them
     in the webinar's zone.
     """
-    from funnel.notices import notice_key
-    from funnel.sessions import listed_sessions
+    from funnel.webinar.notices import notice_key
+    from funnel.webinar.sessions import listed_sessions
 
     out: list[dict[str, Any]] = []
     for webinar_id, webinar in config.webinars.items():

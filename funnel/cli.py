@@ -25,9 +25,9 @@ import click
 
 from funnel.collector import use_fewer_collections
 from funnel.config import Config, environment_problems, load_config
-from funnel.envfile import applied
 from funnel.errors import ConfigError, FunnelError, UsageError
-from funnel.private import make_private_dir, write_private
+from funnel.ops.envfile import applied
+from funnel.store.private import make_private_dir, write_private
 from funnel.timeutil import parse_instant, readable, zone
 
 if TYPE_CHECKING:
@@ -147,7 +147,7 @@ def _config(path: Path | None) -> Config:
 
 def _engine(config: Config) -> Any:
     """The database engine, closed with the command (open connections would outlive it otherwise)."""
-    from funnel.db import database_url, make_engine
+    from funnel.store.db import database_url, make_engine
 
     engine = make_engine(database_url(config.folder))
     context = click.get_current_context(silent=True)
@@ -163,7 +163,7 @@ def handle_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         debug = bool(kwargs.get("debug"))
         try:
-            # the settings file first, before anything reads a setting (see funnel.envfile)
+            # the settings file first, before anything reads a setting (see funnel.ops.envfile)
             with applied(kwargs.get("config_path")):
                 return func(*args, **kwargs)
         except FunnelError as exc:
@@ -240,7 +240,7 @@ def check(config_path: Path | None, debug: bool, now: datetime) -> None:
 
     Example: funnel check
     """
-    from funnel.preview import check as check_templates
+    from funnel.mail.preview import check as check_templates
 
     try:
         config = _config(config_path)
@@ -248,15 +248,15 @@ def check(config_path: Path | None, debug: bool, now: datetime) -> None:
         for problem in exc.problems:
             click.echo(problem, err=True)
         sys.exit(EXIT_FAILED)
-    from funnel.preview import example_warnings
+    from funnel.mail.preview import example_warnings
 
     for warning in example_warnings(config):  # warnings only: the exit code stays 0
         click.echo(warning, err=True)
-    from funnel.sessions import session_warnings
+    from funnel.webinar.sessions import session_warnings
 
     for warning in session_warnings(config, now):  # history, not a mistake: the exit code stays 0
         click.echo(warning, err=True)
-    from funnel.moves import removed_sessions_on_disk
+    from funnel.webinar.moves import removed_sessions_on_disk
 
     problems = _second_look(config, environment_problems(config) + check_templates(config, now))
     problems += removed_sessions_on_disk(config, now)
@@ -285,15 +285,15 @@ def run(config_path: Path | None, debug: bool, now: datetime, as_json: bool, dry
 
     Example (crontab): */15 * * * * cd /srv/funnel && /opt/funnel/.venv/bin/funnel run
     """
-    from funnel import alerts
-    from funnel.db import run_lock
-    from funnel.runner import Runner
+    from funnel.ops import alerts
+    from funnel.run.runner import Runner
+    from funnel.store.db import run_lock
     from funnel.transports import make_transport
 
     try:
         config = _config(config_path)
     except ConfigError as exc:
-        if not dry_run:  # tell alerts.email, as the last good config named it (see funnel.alerts)
+        if not dry_run:  # tell alerts.email, as the last good config named it (see funnel.ops.alerts)
             _warn(alerts.after_config_failure(config_path, str(exc), now))
         raise
     try:
@@ -331,7 +331,7 @@ def _print_key_notice(engine: Any) -> None:
     """Say that the generated key still reads the links already sent, once FUNNEL_SECRET_KEY replaced it."""
     from sqlmodel import Session
 
-    from funnel.unsubscribe import key_notice
+    from funnel.mail.unsubscribe import key_notice
 
     with Session(engine) as session:
         notice = key_notice(session)
@@ -363,7 +363,7 @@ def _stop_gently_on_sigterm() -> Iterator[threading.Event]:
 def _run_with_progress(
     config: Config, engine: Any, transport: Any, now: datetime, interactive: bool, stop: threading.Event
 ) -> Any:
-    from funnel.runner import Runner
+    from funnel.run.runner import Runner
 
     if not interactive:
         return Runner(config, engine, transport, now, stop=stop).run()
@@ -430,7 +430,7 @@ def init(debug: bool, folder: Path) -> None:
 
     Example: funnel init /srv/funnel/practice
     """
-    from funnel.init_folder import init_folder
+    from funnel.ops.init_folder import init_folder
 
     made = init_folder(folder)
     for path in made:
@@ -454,8 +454,8 @@ def doctor(config_path: Path | None, debug: bool, as_json: bool) -> None:
 
     Example: funnel doctor
     """
-    from funnel.doctor import run_checks
-    from funnel.envfile import loaded
+    from funnel.ops.doctor import run_checks
+    from funnel.ops.envfile import loaded
 
     config = _config(config_path)
     checks = run_checks(config, _engine(config), loaded())
@@ -471,14 +471,14 @@ def doctor(config_path: Path | None, debug: bool, as_json: bool) -> None:
 
 
 def _second_look(config: Config, found: list[str]) -> list[str]:
-    """`found` with what reads wrong though it renders (`funnel.lint`), one problem per line of a file.
+    """`found` with what reads wrong though it renders (`funnel.mail.lint`), one problem per line of a file.
 
     An unmapped field's own words replace the render check's ("empty for some
     people") on the same line; any other of the same line is already told.
     """
     from jinja2 import Environment
 
-    from funnel import lint
+    from funnel.mail import lint
 
     def where(problem: str) -> str:
         return problem.split(": ", 1)[0]
@@ -594,7 +594,7 @@ def preview(
 
     Example: funnel preview webinar-relationship-911 registered
     """
-    from funnel.preview import preview_for
+    from funnel.mail.preview import preview_for
 
     config = _config(config_path)
     engine = _engine(config) if address else None
@@ -630,7 +630,7 @@ def send_test(config_path: Path | None, debug: bool, now: datetime, sequence: st
 
     Example: funnel send-test consultation received --to me@example.com
     """
-    from funnel.preview import send_test as send_one
+    from funnel.mail.preview import send_test as send_one
 
     config = _config(config_path)
     transport, result = send_one(config, sequence, step, to, now)
@@ -668,7 +668,7 @@ def import_(config_path: Path | None, debug: bool, now: datetime, as_json: bool,
 
     Example: funnel import webinar-registrations ~/Downloads/registrants.csv
     """
-    from funnel.ingest import import_file
+    from funnel.signups.store import import_file
 
     config = _config(config_path)
     engine = _engine(config)
@@ -990,7 +990,7 @@ def contacts_forget(config_path: Path | None, debug: bool, now: datetime, email:
 
     Example: funnel contacts forget ana@example.com
     """
-    from funnel.db import flush_to_disk
+    from funnel.store.db import flush_to_disk
 
     config = _config(config_path)
     engine = _engine(config)
@@ -1000,11 +1000,11 @@ def contacts_forget(config_path: Path | None, debug: bool, now: datetime, email:
 
 
 def _erase(engine: Any, address: str, now: datetime) -> None:
-    """`contacts forget` in the transaction that has the address to itself (`funnel.personlock`):
+    """`contacts forget` in the transaction that has the address to itself (`funnel.store.personlock`):
     a form post or a confirming click at the same moment comes wholly before or wholly after."""
-    from funnel.confirm import forget_pending
     from funnel.contacts import find_contact, forget
-    from funnel.personlock import lock_contact, with_person
+    from funnel.signups.consent import forget_pending
+    from funnel.store.personlock import lock_contact, with_person
     from funnel.text import email_hash, normalize_email
 
     try:
@@ -1157,8 +1157,8 @@ def suppressions_sync(config_path: Path | None, debug: bool, now: datetime, as_j
     from sqlmodel import Session
 
     from funnel.contacts import apply_suppressions
+    from funnel.sendgrid.send import fetch_suppressions
     from funnel.transports import sendgrid_settings
-    from funnel.transports.sendgrid import fetch_suppressions
 
     config = _config(config_path)
     key, host = sendgrid_settings()
@@ -1208,8 +1208,8 @@ def db_copy(config_path: Path | None, debug: bool, as_json: bool, to_url: str, f
 
     Example: funnel db copy --to postgresql://funnel@localhost/funnel
     """
-    from funnel.db import database_url
-    from funnel.dbcopy import copy_database, shown
+    from funnel.store.copy import copy_database, shown
+    from funnel.store.db import database_url
 
     source = from_url or database_url(_config(config_path).folder)
     counts = copy_database(source, to_url)
@@ -1232,8 +1232,8 @@ def db_backup(config_path: Path | None, debug: bool, file: Path) -> None:
 
     Example: funnel db backup backups/funnel-2026-12-01.db
     """
-    from funnel.db import database_url
-    from funnel.dbcopy import backup_sqlite
+    from funnel.store.copy import backup_sqlite
+    from funnel.store.db import database_url
 
     size = backup_sqlite(database_url(_config(config_path).folder), file)
     click.echo(f"backed up the database to {file} ({size} bytes)")

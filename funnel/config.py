@@ -219,7 +219,7 @@ class Alerts(_Model):
     """Who hears about a run that went wrong (spec 10), and the heartbeat a monitor expects.
 
     `email` gets one plain-words email per new problem, at most one a day per
-    problem (see `funnel.alerts`); `heartbeat_url` is asked (GET) after every
+    problem (see `funnel.ops.alerts`); `heartbeat_url` is asked (GET) after every
     good run and `{heartbeat_url}/fail` after a bad one, the convention of
     healthchecks.io and its kin.
     """
@@ -261,7 +261,7 @@ class Inbound(_Model):
         return value.strip() if value is not None else None
 
 
-#: a session's local start as written in sequences.yaml (also its id: `funnel.sessions`)
+#: a session's local start as written in sequences.yaml (also its id: `funnel.webinar.sessions`)
 _SESSION_TEXT = re.compile(r"^\s*(\d{4})-(\d{2})-(\d{2})[ T](\d{1,2}):(\d{2})\s*$")
 #: rule frequencies a webinar may repeat at (finer ones would make thousands of sessions a year)
 _REPEAT_FREQS = ("DAILY", "WEEKLY", "MONTHLY", "YEARLY")
@@ -313,7 +313,7 @@ class Webinar(_Model):
     evergreen: bool = False
     #: length of the event in the calendar invitation (`calendar: true` steps)
     duration: Duration = Duration(minutes=60)
-    #: local starts in `timezone` (see `funnel.sessions`): a text, or {start, was, cancelled}
+    #: local starts in `timezone` (see `funnel.webinar.sessions`): a text, or {start, was, cancelled}
     sessions: tuple[WebinarSession, ...] = ()
     #: an RFC 5545 RRULE (read by python-dateutil) giving sessions beyond the list, at `repeat_at`
     repeat: str | None = None
@@ -331,7 +331,7 @@ class Webinar(_Model):
     def _readable_rule(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        from funnel.sessions import read_rule
+        from funnel.webinar.sessions import read_rule
 
         read_rule(value, datetime(2000, 1, 1))  # raises ValueError saying what is wrong
         return value.strip()
@@ -387,7 +387,7 @@ class Source(_Model):
     enroll: str | None = None
     webinar: str | None = None
     thank_you_url: str | None = None
-    #: form sources: a post waits for the mailbox owner to confirm it (double opt-in, `funnel.confirm`);
+    #: form sources: a post waits for the mailbox owner to confirm it (double opt-in, `funnel.signups.consent`);
     #: false only where the website has already confirmed the address itself
     confirm: bool = True
     #: form sources: origins (scheme://host[:port]) a browser may post from; a post whose Origin
@@ -418,7 +418,7 @@ class Source(_Model):
             return None
         text = str(value).replace(" ", "").strip()
         if not text.isdigit():
-            raise ValueError(f"webinar_id {value!r} must be the webinar's number in Zoom, e.g. \"81234567890\"")
+            raise ValueError(f'webinar_id {value!r} must be the webinar\'s number in Zoom, e.g. "81234567890"')
         return text
 
     @field_validator("allowed_origins", mode="before")
@@ -1005,7 +1005,7 @@ def _cross_check(config: Config, lines: _LineMap, check_files: bool) -> Iterator
                 ),
             )
     for wid, webinar in config.webinars.items():
-        from funnel.sessions import listing_problems
+        from funnel.webinar.sessions import listing_problems
 
         if webinar.repeat and webinar.repeat_at is None:
             yield (

@@ -27,7 +27,8 @@ from sqlmodel import Session, col
 
 from funnel.config import Config
 from funnel.errors import NotFoundError, UsageError
-from funnel.models import (
+from funnel.schedule import LETTERS_STOPPED, due_times, goal_reached
+from funnel.store.models import (
     Consent,
     Contact,
     Enrollment,
@@ -40,7 +41,6 @@ from funnel.models import (
     SubscriptionChange,
     Tag,
 )
-from funnel.schedule import LETTERS_STOPPED, due_times, goal_reached
 from funnel.text import email_hash, normalize_email
 from funnel.timeutil import isoformat_z, zone
 
@@ -272,7 +272,7 @@ def forget(session: Session, contact: Contact, now: datetime) -> None:
 def _forget_events_and_replies(session: Session, contact: Contact) -> None:
     """SendGrid's events keep their kind and time (the figures), not the address, IP, agent or URL;
     replies keep only that they came."""
-    from funnel.tracking import scrubbed
+    from funnel.sendgrid.webhook import scrubbed
 
     owned = or_(col(Event.contact_id) == contact.id, col(Event.email_hash) == contact.email_hash)
     for event in session.scalars(select(Event).where(owned)):
@@ -453,7 +453,7 @@ def export(session: Session, config: Config, contact: Contact) -> dict[str, Any]
         }
         for c in session.scalars(select(Consent).where(col(Consent.contact_id) == contact.id).order_by(col(Consent.id)))
     ]
-    from funnel.confirm import pending_of
+    from funnel.signups.consent import pending_of
 
     data["pending_signups"] = pending_of(session, contact.email_hash)
     data["event_details"] = [

@@ -1,7 +1,7 @@
 """`funnel plan`: what would be sent to whom and when in the next days; writes nothing.
 
 It asks the same pure schedule a run asks (`schedule.project`), with each
-person's state loaded the way a run loads it (`funnel.decide`'s loaders),
+person's state loaded the way a run loads it (`funnel.run.decide`'s loaders),
 so what plan shows is what runs will do, people followed into the `next`
 sequence of one they finish within the window included.
 """
@@ -19,9 +19,9 @@ from sqlmodel import Session, col
 from funnel import schedule
 from funnel.changes import introduced_steps
 from funnel.config import Config
-from funnel.decide import contact_state, enrollment_state, tags_of
-from funnel.ledger import step_rows
-from funnel.models import Contact, Enrollment
+from funnel.run.decide import contact_state, enrollment_state, tags_of
+from funnel.store.ledger import step_rows
+from funnel.store.models import Contact, Enrollment
 from funnel.timeutil import isoformat_z
 
 

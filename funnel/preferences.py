@@ -25,8 +25,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, delete, select, update
 from sqlmodel import Session, col
 
-from funnel.models import Contact, Enrollment, Tag
 from funnel.schedule import LETTERS_STOPPED
+from funnel.store.models import Contact, Enrollment, Tag
 
 __all__ = ["LETTERS_STOPPED", "MONTH_PAUSE", "PAUSE_LENGTH"]
 #: why her enrollments are paused after "pause for a month"

@@ -42,7 +42,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from funnel.config import Config
-from funnel.models import Enrollment, Event, InboundMessage, Run, StepRun, SubscriptionChange, Tag
+from funnel.store.models import Enrollment, Event, InboundMessage, Run, StepRun, SubscriptionChange, Tag
 from funnel.timeutil import isoformat_z, parse_instant, readable, zone
 
 STEP_COUNTS = (
@@ -57,7 +57,7 @@ STEP_COUNTS = (
     "unknown",
     "converted",
 )
-#: which SendGrid event kinds (funnel.tracking.EventKind values) feed which column
+#: which SendGrid event kinds (funnel.sendgrid.webhook.EventKind values) feed which column
 EVENT_COLUMNS = {
     "delivered": ("delivered",),
     "opened": ("open",),

@@ -24,7 +24,7 @@ from sqlmodel import Session, col
 
 from funnel.config import Config
 from funnel.errors import UsageError
-from funnel.models import Contact, Enrollment, StepRun, Tag
+from funnel.store.models import Contact, Enrollment, StepRun, Tag
 from funnel.timeutil import isoformat_z
 
 STATUSES = ("active", "paused", "unsubscribed")

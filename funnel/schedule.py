@@ -454,7 +454,7 @@ class Follow:
     def next_state(
         self, sequence: Sequence, state: EnrollmentState, at: datetime
     ) -> tuple[str, Sequence, EnrollmentState] | None:
-        """The enrollment a run makes when `sequence` finishes at `at` (see `funnel.finishing.start_next`), or None.
+        """The enrollment a run makes when `sequence` finishes at `at` (see `funnel.run.finish.start_next`), or None.
 
         Enrolled at that moment, with the webinar of the sequence she finished.
         """
@@ -475,7 +475,7 @@ def next_enrolled_at(
     late); never later than `now`, never before she entered `sequence`. After
     an outage longer than `max_late` (the last letters were skipped as stale)
     she starts from `now`: nothing stale is made up in the next sequence.
-    Runs (`funnel.finishing.start_next`) and the plan (`project`) both use it, so they agree.
+    Runs (`funnel.run.finish.start_next`) and the plan (`project`) both use it, so they agree.
     """
     dues = [d for d in due_times(sequence, state.enrolled_at, state.webinar_start, tz).values() if d is not None]
     latest = max(dues, default=now)

@@ -275,7 +275,7 @@ def alembic_settings() -> Any:
     import funnel
 
     settings = AlembicConfig()
-    settings.set_main_option("script_location", str(Path(funnel.__file__).parent / "migrations"))
+    settings.set_main_option("script_location", str(Path(funnel.__file__).parent / "store" / "migrations"))
     return settings
 
 
@@ -315,7 +315,7 @@ def _postgres_template() -> Iterator[str]:
     """One database migrated to HEAD per test session (per xdist worker), copied for each test."""
     from sqlalchemy.engine import make_url
 
-    from funnel.db import make_engine
+    from funnel.store.db import make_engine
 
     with _fresh_postgres_database() as url:
         make_engine(url).dispose()  # no connection may stay open: CREATE DATABASE ... TEMPLATE needs none

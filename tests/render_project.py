@@ -9,7 +9,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from funnel.config import Config, load_config
-from funnel.render import Rendered, Renderer, TemplateContact, TemplateWebinar
+from funnel.mail.render import Rendered, Renderer, TemplateContact, TemplateWebinar
 
 REPO = Path(__file__).resolve().parent.parent
 NOW = datetime(2027, 1, 4, 17, 0, tzinfo=UTC)

@@ -6,7 +6,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from funnel.config import Source
-from funnel.sources import FileRead, Fingerprint, read_source_file
+from funnel.signups.sources import FileRead, Fingerprint, read_source_file
 
 DENVER = ZoneInfo("America/Denver")
 

@@ -1,4 +1,4 @@
-"""The import's set-based statements (funnel.bulk), on the database of the pass.
+"""The import's set-based statements (funnel.store.bulk), on the database of the pass.
 
 They bypass SQLAlchemy's per-row work, so what they store must be exactly
 what SQLAlchemy stores for the same values, and "which rows did this insert
@@ -17,10 +17,10 @@ from conftest import Project, Result
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from funnel.bulk import InsertIgnore, insert_ignore, probe_in, roomy_cache
-from funnel.db import make_engine
-from funnel.ingest import _CONTACT_COLUMNS
-from funnel.models import Contact
+from funnel.signups.store import _CONTACT_COLUMNS
+from funnel.store.bulk import InsertIgnore, insert_ignore, probe_in, roomy_cache
+from funnel.store.db import make_engine
+from funnel.store.models import Contact
 
 #: the contact columns the import writes
 COLUMNS = _CONTACT_COLUMNS
@@ -146,7 +146,7 @@ def test_once_the_largest_id_is_taken_the_import_looks_first_and_still_counts_ri
 ) -> None:
     """Ids given at random cannot be told from the rows that were there: `returning` declines before
     inserting, and the import looks people up first, enrolling each once and counting the new ones."""
-    from funnel.bulk import _LARGEST_ROWID
+    from funnel.store.bulk import _LARGEST_ROWID
 
     with Session(engine) as session:
         writer = InsertIgnore(session, Contact.__table__, COLUMNS, ("email_hash",))  # type: ignore[attr-defined]
@@ -176,7 +176,7 @@ def test_once_the_largest_id_is_taken_the_import_looks_first_and_still_counts_ri
 
 
 def test_probe_reads_keys_in_chunks(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("funnel.bulk.PROBE_CHUNK", 2)
+    monkeypatch.setattr("funnel.store.bulk.PROBE_CHUNK", 2)
     keys = [f"p{i}" for i in range(5)]
     with Session(engine) as session:
         insert_ignore(session, Contact.__table__, [contact(k) for k in keys[:3]], ("email_hash",))  # type: ignore[attr-defined]
@@ -202,10 +202,10 @@ def test_the_import_cache_is_given_back(engine: Engine) -> None:
 
 
 def test_a_runs_deferred_writes_store_values_exactly_as_sqlalchemy_stores_them(engine: Engine) -> None:
-    """`funnel.deferred` and `funnel.driver_sql` (a run's per-email writes) write through the
+    """`funnel.store.deferred` and `funnel.store.driver_sql` (a run's per-email writes) write through the
     driver too: a datetime on SQLite must be SQLAlchemy's own text, or stored times would sort
     and compare differently from the ones the ORM wrote beside them."""
-    from funnel.deferred import DeferredWrites
+    from funnel.store.deferred import DeferredWrites
 
     with Session(engine) as session:
         insert_ignore(session, Contact.__table__, [contact("orm"), contact("deferred")], ("email_hash",))  # type: ignore[attr-defined]
@@ -232,8 +232,8 @@ def test_values_equal_but_not_alike_are_converted_each_on_its_own() -> None:
     zone, but an hour apart; and True, which equals 1. Each keeps its own conversion."""
     from sqlalchemy.dialects import sqlite
 
-    from funnel.bulk import _converted_column
-    from funnel.models import UTCDateTime
+    from funnel.store.bulk import _converted_column
+    from funnel.store.models import UTCDateTime
 
     new_york = ZoneInfo("America/New_York")
     first = datetime(2026, 11, 1, 1, 30, tzinfo=new_york)
@@ -253,8 +253,8 @@ def test_update_each_writes_every_row_as_its_own_update_would(
 ) -> None:
     """`DriverSQL.update_each` (a run's outcomes and deferred writes: one `UPDATE ... FROM VALUES` a batch on
     SQLite): each row by its id, a column added to, a condition with its own value, in chunks too."""
-    from funnel import driver_sql
-    from funnel.driver_sql import DriverSQL
+    from funnel.store import driver_sql
+    from funnel.store.driver_sql import DriverSQL
 
     monkeypatch.setattr(driver_sql, "_ROWS_PER_UPDATE", per_statement)
     people = [contact(key) for key in "abcde"]
@@ -296,7 +296,7 @@ def test_a_driver_error_in_a_runs_plain_sql_is_sqlalchemys_exception_for_it(engi
     `funnel run`'s "the database refused the command" message) as SQLAlchemy's own exception class."""
     from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
-    from funnel.driver_sql import DriverSQL
+    from funnel.store.driver_sql import DriverSQL
 
     with Session(engine) as session:
         insert_ignore(session, Contact.__table__, [contact("a")], ("email_hash",))  # type: ignore[attr-defined]

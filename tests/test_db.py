@@ -16,9 +16,9 @@ from conftest import REGISTRATIONS, Project, alembic_settings, migrate_with_alem
 from sqlalchemy import inspect
 from sqlmodel import SQLModel, create_engine
 
-from funnel.db import current_revision, make_engine
 from funnel.errors import MigrationError
-from funnel.migrations import HEAD
+from funnel.store.db import current_revision, make_engine
+from funnel.store.migrations import HEAD
 
 
 def test_head_constant_is_the_newest_migration() -> None:
@@ -94,7 +94,7 @@ def test_a_new_database_gets_the_very_schema_the_migrations_build(
 def test_a_first_start_does_not_load_alembic(tmp_path: Path) -> None:
     """About a fifth of a second at every first run; alembic is for upgrading an older schema."""
     script = (
-        "import sys; from funnel.db import make_engine, current_revision; "
+        "import sys; from funnel.store.db import make_engine, current_revision; "
         "engine = make_engine(sys.argv[1]); print(current_revision(engine), 'alembic' in sys.modules)"
     )
     url = f"sqlite:///{tmp_path / 'new.db'}"
@@ -126,8 +126,8 @@ from sqlalchemy import inspect
 from sqlmodel import Field, SQLModel
 class Widget(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
-from funnel.db import make_engine
-from funnel.models import funnel_tables
+from funnel.store.db import make_engine
+from funnel.store.models import funnel_tables
 engine = make_engine(sys.argv[1])
 with engine.connect() as conn:
     print(json.dumps(sorted(inspect(conn).get_table_names())))
@@ -220,7 +220,7 @@ def test_processes_starting_at_once_on_a_new_sqlite_file_all_open_it(tmp_path: P
     import subprocess
     import sys
 
-    script = "import sys; from funnel.db import make_engine; make_engine(sys.argv[1])"
+    script = "import sys; from funnel.store.db import make_engine; make_engine(sys.argv[1])"
     for attempt in range(5):
         url = f"sqlite:///{tmp_path / f'new{attempt}.db'}"
         procs = [

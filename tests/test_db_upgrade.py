@@ -18,8 +18,8 @@ import pytest
 from conftest import Project, Result, migrate_with_alembic
 from sqlalchemy import Connection, MetaData, create_engine, insert, select, text
 
-from funnel.db import current_revision, make_engine
-from funnel.migrations import HEAD
+from funnel.store.db import current_revision, make_engine
+from funnel.store.migrations import HEAD
 from funnel.text import email_hash
 
 FIRST_RELEASE = "0001"

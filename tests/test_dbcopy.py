@@ -120,8 +120,8 @@ def test_the_copy_is_one_snapshot_even_if_someone_writes_meanwhile(
     """`funnel serve` may record an unsubscribe during a copy: the copy is the state when it began, whole."""
     from sqlmodel import Session
 
-    from funnel.db import make_engine, put_setting
-    from funnel.dbcopy import copy_database
+    from funnel.store.copy import copy_database
+    from funnel.store.db import make_engine, put_setting
 
     if source_backend == "sqlite":
         source, target = sqlite_url(project), postgres_url

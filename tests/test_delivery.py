@@ -24,11 +24,11 @@ from fake_sendgrid import FakeSendGrid, _recipients
 from sqlalchemy import event
 
 from funnel.config import load_config
-from funnel.db import make_engine
-from funnel.runner import Runner
+from funnel.run.runner import Runner
+from funnel.sendgrid.send import SendGridTransport
+from funnel.store.db import make_engine
 from funnel.timeutil import parse_instant
 from funnel.transports.base import Transport
-from funnel.transports.sendgrid import SendGridTransport
 
 NOW = "2027-01-10T16:00:00Z"
 HEADER = "Email,First Name,Last Name,Webinar Start,Time Zone,Discreet\n"
@@ -297,7 +297,7 @@ def _drop_liveness_lock(database_url: str, run_id: int) -> None:
     a restart or a proxy would: the run goes on, but looks dead to the other workers."""
     from sqlalchemy import text
 
-    from funnel.workers import RUN_KEY_SPACE
+    from funnel.store.workers import RUN_KEY_SPACE
 
     engine = make_engine(database_url)
     try:
@@ -792,9 +792,9 @@ def test_the_check_before_each_request_reads_every_kind_of_suppression_and_the_l
 
     from sqlmodel import Session
 
-    from funnel.db import migrate
-    from funnel.ledger import SuppressionCheck
-    from funnel.models import Contact
+    from funnel.store.db import migrate
+    from funnel.store.ledger import SuppressionCheck
+    from funnel.store.models import Contact
 
     engine = make_engine(project.database_url)
     migrate(engine)
@@ -940,7 +940,7 @@ class _LosingItsSession(Transport):
             self.cut = True
             from sqlalchemy import text
 
-            from funnel.workers import RUN_KEY_SPACE
+            from funnel.store.workers import RUN_KEY_SPACE
 
             engine = make_engine(self.database_url)
             try:
@@ -969,7 +969,7 @@ def test_a_serve_that_fails_mid_batch_gives_back_what_it_never_handed_over(proje
     unsent, until the serve restarted. The one whose request started stays in hand (unknown later)."""
     if project.on_sqlite:
         pytest.skip("ends server sessions: PostgreSQL")
-    from funnel.instant import ServeSender
+    from funnel.run.instant import ServeSender
 
     addresses = registrations(project, 2)
     imported = funnel("import", "webinar-registrations", "signups/webinar-registrations.csv", "--now", NOW)

@@ -20,13 +20,13 @@ import pytest
 from conftest import REPO, SECRET, Project, database_rows
 from icalendar import Calendar
 
-from funnel.compose import sender_of
 from funnel.config import Config, load_config
-from funnel.invitation import event_title, invitation
-from funnel.jump import TOKEN_LENGTH, JumpLinks, jump_links, known_targets
-from funnel.preview import sample_unsubscribe_url, sample_webinar
-from funnel.render import Rendered, Renderer, TemplateContact
-from funnel.unsubscribe import Tokens
+from funnel.mail.compose import sender_of
+from funnel.mail.invitation import event_title, invitation
+from funnel.mail.jump import TOKEN_LENGTH, JumpLinks, jump_links, known_targets
+from funnel.mail.preview import sample_unsubscribe_url, sample_webinar
+from funnel.mail.render import Rendered, Renderer, TemplateContact
+from funnel.mail.unsubscribe import Tokens
 
 NOW = datetime(2027, 1, 5, 16, tzinfo=UTC)
 #: words of the subject matter that must not show before she opens the email

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from conftest import Project, Result
 
-from funnel.envfile import key_fingerprint
+from funnel.ops.envfile import key_fingerprint
 
 HEADER = "Email,First Name,Last Name,Webinar Start,Time Zone,Discreet\n"
 REGISTRATIONS = "signups/webinar-registrations.csv"

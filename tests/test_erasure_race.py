@@ -24,10 +24,10 @@ from conftest import Project
 
 from funnel.cli import _erase
 from funnel.config import load_config
-from funnel.confirm import Evidence, confirm, request_confirmation
-from funnel.db import make_engine
-from funnel.intake import accept_form
-from funnel.sources import SignupRow
+from funnel.signups.consent import Evidence, confirm, request_confirmation
+from funnel.signups.live import accept_form
+from funnel.signups.sources import SignupRow
+from funnel.store.db import make_engine
 from funnel.text import email_hash
 
 ROUNDS = int(os.environ.get("FUNNEL_RACE_ROUNDS", "50"))

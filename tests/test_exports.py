@@ -18,9 +18,9 @@ import pytest
 from conftest import REPO, Project
 
 from funnel.config import Source, load_config
-from funnel.dates import read_instant
 from funnel.errors import SourceError
-from funnel.sources import FileRead, read_source_file
+from funnel.signups.dates import read_instant
+from funnel.signups.sources import FileRead, read_source_file
 
 DENVER = ZoneInfo("America/Denver")
 EXAMPLES = REPO / "signups" / "examples"

@@ -42,13 +42,13 @@ from sqlmodel import Session
 
 from funnel.cli import cli
 from funnel.config import load_config
-from funnel.db import make_engine
 from funnel.errors import ConfigError, SourceError
-from funnel.ingest import apply_rows
-from funnel.sources import EARLIEST_START, LATEST_START, FileRead, read_source_file
+from funnel.mail.unsubscribe import Tokens
+from funnel.signups.sources import EARLIEST_START, LATEST_START, FileRead, read_source_file
+from funnel.signups.store import apply_rows
+from funnel.store.db import make_engine
 from funnel.text import email_hash
 from funnel.timeutil import zone
-from funnel.unsubscribe import Tokens
 
 NOW = datetime(2026, 12, 8, 16, 0, tzinfo=UTC)
 NOW_TEXT = "2026-12-08T16:00:00Z"

@@ -1,9 +1,9 @@
 """Hostile webhook payloads (issue 9 item 7): a clear 4xx or a clean accept, never a 5xx or a traceback.
 
-Written against funnel.tracking,
+Written against funnel.sendgrid.webhook,
 funnel/web/webhooks.py and tests/webhook_signing.py.
 
-- `funnel.tracking.parse_events` on arbitrary bytes: events and skipped reasons, or
+- `funnel.sendgrid.webhook.parse_events` on arbitrary bytes: events and skipped reasons, or
   WebhookRefused(400); never another exception.
 - `POST /webhooks/sendgrid` on a real `funnel serve` (one per module): signed posts of
   arbitrary event lists are answered 200 with every item accounted for (stored +
@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from webhook_signing import Signer
 
-from funnel.tracking import WebhookRefused, parse_events
+from funnel.sendgrid.webhook import WebhookRefused, parse_events
 
 NOW = "2026-12-08T16:00:00Z"
 NOW_AT = datetime(2026, 12, 8, 16, 0, tzinfo=UTC)

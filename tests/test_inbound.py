@@ -18,7 +18,7 @@ from conftest import Project
 
 from funnel.config import load_config
 from funnel.errors import ConfigError
-from funnel.inbound import TEXT_CAP, parse_form, read_checks, read_reply
+from funnel.sendgrid.inbound import TEXT_CAP, parse_form, read_checks, read_reply
 
 NOW = "2026-12-08T16:00:00Z"
 HEADER = "Email,First Name,Last Name,Webinar Start,Time Zone,Discreet\n"

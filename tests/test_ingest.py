@@ -20,10 +20,10 @@ from fake_sendgrid import FakeSendGrid
 from sqlmodel import Session, select
 
 from funnel.config import load_config
-from funnel.db import make_engine
-from funnel.ingest import PENDING_DAYS, apply_rows
-from funnel.models import PendingTag, Tag
-from funnel.sources import SignupRow, read_mapping
+from funnel.signups.sources import SignupRow, read_mapping
+from funnel.signups.store import PENDING_DAYS, apply_rows
+from funnel.store.db import make_engine
+from funnel.store.models import PendingTag, Tag
 from funnel.text import email_hash
 from funnel.timeutil import zone
 

@@ -1,4 +1,4 @@
-"""The calendar invitation (funnel.invitation): one VEVENT, decoded again with icalendar."""
+"""The calendar invitation (funnel.mail.invitation): one VEVENT, decoded again with icalendar."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from icalendar import Calendar
 
 from funnel.config import Config, Step, load_config
-from funnel.invitation import event_uid, invitation
+from funnel.mail.invitation import event_uid, invitation
 
 REPO = Path(__file__).resolve().parent.parent
 START = datetime(2027, 1, 15, 2, 0, tzinfo=UTC)  # 2027-01-14 19:00 in Denver
@@ -131,7 +131,7 @@ def test_a_discreet_event_keeps_the_link_out_of_its_location(config: Config) -> 
 def test_an_event_written_once_per_webinar_is_the_event_written_for_each_person(domain: str) -> None:
     """`_event_for` writes the file once with a stand-in UID and puts each person's in; it must be
     byte for byte what icalendar writes for her, however the UID line folds."""
-    from funnel.invitation import _event_for, webinar_event
+    from funnel.mail.invitation import _event_for, webinar_event
 
     for discreet in (False, True):
         event = {

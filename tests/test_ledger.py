@@ -1,4 +1,4 @@
-"""The claims ledger's batch statements (funnel.ledger), on the database of the pass.
+"""The claims ledger's batch statements (funnel.store.ledger), on the database of the pass.
 
 The run reaches them with everything going right; these tests set up the
 rarer cases by hand: a row another worker took back before the hand-over, a
@@ -16,9 +16,9 @@ from conftest import Project
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from funnel.db import make_engine, migrate
-from funnel.ledger import Ledger
-from funnel.models import Contact, Enrollment, Run, StepRun
+from funnel.store.db import make_engine, migrate
+from funnel.store.ledger import Ledger
+from funnel.store.models import Contact, Enrollment, Run, StepRun
 
 NOW = datetime(2027, 1, 10, 17, 0, tzinfo=UTC)
 
@@ -158,7 +158,7 @@ def test_recorded_outcomes_belong_to_the_sessions_transaction(engine: Engine) ->
 
 
 def test_deferred_writes_belong_to_the_sessions_transaction(engine: Engine) -> None:
-    from funnel.deferred import DeferredWrites
+    from funnel.store.deferred import DeferredWrites
 
     with Session(engine) as session:
         (ours,) = _runs(session, 1)

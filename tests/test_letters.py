@@ -15,8 +15,8 @@ import pytest
 from conftest import REPO, Project
 
 from funnel.config import Config, load_config
-from funnel.preview import sample_unsubscribe_url, sample_webinar
-from funnel.render import Rendered, Renderer, TemplateContact
+from funnel.mail.preview import sample_unsubscribe_url, sample_webinar
+from funnel.mail.render import Rendered, Renderer, TemplateContact
 
 NOW = datetime(2027, 1, 5, 16, tzinfo=UTC)
 FACTS = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 from conftest import REPO, Project
 
 from funnel.config import load_config
-from funnel.preview import EXAMPLE_DOMAIN, EXAMPLE_POSTAL_ADDRESS, EXAMPLE_PRACTICE, example_warnings
+from funnel.mail.preview import EXAMPLE_DOMAIN, EXAMPLE_POSTAL_ADDRESS, EXAMPLE_PRACTICE, example_warnings
 
 
 def _make_it_ours(project: Project) -> None:

@@ -12,8 +12,8 @@ from render_project import LAYOUT_HTML, LAYOUT_TXT, NOW, REPO, UNSUB, YAML, load
 
 from funnel.config import load_config
 from funnel.errors import TemplateError
-from funnel.preview import check, sample_unsubscribe_url
-from funnel.render import (
+from funnel.mail.preview import check, sample_unsubscribe_url
+from funnel.mail.render import (
     EmptyValueError,
     MissingData,
     Renderer,

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from markupsafe import escape
 from render_project import HELLO_MD, LAYOUT_HTML, UNSUB, YAML, load_project, parsed, render, webinar
 
-from funnel.render import Renderer, TemplateContact
+from funnel.mail.render import Renderer, TemplateContact
 
 
 def test_html_autoescapes_contact_values(tmp_path: Path) -> None:

@@ -8,8 +8,8 @@ import pytest
 from render_project import LAYOUT_HTML, NOW, load_project, parsed, render
 
 from funnel.errors import TemplateError
-from funnel.preview import check
-from funnel.render import Renderer, TemplateContact
+from funnel.mail.preview import check
+from funnel.mail.render import Renderer, TemplateContact
 
 
 @pytest.mark.parametrize(

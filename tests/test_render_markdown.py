@@ -22,7 +22,7 @@ from render_project import (
 )
 
 from funnel.config import load_config
-from funnel.render import Renderer, TemplateContact, TemplateWebinar
+from funnel.mail.render import Renderer, TemplateContact, TemplateWebinar
 
 
 def test_markdown_becomes_html_inside_the_layout(tmp_path: Path) -> None:
@@ -156,7 +156,7 @@ def test_discreet_rendering_is_text_only_with_the_discreet_subject(tmp_path: Pat
     out = render(config, discreet=True)
     assert out.html is None
     assert out.subject == "Your confirmation"  # the step's discreet_subject
-    # her links go through the neutral /j/ redirect (funnel.jump); the unsubscribe link stays as it is
+    # her links go through the neutral /j/ redirect (funnel.mail.jump); the unsubscribe link stays as it is
     assert re.search(r"Read our guide \(https://mail\.practice\.test/j/[A-Za-z0-9_-]{18}\) first\.", out.text)
     assert "https://practice.test/guide" not in out.text
     assert ADDRESS in out.text and UNSUB in out.text

@@ -15,14 +15,14 @@ import pytest
 from fake_sendgrid import AUTH_ERROR, FakeSendGrid
 
 from funnel.errors import TransportError
-from funnel.transports.base import Address, Attachment, OutgoingEmail
-from funnel.transports.sendgrid import (
+from funnel.sendgrid.send import (
     MAX_RETRY_AFTER,
     SendGridTransport,
     fetch_suppressions,
     retry_after_seconds,
     sendgrid_payload,
 )
+from funnel.transports.base import Address, Attachment, OutgoingEmail
 
 KEY = "SG.test-key-0123456789"
 RECIPIENT = "ada.lovelace@example.org"
@@ -268,7 +268,7 @@ def test_https_uses_one_verifying_tls_context() -> None:
     import ssl
     import urllib.request
 
-    from funnel.transports.sendgrid import _opener
+    from funnel.sendgrid.send import _opener
 
     contexts = []
     for opener in (_opener(), _opener()):

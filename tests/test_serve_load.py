@@ -36,7 +36,7 @@ from conftest import REPO, SECRET
 from fake_sendgrid import FakeSendGrid, _recipients
 from web_server import FunnelServer
 
-from funnel.unsubscribe import Tokens
+from funnel.mail.unsubscribe import Tokens
 
 NOW = "2026-12-08T16:00:00Z"
 PEOPLE = 600  # contacts with a confirmation due

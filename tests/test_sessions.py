@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from funnel.config import Webinar, load_config
-from funnel.sessions import latest_started, pick_session, session_warnings, sessions_between
+from funnel.webinar.sessions import latest_started, pick_session, session_warnings, sessions_between
 from tests.test_config import BASE_YAML, line_of, problems_of, write_project
 
 DENVER = ZoneInfo("America/Denver")

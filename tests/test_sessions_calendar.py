@@ -10,7 +10,7 @@ from conftest import without_shipped_sessions
 from icalendar import Calendar
 
 from funnel.config import Config, load_config
-from funnel.invitation import invitation
+from funnel.mail.invitation import invitation
 
 REPO = Path(__file__).resolve().parent.parent
 NOW = datetime(2027, 1, 2, 16, 0, tzinfo=UTC)

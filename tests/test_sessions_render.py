@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from render_project import UNSUB, load_project, webinar
 
-from funnel.render import Renderer, TemplateContact, TemplateWebinar
+from funnel.mail.render import Renderer, TemplateContact, TemplateWebinar
 
 SESSION_MD = """\
 Your session: {{ webinar.session }}.
@@ -90,12 +90,12 @@ def test_a_registrants_own_join_link_is_kept_and_written_into_her_letters(projec
 
     from sqlmodel import Session, select
 
-    from funnel.compose import letter
     from funnel.config import load_config
-    from funnel.db import make_engine
-    from funnel.ingest import apply_rows
-    from funnel.models import Contact, Enrollment
-    from funnel.sources import SignupRow
+    from funnel.mail.compose import letter
+    from funnel.signups.sources import SignupRow
+    from funnel.signups.store import apply_rows
+    from funnel.store.db import make_engine
+    from funnel.store.models import Contact, Enrollment
 
     config = load_config(project_for_ingest / "sequences.yaml")
     source = config.sources["webinar-registrations"]

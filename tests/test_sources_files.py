@@ -21,7 +21,7 @@ from source_helpers import (
 
 from funnel.config import Source
 from funnel.errors import SourceError
-from funnel.sources import read_source_file
+from funnel.signups.sources import read_source_file
 
 # --------------------------------------------------------------------------- fingerprints
 

@@ -20,7 +20,7 @@ from source_helpers import (
 
 from funnel.config import Source
 from funnel.errors import SourceError
-from funnel.sources import FileRead, Fingerprint, read_source_file
+from funnel.signups.sources import FileRead, Fingerprint, read_source_file
 from funnel.text import normalize_email
 
 # --------------------------------------------------------------------------- hostile values
@@ -90,7 +90,7 @@ def test_control_characters_are_cleaned_from_names_and_fields(tmp_path: Path) ->
 
 
 def test_read_mapping_reads_a_form_post_by_the_same_rules(tmp_path: Path) -> None:
-    from funnel.sources import read_mapping
+    from funnel.signups.sources import read_mapping
 
     source = Source.model_validate(
         {"format": "form", "columns": {"email": "email", "first_name": "name", "discreet": "discreet"}}

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from webhook_signing import Signer
 
-from funnel.tracking import (
+from funnel.sendgrid.webhook import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     EventKind,

@@ -14,8 +14,8 @@ from conftest import Project, Result, project_db
 from sqlalchemy.engine import make_url
 from sqlmodel import Session
 
-from funnel.db import make_engine
-from funnel.unsubscribe import TokenRef, Tokens, find, legacy_token, reading_tokens
+from funnel.mail.unsubscribe import TokenRef, Tokens, find, legacy_token, reading_tokens
+from funnel.store.db import make_engine
 
 HEADER = "Email,First Name,Last Name,Webinar Start,Time Zone,Discreet\n"
 REGISTRATIONS = "signups/webinar-registrations.csv"

@@ -7,7 +7,7 @@ import secrets
 
 from itsdangerous import URLSafeSerializer
 
-from funnel.unsubscribe import _SALT, TokenRef, Tokens, legacy_token
+from funnel.mail.unsubscribe import _SALT, TokenRef, Tokens, legacy_token
 
 KEY = secrets.token_hex(16)
 SEND = secrets.token_hex(16)

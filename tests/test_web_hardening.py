@@ -41,7 +41,7 @@ from test_web import confirmation_link
 from webhook_signing import Signer, post_events, sent_ids, sg_event
 
 from funnel.config import load_config
-from funnel.db import make_engine
+from funnel.store.db import make_engine
 from funnel.web.forms import RateLimiter
 
 NOW = "2026-12-08T16:00:00Z"

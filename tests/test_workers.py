@@ -1,4 +1,4 @@
-"""Several `funnel run` workers sharing one PostgreSQL database (`funnel.workers`).
+"""Several `funnel run` workers sharing one PostgreSQL database (`funnel.store.workers`).
 
 Real `funnel run` processes, the real PostgreSQL server and the fake SendGrid
 on 127.0.0.1 with a latency, so that the workers' sends overlap in time.
@@ -20,8 +20,8 @@ from conftest import Project
 from fake_sendgrid import FakeSendGrid
 from test_delivery import NOW, registrations, sendgrid_env, set_delivery, step_statuses, wait_until
 
-from funnel.db import make_engine
-from funnel.workers import INGEST_KEY, RUN_KEY_SPACE
+from funnel.store.db import make_engine
+from funnel.store.workers import INGEST_KEY, RUN_KEY_SPACE
 
 LATER = "2027-01-10T16:01:00Z"
 

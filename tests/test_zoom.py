@@ -2,7 +2,7 @@
 
 Zoom is tests/fake_zoom.py, a real HTTP server on 127.0.0.1; `funnel run` is
 the real command in-process; `POST /webhooks/zoom` goes to a real `funnel
-serve`. Rate-limit waits go through `funnel.zoom.SLEEP`, replaced here by a
+serve`. Rate-limit waits go through `funnel.signups.zoom_api.SLEEP`, replaced here by a
 list that records them, so no test waits for real.
 """
 
@@ -19,8 +19,8 @@ import pytest
 from conftest import Project, project_db, without_shipped_sessions
 from fake_zoom import WEBHOOK_SECRET, FakeZoom, sign
 
-import funnel.zoom
-from funnel.zoom import ZoomClient, ZoomError, ZoomSettings, check_post, url_validation
+import funnel.signups.zoom_api
+from funnel.signups.zoom_api import ZoomClient, ZoomError, ZoomSettings, check_post, url_validation
 
 WEBINAR = "81234567890"
 #: Thursday 2027-01-14 19:00 and 2027-02-11 19:00 in Denver
@@ -51,7 +51,7 @@ def zoom(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeZoom]:
 @pytest.fixture
 def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     found: list[float] = []
-    monkeypatch.setattr(funnel.zoom, "SLEEP", found.append)
+    monkeypatch.setattr(funnel.signups.zoom_api, "SLEEP", found.append)
     return found
 
 
@@ -151,9 +151,9 @@ def test_webhook_checks_are_exact() -> None:
         sign(body, epoch(NOW) + 301),
         {"x-zm-signature": headers["x-zm-signature"]},
     ):
-        with pytest.raises(funnel.zoom.WebhookRefused):
+        with pytest.raises(funnel.signups.zoom_api.WebhookRefused):
             check_post(bad, body, WEBHOOK_SECRET, now)
-    with pytest.raises(funnel.zoom.WebhookRefused):
+    with pytest.raises(funnel.signups.zoom_api.WebhookRefused):
         check_post(headers, body + b" ", WEBHOOK_SECRET, now)  # the raw bytes, never re-serialised
     answer = url_validation("abc", "qgg8vlvZRS6UYooatFL8Aw")
     expected = hmac.new(b"abc", b"qgg8vlvZRS6UYooatFL8Aw", hashlib.sha256).hexdigest()

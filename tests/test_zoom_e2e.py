@@ -22,7 +22,7 @@ from conftest import Project
 from fake_zoom import FakeZoom, sign
 from test_zoom import FEB, JAN, NOW, SEQUENCE, WEBINAR, add_source, epoch, event, registration
 
-from funnel import zoom as zoom_api
+from funnel.signups import zoom_api
 
 
 @pytest.fixture

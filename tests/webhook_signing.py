@@ -11,7 +11,7 @@ from conftest import Project
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from funnel.tracking import SIGNATURE_HEADER, TIMESTAMP_HEADER
+from funnel.sendgrid.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER
 
 NOW_AT = datetime(2026, 12, 8, 16, 0, tzinfo=UTC)
 

@@ -35,7 +35,7 @@ def make_transport(config: Config) -> Transport:
     """The configured transport, checked before anything is read or sent."""
     name = transport_name(config)
     if name == "sendgrid":
-        from funnel.transports.sendgrid import SendGridTransport
+        from funnel.sendgrid.send import SendGridTransport
 
         key, host = sendgrid_settings()
         return SendGridTransport(

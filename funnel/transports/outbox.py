@@ -3,7 +3,7 @@
 Files are written to a temporary name and renamed into place, so a killed
 run never leaves half an email; names carry the time, sequence, step and
 send id, never the address. Each file is mode 0600 and a new outbox folder
-0700 (`funnel.private`): only the practice's own user reads people's letters.
+0700 (`funnel.store.private`): only the practice's own user reads people's letters.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from email.utils import format_datetime, formataddr, make_msgid
 from pathlib import Path
 
 from funnel.errors import TransportError
-from funnel.private import make_private_dir, write_private
+from funnel.store.private import make_private_dir, write_private
 from funnel.transports.base import Address, Attachment, OutgoingEmail, SendResult, Transport
 
 #: RFC 5322 allows 998 characters a line; folding the long unsubscribe URL at 78

@@ -26,9 +26,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from funnel.config import Config
-from funnel.envfile import key_fingerprint
 from funnel.logsafe import safe_traceback
-from funnel.unsubscribe import signing_key
+from funnel.mail.unsubscribe import signing_key
+from funnel.ops.envfile import key_fingerprint
 from funnel.web import confirm_pages, forms, pages, webhooks, zoom_webhook
 from funnel.web.deps import get_engine
 

@@ -1,4 +1,4 @@
-"""`GET /c/{token}` asks, `POST /c/{token}` confirms a form post (double opt-in, `funnel.confirm`).
+"""`GET /c/{token}` asks, `POST /c/{token}` confirms a form post (double opt-in, `funnel.signups.consent`).
 
 `/c/{token}/stop` is the confirmation email's List-Unsubscribe: GET asks,
 POST (the button, or a mail client's one-click) declines for good.
@@ -6,7 +6,7 @@ POST (the button, or a mail client's one-click) declines for good.
 GET changes nothing (mail scanners and previews open links): it shows one
 button. A form post hands its confirmation email to the sender threads and
 answers at once, without waiting (`funnel.web.forms`). The POST here applies the post, then hands the sequence's due
-transactional step to the serve's sender threads (`funnel.instant`), and
+transactional step to the serve's sender threads (`funnel.run.instant`), and
 answers once it has gone or after `WAIT_FOR_SEND` seconds at most, whichever
 comes first (the send goes on meanwhile, recorded in the ledger either way).
 
@@ -38,7 +38,9 @@ from jinja2 import DictLoader, Environment, select_autoescape
 from sqlalchemy.engine import Engine
 
 from funnel.config import Config
-from funnel.confirm import (
+from funnel.errors import ConfigError
+from funnel.run.instant import ServeSender
+from funnel.signups.consent import (
     Evidence,
     ToSend,
     confirm,
@@ -48,8 +50,6 @@ from funnel.confirm import (
     send_confirmation,
     stale_confirmations,
 )
-from funnel.errors import ConfigError
-from funnel.instant import ServeSender
 from funnel.web import pages
 from funnel.web.client import client_ip
 from funnel.web.deps import get_config, get_engine, get_now, read_body

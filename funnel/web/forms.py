@@ -2,9 +2,9 @@
 
 The route only parses and answers. A `confirm: true` source (the default)
 stores the post as pending and sends one confirmation email at once
-(`funnel.confirm`, from the serve's sender threads; the answer never waits
+(`funnel.signups.consent`, from the serve's sender threads; the answer never waits
 for it, so its timing cannot tell whether the address is asked at all); a `confirm: false` source stores it at once
-(`funnel.intake.accept_form`) and the next `funnel run` sends. Either way the
+(`funnel.signups.live.accept_form`) and the next `funnel run` sends. Either way the
 answer is the same whatever the address, so it reveals nothing about who is
 listed. A source's `allowed_origins` refuses (403) a browser post whose
 Origin (or, without one, Referer) names another site; a post with neither
@@ -40,9 +40,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 
 from funnel.config import Config, Source
-from funnel.confirm import request_confirmation
-from funnel.intake import accept_form
-from funnel.sources import SignupRow, signup_from_values
+from funnel.signups.consent import request_confirmation
+from funnel.signups.live import accept_form
+from funnel.signups.sources import SignupRow, signup_from_values
 from funnel.text import normalize_email, title_key
 from funnel.timeutil import zone
 from funnel.web.client import client_ip, rate_key

@@ -1,5 +1,5 @@
 """The few HTML pages: unsubscribe (confirm, done, undone), the form's thank-you, errors;
-and `GET /j/{token}`, a discreet reader's neutral link (a 303 to its target, `funnel.jump`).
+and `GET /j/{token}`, a discreet reader's neutral link (a 303 to its target, `funnel.mail.jump`).
 
 `GET /u/{token}` only asks (mail scanners follow links) and never writes;
 `POST /u/{token}` unsubscribes from everything at once, from the page's
@@ -48,8 +48,8 @@ from sqlmodel import Session, col
 
 from funnel.config import Config
 from funnel.contacts import undo_from_link, unsubscribe
-from funnel.jump import TOKEN_LENGTH, jump_links
-from funnel.models import Contact, Enrollment
+from funnel.mail.jump import TOKEN_LENGTH, jump_links
+from funnel.mail.unsubscribe import Named, find, previous_keys, reading_tokens, stored_key
 from funnel.preferences import (
     end_pause,
     is_paused_for_a_month,
@@ -58,7 +58,7 @@ from funnel.preferences import (
     restart_letters,
     stop_letters,
 )
-from funnel.unsubscribe import Named, find, previous_keys, reading_tokens, stored_key
+from funnel.store.models import Contact, Enrollment
 from funnel.web.deps import get_config, get_engine, get_now, read_body
 
 router = APIRouter()
@@ -259,7 +259,7 @@ _BAD_LINK = _Outcome("invalid.html", discreet=True, status_code=400)
 
 @router.get("/j/{token}")
 async def jump(token: str, request: Request) -> Response:
-    """A discreet reader's neutral link: 303 to the target it was made for (`funnel.jump`).
+    """A discreet reader's neutral link: 303 to the target it was made for (`funnel.mail.jump`).
 
     Reads only (no key yet: no token can be good); a forged, damaged or
     unknown token gets the bad-link page with 400, naming nobody.

@@ -18,7 +18,7 @@ from sqlmodel import Session
 
 from funnel.config import Config
 from funnel.errors import UsageError
-from funnel.unsubscribe import key_notice
+from funnel.mail.unsubscribe import key_notice
 
 
 def bind(host: str, port: int) -> socket.socket:

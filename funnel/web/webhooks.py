@@ -1,7 +1,7 @@
 """SendGrid's two posts: the event webhook and Inbound Parse (replies).
 
 Thin: each route reads the raw body, calls the pure checks in
-`funnel.tracking` / `funnel.inbound`, and the storing services, then
+`funnel.sendgrid.webhook` / `funnel.sendgrid.inbound`, and the storing services, then
 answers. Database work runs in the thread pool so a slow write never holds
 the event loop. Logs say what happened in counts and ids, never an address
 or a word of a reply.
@@ -21,11 +21,11 @@ from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
-from funnel import inbound
-from funnel.events import store_each, store_events
 from funnel.logsafe import safe_message
-from funnel.tracking import WebhookRefused, load_public_key, parse_events
-from funnel.tracking import check_post as check_event_post
+from funnel.sendgrid import inbound
+from funnel.sendgrid.events import store_each, store_events
+from funnel.sendgrid.webhook import WebhookRefused, load_public_key, parse_events
+from funnel.sendgrid.webhook import check_post as check_event_post
 from funnel.transports import make_transport
 from funnel.web.deps import get_config, get_engine, get_now, read_body, spool_body
 

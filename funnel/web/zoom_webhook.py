@@ -1,10 +1,10 @@
 """`POST /webhooks/zoom`: Zoom's webhook (spec section 11), on when ZOOM_WEBHOOK_SECRET is set.
 
 Thin: the signature and timestamp are checked on the raw bytes
-(`funnel.zoom.check_post`, constant time), Zoom's URL validation is
-answered, and an event is applied by `funnel.zoom_source.receive_event` in
+(`funnel.signups.zoom_api.check_post`, constant time), Zoom's URL validation is
+answered, and an event is applied by `funnel.signups.zoom.receive_event` in
 the thread pool. A registration's confirmation then goes out at once through
-the serve's sender (`funnel.instant`, the same ledger as `funnel run`, so
+the serve's sender (`funnel.run.instant`, the same ledger as `funnel run`, so
 the next run never sends it again). A forged, stale or replayed post gets
 401 and changes nothing. Logs name the event kind and outcome, never a
 person or the secret.
@@ -23,10 +23,10 @@ from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
 from funnel.logsafe import safe_message
+from funnel.signups.zoom import EventOutcome, receive_event, seen_signature
+from funnel.signups.zoom_api import WebhookRefused, check_post, url_validation
 from funnel.web.confirm_pages import send_queue, wait_briefly
 from funnel.web.deps import get_config, get_engine, get_now, read_body
-from funnel.zoom import WebhookRefused, check_post, url_validation
-from funnel.zoom_source import EventOutcome, receive_event, seen_signature
 
 router = APIRouter()
 log = logging.getLogger("funnel.web.zoom")
