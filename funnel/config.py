@@ -26,7 +26,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
 from funnel.errors import ConfigError
-from funnel.timeutil import Duration, parse_clock, parse_duration, zone
+from funnel.timeutil import Duration, parse_clock, parse_duration, read_rule, zone
 
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 #: step and sequence ids name files (`preview`), links and report rows: letters, digits, - and _
@@ -331,8 +331,6 @@ class Webinar(_Model):
     def _readable_rule(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        from funnel.webinar.sessions import read_rule
-
         read_rule(value, datetime(2000, 1, 1))  # raises ValueError saying what is wrong
         return value.strip()
 
@@ -1005,8 +1003,6 @@ def _cross_check(config: Config, lines: _LineMap, check_files: bool) -> Iterator
                 ),
             )
     for wid, webinar in config.webinars.items():
-        from funnel.webinar.sessions import listing_problems
-
         if webinar.repeat and webinar.repeat_at is None:
             yield (
                 lines.line_for(("webinars", wid, "repeat")),
@@ -1090,3 +1086,47 @@ def _close_match(word: str, known: Any) -> list[str]:
     import difflib
 
     return difflib.get_close_matches(word, known, n=1)
+
+
+def session_id(local: datetime) -> str:
+    """The id of a session whose local start (naive, in the webinar's zone) is `local`."""
+    return local.strftime("%Y-%m-%d %H:%M")
+
+
+def listing_problems(webinar: Webinar) -> list[tuple[int, str]]:
+    """Mistakes in `sessions:`, each with the index of the item: two at one time, a `was` that is listed."""
+    problems: list[tuple[int, str]] = []
+    starts: dict[datetime, int] = {}
+    for index, item in enumerate(webinar.sessions):
+        if item.start in starts:
+            problems.append(
+                (
+                    index,
+                    f"two sessions start at {session_id(item.start)} (items {starts[item.start] + 1} and "
+                    f"{index + 1}): remove one, or move one with start: and was:",
+                )
+            )
+        starts.setdefault(item.start, index)
+    for index, item in enumerate(webinar.sessions):
+        if item.was is None:
+            continue
+        if item.was == item.start:
+            problems.append((index, f"session {session_id(item.start)} was moved to its own time: remove `was:`"))
+        elif item.was in starts:
+            problems.append(
+                (
+                    index,
+                    f"`was: {session_id(item.was)}` is also listed as a session of its own (item "
+                    f"{starts[item.was] + 1}): a moved session is listed once, at its new time, with was: "
+                    "its old time; remove the old line",
+                )
+            )
+    seen_was: dict[datetime, int] = {}
+    for index, item in enumerate(webinar.sessions):
+        if item.was is not None:
+            if item.was in seen_was:
+                problems.append(
+                    (index, f"two sessions say `was: {session_id(item.was)}`: a session can only move to one time")
+                )
+            seen_was.setdefault(item.was, index)
+    return problems

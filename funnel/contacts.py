@@ -453,8 +453,6 @@ def export(session: Session, config: Config, contact: Contact) -> dict[str, Any]
         }
         for c in session.scalars(select(Consent).where(col(Consent.contact_id) == contact.id).order_by(col(Consent.id)))
     ]
-    from funnel.signups.consent import pending_of
-
     data["pending_signups"] = pending_of(session, contact.email_hash)
     data["event_details"] = [
         {"kind": e.kind, "at": _iso(e.occurred_at), "received_at": _iso(e.received_at), "raw": e.raw}
@@ -534,3 +532,22 @@ def apply_suppressions(session: Session, entries: Iterable[tuple[str, str, Any]]
         if changed:
             counts[kind] = counts.get(kind, 0) + 1
     return counts
+
+
+def pending_of(session: Session, digest: str) -> list[dict[str, Any]]:
+    """A person's pending posts, for `contacts export` (what is held about her, also unconfirmed)."""
+    return [
+        {
+            "source": p.source,
+            "posted_at": isoformat_z(p.posted_at),
+            "ip": p.ip,
+            "user_agent": p.user_agent,
+            "values": p.values,
+            "confirmation": p.mail_status,
+            "confirmed_at": isoformat_z(p.confirmed_at) if p.confirmed_at else None,
+            "expires_at": isoformat_z(p.expires_at),
+        }
+        for p in session.scalars(
+            select(PendingSignup).where(col(PendingSignup.email_hash) == digest).order_by(col(PendingSignup.id))
+        )
+    ]

@@ -9,6 +9,7 @@ are exact elapsed time. So `Duration` keeps days and minutes apart and
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -232,3 +233,39 @@ def readable(value: datetime, tz: ZoneInfo) -> str:
     """
     local = utc(value).astimezone(tz)
     return f"{local:%a} {local.day} {local:%b %Y %H:%M} {local.tzname()}"
+
+
+def read_rule(text: str, anchor: datetime) -> Iterator[datetime]:
+    """The rule's dates (naive) from `anchor`, or ValueError saying what to write.
+
+    `rrulestr` reads the rule; a frequency finer than daily is refused (a
+    webinar happens at most once a day, at `repeat_at`).
+    """
+    from dateutil.rrule import rrule, rrulestr
+
+    body = text.strip()
+    if not body:
+        raise ValueError("`repeat` is empty: write an RFC 5545 rule such as FREQ=MONTHLY;BYDAY=3TH")
+    freq = _freq(body)
+    if freq not in ("DAILY", "WEEKLY", "MONTHLY", "YEARLY"):
+        raise ValueError(
+            f"repeat: {body!r} must say FREQ=DAILY, WEEKLY, MONTHLY or YEARLY "
+            "(a webinar repeats at most daily): e.g. FREQ=MONTHLY;BYDAY=3TH"
+        )
+    try:
+        rule = rrulestr(body, dtstart=anchor, ignoretz=True)
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise ValueError(
+            f"repeat: {body!r} is not an RFC 5545 rule ({exc}): write e.g. FREQ=MONTHLY;BYDAY=3TH"
+        ) from None
+    if not isinstance(rule, rrule):
+        raise ValueError(f"repeat: {body!r} must be one rule (a single RRULE), e.g. FREQ=MONTHLY;BYDAY=3TH")
+    return iter(rule)
+
+
+def _freq(body: str) -> str:
+    for line in body.replace("\n", ";").split(";"):
+        key, _, value = line.partition("=")
+        if key.strip().upper().removeprefix("RRULE:") == "FREQ":
+            return value.strip().upper()
+    return ""

@@ -1,6 +1,6 @@
 """Template errors in the words of the person who wrote the letter, with "did you mean".
 
-Jinja says `'funnel.mail.render.TemplateContact object' has no attribute
+Jinja says `'funnel.mail.fields.TemplateContact object' has no attribute
 'frist_name'` or `unexpected char '‘' at 1499`: true, and no help to a
 therapist editing a letter. `explain` turns such a message into what she
 wrote (`contact.frist_name`), what exists instead (`contact.first_name`,
@@ -33,8 +33,8 @@ _NO_FILTER = re.compile(r"^[Nn]o filter named '(?P<name>[^']+)'")
 _UNEXPECTED_CHAR = re.compile(r"^unexpected char '(?P<char>.)' at \d+$")
 #: Jinja's names for our objects, and for Python's own
 _TYPES = {
-    "funnel.mail.render.TemplateContact object": "contact",
-    "funnel.mail.render.TemplateWebinar object": "webinar",
+    "funnel.mail.fields.TemplateContact object": "contact",
+    "funnel.mail.fields.TemplateWebinar object": "webinar",
     "funnel.config.Practice object": "practice",
 }
 _ANY_TYPE = re.compile(r"'(?:[\w]+\.)+\w+ object'|'\w+ object'|<[\w.]+ object at 0x[0-9a-f]+>")
@@ -43,7 +43,7 @@ _ANY_TYPE = re.compile(r"'(?:[\w]+\.)+\w+ object'|'\w+ object'|<[\w.]+ object at
 def known_names(config: Config, owner: str) -> list[str]:
     """What `owner` (`contact`, `practice.links`, ...) holds, for "did you mean" and lists."""
     from funnel.config import KNOWN_FIELDS, Practice
-    from funnel.mail.render import TemplateContact, TemplateWebinar
+    from funnel.mail.fields import TemplateContact, TemplateWebinar
 
     if owner == "contact":
         return [f.name for f in dataclass_fields(TemplateContact)]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import lru_cache, partial
 from typing import Any
@@ -39,6 +39,7 @@ from markupsafe import Markup
 
 from funnel.config import KNOWN_FIELDS, Config, Sequence, Step
 from funnel.errors import TemplateError
+from funnel.mail.fields import TemplateContact, TemplateWebinar
 from funnel.mail.hints import explain, explain_syntax, plain
 from funnel.mail.jump import jump_links
 
@@ -104,39 +105,6 @@ def format_time(value: datetime | None) -> str:
         raise EmptyValueError("format_time got no time: guard it with {% if ... %}")
     hour = value.hour % 12 or 12
     return f"{hour}:{value:%M %p} {value.tzname() or ''}".strip()
-
-
-@dataclass(frozen=True)
-class TemplateContact:
-    email: str
-    first_name: str | None = None
-    last_name: str | None = None
-    fields: dict[str, Any] = field(default_factory=dict)
-    #: she asked for discretion: templates can leave out what would reveal the subject
-    discreet: bool = False
-
-
-@dataclass(frozen=True)
-class TemplateWebinar:
-    """`webinar` in templates: the reader's own session of it."""
-
-    id: str
-    title: str
-    #: the registrant's own link when her export row had one, else the webinar's
-    join_url: str | None
-    replay_url: str | None
-    #: this session's start, in the reader's zone
-    start: datetime | None
-    #: the session's id: its local start as first written (`funnel.webinar.sessions`); None without one
-    session: str | None = None
-    #: in a `rescheduled` step: where the session was before the move, in the reader's zone
-    previous_start: datetime | None = None
-    #: whether the webinar is recorded (`webinars.<id>.recorded`): false, no replay is promised
-    recorded: bool = True
-    #: hours from the moment the email is written to the start; None when either is unknown
-    hours_until: float | None = None
-    #: the next date of the webinar, for "sorry we missed you" letters
-    next_start: datetime | None = None
 
 
 def hours_between(now: datetime | None, start: datetime | None) -> float | None:

@@ -581,22 +581,3 @@ def drop_expired(engine: Engine, now: datetime) -> None:
     with Session(engine) as session:
         expire(session, now)
         session.commit()
-
-
-def pending_of(session: Session, digest: str) -> list[dict[str, Any]]:
-    """A person's pending posts, for `contacts export` (what is held about her, also unconfirmed)."""
-    return [
-        {
-            "source": p.source,
-            "posted_at": isoformat_z(p.posted_at),
-            "ip": p.ip,
-            "user_agent": p.user_agent,
-            "values": p.values,
-            "confirmation": p.mail_status,
-            "confirmed_at": isoformat_z(p.confirmed_at) if p.confirmed_at else None,
-            "expires_at": isoformat_z(p.expires_at),
-        }
-        for p in session.scalars(
-            select(PendingSignup).where(col(PendingSignup.email_hash) == digest).order_by(col(PendingSignup.id))
-        )
-    ]

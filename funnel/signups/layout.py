@@ -158,11 +158,10 @@ class _Cells:
 
 def _raw(line: str) -> list[str]:
     """A line's values, cleaned, without the blanks at its end."""
-    from funnel.signups.sources import _sniff_delimiter
     from funnel.text import clean_line
 
     try:
-        row = [clean_line(v) for v in next(csv.reader([line.rstrip("\r\n")], delimiter=_sniff_delimiter(line)), [])]
+        row = [clean_line(v) for v in next(csv.reader([line.rstrip("\r\n")], delimiter=sniff_delimiter(line)), [])]
     except csv.Error:
         return []
     while row and not row[-1]:
@@ -220,3 +219,11 @@ def _summary_start(cells: _Cells, end: int) -> tuple[int, str] | None:
             for key, value in zip(row, below, strict=False):
                 found.setdefault(title_key(key.rstrip(":")), (index + 2, value))
     return next((found[title] for title in START_TITLES if title in found), None)
+
+
+def sniff_delimiter(header_line: str) -> str:
+    """`,`, `;` or tab: whichever the header line uses most outside quotes (`,` when none)."""
+    bare = re.sub(r'"[^"]*"', "", header_line)
+    counts = {d: bare.count(d) for d in (",", ";", "\t")}
+    best = max(counts, key=lambda d: counts[d])
+    return best if counts[best] > counts[","] else ","

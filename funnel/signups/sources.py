@@ -46,7 +46,7 @@ from zoneinfo import ZoneInfo
 from funnel.config import KNOWN_FIELDS, Source
 from funnel.errors import SourceError
 from funnel.signups.dates import read_instant, read_written
-from funnel.signups.layout import Layout, locate
+from funnel.signups.layout import Layout, locate, sniff_delimiter
 from funnel.text import clean_line, clean_text, normalize_email, title_key
 from funnel.timeutil import wall_doubt, zone
 
@@ -395,14 +395,6 @@ def _first_line(text: str) -> str:
     return match.group(0) if match else ""
 
 
-def _sniff_delimiter(header_line: str) -> str:
-    """`,`, `;` or tab: whichever the header line uses most outside quotes (`,` when none)."""
-    bare = re.sub(r'"[^"]*"', "", header_line)
-    counts = {d: bare.count(d) for d in (",", ";", "\t")}
-    best = max(counts, key=lambda d: counts[d])
-    return best if counts[best] > counts[","] else ","
-
-
 def _used_columns(source: Source) -> set[str]:
     return {title_key(h) for h in source.columns.values()} | {title_key(k) for k in source.where}
 
@@ -456,7 +448,7 @@ def _csv_header(
         return None
     if not header_line.endswith(_ENDINGS) and not settled:
         return None  # even the header is still being written
-    delimiter = _sniff_delimiter(header_line)
+    delimiter = sniff_delimiter(header_line)
     try:
         # invisible characters (a doubled BOM, a NUL) must not hide a column that looks right
         header = [clean_line(h) for h in next(csv.reader([header_line], delimiter=delimiter), [])]

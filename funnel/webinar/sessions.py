@@ -26,6 +26,9 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
+from funnel.config import session_id
+from funnel.timeutil import read_rule
+
 if TYPE_CHECKING:
     from funnel.config import Config, Webinar
 
@@ -58,11 +61,6 @@ class Session:
         return (1 if self.previous_start is not None else 0) + (1 if self.cancelled else 0)
 
 
-def session_id(local: datetime) -> str:
-    """The id of a session whose local start (naive, in the webinar's zone) is `local`."""
-    return local.strftime("%Y-%m-%d %H:%M")
-
-
 def local_id(start: datetime, tz: ZoneInfo) -> str:
     """The id of a start that is an aware instant (a row's start, a stored one)."""
     return session_id(start.astimezone(tz).replace(tzinfo=None))
@@ -71,42 +69,6 @@ def local_id(start: datetime, tz: ZoneInfo) -> str:
 def to_utc(local: datetime, tz: ZoneInfo) -> datetime:
     """A naive local wall time in `tz` as aware UTC (gap: forward by the jump; overlap: the first)."""
     return local.replace(tzinfo=tz).astimezone(UTC)
-
-
-def read_rule(text: str, anchor: datetime) -> Iterator[datetime]:
-    """The rule's dates (naive) from `anchor`, or ValueError saying what to write.
-
-    `rrulestr` reads the rule; a frequency finer than daily is refused (a
-    webinar happens at most once a day, at `repeat_at`).
-    """
-    from dateutil.rrule import rrule, rrulestr
-
-    body = text.strip()
-    if not body:
-        raise ValueError("`repeat` is empty: write an RFC 5545 rule such as FREQ=MONTHLY;BYDAY=3TH")
-    freq = _freq(body)
-    if freq not in ("DAILY", "WEEKLY", "MONTHLY", "YEARLY"):
-        raise ValueError(
-            f"repeat: {body!r} must say FREQ=DAILY, WEEKLY, MONTHLY or YEARLY "
-            "(a webinar repeats at most daily): e.g. FREQ=MONTHLY;BYDAY=3TH"
-        )
-    try:
-        rule = rrulestr(body, dtstart=anchor, ignoretz=True)
-    except (ValueError, TypeError, KeyError, IndexError) as exc:
-        raise ValueError(
-            f"repeat: {body!r} is not an RFC 5545 rule ({exc}): write e.g. FREQ=MONTHLY;BYDAY=3TH"
-        ) from None
-    if not isinstance(rule, rrule):
-        raise ValueError(f"repeat: {body!r} must be one rule (a single RRULE), e.g. FREQ=MONTHLY;BYDAY=3TH")
-    return iter(rule)
-
-
-def _freq(body: str) -> str:
-    for line in body.replace("\n", ";").split(";"):
-        key, _, value = line.partition("=")
-        if key.strip().upper().removeprefix("RRULE:") == "FREQ":
-            return value.strip().upper()
-    return ""
 
 
 def sessions_between(webinar: Webinar, tz: ZoneInfo, lo: datetime, hi: datetime) -> list[Session]:
@@ -203,45 +165,6 @@ def find_session(webinar: Webinar, tz: ZoneInfo, sid: str, near: datetime | None
             if found.id == sid:
                 return found
     return None
-
-
-def listing_problems(webinar: Webinar) -> list[tuple[int, str]]:
-    """Mistakes in `sessions:`, each with the index of the item: two at one time, a `was` that is listed."""
-    problems: list[tuple[int, str]] = []
-    starts: dict[datetime, int] = {}
-    for index, item in enumerate(webinar.sessions):
-        if item.start in starts:
-            problems.append(
-                (
-                    index,
-                    f"two sessions start at {session_id(item.start)} (items {starts[item.start] + 1} and "
-                    f"{index + 1}): remove one, or move one with start: and was:",
-                )
-            )
-        starts.setdefault(item.start, index)
-    for index, item in enumerate(webinar.sessions):
-        if item.was is None:
-            continue
-        if item.was == item.start:
-            problems.append((index, f"session {session_id(item.start)} was moved to its own time: remove `was:`"))
-        elif item.was in starts:
-            problems.append(
-                (
-                    index,
-                    f"`was: {session_id(item.was)}` is also listed as a session of its own (item "
-                    f"{starts[item.was] + 1}): a moved session is listed once, at its new time, with was: "
-                    "its old time; remove the old line",
-                )
-            )
-    seen_was: dict[datetime, int] = {}
-    for index, item in enumerate(webinar.sessions):
-        if item.was is not None:
-            if item.was in seen_was:
-                problems.append(
-                    (index, f"two sessions say `was: {session_id(item.was)}`: a session can only move to one time")
-                )
-            seen_was.setdefault(item.was, index)
-    return problems
 
 
 def past_sessions(webinar: Webinar, tz: ZoneInfo, now: datetime) -> list[tuple[int, str]]:
