@@ -6,18 +6,22 @@ therapist editing a letter. `explain` turns such a message into what she
 wrote (`contact.frist_name`), what exists instead (`contact.first_name`,
 the links under `practice.links`, the fields the sources map) and what to
 do. It works at the error-reporting boundary only (`Renderer._run`, the
-syntax messages): rendering itself is untouched. No message it returns
-names an internal class: what it cannot place is called "this value".
+syntax messages, the line an error is on): rendering itself is untouched.
+No message it returns names an internal class: what it cannot place is
+called "this value".
 """
 
 from __future__ import annotations
 
 import difflib
 import re
+import traceback
 from dataclasses import fields as dataclass_fields
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from jinja2 import Template
+
     from funnel.config import Config
 
 #: what a template can use at the top level (funnel.mail.render.Renderer._context)
@@ -164,3 +168,28 @@ def _no_filter(name: str) -> str:
     guess = _suggest(name, [*OWN_FILTERS, *FILTERS])
     fix = f"did you mean {guess}?" if guess else f"funnel's own are {', '.join(OWN_FILTERS)}"
     return f"there is no filter {name!r}: {fix}"
+
+
+def line_text(template: Template, line: int) -> str:
+    """Line `line` of a template file, for naming what an error is about ("" when unreadable)."""
+    if not template.filename:
+        return ""
+    try:
+        with open(template.filename, encoding="utf-8") as handle:
+            for number, text in enumerate(handle, 1):
+                if number == line:
+                    return text
+    except OSError:
+        pass
+    return ""
+
+
+def template_line(exc: BaseException, template: Template) -> int:
+    """The template line of a render error, from Jinja's rewritten traceback."""
+    line = 1
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if template.filename and frame.filename == template.filename and frame.lineno:
+            line = frame.lineno
+        elif frame.filename == "<template>" and frame.lineno:
+            line = frame.lineno
+    return line
