@@ -1,13 +1,11 @@
 """Template errors in the words of the person who wrote the letter, with "did you mean".
 
 Jinja says `'funnel.mail.fields.TemplateContact object' has no attribute
-'frist_name'` or `unexpected char '‘' at 1499`: true, and no help to a
-therapist editing a letter. `explain` turns such a message into what she
-wrote (`contact.frist_name`), what exists instead (`contact.first_name`,
-the links under `practice.links`, the fields the sources map) and what to
-do. It works at the error-reporting boundary only (`Renderer._run`, the
-syntax messages): rendering itself is untouched. No message it returns
-names an internal class: what it cannot place is called "this value".
+'frist_name'`: true, and no help to a therapist editing a letter. `explain` turns
+such a message into what she wrote (`contact.frist_name`), what exists instead
+(`contact.first_name`, `practice.links`, the mapped fields) and what to do. It works
+at the error-reporting boundary only (`Renderer._run`, the syntax messages):
+rendering itself is untouched. No message names an internal class.
 """
 
 from __future__ import annotations

@@ -1,14 +1,11 @@
 """Templates: Markdown + Jinja2 (or .html) in the layout, CSS inlined, plus a text part.
 
-Compiled once, as listmonk does: at load each `{{ }}` / `{% %}` of a body is
-swapped for an inert token, markdown-it runs once, the body goes into
-`layout.html`, the CSS is inlined once and the tags go back. Per email there
-is one sandboxed, autoescaping render of the page, one of the text and one of
-the subject: a reader's value never meets Markdown or the inliner, so it can
-never become markup. What a template may not do (a value choosing a link's
-scheme, Jinja making Markdown structure, values in `style`) is refused at load
-with its file and line. `{% button URL, "Words" %}` alone on its line in a
-Markdown letter is a table-based button Outlook draws too ("Words: URL" in text).
+Compiled once, as listmonk does (docs/architecture.md, "Rendering, the listmonk way"):
+Markdown, the layout and the CSS inliner run at load; per email there is one
+sandboxed, autoescaping render of the page, one of the text and one of the subject,
+so a reader's value never becomes markup. What a template may not do is refused at
+load with its file and line. `{% button URL, "Words" %}` alone on its line is a
+table-based button Outlook draws too ("Words: URL" in text).
 """
 
 from __future__ import annotations
