@@ -1,21 +1,12 @@
 """How funnel sets Python's cyclic garbage collector: less often than Python's defaults.
 
-A run makes many short-lived containers (rows, dicts, tuples: an import of
-100,000 rows makes millions), and with Python's default thresholds (700, 10,
-10) the collector ran every 700 new ones, walking an ever larger heap again
-and again: measured, about a fifth of an import's CPU
-(`benchmarks/big_list.py`), and a share of every email's. Most of what a run
-makes is freed by reference counting the moment it is no longer used; the
-collector is only for reference cycles, and running it after 50,000 new
-containers instead of 700 leaves memory as it was (the import's peak stayed at
-148 MB).
-
-- The `funnel` program sets these thresholds for its whole process at start
-  (`use_fewer_collections`), so loading its libraries benefits too.
-- Every run is inside `fewer_collections`, which also freezes what was loaded
-  before it (modules, the configuration, the compiled templates: they live as
-  long as the process) out of the collector's view, and gives a caller that
-  runs it in its own process (`funnel serve`, the tests) its settings back.
+A run makes many short-lived containers (an import makes millions of rows, dicts and
+tuples), and at Python's default thresholds (700, 10, 10) the collector walks an ever
+larger heap again and again. Reference counting frees nearly all of them anyway; the
+collector is only for cycles, so running it after 50,000 new containers instead of 700
+leaves memory as it was. The `funnel` program sets this for its whole process at start
+(`use_fewer_collections`); every run is inside `fewer_collections`, which also freezes
+what was loaded before it. Figures: docs/performance.md.
 """
 
 from __future__ import annotations

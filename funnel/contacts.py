@@ -4,13 +4,8 @@ pause, resume, tags, export, forget.
 The CLI, the web pages, SendGrid's events and suppression lists and the
 Inbound Parse replies all change a person through these functions, so a
 rule about her (the first suppression reason stays; an unsubscribe is kept
-in her history) holds whichever way the change came.
-
-`forget` erases every personal field (address, names, extra fields, tags)
-but keeps the row keyed by the address hash, marked erased: it stops all
-mail to that address for good, and an old CSV row hashes to the same key,
-so nobody comes back by re-import. Step rows stay (they hold no personal
-data) so the practice's figures do not change.
+in her history) holds whichever way the change came. What `forget` keeps,
+and why, is in its own docstring.
 """
 
 from __future__ import annotations
@@ -234,7 +229,14 @@ def remove_tags(session: Session, contact: Contact, tags: Iterable[str]) -> list
 
 
 def forget(session: Session, contact: Contact, now: datetime) -> None:
-    """Erase personal data; keep only the hash that stops mail to the address."""
+    """Erase personal data; keep only the hash that stops mail to the address.
+
+    Every personal field goes (address, names, extra fields, tags), but the row
+    stays, keyed by the address hash and marked erased: it stops all mail to that
+    address for good, and an old CSV row hashes to the same key, so nobody comes
+    back by re-import. Step rows stay (they hold no personal data) so the
+    practice's figures do not change.
+    """
     contact_id = contact.id
     session.execute(delete(Tag).where(col(Tag.contact_id) == contact_id))
     session.execute(delete(Consent).where(col(Consent.contact_id) == contact_id))  # IP and browser are personal

@@ -1,14 +1,11 @@
 """Tracebacks fit for a log: where it failed and what kind of failure, never the data it failed on.
 
-A database error's text carries the values of the statement: SQLAlchemy
-appends the parameters (unless the engine hides them, which `db.make_engine`
-does), and PostgreSQL's own DETAIL quotes them ("Key (email)=(ana@...)
-already exists", "Failing row contains (...)"). Other exceptions may carry
-anything in their message. So a logged failure keeps every frame (file,
-line, code) and the exception's type, and of its message only what cannot
-hold a person's data: a database's primary message (a constraint or table
-name, "database is locked", a trigger's own words) and the SQL without its
-values. `funnel serve --debug` logs the whole traceback instead.
+A database error's text carries the statement's values (SQLAlchemy's parameters,
+PostgreSQL's DETAIL: "Key (email)=(ana@...) already exists"), and other exceptions may
+carry anything in their message. So a logged failure keeps every frame (file, line,
+code) and the exception's type, and of its message only what cannot hold a person's
+data: a database's primary message and the SQL without its values. `funnel serve
+--debug` logs the whole traceback instead.
 """
 
 from __future__ import annotations

@@ -1,21 +1,10 @@
 """The choices on the unsubscribe page besides "stop everything" (spec section 12).
 
-- **Just the webinar emails** tags her `letters-stopped` (`LETTERS_STOPPED`).
-  The schedule reads that tag as a goal of every sequence
-  (`schedule.goal_reached`): the letters and offers end, and so does `next:`,
-  while the confirmation, the reminders and the recording of what she signed
-  up for still go. Undone by taking the tag off: nothing skipped meanwhile is
-  sent late.
-- **Pause for a month** pauses her active enrollments the way a reply does
-  (status `paused`), with the reason `MONTH_PAUSE` and `paused_at` now;
-  every `funnel run` first resumes such pauses once `PAUSE_LENGTH` has
-  passed (`resume_finished_pauses`), and what fell due meanwhile follows the
-  usual rules (a step more than `max_late` overdue is skipped, not sent).
-  Undone from the same page, at once. A pause made by a reply stays as it is:
-  only the therapist resumes that one.
-
-Both are kept on the contact's own rows (a tag, the enrollments): no new
-table, and `funnel contacts show` shows them as it shows any tag or pause.
+"Just the webinar emails" tags her `letters-stopped`, which the schedule reads as
+every sequence's goal; "pause for a month" pauses her enrollments the way a reply
+does, until a run resumes them. Both are kept on the contact's own rows (a tag, the
+enrollments): no new table, and `funnel contacts show` shows them as it shows any tag
+or pause. The rules: docs/decisions.md, "Choices on the unsubscribe page".
 """
 
 from __future__ import annotations

@@ -2,30 +2,8 @@
 
 `figures()` reads the database once and returns plain data; `--json` prints
 it as it is, the terminal and the HTML page only lay it out, so the three
-never disagree.
-
-What the numbers mean (also in the README):
-
-- per step, `sent`, `failed`, `skipped`, `unknown` come from our own records;
-  `delivered`, `opened`, `clicked`, `bounced` (bounce, block or drop) and
-  `unsubscribed` count the *emails* SendGrid reported each for (an email
-  opened five times counts once); `unsubscribed` also counts people who left
-  through the link of that email, even those who later took it back (it is
-  counted from her history, `subscription_changes`, not from her state now);
-- `tracking` says which of those can be known at all: nothing comes back
-  from the outbox transport (no email left), and opens or clicks are not
-  tracked while `tracking.opens` / `tracking.clicks` are off: the terminal and
-  the HTML page then say "not tracked" rather than a misleading 0 %;
-- opens are approximate: privacy proxies (Apple Mail, some company filters)
-  open every email by themselves, and plain-text emails cannot be tracked;
-- `converted` counts the people who reached the sequence's goal (a tag in its
-  `exit_on_tags`, or `client`) after that email went to them;
-- the webinar funnel follows the people tagged `webinar-registered`: how many
-  of them attended, asked for a consultation and became clients;
-- `--since DATE` keeps what happened from DATE on (sends by decision time,
-  events by their time, sign-ups by enrollment, tags by when they were added);
-  a DATE without a zone is the practice's day (UTC with `--utc`), as the
-  times the terminal and the HTML page show are the practice's, zone named.
+never disagree. What each number means is in `figures()`'s docstring and the
+README.
 """
 
 from __future__ import annotations
@@ -89,7 +67,31 @@ def goal_tags(config: Config, sequence_id: str) -> tuple[str, ...]:
 
 
 def figures(config: Config, engine: Engine, since: datetime | None) -> dict[str, Any]:
-    """Every figure of the report, as JSON-able data."""
+    """Every figure of the report, as JSON-able data.
+
+    What the numbers mean (also in the README):
+
+    - per step, `sent`, `failed`, `skipped`, `unknown` come from our own records;
+      `delivered`, `opened`, `clicked`, `bounced` (bounce, block or drop) and
+      `unsubscribed` count the *emails* SendGrid reported each for (an email
+      opened five times counts once); `unsubscribed` also counts people who left
+      through the link of that email, even those who later took it back (it is
+      counted from her history, `subscription_changes`, not from her state now);
+    - `tracking` says which of those can be known at all: nothing comes back
+      from the outbox transport (no email left), and opens or clicks are not
+      tracked while `tracking.opens` / `tracking.clicks` are off: the terminal and
+      the HTML page then say "not tracked" rather than a misleading 0 %;
+    - opens are approximate: privacy proxies (Apple Mail, some company filters)
+      open every email by themselves, and plain-text emails cannot be tracked;
+    - `converted` counts the people who reached the sequence's goal (a tag in its
+      `exit_on_tags`, or `client`) after that email went to them;
+    - the webinar funnel follows the people tagged `webinar-registered`: how many
+      of them attended, asked for a consultation and became clients;
+    - `since` (`--since DATE`) keeps what happened from DATE on (sends by decision
+      time, events by their time, sign-ups by enrollment, tags by when they were
+      added); a DATE without a zone is the practice's day (UTC with `--utc`), as
+      the times the terminal and the HTML page show are the practice's, zone named.
+    """
     with Session(engine) as session:
         enrollment_counts = _enrollment_counts(session, since)
         step_counts = _step_counts(session, since)

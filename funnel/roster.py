@@ -1,15 +1,10 @@
 """`funnel contacts list`: who is where, filtered by tag, sequence, status and a search.
 
-The filters combine (all must hold). What the status words mean, as a
-practice reads them:
-
-- `active`: not unsubscribed or otherwise suppressed, and in at least one
-  sequence that is going on (in the `--sequence` one when that is given);
-- `paused`: at least one sequence paused (she replied; `contacts resume`);
-- `unsubscribed`: asked to stop (an unsubscribe later undone does not count).
-
-`--search` looks for the text, in any case, inside the address, first name
-and last name. Erased people are never listed: nothing is left to show.
+The filters combine (all must hold). Status words as a practice reads them:
+`active` (not suppressed, in a sequence that is going on), `paused` (she replied;
+`contacts resume`), `unsubscribed` (asked to stop; an unsubscribe later undone does
+not count). `--search` looks, in any case, inside the address, first name and last
+name. Erased people are never listed: nothing is left to show.
 """
 
 from __future__ import annotations

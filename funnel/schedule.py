@@ -1,35 +1,11 @@
 """The schedule: pure decisions from (state, config, now). No I/O, no clock.
 
-Every rule of the spec's section 3.1 lives here:
-
-- a step's *due time* is fixed at enrollment: `wait` counts from the
-  previous step's due time (the enrollment time for the first), `webinar:`
-  from the contact's webinar start, and `at:` then moves it to the next such
-  local time; days are calendar days on the contact's wall clock;
-- a step due before the enrollment does not apply ("before enrollment"), and a
-  step added to sequences.yaml after its due time had passed for someone does
-  not apply to them ("added after its time");
-- non-transactional mail waits for `send_window`/`send_days` in the contact's
-  timezone and for `min_gap` since their last non-transactional email;
-- lateness counts from the step's *opening* (its due time moved into the
-  window and past the gap), and a step later than `max_late` is skipped;
-- `if_tags`/`unless_tags` and `exit_on_tags` are evaluated when the step is
-  about to be sent; an unsubscribed or suppressed contact leaves the sequence;
-- a step about a webinar still to come (timed `webinar: -...`, due before the
-  start, or a confirmation placed before the sequence's first webinar step) is
-  never sent at or after the webinar's start: it is skipped, "the webinar had
-  already begun";
-- a due time that date arithmetic cannot hold (beyond `LATEST`) is skipped
-  with a reason instead of crashing the run.
-- a tag of `exit_on_tags` is the sequence's goal: it skips the marketing steps
-  ("goal reached: tag X") and, once finished, keeps the enrollment from going
-  on to `next` (`Evaluation.goal`), while transactional steps and `after_goal`
-  steps (the recording she signed up for) still go;
-- a reminder due within `delivery.reminder_gap` of her signing up is skipped
-  ("too soon after the confirmation");
-
-`evaluate` returns what to do now for one enrollment and when to look again;
-the caller turns that into claims, sends and rows.
+Every rule of the spec's section 3.1 lives here, and nowhere else: due times, send
+windows and gaps, lateness, tag conditions and goals, webinar timing. Keeping them
+pure lets each rule be tested with fixed times, and lets `funnel plan` project the
+same decisions forward without writing anything. `evaluate` returns what to do now
+for one enrollment and when to look again; the caller turns that into claims, sends
+and rows. The rules one by one are in `evaluate`'s docstring.
 """
 
 from __future__ import annotations
@@ -289,6 +265,34 @@ def evaluate(
     The returned `contact` carries `last_marketing_at` as it will be once
     the sends go out, so the caller can evaluate the person's next
     enrollment with it (min_gap holds across sequences).
+
+    The rules (spec section 3.1):
+
+    - a step's *due time* is fixed at enrollment: `wait` counts from the
+      previous step's due time (the enrollment time for the first), `webinar:`
+      from the contact's webinar start, and `at:` then moves it to the next such
+      local time; days are calendar days on the contact's wall clock;
+    - a step due before the enrollment does not apply ("before enrollment"), and a
+      step added to sequences.yaml after its due time had passed for someone does
+      not apply to them ("added after its time");
+    - non-transactional mail waits for `send_window`/`send_days` in the contact's
+      timezone and for `min_gap` since their last non-transactional email;
+    - lateness counts from the step's *opening* (its due time moved into the
+      window and past the gap), and a step later than `max_late` is skipped;
+    - `if_tags`/`unless_tags` and `exit_on_tags` are evaluated when the step is
+      about to be sent; an unsubscribed or suppressed contact leaves the sequence;
+    - a step about a webinar still to come (timed `webinar: -...`, due before the
+      start, or a confirmation placed before the sequence's first webinar step) is
+      never sent at or after the webinar's start: it is skipped, "the webinar had
+      already begun";
+    - a due time that date arithmetic cannot hold (beyond `LATEST`) is skipped
+      with a reason instead of crashing the run;
+    - a tag of `exit_on_tags` is the sequence's goal: it skips the marketing steps
+      ("goal reached: tag X") and, once finished, keeps the enrollment from going
+      on to `next` (`Evaluation.goal`), while transactional steps and `after_goal`
+      steps (the recording she signed up for) still go;
+    - a reminder due within `delivery.reminder_gap` of her signing up is skipped
+      ("too soon after the confirmation").
     """
     dues = _due_times_for(sequence, enrollment.enrolled_at, enrollment.webinar_start, contact.tz)
     order = {step.id: index for index, step in enumerate(sequence.timed_steps)}

@@ -2,17 +2,11 @@
 
 A painful reply should never meet silence: when a verified reply pauses her
 enrollments (`funnel.sendgrid.inbound.receive`), she gets one short note through the
-same transport, right after her reply is forwarded to the therapist. It says
-her note arrived, that the automatic letters are on hold, who it went to
-(`practice.reply_note` when the practice filled it in, else the signature
-name), and that email is not watched around the clock, with the crisis
-numbers. It goes once per pause: a second reply while she is paused pauses
-nothing more, so it gets no second note.
-
-A discreet reader's note follows her other mail: her own From and Reply-To
-(`compose.sender_of`), plain text only, and nothing in the sender, subject or
-the first 200 characters that names the subject matter; her numbers carry the
-same neutral labels as her footer. Nothing personal goes to a log.
+same transport, right after her reply is forwarded: it arrived, the letters are on
+hold, who it went to, and the crisis numbers. It goes once per pause. A discreet
+reader's note follows her other mail (plain text, her own From, no word of the subject
+in the sender, subject or opening). Nothing personal goes to a log. The rule:
+docs/decisions.md, "A reply never meets silence".
 """
 
 from __future__ import annotations

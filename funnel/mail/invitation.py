@@ -1,25 +1,11 @@
 """The webinar as a calendar event (`invite.ics`) for steps with `calendar: true`.
 
-Why an attached `METHOD:PUBLISH` event, and not a `METHOD:REQUEST` invitation:
-a REQUEST is a meeting invitation from an organizer. It needs ORGANIZER and
-ATTENDEE lines (her address inside the file), and Gmail, Apple Mail and
-Outlook answer it with Accept/Decline buttons whose replies are emailed to the
-organizer: they would land in the practice's inbox, look like replies (which
-pause her letters) and tell the practice whether she is coming. A PUBLISH
-event is a plain "here is an event": Gmail shows it with "Add to calendar",
-Apple Mail and iOS open it in Calendar with one tap ("Add"), Outlook opens it
-as an appointment to save. So the file goes as an `invite.ics` attachment
-(`text/calendar; method=PUBLISH`), beside the text and HTML of the email.
-
-The event is one VEVENT: a UID stable per person and webinar (a hash: no
-address or name in it, so the same webinar imported twice updates one entry),
-DTSTART in UTC, DTEND from `webinars.<id>.duration`, and the join link as URL,
-LOCATION and in the description. The title (SUMMARY) is the quiet
-`webinars.<id>.event_title` (`event_title`), never the webinar's full title,
-which appears at most in the description. Discreet readers get
-`practice.discreet_event_title` ("Appointment"), the description "Your link
-is in the email." and no URL or LOCATION (week views and lock-screen alerts
-show them; the link may name the subject).
+An attached `METHOD:PUBLISH` event, not a `METHOD:REQUEST` invitation: a REQUEST
+carries her address as ATTENDEE and makes mail clients offer Accept/Decline, whose
+answers would land in the practice's inbox, pause her letters and say whether she
+comes. A PUBLISH event is a plain "add to calendar" in Gmail, Apple Mail and Outlook.
+The event's title is the quiet `event_title`, and discreet readers get neither link
+nor location (see docs/decisions.md, "The calendar invitation").
 """
 
 from __future__ import annotations

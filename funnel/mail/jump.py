@@ -1,31 +1,12 @@
 """Neutral links for discreet readers: `{base_url}/j/{token}`, answered by `funnel serve` with a 303.
 
-A discreet reader gets plain text, so every link prints in full, and a link
-to `https://practice.example/webinar/relationship-911/join` tells whoever
-glances at her screen what the email is about. In her emails each link the
-practice's own config or templates hold is written as `{base_url}/j/{token}`
-instead: no host of the practice beyond `base_url` (which may be a neutral
-one), no word of the subject in the path.
-
-Why a signed id of a known target, and not the whole URL in the token:
-
-- Short: a 16-byte token (`base64url(b"J" | HMAC[:12])`, 18 characters)
-  keeps the link on one line of a plain-text email; a URL in the token
-  would be as long as the URL itself, plus its signature.
-- No open redirect: only a target the practice wrote (a `practice.links`
-  value, a webinar's join or replay URL, a URL written in a template) has
-  a token. A link a reader typed into a form and that an email echoes is
-  left as it is, never turned into a signed redirect to anywhere.
-- Stateless and stable: the token is the HMAC of the target URL itself, so
-  reordering or adding links in `sequences.yaml` changes no token already
-  sent. `funnel serve` works out the token of each known target and looks
-  the request's token up. A target removed from the config no longer
-  resolves: its old links get the bad-link page (400), like a forged one.
-
-The HMAC key is derived from the same secret key as unsubscribe tokens
-(FUNNEL_SECRET_KEY, else the key kept in the database; previous keys still
-read) but with its own salt, and the token has its own version byte and
-length: an unsubscribe token is never a jump token, nor the other way round.
+A discreet reader gets plain text, so every link prints in full, and a path such as
+`/webinar/relationship-911/join` tells whoever glances at her screen what the email is
+about. In her emails each link the practice itself wrote (config or templates) becomes
+`{base_url}/j/{token}`, the token a short HMAC of the target URL: no open redirect
+(only known targets have a token), stable when links are reordered, and on one line of
+plain text. The key is derived from the unsubscribe secret with its own salt; why it is
+shaped so is in docs/architecture.md.
 """
 
 from __future__ import annotations

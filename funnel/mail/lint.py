@@ -1,20 +1,10 @@
 """`funnel check`'s second look: what is valid YAML and renders, yet reads wrong.
 
-Each check returns problems as `file:line: message` with what to do:
-
-- `zone_problems`: a fixed-offset or legacy zone (`MST`, `EST`, `MST7MDT`,
-  `Etc/GMT+7`) where a city is meant: `MST` never moves to summer time, so
-  from March to November every letter would go an hour off in Denver;
-- `webinar_sign_problems`: a `webinar:` offset whose sign does not fit its
-  place among the sequence's other webinar-timed steps (`+1d` between
-  `-1h`... steps, written in order) or its id (`day-before: +1d`);
-- `field_problems`: a `contact.fields.X` a letter uses that no source of
-  that sequence maps (the sources that enroll into it, or into a sequence
-  whose `next:` leads to it): it would always be empty for its readers;
-- `rename_problems`: a step id that vanished since the last run while a new
-  one with the same template (or, in an older snapshot without templates,
-  the same place and timing) appeared: a renamed id is a new step (spec
-  3.1: steps are matched by id).
+Each check returns problems as `file:line: message` with what to do: a fixed-offset
+zone where a city is meant (`zone_problems`), a `webinar:` offset whose sign does not
+fit its place (`webinar_sign_problems`), a `contact.fields.X` no source of the
+sequence maps (`field_problems`), a step id that looks renamed (`rename_problems`).
+Each check's own docstring says what it looks for and why.
 """
 
 from __future__ import annotations
@@ -46,7 +36,12 @@ _ETC_OFFSET = re.compile(r"^Etc/GMT[+-]\d{1,2}$", re.IGNORECASE)
 
 
 def zone_problems(config: Config) -> list[str]:
-    """Fixed-offset and legacy zone names in the practice and the webinars."""
+    """Fixed-offset and legacy zone names in the practice and the webinars.
+
+    A fixed-offset or legacy zone (`MST`, `EST`, `MST7MDT`, `Etc/GMT+7`) where a
+    city is meant: `MST` never moves to summer time, so from March to November
+    every letter would go an hour off in Denver.
+    """
     places: list[tuple[tuple[Any, ...], str]] = [(("practice", "timezone"), config.practice.timezone)]
     places += [(("webinars", wid, "timezone"), w.timezone) for wid, w in config.webinars.items() if w.timezone]
     problems = []
@@ -79,7 +74,11 @@ def fixed_zone_advice(name: str) -> str | None:
 
 
 def webinar_sign_problems(config: Config) -> list[str]:
-    """`webinar:` offsets whose sign does not fit their place in the sequence."""
+    """`webinar:` offsets whose sign does not fit their place in the sequence.
+
+    A sign that does not fit the sequence's other webinar-timed steps (`+1d`
+    between `-1h`... steps, written in order) or the step's id (`day-before: +1d`).
+    """
     problems = []
     for sid, sequence in config.sequences.items():
         timed = [(i, s) for i, s in enumerate(sequence.steps) if s.webinar is not None]
@@ -130,7 +129,12 @@ def _signed(step: Step) -> str:
 
 
 def field_problems(config: Config, env: Environment) -> list[str]:
-    """`contact.fields.X` in a sequence's letters that none of its sources maps."""
+    """`contact.fields.X` in a sequence's letters that none of its sources maps.
+
+    The sources of a sequence are those that enroll into it, or into a sequence
+    whose `next:` leads to it. A field none of them maps would always be empty
+    for its readers.
+    """
     problems = []
     for sid, sequence in config.sequences.items():
         sources = feeding_sources(config, sid)
@@ -232,7 +236,12 @@ def _is_fields(node: nodes.Node) -> bool:
 
 
 def rename_problems(config: Config, before: dict[str, list[dict[str, Any]]] | None) -> list[str]:
-    """Step ids that look renamed since the config the last run used (`before`: its snapshot)."""
+    """Step ids that look renamed since the config the last run used (`before`: its snapshot).
+
+    A step id that vanished since the last run while a new one with the same
+    template (or, in an older snapshot without templates, the same place and
+    timing) appeared: a renamed id is a new step (spec 3.1: steps are matched by id).
+    """
     if not before:
         return []
     problems = []

@@ -1,17 +1,11 @@
 """`funnel check` and `funnel preview`: render every step for a sample contact.
 
-The sample contact has every field any source maps (so templates that use
-`contact.fields.message` can be checked), a webinar a week ahead at 7 pm in
-the practice's timezone, and a real-looking unsubscribe URL. Each step is
-rendered twice, as a normal and as a discreet (text-only) email, and every
-rendered part must contain the unsubscribe URL and the postal address.
-
-Then each step is rendered once more for a contact with every optional value
-empty (no first or last name, every mapped field blank, no webinar start
-unless the step is timed by the webinar), so that a bare
-`{{ contact.fields.message }}` is reported with its file and line before a
-real person meets it. A step that needs the webinar start is fine there: a
-run skips it, with a reason, for someone who has none.
+The sample contact has every field any source maps, a webinar a week ahead and a
+real-looking unsubscribe URL; each step is rendered as a normal and as a discreet
+email, and every part must hold the unsubscribe URL and the postal address. Each step
+is then rendered for a contact with every optional value empty, so a bare
+`{{ contact.fields.message }}` is reported with its file and line before a real
+person meets it.
 """
 
 from __future__ import annotations

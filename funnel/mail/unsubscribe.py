@@ -1,38 +1,12 @@
 """Signed, opaque unsubscribe tokens and the RFC 8058 headers.
 
-A token names a person by her contact's `token_key` (16 random bytes made
-with the row) and the email it came in by that email's `send_id` (the
-random id of its step run), signed with the practice's secret key:
-`base64url(0x02 | token_key | send_id | HMAC-SHA256(key, all that)[:16])`,
-66 characters (44 without an email, as in `funnel preview`). It holds no
-address and no row number: a forwarded email or a link scanner learns
-nothing, not even how many people or emails there are, and a forged or
-edited token fails the signature. Made with one HMAC, because `funnel run`
-makes one for every email.
-
-Why a random value and not the row id: after a backup is restored, the
-row ids made since the backup are given again to new people, and a link
-naming a row id would unsubscribe a stranger. A random key is never given
-twice: an old link then finds nobody and gets the bad-link page.
-
-Links sent before this format (itsdangerous' `[contact id, step run id]`,
-salt `funnel-unsubscribe-v1`) keep working only for contacts whose row was
-there when the database moved to it (migration 0007 writes the highest row
-id of that moment as the setting `legacy_token_contacts`). Every id up to
-it belongs to the same person in every copy of the database made since,
-including a backup restored later (contacts are never deleted; `forget`
-keeps the row); ids above it may be new people after a restore, and links
-sent before the move never named them, so they are refused. A legacy
-token's email must also be one of that person's emails.
-
-Keys: new links are signed with FUNNEL_SECRET_KEY, else with a key made once
-and kept in the database (made only where mail is made: `funnel run`,
-`funnel preview`; a page request never writes). Readers also accept the
-keys in FUNNEL_SECRET_KEY_PREVIOUS (comma-separated, for a rotation), and,
-when FUNNEL_SECRET_KEY is set, the key kept in the database: setting the
-variable for the first time leaves every link already sent working
-(`key_notice` says so once, at `funnel serve`'s start and in `funnel run`'s
-summary on a terminal).
+A token names a person by her contact's random `token_key` and the email by its
+`send_id`, signed with the practice's secret key: it holds no address and no row
+number, so a forwarded email or a link scanner learns nothing, and a forged or edited
+token fails the signature. A random key, not the row id, because row ids are given
+again after a backup is restored, and a link must never unsubscribe a stranger. Made
+with one HMAC, because `funnel run` makes one for every email. The token's layout,
+legacy links and key rotation: docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -1,27 +1,11 @@
 """Telling the practice when mail stops: alert emails and the heartbeat (spec 10).
 
-Why: a refused file or a typo in sequences.yaml used to stop all mail, the
-hour-before reminders included, and the only signal was cron's mail, which
-on a typical server goes nowhere. Now `funnel run`:
-
-- emails `alerts.email` once per new problem, and at most once a day per
-  problem, in plain words with what to do. The kinds of problem: the config
-  cannot be read, a signups file was refused, sends failed, sends were left
-  unknown, the transport refused its key (or its settings are missing). Each
-  has a stable key (`source-refused:NAME`, ...); the moment its last email
-  went is kept in the settings table (`alert:KEY`), so no migration is needed;
-- sends through the configured transport, or through the outbox when the
-  transport is the problem (a refused key, a missing API key);
-- asks `alerts.heartbeat_url` after a good run and `{url}/fail` after a bad
-  one, with a short timeout; a monitor that cannot be reached is a warning,
-  never a failed run.
-
-When sequences.yaml cannot be read, its `alerts:` cannot either: every run
-whose config loads remembers the alert settings (address, sender, transport,
-outbox folder, heartbeat) in the database, and the failed run uses those;
-`FUNNEL_ALERT_EMAIL` in `.env` or the environment names the address instead
-(or first, before any run has succeeded). The emails hold no one's address
-or name: counts, file names and what to do.
+A refused file or a typo in sequences.yaml used to stop all mail, the hour-before
+reminders included, and the only signal was cron's mail, which on a typical server
+goes nowhere. Now `funnel run` emails `alerts.email` once per new problem and at most
+once a day per problem (docs/decisions.md, "Alerts"), through the outbox when the
+transport is the problem, and asks `alerts.heartbeat_url` after each run. The alert
+settings are remembered in the database for the run whose config cannot be read.
 """
 
 from __future__ import annotations

@@ -1,21 +1,11 @@
 """The one settings file: `.env` beside sequences.yaml (or `FUNNEL_ENV_FILE`).
 
-Why funnel reads it itself: cron, a systemd unit and a shell each had their
-own way of loading settings, and they disagreed (systemd's `EnvironmentFile=`
-keeps a `# comment` after a value as part of it, a shell's `.` drops it), so
-`funnel run` signed links with one key and `funnel serve` checked them with
-another. Read by funnel, every way of starting it sees the same values.
-
-Rules (python-dotenv's syntax, `KEY=value` per line):
-
-- a variable already set in the real environment wins over the file (so a
-  one-off `FUNNEL_TRANSPORT=outbox funnel run` still works);
-- comments belong on their own lines; a ` # note` after an unquoted value is
-  dropped (python-dotenv's rule), the same for every command, so both halves
-  agree even then; `funnel doctor` warns about such a line;
-- a missing file is fine (everything may come from the environment); an
-  unreadable one is a configuration error (exit 2);
-- funnel never writes the file, except `funnel init`, which creates it.
+Cron, a systemd unit and a shell each had their own way of loading settings and
+disagreed (systemd keeps a `# comment` after a value as part of it, a shell drops it),
+so `funnel run` signed links with one key and `funnel serve` checked them with another.
+Read by funnel itself, with python-dotenv's rules, every way of starting it sees the
+same values; a variable set in the real environment wins over the file. The rules:
+docs/decisions.md, "The settings file".
 """
 
 from __future__ import annotations

@@ -1,20 +1,10 @@
 """`funnel init DIR`: a new practice folder to go live from, without example people.
 
-Why: the only install path copied ten invented `@example.test` people with
-reminders pending into the database, and nothing said to remove them before
-switching to SendGrid. A folder made here holds:
-
-- `sequences.yaml`: the shipped one, with its comments (what each part is,
-  the "Make it yours" list) and the commented `alerts:` block;
-- `email_templates/`: the shipped letters, to make one's own;
-- `signups/`: empty, for the platforms' exports;
-- `.env`: a new FUNNEL_SECRET_KEY (mode 0600), and every other setting
-  commented on its own line, ready to fill in.
-
-No database and no signups: the first `funnel run` makes an empty database.
-A folder that is not empty is refused, so nothing a practice made is ever
-overwritten. The shipped files are taken from the source checkout funnel
-was installed from (`pip install -e .`, as the README's install does).
+The only install path used to copy ten invented `@example.test` people with reminders
+pending into the database, and nothing said to remove them before switching to
+SendGrid. A folder made here holds the shipped sequences.yaml and letters, an empty
+`signups/` and a `.env` with a new FUNNEL_SECRET_KEY, and no database. A folder that
+is not empty is refused, so nothing a practice made is ever overwritten.
 """
 
 from __future__ import annotations
@@ -59,7 +49,21 @@ __all__ = ["init_folder"]
 
 
 def init_folder(target: Path) -> list[Path]:
-    """Make the practice folder `target`; the files made. UsageError when it is not empty."""
+    """Make the practice folder `target`; the files made. UsageError when it is not empty.
+
+    The folder holds:
+
+    - `sequences.yaml`: the shipped one, with its comments (what each part is,
+      the "Make it yours" list) and the commented `alerts:` block;
+    - `email_templates/`: the shipped letters, to make one's own;
+    - `signups/`: empty, for the platforms' exports;
+    - `.env`: a new FUNNEL_SECRET_KEY (mode 0600), and every other setting
+      commented on its own line, ready to fill in.
+
+    No database and no signups: the first `funnel run` makes an empty database.
+    The shipped files are taken from the source checkout funnel was installed
+    from (`pip install -e .`, as the README's install does).
+    """
     target = target.expanduser()
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise UsageError(f"{target} is not an empty folder: funnel init never writes over anything; name a new folder")

@@ -1,13 +1,11 @@
 """Claiming, writing and handing over emails, and recording what came back.
 
-The second half of a run (see `funnel.store.ledger` for the states a step row
-moves through): claimed steps wait in a queue; batch by batch (at most
-`delivery.concurrency` emails, never more than two batches under way) each
-is composed (`funnel.mail.compose`), the batch is marked `sending` in one commit
-that also reads suppression again and records the outcomes that came back
-meanwhile, and the dispatcher's threads send it. A SIGKILL thus leaves at
-most two batches unknown; anything claimed but never handed over is given
-back for the next run.
+The second half of a run (`funnel.store.ledger` has the states a step row moves
+through): claimed steps wait in a queue; batch by batch (at most
+`delivery.concurrency` emails, never more than two batches under way) each is
+composed, the batch is marked `sending` in one commit that also reads suppression
+again and records outcomes, and the dispatcher's threads send it. A SIGKILL leaves
+at most two batches unknown; anything claimed but not handed over goes next run.
 """
 
 from __future__ import annotations

@@ -1,27 +1,12 @@
 """Sending from `funnel serve` at once, through the same ledger as `funnel run`.
 
-When she confirms a form post, the sequence's due transactional step (e.g.
-"your message arrived") goes out at once instead of at the next cron run.
-It follows exactly the discipline of a run (`funnel.store.ledger`):
-
-- the serve process is a run of its own: a `runs` row, made when it first
-  sends, and a liveness lock held until it stops (PostgreSQL: the same
-  advisory lock as a run's, `funnel.store.workers.RunKeeper`; SQLite: a file lock
-  beside the database, see `funnel.store.workers.dead_runs`). A cron run at the
-  same moment leaves its rows alone while it lives, and settles them like
-  any dead run's once it is gone: `sending` becomes `unknown`, never sent
-  again blindly; `claimed` is given back and goes out with that run;
-- the step is *claimed* (a `claimed` row, unique per enrollment and step:
-  whoever inserts it first sends it, a cron run never sends it again) and
-  committed; rendered; *handed over* (`sending`, suppression read again in
-  the same transaction) and committed before the request starts; then the
-  outcome is recorded;
-- only transactional steps that the schedule says are due now are sent
-  (`schedule.evaluate`, the very rules of a run: before-enrollment, tags,
-  webinar times, pauses, suppression); everything else, and any retry of a
-  failure, is left to `funnel run`, which finds the enrollment due.
-
-The requests run on the serve's sender threads, never on the event loop.
+When she confirms a form post, the sequence's due transactional step (e.g. "your
+message arrived") goes out at once instead of at the next cron run. The serve process
+is a run of its own, with a `runs` row and a liveness lock, and follows exactly a
+run's discipline (`funnel.store.ledger`): claim, commit, render, hand over, commit,
+send, record. Only transactional steps the schedule says are due now are sent; all
+else, retries included, is left to `funnel run`. Requests run on the serve's sender
+threads, never on the event loop. The details: docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -1,34 +1,11 @@
 """`funnel run`: read sources, enroll, send what is due, record every outcome.
 
-The order of one run, and why:
-
-1. What a run that died left behind is settled (`funnel.store.ledger`): emails it
-   had handed to the transport are marked `unknown` (SendGrid has no
-   idempotency key: reported, never sent again blindly); the ones it had only
-   claimed are given back and go out in this run. On PostgreSQL, where
-   several runs share the work, only runs that are really dead are settled
-   (`funnel.store.workers`).
-2. File sources are read (unchanged files cost one hash); on PostgreSQL one
-   worker at a time, the others wait and then find them unchanged.
-3. If sequences.yaml changed since the last run, every active enrollment is
-   looked at once (new or retimed steps); otherwise only those whose stored
-   `next_due_at` has come, through an index: work grows with what is due.
-4. Due enrollments are taken page by page (on PostgreSQL with SKIP LOCKED,
-   so that workers split them). For each person the pure
-   schedule decides; skips and exits are recorded, sends are *claimed*
-   (a `claimed` row, unique per enrollment and step) and committed.
-5. Claimed emails are rendered and *handed over* in small batches (at most
-   `delivery.concurrency` a batch, and never more than two batches under
-   way): one commit marks the batch `sending`, reads suppression again and
-   records the outcomes that came back meanwhile; then the dispatcher's
-   threads send it. A SIGKILL thus leaves at most two batches unknown.
-6. Finished enrollments move on to their `next` sequence.
-
-Each stage lives in a module of its own: reading sources
-(`funnel.run.read`), deciding a page (`funnel.run.decide`), claiming, handing
-over and recording (`funnel.run.handover`), finishing and starting the next
-sequence (`funnel.run.finish`); they share a `funnel.run.state.RunContext`.
-This class only puts them in order.
+Each stage lives in a module of its own: reading sources (`funnel.run.read`),
+deciding a page (`funnel.run.decide`), claiming, handing over and recording
+(`funnel.run.handover`), finishing and starting the next sequence
+(`funnel.run.finish`); they share a `funnel.run.state.RunContext`. This module only
+puts them in order; the order, and why, is in docs/architecture.md ("The order of one
+run").
 """
 
 from __future__ import annotations

@@ -1,32 +1,12 @@
 """Replies through SendGrid Inbound Parse: store, pause the person's sequences, forward to the therapist.
 
-A person who writes back deserves a person, not the next automated letter:
-a reply from a known contact pauses all her active enrollments until
-`funnel contacts resume`, but only when SendGrid's own checks (SPF `pass`
-for her domain, or a DKIM `pass` signed by it) show that the message came
-from her mail server: the person most likely to forge her address is the one
-she hides these emails from. Any other reply is forwarded with a first line
-saying it could not be verified, and pauses nothing. The order follows
-SendGrid's retry rules (a 5xx answer is retried for three days, then the
-message is dropped):
-
-1. the post is read as a stream from a spooled file (`parse_form`, bounded
-   memory: attachments are counted, never kept) and **stored** first, keyed
-   by a digest of the whole post, which is what SendGrid's retry repeats:
-   a retried POST finds the stored row and changes nothing, while two
-   replies with the same words, or a reused Message-ID, are two replies;
-2. the enrollments are paused in the same transaction;
-3. the message is **forwarded** through the configured transport to
-   `inbound.forward_to`, and the stored words are cleared once it went out.
-   A forward that fails leaves the message stored and the post answered with
-   503, so SendGrid's retry forwards it then.
-
-A message that cannot be read as an email (malformed headers in Send Raw)
-is stored and forwarded as it came, never answered 500. Never forwarded: a
-message that carries our own forward marker, or comes from the practice's
-own sending address or the reply address (mail loops). Automatic replies
-(out of office) are forwarded but pause nothing. The words of a reply, and
-addresses, never go to a log.
+A person who writes back deserves a person, not the next automated letter: a reply
+from a known contact pauses her active enrollments until `funnel contacts resume`,
+but only when SendGrid's SPF or DKIM checks show it came from her mail server (the
+person most likely to forge her address is the one she hides these emails from).
+The post is stored first, then the pause, then the forward, in the order SendGrid's
+retries need (docs/architecture.md). The words of a reply, and addresses, never go to
+a log.
 """
 
 from __future__ import annotations

@@ -1,19 +1,11 @@
 """SendGrid transport: one `POST /v3/mail/send` per email through the official client.
 
-Why it looks the way it does:
-
-- The request body is built by hand (`sendgrid_payload`), not with the `Mail`
-  helper: the helper prepends personalizations and sends twice when
-  `to_emails` is combined with another personalization. A plain dict is easy
-  to compare exactly in tests, too.
-- `send` makes exactly one network call. SendGrid has no idempotency key, so
-  retrying is a decision only the caller can make (it records the attempt
-  first); this module only says *whether* a retry makes sense, through
-  `TransportError.retryable`, `.fatal` and `.retry_after`.
-- The official client (`python_http_client`) has no default timeout: without
-  one a call can hang forever, so the timeout is always set.
-- Error messages never contain the recipient's address or the API key: they
-  end up in logs and in the database.
+The body is built by hand (`sendgrid_payload`): the `Mail` helper sends twice when
+`to_emails` meets another personalization, and a dict compares exactly in tests.
+`send` makes exactly one network call: SendGrid has no idempotency key, so a retry is
+the caller's decision (`TransportError.retryable`, `.fatal`, `.retry_after` only
+advise). The timeout is always set (the client has none), and error messages never
+hold the recipient's address or the API key: they reach logs and the database.
 """
 
 from __future__ import annotations

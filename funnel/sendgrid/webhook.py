@@ -1,18 +1,11 @@
 """SendGrid's event webhook, pure: signature and freshness checks, and event normalisation.
 
-Nothing here touches the database or the clock (`now` comes in), so every
-rule can be tested with fixed bytes and times:
-
-- the signature is ECDSA (P-256, SHA-256) over the timestamp header followed
-  by the **raw** request body, checked against SendGrid's public key
-  (`FUNNEL_SENDGRID_WEBHOOK_KEY`, base64 DER SubjectPublicKeyInfo);
-- a timestamp more than `FRESHNESS` away from now is refused, so a captured
-  post cannot be replayed later (a replay inside the window only repeats
-  events we already hold, which are stored once by `sg_event_id`);
-- a post without signature headers is refused unless the practice set
-  `tracking.webhook_unsigned: true`;
-- each event is mapped to our own `EventKind`; an event we cannot read is
-  skipped with a reason and the others in the batch are kept.
+Nothing here touches the database or the clock (`now` comes in), so every rule can
+be tested with fixed bytes and times. The signature is ECDSA (P-256) over the timestamp
+and the raw body; a timestamp more than `FRESHNESS` from now is refused, so a captured
+post cannot be replayed later (a replay inside it only repeats events, stored once by
+`sg_event_id`); an unsigned post passes only with `tracking.webhook_unsigned: true`; an
+event we cannot read is skipped with a reason and the rest of the batch kept.
 """
 
 from __future__ import annotations

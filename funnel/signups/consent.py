@@ -1,62 +1,12 @@
 """Confirmed consent on public forms (double opt-in, spec section 9).
 
-A form post is not proof that the mailbox owner asked: the person most
-likely to post a woman's address is the partner she is hiding these emails
-from. So a post to a `confirm: true` source (the default) changes nothing
-about anyone; it is stored as a *pending signup* and one confirmation email
-goes, at once, from `funnel serve`, to the address. Only the click on its
-link (`POST /c/{token}`) applies what was posted.
-
-The rules, and why:
-
-- **Nothing about a known person changes until she confirms** (name, fields,
-  tags, enrollment, discretion), with one exception that only ever protects
-  her: a post asking for discretion (`discreet=yes`) applies at once, to the
-  contact and to every pending post for the address. The confirmation page
-  of a discreet person has a ticked box "keep my emails plain and discreet":
-  a post's "no" (maybe a stranger's, made before she asked for discretion)
-  lowers it only when she unticks it herself; `funnel contacts discreet
-  EMAIL off`, at her request, lowers it too.
-- **The confirmation email is discreet by construction**: the discreet
-  sender name, `practice.confirm_subject`, plain text only, no word of the
-  practice's subject matter or services, no tracking. It holds the link and
-  the postal address, and (as every email: spec section 5) an RFC 8058
-  List-Unsubscribe of its own, `{base_url}/c/{token}/stop`, also written in
-  the text: "this was not me, do not ask me again". Posting it (a mail
-  client's one-click, or the page's button) deletes the pending posts for
-  the address and records an unsubscribe (`DECLINED`) that no form lifts,
-  so a stranger cannot make her inbox receive a confirmation every hour
-  (also when she had already unsubscribed through her own link, which a
-  confirmed post could lift: it becomes `DECLINED`, with a line in her history).
-  The practice can take it back by hand (`contacts resubscribe`) when she
-  asks. It never points at the confirming link itself: a mail client's
-  one-click POST there would confirm, the opposite of what it means.
-- **One confirmation an hour per address**: a repeated post while another,
-  still unconfirmed, went out (or is going out) within the hour sends
-  nothing and is not kept (its link would never be sent, so it could never
-  be confirmed); only a request for discretion in it applies. A stranger
-  cannot flood her inbox.
-- **What a form can never lift**: an erasure (nothing is even stored for an
-  erased address), a bounce, a spam report, an invalid address, or an
-  unsubscribe recorded by hand or at SendGrid. For such an address no
-  confirmation is sent at all (it could confirm nothing). Her own
-  unsubscribe, made through the links in her emails, is lifted by her
-  confirmed post: that is her asking again.
-- **Evidence**: the consent row keeps both halves: the post's time, IP and
-  user agent, and the confirming click's.
-- The link's token is random (not signed); only its sha256 is stored, so the
-  database alone cannot confirm anything. It works for `CONFIRM_DAYS` days;
-  then what was posted is deleted (`expire`), and the bare row a month
-  later; `contacts forget` deletes them at once.
-- **At most once**: the confirmation email is claimed with a conditional
-  update (`new` -> `sending`) and committed before its request starts; a
-  serve killed mid-request leaves it `sending` and it is never sent again
-  blindly. A row left `new` (serve stopped between the post and the claim) is
-  sent by the serve's sweep with a fresh token.
-
-Every write for one address runs in `funnel.store.personlock.with_person`, so an
-erasure at the same moment either comes first (and the post stores nothing)
-or waits for it (and erases what it stored).
+A form post is not proof that the mailbox owner asked: the person most likely to
+post a woman's address is the partner she is hiding these emails from. So a post to
+a `confirm: true` source (the default) changes nothing about anyone; it is stored as
+a *pending signup* and one discreet confirmation email goes at once from `funnel
+serve`; only the click on its link (`POST /c/{token}`) applies what was posted. Every
+write for one address runs in `funnel.store.personlock.with_person`, so an erasure at the
+same moment comes first or waits. The rules, and why: docs/decisions.md, "Double opt-in".
 """
 
 from __future__ import annotations

@@ -1,17 +1,11 @@
 """Dates and times as people and platforms write them in an export (spec section 8).
 
-Accepted, and nothing else (no guessing beyond these forms):
-
-- ISO 8601: `2027-01-14T19:00:00-07:00`, `2027-01-14T19:00Z`, `2027-01-14 19:00`;
-- with slashes: `01/14/2027 07:00 PM` (Zoom), `1/14/2027 19:00` (a US Excel
-  save), seconds optional; with `date_order: dmy` on the source, `14/01/2027
-  19:00` and `14.01.2027 19:00` are read day first;
-- with the month's name: `Jan 14, 2027 07:00 PM` (Zoom's reports), seconds optional.
-
-A date that is impossible in the source's order but possible in the other
-(`13/01/2027` read month first) is refused with the fix, never turned around
-silently: the same file may hold `01/02/2027`, which would then be read the
-wrong way without a word. The year has four digits: `1/2/27` is refused.
+Accepted, and nothing else: ISO 8601; slashes (`01/14/2027 07:00 PM`, day first with
+`date_order: dmy`, also `14.01.2027 19:00`); the month's name (`Jan 14, 2027 07:00
+PM`); seconds optional. A date impossible in the source's order but possible in the
+other (`13/01/2027` read month first) is refused with the fix, never turned round
+silently: the same file may hold `01/02/2027`, which would be read wrong without a
+word. The year has four digits: `1/2/27` is refused.
 """
 
 from __future__ import annotations

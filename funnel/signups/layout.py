@@ -1,29 +1,12 @@
 """Where the rows of a platform's report are: summary lines, sections, the header (spec section 8).
 
-Zoom's reports do not begin with their header. A registration report opens
-with a summary ("Registration Report", "Report Generated:", then a row of
-titles such as Topic, Webinar ID, Scheduled Time and a row of their values);
-an attendee report adds sections, each a title line ("Host Details",
-"Panelist Details", "Attendee Details") followed by its own header and rows.
-
-How funnel finds its rows:
-
-- the header is the first line that holds the source's `email` title (as
-  titles match: case, spacing, Unicode form, quotes either way); the lines
-  above it are the summary;
-- with `section: Attendee Details`, the header is the one right after that
-  title line, and the rows end at a blank line or at the next title line
-  (a line of one value followed by a header holding the email title);
-- without `section:`, a file with sections is read from the first header that
-  holds the email title to the end of its section, with a warning naming the
-  sections, since Zoom's first one is the host's;
-- the summary is read as `Key:,value` lines and as a row of titles followed
-  by a row of values; its start time ("Actual Start Time", "Scheduled Time",
-  "Start Time") may name the webinar's session (`session_from: summary`).
-
-A file whose header is on line 1 and which has no sections is read exactly as
-before (and still resumed where the last read stopped when it only grew); a
-report is small and is read whole each time.
+Zoom's reports do not begin with their header: a registration report opens with a
+summary (titles such as Topic and Scheduled Time, then their values), and an attendee
+report adds sections ("Host Details", "Attendee Details"), each with its own header
+and rows. The header is the first line holding the source's `email` title;
+`section:` picks a section; the summary's start time may name the session. A file
+whose header is on line 1 and which has no sections is read exactly as before. How
+each part is found: docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -1,13 +1,11 @@
 """Live signups from a form source with `confirm: false`: applied at once, as before double opt-in.
 
-Only for websites that confirm addresses themselves (the default, `confirm:
-true`, is `funnel.signups.consent`): the post is taken as the person asking, now, so
-it undoes her own earlier unsubscribe (never one made by hand, at SendGrid,
-or a bounce: see `confirm.can_lift`) and leaves evidence (time, form, IP
-address, browser). Enrollment follows the file rules exactly
-(`ingest.apply_rows`); nothing is sent here: the next `funnel run` does. The
-transaction has the address to itself (`funnel.store.personlock`), so an erasure
-at the same moment is never undone.
+Only for websites that confirm addresses themselves (the default is
+`funnel.signups.consent`): the post is taken as the person asking, now, so it undoes
+her own earlier unsubscribe (never one made by hand, at SendGrid, or a bounce) and
+leaves evidence. Enrollment follows the file rules exactly; nothing is sent here:
+the next `funnel run` does. The transaction has the address to itself
+(`funnel.store.personlock`), so an erasure at the same moment is never undone.
 """
 
 from __future__ import annotations

@@ -1,29 +1,11 @@
 """Reading signup files (csv, jsonl) into mapped rows, with line numbers.
 
-Exports come from webinar platforms, from Excel and from hand edits, so the
-reader takes them as offices make them, and refuses the rest in one sentence:
-
-- Encodings: UTF-8 (with or without a BOM), UTF-16 with a BOM, and
-  Windows-1252 (Excel's plain "CSV"), which is read with a warning.
-- Line endings: `\\n`, `\\r\\n` and old Mac `\\r`. A csv's delimiter (`,`, `;` or
-  tab) is taken from its header line.
-- Headers match case-insensitively and without stray whitespace; a column
-  funnel reads that appears twice is an error naming both positions.
-- A quote that is never closed would swallow the rows after it: the line
-  that opens it is rejected and the rows after it are read on their own.
-- A file still being written must not be read half-way: a last line without
-  its line ending (or a last quoted value still open) is left for a later
-  read, unless the file has been still for `SETTLE_SECONDS` (a hand-made
-  file that simply lacks its final newline is then read as it is).
-
-A file is fingerprinted (size + sha256 of what was read): an unchanged file
-is not parsed again, and a file that only grew (the usual export that
-appends) is parsed from where the last read stopped.
-
-Values are cleaned on the way in: control characters never reach a name or a
-header; an address must be deliverable by any provider (ASCII before the @;
-an international domain is stored as punycode); a webinar start must lie in
-the years funnel can schedule.
+Exports come from webinar platforms, from Excel and from hand edits, so the reader
+takes them as offices make them (encodings, line endings, delimiters, stray quotes,
+a file still being written) and refuses the rest in one sentence. A file is
+fingerprinted: an unchanged file is not parsed again, and one that only grew is
+parsed from where the last read stopped. Values are cleaned on the way in. What is
+accepted, one by one: docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -78,7 +60,7 @@ class SignupRow:
 
     Not frozen, though nothing changes a row once made: a frozen dataclass
     sets each field through `object.__setattr__`, which made building one
-    take three times as long (1.3 µs more per row of an import).
+    take several times as long per row of an import (figures: docs/performance.md).
     """
 
     line: int

@@ -1,29 +1,11 @@
 """Storing signups: contacts, tags and enrollments, in bulk.
 
-Rows are applied in batches with a handful of set-based statements, so a
-100,000-row first import is a few seconds and an append of ten rows costs ten
-rows. For a source that creates people, a batch is inserted first ("insert or
-ignore", answering which rows it made: see `funnel.store.bulk`), and only those who
-were there already are read back, with the typed query, to apply changes; a
-first import therefore reads nothing back, and looks for no enrollment of
-people it has just made. Tags and enrollments are then added with "insert or
-ignore". The hot inserts go through `funnel.store.bulk`, which stores values exactly
-as SQLAlchemy would but without its per-row work.
-
-Rules kept here:
-- one contact per address, whatever its case (the key is the address hash);
-- an erased address is never re-created, and a file never resubscribes anyone;
-- a contact is in a sequence at most once per webinar session, ever (once,
-  for a sequence without a webinar); signing up for another session while
-  hers is still ahead moves her enrollment, once hers is over it is a new
-  enrollment, and the same session again changes nothing (`_enroll`);
-- suppressed contacts are not enrolled;
-- a blank value never overwrites a stored one (discretion is only turned off
-  by an explicit no: see `funnel.signups.sources`);
-- a row of a `create: false` source for someone who is not a contact yet
-  (attendance read before registration) is kept as pending tags, by address
-  hash only, and applied by whichever later import, run or form post brings
-  her in; pending tags older than `PENDING_DAYS` are dropped.
+Rows are applied in batches with a handful of set-based statements, so a first import
+costs a few statements a batch and an append of ten rows costs ten rows. A batch is
+inserted first ("insert or ignore", answering which rows it made: `funnel.store.bulk`)
+and only people already there are read back to apply changes. The rules kept here
+(one contact per address, one enrollment per session, blanks never overwrite) are in
+docs/architecture.md.
 """
 
 from __future__ import annotations

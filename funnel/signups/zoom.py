@@ -1,22 +1,11 @@
 """A `format: zoom` source: Zoom's registrants and participants as signups (spec section 11).
 
-Each `funnel run` reads, per zoom source: the webinar and its upcoming
-occurrences; the approved registrants of each (every page); and, for
-sessions over in the last `ATTENDANCE_DAYS`, their participants as
-attendance. Registrants become `SignupRow`s with the occurrence's start as
-`webinar_start`, so they go through `funnel.signups.store` like any export: one
-enrollment per (person, session), her own `join_url` in her letters, and a
-person already enrolled by the webhook is "the same signup again". When
-sequences.yaml lists no sessions, the occurrences are the sessions (their
-local start is their id); when it lists them, an occurrence is matched by
-its start, and one that matches none is a warning naming both.
-
-Incremental: `ZoomCursor` keeps per occurrence the count Zoom gave at the
-last full read; a run whose first page shows the same count (within a day
-of that read) reads no further. Participants of a Zoom session are read
-until Zoom has settled them, then never again.
-
-The webhook's events (`receive_event`) map to the same rows and marks.
+Each `funnel run` reads, per zoom source, the webinar's upcoming occurrences, their
+approved registrants, and the participants of sessions over in the last
+`ATTENDANCE_DAYS`. Registrants become `SignupRow`s with the occurrence's start, so
+they go through `funnel.signups.store` like any export. Reads are incremental
+(`ZoomCursor`), and the webhook's events (`receive_event`) map to the same rows.
+How occurrences match sessions, and when a read stops: docs/zoom.md.
 """
 
 from __future__ import annotations

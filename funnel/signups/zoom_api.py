@@ -1,15 +1,11 @@
 """Zoom's API and webhooks: the client, its token, and the checks on a post (spec section 11).
 
-The client speaks Server-to-Server OAuth (the account credentials grant):
-the token is kept, per process, until shortly before it expires, and a 401
-takes a new one once. 429 waits as `Retry-After` says, through `SLEEP`
-(replaceable, so a test with `--now` never waits for real), and only up to
-`MAX_WAIT` seconds in all per client: beyond that the read stops with a
-sentence and the next run picks up. 5xx and dropped connections are tried
-again twice; anything else is a `ZoomError` in words. Nothing here logs a
-secret, a token or a person's data.
-
-The webhook checks are pure functions of (headers, raw body, secret, now).
+The client speaks Server-to-Server OAuth: the token is kept per process until shortly
+before it expires, and a 401 takes a new one once. 429 waits as `Retry-After` says
+(through `SLEEP`, replaceable in tests) up to `MAX_WAIT` in all; 5xx and dropped
+connections are tried twice more; anything else is a `ZoomError` in words. Nothing
+here logs a secret, a token or a person's data. The webhook checks are pure
+functions of (headers, raw body, secret, now).
 """
 
 from __future__ import annotations

@@ -1,19 +1,12 @@
 """Set-based statements for large imports, without SQLAlchemy's per-row work.
 
-Why this exists: a first import writes 100,000 contacts, tags and enrollments.
-Through SQLAlchemy Core each row's every value goes through parameter
-construction and its type's bind processor (datetimes to naive UTC and then,
-on SQLite, to text; JSON to text), which cost more CPU than the database's
-own work. Here the statement text is built once, each column's bind processor
-is taken from its SQLAlchemy type (so values are stored exactly as the ORM
-stores them) but run once per distinct object (an import repeats the same
-`now`, webinar start and first look on every row), and the rows go to the
-driver's `executemany` as plain tuples.
-
-Reads are split the same way: a cheap probe by key (`probe_in`) with no
-per-value processing, and the typed SQLAlchemy query only for what it found.
-
-Both SQLite (3.24+) and PostgreSQL understand `ON CONFLICT (...) DO NOTHING`.
+A first import writes a contact, tags and enrollments for every row, and through
+SQLAlchemy Core each value of each row goes through parameter construction and its
+type's bind processor, which cost more CPU than the database's own work. Here the
+statement text is built once, each column's bind processor is taken from its type (so
+values are stored exactly as the ORM stores them) but run once per distinct object,
+and rows go to the driver's `executemany` as plain tuples. Reads are split the same
+way (`probe_in`). SQLite (3.24+) and PostgreSQL both understand `ON CONFLICT DO NOTHING`.
 """
 
 from __future__ import annotations
@@ -40,7 +33,8 @@ def dialect_insert(dialect_name: str) -> Callable[..., Any]:
     """The `insert` of this dialect (for ON CONFLICT), imported only where it is used.
 
     SQLAlchemy's PostgreSQL package loads every PostgreSQL driver's dialect,
-    asyncpg's with asyncio: about 50 ms at every start of a command on SQLite.
+    asyncpg's with asyncio: a cost paid at every start of a command on SQLite
+    (figures: docs/performance.md).
     """
     if dialect_name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert

@@ -1,17 +1,12 @@
 """Changes to rows a run has loaded, written in bulk at the next commit.
 
-A run changes a few columns of nearly every enrollment it looks at (when it
-is next due, finished, exited) and of some contacts (the last marketing
-email). Setting them on the ORM objects makes each one dirty, and flushing
-dirty objects costs the unit of work's bookkeeping per row, several times
-what the email's own database writes cost. So the new values are set on the
-objects as if loaded (`set_committed_value`: what the run reads stays right,
-nothing is flushed) and written with one UPDATE per table and set of columns
-(`DriverSQL.update_each`), by primary key (plain SQL, see `funnel.store.driver_sql`), right before
-the run commits.
-
-The caller must call `write` before every commit (and before a statement
-that reads these columns back); `RunContext.checkpoint` (`funnel.run.state`) does.
+A run changes a few columns of nearly every enrollment it looks at (next due,
+finished, exited) and of some contacts. Flushing dirty ORM objects costs the unit of
+work's bookkeeping per row, more than the email's own writes. So new values are set
+as if loaded (`set_committed_value`: what the run reads stays right) and written with
+one UPDATE per table and set of columns (`DriverSQL.update_each`) before the run
+commits. The caller must call `write` before every commit (and before a statement that
+reads these columns back); `RunContext.checkpoint` (`funnel.run.state`) does.
 """
 
 from __future__ import annotations

@@ -1,23 +1,12 @@
 """A run's per-email statements, sent straight to the database driver.
 
-A run writes a few rows for every email it sends (the hand-over, the
-outcome, the enrollment's next state). Built as SQLAlchemy expressions,
-each execution pays for building, cache-key generation and parameter
-expansion several times what the database itself takes; the handful of
-statements here are plain SQL strings instead, run on a cursor of the
-session's own driver connection (so inside its transaction): even
-`exec_driver_sql` costs three times what SQLite takes for such a statement.
-A driver error is raised as SQLAlchemy's exception for it, as SQLAlchemy
-would raise it (`OperationalError` for a locked or read-only database, say),
-so callers handle one kind of error. Values are
-converted with the bind processor of each column's type *for this dialect*
-(`dialect_impl`: on SQLite a datetime becomes SQLAlchemy's own text form, not
-the driver's), so what is stored is byte-for-byte what the ORM would store;
-`tests/test_bulk.py` checks it. Inserts go through `funnel.store.bulk.InsertIgnore`,
-the import's prepared statement.
-
-SQL is written with `?` marks and no `?` or `%` anywhere else; on
-PostgreSQL (psycopg) the marks become `%s`.
+A run writes a few rows for every email (the hand-over, the outcome, the enrollment's
+next state). As SQLAlchemy expressions, each execution pays for building, cache keys
+and parameter expansion more than the database takes, so these few statements are
+plain SQL on a cursor of the session's own connection (inside its transaction).
+Values go through each column's bind processor for this dialect, so what is stored is
+byte-for-byte what the ORM would store (`tests/test_bulk.py`), and a driver error is
+raised as SQLAlchemy's exception for it. SQL uses `?` marks, `%s` on PostgreSQL.
 """
 
 from __future__ import annotations

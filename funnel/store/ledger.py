@@ -1,58 +1,12 @@
 """The claims ledger: claim -> hand over -> record -> recover, for one run.
 
-Each step a run acts on has one `step_runs` row, unique per enrollment and
-step, so "sent at most once" is a database fact. A row to be sent moves
-through:
-
-- `claimed`: taken by a run (committed before anything else happens to it),
-  rendered, not yet given to the transport. Nothing can have gone out.
-- `sending`: handed to the transport; its request may be under way. Rows are
-  marked in small batches (at most `delivery.concurrency` at once, one
-  statement a batch) right before their requests start, and a run never holds
-  more than a window of two batches in this state, outcomes included.
-- `sent`, `failed`, `skipped`: the outcome.
-- `unknown`: the run died while the row was `sending`. SendGrid has no
-  idempotency key, so such an email is reported and never sent again blindly.
-
-The moves, and who may make each one. The run named in a row's `run_id` is
-its *holder*; a *recoverer* is another run that takes the holder for dead:
-
-    (no row)            -> claimed            any run: insert-or-ignore on (enrollment, step)
-    failed, retryable   -> claimed            any run (`retake`)
-    claimed             -> sending            the holder (`hand_over`)
-    claimed             -> skipped | failed   the holder: the email could not be written (`unsent`)
-    sending             -> sent|failed|skipped  the holder: its request's outcome (`record`)
-    claimed | sending   -> no row | failed    the holder: the request never started (`give_back`)
-    claimed             -> no row | failed    a recoverer (`recover`)
-    sending             -> unknown            a recoverer (`recover`)
-
-Every move is one conditional statement that names the state it moves from
-(and, but for the first two, the holder), so of two writers racing for a row
-only the first finds it: nothing is read and then written on the strength of
-what was read. A request starts only after its run committed the move
-`claimed -> sending`, and no move by anyone else ever takes a `sending` row
-back to something claimable. So an email whose request may be under way can
-never be claimed again, whatever one run believes about another's life: that
-belief only decides whether an email is reported unknown, never whether it
-goes out twice. (It once did: a recovery read a live run's rows as
-`claimed`, the run handed one over, and the recovery then gave the row back
-by id, as if still only claimed: the step was claimed afresh and sent again.)
-`unknown` is final, like the outcomes: a holder that was alive after all
-finds its row gone from `sending` and records nothing over it.
-
-So a run killed with SIGKILL leaves at most about twice `delivery.concurrency`
-emails unknown; its `claimed` rows are released by the next run and go out
-then. Suppression (unsubscribed, bounced, erased) is read again in the
-hand-over's transaction: a `forget` or `unsubscribe` that lands after a run
-claimed an email still stops it.
-
-Recovery looks only at the rows of runs that are dead: on SQLite the run
-lock makes every other run dead; on PostgreSQL, where several workers share
-the work, a run is dead when its liveness lock can be taken
-(`funnel.store.workers.dead_runs`), so a live worker's emails are not reported
-unknown under its feet. A worker can lose that lock while it lives (the
-server ended its idle session); the moves above keep its emails single then
-too.
+Each step a run acts on has one `step_runs` row, unique per enrollment and step, so
+"sent at most once" is a database fact. A row moves `claimed` -> `sending` ->
+`sent`/`failed`/`skipped`, or to `unknown` when its run died while `sending`: SendGrid
+has no idempotency key, so such an email is reported and never sent again blindly.
+Every move is one conditional statement naming the state it leaves, so of two writers
+racing for a row only the first finds it. The states, the moves and who may make
+them, and why a SIGKILL costs at most two batches: docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -1,17 +1,11 @@
 """Database tables (SQLModel). Internals, free to change; the spec fixes only behaviour.
 
-Design notes:
-- A contact's identity is `email_hash` (sha256 of the normalised address), so
-  `forget` can erase the address and every personal field while keeping what
-  stops mail to that address: an old CSV row hashes to the same key and finds
-  an erased, suppressed contact instead of creating a new one.
-- `step_runs` holds one row per (enrollment, step) that a run acted on; the
-  unique constraint makes "each step is sent at most once per enrollment" a
-  database fact. Steps with no row are pending; their due times are derived
-  from the config, the enrollment time and the webinar start.
-- `enrollments.next_due_at` is the earliest moment anything may happen to an
-  enrollment; runs query it through an index, so work grows with what is due.
-- All timestamps are stored as naive UTC and read back as aware UTC.
+A contact's identity is `email_hash`, so `forget` can erase every personal field and
+still stop mail to the address. `step_runs` holds one row per (enrollment, step) a run
+acted on; its unique constraint makes "sent at most once" a database fact, and steps
+with no row are pending. `enrollments.next_due_at` is the earliest moment anything may
+happen to an enrollment, queried through an index, so work grows with what is due.
+All timestamps are stored as naive UTC and read back as aware UTC.
 """
 
 from __future__ import annotations

@@ -1,23 +1,11 @@
 """One person's changes, one at a time: the transaction that has an address to itself.
 
-A form post, a confirming click and `contacts forget` for the same address
-may land at the same moment (finding 3.3 of issue 16: an erasure racing a
-post left the post's data on the erased row, and on PostgreSQL some of them
-deadlocked). Each of them now runs in `with_person`, which takes, before it
-reads anything:
-
-- on SQLite, the database's write lock (`BEGIN IMMEDIATE`): every write is
-  one at a time anyway, and taking the lock first means what the
-  transaction read is still true when it writes;
-- on PostgreSQL, a transaction-scoped advisory lock keyed by the address
-  hash (one person's changes queue behind each other, different people's
-  do not), then the contact's row `FOR UPDATE` (`lock_contact`).
-
-Every caller takes them in that same order, so two of them never wait for
-each other crosswise. What PostgreSQL still refuses (a deadlock with a run
-that locked the person's enrollments first, a serialization failure) and a
-SQLite lock that outlasted its busy timeout are retried a few times from
-the start with a fresh session, as the database asks.
+A form post, a confirming click and `contacts forget` for the same address may land at
+the same moment (finding 3.3 of issue 16: an erasure racing a post left the post's data
+on the erased row, and on PostgreSQL some deadlocked). Each now runs in `with_person`,
+which takes the person's locks before it reads anything, always in the same order, and
+retries from the start what the database refuses. Which locks, and what is retried, is
+in `with_person`'s docstring.
 """
 
 from __future__ import annotations
@@ -55,6 +43,21 @@ def with_person(engine: Engine, digest: str, work: Callable[[Session], T]) -> T:
 
     `work` may run more than once (a retried deadlock): it must start from
     what it reads in its session, nothing kept from an earlier attempt.
+
+    Before it reads anything, it takes:
+
+    - on SQLite, the database's write lock (`BEGIN IMMEDIATE`): every write is
+      one at a time anyway, and taking the lock first means what the
+      transaction read is still true when it writes;
+    - on PostgreSQL, a transaction-scoped advisory lock keyed by the address
+      hash (one person's changes queue behind each other, different people's
+      do not), then the contact's row `FOR UPDATE` (`lock_contact`).
+
+    Every caller takes them in that same order, so two of them never wait for
+    each other crosswise. What PostgreSQL still refuses (a deadlock with a run
+    that locked the person's enrollments first, a serialization failure) and a
+    SQLite lock that outlasted its busy timeout are retried a few times from
+    the start with a fresh session, as the database asks.
     """
     for attempt in range(1, ATTEMPTS + 1):
         session = Session(engine, expire_on_commit=False)

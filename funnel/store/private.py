@@ -1,13 +1,11 @@
 """Files that hold people's data, created readable by their owner only (mode 0600).
 
-The database (and, without FUNNEL_SECRET_KEY, the key that signs every
-unsubscribe link), its backups, the outbox's emails and previews made for a
-real person are nobody else's business on a shared machine. The mode is set
-explicitly, not left to the umask: `os.open(..., 0o600)` only ever loses
-bits to a umask, and `fchmod` then makes it exactly 0600 (a umask of 0o277
-would otherwise make it read-only). Files that already exist keep their
-mode when they are opened for reading or backed up into; a file rewritten
-here is made 0600 again.
+The database (and, without FUNNEL_SECRET_KEY, the key that signs every unsubscribe
+link), its backups, the outbox's emails and previews for a real person are nobody
+else's business on a shared machine. The mode is set explicitly, not left to the umask:
+`os.open(..., 0o600)` only ever loses bits to a umask, and `fchmod` then makes it
+exactly 0600. Files that already exist keep their mode when read or backed up into;
+a file rewritten here is made 0600 again.
 """
 
 from __future__ import annotations

@@ -1,28 +1,11 @@
 """Several `funnel run` workers on one PostgreSQL database, and the locks that let them share.
 
-On SQLite one run at a time holds the run lock (`funnel.store.db.run_lock`); a
-second one exits 75. On PostgreSQL any number of runs, on one machine or
-several, work side by side:
-
-- Due enrollments are taken page by page with `FOR UPDATE SKIP LOCKED`:
-  a page a worker is deciding is invisible to the others until it has
-  committed its claims, so two workers never decide the same person at the
-  same time. The unique (enrollment, step) key of `step_runs` stays the last
-  guard: each email goes out at most once whatever happens.
-- Reading the sources is one worker's turn at a time (`ingest_turn`): the
-  others wait for it, then find every file unchanged (one hash each), so a
-  file is read once per round.
-- Each run holds a session advisory lock keyed by its run id for its whole
-  life (`RunKeeper`). The server drops it when the process or its machine
-  dies. Recovery settles only the rows of runs whose lock it can take
-  (`dead_runs`): a live worker's claims are never turned unknown nor given
-  back under its feet. Should a live worker lose its lock (the server ended
-  its session), the others take it for dead; that costs at most emails
-  reported unknown although they went out, never one sent twice
-  (`funnel.store.ledger`).
-
-Advisory locks of two 32-bit keys do not share the space of one 64-bit key,
-so the per-run keys (namespace, run id) cannot collide with the schema lock.
+On SQLite one run at a time holds the run lock (`funnel.store.db.run_lock`); a second
+exits 75. On PostgreSQL any number of runs work side by side: due enrollments are taken
+page by page with `FOR UPDATE SKIP LOCKED`, the sources are read one worker at a time
+(`ingest_turn`), and each run holds an advisory lock for its whole life (`RunKeeper`)
+so recovery settles only dead runs' rows (`dead_runs`). The unique (enrollment, step)
+row stays the last guard. How each lock behaves is in docs/architecture.md.
 """
 
 from __future__ import annotations

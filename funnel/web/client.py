@@ -1,24 +1,11 @@
 """Who is asking: the visitor's IP address, and the key her form posts are counted under.
 
-`client_ip(request, config)` is the one place that decides the address a
-route uses, both for the rate limit and for the consent evidence a form post
-leaves, so the two never disagree.
-
-Forwarded headers are anyone's to write. They are read only when the direct
-peer (the TCP connection) is one of `serve.trusted_proxies` (default: the
-loopback addresses, where the README's reverse proxy runs), and then from
-the right: each proxy appends the address it saw, so the right-most address
-that is not itself a trusted proxy is the visitor; anything to its left is
-what the visitor (or a proxy we do not know) wrote, and is ignored. An entry
-that is not an address ("unknown", an obfuscated name, junk) ends the walk
-at the last address known to be real. `X-Forwarded-For` is read when present,
-else RFC 7239 `Forwarded` (Caddy and nginx set or append the former); a
-proxy that writes only `Forwarded` must drop any `X-Forwarded-For` the
-visitor sent.
-
-IPv6 addresses are counted by their /64 block: one home or phone gets a
-whole /64 and can rotate through it at will, so a bucket per address would
-let one visitor post without limit.
+`client_ip(request, config)` is the one place that decides the address a route uses,
+both for the rate limit and for the consent evidence a form post leaves, so the two
+never disagree. Forwarded headers are anyone's to write, so they are read only from a
+trusted proxy, and from the right. IPv6 addresses are counted by their /64 block: one
+home gets a whole /64 and can rotate through it. The walk is in `client_ip`'s
+docstring.
 """
 
 from __future__ import annotations
@@ -41,7 +28,20 @@ IPV6_PREFIX = 64
 
 
 def client_ip(request: Request, config: Config) -> str:
-    """The visitor's IP address as text, or "unknown"; forwarded headers only through trusted proxies."""
+    """The visitor's IP address as text, or "unknown"; forwarded headers only through trusted proxies.
+
+    Forwarded headers are anyone's to write. They are read only when the direct
+    peer (the TCP connection) is one of `serve.trusted_proxies` (default: the
+    loopback addresses, where the README's reverse proxy runs), and then from
+    the right: each proxy appends the address it saw, so the right-most address
+    that is not itself a trusted proxy is the visitor; anything to its left is
+    what the visitor (or a proxy we do not know) wrote, and is ignored. An entry
+    that is not an address ("unknown", an obfuscated name, junk) ends the walk
+    at the last address known to be real. `X-Forwarded-For` is read when present,
+    else RFC 7239 `Forwarded` (Caddy and nginx set or append the former); a
+    proxy that writes only `Forwarded` must drop any `X-Forwarded-For` the
+    visitor sent.
+    """
     peer = parse_address(request.client.host) if request.client else None
     if peer is None:
         return request.client.host if request.client and request.client.host else UNKNOWN

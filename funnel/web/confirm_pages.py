@@ -1,25 +1,12 @@
 """`GET /c/{token}` asks, `POST /c/{token}` confirms a form post (double opt-in, `funnel.signups.consent`).
 
-`/c/{token}/stop` is the confirmation email's List-Unsubscribe: GET asks,
-POST (the button, or a mail client's one-click) declines for good.
-
-GET changes nothing (mail scanners and previews open links): it shows one
-button. A form post hands its confirmation email to the sender threads and
-answers at once, without waiting (`funnel.web.forms`). The POST here applies the post, then hands the sequence's due
-transactional step to the serve's sender threads (`funnel.run.instant`), and
-answers once it has gone or after `WAIT_FOR_SEND` seconds at most, whichever
-comes first (the send goes on meanwhile, recorded in the ledger either way).
-
-The pages use the layout and Content-Security-Policy of `pages.py`. They
-never name the practice or its subject matter to a discreet request (her own
-discretion, or the post's), nor to any request she has not confirmed yet
-(like the email, since anyone may have posted her address and anyone who
-shares her inbox may open the link), and say nothing about whether an
-address is known: a link of an erased person answers like any other.
-
-Sending from `funnel serve` (`SendQueue`) runs on a small thread pool of its
-own, off the event loop; SIGTERM lets requests under way finish and be
-recorded (uvicorn's shutdown waits for `SendQueue.close`).
+`/c/{token}/stop` is the confirmation email's List-Unsubscribe: GET asks, POST declines
+for good. GET changes nothing (mail scanners open links). The POST applies the post,
+hands the due transactional step to the serve's sender threads (`funnel.run.instant`)
+and answers once it has gone or after `WAIT_FOR_SEND` seconds. The pages never name the
+practice to a discreet or unconfirmed request, and never say whether an address is
+known. `SendQueue` sends on a small thread pool of its own; SIGTERM lets sends under
+way finish and be recorded.
 """
 
 from __future__ import annotations

@@ -1,17 +1,11 @@
 """The page a person sees when her form post is refused: calm words, what to do, and a way back.
 
-A browser post that cannot be taken (an address missing or mistyped, too
-many posts at once, a message too long, a form set up wrongly) used to get
-one line of plain text meant for whoever built the form. She gets this page
-instead, in the unsubscribe page's style (`pages.STYLE`, the same strict
-Content-Security-Policy): what happened in words for her, that nothing was
-saved, and a link back to the page she came from (her browser's Referer,
-http or https only), or where there is none, her browser's Back button. The
-exact reason stays on the page, small, for whoever looks after the website.
-JSON posts keep their JSON answers (`forms._refuse`).
-
-Like the form's other answers for someone not yet known, the page never
-names the practice: the form may be one she keeps private.
+A browser post that cannot be taken (an address missing or mistyped, too many posts,
+a message too long, a form set up wrongly) used to get one line of plain text meant for
+the form's builder. She gets this page instead, in the unsubscribe page's style: what
+happened, that nothing was saved, and a link back (her Referer, http or https only).
+The exact reason stays on the page, small, for whoever looks after the website. JSON
+posts keep their JSON answers. The page never names the practice.
 """
 
 from __future__ import annotations

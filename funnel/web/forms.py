@@ -1,26 +1,12 @@
 """`POST /forms/{source}`: the website's form, taken in live for `format: form` sources.
 
-The route only parses and answers. A `confirm: true` source (the default)
-stores the post as pending and sends one confirmation email at once
-(`funnel.signups.consent`, from the serve's sender threads; the answer never waits
-for it, so its timing cannot tell whether the address is asked at all); a `confirm: false` source stores it at once
-(`funnel.signups.live.accept_form`) and the next `funnel run` sends. Either way the
-answer is the same whatever the address, so it reveals nothing about who is
-listed. A source's `allowed_origins` refuses (403) a browser post whose
-Origin (or, without one, Referer) names another site; a post with neither
-header (a server posting for the website) is not a browser's and passes.
-Every odd input gets a 4xx with one
-sentence, never a 500: bodies over 64 KB (413), bytes that are not UTF-8,
-broken JSON, a JSON array instead of an object, too many fields (400), a
-content type we do not read (415), a missing or invalid address (422,
-naming the form field). A bot that fills the hidden `website` field gets the
-same answer as a person and nothing is stored. One address may post
-`serve.form_burst` times at once and `serve.form_per_minute` more a minute
-(429 with Retry-After); "address" is `client.client_ip` (forwarded headers
-only from `serve.trusted_proxies`), an IPv6 visitor counted by her /64.
-Text that is not Unicode (a lone surrogate such as "\\ud800", which JSON can
-spell but no database can store) is a 422 naming the field. CORS headers go
-only to `serve.cors_origins`.
+The route only parses and answers. A `confirm: true` source (the default) stores the
+post as pending and sends one confirmation email from the sender threads
+(`funnel.signups.consent`); a `confirm: false` source stores it at once
+(`funnel.signups.live.accept_form`). Either way the answer never waits for mail and is
+the same whatever the address, so it reveals nothing about who is listed. Every odd
+input gets a 4xx with one sentence, never a 500; the answers, origins and rate limits
+are listed in docs/architecture.md.
 """
 
 from __future__ import annotations

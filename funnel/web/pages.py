@@ -1,33 +1,12 @@
 """The few HTML pages: unsubscribe (confirm, done, undone), the form's thank-you, errors;
 and `GET /j/{token}`, a discreet reader's neutral link (a 303 to its target, `funnel.mail.jump`).
 
-`GET /u/{token}` only asks (mail scanners follow links) and never writes;
-`POST /u/{token}` unsubscribes from everything at once, from the page's
-button or from a mail client's RFC 8058 one-click post (urlencoded
-`List-Unsubscribe=One-Click`, no cookies, no redirect: answered 200 at once).
-Every button of the pages answers 303 See Other to `GET /u/{token}/done?r=...`,
-which shows the result and reads only, so Back and Reload in a browser never
-post again ("Confirm Form Resubmission"). That page shows the result the
-person chose while it is still true, and the page of her state now otherwise
-(a link opened later, or a result changed since by other means).
-`POST /u/{token}/letters` ("just the webinar emails": the letters and `next:`
-end, the reminders and the recording still go) and `POST /u/{token}/pause`
-("pause for a month") are the page's other choices (`funnel.preferences`),
-each undone from the page it answers with (`letters-undo`, `pause-undo`).
-`POST /u/{token}/resubscribe` undoes it, only when the unsubscribe was made
-from that same email's link within 30 days (spec section 9); anything else
-gets a calm page saying it cannot be undone here, with no reason that would
-tell who is listed or how she left. A forgotten person gets the pages anyone
-gets (nothing changes for her). A token that names nobody in this database
-(a backup was restored since it was sent) gets the bad-link page, which
-asks her to reply instead: better than a page saying she is unsubscribed
-when nothing was.
-
-The pages are calm and small: the practice's name (never for a discreet
-contact: `page(..., discreet=True)`), a neutral title with no word about the
-subject matter (inboxes and browsers are shared), readable on a phone, plain
-buttons in a keyboard order, nothing loaded from anywhere, and a
-Content-Security-Policy that allows only the one stylesheet, by hash.
+`GET /u/{token}` only asks (mail scanners follow links); `POST /u/{token}` unsubscribes
+at once, from the button or a mail client's RFC 8058 one-click. Every button answers
+303 to a page that only reads, so Back and Reload never post again. The pages are calm
+and small: a neutral title (inboxes and browsers are shared), no practice name for a
+discreet contact, nothing loaded from anywhere, and a strict Content-Security-Policy.
+Each route, and what it says to whom: docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -1,13 +1,11 @@
 """`POST /webhooks/zoom`: Zoom's webhook (spec section 11), on when ZOOM_WEBHOOK_SECRET is set.
 
 Thin: the signature and timestamp are checked on the raw bytes
-(`funnel.signups.zoom_api.check_post`, constant time), Zoom's URL validation is
-answered, and an event is applied by `funnel.signups.zoom.receive_event` in
-the thread pool. A registration's confirmation then goes out at once through
-the serve's sender (`funnel.run.instant`, the same ledger as `funnel run`, so
-the next run never sends it again). A forged, stale or replayed post gets
-401 and changes nothing. Logs name the event kind and outcome, never a
-person or the secret.
+(`funnel.signups.zoom_api.check_post`), Zoom's URL validation is answered, and an
+event is applied by `funnel.signups.zoom.receive_event` in the thread pool. A
+registration's confirmation then goes out at once through `funnel.run.instant`, so
+the next run never sends it again. A forged, stale or replayed post gets 401 and
+changes nothing. Logs name the event kind and outcome, never a person or the secret.
 """
 
 from __future__ import annotations

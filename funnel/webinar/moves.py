@@ -1,30 +1,11 @@
 """Moving and cancelling webinar sessions (`was:` and `cancelled:` in sequences.yaml, spec section 7).
 
-Applied by `funnel run` when sequences.yaml has changed (the same moment it
-wakes every enrollment), before anything is decided:
-
-- a listed session whose start differs from what its enrollments hold (a
-  `was:` move, earlier or later, or a date put back) re-times them:
-  `ingest.reschedule` sets the new start, so every pending webinar-timed
-  step is due by it, and webinar steps skipped only for the old date are
-  looked at again; steps already sent are never sent again (the ledger's
-  unique (enrollment, step) row stays);
-- a cancelled session ends its enrollments that are still going (status
-  `exited`, reason "session cancelled"): no pending mail for it goes, and
-  they do not go on to the `next` sequence. Its `on: cancelled` letter
-  still goes to them (`funnel.webinar.notices`);
-- each move is recorded on the enrollment (`previous_start`, `moves`): the
-  `on: rescheduled` letter names the old time, and goes once per move.
-
-Only listed sessions move or are cancelled: a date the `repeat` rule gives
-is changed by listing it (`start:` with `was:`, or `cancelled: true`).
-
-A session taken out of the file while people are registered for it is
-refused (`removed_sessions`): `funnel run` stops before doing anything,
-exit 2, saying how many are registered and both ways to say what
-happened; `funnel check` says the same (exit 1) when the database exists
-(`removed_sessions_on_disk`, read only). Both compare with the sessions the
-previous sequences.yaml had (kept in `settings` at each change).
+Applied by `funnel run` when sequences.yaml has changed, before anything is decided: a
+listed session whose start moved re-times its enrollments (steps already sent are never
+sent again), a cancelled one ends them (`exited`, "session cancelled"), and each move is
+recorded on the enrollment for the `on:` letters (`funnel.webinar.notices`). Only listed
+sessions move. A session taken out of the file while people are registered for it is
+refused (`removed_sessions`). The rules: docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -1,31 +1,11 @@
 """Who is told that her webinar session moved or was cancelled (`on:` steps, spec section 7).
 
-A step with `on: rescheduled` goes once per move, and a step with
-`on: cancelled` once, to each registrant of the session whose confirmation
-(the sequence's first timed step) was already sent: someone who never heard
-of the old date needs no word about a new one, her confirmation tells her.
-
-At most once (the ledger's unique (enrollment_id, step_id) row) is kept per
-*change* rather than per step: the row's step id is the step's id, `@`, and
-the session's start the notice is about, e.g. `new-date@2027-01-21T01:30:00+00:00`.
-A session moved twice is two rows (two letters, one per new time); the same
-move seen by a second run, or a second worker, finds its row and sends
-nothing. The cancelled letter is keyed by the start it calls off. (A
-session moved back and forth to a time she was already told of is not
-announced twice: that key's row is there.)
-
-A notice is looked for at every run, not only when sequences.yaml changed, so
-one that failed for a passing reason (retryable) goes at the next run. It is
-not sent once the session's start (the new one, or the called-off one) has
-passed: news of a date already gone is no use. Moves are recorded on the
-enrollment when a run applies them (`moves.apply_session_changes`):
-`previous_start` (where the session was before its latest move) fills
-`webinar.previous_start`, and `moves` raises the calendar event's SEQUENCE.
-A cancelled session's enrollments end (`exited`, "session cancelled") as
-before, and are still found here for their one letter.
-
-Paused enrollments (she wrote back) are not written to, as with every other
-step; suppressed people (unsubscribed, bounced, erased) are not either.
+A step with `on: rescheduled` goes once per move, and `on: cancelled` once, to each
+registrant whose confirmation was already sent: someone who never heard of the old date
+needs no word about a new one. "At most once" is kept per *change*: the ledger row's step
+id is the step's id, `@`, and the start the notice is about. Notices are looked for at
+every run, so a retryable failure goes next time, and never once that start has passed.
+Paused and suppressed enrollments are not written to. The keys: docs/architecture.md.
 """
 
 from __future__ import annotations

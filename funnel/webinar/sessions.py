@@ -1,21 +1,11 @@
 """Webinar sessions: the dates of a webinar that runs again and again (spec section 7).
 
-Pure functions of (webinar, zone, moments): no database, no clock.
-
-- A session's **id** is its local start as first written, `YYYY-MM-DD HH:MM`:
-  for a moved session (`was:`), the `was` text. Enrollments keep it
-  (`Enrollment.session`), so a move keeps them attached to their session.
-- Listed sessions come first. A `repeat` rule (RFC 5545 RRULE, read by
-  python-dateutil's `rrulestr`) adds its dates at `repeat_at`; a rule date
-  whose time equals a listed session's start or `was` is that listed
-  session (listing it is how a single date of the rule is moved or cancelled).
-  The rule counts from a `DTSTART` written in `repeat`, else from the first
-  listed session's date, else from 2020-01-01 (that only matters to
-  `INTERVAL`/`COUNT`).
-- Expansion is bounded: only the sessions inside a window are made, and a
-  rule may repeat at most daily, so no rule can loop for long.
-- Local times are read in the webinar's zone; a time skipped by a DST jump
-  moves forward by the jump, an ambiguous one takes the first (as everywhere).
+Pure functions of (webinar, zone, moments): no database, no clock. A session's id is
+its local start as first written (the `was` text for a moved one), so a move keeps its
+enrollments attached. Listed sessions come first; a `repeat` RRULE adds its dates, and
+a rule date that equals a listed session is that session (listing is how one date is
+moved or cancelled). Expansion is bounded (a window, at most daily), so no rule loops
+for long. The rules: docs/architecture.md.
 """
 
 from __future__ import annotations

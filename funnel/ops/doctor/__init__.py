@@ -1,24 +1,11 @@
 """`funnel doctor`: is this installation ready to send real mail? Each check says what to fix.
 
-Why: every piece of a working install lives somewhere else (the `.env`
-file, the running `funnel serve`, the SendGrid account, the domain's DNS),
-and each one wrong fails silently: links that answer 400, mail in spam,
-events that never arrive. The doctor asks each of them, reads nothing it
-need not, writes nothing, and prints one sentence per check; exit 0 when
-all is well, 1 otherwise.
-
-What it asks: the env file (read, comments on their own lines, not shadowed
-by the real environment, mode 0600); `GET {base_url}/healthz` (answers, and
-checks links with the same key as this folder signs them with: the key's
-fingerprint); SendGrid, when it is the transport: `GET /v3/scopes`
-(`mail.send`), `GET /v3/whitelabel/domains` (the sender's domain
-authenticated and valid), `GET /v3/user/webhooks/event/settings` (on, at
-`{base_url}/webhooks/sendgrid`, signed), `GET /v3/user/webhooks/parse/settings`
-(when replies come through Inbound Parse); the sending domain's SPF, DKIM
-(the selectors SendGrid gave, else s1 and s2) and DMARC records, through
-dnspython (`FUNNEL_DNS_SERVER=host:port` asks that server instead of the
-system's); the outbox transport while `base_url` is a real https address;
-example (reserved-domain) addresses left in the config or the database.
+Every piece of a working install lives somewhere else (the `.env` file, the running
+`funnel serve`, the SendGrid account, the domain's DNS), and each one wrong fails
+silently: links that answer 400, mail in spam, events that never arrive. The doctor
+asks each of them, reads nothing it need not, writes nothing, and prints one sentence
+per check; exit 0 when all is well, 1 otherwise. What it asks, one by one:
+docs/architecture.md.
 """
 
 from __future__ import annotations
