@@ -8,11 +8,16 @@ are exact elapsed time. So `Duration` keeps days and minutes apart and
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+if TYPE_CHECKING:
+    from dateutil.rrule import rrule
 
 _DURATION = re.compile(r"^\s*([+-])?\s*(\d{1,12})\s*([mhdw])\s*$")
 _CLOCK = re.compile(r"^\s*([01]?\d|2[0-3]):([0-5]\d)\s*$")
@@ -239,11 +244,16 @@ def read_rule(text: str, anchor: datetime) -> Iterator[datetime]:
     """The rule's dates (naive) from `anchor`, or ValueError saying what to write.
 
     `rrulestr` reads the rule; a frequency finer than daily is refused (a
-    webinar happens at most once a day, at `repeat_at`).
+    webinar happens at most once a day, at `repeat_at`). The rule is parsed
+    once per (text, anchor): an import asks for every row's session.
     """
+    return iter(_parsed_rule(text.strip(), anchor))
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed_rule(body: str, anchor: datetime) -> rrule:
     from dateutil.rrule import rrule, rrulestr
 
-    body = text.strip()
     if not body:
         raise ValueError("`repeat` is empty: write an RFC 5545 rule such as FREQ=MONTHLY;BYDAY=3TH")
     freq = _freq(body)
@@ -260,7 +270,7 @@ def read_rule(text: str, anchor: datetime) -> Iterator[datetime]:
         ) from None
     if not isinstance(rule, rrule):
         raise ValueError(f"repeat: {body!r} must be one rule (a single RRULE), e.g. FREQ=MONTHLY;BYDAY=3TH")
-    return iter(rule)
+    return rule
 
 
 def _freq(body: str) -> str:

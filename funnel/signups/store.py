@@ -606,11 +606,19 @@ def session_chooser(
         return lambda row: ("", None)
     tz = config.webinar_zone(source.webinar)
 
+    # rows of one export mostly name the same start: pick each (start, signup time) once
+    picked: dict[tuple[datetime | None, datetime], tuple[str, datetime | None]] = {}
+
     def choose(row: SignupRow) -> tuple[str, datetime | None]:
         signed_up = row.signed_up_at or now
         if webinar.has_sessions:
-            found = pick_session(webinar, tz, row.webinar_start, signed_up)
-            return (found.id, found.start) if found is not None else ("", None)
+            key = (row.webinar_start, signed_up)
+            if key not in picked:
+                if len(picked) >= 10_000:
+                    picked.clear()
+                found = pick_session(webinar, tz, row.webinar_start, signed_up)
+                picked[key] = (found.id, found.start) if found is not None else ("", None)
+            return picked[key]
         if row.webinar_start is None:
             return ("", None)
         return (local_id(row.webinar_start, tz), row.webinar_start)
