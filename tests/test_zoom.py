@@ -203,6 +203,34 @@ def test_a_run_reads_registrants_and_rejects_bad_ones_with_reasons(
     assert len(zoom.api_calls()) == 3  # the webinar, and one page per occurrence
 
 
+def test_a_zoom_registration_never_renames_someone_already_known(
+    project: Project, funnel: Callable[..., Any], zoom: FakeZoom, waits: list[float]
+) -> None:
+    """Anyone may type her address into Zoom's public registration page: it names only new people."""
+    add_source(project)
+    requests = project.root / "signups" / "consultation-requests.jsonl"
+    requests.parent.mkdir(exist_ok=True)
+    requests.write_text(
+        json.dumps({"email": "ana@example.test", "name": "Ana", "discreet": "yes"})
+        + "\n"
+        + json.dumps({"email": "fay@example.test", "name": ""})
+        + "\n"
+    )
+    funnel("run", "--now", NOW)
+    zoom.add_webinar(WEBINAR, occurrences=[("1", JAN)])
+    register(zoom, "ana@example.test", first_name="Cheater", last_name="Liar", occurrences=["1"])
+    register(zoom, "fay@example.test", first_name="Fay", occurrences=["1"])
+    register(zoom, "gia@example.test", first_name="Gia", occurrences=["1"])
+    funnel("run", "--now", "2027-01-05T16:15:00Z")
+    shown = {who: funnel("contacts", "show", f"{who}@example.test", "--json").json() for who in ("ana", "fay", "gia")}
+    assert (shown["ana"]["first_name"], shown["ana"]["last_name"]) == ("Ana", None)
+    assert shown["ana"]["discreet"] is True  # nor does it switch her discretion off
+    assert shown["fay"]["first_name"] is None  # not even a blank name is filled by a stranger
+    assert shown["gia"]["first_name"] == "Gia"  # someone new is stored as she registered
+    ana = [m for m in project.messages() if m["To"].addresses[0].addr_spec == "ana@example.test"]
+    assert ana and all("Cheater" not in m.get_body(("plain",)).get_content() for m in ana)
+
+
 def test_zoom_down_is_reported_and_the_rest_of_the_run_goes_on(
     project: Project, funnel: Callable[..., Any], zoom: FakeZoom, waits: list[float]
 ) -> None:

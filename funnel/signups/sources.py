@@ -78,6 +78,9 @@ class SignupRow:
     signed_up_at: datetime | None = None
     #: her own link to join the webinar (Zoom gives each registrant one); https only
     join_url: str | None = None
+    #: from a public registration nobody confirmed (Zoom's page): anyone may type her address
+    #: there, so it never changes the names of someone already known (they name only new people)
+    keeps_known_names: bool = False
 
     @property
     def origin(self) -> str:

@@ -360,6 +360,7 @@ def _merge(older: SignupRow, newer: SignupRow) -> SignupRow:
         file=newer.file,
         signed_up_at=newer.signed_up_at or older.signed_up_at,
         join_url=newer.join_url or older.join_url,
+        keeps_known_names=newer.keeps_known_names or older.keeps_known_names,
     )
 
 
@@ -465,6 +466,8 @@ def _changes(found: dict[str, Any], row: SignupRow) -> dict[str, Any]:
         change["email"] = row.email
     for name in ("first_name", "last_name", "timezone"):
         value = getattr(row, name)
+        if row.keeps_known_names and name != "timezone":
+            continue  # an unconfirmed public registration names only new people
         if value and value != found[name]:
             change[name] = value
     if row.discreet is not None and row.discreet != found["discreet"]:

@@ -137,6 +137,7 @@ def registrant_row(
         file=where.split(":", 1)[0],
         signed_up_at=parse_time(registrant.get("create_time")),
         join_url=join_url,
+        keeps_known_names=True,
     )
 
 
